@@ -1,0 +1,5 @@
+"""``python -m glacierflow``."""
+
+from glacierflow.cli import main
+
+main()
