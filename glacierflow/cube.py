@@ -1,0 +1,401 @@
+"""STAC items -> lazy ``(time, band, y, x)`` cube with stackstac.
+
+Two jobs:
+
+* :func:`normalise_items` turns search results (plain dicts or pystac Items) into the plain dicts
+  stackstac 0.5.1 reads: ``proj:epsg`` restored from pystac's ``proj:code``, only the needed assets,
+  only allowed platforms (Landsat 4/5/7 share ``landsat-c2-l2`` with other band numbers), links dropped
+  (stackstac would otherwise try to resolve the API root through pystac).
+* :func:`build_cube` stacks them on an explicit UTM grid and returns a lazy float32 cube.
+
+Grid convention
+---------------
+The grid is aligned to the Landsat Collection 2 grid: pixel *corners* sit at ``anchor + k * resolution``
+(15 m + k * 30 m for Landsat UTM products, see ``proj:transform`` in the items), so pixel *centres* are whole
+multiples of 30 m and the reprojection is a pure copy for scenes already in the target zone. The cube's
+``x``/``y`` coordinates are pixel **centres** (DESIGN.md's store contract), ``y`` decreasing.
+
+Values
+------
+Reflectance assets: ``DN * scale + offset`` from each asset's ``raster:bands`` (2.75e-5, -0.2 for Landsat C2),
+DN 0 (``raster:bands.nodata``, which stackstac ignores) -> NaN. Bitfield assets (``qa_pixel``): raw bits
+kept as float32 (exact for uint16), fill bit 0 set -> NaN. Pixels outside a scene's footprint are NaN.
+
+stackstac 0.5.1 with numpy 2 refuses ``rescale=True`` with ``dtype=float32`` ("safe casting cannot be
+completed between asset scale value 2.75e-05 and output dtype float32"), so the cube is stacked raw
+(``rescale=False``) and scale/offset are applied here, lazily, per item and asset.
+
+Read errors
+-----------
+With ``on_read_error="nan"`` (default) a missing file (HTTP 404, local "No such file"), a server error that
+outlived GDAL's retries (HTTP 5xx) or a corrupt TIFF becomes an all-NaN asset instead of killing a long run;
+each one is reported with :func:`distributed.warn` (forwarded from workers to the client as a
+``UserWarning``) and logged on the ``glacierflow.cube`` logger. The scene then has no valid pixels and the
+quality filter drops it. HTTP 401/403 (an expired or missing signature) always raise: every later read
+would fail the same way. ``on_read_error="raise"`` makes every read error fatal.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Literal
+
+import dask.array as da
+import numpy as np
+import pandas as pd
+import stackstac
+import xarray as xr
+from pyproj import CRS, Transformer
+from rasterio.errors import RasterioIOError
+from stackstac.nodata_reader import exception_matches, nodata_for_window
+from stackstac.rio_reader import AutoParallelRioReader
+
+from glacierflow.errors import GlacierflowError
+
+logger = logging.getLogger(__name__)
+
+BBox = tuple[float, float, float, float]
+
+DEFAULT_ASSETS: tuple[str, ...] = ("green", "swir16", "qa_pixel")
+DEFAULT_PLATFORMS: tuple[str, ...] = ("landsat-8",)
+#: Assets holding bit fields: never rescaled, fill bit (bit 0) -> NaN.
+BITFIELD_ASSETS: frozenset[str] = frozenset({"qa_pixel"})
+#: Item properties kept as ``time`` coordinates (besides ``id`` and ``time``).
+TIME_PROPERTIES: tuple[str, ...] = ("platform", "eo:cloud_cover")
+#: Landsat C2 UTM grids put pixel corners at 15 m + k * 30 m.
+LANDSAT_GRID_ANCHOR = 15.0
+
+#: GDAL options for every open/read, on every worker: a :class:`stackstac.rio_env.LayeredEnv` is part of
+#: each reader in the Dask graph, so it travels to the workers with the tasks.
+GDAL_ENV = stackstac.DEFAULT_GDAL_ENV.updated(
+    always=dict(
+        GDAL_HTTP_MAX_RETRY="5",
+        GDAL_HTTP_RETRY_DELAY="2",
+        GDAL_HTTP_TIMEOUT="60",
+        GDAL_HTTP_MULTIRANGE="YES",
+        GDAL_HTTP_MERGE_CONSECUTIVE_RANGES="YES",
+        GDAL_DISABLE_READDIR_ON_OPEN="EMPTY_DIR",
+        CPL_VSIL_CURL_ALLOWED_EXTENSIONS=".tif,.TIF,.tiff,.TIFF",
+    )
+)
+
+#: Read errors turned into an all-NaN asset (matched with ``re.match`` against the GDAL error text).
+READ_ERRORS_AS_NODATA: tuple[Exception, ...] = (
+    RasterioIOError(r"(?s).*HTTP response code: (404|5\d\d)"),
+    RasterioIOError(r"(?s).*No such file or directory"),
+    RasterioIOError(r"(?s).*(TIFFRead|IReadBlock failed|Read or write failed|not recognized as)"),
+)
+
+
+class ReportingRioReader(AutoParallelRioReader):
+    """stackstac reader that turns matching read errors into nodata *and reports them*.
+
+    stackstac's own ``errors_as_nodata`` only calls ``warnings.warn`` on the worker, which a client never
+    sees; this reader uses :func:`distributed.warn` (forwarded to connected clients) and logs too.
+    """
+
+    def __init__(self, *, errors_as_nodata: tuple[Exception, ...] = (), **kwargs: Any) -> None:
+        super().__init__(errors_as_nodata=(), **kwargs)
+        self.report_patterns = tuple(errors_as_nodata)
+
+    def read(self, window: Any, **kwargs: Any) -> np.ndarray:
+        """Read one window; matching errors give ``fill_value`` and a warning naming the file."""
+        try:
+            return super().read(window, **kwargs)
+        except Exception as err:
+            cause = err.__cause__ if isinstance(err.__cause__, Exception) else err
+            if not self.report_patterns or not exception_matches(cause, self.report_patterns):
+                raise
+            from distributed import warn  # local: keep the import cost off plain-dask users
+
+            msg = f"glacierflow: unreadable asset {self.url!r} ({cause}); filled with NaN"
+            logger.warning(msg)
+            warn(msg, UserWarning)
+            return nodata_for_window(window, self.fill_value, self.dtype)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        state["errors_as_nodata"] = self.report_patterns
+        return state
+
+
+# --------------------------------------------------------------------------------------------- items
+
+
+def _epsg_from_code(code: Any) -> int | None:
+    """``"EPSG:32643"`` -> 32643; anything else (None, other authorities) -> None."""
+    if isinstance(code, str) and code.upper().startswith("EPSG:"):
+        try:
+            return int(code.split(":", 1)[1])
+        except ValueError:
+            return None
+    return None
+
+
+def _restore_epsg(fields: dict[str, Any]) -> None:
+    """In place: set integer ``proj:epsg`` from ``proj:code`` (pystac >= 1.12 schema) where missing."""
+    if fields.get("proj:epsg") is None and "proj:code" in fields:
+        epsg = _epsg_from_code(fields["proj:code"])
+        if epsg is not None:
+            fields["proj:epsg"] = epsg
+    elif fields.get("proj:epsg") is not None:
+        fields["proj:epsg"] = int(fields["proj:epsg"])
+
+
+def _as_plain(item: Any) -> dict[str, Any]:
+    """A deep-copied plain STAC dict from a dict or a pystac Item (no link resolution, no network)."""
+    if isinstance(item, Mapping):
+        return copy.deepcopy(dict(item))
+    to_dict = getattr(item, "to_dict", None)
+    if to_dict is None:
+        raise GlacierflowError(
+            f"cannot read STAC item of type {type(item).__name__}; pass STAC item dicts or pystac Items"
+        )
+    # transform_hrefs=False: otherwise pystac resolves the root link over the network.
+    return to_dict(transform_hrefs=False, include_self_link=False)
+
+
+def normalise_items_with_report(
+    items: Iterable[Any],
+    *,
+    assets: Sequence[str] = DEFAULT_ASSETS,
+    platforms: Sequence[str] | None = DEFAULT_PLATFORMS,
+) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    """Like :func:`normalise_items`, also returning ``{item id: why it was dropped}``."""
+    wanted = list(assets)
+    allowed = None if platforms is None else {p.lower() for p in platforms}
+    kept: list[dict[str, Any]] = []
+    dropped: dict[str, str] = {}
+    for raw in items:
+        item = _as_plain(raw)
+        item_id = str(item.get("id", f"<item {len(kept) + len(dropped)}>"))
+        props = item.setdefault("properties", {})
+        platform = str(props.get("platform", "")).lower()
+        if allowed is not None and platform not in allowed:
+            dropped[item_id] = f"platform {platform or 'missing'!r} not in {sorted(allowed)}"
+            continue
+        if not props.get("datetime"):
+            dropped[item_id] = "no datetime"
+            continue
+        item_assets = item.get("assets", {})
+        missing = [a for a in wanted if a not in item_assets]
+        if missing:
+            dropped[item_id] = f"missing assets {missing}"
+            continue
+        _restore_epsg(props)
+        item["assets"] = {key: item_assets[key] for key in wanted}
+        for asset in item["assets"].values():
+            _restore_epsg(asset)
+        item.pop("links", None)  # stackstac/pystac would try to resolve the API root
+        kept.append(item)
+    if dropped:
+        reasons = sorted(set(dropped.values()))
+        logger.warning(
+            "dropped %d of %d items: %s", len(dropped), len(kept) + len(dropped), "; ".join(reasons)
+        )
+    return kept, dropped
+
+
+def normalise_items(
+    items: Iterable[Any],
+    *,
+    assets: Sequence[str] = DEFAULT_ASSETS,
+    platforms: Sequence[str] | None = DEFAULT_PLATFORMS,
+) -> list[dict[str, Any]]:
+    """Plain STAC dicts that stackstac 0.5.1 stacks correctly.
+
+    Parameters
+    ----------
+    items
+        STAC item dicts (as the API returns them) or pystac Items (``proj:code`` schema).
+    assets
+        Asset keys to keep; items lacking one of them are dropped.
+    platforms
+        Allowed ``platform`` values (case-insensitive); ``None`` keeps every platform.
+
+    Returns
+    -------
+    list of dict
+        Deep copies (the input is never modified) with integer ``proj:epsg`` at item and asset level, only
+        ``assets``, no links. Dropped items are logged (``glacierflow.cube`` logger, with the reason); use
+        :func:`normalise_items_with_report` to get them as a dict.
+    """
+    return normalise_items_with_report(items, assets=assets, platforms=platforms)[0]
+
+
+# ---------------------------------------------------------------------------------------------- grid
+
+
+def snapped_bounds(
+    bbox_lonlat: BBox, epsg: int, resolution: float = 30, anchor: float = LANDSAT_GRID_ANCHOR
+) -> BBox:
+    """Bounds in ``epsg`` covering ``bbox_lonlat``, with edges on ``anchor + k * resolution``.
+
+    Parameters
+    ----------
+    bbox_lonlat
+        ``(west, south, east, north)`` in degrees.
+    epsg
+        Target CRS.
+    resolution
+        Pixel size in CRS units.
+    anchor
+        Offset of pixel corners from multiples of ``resolution`` (15 m for Landsat C2 UTM grids).
+
+    Returns
+    -------
+    tuple
+        ``(minx, miny, maxx, maxy)``, expanded outwards to the grid.
+    """
+    w, s, e, n = bbox_lonlat
+    if not (w < e and s < n):
+        raise GlacierflowError(f"invalid bbox {tuple(bbox_lonlat)}: need west < east and south < north")
+    to_crs = Transformer.from_crs(CRS.from_epsg(4326), CRS.from_epsg(int(epsg)), always_xy=True)
+    minx, miny, maxx, maxy = to_crs.transform_bounds(w, s, e, n, densify_pts=21)
+    if not all(np.isfinite([minx, miny, maxx, maxy])):
+        raise GlacierflowError(f"bbox {tuple(bbox_lonlat)} cannot be projected to EPSG:{epsg}; check --epsg")
+
+    def down(v: float) -> float:
+        return float(np.floor((v - anchor) / resolution) * resolution + anchor)
+
+    def up(v: float) -> float:
+        return float(np.ceil((v - anchor) / resolution) * resolution + anchor)
+
+    return down(minx), down(miny), up(maxx), up(maxy)
+
+
+# ---------------------------------------------------------------------------------------------- cube
+
+
+def _scale_offset(items: Sequence[Mapping[str, Any]], assets: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """``(time, band)`` float32 scale and offset from each asset's ``raster:bands`` (1, 0 for bit fields)."""
+    scale = np.ones((len(items), len(assets)), dtype=np.float32)
+    offset = np.zeros((len(items), len(assets)), dtype=np.float32)
+    for t, item in enumerate(items):
+        for b, key in enumerate(assets):
+            if key in BITFIELD_ASSETS:
+                continue
+            bands = item["assets"][key].get("raster:bands") or [{}]
+            scale[t, b] = bands[0].get("scale", 1.0)
+            offset[t, b] = bands[0].get("offset", 0.0)
+    return scale, offset
+
+
+def build_cube(
+    items: Iterable[Any],
+    *,
+    bbox_lonlat: BBox,
+    epsg: int,
+    resolution: float = 30,
+    assets: Sequence[str] = DEFAULT_ASSETS,
+    platforms: Sequence[str] | None = DEFAULT_PLATFORMS,
+    anchor: float = LANDSAT_GRID_ANCHOR,
+    on_read_error: Literal["nan", "raise"] = "nan",
+) -> xr.DataArray:
+    """Lazy float32 cube ``(time, band, y, x)`` of the items over ``bbox_lonlat`` on an explicit grid.
+
+    Parameters
+    ----------
+    items
+        STAC item dicts or pystac Items (see :func:`normalise_items`).
+    bbox_lonlat
+        ``(west, south, east, north)`` in degrees.
+    epsg
+        Output CRS; explicit, so items from several UTM zones are reprojected onto one grid.
+    resolution
+        Pixel size in metres.
+    assets
+        Asset keys, in band order; those in :data:`BITFIELD_ASSETS` keep raw bits.
+    platforms
+        Allowed platforms; others are dropped (recorded in ``attrs["dropped_items"]``).
+    anchor
+        Grid anchor, see :func:`snapped_bounds`.
+    on_read_error
+        ``"nan"``: missing/corrupt files become NaN and are reported (see the module notes); ``"raise"``.
+
+    Returns
+    -------
+    xarray.DataArray
+        Dims ``(time, band, y, x)``, float32, chunks ``(1, 1, full y, full x)`` (one asset of one scene per
+        chunk). Coordinates: ``time`` (sorted; items with equal datetimes are all kept, ordered by id),
+        ``id``, ``platform``, ``eo:cloud_cover`` along ``time``; ``band`` = asset keys; ``x``/``y`` pixel
+        centres in metres; ``spatial_ref`` (CF grid mapping with ``crs_wkt`` and ``epsg``). Attrs: ``epsg``,
+        ``resolution``, ``transform`` (GDAL order, pixel corners), ``dropped_items`` (id -> reason).
+    """
+    if on_read_error not in ("nan", "raise"):
+        raise GlacierflowError(f"unknown on_read_error {on_read_error!r}; use 'nan' or 'raise'")
+    if isinstance(epsg, bool) or not isinstance(epsg, int | np.integer) or epsg <= 0:
+        raise GlacierflowError(f"invalid epsg {epsg!r}: pass the UTM EPSG code of the site, e.g. 32643")
+    plain, dropped = normalise_items_with_report(items, assets=assets, platforms=platforms)
+    if not plain:
+        why = f" (dropped: {'; '.join(sorted(set(dropped.values())))})" if dropped else ""
+        raise GlacierflowError(f"no usable items for the cube{why}; widen the search or check --platform")
+    plain.sort(key=lambda it: (pd.Timestamp(it["properties"]["datetime"]), str(it.get("id"))))
+    bounds = snapped_bounds(bbox_lonlat, epsg, resolution, anchor)
+
+    raw = stackstac.stack(
+        plain,
+        assets=list(assets),
+        epsg=int(epsg),
+        resolution=resolution,
+        bounds=bounds,
+        snap_bounds=False,
+        chunksize=(1, 1, -1, -1),
+        dtype=np.dtype("float32"),
+        fill_value=np.float32(np.nan),
+        rescale=False,
+        sortby_date=False,
+        xy_coords="center",
+        properties=list(TIME_PROPERTIES),
+        band_coords=False,
+        gdal_env=GDAL_ENV,
+        errors_as_nodata=READ_ERRORS_AS_NODATA if on_read_error == "nan" else (),
+        reader=ReportingRioReader,
+    )
+
+    kept_ids = [str(i) for i in np.atleast_1d(raw["id"].values)]  # metadata only: no pixels read
+    by_id = {str(it["id"]): it for it in plain}
+    for item_id in by_id.keys() - set(kept_ids):
+        dropped[item_id] = "no overlap with the bbox"
+    if not kept_ids:
+        raise GlacierflowError(
+            f"none of the {len(plain)} items overlaps bbox {tuple(bbox_lonlat)}; check the bbox or the search"
+        )
+    scale, offset = _scale_offset([by_id[i] for i in kept_ids], assets)
+    is_bits = np.array([a in BITFIELD_ASSETS for a in assets])[None, :, None, None]
+    dn = raw.data
+    reflectance = dn * scale[:, :, None, None] + offset[:, :, None, None]
+    fill = da.where(is_bits, da.fmod(dn, 2) == 1, dn == 0)  # NaN compares False: stays NaN below
+    data = da.where(fill, np.float32(np.nan), da.where(is_bits, dn, reflectance)).astype(np.float32)
+
+    cube = xr.DataArray(data, coords=raw.coords, dims=raw.dims, name="reflectance")
+    # stackstac collapses constant properties to scalars: rebuild them along time from the items.
+    cube = cube.drop_vars([c for c in cube.coords if c not in {"time", "band", "y", "x"}])
+    kept = [by_id[i] for i in kept_ids]
+    cube = cube.assign_coords(
+        id=("time", np.array(kept_ids, dtype=str)),
+        platform=("time", np.array([str(it["properties"].get("platform", "")) for it in kept], dtype=str)),
+        **{
+            "eo:cloud_cover": (
+                "time",
+                np.array([float(it["properties"].get("eo:cloud_cover", np.nan)) for it in kept], np.float32),
+            )
+        },
+    )
+    crs = CRS.from_epsg(int(epsg))
+    spatial_ref = xr.DataArray(
+        np.int32(0),
+        attrs={**crs.to_cf(), "crs_wkt": crs.to_wkt(), "spatial_ref": crs.to_wkt(), "epsg": int(epsg)},
+    )
+    cube = cube.assign_coords(spatial_ref=spatial_ref)
+    minx, _, _, maxy = bounds
+    cube.attrs = {
+        "epsg": int(epsg),
+        "resolution": float(resolution),
+        "transform": [float(resolution), 0.0, minx, 0.0, -float(resolution), maxy],
+        "grid_mapping": "spatial_ref",
+        "dropped_items": dict(dropped),
+    }
+    return cube

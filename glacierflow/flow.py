@@ -1,0 +1,428 @@
+"""Dense optical-flow velocity fields (Farnebäck) from a cube store.
+
+``cube.zarr --flow--> velocity.zarr``: for each pair of periods (consecutive, or same season one year
+apart) the snow-mask NDSI frames are matched with OpenCV's Farnebäck algorithm, one pair per Dask
+task, and the pixel displacement is turned into surface velocity in m/yr using the pixel size from
+the ``x``/``y`` coordinates and the real time between the two periods.
+
+Conventions
+-----------
+* ``u`` is east (+x), ``v`` is north (+y), both m/yr. Image rows run south when ``y`` decreases
+  downwards, so ``v = dy_rows * (y[1] - y[0]) / years`` is ``-dy_rows * 30 m / years`` on a UTM grid.
+* Farnebäck returns (near) zero flow on float32 images in [0, 1] (measured: exactly 0.0 for a 2 px
+  shift); frames are mapped to float32 [0, 255] first (:func:`to_flow_image`).
+* Pixels without information are NaN, never zero motion: NaN in either frame, or local texture (the
+  standard deviation of NDSI in a ``texture_window`` box) below ``min_texture`` in either frame (a flat
+  snow field or bare ground cannot be matched).
+* Pairs involving an interpolated period are kept in the output (so the graph is built without
+  reading any data) but are all NaN; the per-pair ``interpolated`` variable says which. The flags are
+  evaluated inside the pair's task, so :func:`velocity` stays lazy.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import dask
+import dask.array as da
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from glacierflow.errors import GlacierflowError
+
+PAIR_KINDS = ("consecutive", "annual")
+DAYS_PER_YEAR = 365.25
+
+
+@dataclass(frozen=True)
+class FlowSpec:
+    """Parameters of the flow stage.
+
+    Parameters
+    ----------
+    pairs
+        ``"consecutive"`` (period i -> i+1) or ``"annual"`` (same month, one year later; keeps seasonal
+        snow changes from dominating the match).
+    pyr_scale, levels, iterations
+        Farnebäck pyramid scale, number of pyramid levels and iterations per level (the paper: 0.5, 6, 10).
+    winsize
+        Averaging window in pixels. The paper keeps "all other parameters standard"; 15 is the value of
+        OpenCV's reference sample (the paper's code used 13 or 60). Larger windows are smoother and
+        blur the glacier margins.
+    poly_n, poly_sigma
+        Polynomial expansion neighbourhood and Gaussian sigma (the paper's code: 5, 1.1).
+    min_texture
+        Minimum local standard deviation of NDSI (in NDSI units) a pixel needs in both frames to get a
+        velocity; below it the pixel is NaN.
+    texture_window
+        Side of the box (pixels) in which the local texture is measured; ``0`` means ``winsize``.
+    """
+
+    pairs: str = "consecutive"
+    pyr_scale: float = 0.5
+    levels: int = 6
+    winsize: int = 15
+    iterations: int = 10
+    poly_n: int = 5
+    poly_sigma: float = 1.1
+    min_texture: float = 0.02
+    texture_window: int = 0
+
+    def __post_init__(self) -> None:
+        if self.pairs not in PAIR_KINDS:
+            raise GlacierflowError(f"unknown pairs {self.pairs!r}; choose one of {', '.join(PAIR_KINDS)}")
+        if not 0.0 < self.pyr_scale < 1.0:
+            raise GlacierflowError(f"pyr_scale {self.pyr_scale} must be in (0, 1), e.g. --pyr-scale 0.5")
+        for name, low in (("levels", 1), ("winsize", 3), ("iterations", 1)):
+            value = getattr(self, name)
+            if not isinstance(value, int | np.integer) or value < low:
+                raise GlacierflowError(f"{name} {value!r} must be an integer >= {low}")
+        if self.poly_n not in (5, 7):
+            raise GlacierflowError(f"poly_n {self.poly_n!r} must be 5 or 7 (OpenCV supports only these)")
+        if not self.poly_sigma > 0:
+            raise GlacierflowError(
+                f"poly_sigma {self.poly_sigma} must be > 0, e.g. 1.1 (poly_n 5) or 1.5 (poly_n 7)"
+            )
+        if not self.min_texture >= 0:
+            raise GlacierflowError(f"min_texture {self.min_texture} must be >= 0 (0 disables masking)")
+        if not isinstance(self.texture_window, int | np.integer) or self.texture_window < 0:
+            raise GlacierflowError(f"texture_window {self.texture_window!r} must be an integer >= 0")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict for JSON / Zarr attrs."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> FlowSpec:
+        """Rebuild from :meth:`to_dict` output (unknown keys are an error)."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise GlacierflowError(f"unknown FlowSpec keys {unknown}; known: {', '.join(sorted(known))}")
+        return cls(**data)
+
+    @property
+    def texture_box(self) -> int:
+        """Side of the texture box in pixels."""
+        return self.texture_window or self.winsize
+
+
+def pair_indices(times: Any, pairs: str = "consecutive") -> list[tuple[int, int]]:
+    """Index pairs ``(i, j)``, ``i < j``, of the periods to match.
+
+    Parameters
+    ----------
+    times
+        Period start times (anything :class:`pandas.DatetimeIndex` accepts), sorted ascending.
+    pairs
+        ``"consecutive"``: ``(i, i + 1)``. ``"annual"``: each period with the period that starts in the
+        same month one calendar year later, where there is one.
+
+    Returns
+    -------
+    list of tuple of int
+    """
+    if pairs not in PAIR_KINDS:
+        raise GlacierflowError(f"unknown pairs {pairs!r}; choose one of {', '.join(PAIR_KINDS)}")
+    t = pd.DatetimeIndex(times)
+    if not t.is_monotonic_increasing:
+        raise GlacierflowError("cube times are not sorted ascending; rebuild the cube store")
+    if pairs == "consecutive":
+        return [(i, i + 1) for i in range(len(t) - 1)]
+    where = {(ts.year, ts.month): k for k, ts in enumerate(t)}
+    out = []
+    for i, ts in enumerate(t):
+        j = where.get((ts.year + 1, ts.month))
+        if j is not None:
+            out.append((i, j))
+    return out
+
+
+def to_flow_image(ndsi: np.ndarray) -> np.ndarray:
+    """Map a snow-mask NDSI frame to the float32 [0, 255] image Farnebäck needs.
+
+    NDSI is clipped to [0, 1] (the snow mask is 0 or >= the threshold) and NaN becomes 0. Without the
+    scaling OpenCV returns zero flow for images in [0, 1].
+    """
+    a = np.nan_to_num(np.asarray(ndsi, dtype=np.float32), nan=0.0, posinf=1.0, neginf=0.0)
+    return (np.clip(a, 0.0, 1.0) * 255.0).astype(np.float32)
+
+
+def local_texture(ndsi: np.ndarray, size: int) -> np.ndarray:
+    """Standard deviation of NDSI in a ``size`` x ``size`` box around each pixel (NaN counts as 0)."""
+    from scipy import ndimage
+
+    a = np.nan_to_num(np.asarray(ndsi, dtype=np.float64), nan=0.0)
+    mean = ndimage.uniform_filter(a, size, mode="nearest")
+    sq = ndimage.uniform_filter(a * a, size, mode="nearest")
+    return np.sqrt(np.clip(sq - mean * mean, 0.0, None)).astype(np.float32)
+
+
+def farneback_pixels(prev: np.ndarray, nxt: np.ndarray, spec: FlowSpec) -> np.ndarray:
+    """Farnebäck flow in pixels, ``(2, H, W)`` float32: columns right, rows down, with texture mask.
+
+    ``prev`` and ``nxt`` are NDSI frames; content at ``prev[r, c]`` is found at
+    ``nxt[r + flow[1], c + flow[0]]``. Pixels without information are NaN.
+    """
+    import cv2
+
+    cv2.setNumThreads(0)
+    flow = cv2.calcOpticalFlowFarneback(
+        to_flow_image(prev), to_flow_image(nxt), None,
+        spec.pyr_scale, spec.levels, spec.winsize, spec.iterations, spec.poly_n, spec.poly_sigma, 0,
+    )
+    out = np.moveaxis(flow, -1, 0).astype(np.float32)
+    valid = np.isfinite(prev) & np.isfinite(nxt)
+    if spec.min_texture > 0:
+        box = spec.texture_box
+        valid &= local_texture(prev, box) >= spec.min_texture
+        valid &= local_texture(nxt, box) >= spec.min_texture
+    out[:, ~valid] = np.nan
+    return out
+
+
+def _pair_velocity(
+    prev: np.ndarray, nxt: np.ndarray, interp: np.ndarray, i: int, j: int,
+    spec: FlowSpec, dx: float, dy: float, years: float,
+) -> np.ndarray:
+    """One pair's task: ``(3, H, W)`` float32 u, v, speed in m/yr (all NaN for an interpolated pair)."""
+    prev = np.asarray(prev).reshape(prev.shape[-2:])
+    nxt = np.asarray(nxt).reshape(nxt.shape[-2:])
+    flags = np.asarray(interp).reshape(-1)
+    if bool(flags[i]) or bool(flags[j]):
+        return np.full((3, *prev.shape), np.nan, dtype=np.float32)
+    flow = farneback_pixels(prev, nxt, spec)
+    u = flow[0] * np.float32(dx / years)
+    v = flow[1] * np.float32(dy / years)
+    return np.stack([u, v, np.hypot(u, v)]).astype(np.float32)
+
+
+def _grid_step(coord: xr.DataArray, name: str) -> float:
+    values = np.asarray(coord.values, dtype=np.float64)  # index coordinate: in memory, no compute
+    if values.size < 2:
+        raise GlacierflowError(f"cube has {values.size} pixel(s) along {name}; need at least 2")
+    steps = np.diff(values)
+    if not np.allclose(steps, steps[0], rtol=1e-6, atol=1e-6) or steps[0] == 0:
+        raise GlacierflowError(f"cube {name} coordinate is not a regular grid; rebuild the cube store")
+    return float(steps[0])
+
+
+def check_cube(cube_ds: xr.Dataset, what: str = "cube") -> None:
+    """Raise :class:`GlacierflowError` unless ``cube_ds`` looks like a glacierflow cube store."""
+    if "ndsi" not in cube_ds.data_vars:
+        raise GlacierflowError(
+            f"{what} has no 'ndsi' variable; is it a glacierflow cube? build one with build-cube"
+        )
+    if tuple(cube_ds["ndsi"].dims) != ("time", "y", "x"):
+        raise GlacierflowError(f"{what} ndsi has dims {cube_ds['ndsi'].dims}; expected (time, y, x)")
+    if cube_ds.sizes["time"] < 2:
+        raise GlacierflowError(
+            f"{what} has {cube_ds.sizes['time']} period(s); flow needs at least 2 (widen the date range)"
+        )
+
+
+def velocity(cube_ds: xr.Dataset, spec: FlowSpec | None = None) -> xr.Dataset:
+    """Lazy velocity fields for the pairs of periods chosen by ``spec.pairs``.
+
+    Parameters
+    ----------
+    cube_ds
+        A cube store dataset (``ndsi(time, y, x)``, optional ``interpolated(time)``, ``spatial_ref``).
+    spec
+        Flow parameters; default :class:`FlowSpec`.
+
+    Returns
+    -------
+    xarray.Dataset
+        ``u``, ``v``, ``speed`` (float32, m/yr; +u east, +v north) on the cube grid with dims
+        ``(time, y, x)``, ``time`` = pair midpoint; per pair ``time_start``, ``time_end``, ``dt_days``
+        (coordinates) and ``interpolated`` (bool: the pair touches an interpolated period and is all
+        NaN). One Dask task per pair; nothing is computed here.
+    """
+    spec = spec or FlowSpec()
+    check_cube(cube_ds)
+    times = pd.DatetimeIndex(cube_ds["time"].values)
+    pairs = pair_indices(times, spec.pairs)
+    if not pairs:
+        raise GlacierflowError(
+            f"no {spec.pairs} pairs in {len(times)} periods ({times[0]:%Y-%m-%d}..{times[-1]:%Y-%m-%d}); "
+            "annual pairs need the same month one year later: widen the date range or use --pairs consecutive"
+        )
+    dx = _grid_step(cube_ds["x"], "x")
+    dy = _grid_step(cube_ds["y"], "y")
+    ndsi = cube_ds["ndsi"].data
+    if not isinstance(ndsi, da.Array):
+        ndsi = da.from_array(np.asarray(ndsi))
+    ndsi = ndsi.astype(np.float32).rechunk((1, -1, -1))  # one period per chunk, full scene
+    if "interpolated" in cube_ds:
+        interp = cube_ds["interpolated"].data
+        interp = interp if isinstance(interp, da.Array) else da.from_array(np.asarray(interp))
+        interp = interp.astype(bool).rechunk(-1)
+    else:
+        interp = da.zeros(len(times), dtype=bool, chunks=-1)
+    ny, nx = ndsi.shape[1:]
+
+    start = times[[i for i, _ in pairs]]
+    end = times[[j for _, j in pairs]]
+    dt_days = np.asarray((end - start) / pd.Timedelta(days=1), dtype=np.float64)
+    blocks = []
+    for (i, j), days in zip(pairs, dt_days, strict=True):
+        task = dask.delayed(_pair_velocity, pure=True)(
+            ndsi[i], ndsi[j], interp, i, j, spec, dx, dy, days / DAYS_PER_YEAR
+        )
+        blocks.append(da.from_delayed(task, shape=(3, ny, nx), dtype=np.float32))
+    stack = da.stack(blocks, axis=1)  # (3, pair, y, x)
+    pair_interp = da.stack([interp[i] | interp[j] for i, j in pairs])
+
+    coords: dict[str, Any] = {
+        "time": ("time", np.asarray(start + (end - start) / 2, dtype="datetime64[ns]")),
+        "time_start": ("time", np.asarray(start, dtype="datetime64[ns]")),
+        "time_end": ("time", np.asarray(end, dtype="datetime64[ns]")),
+        "dt_days": ("time", dt_days),
+        "y": cube_ds["y"].variable,
+        "x": cube_ds["x"].variable,
+    }
+    has_crs = "spatial_ref" in cube_ds.coords or "spatial_ref" in cube_ds.variables
+    if has_crs:
+        coords["spatial_ref"] = cube_ds["spatial_ref"].variable
+    dims = ("time", "y", "x")
+    units = {"u": "m/yr, +east", "v": "m/yr, +north", "speed": "m/yr"}
+    data_vars = {}
+    for k, name in enumerate(("u", "v", "speed")):
+        attrs = {"units": "m yr-1", "long_name": f"surface velocity {name} ({units[name]})"}
+        if has_crs:
+            attrs["grid_mapping"] = "spatial_ref"
+        data_vars[name] = xr.Variable(dims, stack[k], attrs)
+    data_vars["interpolated"] = xr.Variable(
+        ("time",), pair_interp, {"long_name": "pair uses an interpolated period (all NaN)"}
+    )
+    out = xr.Dataset(data_vars, coords=coords)
+    out.attrs["flow_spec"] = json.dumps(spec.to_dict())
+    return out
+
+
+def _is_local(url: str) -> bool:
+    return "://" not in url or url.startswith("file://")
+
+
+def _local_path(url: str) -> str:
+    return url[len("file://"):] if url.startswith("file://") else url
+
+
+def write_velocity(ds: xr.Dataset, url: str, overwrite: bool = False, source: str | None = None) -> str:
+    """Compute and write a velocity dataset to a Zarr store, safely.
+
+    The store is built next to the target under a temporary name and renamed into place, so an
+    interrupted write never leaves a half-written store at ``url`` and an existing store stays
+    readable until the new one is complete.
+
+    Parameters
+    ----------
+    ds
+        Output of :func:`velocity`.
+    url
+        Target path (local) or fsspec URL.
+    overwrite
+        Replace an existing store. Without it an existing target is refused.
+    source
+        The cube store URL, recorded in the attrs.
+
+    Returns
+    -------
+    str
+        ``url``.
+    """
+    from glacierflow import __version__
+
+    ds = ds.copy()
+    ds.attrs.update(
+        glacierflow_version=__version__,
+        source_cube=source or "",
+        created=pd.Timestamp.now(tz="UTC").isoformat(),
+    )
+    encoding = {k: {"units": "days since 1970-01-01", "dtype": "int64"} for k in ("time_start", "time_end")}
+    encoding["time"] = {"units": "seconds since 1970-01-01", "dtype": "int64"}
+    tag = uuid.uuid4().hex[:8]
+    if _is_local(url):
+        target = _local_path(url).rstrip("/\\")
+        if os.path.exists(target) and not overwrite:
+            raise GlacierflowError(f"velocity store {url!r} already exists; pass --overwrite to replace it")
+        tmp = f"{target}.tmp-{tag}"
+        try:
+            ds.to_zarr(tmp, mode="w", consolidated=False, encoding=encoding)
+            if os.path.exists(target):
+                old = f"{target}.old-{tag}"
+                os.replace(target, old)
+                os.replace(tmp, target)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(tmp, target)
+        finally:
+            if os.path.exists(tmp):
+                shutil.rmtree(tmp, ignore_errors=True)
+        return url
+    import fsspec
+
+    fs, path = fsspec.core.url_to_fs(url)
+    path = path.rstrip("/")
+    if fs.exists(path) and not overwrite:
+        raise GlacierflowError(f"velocity store {url!r} already exists; pass --overwrite to replace it")
+    tmp = f"{path}.tmp-{tag}"
+    try:
+        ds.to_zarr(fs.get_mapper(tmp), mode="w", consolidated=False, encoding=encoding)
+        if fs.exists(path):
+            fs.rm(path, recursive=True)
+        fs.mv(tmp, path, recursive=True)
+    finally:
+        if fs.exists(tmp):
+            fs.rm(tmp, recursive=True)
+    return url
+
+
+def open_cube(cube_url: str) -> xr.Dataset:
+    """Open a cube store lazily, with a one-line error if it is missing or not a glacierflow cube."""
+    if _is_local(cube_url) and not os.path.exists(_local_path(cube_url)):
+        raise GlacierflowError(f"cube store {cube_url!r} not found; build one with 'glacierflow build-cube'")
+    try:
+        ds = xr.open_zarr(cube_url, decode_coords="all", consolidated=False)
+    except (FileNotFoundError, KeyError, ValueError, OSError) as err:
+        raise GlacierflowError(
+            f"cannot open cube store {cube_url!r} as Zarr ({err}); is it a cube store?"
+        ) from err
+    check_cube(ds, what=f"cube store {cube_url!r}")
+    return ds
+
+
+def run_flow(
+    cube_url: str, out_url: str, spec: FlowSpec | None = None, overwrite: bool = False
+) -> dict[str, Any]:
+    """Open a cube store, compute velocities for ``spec.pairs`` and write the velocity store.
+
+    Returns
+    -------
+    dict
+        Summary: ``out``, ``pairs``, ``pairs_interpolated`` (all-NaN pairs), ``median_speed_m_per_yr``,
+        ``valid_fraction`` (of pixels in the non-interpolated pairs).
+    """
+    spec = spec or FlowSpec()
+    cube = open_cube(cube_url)
+    ds = velocity(cube, spec)
+    write_velocity(ds, out_url, overwrite=overwrite, source=cube_url)
+    written = xr.open_zarr(out_url, decode_coords="all", consolidated=False)
+    interp = written["interpolated"].values.astype(bool)
+    speed = written["speed"].isel(time=np.flatnonzero(~interp)).values
+    finite = np.isfinite(speed)
+    return {
+        "out": out_url,
+        "pairs": int(written.sizes["time"]),
+        "pairs_interpolated": int(interp.sum()),
+        "median_speed_m_per_yr": float(np.median(speed[finite])) if finite.any() else float("nan"),
+        "valid_fraction": float(finite.mean()) if speed.size else 0.0,
+    }

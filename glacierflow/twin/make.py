@@ -1,0 +1,513 @@
+"""``glacierflow twin make``: write the offline twin (COGs + STAC items + truth store).
+
+Layout of a twin directory::
+
+    twin.json          format version, glacier, grid, AOI bbox, counts (written last: completion marker)
+    collection.json    the landsat-c2-l2 collection document
+    items.json         FeatureCollection of all items (asset hrefs relative to the directory)
+    assets/<id>/*.TIF  Cloud-Optimized GeoTIFFs (uint16 DN, scale 2.75e-5, offset -0.2, nodata 0; qa_pixel)
+    truth.zarr         clean NDSI per acquisition, shifts, defects, true velocity, glacier mask
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import rasterio
+import xarray as xr
+import zarr
+from pyproj import Transformer
+from rasterio.transform import Affine
+from scipy import ndimage
+
+from glacierflow import __version__
+from glacierflow.errors import GlacierflowError
+from glacierflow.glaciers import Site, get_site
+from glacierflow.twin import stac_items
+from glacierflow.twin.world import World, _noise, ndsi_snow
+
+FORMAT_VERSION = 1
+SIZES: dict[str, dict[str, Any]] = {
+    # px = square side (None: the glacier's whole bbox); years = default span
+    "tiny": {"px": 128, "start": "2019-01-01", "end": "2020-12-31"},
+    "small": {"px": 400, "start": "2018-01-01", "end": "2021-12-31"},
+    "full": {"px": None, "start": "2013-03-18", "end": "2021-12-31"},
+}
+MARGIN = 12  # pixels of scene beyond the AOI on each side
+REVISIT = 16  # days
+QA_FILL, QA_DILATED, QA_CIRRUS, QA_CLOUD, QA_SHADOW, QA_SNOW, QA_CLEAR, QA_WATER = (1 << i for i in range(8))
+DEFECT_GAP, DEFECT_CLOUD, DEFECT_SHADOW = 1, 2, 4
+
+
+@dataclass(frozen=True)
+class Grid:
+    """The twin's scene grid (shared by all acquisitions, as a WRS path/row is)."""
+
+    epsg: int
+    shape: tuple[int, int]
+    transform: tuple[float, float, float, float, float, float]
+    aoi: tuple[float, float, float, float]  # lon/lat bbox to use for cubes
+
+    @property
+    def affine(self) -> Affine:
+        """Rasterio affine transform."""
+        return Affine(*self.transform)
+
+    def coords(self) -> tuple[np.ndarray, np.ndarray]:
+        """Pixel-centre ``y``, ``x`` coordinates (UTM metres)."""
+        a = self.affine
+        h, w = self.shape
+        x = a.c + a.a * (np.arange(w) + 0.5)
+        y = a.f + a.e * (np.arange(h) + 0.5)
+        return y, x
+
+
+def make_grid(site: Site, size: str) -> Grid:
+    """Grid for a site and size, snapped to the Landsat grid (pixel corners at odd multiples of 15 m)."""
+    fwd = Transformer.from_crs(4326, site.epsg, always_xy=True)
+    inv = Transformer.from_crs(site.epsg, 4326, always_xy=True)
+    px = SIZES[size]["px"]
+    if px is None:
+        xmin, ymin, xmax, ymax = fwd.transform_bounds(*site.bbox)
+        xmin, ymin, xmax, ymax = xmin - MARGIN * 30, ymin - MARGIN * 30, xmax + MARGIN * 30, ymax + MARGIN * 30
+    else:
+        cx, cy = fwd.transform(*site.centre)
+        half = px * 15.0
+        xmin, xmax, ymin, ymax = cx - half, cx + half, cy - half, cy + half
+    x0 = np.floor((xmin - 15) / 30) * 30 + 15
+    y1 = np.ceil((ymax - 15) / 30) * 30 + 15
+    w = int(np.ceil((xmax - x0) / 30))
+    h = int(np.ceil((y1 - ymin) / 30))
+    if px is None:
+        aoi = site.bbox
+    else:
+        # the largest lon/lat box inside the grid less its margin
+        ix0, ix1 = x0 + MARGIN * 30, x0 + (w - MARGIN) * 30
+        iy0, iy1 = y1 - (h - MARGIN) * 30, y1 - MARGIN * 30
+        lon, lat = inv.transform([ix0, ix0, ix1, ix1], [iy0, iy1, iy0, iy1])
+        aoi = (max(lon[0], lon[1]), max(lat[0], lat[2]), min(lon[2], lon[3]), min(lat[1], lat[3]))
+        aoi = tuple(round(v, 6) for v in aoi)  # type: ignore[assignment]
+        aoi = (aoi[0] + 1e-6, aoi[1] + 1e-6, aoi[2] - 1e-6, aoi[3] - 1e-6)
+    return Grid(site.epsg, (h, w), (30.0, 0.0, float(x0), 0.0, -30.0, float(y1)), aoi)
+
+
+@dataclass(frozen=True)
+class Acquisition:
+    """Everything random about one acquisition, drawn up front from the seed."""
+
+    index: int
+    item_id: str
+    product_id: str
+    platform: str
+    datetime: str
+    year: float
+    shift_x: float
+    shift_y: float
+    cloud_target: float  # fraction of the scene under cloud (0..1)
+    valid_target: float  # fraction of the scene inside the footprint (0..1)
+    stripes: int
+    seed: int
+
+
+def _decimal_year(t: datetime) -> float:
+    start = datetime(t.year, 1, 1, tzinfo=UTC)
+    return t.year + (t - start).total_seconds() / (365.25 * 86400)
+
+
+def schedule(site: Site, start: str, end: str, seed: int) -> list[Acquisition]:
+    """Landsat-8 acquisitions every 16 days, plus a few Landsat-7 ones 8 days out of phase."""
+    rng = np.random.default_rng(seed + 7)
+    t0 = datetime.fromisoformat(start).replace(tzinfo=UTC)
+    t1 = datetime.fromisoformat(end).replace(tzinfo=UTC) + timedelta(days=1)
+    hour = (10.5 - site.centre[0] / 15.0) % 24  # ~10:30 local solar time
+    t = t0 + timedelta(hours=hour, minutes=int(rng.integers(0, 10)), seconds=float(rng.uniform(0, 59)))
+    # rough WRS-2 path/row of the site (parvati: 147/038, aletsch: 195/028 upstream; close enough here)
+    path = int(round((180 - site.centre[0]) / 360 * 233 + 81)) % 233 + 1
+    row = int(round(60 - 0.69 * site.centre[1]))
+    dates: list[tuple[datetime, str]] = []
+    while t < t1:
+        dates.append((t, "landsat-8"))
+        if rng.random() < 0.1:
+            dates.append((t + timedelta(days=8, seconds=float(rng.uniform(-30, 30))), "landsat-7"))
+        t += timedelta(days=REVISIT, seconds=float(rng.uniform(-3, 3)))
+    dates = sorted(d for d in dates if d[0] < t1)
+    out = []
+    for i, (dt, platform) in enumerate(dates):
+        r = rng.random()
+        cloud = rng.uniform(0.0, 0.03) if r < 0.6 else rng.uniform(0.03, 0.15) if r < 0.85 else rng.uniform(0.3, 0.7)
+        f = rng.random()
+        valid = rng.uniform(0.2, 0.42) if f < 0.12 else rng.uniform(0.75, 0.95) if f < 0.27 else 1.0
+        prefix = stac_items.PLATFORMS[platform]["prefix"]
+        day = dt.strftime("%Y%m%d")
+        item_id = f"{prefix}_L2SP_{path:03d}{row:03d}_{day}_02_T1"
+        product_id = f"{prefix}_L2SP_{path:03d}{row:03d}_{day}_{(dt + timedelta(days=9)).strftime('%Y%m%d')}_02_T1"
+        out.append(
+            Acquisition(
+                index=i,
+                item_id=item_id,
+                product_id=product_id,
+                platform=platform,
+                datetime=dt.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+                year=_decimal_year(dt),
+                shift_x=float(rng.uniform(-2, 2)),
+                shift_y=float(rng.uniform(-2, 2)),
+                cloud_target=float(cloud),
+                valid_target=float(valid),
+                stripes=int(rng.integers(1, 4)) if rng.random() < 0.1 or platform == "landsat-7" else 0,
+                seed=int(rng.integers(0, 2**31 - 1)),
+            )
+        )
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# rendering one acquisition (runs in worker processes; the world is built once per process)
+_WORLD: World | None = None
+
+
+def _init_worker(shape: tuple[int, int], seed: int) -> None:
+    global _WORLD
+    _WORLD = World(shape, seed=seed)
+
+
+def render(world: World, acq: Acquisition) -> dict[str, Any]:
+    """DN arrays, QA band, defects and the clean truth NDSI for one acquisition."""
+    rng = np.random.default_rng(acq.seed)
+    h, w = world.shape
+    size = min(h, w)
+    jitter = (40.0 * _noise(world.shape, size / 25, rng)).astype(np.float32)
+    g0, s0, _ = world.reflectance(acq.year, (0.0, 0.0), jitter)
+    truth = ndsi_snow(g0, s0)
+    green, swir, cls = world.reflectance(acq.year, (acq.shift_x, acq.shift_y), jitter)
+
+    # footprint: a straight scene edge leaving valid_target of the tile inside
+    rr, cc = np.mgrid[0:h, 0:w].astype(np.float32)
+    gap = np.zeros((h, w), bool)
+    if acq.valid_target < 1.0:
+        theta = rng.uniform(0, 2 * np.pi)
+        proj = (cc - w / 2) * np.cos(theta) + (rr - h / 2) * np.sin(theta)
+        gap |= proj > np.quantile(proj, acq.valid_target)
+    # scattered missing pixels and stripes (SLC-off-like wedges on Landsat-7)
+    gap |= rng.random((h, w)) < 0.002
+    for _ in range(acq.stripes):
+        r0 = int(rng.integers(0, h))
+        gap[r0 : r0 + int(rng.integers(1, 4))] = True
+    if acq.platform == "landsat-7":
+        gap |= ((rr * 0.2 + cc) % 37) < 2.5
+
+    # clouds with soft edges, their dilation and shadows
+    cloud = np.zeros((h, w), bool)
+    alpha = np.zeros((h, w), np.float32)
+    if acq.cloud_target > 0.002:
+        n = _noise(world.shape, size / 14, rng)
+        thr = np.quantile(n, 1 - acq.cloud_target)
+        cloud = n > thr
+        alpha = np.clip((n - thr) / 0.5 + 0.6, 0, 1) * (n > thr - 0.3)
+    dilated = ndimage.binary_dilation(cloud, iterations=3) & ~cloud
+    sdr, sdc = int(size * 0.03) + 2, -(int(size * 0.04) + 2)
+    shadow = np.roll(np.roll(cloud, sdr, 0), sdc, 1) & ~cloud & ~dilated
+    green = np.where(shadow, green * 0.45, green)
+    swir = np.where(shadow, swir * 0.45, swir)
+    green = (1 - alpha) * green + alpha * 0.75
+    swir = (1 - alpha) * swir + alpha * 0.45
+    # sensor noise
+    green = green + rng.normal(0, 0.003, (h, w)).astype(np.float32)
+    swir = swir + rng.normal(0, 0.003, (h, w)).astype(np.float32)
+
+    def dn(refl: np.ndarray) -> np.ndarray:
+        d = np.clip(np.round((refl - stac_items.OFFSET) / stac_items.SCALE), 1, 65535).astype(np.uint16)
+        d[gap] = 0
+        return d
+
+    qa = np.full((h, w), QA_CLEAR | (1 << 8) | (1 << 10) | (1 << 12) | (1 << 14), np.uint16)
+    qa = np.where(cls["snow"], (qa | QA_SNOW | (3 << 12)) & ~np.uint16(1 << 12), qa).astype(np.uint16)
+    qa = np.where(cls["water"], qa | QA_WATER, qa).astype(np.uint16)
+    notclear = ~np.uint16(QA_CLEAR)
+    qa = np.where(cloud, (qa & notclear) | QA_CLOUD | (3 << 8), qa).astype(np.uint16)
+    qa = np.where(dilated, (qa & notclear) | QA_DILATED, qa).astype(np.uint16)
+    qa = np.where(shadow, (qa & notclear) | QA_SHADOW | (3 << 10), qa).astype(np.uint16)
+    qa[gap] = QA_FILL
+    valid = ~gap
+    cloud_cover = 100.0 * float((cloud & valid).sum()) / max(1, int(valid.sum()))
+    defects = (gap * DEFECT_GAP | (cloud | dilated) * DEFECT_CLOUD | shadow * DEFECT_SHADOW).astype(np.uint8)
+    return {
+        "green": dn(green),
+        "swir16": dn(swir),
+        "qa_pixel": qa,
+        "truth": truth,
+        "defects": defects,
+        "valid": valid,
+        "cloud_cover": round(cloud_cover, 2),
+        "valid_fraction": float(valid.mean()),
+    }
+
+
+def _write_cog(path: Path, data: np.ndarray, grid: Grid, nodata: int, scaled: bool) -> None:
+    profile = {
+        "driver": "COG",
+        "width": grid.shape[1],
+        "height": grid.shape[0],
+        "count": 1,
+        "dtype": "uint16",
+        "crs": f"EPSG:{grid.epsg}",
+        "transform": grid.affine,
+        "nodata": nodata,
+        "compress": "DEFLATE",
+        "blocksize": 256,
+        "overview_resampling": "nearest",
+    }
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(data, 1)
+        if scaled:
+            dst.scales = (stac_items.SCALE,)
+            dst.offsets = (stac_items.OFFSET,)
+
+
+def _footprint(valid: np.ndarray, grid: Grid) -> tuple[dict[str, Any], list[float]]:
+    """Lon/lat polygon (convex hull of the valid pixels' corners) and bbox."""
+    from scipy.spatial import ConvexHull
+
+    rows = np.flatnonzero(valid.any(axis=1))
+    cols = np.flatnonzero(valid.any(axis=0))
+    if rows.size == 0:
+        rows, cols = np.array([0, grid.shape[0] - 1]), np.array([0, grid.shape[1] - 1])
+    # boundary pixels of each row: leftmost and rightmost valid columns
+    pts = []
+    step = max(1, rows.size // 64)
+    for r in rows[::step].tolist() + [int(rows[-1])]:
+        c = np.flatnonzero(valid[r])
+        if c.size:
+            pts += [(c[0], r), (c[-1] + 1, r), (c[0], r + 1), (c[-1] + 1, r + 1)]
+    pts_a = np.array(pts, float)
+    hull = pts_a[ConvexHull(pts_a).vertices]
+    a = grid.affine
+    xs = a.c + a.a * hull[:, 0]
+    ys = a.f + a.e * hull[:, 1]
+    lon, lat = Transformer.from_crs(grid.epsg, 4326, always_xy=True).transform(xs, ys)
+    ring = [[round(float(x), 7), round(float(y), 7)] for x, y in zip(lon, lat, strict=True)]
+    ring.append(ring[0])
+    bbox = [min(lon), min(lat), max(lon), max(lat)]
+    return {"type": "Polygon", "coordinates": [ring]}, [round(float(v), 7) for v in bbox]
+
+
+def _render_and_write(args: tuple[Acquisition, Grid, str]) -> dict[str, Any]:
+    acq, grid, out = args
+    assert _WORLD is not None
+    res = render(_WORLD, acq)
+    root = Path(out)
+    folder = root / "assets" / acq.item_id
+    folder.mkdir(parents=True, exist_ok=True)
+    names = stac_items.asset_filenames(acq.product_id, acq.platform)
+    for key in ("green", "swir16", "qa_pixel"):
+        _write_cog(folder / names[key], res[key], grid, 1 if key == "qa_pixel" else 0, key != "qa_pixel")
+    g = zarr.open_group(str(root / "truth.zarr"), mode="r+")
+    g["ndsi"][acq.index] = res["truth"]
+    g["defects"][acq.index] = res["defects"]
+    geometry, bbox = _footprint(res["valid"], grid)
+    hrefs = {k: f"assets/{acq.item_id}/{v}" for k, v in names.items()}
+    return {
+        "index": acq.index,
+        "cloud_cover": res["cloud_cover"],
+        "valid_fraction": res["valid_fraction"],
+        "geometry": geometry,
+        "bbox": bbox,
+        "hrefs": hrefs,
+    }
+
+
+def _truth_template(world: World, grid: Grid, acqs: list[Acquisition]) -> xr.Dataset:
+    import dask.array as da
+
+    y, x = grid.coords()
+    h, w = grid.shape
+    n = len(acqs)
+    times = pd.to_datetime([a.datetime for a in acqs]).tz_localize(None)
+    ds = xr.Dataset(
+        {
+            "ndsi": (("time", "y", "x"), da.zeros((n, h, w), np.float32, chunks=(1, h, w))),
+            "defects": (("time", "y", "x"), da.zeros((n, h, w), np.uint8, chunks=(1, h, w))),
+            "item_id": ("time", np.array([a.item_id for a in acqs], dtype=object)),
+            "platform": ("time", np.array([a.platform for a in acqs], dtype=object)),
+            "shift_x": ("time", np.array([a.shift_x for a in acqs], np.float64)),
+            "shift_y": ("time", np.array([a.shift_y for a in acqs], np.float64)),
+            "u": (("y", "x"), world.u),
+            "v": (("y", "x"), world.v),
+            "glacier_mask": (("y", "x"), world.glacier_mask),
+            "elevation": (("y", "x"), world.elevation),
+        },
+        coords={"time": times, "y": y, "x": x},
+    )
+    ds["ndsi"].attrs.update(description="clean snow-mask NDSI (>= 0.3 else 0) before clouds, gaps and shifts")
+    ds["defects"].attrs.update(description="bit flags: 1 gap/fill, 2 cloud or dilated cloud, 4 cloud shadow")
+    ds["shift_x"].attrs.update(units="pixel", description="scene[r, c] = truth[r - shift_y, c - shift_x]")
+    ds["shift_y"].attrs.update(units="pixel")
+    ds["u"].attrs.update(units="m/yr", description="true surface velocity, +east")
+    ds["v"].attrs.update(units="m/yr", description="true surface velocity, +north")
+    ds["glacier_mask"].attrs.update(description=f"ice extent at decimal year {world.t_ref}")
+    from glacierflow.store import add_spatial_ref
+
+    ds = add_spatial_ref(ds, grid.epsg)
+    return ds
+
+
+def make_twin(
+    out_dir: str | os.PathLike[str],
+    glacier: str = "parvati",
+    size: str = "tiny",
+    start: str | None = None,
+    end: str | None = None,
+    seed: int = 0,
+    overwrite: bool = False,
+    workers: int | None = None,
+    progress: Any = None,
+) -> dict[str, Any]:
+    """Generate a twin directory; returns its ``twin.json`` content.
+
+    The twin is built in a temporary sibling directory and moved into place at the end, so an
+    interrupted run never leaves a half-written twin where a good one was.
+    """
+    if size not in SIZES:
+        raise GlacierflowError(f"unknown twin size {size!r}; choose one of: {', '.join(SIZES)}")
+    site = get_site(glacier)
+    start = start or SIZES[size]["start"]
+    end = end or SIZES[size]["end"]
+    try:
+        if datetime.fromisoformat(start) >= datetime.fromisoformat(end):
+            raise GlacierflowError(f"--start {start} must be before --end {end}")
+    except ValueError as e:
+        raise GlacierflowError(f"bad date ({e}); use YYYY-MM-DD") from None
+    out = Path(out_dir)
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise GlacierflowError(f"{out} already exists and is not empty; pass --overwrite to replace it")
+        if not (out / "twin.json").exists() and not (out / "items.json").exists():
+            raise GlacierflowError(f"refusing to overwrite {out}: it is not a glacierflow twin directory")
+    t_start = time.perf_counter()
+    grid = make_grid(site, size)
+    acqs = schedule(site, start, end, seed)
+    if not acqs:
+        raise GlacierflowError(f"no Landsat acquisitions between {start} and {end}; widen the date range")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    try:
+        world = World(grid.shape, seed=seed)
+        _truth_template(world, grid, acqs).to_zarr(tmp / "truth.zarr", compute=False, consolidated=False)
+        n_workers = workers or min(2, os.cpu_count() or 1)
+        jobs = [(a, grid, str(tmp)) for a in acqs]
+        results: list[dict[str, Any]] = [{}] * len(acqs)
+        with ProcessPoolExecutor(n_workers, initializer=_init_worker, initargs=(grid.shape, seed)) as pool:
+            for res in pool.map(_render_and_write, jobs, chunksize=2):
+                results[res["index"]] = res
+                if progress is not None:
+                    progress()
+        xr.Dataset(
+            {
+                "cloud_cover": ("time", np.array([r["cloud_cover"] for r in results])),
+                "valid_fraction": ("time", np.array([r["valid_fraction"] for r in results])),
+            }
+        ).to_zarr(tmp / "truth.zarr", mode="a", consolidated=False)
+        created = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        items = []
+        for a, r in zip(acqs, results, strict=True):
+            wrs_path, wrs_row = int(a.item_id[10:13]), int(a.item_id[13:16])
+            doy = (a.year % 1) * 365.25
+            items.append(
+                stac_items.make_item(
+                    item_id=a.item_id,
+                    platform=a.platform,
+                    datetime=a.datetime,
+                    created=created,
+                    epsg=grid.epsg,
+                    shape=grid.shape,
+                    transform=list(grid.transform),
+                    geometry=r["geometry"],
+                    bbox=r["bbox"],
+                    cloud_cover=r["cloud_cover"],
+                    wrs_path=wrs_path,
+                    wrs_row=wrs_row,
+                    scene_id=f"{a.item_id[:2]}{a.item_id[3]}{wrs_path:03d}{wrs_row:03d}{a.datetime[:4]}"
+                    f"{int(doy) + 1:03d}LGN00",
+                    sun_azimuth=140.0 + 15 * np.cos(2 * np.pi * doy / 365.25),
+                    sun_elevation=58.0 - 24 * np.cos(2 * np.pi * (doy + 10) / 365.25),
+                    hrefs=r["hrefs"],
+                )
+            )
+        full_bbox = [min(i["bbox"][0] for i in items), min(i["bbox"][1] for i in items),
+                     max(i["bbox"][2] for i in items), max(i["bbox"][3] for i in items)]
+        collection = stac_items.make_collection(
+            full_bbox, acqs[0].datetime, acqs[-1].datetime,
+            f"Synthetic Landsat-8/7 Collection 2 Level-2 scenes of the {site.name} glacier written by "
+            f"glacierflow {__version__} (seed {seed}); ground truth in truth.zarr.",
+        )
+        (tmp / "collection.json").write_text(json.dumps(collection, indent=1))
+        (tmp / "items.json").write_text(json.dumps({"type": "FeatureCollection", "features": items}))
+        meta = {
+            "format_version": FORMAT_VERSION,
+            "glacierflow_version": __version__,
+            "glacier": site.name,
+            "size": size,
+            "seed": seed,
+            "start": start,
+            "end": end,
+            "epsg": grid.epsg,
+            "shape": list(grid.shape),
+            "transform": list(grid.transform),
+            "bbox": list(grid.aoi),
+            "n_items": len(items),
+            "n_landsat8": sum(a.platform == "landsat-8" for a in acqs),
+            "n_landsat7": sum(a.platform == "landsat-7" for a in acqs),
+            "generation_seconds": round(time.perf_counter() - t_start, 1),
+            "grid": asdict(grid),
+        }
+        meta["bytes"] = sum(f.stat().st_size for f in tmp.rglob("*") if f.is_file())
+        (tmp / "twin.json").write_text(json.dumps(meta, indent=1))
+        if out.exists():
+            old = out.parent / f".{out.name}.old-{os.getpid()}"
+            out.rename(old)
+            tmp.rename(out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return meta
+
+
+def load_twin_meta(twin_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read and check ``twin.json``; clear errors for missing, incomplete or foreign directories."""
+    d = Path(twin_dir)
+    if not d.is_dir():
+        raise GlacierflowError(f"twin directory {d} does not exist; create it with `glacierflow twin make {d}`")
+    meta_path = d / "twin.json"
+    if not meta_path.exists():
+        raise GlacierflowError(
+            f"{d} is not a complete glacierflow twin (no twin.json); rebuild it with "
+            f"`glacierflow twin make {d} --overwrite`"
+        )
+    try:
+        meta = json.loads(meta_path.read_text())
+    except json.JSONDecodeError as e:
+        raise GlacierflowError(f"{meta_path} is corrupt ({e}); rebuild with --overwrite") from None
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise GlacierflowError(
+            f"{d} was written by twin format {meta.get('format_version')!r}, this glacierflow reads "
+            f"{FORMAT_VERSION}; rebuild it with `glacierflow twin make {d} --overwrite`"
+        )
+    for name in ("items.json", "collection.json", "truth.zarr"):
+        if not (d / name).exists():
+            raise GlacierflowError(f"{d} is incomplete ({name} missing); rebuild it with --overwrite")
+    return meta

@@ -1,0 +1,241 @@
+"""The twin's synthetic Landsat world: terrain, glaciers, motion, snow, surface reflectance.
+
+Everything is defined by static fields on the scene grid (elevation, glacier coordinates, velocity,
+surface texture) that are *sampled* at arbitrary pixel coordinates. That makes the ground truth exact:
+a scene shifted by ``(shift_x, shift_y)`` is the same world sampled at ``(r - shift_y, c - shift_x)``,
+so ``scene[r, c] = truth[r - shift_y, c - shift_x]`` (the cube store's convention), and moving ice
+is the texture sampled upstream, ``T(p, t) = T0(p - D(p) (t - t_ref))`` with ``D`` the true velocity
+in pixels per year.
+
+Reflectances (green, swir16) are typical values for snow, ice, debris, rock, vegetation and water,
+giving NDSI of ~0.8 (snow), ~0.65 (clean ice), ~-0.2 (debris, rock) and ~0.7 (water).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+from scipy.spatial import cKDTree
+
+PIXEL = 30.0  # metres
+# (green, swir16) surface reflectance
+SNOW = (0.88, 0.08)
+ICE = (0.50, 0.10)
+DEBRIS = (0.14, 0.20)
+ROCK = (0.12, 0.22)
+VEG = (0.07, 0.15)
+WATER = (0.06, 0.012)
+
+
+def _noise(shape: tuple[int, int], sigma: float, rng: np.random.Generator) -> np.ndarray:
+    """Smooth Gaussian noise with unit standard deviation and correlation length ``sigma`` pixels."""
+    if sigma >= 4:
+        # generate at a coarser resolution and zoom: same look, a fraction of the cost
+        f = int(sigma // 2)
+        small = (shape[0] // f + 3, shape[1] // f + 3)
+        n = ndimage.gaussian_filter(rng.standard_normal(small), sigma / f, mode="wrap")
+        n = ndimage.zoom(n, f, order=1)[: shape[0], : shape[1]]
+    else:
+        n = ndimage.gaussian_filter(rng.standard_normal(shape), sigma, mode="wrap")
+    return ((n - n.mean()) / (n.std() + 1e-12)).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class GlacierShape:
+    """One glacier: a centreline in normalised image coordinates and its size and speed."""
+
+    rows: tuple[float, float]  # normalised row of head and terminus
+    cols: tuple[float, float, float]  # normalised col of head, middle, terminus (quadratic curve)
+    half_width: float  # normalised half-width at the head
+    vmax: float  # m/yr on the centreline at the fastest point
+    terminus: float  # normalised position of the terminus along the centreline at t_ref (0..1)
+
+
+GLACIER_SHAPES = (
+    GlacierShape(rows=(0.06, 0.86), cols=(0.30, 0.55, 0.47), half_width=0.045, vmax=150.0, terminus=0.95),
+    GlacierShape(rows=(0.12, 0.52), cols=(0.86, 0.78, 0.62), half_width=0.028, vmax=70.0, terminus=0.9),
+)
+
+
+class World:
+    """Static fields of a synthetic glacier valley on a ``(height, width)`` grid.
+
+    Parameters
+    ----------
+    shape
+        Grid size in pixels ``(rows, cols)``.
+    seed
+        Random seed: the same seed gives the same world.
+    t_ref
+        Decimal year at which the texture sits at its reference position.
+    retreat
+        Terminus retreat in metres per year.
+    """
+
+    def __init__(self, shape: tuple[int, int], seed: int = 0, t_ref: float = 2017.0, retreat: float = 25.0):
+        self.shape = shape
+        self.t_ref = t_ref
+        self.retreat = retreat
+        rng = np.random.default_rng(seed)
+        h, w = shape
+        rr, cc = np.mgrid[0:h, 0:w].astype(np.float32)
+        size = float(min(h, w))
+
+        # --- glaciers: along-flow coordinate s (pixels from head), transverse ratio, flow direction
+        along = np.full(shape, np.inf, np.float32)  # s in pixels along the centreline
+        ratio = np.full(shape, np.inf, np.float32)  # |d| / half-width
+        length = np.zeros(shape, np.float32)
+        term = np.zeros(shape, np.float32)
+        speed = np.zeros(shape, np.float32)
+        dir_r = np.zeros(shape, np.float32)
+        dir_c = np.zeros(shape, np.float32)
+        pts = np.stack([rr.ravel(), cc.ravel()], axis=1)
+        for g in GLACIER_SHAPES:
+            s = np.linspace(0, 1, 800)
+            cr = (g.rows[0] + (g.rows[1] - g.rows[0]) * s) * h
+            cc_ = (1 - s) ** 2 * g.cols[0] + 2 * s * (1 - s) * g.cols[1] + s**2 * g.cols[2]
+            cc_ = cc_ * w
+            seg = np.hypot(np.diff(cr), np.diff(cc_))
+            arclen = np.concatenate([[0], np.cumsum(seg)])
+            glen = arclen[-1]
+            tr = np.gradient(cr)
+            tc = np.gradient(cc_)
+            tn = np.hypot(tr, tc)
+            dist, idx = cKDTree(np.stack([cr, cc_], axis=1)).query(pts, workers=1)
+            dist = dist.reshape(shape).astype(np.float32)
+            idx = idx.reshape(shape)
+            hw = np.maximum(g.half_width * size * (1 - 0.4 * s[idx]), 3.0)
+            rat = dist / hw
+            closer = rat < ratio
+            sl = arclen[idx].astype(np.float32)
+            frac = s[idx]
+            # speed: parabolic across, rising from the head, slowing towards the terminus
+            prof = np.clip(np.sin(np.pi * np.clip(frac / g.terminus, 0, 1)) ** 0.6, 0, 1)
+            sp = g.vmax * prof * np.clip(1 - rat**2, 0, 1)
+            on = closer & (rat < 1)
+            along = np.where(closer, sl, along)
+            ratio = np.where(closer, rat, ratio)
+            length = np.where(closer, glen, length)
+            term = np.where(closer, g.terminus * glen, term)
+            speed = np.where(on, sp, speed)
+            dir_r = np.where(on, tr[idx] / tn[idx], dir_r)
+            dir_c = np.where(on, tc[idx] / tn[idx], dir_c)
+        self.along = along
+        self.ratio = ratio
+        self.term = term  # terminus position (pixels along) at t_ref
+        # true velocity: m/yr, +u east (+col), +v north (-row); zero off the ice at t_ref
+        ice_ref = (ratio < 1) & (along <= term)
+        self.u = np.where(ice_ref, speed * dir_c, 0).astype(np.float32)
+        self.v = np.where(ice_ref, -speed * dir_r, 0).astype(np.float32)
+        self.glacier_mask = ice_ref
+        # displacement in pixels per year along rows / cols
+        self.d_row = (-self.v / PIXEL).astype(np.float32)
+        self.d_col = (self.u / PIXEL).astype(np.float32)
+
+        # --- terrain: a valley along the main glacier, ridges away from it, height falling downstream
+        main_rat = np.minimum(ratio, 6.0)
+        downstream = rr / h
+        self.elevation = (
+            5600.0 - 1700.0 * downstream + 140.0 * main_rat + 120.0 * _noise(shape, size / 16, rng)
+        ).astype(np.float32)
+        self.snow_noise = (90.0 * _noise(shape, size / 40, rng) + 40 * _noise(shape, 2.0, rng)).astype(
+            np.float32
+        )
+        # --- surface texture of the ice: debris patches and transverse ogive bands (advected)
+        blobs = _noise(shape, 2.2, rng) + 0.6 * _noise(shape, 5.0, rng)
+        ogive = np.sin(2 * np.pi * along / max(12.0, size / 18)) * 0.5
+        ogive = np.where(np.isfinite(ogive), ogive, 0)
+        self.debris = np.clip(0.35 + 0.28 * blobs + 0.12 * ogive, 0, 1).astype(np.float32)
+        # --- off-ice land cover
+        self.rock = _noise(shape, 3.0, rng)
+        self.veg = _noise(shape, size / 20, rng)
+        lake_r, lake_c = 0.93 * h, 0.50 * w
+        self.lake = (np.hypot((rr - lake_r) / (0.03 * size + 2), (cc - lake_c) / (0.06 * size + 3)) < 1) & ~(
+            ratio < 1
+        )
+
+    # ------------------------------------------------------------------------------------------
+    def snowline(self, t: float) -> float:
+        """Snowline elevation (m) at decimal year ``t``: low in late winter, high in late summer, rising."""
+        doy = (t % 1.0) * 365.25
+        return 4800.0 + 500.0 * np.sin(2 * np.pi * (doy - 160.0) / 365.25) + 8.0 * (t - 2013.0)
+
+    def terminus_shift(self, t: float) -> float:
+        """Terminus position change (pixels along the centreline) relative to ``t_ref``; negative = retreat."""
+        return -self.retreat * (t - self.t_ref) / PIXEL
+
+    def reflectance(
+        self, t: float, shift: tuple[float, float] = (0.0, 0.0), snow_jitter: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+        """Clean surface reflectance at decimal year ``t``, sampled with a geolocation shift.
+
+        Parameters
+        ----------
+        t
+            Decimal year.
+        shift
+            ``(shift_x, shift_y)`` in pixels: the scene's content sits ``shift_x`` columns right and
+            ``shift_y`` rows down of the truth grid.
+        snow_jitter
+            Optional per-acquisition snowline perturbation field (metres) on the grid.
+
+        Returns
+        -------
+        green, swir16
+            float32 reflectance arrays on the grid.
+        classes
+            Boolean maps ``snow``, ``water`` for the QA band.
+        """
+        h, w = self.shape
+        sx, sy = shift
+        rr, cc = np.mgrid[0:h, 0:w].astype(np.float32)
+        rr -= np.float32(sy)
+        cc -= np.float32(sx)
+
+        def at(field: np.ndarray, r: np.ndarray = rr, c: np.ndarray = cc, order: int = 1) -> np.ndarray:
+            if sx == 0 and sy == 0 and r is rr:
+                return field
+            return ndimage.map_coordinates(field, [r, c], order=order, mode="nearest")
+
+        dt = np.float32(t - self.t_ref)
+        d_r = at(self.d_row)
+        d_c = at(self.d_col)
+        debris = ndimage.map_coordinates(self.debris, [rr - d_r * dt, cc - d_c * dt], order=1, mode="mirror")
+        ratio = at(self.ratio)
+        along = at(self.along)
+        term = at(self.term)
+        ice = (ratio < 1) & (along <= term + self.terminus_shift(t))
+        elev = at(self.elevation)
+        snow_field = at(self.snow_noise)
+        if snow_jitter is not None:
+            snow_field = snow_field + at(snow_jitter)
+        snow_frac = np.clip((elev + snow_field - self.snowline(t)) / 120.0 + 0.5, 0, 1)
+        rock = at(self.rock)
+        veg = at(self.veg)
+        lake = at(self.lake.astype(np.float32)) > 0.5
+
+        # land: vegetation below ~4300 m where the veg field is high, rock elsewhere
+        veg_frac = np.clip((4300.0 - elev) / 300.0, 0, 1) * np.clip(0.5 + 0.5 * veg, 0, 1)
+        rock_scale = 0.75 + 0.25 * np.clip(rock, -2, 2)
+        green = (1 - veg_frac) * ROCK[0] * rock_scale + veg_frac * VEG[0]
+        swir = (1 - veg_frac) * ROCK[1] * rock_scale + veg_frac * VEG[1]
+        # ice: clean ice mixed with debris by the advected texture
+        f = np.clip((debris - 0.25) * 1.6, 0, 1)
+        green = np.where(ice, (1 - f) * ICE[0] + f * DEBRIS[0], green)
+        swir = np.where(ice, (1 - f) * ICE[1] + f * DEBRIS[1], swir)
+        green = np.where(lake, WATER[0], green)
+        swir = np.where(lake, WATER[1], swir)
+        # snow on top (not on the lake in summer; a frozen lake takes snow)
+        green = (1 - snow_frac) * green + snow_frac * SNOW[0]
+        swir = (1 - snow_frac) * swir + snow_frac * SNOW[1]
+        classes = {"snow": snow_frac > 0.5, "water": lake & (snow_frac <= 0.5)}
+        return green.astype(np.float32), swir.astype(np.float32), classes
+
+
+def ndsi_snow(green: np.ndarray, swir: np.ndarray, threshold: float = 0.3) -> np.ndarray:
+    """The paper's snow mask: NDSI where NDSI >= threshold, else 0 (NaN where undefined)."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        n = (green - swir) / (green + swir)
+    return np.where(n >= threshold, n, np.where(np.isnan(n), np.nan, 0)).astype(np.float32)

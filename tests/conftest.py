@@ -1,0 +1,88 @@
+"""Shared fixtures: real Planetary Computer JSON and real local STAC servers (no mocks)."""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from glacierflow.twin.stac_servers import PgstacServer, RustacMemoryServer, pgstac_available
+
+PC_FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "planetary-computer"
+PGSTAC_SKIP = "PostgreSQL + PostGIS not installed; run scripts/setup-services.sh"
+
+
+def load_pc_fixture(name: str) -> Any:
+    """Parsed JSON of one file in the shared Planetary Computer fixtures folder."""
+    path = PC_FIXTURES / name
+    if not path.exists():
+        pytest.skip(f"Planetary Computer fixture {path} not found")
+    return json.loads(path.read_text())
+
+
+def varied_items() -> list[dict[str, Any]]:
+    """21 real ``landsat-c2-l2`` items with properties varied so that search filters matter.
+
+    The 20 Landsat-9 items of ``landsat-c2-l2_items_20_mixed-epsg_2023-10.json`` (index i, file order)
+    become Landsat-8 for even i (id prefix ``LC08``), with datetime 2023-10-08 minus 20*i days (same time
+    of day); their bboxes and cloud covers stay real. The Landsat-7 item is moved to 2023-06-01 with 5 %
+    cloud, so only the platform check can reject it.
+    """
+    items = copy.deepcopy(load_pc_fixture("landsat-c2-l2_items_20_mixed-epsg_2023-10.json"))
+    for i, item in enumerate(items):
+        props = item["properties"]
+        if i % 2 == 0:
+            props["platform"] = "landsat-8"
+            item["id"] = item["id"].replace("LC09", "LC08", 1)
+        t = datetime.fromisoformat(props["datetime"].replace("Z", "+00:00")) - timedelta(days=20 * i)
+        props["datetime"] = t.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    le07 = copy.deepcopy(load_pc_fixture("landsat-c2-l2_LE07_item_trimmed.json"))
+    le07["properties"]["datetime"] = "2023-06-01T07:39:19.180002Z"
+    le07["properties"]["eo:cloud_cover"] = 5.0
+    return [*items, le07]
+
+
+@pytest.fixture
+def pc_collection() -> dict[str, Any]:
+    """Planetary Computer's ``landsat-c2-l2`` collection document."""
+    return load_pc_fixture("landsat-c2-l2_collection_2025-07.json")
+
+
+@pytest.fixture
+def search_items() -> list[dict[str, Any]]:
+    """See :func:`varied_items`."""
+    return varied_items()
+
+
+@pytest.fixture(scope="session")
+def rustac_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RustacMemoryServer]:
+    """``rustac serve`` (memory backend) serving :func:`varied_items`, for the whole session."""
+    coll = load_pc_fixture("landsat-c2-l2_collection_2025-07.json")
+    server = RustacMemoryServer(varied_items(), coll, tmp_path_factory.mktemp("rustac"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def pgstac_stac_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PgstacServer]:
+    """PostgreSQL + pgstac served by ``rustac serve --pgstac``, holding :func:`varied_items`."""
+    if not pgstac_available():
+        pytest.skip(PGSTAC_SKIP)
+    coll = load_pc_fixture("landsat-c2-l2_collection_2025-07.json")
+    server = PgstacServer(varied_items(), coll, tmp_path_factory.mktemp("pgstac"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["rustac-memory", "pgstac"])
+def stac_server(request: pytest.FixtureRequest) -> RustacMemoryServer | PgstacServer:
+    """Each real STAC server in turn (pgstac skips only where PostgreSQL is not installed)."""
+    name = "rustac_server" if request.param == "rustac-memory" else "pgstac_stac_server"
+    return request.getfixturevalue(name)

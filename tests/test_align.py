@@ -1,0 +1,212 @@
+"""Tests for glacierflow.align: ECC shifts against known truth, sign convention, failures, laziness."""
+
+from __future__ import annotations
+
+import threading
+
+import cv2
+import dask
+import dask.array as dsa
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.ndimage as ndi
+import xarray as xr
+
+from glacierflow.align import align, align_scene, reference_image
+from glacierflow.errors import GlacierflowError
+
+SIZE = 128
+
+
+def _raise_on_compute(*args, **kwargs):
+    raise AssertionError("something computed while only a graph should have been built")
+
+
+def textured(seed: int = 0, size: int = SIZE) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    img = ndi.gaussian_filter(rng.normal(size=(size, size)), 3.0)
+    return ((img - img.mean()) / img.std() * 0.2 + 0.5).astype(np.float32)
+
+
+def shifted(img: np.ndarray, dy: float, dx: float) -> np.ndarray:
+    """out[r, c] = img[r - dy, c - dx]: content moved dx columns right and dy rows down."""
+    return ndi.shift(img.astype(np.float64), (dy, dx), order=3, mode="nearest").astype(np.float32)
+
+
+def cube_of(scenes: list[np.ndarray]) -> xr.DataArray:
+    n, (ny, nx) = len(scenes), scenes[0].shape
+    return xr.DataArray(
+        np.stack(scenes),
+        dims=("time", "y", "x"),
+        coords={
+            "time": pd.date_range("2020-01-01", periods=n, freq="16D"),
+            "y": 3_000_000.0 - 30.0 * np.arange(ny),
+            "x": 500_000.0 + 30.0 * np.arange(nx),
+            "id": ("time", [f"LC08_{i}" for i in range(n)]),
+            "spatial_ref": 0,
+        },
+        name="ndsi",
+    )
+
+
+def ref_da(img: np.ndarray, like: xr.DataArray) -> xr.DataArray:
+    return xr.DataArray(img, dims=("y", "x"), coords={"y": like.y, "x": like.x}, name="reference")
+
+
+SHIFTS = [(0.3, -0.7), (-1.2, 0.45), (0.0, 0.0), (2.5, 1.75), (-0.05, 0.9)]
+
+
+def test_translation_recovers_known_subpixel_shifts_lazily():
+    ref = textured(0)
+    da = cube_of([shifted(ref, dy, dx) for dy, dx in SHIFTS]).chunk({"time": 2})
+    with dask.config.set(scheduler=_raise_on_compute):
+        aligned, diag = align(da, ref_da(ref, da))
+        assert isinstance(aligned.data, dsa.Array)
+        assert all(isinstance(diag[k].data, dsa.Array) for k in ("shift_x", "shift_y", "ecc", "aligned"))
+    assert aligned.chunks[0] == (1,) * len(SHIFTS), "one scene per task"
+    aligned, diag = dask.compute(aligned, diag, scheduler="sync")
+    assert aligned.dims == ("time", "y", "x") and aligned.dtype == np.float32 and aligned.name == "ndsi"
+    assert list(diag["id"].values) == list(da["id"].values)
+    assert "x" not in diag.coords and diag["aligned"].dtype == bool
+    assert diag["aligned"].values.all()
+    np.testing.assert_allclose(diag["shift_x"].values, [dx for _, dx in SHIFTS], atol=0.05)
+    np.testing.assert_allclose(diag["shift_y"].values, [dy for dy, _ in SHIFTS], atol=0.05)
+    assert (diag["ecc"].values > 0.99).all()
+    assert np.isfinite(aligned.values).all(), "replicated border: no NaN introduced"
+    inner = (slice(None), slice(8, -8), slice(8, -8))
+    err_after = np.abs(aligned.values[inner] - ref[inner[1:]]).max(axis=(1, 2))
+    err_before = np.abs(da.values[inner] - ref[inner[1:]]).max(axis=(1, 2))
+    assert (err_after < 0.02).all()
+    assert (err_after[[0, 1, 3, 4]] < err_before[[0, 1, 3, 4]] / 4).all()
+
+
+@pytest.mark.parametrize("axis", ["x", "y"])
+def test_sign_convention_each_axis_integer_shift(axis):
+    """scene[r, c] = reference[r - sy, c - sx] built by slicing, independent of scipy."""
+    big = textured(1, SIZE + 20)
+    sy, sx = (0, 3) if axis == "x" else (-4, 0)
+    ref = big[10 : 10 + SIZE, 10 : 10 + SIZE]
+    scene = big[10 - sy : 10 - sy + SIZE, 10 - sx : 10 - sx + SIZE]
+    r, c = 50, 60
+    assert scene[r, c] == ref[r - sy, c - sx]
+    _, shift_x, shift_y, ecc, ok = align_scene(scene, ref)
+    assert ok and ecc > 0.99
+    assert shift_x == pytest.approx(sx, abs=0.05)
+    assert shift_y == pytest.approx(sy, abs=0.05)
+
+
+@pytest.mark.parametrize("motion", ["euclidean", "affine", "homography"])
+def test_other_motions_recover_translation(motion):
+    ref = textured(2)
+    scene = shifted(ref, 0.6, -1.1)
+    out, shift_x, shift_y, ecc, ok = align_scene(scene, ref, motion=motion)
+    assert ok and ecc > 0.99
+    assert shift_x == pytest.approx(-1.1, abs=0.05)
+    assert shift_y == pytest.approx(0.6, abs=0.05)
+    assert np.abs(out[8:-8, 8:-8] - ref[8:-8, 8:-8]).max() < 0.03
+
+
+def test_euclidean_reports_displacement_at_centre():
+    ref = textured(3)
+    h, w = ref.shape
+    centre = np.array([(w - 1) / 2, (h - 1) / 2])
+    angle, t = np.deg2rad(1.5), np.array([0.8, -0.4])
+    rot = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+    forward = np.hstack([rot, (centre + t - rot @ centre)[:, None]])  # reference pixel -> scene pixel
+    scene = cv2.warpAffine(ref, forward, (w, h), flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_REFLECT)
+    _, shift_x, shift_y, ecc, ok = align_scene(scene, ref, motion="euclidean")
+    assert ok and ecc > 0.98
+    assert shift_x == pytest.approx(0.8, abs=0.05)
+    assert shift_y == pytest.approx(-0.4, abs=0.05)
+
+
+def test_failures_leave_scene_unaligned_without_exception():
+    ref = textured(4)
+    rng = np.random.default_rng(9)
+    noise = rng.normal(size=ref.shape).astype(np.float32)
+    constant = np.full_like(ref, 0.4)
+    empty = np.full_like(ref, np.nan)
+    good = shifted(ref, 0.5, 0.5)
+    da = cube_of([noise, constant, empty, good]).chunk({"time": 1})
+    aligned, diag = dask.compute(*align(da, ref_da(ref, da)), scheduler="sync")
+    np.testing.assert_array_equal(diag["aligned"].values, [False, False, False, True])
+    assert np.isnan(diag["shift_x"].values[:3]).all() and np.isnan(diag["shift_y"].values[:3]).all()
+    assert diag["ecc"].values[0] < 0.3 or np.isnan(diag["ecc"].values[0])
+    np.testing.assert_array_equal(aligned.values[0], noise)
+    np.testing.assert_array_equal(aligned.values[1], constant)
+    assert np.isnan(aligned.values[2]).all()
+    assert diag["shift_x"].values[3] == pytest.approx(0.5, abs=0.05)
+
+
+def test_nan_holes_are_masked_and_stay_local():
+    ref = textured(5)
+    scene = shifted(ref, -0.8, 1.3)
+    scene[40:60, 30:50] = np.nan
+    out, shift_x, shift_y, _, ok = align_scene(scene, ref)
+    assert ok
+    assert shift_x == pytest.approx(1.3, abs=0.05) and shift_y == pytest.approx(-0.8, abs=0.05)
+    assert np.isnan(out).sum() == pytest.approx(400, abs=45)
+    assert np.isnan(out[35:65, 25:55]).any() and np.isfinite(out[:30]).all() and np.isfinite(out[70:]).all()
+
+
+def test_numpy_and_dask_give_identical_results():
+    ref = textured(6)
+    da = cube_of([shifted(ref, dy, dx) for dy, dx in SHIFTS[:3]])
+    a_np, d_np = align(da, ref_da(ref, da), motion="affine")
+    assert not isinstance(a_np.data, dsa.Array)
+    lazy = align(da.chunk({"time": 3}), ref_da(ref, da), motion="affine")
+    a_dk, d_dk = dask.compute(*lazy, scheduler="sync")
+    xr.testing.assert_identical(a_np, a_dk)
+    xr.testing.assert_identical(d_np, d_dk)
+
+
+def test_reference_image_is_nanmean_then_median3():
+    rng = np.random.default_rng(7)
+    data = rng.uniform(0, 1, (4, 30, 26)).astype(np.float32)
+    data[0, 5, 5] = np.nan
+    data[:, 10, 12] = np.nan  # NaN in every scene: stays NaN
+    da = cube_of(list(data))
+    with dask.config.set(scheduler=_raise_on_compute):
+        lazy = reference_image(da.chunk({"time": 1, "y": 10}))
+    assert lazy.dims == ("y", "x") and lazy.dtype == np.float32
+    got = lazy.compute(scheduler="sync").values
+    eager = reference_image(da).values
+    np.testing.assert_array_equal(got, eager)
+    with np.errstate(all="ignore"), pytest.warns(RuntimeWarning):
+        mean = np.nanmean(data.astype(np.float64), axis=0).astype(np.float32)
+    expected = ndi.median_filter(mean, size=3, mode="nearest")
+    assert np.isnan(got[10, 12])
+    ok = np.ones(got.shape, bool)
+    ok[9:12, 11:14] = False  # the window touching the all-NaN pixel
+    np.testing.assert_allclose(got[ok], expected[ok], rtol=1e-6)
+
+
+def test_reference_computed_once_for_all_scenes():
+    ref = textured(8)
+    da = cube_of([shifted(ref, dy, dx) for dy, dx in SHIFTS]).chunk({"time": 1})
+    calls = []
+    lock = threading.Lock()
+
+    def counted(block):
+        with lock:
+            calls.append(1)
+        return block
+
+    lazy_ref = xr.apply_ufunc(
+        counted, ref_da(ref, da).chunk(), dask="parallelized", output_dtypes=[np.float32]
+    )
+    with dask.config.set(scheduler=_raise_on_compute):
+        aligned, diag = align(da, lazy_ref)
+    aligned, diag = dask.compute(aligned, diag, scheduler="threads")
+    assert len(calls) == 1
+    assert diag["aligned"].values.all()
+
+
+def test_bad_arguments_name_the_value():
+    ref = textured(0, 16)
+    da = cube_of([ref])
+    with pytest.raises(GlacierflowError, match="rotation"):
+        align(da, ref_da(ref, da), motion="rotation")
+    with pytest.raises(GlacierflowError, match="reference"):
+        align(da, ref_da(ref, da).isel(x=slice(0, 8)))

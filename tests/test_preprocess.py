@@ -1,0 +1,387 @@
+"""Tests for glacierflow.preprocess: QA mask, gap-fill (vs the paper's loop), NDSI, resampling."""
+
+from __future__ import annotations
+
+import time
+
+import dask
+import dask.array as dsa
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.ndimage as ndi
+import xarray as xr
+
+from glacierflow.errors import GlacierflowError
+from glacierflow.preprocess import (
+    GAP_FILL_WEIGHTS,
+    QA_CIRRUS,
+    QA_CLEAR,
+    QA_CLOUD,
+    QA_CLOUD_SHADOW,
+    QA_DILATED_CLOUD,
+    QA_FILL,
+    QA_SNOW,
+    gap_fill,
+    gap_fill_2d,
+    mask_invalid,
+    ndsi,
+    period_starts,
+    resample,
+    snow_mask,
+    valid_fraction,
+)
+
+# --- helpers ---------------------------------------------------------------------------------------------
+
+
+def _raise_on_compute(*args, **kwargs):
+    raise AssertionError("something computed while only a graph should have been built")
+
+
+def reference_fill(image: np.ndarray) -> np.ndarray:
+    """The paper's gap-fill, a per-pixel loop (research code `kernel`/`applyToImage`)."""
+    w = np.outer([1, 2, 3, 2, 1], [1, 2, 3, 2, 1]).astype(np.float64)
+    x = image.astype(np.float64)
+    while np.isnan(x).any():
+        padded = np.pad(x, 2, constant_values=np.nan)  # zero padding: invalid
+        new = x.copy()
+        for r, c in np.argwhere(np.isnan(x)):
+            win = padded[r : r + 5, c : c + 5]
+            m = np.isfinite(win)
+            den = (w * m).sum()
+            if den > 0:
+                new[r, c] = (w * np.where(m, win, 0.0)).sum() / den
+        x = new
+    return x
+
+
+def make_cube(n_time: int = 3, ny: int = 12, nx: int = 10, seed: int = 0, dask_backed: bool = True):
+    rng = np.random.default_rng(seed)
+    green = rng.uniform(0.05, 0.9, (n_time, ny, nx)).astype(np.float32)
+    swir = rng.uniform(0.01, 0.5, (n_time, ny, nx)).astype(np.float32)
+    qa = np.full((n_time, ny, nx), float(1 << QA_CLEAR), np.float32)
+    data = np.stack([green, swir, qa], axis=1)
+    times = pd.date_range("2020-01-05", periods=n_time, freq="16D")
+    cube = xr.DataArray(
+        data,
+        dims=("time", "band", "y", "x"),
+        coords={
+            "time": times,
+            "band": ["green", "swir16", "qa_pixel"],
+            "y": np.arange(ny) * -30.0,
+            "x": np.arange(nx) * 30.0,
+            "id": ("time", [f"LC08_{i}" for i in range(n_time)]),
+            "eo:cloud_cover": ("time", np.linspace(1, 20, n_time)),
+            "epsg": 32643,
+        },
+    )
+    if dask_backed:
+        cube = cube.chunk({"time": 1, "band": -1, "y": -1, "x": -1})
+    return cube
+
+
+# --- QA mask ----------------------------------------------------------------------------------------------
+
+
+def test_qa_bits_follow_usgs():
+    assert (QA_FILL, QA_DILATED_CLOUD, QA_CIRRUS, QA_CLOUD, QA_CLOUD_SHADOW, QA_SNOW, QA_CLEAR) == (
+        0,
+        1,
+        2,
+        3,
+        4,
+        5,
+        6,
+    )
+
+
+@pytest.mark.parametrize("dask_backed", [False, True])
+def test_mask_invalid_bits_and_nans(dask_backed):
+    cube = make_cube(dask_backed=False)
+    qa = cube.loc[{"band": "qa_pixel"}].values.copy()
+    qa[0, 0, 0] = 1 << QA_FILL
+    qa[0, 0, 1] = (1 << QA_CLOUD) | (1 << QA_DILATED_CLOUD)
+    qa[0, 0, 2] = 1 << QA_CLOUD_SHADOW
+    qa[0, 0, 3] = 1 << QA_DILATED_CLOUD
+    qa[0, 0, 4] = 1 << QA_CIRRUS
+    qa[0, 0, 5] = (1 << QA_SNOW) | (1 << QA_CLEAR)
+    qa[0, 0, 6] = np.nan  # QA missing: outside the footprint
+    qa[1, 1, 1] = 21824.0  # typical clear land value
+    cube.loc[{"band": "qa_pixel"}] = qa
+    cube.loc[{"band": "green", "time": cube.time[2], "y": cube.y[3], "x": cube.x[3]}] = np.nan
+    cube.loc[{"band": "swir16", "time": cube.time[2], "y": cube.y[4], "x": cube.x[4]}] = np.nan
+    if dask_backed:
+        cube = cube.chunk({"time": 1})
+
+    masked = mask_invalid(cube)
+    assert masked.dims == ("time", "band", "y", "x")
+    assert list(masked.band.values) == ["green", "swir16"]
+    assert list(masked["id"].values) == list(cube["id"].values)
+    assert "eo:cloud_cover" in masked.coords
+    assert isinstance(masked.data, dsa.Array) == dask_backed
+    m = masked.values
+    bad = np.isnan(m)
+    assert (bad[:, 0] == bad[:, 1]).all(), "a pixel is invalid in both bands or in none"
+    expected = np.zeros(bad[:, 0].shape, bool)
+    expected[0, 0, [0, 1, 2, 3, 6]] = True
+    expected[2, 3, 3] = expected[2, 4, 4] = True
+    np.testing.assert_array_equal(bad[:, 0], expected)
+    np.testing.assert_array_equal(m[~bad], cube.sel(band=["green", "swir16"]).values[~bad])
+
+    no_clouds = mask_invalid(cube, mask_clouds=False).values
+    exp2 = np.zeros_like(expected)
+    exp2[0, 0, [0, 6]] = True
+    exp2[2, 3, 3] = exp2[2, 4, 4] = True
+    np.testing.assert_array_equal(np.isnan(no_clouds[:, 0]), exp2)
+
+    with_cirrus = mask_invalid(cube, mask_cirrus=True).values
+    assert np.isnan(with_cirrus[0, :, 0, 4]).all()
+
+    frac = valid_fraction(masked)
+    assert frac.dims == ("time",)
+    np.testing.assert_allclose(frac.values, 1 - expected.reshape(3, -1).mean(axis=1))
+
+
+def test_mask_invalid_without_qa_band_only_nans():
+    cube = make_cube(dask_backed=False).sel(band=["green", "swir16"])
+    cube[0, 1, 2, 2] = np.nan
+    masked = mask_invalid(cube).values
+    assert np.isnan(masked).sum() == 2 and np.isnan(masked[0, :, 2, 2]).all()
+
+
+def test_mask_invalid_missing_band_names_it():
+    cube = make_cube(dask_backed=False).sel(band=["green", "qa_pixel"])
+    with pytest.raises(GlacierflowError, match="swir16"):
+        mask_invalid(cube)
+
+
+# --- gap-fill ---------------------------------------------------------------------------------------------
+
+
+def test_weights_are_the_papers():
+    assert GAP_FILL_WEIGHTS.sum() == 81
+    assert GAP_FILL_WEIGHTS[2, 2] == 9 and GAP_FILL_WEIGHTS[0, 0] == 1 and GAP_FILL_WEIGHTS[1, 2] == 6
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_gap_fill_matches_paper_loop(seed):
+    rng = np.random.default_rng(seed)
+    img = rng.normal(size=(31, 37)).astype(np.float32)
+    holes = rng.random(img.shape) < 0.15
+    holes |= ndi.binary_dilation(rng.random(img.shape) < 0.01, iterations=3)  # small blobs
+    holes[:3, :4] = True  # a hole at the corner (zero padding matters there)
+    img[holes] = np.nan
+    expected = reference_fill(img)
+    got, passes = gap_fill_2d(img)
+    assert passes >= 2, "holes need several passes: the mask-not-updated rule is exercised"
+    assert got.dtype == np.float32
+    assert np.isfinite(got).all()
+    np.testing.assert_allclose(got, expected, rtol=2e-6, atol=2e-7)
+    np.testing.assert_array_equal(got[~holes], img[~holes])
+
+
+def test_gap_fill_first_pass_by_hand():
+    img = np.arange(25, dtype=np.float32).reshape(5, 5)
+    img[2, 2] = np.nan
+    got, passes = gap_fill_2d(img)
+    w = GAP_FILL_WEIGHTS.copy()
+    w[2, 2] = 0
+    expected = (w * np.nan_to_num(np.arange(25.0).reshape(5, 5))).sum() / w.sum()
+    assert passes == 1
+    assert got[2, 2] == pytest.approx(expected, rel=1e-6)
+
+
+def test_gap_fill_partial_footprint_matches_loop_and_huge_hole_terminates():
+    rng = np.random.default_rng(5)
+    img = ndi.gaussian_filter(rng.normal(size=(24, 30)), 2).astype(np.float32)
+    img[:, 12:] = np.nan  # half the scene outside the footprint: many passes
+    np.testing.assert_allclose(gap_fill_2d(img)[0], reference_fill(img), rtol=2e-6, atol=2e-7)
+
+    # Bound hit: the multi-scale fallback finishes the hole with finite values inside the data range.
+    got, passes = gap_fill_2d(img, max_iter=2)
+    assert passes == 2
+    assert np.isfinite(got).all()
+    lo, hi = np.nanmin(img), np.nanmax(img)
+    assert (got >= lo - 1e-6).all() and (got <= hi + 1e-6).all()
+    exact = reference_fill(img)
+    np.testing.assert_allclose(got[:, :16], exact[:, :16], rtol=2e-6, atol=2e-7)  # first 2 rings exact
+
+
+def test_gap_fill_big_scene_half_missing_is_fast_and_finite():
+    rng = np.random.default_rng(1)
+    img = ndi.gaussian_filter(rng.normal(size=(860, 1050)), 4).astype(np.float32)
+    img[:, 525:] = np.nan
+    img[100:140, 100:160] = np.nan
+    t0 = time.perf_counter()
+    got, passes = gap_fill_2d(img)
+    elapsed = time.perf_counter() - t0
+    assert np.isfinite(got).all()
+    assert passes > 200  # the half hole closes ring by ring, exactly as the paper's loop would
+    assert elapsed < 5.0
+    t0 = time.perf_counter()
+    got2, passes2 = gap_fill_2d(img, max_iter=10)
+    assert passes2 == 10 and np.isfinite(got2).all()
+    assert time.perf_counter() - t0 < 5.0
+
+
+def test_gap_fill_all_nan_slice_stays_nan_and_lazy_equals_eager():
+    cube = make_cube(n_time=3, ny=16, nx=14, seed=3, dask_backed=False)
+    rng = np.random.default_rng(3)
+    holes = rng.random((3, 16, 14)) < 0.3
+    qa = cube.loc[{"band": "qa_pixel"}].values
+    qa[holes] = 1 << QA_CLOUD
+    qa[1] = 1 << QA_FILL  # scene 1 entirely outside the footprint
+    cube.loc[{"band": "qa_pixel"}] = qa
+    masked = mask_invalid(cube)
+    eager = gap_fill(masked)
+    lazy_in = mask_invalid(cube.chunk({"time": 2, "y": 8}))
+    with dask.config.set(scheduler=_raise_on_compute):
+        lazy = gap_fill(lazy_in)
+        assert isinstance(lazy.data, dsa.Array)
+    assert lazy.chunks[2] == (16,) and lazy.chunks[3] == (14,), "full y/x per chunk"
+    lazy = lazy.compute(scheduler="sync")
+    xr.testing.assert_identical(lazy, eager)
+    assert np.isnan(eager.values[1]).all()
+    assert np.isfinite(eager.values[[0, 2]]).all()
+    for t in (0, 2):
+        for b in range(2):
+            np.testing.assert_allclose(eager.values[t, b], reference_fill(masked.values[t, b]), rtol=2e-6)
+    with pytest.raises(GlacierflowError, match="max_iter"):
+        gap_fill(masked, max_iter=-1)
+
+
+# --- NDSI and snow mask ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dask_backed", [False, True])
+def test_ndsi_formula_guard_and_snow_mask(dask_backed):
+    cube = make_cube(dask_backed=False)
+    refl = cube.sel(band=["green", "swir16"]).copy()
+    refl[0, :, 0, 0] = [0.2, -0.2]  # sum 0: guarded -> 0
+    refl[0, :, 0, 1] = [np.nan, 0.1]
+    refl[0, :, 0, 2] = [0.05, -0.049]  # tiny positive sum: clipped to 1
+    if dask_backed:
+        refl = refl.chunk({"time": 1})
+    out = ndsi(refl)
+    assert out.dims == ("time", "y", "x") and out.dtype == np.float32 and out.name == "ndsi"
+    assert "band" not in out.coords
+    assert "id" in out.coords
+    assert isinstance(out.data, dsa.Array) == dask_backed
+    g = refl.values[:, 0].astype(np.float64)
+    s = refl.values[:, 1].astype(np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        expected = (g - s) / (g + s)
+    v = out.values
+    assert v[0, 0, 0] == 0
+    assert np.isnan(v[0, 0, 1])
+    assert v[0, 0, 2] == 1
+    ok = np.ones_like(v, bool)
+    ok[0, 0, :3] = False
+    np.testing.assert_allclose(v[ok], expected[ok], rtol=1e-5, atol=1e-6)
+
+    snow = snow_mask(out, 0.3).values
+    exp_snow = np.where(v >= 0.3, v, 0)
+    exp_snow[np.isnan(v)] = np.nan
+    np.testing.assert_array_equal(snow, exp_snow)
+    assert ((snow == 0) | (snow >= 0.3) | np.isnan(snow)).all()
+    assert (snow == 0).any() and (snow >= 0.3).any()
+
+
+# --- resampling ---------------------------------------------------------------------------------------
+
+
+def _series(times, ny=4, nx=5, seed=0):
+    rng = np.random.default_rng(seed)
+    data = rng.uniform(0, 1, (len(times), ny, nx)).astype(np.float32)
+    return xr.DataArray(
+        data,
+        dims=("time", "y", "x"),
+        coords={
+            "time": pd.DatetimeIndex(times),
+            "y": np.arange(ny) * -30.0,
+            "x": np.arange(nx) * 30.0,
+            "id": ("time", [f"s{i}" for i in range(len(times))]),
+            "spatial_ref": 0,
+        },
+        name="ndsi",
+    )
+
+
+def test_period_starts_are_calendar_quarters():
+    starts, pos = period_starts(pd.DatetimeIndex(["2020-02-10", "2020-05-01", "2020-12-31"]), "3MS")
+    assert list(starts) == list(pd.DatetimeIndex(["2020-01-01", "2020-04-01", "2020-07-01", "2020-10-01"]))
+    assert list(pos) == [0, 1, 3]
+    starts6, _ = period_starts(pd.DatetimeIndex(["2020-03-10", "2021-08-01"]), "6MS")
+    assert [(t.month, t.year) for t in starts6] == [(1, 2020), (7, 2020), (1, 2021), (7, 2021)]
+    with pytest.raises(GlacierflowError, match="5MS"):
+        period_starts(pd.DatetimeIndex(["2020-03-10"]), "5MS")
+    with pytest.raises(GlacierflowError, match="period"):
+        period_starts(pd.DatetimeIndex(["2020-03-10"]), "16D")
+
+
+@pytest.mark.parametrize("dask_backed", [False, True])
+def test_resample_means_interpolation_and_edges(dask_backed):
+    times = ["2020-02-10", "2020-03-20", "2020-05-05", "2021-01-15", "2021-02-20"]
+    da = _series(times)
+    da[1, 0, 0] = np.nan  # skipped in the mean
+    src = da.chunk({"time": 1, "y": 2}) if dask_backed else da
+    with dask.config.set(scheduler=_raise_on_compute):
+        ds = resample(src, "3MS", start="2019-11-01", end="2021-08-31")
+    assert isinstance(ds["ndsi"].data, dsa.Array) == dask_backed
+    if dask_backed:
+        assert ds["ndsi"].chunks[0] == (ds.sizes["time"],)
+    expected_starts = pd.date_range("2019-10-01", "2021-07-01", freq="3MS")
+    assert list(pd.DatetimeIndex(ds.time.values)) == list(expected_starts)
+    assert [t.month for t in pd.DatetimeIndex(ds.time.values)] == [10, 1, 4, 7, 10, 1, 4, 7]
+    np.testing.assert_array_equal(ds["n_scenes"].values, [0, 2, 1, 0, 0, 2, 0, 0])
+    np.testing.assert_array_equal(ds["interpolated"].values, ds["n_scenes"].values == 0)
+    assert ds["ndsi"].dtype == np.float32 and ds["ndsi"].dims == ("time", "y", "x")
+    assert "id" not in ds.coords and "spatial_ref" in ds.coords
+
+    v = ds["ndsi"].values
+    a = da.values.astype(np.float64)
+    q1_2020 = np.nanmean(a[0:2], axis=0)
+    q2_2020 = a[2]
+    q1_2021 = a[3:5].mean(axis=0)
+    np.testing.assert_allclose(v[1], q1_2020, rtol=1e-6)
+    assert v[1, 0, 0] == pytest.approx(a[0, 0, 0])
+    np.testing.assert_allclose(v[2], q2_2020, rtol=1e-6)
+    np.testing.assert_allclose(v[5], q1_2021, rtol=1e-6)
+    # Q3, Q4 2020 lie 1/3 and 2/3 of the way from Q2 2020 to Q1 2021.
+    np.testing.assert_allclose(v[3], q2_2020 + (q1_2021 - q2_2020) / 3, rtol=1e-5)
+    np.testing.assert_allclose(v[4], q2_2020 + 2 * (q1_2021 - q2_2020) / 3, rtol=1e-5)
+    # Leading / trailing empty periods take the nearest non-empty period.
+    np.testing.assert_allclose(v[0], q1_2020, rtol=1e-6)
+    np.testing.assert_allclose(v[6], q1_2021, rtol=1e-6)
+    np.testing.assert_allclose(v[7], q1_2021, rtol=1e-6)
+
+    dropped = resample(src, "3MS", start="2019-11-01", end="2021-08-31", edges="drop")
+    assert list(dropped["n_scenes"].values) == [2, 1, 0, 0, 2]
+    np.testing.assert_allclose(dropped["ndsi"].values, v[1:6])
+
+
+def test_resample_default_range_monthly_and_dask_equals_numpy():
+    times = ["2020-04-03", "2020-04-19", "2020-06-22", "2020-09-08"]
+    da = _series(times, seed=4)
+    eager = resample(da, "1MS")
+    lazy = resample(da.chunk({"time": 1}), "1MS").compute(scheduler="sync")
+    xr.testing.assert_identical(eager, lazy)
+    assert pd.DatetimeIndex(eager.time.values)[0] == pd.Timestamp("2020-04-01")
+    assert pd.DatetimeIndex(eager.time.values)[-1] == pd.Timestamp("2020-09-01")
+    np.testing.assert_array_equal(eager["n_scenes"].values, [2, 0, 1, 0, 0, 1])
+    half = resample(da, "6MS")
+    assert list(pd.DatetimeIndex(half.time.values)) == list(pd.DatetimeIndex(["2020-01-01", "2020-07-01"]))
+    np.testing.assert_array_equal(half["n_scenes"].values, [3, 1])
+
+
+def test_whole_chain_is_lazy():
+    cube = make_cube(n_time=4, ny=20, nx=18)
+    with dask.config.set(scheduler=_raise_on_compute):
+        masked = mask_invalid(cube)
+        frac = valid_fraction(masked)
+        snow = snow_mask(ndsi(gap_fill(masked)))
+        ds = resample(snow, "3MS")
+    assert isinstance(frac.data, dsa.Array) and isinstance(ds["ndsi"].data, dsa.Array)
+    out = ds.compute(scheduler="sync")
+    assert np.isfinite(out["ndsi"].values).all()
