@@ -272,7 +272,7 @@ def align(
             f"({ndsi.sizes['y']}, {ndsi.sizes['x']}); build it with reference_image(ndsi)"
         )
     dims = ndsi.dims
-    name = ndsi.name if ndsi.name is not None else "ndsi"
+    name = "_scene"  # internal variable name, cannot collide with the diagnostics
     scenes = ndsi.transpose("time", "y", "x").rename(name)
     reference = reference.transpose("y", "x")
     kwargs = {
@@ -288,12 +288,13 @@ def align(
     else:
         scenes = scenes.chunk({"time": 1, "y": -1, "x": -1})
         reference = reference.chunk({"y": -1, "x": -1})
-        # Same grid, same labels: map_blocks aligns the arguments, so give the reference the scenes' y/x.
+        # Same grid by contract: map_blocks aligns its arguments, so give the reference the scenes'
+        # y/x labels and nothing else that could conflict (spatial_ref, ...).
         grid = {d: scenes[d] for d in ("y", "x") if d in scenes.coords}
-        reference = reference.drop_vars(["y", "x"], errors="ignore").assign_coords(grid)
+        reference = xr.DataArray(reference.data, dims=("y", "x"), coords=grid, name="reference")
         template = _template(scenes, name)
         ds = xr.map_blocks(_align_block, scenes, args=[reference], kwargs=kwargs, template=template)
-    aligned = ds[name].transpose(*dims)
+    aligned = ds[name].transpose(*dims).rename(ndsi.name)
     aligned.attrs = dict(ndsi.attrs)
     diag = ds[list(DIAGNOSTICS)]
     diag = diag.drop_vars([c for c in diag.coords if {"y", "x"} & set(diag[c].dims)])

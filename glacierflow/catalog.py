@@ -147,7 +147,8 @@ class Criteria:
             raise GlacierflowError(f"bbox {self.bbox} must be (west, south, east, north) in lon/lat")
         west, south, east, north = self.bbox
         if not (-180 <= west <= east <= 180 and -90 <= south <= north <= 90):
-            raise GlacierflowError(f"bbox {self.bbox} is not (west, south, east, north) in lon/lat degrees")
+            raise GlacierflowError(f"bbox {list(self.bbox)} is not (west, south, east, north) in lon/lat "
+                                   "degrees with west <= east; split a bbox that crosses the antimeridian")
         if self.start > self.end:
             raise GlacierflowError(f"start {_iso(self.start)} is after end {_iso(self.end)}; swap the dates")
         if self.max_cloud is not None and not 0 <= self.max_cloud <= 100:
@@ -451,7 +452,10 @@ def search(url: str, *, bbox: Sequence[float], start: DateLike, end: DateLike,
     except (APIError, requests.RequestException, OSError) as err:
         raise _unreachable(url, err) from None
     if found is None:
-        known = sorted(c.id for c in client.get_collections())
+        try:
+            known = sorted(c.id for c in client.get_collections())
+        except (APIError, requests.RequestException, OSError):
+            known = []
         raise GlacierflowError(f"collection '{collection}' not found at {url}; available: "
                                f"{', '.join(known) or 'none'}")
     use_filter = server_supports_filter(client)

@@ -2,19 +2,16 @@
 
 One string picks where the work runs (the CLI's ``--dask`` flag):
 
-==================================  ===========================================================================
-``None`` / ``"local"``              a :class:`distributed.LocalCluster` on this machine: one single-threaded worker
-                                    process per core (GDAL and OpenCV release the GIL poorly), memory split evenly
-``"local:N"``                       the same with ``N`` workers
-``"tcp://host:port"``               an existing scheduler
-``"gateway"``                       a new cluster from the Dask Gateway named in Dask config (``gateway.address``,
-                                    env ``DASK_GATEWAY__ADDRESS``; Planetary Computer's hub sets it, and the auth)
-``"gateway://http://host:port"``    a new cluster from the Gateway at that address
-``"threads"`` / ``"sync"``          no cluster: dask's threaded or synchronous scheduler (tests, debugging)
-==================================  ===========================================================================
+- ``None`` / ``"local"``: a :class:`distributed.LocalCluster` on this machine, one single-threaded worker
+  process per core (GDAL and OpenCV release the GIL poorly), memory split evenly; ``"local:N"``: N workers.
+- ``"tcp://host:port"``: an existing scheduler (left running on close).
+- ``"gateway"``: a new cluster from the Dask Gateway named in Dask config (``gateway.address``, env
+  ``DASK_GATEWAY__ADDRESS``, with ``gateway.auth``; Planetary Computer's hub sets both).
+- ``"gateway://http://host:port"``: a new cluster from the Gateway at that address.
+- ``"threads"`` / ``"sync"``: no cluster, dask's threaded or synchronous scheduler (tests, debugging).
 
-Everything :func:`get_client` starts it also stops: closing the returned object (or leaving its ``with`` block)
-shuts down the LocalCluster or the Gateway cluster; an external scheduler is left running.
+Everything :func:`get_client` starts it also stops: closing the returned object (or leaving its ``with``
+block) shuts down the LocalCluster or the Gateway cluster.
 """
 
 from __future__ import annotations
@@ -31,7 +28,9 @@ from glacierflow.errors import GlacierflowError
 
 logger = logging.getLogger(__name__)
 
-SPEC_FORMS = "'local', 'local:N', 'tcp://host:port', 'gateway', 'gateway://http://host:port', 'threads', 'sync'"
+SPEC_FORMS = (
+    "'local', 'local:N', 'tcp://host:port', 'gateway', 'gateway://http://host:port', 'threads', 'sync'"
+)
 
 
 class ManagedClient(distributed.Client):
@@ -167,7 +166,9 @@ def _gateway(
             for key, value in (cluster_options or {}).items():
                 if key not in options:
                     known = ", ".join(sorted(options)) or "none"
-                    raise GlacierflowError(f"unknown Dask Gateway cluster option {key!r}; this gateway has: {known}")
+                    raise GlacierflowError(
+                        f"unknown Dask Gateway cluster option {key!r}; this gateway has: {known}"
+                    )
                 options[key] = value
             cluster = gateway.new_cluster(cluster_options=options)
         except GlacierflowError:

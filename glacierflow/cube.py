@@ -110,7 +110,12 @@ class ReportingRioReader(AutoParallelRioReader):
                 raise
             from distributed import warn  # local: keep the import cost off plain-dask users
 
-            msg = f"glacierflow: unreadable asset {self.url!r} ({cause}); filled with NaN"
+            # never print a SAS token: drop the query string of signed URLs, also inside GDAL's message
+            plain_url = self.url.split("?", 1)[0]
+            detail = str(cause).replace(self.url, plain_url)
+            if "?" in self.url:
+                detail = detail.replace(self.url.split("?", 1)[1], "<redacted>")
+            msg = f"glacierflow: unreadable asset {plain_url!r} ({detail}); filled with NaN"
             logger.warning(msg)
             warn(msg, UserWarning)
             return nodata_for_window(window, self.fill_value, self.dtype)

@@ -134,53 +134,74 @@ def valid_fraction(masked: xr.DataArray) -> xr.DataArray:
 # --- gap-fill -------------------------------------------------------------------------------------------
 
 
-def _bbox(mask: np.ndarray, pad: int) -> tuple[int, int, int, int]:
-    """Bounding box (r0, r1, c0, c1) of the True pixels of ``mask``, grown by ``pad`` and clipped."""
-    rows = np.flatnonzero(mask.any(axis=1))
-    cols = np.flatnonzero(mask.any(axis=0))
-    h, w = mask.shape
-    r0, r1 = max(rows[0] - pad, 0), min(rows[-1] + 1 + pad, h)
-    return r0, r1, max(cols[0] - pad, 0), min(cols[-1] + 1 + pad, w)
+_STRIP = 64  # rows per work box of the gap-fill front
+_ZERO_PAD = cv2.BORDER_CONSTANT  # value 0: outside the image is invalid (weight 0) in both sums
+
+
+def _strip_boxes(rows: np.ndarray, cols: np.ndarray, shape: tuple[int, int]) -> list[tuple[int, ...]]:
+    """Boxes (r0, r1, c0, c1) covering the given pixels grown by 2 px, one per strip of rows.
+
+    ``rows`` must be sorted (as :func:`numpy.nonzero` returns them). Cutting the front into strips keeps
+    the boxes tight around a slanted front (a Landsat footprint edge), where one bounding box would
+    cover the whole hole.
+    """
+    h, w = shape
+    strip = rows // _STRIP
+    starts = np.flatnonzero(np.r_[True, strip[1:] != strip[:-1]])
+    ends = np.r_[starts[1:], rows.size] - 1
+    cmin = np.minimum.reduceat(cols, starts)
+    cmax = np.maximum.reduceat(cols, starts)
+    boxes = [
+        (max(int(rows[s]) - 2, 0), min(int(rows[e]) + 3, h), max(int(c0) - 2, 0), min(int(c1) + 3, w))
+        for s, e, c0, c1 in zip(starts, ends, cmin, cmax, strict=True)
+    ]
+    whole = (boxes[0][0], boxes[-1][1], min(b[2] for b in boxes), max(b[3] for b in boxes))
+    area = sum((b[1] - b[0]) * (b[3] - b[2]) for b in boxes)
+    # Strips pay per-box overhead: use them only where they save at least half the work.
+    return boxes if area < 0.5 * (whole[1] - whole[0]) * (whole[3] - whole[2]) else [whole]
 
 
 def _fill_passes(values: np.ndarray, valid: np.ndarray, max_iter: int) -> int:
     """Run up to ``max_iter`` exact passes of the paper's kernel in place; return the passes run.
 
     A hole pixel can only gain a valid neighbour in pass k from the pixels filled in pass k-1, so each
-    pass after the first only evaluates the bounding box of the previous pass's new pixels grown by
-    the kernel radius (2 px), and filters that box grown by another 2 px so every candidate sees its
-    full 5x5 window (at the image edge the box edge is the image edge: zero padding, as in the paper).
-    The result is identical to filtering the whole image every pass, at a fraction of the cost for a
-    large hole that closes ring by ring.
+    pass after the first evaluates only boxes around the previous pass's new pixels grown by the kernel
+    radius (2 px, one box per 64-row strip), filtering each box grown by another 2 px so every
+    candidate sees its full 5x5 window (at the image edge the box edge is the image edge: zero padding,
+    as in the paper). All boxes of a pass are evaluated before any value is written, so the mask is
+    the one at the start of the pass. The result equals filtering the whole image every pass, at a
+    fraction of the cost for a large hole that closes ring by ring.
     """
     h, w = values.shape
-    n_holes = int((~valid).sum())
-    inner = _bbox(~valid, 0) if n_holes else None
+    rows, cols = np.nonzero(~valid)
+    n_holes = rows.size
     passes = 0
-    while n_holes and passes < max_iter and inner is not None:
-        ir0, ir1, ic0, ic1 = inner
-        r0, r1, c0, c1 = max(ir0 - 2, 0), min(ir1 + 2, h), max(ic0 - 2, 0), min(ic1 + 2, w)
-        v = values[r0:r1, c0:c1]
-        m = valid[r0:r1, c0:c1]
-        mf = m.astype(np.float64)
-        num = cv2.filter2D(np.where(m, v, 0.0), cv2.CV_64F, GAP_FILL_WEIGHTS, borderType=cv2.BORDER_CONSTANT)
-        den = cv2.filter2D(mf, cv2.CV_64F, GAP_FILL_WEIGHTS, borderType=cv2.BORDER_CONSTANT)
-        # den is a sum of small integers (exact): > 0.5 means at least one valid pixel in the window.
-        newly = ~m & (den > 0.5)
-        newly[: ir0 - r0, :] = False
-        newly[ir1 - r0 :, :] = False
-        newly[:, : ic0 - c0] = False
-        newly[:, ic1 - c0 :] = False
+    while n_holes and passes < max_iter and rows.size:
+        results = []
+        for ir0, ir1, ic0, ic1 in _strip_boxes(rows, cols, (h, w)):
+            r0, r1, c0, c1 = max(ir0 - 2, 0), min(ir1 + 2, h), max(ic0 - 2, 0), min(ic1 + 2, w)
+            v = values[r0:r1, c0:c1]
+            m = valid[r0:r1, c0:c1]
+            num = cv2.filter2D(np.where(m, v, 0.0), cv2.CV_64F, GAP_FILL_WEIGHTS, borderType=_ZERO_PAD)
+            den = cv2.filter2D(m.astype(np.float64), cv2.CV_64F, GAP_FILL_WEIGHTS, borderType=_ZERO_PAD)
+            # den is a sum of small integers (exact): > 0.5 means >= 1 valid pixel in the window.
+            inner = (slice(ir0 - r0, ir1 - r0), slice(ic0 - c0, ic1 - c0))
+            newly = ~m[inner] & (den[inner] > 0.5)
+            nr, nc = np.nonzero(newly)
+            if nr.size:
+                results.append((nr + ir0, nc + ic0, num[inner][newly] / den[inner][newly]))
         passes += 1
-        n_new = int(newly.sum())
-        if not n_new:
+        if not results:
             break
-        v[newly] = num[newly] / den[newly]
-        m[newly] = True
-        n_holes -= n_new
-        nr0, nr1, nc0, nc1 = _bbox(newly, 2)
-        inner = (nr0 + r0, nr1 + r0, nc0 + c0, nc1 + c0)
-        inner = (max(inner[0], 0), min(inner[1], h), max(inner[2], 0), min(inner[3], w))
+        rows = np.concatenate([r[0] for r in results])
+        cols = np.concatenate([r[1] for r in results])
+        vals = np.concatenate([r[2] for r in results])
+        if len(results) > 1:  # neighbouring boxes overlap: drop duplicates, keep rows sorted
+            flat, first = np.unique(rows * w + cols, return_index=True)
+            rows, cols, vals = flat // w, flat % w, vals[first]
+        values[rows, cols] = vals
+        valid[rows, cols] = True
+        n_holes -= rows.size
     return passes
 
 
@@ -375,7 +396,10 @@ def period_months(period: str) -> int:
 
 
 def period_starts(
-    times: np.ndarray | pd.DatetimeIndex, period: str = "3MS", start=None, end=None
+    times: np.ndarray | pd.DatetimeIndex,
+    period: str = "3MS",
+    start: str | pd.Timestamp | None = None,
+    end: str | pd.Timestamp | None = None,
 ) -> tuple[pd.DatetimeIndex, np.ndarray]:
     """Full period index (January-anchored) and the period of every timestamp.
 
@@ -404,10 +428,10 @@ def period_starts(
         return m - m % n
 
     ids = month_id(t)
-    lo = month_id(pd.DatetimeIndex([pd.Timestamp(start)]))[0] if start is not None else ids.min(initial=None)
-    hi = month_id(pd.DatetimeIndex([pd.Timestamp(end)]))[0] if end is not None else ids.max(initial=None)
-    if lo is None or hi is None:
+    if ids.size == 0 and (start is None or end is None):
         raise GlacierflowError("cannot resample an empty time axis without start and end; pass both")
+    lo = month_id(pd.DatetimeIndex([pd.Timestamp(start)]))[0] if start is not None else ids.min()
+    hi = month_id(pd.DatetimeIndex([pd.Timestamp(end)]))[0] if end is not None else ids.max()
     if hi < lo:
         raise GlacierflowError(f"resample end {end} lies before start {start}; swap them")
     starts_ids = np.arange(lo, hi + 1, n)
@@ -459,8 +483,8 @@ def _period_mean_block(block: np.ndarray, pos: np.ndarray, n_periods: int) -> np
 def resample(
     da: xr.DataArray,
     period: str = "3MS",
-    start=None,
-    end=None,
+    start: str | pd.Timestamp | None = None,
+    end: str | pd.Timestamp | None = None,
     edges: Literal["nearest", "drop"] = "nearest",
 ) -> xr.Dataset:
     """Mean per calendar period, empty periods filled by linear interpolation in time.

@@ -81,8 +81,12 @@ def pgstac_stac_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pgs
     server.stop()
 
 
-@pytest.fixture(params=["rustac-memory", "pgstac"])
+@pytest.fixture(params=["rustac-memory", pytest.param("pgstac", marks=pytest.mark.pgstac)])
 def stac_server(request: pytest.FixtureRequest) -> RustacMemoryServer | PgstacServer:
     """Each real STAC server in turn (pgstac skips only where PostgreSQL is not installed)."""
     name = "rustac_server" if request.param == "rustac-memory" else "pgstac_stac_server"
     return request.getfixturevalue(name)
+
+
+# offline twin fixtures (tiny_twin, served_twin)
+from .twin_fixtures import served_twin, tiny_twin  # noqa: E402, F401

@@ -10,7 +10,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import pytest
-from conftest import load_pc_fixture, varied_items
 
 from glacierflow import catalog
 from glacierflow.catalog import (
@@ -25,6 +24,8 @@ from glacierflow.catalog import (
 )
 from glacierflow.errors import GlacierflowError
 from glacierflow.twin.stac_servers import PgstacServer, free_port
+
+from .conftest import load_pc_fixture, varied_items
 
 # eastern Australia: items 8..14 of varied_items() intersect it (see conftest)
 AUS = (150.0, -36.0, 154.0, -28.0)
@@ -239,10 +240,7 @@ def test_real_get_items_page_fixture():
     crit = Criteria.parse((160, -22, 166, -10), "2025-07-22", "2025-07-22", platforms=("landsat-9",))
     kept, rejected = filter_items(page["features"], crit)
     # ascending by time; 084072 (23.02 %) is too cloudy; the other four lie outside the bbox
-    assert [it["id"] for it in kept] == [
-        "LC09_L2SR_084067_20250722_02_T1", "LC09_L2SP_084068_20250722_02_T2",
-        "LC09_L2SP_084069_20250722_02_T2", "LC09_L2SR_084073_20250722_02_T1", "LC09_L2SR_084074_20250722_02_T1",
-    ]
+    assert [it["id"][10:16] for it in kept] == ["084067", "084068", "084069", "084073", "084074"]
     assert [(r.item_id[10:16], r.reason) for r in rejected] == [
         ("084082", "bbox"), ("084072", "cloud"), ("084060", "bbox"), ("084057", "bbox"), ("084056", "bbox"),
     ]

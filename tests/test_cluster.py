@@ -1,4 +1,4 @@
-"""get_client against real schedulers: LocalCluster, a scheduler address, a dask-gateway-server on 127.0.0.1."""
+"""get_client against real schedulers: LocalCluster, a scheduler address, dask-gateway-server on 127.0.0.1."""
 
 from __future__ import annotations
 
@@ -121,7 +121,10 @@ def gateway_server(tmp_path_factory):
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"gateway did not start:\n{(tmp / 'server.log').read_text()[-3000:]}")
             time.sleep(0.2)
-        auth = {"gateway.auth.type": "basic", "gateway.auth.kwargs": {"username": "alice", "password": "test-password"}}
+        auth = {
+            "gateway.auth.type": "basic",
+            "gateway.auth.kwargs": {"username": "alice", "password": "test-password"},
+        }
         with dask.config.set(auth):
             yield address
     finally:
@@ -167,7 +170,9 @@ def test_gateway_from_dask_config_and_errors(gateway_server):
         with get_client("gateway", workers=1) as client:
             client.wait_for_workers(1, timeout=60)
             assert int(client.submit(sum, [1, 2, 3]).result()) == 6
-        with pytest.raises(GlacierflowError, match="unknown Dask Gateway cluster option 'gpus'.*worker_memory"):
+        with pytest.raises(
+            GlacierflowError, match="unknown Dask Gateway cluster option 'gpus'.*worker_memory"
+        ):
             get_client("gateway", cluster_options={"gpus": 1})
     dead = f"http://127.0.0.1:{_free_port()}"
     with pytest.raises(GlacierflowError) as err:

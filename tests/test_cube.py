@@ -17,6 +17,9 @@ from rasterio.transform import from_origin
 from glacierflow.cube import build_cube, normalise_items, normalise_items_with_report, snapped_bounds
 from glacierflow.errors import GlacierflowError
 
+# stackstac 0.5.1 and rasterio use ``affine * tuple``, which affine >= 2.4 flags as pending deprecation
+pytestmark = pytest.mark.filterwarnings("ignore:Use `@` matmul:PendingDeprecationWarning")
+
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "planetary-computer"
 L89 = ("landsat-8", "landsat-9")  # the fixtures are Landsat-9; the default keeps Landsat-8 only
 
@@ -70,15 +73,20 @@ BBOX_4 = (148.0, -42.5, 148.2, -42.3)  # inside LC09 089089 and 089090 (EPSG:326
 
 def test_plain_dicts_lazy_grid(no_compute):
     items = _load("landsat-c2-l2_items_4_2024-04.json")
+    original = json.dumps(items, sort_keys=True)
     cube = build_cube(items, bbox_lonlat=BBOX_4, epsg=32655, platforms=L89)
+    assert json.dumps(items, sort_keys=True) == original  # the caller's items are not modified
     _check_grid(cube, 32655, BBOX_4)
     assert sorted(cube.id.values) == ["LC09_L2SP_089089_20240417_02_T1", "LC09_L2SP_089090_20240417_02_T1"]
     assert list(cube.platform.values) == ["landsat-9", "landsat-9"]
     by_id = {it["id"]: it["properties"]["eo:cloud_cover"] for it in items}
-    assert [float(c) for c in cube["eo:cloud_cover"].values] == pytest.approx([by_id[i] for i in cube.id.values])
-    assert set(cube.attrs["dropped_items"]) == {"LC09_L2SP_089088_20240417_02_T2", "LC09_L2SP_089087_20240417_02_T2"}
-    assert "items_4" not in json.dumps(items[0])  # input untouched below
-    assert set(items[0]["assets"]) > {"green", "swir16", "qa_pixel", "tilejson"}
+    assert [float(c) for c in cube["eo:cloud_cover"].values] == pytest.approx(
+        [by_id[i] for i in cube.id.values]
+    )
+    assert set(cube.attrs["dropped_items"]) == {
+        "LC09_L2SP_089088_20240417_02_T2",
+        "LC09_L2SP_089087_20240417_02_T2",
+    }
 
 
 def test_pystac_items_proj_code(no_compute):
@@ -109,7 +117,9 @@ def test_mixed_epsg_explicit(no_compute):
     zones = {it["id"]: it["properties"]["proj:epsg"] for it in items}
     assert {zones[i] for i in cube.id.values} == {32655, 32656}
     # same items through pystac (proj:code) on zone 55 instead
-    cube55 = build_cube([pystac.Item.from_dict(d) for d in items], bbox_lonlat=bbox, epsg=32655, platforms=L89)
+    cube55 = build_cube(
+        [pystac.Item.from_dict(d) for d in items], bbox_lonlat=bbox, epsg=32655, platforms=L89
+    )
     _check_grid(cube55, 32655, bbox)
     assert sorted(cube55.id.values) == sorted(cube.id.values)
 
@@ -195,7 +205,8 @@ def test_pixels_rescale_and_masks(tmp_path):
     for k, date in enumerate(["2020-07-03T05:00:00Z", "2020-06-17T05:00:00Z", "2020-07-19T05:00:00Z"]):
         green = rng.integers(7300, 40000, (H, W), dtype=np.uint16)
         swir = rng.integers(7300, 40000, (H, W), dtype=np.uint16)
-        qa = rng.choice(np.array([21824, 22280, 55052, 23888], np.uint16), (H, W))  # clear/cloud/snow (bit 0 off)
+        # clear / cloud / snow codes, fill bit 0 off
+        qa = rng.choice(np.array([21824, 22280, 55052, 23888], np.uint16), (H, W))
         green[5, 6] = 0  # nodata
         swir[7, 8] = 0
         qa[9, 10] = 1  # fill
@@ -239,7 +250,7 @@ def test_missing_file_becomes_nan_and_is_reported(tmp_path):
     }
     good = _item(tmp_path, "good", "2021-01-01T00:00:00Z", arrays)
     bad = _item(tmp_path, "bad", "2021-01-17T00:00:00Z", arrays)
-    bad["assets"]["swir16"]["href"] = str(tmp_path / "gone.tif")
+    bad["assets"]["swir16"]["href"] = str(tmp_path / "gone.tif") + "?st=2026&sig=SECRET"  # like a signed URL
     bbox = _inner_bbox()
 
     cube = build_cube([good, bad], bbox_lonlat=bbox, epsg=EPSG)
@@ -248,6 +259,7 @@ def test_missing_file_becomes_nan_and_is_reported(tmp_path):
         values = cube.compute(scheduler="sync")
     messages = [str(w.message) for w in caught]
     assert any("gone.tif" in m and "filled with NaN" in m for m in messages), messages
+    assert not any("SECRET" in m for m in messages)  # tokens never reach warnings or logs
     bad_t = list(cube.id.values).index("bad")
     assert np.all(np.isnan(values.isel(time=bad_t).sel(band="swir16")))
     inner = values.isel(time=bad_t).sel(band="green").values

@@ -385,3 +385,20 @@ def test_whole_chain_is_lazy():
     assert isinstance(frac.data, dsa.Array) and isinstance(ds["ndsi"].data, dsa.Array)
     out = ds.compute(scheduler="sync")
     assert np.isfinite(out["ndsi"].values).all()
+
+
+def test_xarray_3ms_is_not_calendar_aligned_but_ours_is():
+    da = _series(["2020-02-10", "2020-05-01", "2020-08-03", "2020-12-31"])
+    xr_starts = pd.DatetimeIndex(da.resample(time="3MS").mean().time.values)
+    assert [t.month for t in xr_starts] == [2, 5, 8, 11]  # why resample() groups by itself
+    ours = resample(da, "3MS")
+    assert [t.month for t in pd.DatetimeIndex(ours.time.values)] == [1, 4, 7, 10]
+    np.testing.assert_array_equal(ours["n_scenes"].values, [1, 1, 1, 1])
+
+
+def test_resample_empty_time_axis():
+    da = _series(["2020-02-10"]).isel(time=slice(0, 0))
+    with pytest.raises(GlacierflowError, match="start and end"):
+        resample(da)
+    ds = resample(da, start="2020-01-01", end="2020-12-31")
+    assert ds.sizes["time"] == 4 and (ds["n_scenes"].values == 0).all()

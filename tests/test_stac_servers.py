@@ -9,7 +9,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import PGSTAC_SKIP, varied_items
 from pystac_client import Client
 
 from glacierflow.errors import GlacierflowError
@@ -21,6 +20,8 @@ from glacierflow.twin.stac_servers import (
     pgstac_available,
     rustac_memory_server,
 )
+
+from .conftest import PGSTAC_SKIP, varied_items
 
 # union of the 21 varied items' bboxes (20 Landsat-9 scenes from Antarctica to Queensland + one in Kenya)
 EXPECTED_BBOX = [35.99618514, -76.30742313880607, 156.4631214114148, -0.50129435]

@@ -263,7 +263,7 @@ def _write_cog(path: Path, data: np.ndarray, grid: Grid, nodata: int, scaled: bo
         "transform": grid.affine,
         "nodata": nodata,
         "compress": "DEFLATE",
-        "blocksize": 256,
+        "blocksize": 256 if min(grid.shape) >= 512 else 64,  # small grids still get overviews
         "overview_resampling": "nearest",
     }
     with rasterio.open(path, "w", **profile) as dst:
@@ -334,8 +334,8 @@ def _truth_template(world: World, grid: Grid, acqs: list[Acquisition]) -> xr.Dat
     times = pd.to_datetime([a.datetime for a in acqs]).tz_localize(None)
     ds = xr.Dataset(
         {
-            "ndsi": (("time", "y", "x"), da.zeros((n, h, w), np.float32, chunks=(1, h, w))),
-            "defects": (("time", "y", "x"), da.zeros((n, h, w), np.uint8, chunks=(1, h, w))),
+            "ndsi": (("time", "y", "x"), da.zeros((n, h, w), dtype=np.float32, chunks=(1, h, w))),
+            "defects": (("time", "y", "x"), da.zeros((n, h, w), dtype=np.uint8, chunks=(1, h, w))),
             "item_id": ("time", np.array([a.item_id for a in acqs], dtype=object)),
             "platform": ("time", np.array([a.platform for a in acqs], dtype=object)),
             "shift_x": ("time", np.array([a.shift_x for a in acqs], np.float64)),
@@ -348,6 +348,7 @@ def _truth_template(world: World, grid: Grid, acqs: list[Acquisition]) -> xr.Dat
         coords={"time": times, "y": y, "x": x},
     )
     ds["ndsi"].attrs.update(description="clean snow-mask NDSI (>= 0.3 else 0) before clouds, gaps and shifts")
+    ds["defects"].encoding["_FillValue"] = None  # 0 means "no defect", not missing
     ds["defects"].attrs.update(description="bit flags: 1 gap/fill, 2 cloud or dilated cloud, 4 cloud shadow")
     ds["shift_x"].attrs.update(units="pixel", description="scene[r, c] = truth[r - shift_y, c - shift_x]")
     ds["shift_y"].attrs.update(units="pixel")

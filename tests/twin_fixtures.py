@@ -1,0 +1,27 @@
+"""Session fixtures for the offline twin: a tiny twin on disk and the same twin served over HTTP."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from glacierflow.twin.make import make_twin
+from glacierflow.twin.serve import serve_twin
+
+
+@pytest.fixture(scope="session")
+def tiny_twin(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A ``tiny`` parvati twin (seed 0), written once per test session."""
+    out = tmp_path_factory.mktemp("twin") / "parvati-tiny"
+    make_twin(out, glacier="parvati", size="tiny", seed=0)
+    return out
+
+
+@pytest.fixture(scope="session")
+def served_twin(tiny_twin: Path) -> Iterator[dict[str, Any]]:
+    """The tiny twin behind ``rustac serve`` (memory backend) and the range-request asset server."""
+    with serve_twin(tiny_twin, backend="rustac") as served:
+        yield served
