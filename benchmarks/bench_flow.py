@@ -14,6 +14,7 @@ LocalCluster (``--workers`` processes, 1 thread each). Both include reading the 
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -119,6 +120,8 @@ def main() -> None:
         print(f"dask LocalCluster {args.workers}x1 thread, {n_pairs} pairs: {p:.2f} s  "
               f"({p / n_pairs:.3f} s/pair)")
         print(f"ratio parallel/serial: {p / s:.2f}  (speed-up {s / p:.2f}x)")
+        print(f"cpus {os.cpu_count()}, load average during run {os.getloadavg()[0]:.2f} "
+              "(other processes on the machine distort both figures)")
 
 
 if __name__ == "__main__":

@@ -47,6 +47,27 @@ def _median3(image: np.ndarray) -> np.ndarray:
     return out
 
 
+def alignment_image(bands: xr.DataArray) -> xr.DataArray:
+    """The research code's grey image for ECC: (green, swir16, swir16) as BGR -> grey.
+
+    ``0.114 * green + 0.886 * swir16`` (OpenCV's BGR2GRAY weights). Short-wave infrared carries the
+    static terrain texture (rock, vegetation, debris) that pins a scene's geolocation, while NDSI's
+    strongest edges (the snowline) move with the seasons.
+
+    Parameters
+    ----------
+    bands : xarray.DataArray
+        ``(time, band, y, x)`` with ``green`` and ``swir16`` (e.g. gap-filled reflectance).
+
+    Returns
+    -------
+    xarray.DataArray
+        ``(time, y, x)`` float32, lazy if the input is.
+    """
+    grey = 0.114 * bands.sel(band="green") + 0.886 * bands.sel(band="swir16")
+    return grey.drop_vars("band", errors="ignore").astype(np.float32).rename("grey")
+
+
 def reference_image(ndsi: xr.DataArray) -> xr.DataArray:
     """Alignment template: per-pixel temporal mean (NaN-skipping), then a 3x3 median filter.
 
@@ -114,6 +135,7 @@ def align_scene(
     eps: float = 1e-5,
     gauss_filt_size: int = 1,
     min_ecc: float = 0.3,
+    apply_to: np.ndarray | None = None,
 ) -> tuple[np.ndarray, float, float, float, bool]:
     """Align one 2-D scene to the reference with ECC.
 
@@ -135,6 +157,9 @@ def align_scene(
         ECC's Gaussian pre-filter size (1 = none; larger costs time for no accuracy gain here).
     min_ecc : float
         Minimum final correlation coefficient to accept the alignment.
+    apply_to : numpy.ndarray, optional
+        Another image of the same scene (e.g. its NDSI) to warp with the transform found on ``scene``;
+        it is what the first returned array then holds.
 
     Returns
     -------
@@ -149,7 +174,9 @@ def align_scene(
     ref = np.asarray(reference, dtype=np.float32)
     valid = np.isfinite(img)
     ref_valid = np.isfinite(ref)
-    unaligned = (scene.astype(dtype, copy=True), np.nan, np.nan, np.nan, False)
+    target = scene if apply_to is None else apply_to
+    dtype = target.dtype if np.issubdtype(target.dtype, np.floating) else np.float32
+    unaligned = (target.astype(dtype, copy=True), np.nan, np.nan, np.nan, False)
     if valid.sum() < 16 or ref_valid.sum() < 16:
         return unaligned
     warp = np.eye(3, dtype=np.float32) if mode == cv2.MOTION_HOMOGRAPHY else np.eye(2, 3, dtype=np.float32)
@@ -163,6 +190,9 @@ def align_scene(
     if not (np.isfinite(ecc) and np.isfinite(warp).all()) or ecc < min_ecc:
         return unaligned[:3] + (float(ecc) if np.isfinite(ecc) else np.nan, False)
     shift_x, shift_y = _centre_shift(warp.astype(np.float64), img.shape)
+    if apply_to is not None:
+        img = np.asarray(apply_to, dtype=np.float32)
+        valid = np.isfinite(img)
     if valid.all():
         out = _warp(img, warp, mode)
     else:
@@ -176,16 +206,22 @@ def align_scene(
 # --- lazy over a cube ---------------------------------------------------------------------------------------
 
 
-def _align_block(block: xr.DataArray, reference: xr.DataArray, name: str, **kwargs) -> xr.Dataset:
-    """Align every scene of a ``(time, y, x)`` block; returns the template's Dataset layout."""
+def _align_block(block: xr.Dataset, reference: xr.DataArray, name: str, **kwargs) -> xr.Dataset:
+    """Align every scene of a ``(time, y, x)`` block; returns the template's Dataset layout.
+
+    ``block`` holds the scenes (``name``) and the images ECC runs on (``_guide``, the scenes themselves
+    when no guide was given).
+    """
     ref = np.asarray(reference.transpose("y", "x").values)
-    data = np.asarray(block.values)
+    data = np.asarray(block[name].values)
+    guide = np.asarray(block["_guide"].values) if "_guide" in block else data
+    block = block[name]
     out = np.empty_like(data)
     diag = {k: np.empty(data.shape[0], np.float64) for k in DIAGNOSTICS[:3]}
     ok = np.zeros(data.shape[0], bool)
     for i in range(data.shape[0]):
         out[i], diag["shift_x"][i], diag["shift_y"][i], diag["ecc"][i], ok[i] = align_scene(
-            data[i], ref, **kwargs
+            guide[i], ref, apply_to=data[i] if guide is not data else None, **kwargs
         )
     return xr.Dataset(
         {
@@ -226,6 +262,7 @@ def align(
     eps: float = 1e-5,
     gauss_filt_size: int = 1,
     min_ecc: float = 0.3,
+    guide: xr.DataArray | None = None,
 ) -> tuple[xr.DataArray, xr.Dataset]:
     """Co-register every scene to ``reference`` with ECC, one scene per Dask task.
 
@@ -246,6 +283,11 @@ def align(
         ECC's Gaussian pre-filter size.
     min_ecc : float
         Scenes whose final correlation with the reference stays below this are left unaligned.
+    guide : xarray.DataArray, optional
+        ``(time, y, x)`` images ECC runs on instead of ``ndsi`` (``reference`` must then be built from
+        them), e.g. :func:`alignment_image` of the reflectance bands, whose static terrain texture pins
+        the geolocation better than NDSI, whose snow edges move with the seasons. The transform found
+        on the guide is applied to ``ndsi``.
 
     Returns
     -------
@@ -271,6 +313,8 @@ def align(
             f"reference dims {dict(reference.sizes)} do not match the scenes' y/x "
             f"({ndsi.sizes['y']}, {ndsi.sizes['x']}); build it with reference_image(ndsi)"
         )
+    if guide is not None and dict(guide.sizes) != dict(ndsi.sizes):
+        raise GlacierflowError(f"guide sizes {dict(guide.sizes)} differ from the scenes' {dict(ndsi.sizes)}")
     dims = ndsi.dims
     name = "_scene"  # internal variable name, cannot collide with the diagnostics
     scenes = ndsi.transpose("time", "y", "x").rename(name)
@@ -283,7 +327,10 @@ def align(
         "gauss_filt_size": gauss_filt_size,
         "min_ecc": min_ecc,
     }
-    if scenes.chunks is None and reference.chunks is None:
+    scenes = scenes.to_dataset()
+    if guide is not None:
+        scenes["_guide"] = guide.transpose("time", "y", "x").astype(np.float32)
+    if all(v.chunks is None for v in scenes.data_vars.values()) and reference.chunks is None:
         ds = _align_block(scenes, reference, **kwargs)
     else:
         scenes = scenes.chunk({"time": 1, "y": -1, "x": -1})
@@ -292,7 +339,7 @@ def align(
         # y/x labels and nothing else that could conflict (spatial_ref, ...).
         grid = {d: scenes[d] for d in ("y", "x") if d in scenes.coords}
         reference = xr.DataArray(reference.data, dims=("y", "x"), coords=grid, name="reference")
-        template = _template(scenes, name)
+        template = _template(scenes[name], name)
         ds = xr.map_blocks(_align_block, scenes, args=[reference], kwargs=kwargs, template=template)
     aligned = ds[name].transpose(*dims).rename(ndsi.name)
     aligned.attrs = dict(ndsi.attrs)

@@ -239,9 +239,13 @@ def gap_fill_2d(image: np.ndarray, max_iter: int = 500) -> tuple[np.ndarray, int
     mask at the start of the pass (pixels filled in this pass are not used) and zero padding outside
     the image counted as invalid: exactly the research code's loop, vectorised as a normalised
     convolution. Passes repeat until no NaN remains, at most ``max_iter`` times (each pass closes a
-    2-px ring, so holes up to ~``4 * max_iter`` px across are filled exactly as in the paper). Holes
-    still open after that (e.g. half a scene outside the footprint) are filled by multi-scale push-pull
-    averaging (:func:`_pyramid_fill`), which always terminates in ``log2(size)`` levels.
+    2-px ring, so holes up to ~``4 * max_iter`` px across are filled exactly as in the paper; with the
+    default that includes half a 1000-px scene lying outside the footprint). Holes still open after
+    that are filled by multi-scale push-pull averaging (:func:`_pyramid_fill`), which always
+    terminates in ``log2(size)`` levels and stays within the range of the valid values.
+
+    Each pass only evaluates boxes around the current fill front (see :func:`_fill_passes`), so the
+    263 passes that close the missing right half of an 860x1050 scene take ~0.1-0.2 s.
 
     Parameters
     ----------

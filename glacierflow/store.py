@@ -77,6 +77,12 @@ def is_complete(url: str, storage_options: dict[str, Any] | None = None) -> bool
     return bool(g.attrs.get(COMPLETE, False))
 
 
+def exists(url: str, storage_options: dict[str, Any] | None = None) -> bool:
+    """Whether anything exists at ``url``."""
+    fs, path = _fs(url, storage_options)
+    return bool(fs.exists(path))
+
+
 def _so(fs: fsspec.AbstractFileSystem, storage_options: dict[str, Any] | None) -> dict[str, Any] | None:
     return None if _is_local(fs) else storage_options
 
@@ -88,7 +94,7 @@ def write_store(
     overwrite: bool = False,
     storage_options: dict[str, Any] | None = None,
     compute: Callable[[Any], Any] | None = None,
-    groups: dict[str, xr.Dataset] | None = None,
+    groups: dict[str, xr.Dataset] | Callable[[], dict[str, xr.Dataset]] | None = None,
 ) -> str:
     """Write ``ds`` (and optional sub-groups) as a Zarr store at ``url``, safely.
 
@@ -106,7 +112,8 @@ def write_store(
         Called with the delayed write (``to_zarr(compute=False)``) to run it, e.g. with a progress bar;
         default: ``delayed.compute()``.
     groups
-        Extra datasets written as Zarr groups (e.g. ``{"scenes": per_scene_table}``).
+        Extra datasets written as Zarr groups (e.g. ``{"scenes": per_scene_table}``), or a callable
+        returning them, called after ``compute`` (for tables that depend on the computed results).
 
     Returns
     -------
@@ -130,7 +137,7 @@ def write_store(
         ds.attrs[COMPLETE] = False
         delayed = ds.to_zarr(tmp_url, mode="w", consolidated=False, compute=False, storage_options=so)
         (compute or (lambda d: d.compute()))(delayed)
-        for gname, gds in (groups or {}).items():
+        for gname, gds in ((groups() if callable(groups) else groups) or {}).items():
             gds.to_zarr(tmp_url, group=gname, mode="w", consolidated=False, storage_options=so)
         zarr.open_group(tmp_url, mode="r+", storage_options=so).attrs[COMPLETE] = True
         if fs.exists(path):

@@ -210,3 +210,29 @@ def test_bad_arguments_name_the_value():
         align(da, ref_da(ref, da), motion="rotation")
     with pytest.raises(GlacierflowError, match="reference"):
         align(da, ref_da(ref, da).isel(x=slice(0, 8)))
+
+
+def test_full_chain_builds_without_computing():
+    from glacierflow.preprocess import gap_fill, mask_invalid, ndsi, resample, snow_mask
+
+    ref = textured(10, 64)
+    green = 0.5 + 0.25 * (np.stack([shifted(ref, dy, dx) for dy, dx in SHIFTS]) - 0.5)  # > 0.2
+    swir = np.full_like(green, 0.1)
+    qa = np.zeros_like(green)
+    qa[1, 10:20, 10:20] = 1 << 3  # a cloud, gap-filled before alignment
+    base = cube_of(list(green))
+    cube = xr.concat(
+        [base.copy(data=green), base.copy(data=swir), base.copy(data=qa)],
+        dim=pd.Index(["green", "swir16", "qa_pixel"], name="band"),
+    ).transpose("time", "band", "y", "x").chunk({"time": 1})
+    with dask.config.set(scheduler=_raise_on_compute):
+        index = ndsi(gap_fill(mask_invalid(cube)))
+        aligned, diag = align(index, reference_image(index))
+        ds = resample(snow_mask(aligned), "3MS")
+    ds, diag = dask.compute(ds, diag, scheduler="sync")
+    assert diag["aligned"].values.all()
+    # The reference is the mean of the shifted scenes: shifts are known up to a common offset.
+    for key, true in (("shift_x", [dx for _, dx in SHIFTS]), ("shift_y", [dy for dy, _ in SHIFTS])):
+        got = diag[key].values
+        np.testing.assert_allclose(got - got.mean(), np.subtract(true, np.mean(true)), atol=0.05)
+    assert np.isfinite(ds["ndsi"].values).all()

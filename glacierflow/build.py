@@ -1,0 +1,241 @@
+"""``build-cube``: search -> lazy cube -> preprocess -> align -> resample -> Zarr, as one Dask graph.
+
+:func:`cube_dataset` assembles the whole graph lazily (nothing is read or computed); :func:`build_cube_store`
+searches, assembles, and writes it in one pass with :func:`glacierflow.store.write_store`, so every scene is
+read once and the per-scene diagnostics (valid fraction, shifts, ECC) are computed in the same pass as the
+periodic cube.
+
+Scenes over ``--max-missing`` are dropped *inside* the graph (their pixels become NaN before gap-filling,
+which is then free, and they carry no weight in the reference or the period means), so the quality filter
+needs no separate read of the data.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import dask
+import dask.array as da
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from glacierflow import __version__, align, catalog, cube, preprocess, store
+from glacierflow.config import CubeSpec, PreprocessSpec
+from glacierflow.errors import GlacierflowError
+
+
+@dataclass
+class Assembled:
+    """The lazy products of :func:`cube_dataset`."""
+
+    cube: xr.Dataset  # ndsi(time, y, x), n_scenes, interpolated, spatial_ref
+    scenes: xr.Dataset  # per scene in the cube: valid_fraction, used, shift_x, shift_y, ecc, aligned
+    dropped: dict[str, str]  # item id -> why the cube builder left it out
+
+
+def cube_dataset(items: list[dict[str, Any]], spec: CubeSpec, pre: PreprocessSpec) -> Assembled:
+    """Assemble the lazy periodic cube and per-scene diagnostics from (signed) items.
+
+    Parameters
+    ----------
+    items
+        STAC item dicts, signed if the catalog needs it.
+    spec, pre
+        What to stack and how to preprocess.
+
+    Returns
+    -------
+    Assembled
+        Lazy datasets; nothing has been read.
+    """
+    raw = cube.build_cube(items, bbox_lonlat=spec.bbox, epsg=spec.epsg, resolution=spec.resolution,
+                          platforms=spec.platforms)
+    masked = preprocess.mask_invalid(raw, mask_clouds=pre.mask_clouds)
+    frac = preprocess.valid_fraction(masked)
+    used = frac >= (1.0 - pre.max_missing)
+    masked = masked.where(used)
+    filled = preprocess.gap_fill(masked, max_iter=pre.gap_fill_max_iter)
+    index = preprocess.ndsi(filled)
+    grey = align.alignment_image(filled)
+    reference = align.reference_image(grey)
+    aligned, diag = align.align(index, reference, motion=pre.motion, guide=grey)
+    snow = preprocess.snow_mask(aligned, pre.ndsi_threshold)
+    periodic = preprocess.resample(snow, pre.period, start=spec.start, end=spec.end)
+    # scenes dropped inside the graph still have a time stamp: count only the used ones per period
+    starts, pos = preprocess.period_starts(snow["time"].values, pre.period, spec.start, spec.end)
+    onehot = np.zeros((len(pos), len(starts)), np.int64)
+    inside = pos >= 0
+    onehot[np.flatnonzero(inside), pos[inside]] = 1
+    used_data = used.data if isinstance(used.data, da.Array) else da.from_array(np.asarray(used.data))
+    n_used = da.dot(used_data.astype(np.int64), onehot)
+    periodic["n_scenes"] = ("time", n_used)
+    periodic["interpolated"] = ("time", n_used == 0)
+    periodic = periodic.assign_coords(spatial_ref=raw.coords["spatial_ref"])
+    periodic["ndsi"].attrs.update(
+        long_name="snow-mask NDSI (NDSI where >= threshold, else 0), mean per period",
+        threshold=pre.ndsi_threshold, period=pre.period, grid_mapping="spatial_ref",
+    )
+    periodic["n_scenes"].attrs["long_name"] = "number of scenes averaged in the period"
+    periodic["interpolated"].attrs["long_name"] = "no scene in the period: linear interpolation in time"
+    scenes = xr.Dataset(
+        {
+            "valid_fraction": frac.astype(np.float32),
+            "used": used,
+            "shift_x": diag["shift_x"],
+            "shift_y": diag["shift_y"],
+            "ecc": diag["ecc"],
+            "aligned": diag["aligned"],
+        }
+    )
+    scenes = scenes.drop_vars([c for c in scenes.coords if c not in ("time",)])
+    scenes = scenes.assign_coords(item_id=("time", raw["id"].values.astype(object)))
+    return Assembled(periodic.transpose("time", "y", "x"), scenes, dict(raw.attrs.get("dropped_items", {})))
+
+
+def _scene_table(search: catalog.SearchResult, computed: xr.Dataset, dropped: dict[str, str],
+                 max_missing: float) -> xr.Dataset:
+    """One row per scene considered (searched, rejected or stacked), with why it was not used."""
+    rows: list[dict[str, Any]] = []
+    seen = set()
+    ids = [str(i) for i in computed["item_id"].values]
+    props = {it["id"]: it["properties"] for it in search.items}
+    for k, item_id in enumerate(ids):
+        p = props.get(item_id, {})
+        used = bool(computed["used"].values[k])
+        vf = float(computed["valid_fraction"].values[k])
+        aligned = bool(computed["aligned"].values[k])
+        reason = "" if used else f"missing: valid fraction {vf:.2f} < {1 - max_missing:.2f}"
+        if used and not aligned:
+            reason = "used unaligned: ECC did not converge"
+        if item_id in dropped:
+            reason = f"read error: {dropped[item_id]}"
+        rows.append({
+            "time": pd.Timestamp(computed["time"].values[k]), "item_id": item_id,
+            "platform": str(p.get("platform", "")), "cloud_cover": float(p.get("eo:cloud_cover", np.nan)),
+            "valid_fraction": vf, "used": used, "reason": reason,
+            "shift_x": float(computed["shift_x"].values[k]), "shift_y": float(computed["shift_y"].values[k]),
+            "ecc": float(computed["ecc"].values[k]), "aligned": aligned,
+        })
+        seen.add(item_id)
+    for item_id, why in dropped.items():
+        if item_id in seen or item_id not in props:
+            continue
+        p = props[item_id]
+        rows.append({"time": pd.Timestamp(p["datetime"]).tz_localize(None) if pd.Timestamp(p["datetime"]).tz is None
+                     else pd.Timestamp(p["datetime"]).tz_convert(None), "item_id": item_id,
+                     "platform": str(p.get("platform", "")), "cloud_cover": float(p.get("eo:cloud_cover", np.nan)),
+                     "valid_fraction": np.nan, "used": False, "reason": why, "shift_x": np.nan, "shift_y": np.nan,
+                     "ecc": np.nan, "aligned": False})
+    for rej in search.rejected:
+        rows.append({"time": pd.NaT, "item_id": rej.item_id, "platform": "", "cloud_cover": np.nan,
+                     "valid_fraction": np.nan, "used": False, "reason": f"{rej.reason}: {rej.detail}",
+                     "shift_x": np.nan, "shift_y": np.nan, "ecc": np.nan, "aligned": False})
+    df = pd.DataFrame(rows)
+    df["_t"] = df["time"].fillna(pd.Timestamp.max)
+    df = df.sort_values(["_t", "item_id"]).drop(columns="_t").reset_index(drop=True)
+    ds = xr.Dataset(
+        {c: ("scene", df[c].to_numpy(dtype=object if c in ("item_id", "platform", "reason") else None))
+         for c in df.columns if c != "time"},
+        coords={"time": ("scene", df["time"].to_numpy(dtype="datetime64[ns]"))},
+    )
+    ds["shift_x"].attrs.update(units="pixel", description="scene[r, c] ~ reference[r - shift_y, c - shift_x]")
+    ds["shift_y"].attrs.update(units="pixel")
+    ds["ecc"].attrs["description"] = "ECC correlation coefficient with the reference after alignment"
+    return ds
+
+
+def default_store_name(name: str, period: str) -> str:
+    """Default output path for a site: ``<name>-<period>.zarr``."""
+    return f"{name}-{period.lower()}.zarr"
+
+
+def build_cube_store(
+    spec: CubeSpec,
+    pre: PreprocessSpec,
+    out: str,
+    *,
+    overwrite: bool = False,
+    storage_options: dict[str, Any] | None = None,
+    signer: str | Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+    compute: Callable[[list[Any]], list[Any]] | None = None,
+) -> dict[str, Any]:
+    """Search, assemble and write a cube store; returns a summary dict.
+
+    Parameters
+    ----------
+    spec, pre
+        Stage specs (stored in the store's attrs).
+    out
+        Local path or fsspec URL of the store.
+    overwrite
+        Replace an existing store.
+    storage_options
+        fsspec options for ``out``.
+    signer
+        Signing hook (name in :data:`glacierflow.catalog.SIGNERS` or a callable); default by catalog URL.
+    compute
+        Runs a list of dask objects and returns their results (progress bars, distributed clients);
+        default ``dask.compute``.
+    """
+    t0 = time.perf_counter()
+    if not overwrite and store.exists(out, storage_options):
+        raise GlacierflowError(f"store {out} already exists; pass --overwrite to replace it")
+    found = catalog.search(spec.catalog, bbox=spec.bbox, start=spec.start, end=spec.end,
+                           collection=spec.collection, platforms=spec.platforms, max_cloud=spec.max_cloud)
+    found.raise_if_empty()
+    # sign right before stacking (Planetary Computer tokens expire); signed hrefs never reach the store
+    signed = catalog.sign_items(found.items, signer or catalog.default_signer(spec.catalog))
+    assembled = cube_dataset(signed, spec, pre)
+    ds = assembled.cube
+    ds.attrs = {
+        "glacierflow_version": __version__,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "cube_spec": spec.to_json(),
+        "preprocess_spec": pre.to_json(),
+        "search": json.dumps(found.parameters(), default=str),
+        "title": f"glacierflow NDSI cube: {spec.name}, {pre.period} periods",
+    }
+    run = compute or (lambda objs: list(dask.compute(*objs)))
+    dropped = assembled.dropped
+    state: dict[str, Any] = {}
+
+    def _compute(delayed: Any) -> None:
+        _, scenes = run([delayed, assembled.scenes])
+        state["scenes"] = scenes
+
+    def _groups() -> dict[str, xr.Dataset]:
+        return {"scenes": _scene_table(found, state["scenes"], dropped, pre.max_missing)}
+
+    store.write_store(ds, out, overwrite=overwrite, storage_options=storage_options, compute=_compute,
+                      groups=_groups)
+    table = _groups()["scenes"] if "scenes" in state else None
+    scenes = state["scenes"]
+    used = scenes["used"].values.astype(bool)
+    aligned = scenes["aligned"].values.astype(bool) & used
+    result = store.open_store(out, storage_options)
+    reasons: dict[str, int] = {}
+    for r in ([] if table is None else table["reason"].values):
+        if r:
+            key = str(r).split(":")[0]
+            reasons[key] = reasons.get(key, 0) + 1
+    return {
+        "store": out,
+        "scenes_found": len(found.items) + len(found.rejected),
+        "scenes_stacked": int(len(used)),
+        "scenes_used": int(used.sum()),
+        "dropped": reasons,
+        "periods": int(result.sizes["time"]),
+        "periods_interpolated": int(result["interpolated"].values.sum()),
+        "aligned": int(aligned.sum()),
+        "shift_rms_px": float(np.sqrt(np.nanmean(
+            scenes["shift_x"].values[aligned] ** 2 + scenes["shift_y"].values[aligned] ** 2))) if aligned.any() else None,
+        "ecc_median": float(np.nanmedian(scenes["ecc"].values[aligned])) if aligned.any() else None,
+        "server_filter": found.server_filter,
+        "seconds": round(time.perf_counter() - t0, 2),
+    }
