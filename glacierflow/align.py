@@ -47,7 +47,7 @@ def _median3(image: np.ndarray) -> np.ndarray:
     return out
 
 
-def alignment_image(bands: xr.DataArray) -> xr.DataArray:
+def alignment_image(bands: xr.DataArray, highpass: float = 0.0) -> xr.DataArray:
     """The research code's grey image for ECC: (green, swir16, swir16) as BGR -> grey.
 
     ``0.114 * green + 0.886 * swir16`` (OpenCV's BGR2GRAY weights). Short-wave infrared carries the
@@ -58,6 +58,9 @@ def alignment_image(bands: xr.DataArray) -> xr.DataArray:
     ----------
     bands : xarray.DataArray
         ``(time, band, y, x)`` with ``green`` and ``swir16`` (e.g. gap-filled reflectance).
+    highpass : float
+        If > 0, subtract a Gaussian blur of this sigma (pixels): keeps fine static texture and damps
+        broad seasonal brightness changes.
 
     Returns
     -------
@@ -65,7 +68,29 @@ def alignment_image(bands: xr.DataArray) -> xr.DataArray:
         ``(time, y, x)`` float32, lazy if the input is.
     """
     grey = 0.114 * bands.sel(band="green") + 0.886 * bands.sel(band="swir16")
-    return grey.drop_vars("band", errors="ignore").astype(np.float32).rename("grey")
+    grey = grey.drop_vars("band", errors="ignore").astype(np.float32).rename("grey")
+    if highpass <= 0:
+        return grey
+    if grey.chunks is not None:
+        grey = grey.chunk({"y": -1, "x": -1})
+    return xr.apply_ufunc(
+        _highpass, grey, input_core_dims=[["y", "x"]], output_core_dims=[["y", "x"]],
+        kwargs={"sigma": float(highpass)}, dask="parallelized", output_dtypes=[np.float32],
+    ).transpose(*grey.dims)
+
+
+def _highpass(image: np.ndarray, sigma: float) -> np.ndarray:
+    """``image - gaussian_blur(image, sigma)`` over the last two axes (NaN stays NaN)."""
+    cv2.setNumThreads(0)
+    out = np.empty(image.shape, np.float32)
+    flat_in = image.reshape(-1, *image.shape[-2:]).astype(np.float32)
+    flat_out = out.reshape(flat_in.shape)
+    for i, img in enumerate(flat_in):
+        valid = np.isfinite(img)
+        filled = np.where(valid, img, np.float32(img[valid].mean()) if valid.any() else np.float32(0))
+        blur = cv2.GaussianBlur(filled, (0, 0), sigma, borderType=cv2.BORDER_REFLECT)
+        flat_out[i] = np.where(valid, filled - blur, np.nan)
+    return out
 
 
 def reference_image(ndsi: xr.DataArray) -> xr.DataArray:

@@ -62,7 +62,7 @@ def cube_dataset(items: list[dict[str, Any]], spec: CubeSpec, pre: PreprocessSpe
     masked = masked.where(used)
     filled = preprocess.gap_fill(masked, max_iter=pre.gap_fill_max_iter)
     index = preprocess.ndsi(filled)
-    grey = align.alignment_image(filled)
+    grey = align.alignment_image(filled, highpass=pre.align_highpass)
     reference = align.reference_image(grey)
     aligned, diag = align.align(index, reference, motion=pre.motion, guide=grey)
     snow = preprocess.snow_mask(aligned, pre.ndsi_threshold)
@@ -83,18 +83,16 @@ def cube_dataset(items: list[dict[str, Any]], spec: CubeSpec, pre: PreprocessSpe
     )
     periodic["n_scenes"].attrs["long_name"] = "number of scenes averaged in the period"
     periodic["interpolated"].attrs["long_name"] = "no scene in the period: linear interpolation in time"
+    # plain per-time variables (no extra coords: merging lazily-computed coords would trigger compute)
+    per_scene = {
+        "valid_fraction": frac.astype(np.float32),
+        "used": used,
+        **{k: diag[k] for k in ("shift_x", "shift_y", "ecc", "aligned")},
+    }
     scenes = xr.Dataset(
-        {
-            "valid_fraction": frac.astype(np.float32),
-            "used": used,
-            "shift_x": diag["shift_x"],
-            "shift_y": diag["shift_y"],
-            "ecc": diag["ecc"],
-            "aligned": diag["aligned"],
-        }
+        {k: ("time", v.data) for k, v in per_scene.items()},
+        coords={"time": raw["time"].values, "item_id": ("time", raw["id"].values.astype(object))},
     )
-    scenes = scenes.drop_vars([c for c in scenes.coords if c not in ("time",)])
-    scenes = scenes.assign_coords(item_id=("time", raw["id"].values.astype(object)))
     return Assembled(periodic.transpose("time", "y", "x"), scenes, dict(raw.attrs.get("dropped_items", {})))
 
 

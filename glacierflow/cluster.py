@@ -1,6 +1,6 @@
 """The only place that creates a Dask client.
 
-One string picks where the work runs (the CLI's ``--dask`` flag):
+One string picks where the work runs (the CLI's ``--cluster`` flag):
 
 - ``None`` / ``"local"``: a :class:`distributed.LocalCluster` on this machine, one single-threaded worker
   process per core (GDAL and OpenCV release the GIL poorly), memory split evenly; ``"local:N"``: N workers.
@@ -114,7 +114,7 @@ def _scheduler(address: str, timeout: float) -> ManagedClient:
     except (OSError, TimeoutError) as err:
         raise GlacierflowError(
             f"cannot reach Dask scheduler at {address!r} within {timeout:g} s ({type(err).__name__}); "
-            "start it, or use --dask local"
+            "start it, or use --cluster local"
         ) from None
 
 
@@ -149,7 +149,7 @@ def _gateway(
         from dask_gateway import Gateway
     except ImportError:
         raise GlacierflowError(
-            "dask-gateway is not installed; pip install 'glacierflow[gateway]', or use --dask local"
+            "dask-gateway is not installed; pip install 'glacierflow[gateway]', or use --cluster local"
         ) from None
 
     where = address or dask.config.get("gateway.address", None)
@@ -178,7 +178,7 @@ def _gateway(
             detail = str(err).splitlines()[0] if str(err) else type(err).__name__
             raise GlacierflowError(
                 f"cannot reach Dask Gateway at {where!r} ({detail}); check the address and "
-                "DASK_GATEWAY__AUTH__* settings, or use --dask local"
+                "DASK_GATEWAY__AUTH__* settings, or use --cluster local"
             ) from None
         if isinstance(workers, tuple):
             cluster.adapt(minimum=workers[0], maximum=workers[1])
@@ -237,7 +237,7 @@ def get_client(
         if text.startswith("local:"):
             count = text.split(":", 1)[1]
             if not count.isdigit() or int(count) < 1:
-                raise GlacierflowError(f"bad worker count in --dask {spec!r}; use e.g. local:4")
+                raise GlacierflowError(f"bad worker count in --cluster {spec!r}; use e.g. local:4")
             n = int(count)
         return _local(n)
     if text.startswith(("tcp://", "tls://", "ws://", "wss://", "inproc://", "ucx://")):
@@ -247,6 +247,6 @@ def get_client(
     if text.startswith("gateway://"):
         address = text[len("gateway://") :]
         if not address.startswith(("http://", "https://")):
-            raise GlacierflowError(f"bad gateway address in --dask {spec!r}; use gateway://http://host:port")
+            raise GlacierflowError(f"bad gateway address in --cluster {spec!r}; use gateway://http://host:port")
         return _gateway(address, workers, cluster_options)
-    raise GlacierflowError(f"unknown --dask {spec!r}; use one of {SPEC_FORMS}")
+    raise GlacierflowError(f"unknown --cluster {spec!r}; use one of {SPEC_FORMS}")

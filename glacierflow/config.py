@@ -86,6 +86,7 @@ class PreprocessSpec(_Spec):
     motion: str = "translation"
     period: str = "3MS"
     gap_fill_max_iter: int = 32
+    align_highpass: float = 6.0
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

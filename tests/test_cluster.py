@@ -70,11 +70,11 @@ def test_unreachable_scheduler_is_one_line():
         get_client(f"tcp://127.0.0.1:{port}", timeout=1)
     assert time.monotonic() - start < 15
     msg = str(err.value)
-    assert f"tcp://127.0.0.1:{port}" in msg and "--dask local" in msg and "\n" not in msg
+    assert f"tcp://127.0.0.1:{port}" in msg and "--cluster local" in msg and "\n" not in msg
 
 
 def test_bad_specs():
-    with pytest.raises(GlacierflowError, match="unknown --dask 'kubernetes'"):
+    with pytest.raises(GlacierflowError, match="unknown --cluster 'kubernetes'"):
         get_client("kubernetes")
     with pytest.raises(GlacierflowError, match="local:4"):
         get_client("local:zero")
@@ -178,4 +178,4 @@ def test_gateway_from_dask_config_and_errors(gateway_server):
     with pytest.raises(GlacierflowError) as err:
         get_client(f"gateway://{dead}")
     msg = str(err.value)
-    assert dead in msg and "\n" not in msg and "--dask local" in msg
+    assert dead in msg and "\n" not in msg and "--cluster local" in msg

@@ -151,6 +151,10 @@ class World:
         # --- off-ice land cover
         self.rock = _noise(shape, 3.0, rng)
         self.veg = _noise(shape, size / 20, rng)
+        # steep rock outcrops (cliffs, ridges) where snow does not stick: static texture all year
+        self.outcrop = np.clip(
+            (_noise(shape, size / 30, rng) + 0.6 * _noise(shape, 2.5, rng) - 0.9) * 2.0, 0, 1
+        ).astype(np.float32) * (ratio >= 1.3)
         lake_r, lake_c = 0.93 * h, 0.50 * w
         self.lake = (np.hypot((rr - lake_r) / (0.03 * size + 2), (cc - lake_c) / (0.06 * size + 3)) < 1) & ~(
             ratio < 1
@@ -211,7 +215,7 @@ class World:
         snow_field = at(self.snow_noise)
         if snow_jitter is not None:
             snow_field = snow_field + at(snow_jitter)
-        snow_frac = np.clip((elev + snow_field - self.snowline(t)) / 120.0 + 0.5, 0, 1)
+        snow_frac = np.clip((elev + snow_field - self.snowline(t)) / 120.0 + 0.5, 0, 1) * (1 - at(self.outcrop))
         rock = at(self.rock)
         veg = at(self.veg)
         lake = at(self.lake.astype(np.float32)) > 0.5
