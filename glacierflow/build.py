@@ -54,8 +54,9 @@ def cube_dataset(items: list[dict[str, Any]], spec: CubeSpec, pre: PreprocessSpe
     Assembled
         Lazy datasets; nothing has been read.
     """
-    raw = cube.build_cube(items, bbox_lonlat=spec.bbox, epsg=spec.epsg, resolution=spec.resolution,
-                          platforms=spec.platforms)
+    raw = cube.build_cube(
+        items, bbox_lonlat=spec.bbox, epsg=spec.epsg, resolution=spec.resolution, platforms=spec.platforms
+    )
     masked = preprocess.mask_invalid(raw, mask_clouds=pre.mask_clouds)
     frac = preprocess.valid_fraction(masked)
     used = frac >= (1.0 - pre.max_missing)
@@ -79,7 +80,9 @@ def cube_dataset(items: list[dict[str, Any]], spec: CubeSpec, pre: PreprocessSpe
     periodic = periodic.assign_coords(spatial_ref=raw.coords["spatial_ref"])
     periodic["ndsi"].attrs.update(
         long_name="snow-mask NDSI (NDSI where >= threshold, else 0), mean per period",
-        threshold=pre.ndsi_threshold, period=pre.period, grid_mapping="spatial_ref",
+        threshold=pre.ndsi_threshold,
+        period=pre.period,
+        grid_mapping="spatial_ref",
     )
     periodic["n_scenes"].attrs["long_name"] = "number of scenes averaged in the period"
     periodic["interpolated"].attrs["long_name"] = "no scene in the period: linear interpolation in time"
@@ -96,8 +99,9 @@ def cube_dataset(items: list[dict[str, Any]], spec: CubeSpec, pre: PreprocessSpe
     return Assembled(periodic.transpose("time", "y", "x"), scenes, dict(raw.attrs.get("dropped_items", {})))
 
 
-def _scene_table(search: catalog.SearchResult, computed: xr.Dataset, dropped: dict[str, str],
-                 max_missing: float) -> xr.Dataset:
+def _scene_table(
+    search: catalog.SearchResult, computed: xr.Dataset, dropped: dict[str, str], max_missing: float
+) -> xr.Dataset:
     """One row per scene considered (searched, rejected or stacked), with why it was not used."""
     rows: list[dict[str, Any]] = []
     seen = set()
@@ -113,33 +117,68 @@ def _scene_table(search: catalog.SearchResult, computed: xr.Dataset, dropped: di
             reason = "used unaligned: ECC did not converge"
         if item_id in dropped:
             reason = f"read error: {dropped[item_id]}"
-        rows.append({
-            "time": pd.Timestamp(computed["time"].values[k]), "item_id": item_id,
-            "platform": str(p.get("platform", "")), "cloud_cover": float(p.get("eo:cloud_cover", np.nan)),
-            "valid_fraction": vf, "used": used, "reason": reason,
-            "shift_x": float(computed["shift_x"].values[k]), "shift_y": float(computed["shift_y"].values[k]),
-            "ecc": float(computed["ecc"].values[k]), "aligned": aligned,
-        })
+        rows.append(
+            {
+                "time": pd.Timestamp(computed["time"].values[k]),
+                "item_id": item_id,
+                "platform": str(p.get("platform", "")),
+                "cloud_cover": float(p.get("eo:cloud_cover", np.nan)),
+                "valid_fraction": vf,
+                "used": used,
+                "reason": reason,
+                "shift_x": float(computed["shift_x"].values[k]),
+                "shift_y": float(computed["shift_y"].values[k]),
+                "ecc": float(computed["ecc"].values[k]),
+                "aligned": aligned,
+            }
+        )
         seen.add(item_id)
     for item_id, why in dropped.items():
         if item_id in seen or item_id not in props:
             continue
         p = props[item_id]
-        rows.append({"time": pd.Timestamp(p["datetime"]).tz_localize(None) if pd.Timestamp(p["datetime"]).tz is None
-                     else pd.Timestamp(p["datetime"]).tz_convert(None), "item_id": item_id,
-                     "platform": str(p.get("platform", "")), "cloud_cover": float(p.get("eo:cloud_cover", np.nan)),
-                     "valid_fraction": np.nan, "used": False, "reason": why, "shift_x": np.nan, "shift_y": np.nan,
-                     "ecc": np.nan, "aligned": False})
+        rows.append(
+            {
+                "time": pd.Timestamp(p["datetime"]).tz_localize(None)
+                if pd.Timestamp(p["datetime"]).tz is None
+                else pd.Timestamp(p["datetime"]).tz_convert(None),
+                "item_id": item_id,
+                "platform": str(p.get("platform", "")),
+                "cloud_cover": float(p.get("eo:cloud_cover", np.nan)),
+                "valid_fraction": np.nan,
+                "used": False,
+                "reason": why,
+                "shift_x": np.nan,
+                "shift_y": np.nan,
+                "ecc": np.nan,
+                "aligned": False,
+            }
+        )
     for rej in search.rejected:
-        rows.append({"time": pd.NaT, "item_id": rej.item_id, "platform": "", "cloud_cover": np.nan,
-                     "valid_fraction": np.nan, "used": False, "reason": f"{rej.reason}: {rej.detail}",
-                     "shift_x": np.nan, "shift_y": np.nan, "ecc": np.nan, "aligned": False})
+        rows.append(
+            {
+                "time": pd.NaT,
+                "item_id": rej.item_id,
+                "platform": "",
+                "cloud_cover": np.nan,
+                "valid_fraction": np.nan,
+                "used": False,
+                "reason": f"{rej.reason}: {rej.detail}",
+                "shift_x": np.nan,
+                "shift_y": np.nan,
+                "ecc": np.nan,
+                "aligned": False,
+            }
+        )
     df = pd.DataFrame(rows)
     df["_t"] = df["time"].fillna(pd.Timestamp.max)
     df = df.sort_values(["_t", "item_id"]).drop(columns="_t").reset_index(drop=True)
     ds = xr.Dataset(
-        {c: ("scene", df[c].to_numpy(dtype=object if c in ("item_id", "platform", "reason") else None))
-         for c in df.columns if c != "time"},
+        {
+            c: ("scene", df[c].to_numpy(dtype=object if c in ("item_id", "platform", "reason") else None))
+            for c in df.columns
+            if c != "time"
+        },
         coords={"time": ("scene", df["time"].to_numpy(dtype="datetime64[ns]"))},
     )
     ds["shift_x"].attrs.update(units="pixel", description="scene[r, c] ~ reference[r - shift_y, c - shift_x]")
@@ -184,8 +223,15 @@ def build_cube_store(
     t0 = time.perf_counter()
     if not overwrite and store.exists(out, storage_options):
         raise GlacierflowError(f"store {out} already exists; pass --overwrite to replace it")
-    found = catalog.search(spec.catalog, bbox=spec.bbox, start=spec.start, end=spec.end,
-                           collection=spec.collection, platforms=spec.platforms, max_cloud=spec.max_cloud)
+    found = catalog.search(
+        spec.catalog,
+        bbox=spec.bbox,
+        start=spec.start,
+        end=spec.end,
+        collection=spec.collection,
+        platforms=spec.platforms,
+        max_cloud=spec.max_cloud,
+    )
     found.raise_if_empty()
     # sign right before stacking (Planetary Computer tokens expire); signed hrefs never reach the store
     signed = catalog.sign_items(found.items, signer or catalog.default_signer(spec.catalog))
@@ -206,19 +252,25 @@ def build_cube_store(
     def _compute(delayed: Any) -> None:
         _, scenes = run([delayed, assembled.scenes])
         state["scenes"] = scenes
+        if not scenes["used"].values.any():
+            worst = float(np.nanmax(scenes["valid_fraction"].values)) if scenes.sizes["time"] else 0.0
+            raise GlacierflowError(
+                f"none of the {scenes.sizes['time']} scenes has enough valid pixels over the bbox (best valid "
+                f"fraction {worst:.2f}, need {1 - pre.max_missing:.2f}); check the bbox against the scenes' "
+                "footprints or raise --max-missing; no store was written"
+            )
 
     def _groups() -> dict[str, xr.Dataset]:
         return {"scenes": _scene_table(found, state["scenes"], dropped, pre.max_missing)}
 
-    store.write_store(ds, out, overwrite=overwrite, storage_options=storage_options, compute=_compute,
-                      groups=_groups)
+    store.write_store(ds, out, overwrite=overwrite, storage_options=storage_options, compute=_compute, groups=_groups)
     table = _groups()["scenes"] if "scenes" in state else None
     scenes = state["scenes"]
     used = scenes["used"].values.astype(bool)
     aligned = scenes["aligned"].values.astype(bool) & used
     result = store.open_store(out, storage_options)
     reasons: dict[str, int] = {}
-    for r in ([] if table is None else table["reason"].values):
+    for r in [] if table is None else table["reason"].values:
         if r:
             key = str(r).split(":")[0]
             reasons[key] = reasons.get(key, 0) + 1
@@ -231,8 +283,11 @@ def build_cube_store(
         "periods": int(result.sizes["time"]),
         "periods_interpolated": int(result["interpolated"].values.sum()),
         "aligned": int(aligned.sum()),
-        "shift_rms_px": float(np.sqrt(np.nanmean(
-            scenes["shift_x"].values[aligned] ** 2 + scenes["shift_y"].values[aligned] ** 2))) if aligned.any() else None,
+        "shift_rms_px": float(
+            np.sqrt(np.nanmean(scenes["shift_x"].values[aligned] ** 2 + scenes["shift_y"].values[aligned] ** 2))
+        )
+        if aligned.any()
+        else None,
         "ecc_median": float(np.nanmedian(scenes["ecc"].values[aligned])) if aligned.any() else None,
         "server_filter": found.server_filter,
         "seconds": round(time.perf_counter() - t0, 2),

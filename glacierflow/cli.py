@@ -17,8 +17,12 @@ from rich.console import Console
 
 from glacierflow.errors import GlacierflowError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="glacierflow: glacier movement from Landsat-8, STAC -> Dask -> Zarr -> PyTorch.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="glacierflow: glacier movement from Landsat-8, STAC -> Dask -> Zarr -> PyTorch.",
+)
 twin_app = typer.Typer(no_args_is_help=True, help="The offline twin: a synthetic Landsat world with ground truth.")
 plot_app = typer.Typer(no_args_is_help=True, help="Figures.")
 app.add_typer(twin_app, name="twin")
@@ -32,7 +36,9 @@ out = Console()
 def twin_make(
     out_dir: Annotated[Path, typer.Argument(help="Directory to write the twin into.")],
     glacier: Annotated[str, typer.Option(help="Glacier from the registry.")] = "parvati",
-    size: Annotated[str, typer.Option(help="tiny (~128 px, 2 yr) | small (~400 px, 4 yr) | full (whole bbox, 2013-2021)")] = "tiny",
+    size: Annotated[
+        str, typer.Option(help="tiny (~128 px, 2 yr) | small (~400 px, 4 yr) | full (whole bbox, 2013-2021)")
+    ] = "tiny",
     start: Annotated[str | None, typer.Option(help="First date (YYYY-MM-DD); default per size.")] = None,
     end: Annotated[str | None, typer.Option(help="Last date (YYYY-MM-DD); default per size.")] = None,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
@@ -41,9 +47,8 @@ def twin_make(
     """Write a synthetic Landsat-8 C2-L2 world (COGs, STAC items, truth.zarr)."""
     from rich.progress import Progress
 
-    from glacierflow.twin.make import SIZES, make_grid, schedule
     from glacierflow.glaciers import get_site
-    from glacierflow.twin.make import make_twin
+    from glacierflow.twin.make import SIZES, make_grid, make_twin, schedule
 
     if size not in SIZES:
         raise GlacierflowError(f"unknown twin size {size!r}; choose one of: {', '.join(SIZES)}")
@@ -52,8 +57,7 @@ def twin_make(
     make_grid(site, size)
     with Progress(console=console, transient=True) as bar:
         task = bar.add_task(f"rendering {n} acquisitions", total=n)
-        meta = make_twin(out_dir, glacier, size, start, end, seed, overwrite,
-                         progress=lambda: bar.advance(task))
+        meta = make_twin(out_dir, glacier, size, start, end, seed, overwrite, progress=lambda: bar.advance(task))
     out.print(
         f"twin written to {out_dir}: {meta['n_items']} items ({meta['n_landsat8']} Landsat-8, "
         f"{meta['n_landsat7']} Landsat-7), grid {meta['shape'][0]}x{meta['shape'][1]} px EPSG:{meta['epsg']}, "
@@ -66,7 +70,9 @@ def twin_make(
 def twin_serve(
     twin_dir: Annotated[Path, typer.Argument(help="Directory written by `glacierflow twin make`.")],
     port: Annotated[int | None, typer.Option(help="STAC API port (default: a free one).")] = None,
-    backend: Annotated[str, typer.Option(help="rustac (light, memory) | pgstac (PostgreSQL, as Planetary Computer)")] = "rustac",
+    backend: Annotated[
+        str, typer.Option(help="rustac (light, memory) | pgstac (PostgreSQL, as Planetary Computer)")
+    ] = "rustac",
     url_file: Annotated[Path | None, typer.Option(help="Write the STAC URL to this file once serving.")] = None,
 ) -> None:
     """Serve a twin: COGs over HTTP with range requests + a real STAC API. Stops on Ctrl-C / SIGTERM."""
@@ -112,18 +118,29 @@ def search_cmd(
 
     site = resolve_site(glacier, bbox, None)
     url = catalog or cat.PLANETARY_COMPUTER_URL
-    res = cat.search(url, bbox=site.bbox, start=start or site.start, end=end or site.end,
-                     collection=collection, platforms=tuple(platform or ["landsat-8"]), max_cloud=max_cloud)
+    res = cat.search(
+        url,
+        bbox=site.bbox,
+        start=start or site.start,
+        end=end or site.end,
+        collection=collection,
+        platforms=tuple(platform or ["landsat-8"]),
+        max_cloud=max_cloud,
+    )
     if as_json:
         out.print_json(json.dumps({"ids": res.ids, "rejected": res.reasons()}))
         return
-    out.print(f"{len(res.items)} scenes kept from {res.returned} returned by {url} "
-              f"({res.pages} pages; server-side filter: {'yes' if res.server_filter else 'no, checked client-side'})")
+    out.print(
+        f"{len(res.items)} scenes kept from {res.returned} returned by {url} "
+        f"({res.pages} pages; server-side filter: {'yes' if res.server_filter else 'no, checked client-side'})"
+    )
     for reason, n in sorted(res.reasons().items()):
         out.print(f"  rejected {n:4d}: {reason}")
     for item in res.items:
         p = item["properties"]
-        out.print(f"  {p['datetime'][:19]}  {item['id']}  {p['platform']}  cloud {p.get('eo:cloud_cover', float('nan')):5.1f}%")
+        out.print(
+            f"  {p['datetime'][:19]}  {item['id']}  {p['platform']}  cloud {p.get('eo:cloud_cover', float('nan')):5.1f}%"
+        )
     res.raise_if_empty()
 
 
@@ -183,8 +200,12 @@ def build_cube_cmd(
     ndsi_threshold: Annotated[float, typer.Option(help="Snow mask threshold.")] = 0.3,
     out_store: Annotated[str | None, typer.Option("--out", help="Output store (path or fsspec URL).")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing store.")] = False,
-    cluster: Annotated[str | None, typer.Option(help="local | local:N | tcp://host:port | gateway[://URL] | threads | sync")] = None,
-    storage_option: Annotated[list[str] | None, typer.Option(help="fsspec option KEY=VALUE for --out (repeatable).")] = None,
+    cluster: Annotated[
+        str | None, typer.Option(help="local | local:N | tcp://host:port | gateway[://URL] | threads | sync")
+    ] = None,
+    storage_option: Annotated[
+        list[str] | None, typer.Option(help="fsspec option KEY=VALUE for --out (repeatable).")
+    ] = None,
 ) -> None:
     """Search Landsat scenes, preprocess them with Dask and write the NDSI cube store (Zarr)."""
     from glacierflow import catalog as cat
@@ -193,22 +214,39 @@ def build_cube_cmd(
     from glacierflow.config import CubeSpec, PreprocessSpec, resolve_site
 
     site = resolve_site(glacier, bbox, epsg)
-    spec = CubeSpec(name=site.name, bbox=site.bbox, epsg=site.epsg, start=start or site.start, end=end or site.end,
-                    catalog=catalog or cat.PLANETARY_COMPUTER_URL, collection=collection,
-                    platforms=tuple(platform or ["landsat-8"]), max_cloud=max_cloud)
-    pre = PreprocessSpec(max_missing=max_missing, mask_clouds=cloud_mask, ndsi_threshold=ndsi_threshold,
-                         motion=motion, period=period)
+    spec = CubeSpec(
+        name=site.name,
+        bbox=site.bbox,
+        epsg=site.epsg,
+        start=start or site.start,
+        end=end or site.end,
+        catalog=catalog or cat.PLANETARY_COMPUTER_URL,
+        collection=collection,
+        platforms=tuple(platform or ["landsat-8"]),
+        max_cloud=max_cloud,
+    )
+    pre = PreprocessSpec(
+        max_missing=max_missing, mask_clouds=cloud_mask, ndsi_threshold=ndsi_threshold, motion=motion, period=period
+    )
     target = out_store or default_store_name(site.name, period)
     with get_client(cluster) as client:
-        summary = build_cube_store(spec, pre, target, overwrite=overwrite,
-                                   storage_options=_storage_options(storage_option), compute=_runner(client))
+        summary = build_cube_store(
+            spec,
+            pre,
+            target,
+            overwrite=overwrite,
+            storage_options=_storage_options(storage_option),
+            compute=_runner(client),
+        )
     s = summary
     out.print(f"scenes: {s['scenes_found']} found, {s['scenes_stacked']} stacked, {s['scenes_used']} used")
     for reason, n in sorted(s["dropped"].items()):
         out.print(f"  not used / flagged {n:4d}: {reason}")
     out.print(f"periods: {s['periods']} ({s['periods_interpolated']} interpolated)")
     if s["aligned"]:
-        out.print(f"alignment: {s['aligned']} scenes aligned, RMS shift {s['shift_rms_px']:.2f} px, median ECC {s['ecc_median']:.3f}")
+        out.print(
+            f"alignment: {s['aligned']} scenes aligned, RMS shift {s['shift_rms_px']:.2f} px, median ECC {s['ecc_median']:.3f}"
+        )
     out.print(f"written: {s['store']}  ({s['seconds']:.1f} s)")
 
 
@@ -222,7 +260,9 @@ def flow_cmd(
     iterations: Annotated[int, typer.Option(help="Farneback iterations per level.")] = 10,
     winsize: Annotated[int, typer.Option(help="Farneback averaging window (px).")] = 15,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing store.")] = False,
-    cluster: Annotated[str | None, typer.Option(help="local | local:N | tcp://host:port | gateway[://URL] | threads | sync")] = "threads",
+    cluster: Annotated[
+        str | None, typer.Option(help="local | local:N | tcp://host:port | gateway[://URL] | threads | sync")
+    ] = "threads",
 ) -> None:
     """Dense Farneback optical flow between periods of a cube -> velocity store (u, v, speed in m/yr)."""
     from glacierflow.cluster import get_client
@@ -231,8 +271,10 @@ def flow_cmd(
     spec = FlowSpec(pairs=pairs, levels=levels, pyr_scale=pyr_scale, iterations=iterations, winsize=winsize)
     with get_client(cluster):
         s = run_flow(cube, out_store, spec, overwrite=overwrite)
-    out.print(f"{s['pairs']} {pairs} pairs ({s['pairs_interpolated']} involve an interpolated period: masked); "
-              f"median speed {s['median_speed_m_per_yr']:.1f} m/yr over {100 * s['valid_fraction']:.0f}% of pixels")
+    out.print(
+        f"{s['pairs']} {pairs} pairs ({s['pairs_interpolated']} involve an interpolated period: masked); "
+        f"median speed {s['median_speed_m_per_yr']:.1f} m/yr over {100 * s['valid_fraction']:.0f}% of pixels"
+    )
     out.print(f"written: {s['out']}")
 
 
@@ -240,7 +282,9 @@ def flow_cmd(
 def plot_flow_cmd(
     store: Annotated[str, typer.Argument(help="Velocity store written by `glacierflow flow`.")],
     out_png: Annotated[Path, typer.Option("--out", help="PNG file to write.")] = Path("flow.png"),
-    cube: Annotated[str | None, typer.Option(help="Cube store for the NDSI background (default: the source cube).")] = None,
+    cube: Annotated[
+        str | None, typer.Option(help="Cube store for the NDSI background (default: the source cube).")
+    ] = None,
     pair: Annotated[int, typer.Option(help="Which pair (index along time; negative counts from the end).")] = -1,
     step: Annotated[int, typer.Option(help="Arrow spacing in pixels (paper: 40 px = 1200 m).")] = 40,
 ) -> None:

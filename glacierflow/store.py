@@ -127,7 +127,9 @@ def write_store(
             state = "complete" if is_complete(url, storage_options) else "incomplete"
             raise GlacierflowError(f"store {url} already exists ({state}); pass --overwrite to replace it")
     parent, name = path.rsplit("/", 1) if "/" in path else ("", path)
-    tmp_path = f"{parent}/.{name}.partial-{uuid.uuid4().hex[:8]}" if parent else f".{name}.partial-{uuid.uuid4().hex[:8]}"
+    tmp_path = (
+        f"{parent}/.{name}.partial-{uuid.uuid4().hex[:8]}" if parent else f".{name}.partial-{uuid.uuid4().hex[:8]}"
+    )
     if _is_local(fs):
         os.makedirs(parent or ".", exist_ok=True)
     tmp_url = _full_url(fs, tmp_path)
@@ -172,7 +174,11 @@ def open_store(
     if not is_complete(url, storage_options):
         raise GlacierflowError(f"store {url} is incomplete or not a glacierflow store; rebuild it with --overwrite")
     ds = xr.open_zarr(
-        _full_url(fs, path), group=group, consolidated=False, decode_coords="all", storage_options=_so(fs, storage_options)
+        _full_url(fs, path),
+        group=group,
+        consolidated=False,
+        decode_coords="all",
+        storage_options=_so(fs, storage_options),
     )
     missing = [v for v in require if v not in ds.variables]
     if missing:

@@ -136,7 +136,7 @@ def test_recorded_shift_reproduces_the_scene(tiny_twin: Path) -> None:
         good = ok & (truth["defects"][i].values == 0)
         good[:4], good[-4:], good[:, :4], good[:, -4:] = False, False, False, False
 
-        def err(dx: float, dy: float) -> float:
+        def err(dx: float, dy: float, t: np.ndarray = t, scene: np.ndarray = scene, good: np.ndarray = good) -> float:
             moved = ndimage.shift(t, (dy, dx), order=1, mode="nearest")
             return float(np.mean(np.abs(moved - scene)[good]))
 

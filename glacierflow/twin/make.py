@@ -278,9 +278,9 @@ def _footprint(valid: np.ndarray, grid: Grid) -> tuple[dict[str, Any], list[floa
     from scipy.spatial import ConvexHull
 
     rows = np.flatnonzero(valid.any(axis=1))
-    cols = np.flatnonzero(valid.any(axis=0))
     if rows.size == 0:
-        rows, cols = np.array([0, grid.shape[0] - 1]), np.array([0, grid.shape[1] - 1])
+        rows = np.array([0, grid.shape[0] - 1])
+        valid = np.ones_like(valid)
     # boundary pixels of each row: leftmost and rightmost valid columns
     pts = []
     step = max(1, rows.size // 64)
@@ -446,10 +446,16 @@ def make_twin(
                     hrefs=r["hrefs"],
                 )
             )
-        full_bbox = [min(i["bbox"][0] for i in items), min(i["bbox"][1] for i in items),
-                     max(i["bbox"][2] for i in items), max(i["bbox"][3] for i in items)]
+        full_bbox = [
+            min(i["bbox"][0] for i in items),
+            min(i["bbox"][1] for i in items),
+            max(i["bbox"][2] for i in items),
+            max(i["bbox"][3] for i in items),
+        ]
         collection = stac_items.make_collection(
-            full_bbox, acqs[0].datetime, acqs[-1].datetime,
+            full_bbox,
+            acqs[0].datetime,
+            acqs[-1].datetime,
             f"Synthetic Landsat-8/7 Collection 2 Level-2 scenes of the {site.name} glacier written by "
             f"glacierflow {__version__} (seed {seed}); ground truth in truth.zarr.",
         )

@@ -13,7 +13,8 @@ import copy
 import errno
 import json
 import socket
-import threading
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -39,20 +40,17 @@ def _check_port(port: int, what: str) -> None:
 
 
 class AssetServer:
-    """Serve a directory over HTTP with range requests (uvicorn + Starlette StaticFiles) in a thread."""
+    """Serve a directory over HTTP with range requests (uvicorn + Starlette StaticFiles).
+
+    It runs in a child process: GDAL's HTTP reads in this process may hold the GIL, which would starve a
+    server thread in the same process.
+    """
 
     def __init__(self, root: Path, port: int | None = None):
-        import uvicorn
-        from starlette.applications import Starlette
-        from starlette.routing import Mount
-        from starlette.staticfiles import StaticFiles
-
+        self.root = Path(root)
         self.port = port or free_port()
         _check_port(self.port, "asset server")
-        app = Starlette(routes=[Mount("/", StaticFiles(directory=str(root)))])
-        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", access_log=False)
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, daemon=True)
+        self._proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
@@ -60,19 +58,35 @@ class AssetServer:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> AssetServer:
-        """Start and wait until the server accepts connections."""
-        self._thread.start()
-        deadline = time.monotonic() + 10
-        while not self._server.started:
-            if not self._thread.is_alive() or time.monotonic() > deadline:
-                raise GlacierflowError(f"the asset server could not start on port {self.port}")
-            time.sleep(0.02)
-        return self
+        """Start and wait until the server answers."""
+        cmd = [sys.executable, "-m", "glacierflow.twin.asset_server", str(self.root), str(self.port)]
+        self._proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                      start_new_session=True)
+        deadline = time.monotonic() + 20
+        while True:
+            if self._proc.poll() is not None:
+                err = (self._proc.stderr.read() if self._proc.stderr else b"").decode(errors="replace")
+                last = err.strip().splitlines()[-1] if err.strip() else "no output"
+                raise GlacierflowError(f"the asset server could not start on port {self.port}: {last}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    return self
+            except OSError:
+                if time.monotonic() > deadline:
+                    self.stop()
+                    raise GlacierflowError(f"the asset server did not answer on port {self.port}") from None
+                time.sleep(0.05)
 
     def stop(self) -> None:
-        """Stop the server and join its thread."""
-        self._server.should_exit = True
-        self._thread.join(timeout=10)
+        """Stop the server process."""
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+        self._proc = None
 
 
 def served_items(twin_dir: Path, asset_url: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:

@@ -40,7 +40,10 @@ PLATFORMS: dict[str, dict[str, Any]] = {
         "bands": {"green": (2, 0.56, 0.08), "swir16": (5, 1.65, 0.2)},
     },
 }
-_DESCRIPTIONS = {"green": ("Green Band", "Visible green"), "swir16": ("Short-wave Infrared Band 1.6", "Short-wave infrared")}
+_DESCRIPTIONS = {
+    "green": ("Green Band", "Visible green"),
+    "swir16": ("Short-wave Infrared Band 1.6", "Short-wave infrared"),
+}
 
 QA_BITFIELDS = [
     ("fill", 0, 1, "Image or fill data", ["not_fill", "fill"]),

@@ -1,0 +1,233 @@
+"""build-cube end to end on the served tiny twin, checked against the twin's ground truth."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import dask
+import numpy as np
+import pytest
+import rasterio
+import xarray as xr
+from scipy import ndimage
+
+from glacierflow import catalog, cube, preprocess
+from glacierflow.build import build_cube_store, cube_dataset
+from glacierflow.config import CubeSpec, PreprocessSpec
+from glacierflow.errors import GlacierflowError
+from glacierflow.store import open_store, write_store
+from glacierflow.twin.world import ndsi_snow
+
+
+def _spec(served: dict[str, Any], **kw: Any) -> CubeSpec:
+    m = served["meta"]
+    return CubeSpec(name="parvati-tiny", bbox=tuple(m["bbox"]), epsg=m["epsg"], start=m["start"], end=m["end"],
+                    catalog=served["stac_url"], **kw)
+
+
+def _raise(*_: object, **__: object) -> None:
+    raise AssertionError("computed before the write")
+
+
+@pytest.fixture(scope="module")
+def built(served_twin: dict, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    out = str(tmp_path_factory.mktemp("cube") / "parvati.zarr")
+    with dask.config.set(scheduler="threads"):
+        summary = build_cube_store(_spec(served_twin), PreprocessSpec(), out)
+    return {"out": out, "summary": summary}
+
+
+def test_store_contract(built: dict, tiny_twin: Path) -> None:
+    ds = xr.open_zarr(built["out"], decode_coords="all", consolidated=False)
+    assert {"ndsi", "n_scenes", "interpolated"} <= set(ds.data_vars)
+    assert isinstance(ds["ndsi"].data, dask.array.Array), "opened lazily"
+    assert ds["ndsi"].dtype == np.float32 and ds["ndsi"].dims == ("time", "y", "x")
+    assert ds.spatial_ref.attrs["epsg"] == 32643 and "crs_wkt" in ds.spatial_ref.attrs
+    assert np.allclose(np.diff(ds.x), 30) and np.allclose(np.diff(ds.y), -30)
+    assert (ds.x.values % 30 == 0).all(), "pixel centres of the Landsat grid lie on multiples of 30 m"
+    times = ds["time"].to_index()
+    assert list(times.month) == [1, 4, 7, 10] * 2 and times[0].year == 2019
+    v = ds["ndsi"].values
+    assert np.isfinite(v).all() and (v >= 0).all() and (v <= 1).all()
+    assert ((v == 0) | (v >= 0.0)).all() and (v > 0.3).mean() > 0.3
+    for key in ("glacierflow_version", "cube_spec", "preprocess_spec", "search", "created"):
+        assert key in ds.attrs
+    assert "sig=" not in str(ds.attrs) and "token" not in str(ds.attrs).lower()
+    scenes = xr.open_zarr(built["out"], group="scenes", consolidated=False).load()
+    for var in ("item_id", "platform", "cloud_cover", "valid_fraction", "used", "reason", "shift_x", "shift_y", "ecc"):
+        assert var in scenes.variables, var
+    reasons = [str(r) for r in scenes["reason"].values]
+    assert sum(r.startswith("platform") for r in reasons) == sum(
+        str(p) == "landsat-7" for p in xr.open_zarr(tiny_twin / "truth.zarr", consolidated=False)["platform"].values
+    )
+    assert any(r.startswith("cloud") for r in reasons) and any(r.startswith("missing") for r in reasons)
+    n_used = int(scenes["used"].values.sum())
+    assert int(ds["n_scenes"].sum()) == n_used == built["summary"]["scenes_used"]
+
+
+def test_dropped_scenes_match_truth(built: dict, tiny_twin: Path) -> None:
+    truth = xr.open_zarr(tiny_twin / "truth.zarr", consolidated=False).load()
+    scenes = xr.open_zarr(built["out"], group="scenes", consolidated=False).load()
+    t_ids = list(truth["item_id"].values)
+    for k, item_id in enumerate(scenes["item_id"].values):
+        j = t_ids.index(item_id)
+        if str(scenes["reason"].values[k]).startswith(("cloud", "platform")):
+            assert truth["cloud_cover"].values[j] > 20 or truth["platform"].values[j] == "landsat-7"
+            continue
+        # valid fraction = inside the footprint and not cloud/shadow, over the cube's bbox
+        assert 0 <= float(scenes["valid_fraction"].values[k]) <= 1
+        if truth["valid_fraction"].values[j] < 0.45:
+            assert not scenes["used"].values[k]
+        if truth["valid_fraction"].values[j] > 0.9 and truth["cloud_cover"].values[j] < 5:
+            assert scenes["used"].values[k]
+
+
+def test_recovered_shifts_match_truth(built: dict, tiny_twin: Path) -> None:
+    truth = xr.open_zarr(tiny_twin / "truth.zarr", consolidated=False).load()
+    scenes = xr.open_zarr(built["out"], group="scenes", consolidated=False).load()
+    ok = scenes["used"].values.astype(bool) & scenes["aligned"].values.astype(bool)
+    assert ok.sum() >= 0.9 * scenes["used"].values.sum()
+    t_ids = list(truth["item_id"].values)
+    idx = [t_ids.index(i) for i in scenes["item_id"].values[ok]]
+    ex = scenes["shift_x"].values[ok] - truth["shift_x"].values[idx]
+    ey = scenes["shift_y"].values[ok] - truth["shift_y"].values[idx]
+    ex, ey = ex - np.median(ex), ey - np.median(ey)
+    rms = float(np.sqrt(np.mean(ex**2 + ey**2)))
+    raw = float(np.sqrt(np.mean(truth["shift_x"].values[idx] ** 2 + truth["shift_y"].values[idx] ** 2)))
+    print(f"shift RMS error {rms:.3f} px (injected shifts RMS {raw:.2f} px) over {ok.sum()} scenes")
+    assert rms < 0.2
+
+
+def _first_clear_and_gappy(served: dict, tiny_twin: Path) -> tuple[xr.DataArray, xr.Dataset, list[dict]]:
+    found = catalog.search(served["stac_url"], bbox=served["meta"]["bbox"], start="2019-01-01", end="2020-12-31")
+    raw = cube.build_cube(found.items, bbox_lonlat=tuple(served["meta"]["bbox"]), epsg=32643)
+    truth = xr.open_zarr(tiny_twin / "truth.zarr", consolidated=False)
+    return raw, truth, found.items
+
+
+def _truth_on_cube_grid(truth: xr.Dataset, j: int, raw: xr.DataArray, var: str = "ndsi") -> np.ndarray:
+    """Truth field of acquisition j, shifted like the scene, cut to the cube's grid."""
+    sx, sy = float(truth["shift_x"][j]), float(truth["shift_y"][j])
+    moved = ndimage.shift(truth[var][j].values.astype(np.float32), (sy, sx), order=1, mode="nearest")
+    full = xr.DataArray(moved, dims=("y", "x"), coords={"y": truth.y, "x": truth.x})
+    return full.sel(y=raw.y, x=raw.x).values
+
+
+def test_cube_values_and_ndsi_against_truth(served_twin: dict, tiny_twin: Path) -> None:
+    raw, truth, items = _first_clear_and_gappy(served_twin, tiny_twin)
+    t_ids = list(truth["item_id"].values)
+    checked_exact = checked_ndsi = 0
+    for k, item in enumerate(items):
+        j = t_ids.index(item["id"])
+        # 1) reflectance = DN * scale + offset exactly (float32), DN 0 -> NaN: read the COG independently
+        with rasterio.open(item["assets"]["green"]["href"]) as src:
+            win = src.window(float(raw.x[0]) - 15, float(raw.y[-1]) - 15, float(raw.x[-1]) + 15, float(raw.y[0]) + 15)
+            dn = src.read(1, window=win)
+        green = raw.isel(time=k).sel(band="green").values
+        expect = np.where(dn == 0, np.nan, dn.astype(np.float32) * np.float32(2.75e-5) + np.float32(-0.2))
+        np.testing.assert_allclose(green, expect, rtol=0, atol=2e-6)
+        checked_exact += 1
+        # 2) NDSI of cloud-free, gap-free pixels equals the shifted truth within noise
+        if truth["cloud_cover"][j] < 1 and truth["valid_fraction"][j] > 0.99 and checked_ndsi < 4:
+            b = raw.isel(time=k).values
+            n = ndsi_snow(b[0], b[1])
+            t = _truth_on_cube_grid(truth, j, raw)
+            d = _truth_on_cube_grid(truth, j, raw, "defects")
+            good = np.isfinite(n) & (d == 0)
+            both = good & (n > 0) & (t > 0)
+            assert np.median(np.abs(n - t)[both]) < 0.01
+            # snow / no-snow agrees except along snow edges, where the shifted truth is interpolated
+            edge = ndimage.maximum_filter(t > 0, 3) != ndimage.minimum_filter(t > 0, 3)
+            assert ((n > 0) == (t > 0))[good & ~edge].mean() > 0.98
+            checked_ndsi += 1
+        if checked_exact >= 6 and checked_ndsi >= 2:
+            break
+    assert checked_ndsi >= 2
+
+
+def test_gap_fill_against_truth(served_twin: dict, tiny_twin: Path) -> None:
+    raw, truth, items = _first_clear_and_gappy(served_twin, tiny_twin)
+    masked = preprocess.mask_invalid(raw)
+    filled = preprocess.gap_fill(masked)
+    snow = preprocess.snow_mask(preprocess.ndsi(filled))
+    t_ids = list(truth["item_id"].values)
+    errs, base = [], []
+    for k, item in enumerate(items):
+        j = t_ids.index(item["id"])
+        gaps = np.isnan(masked.isel(time=k, band=0).values)
+        frac = gaps.mean()
+        if not 0.001 < frac < 0.3:
+            continue
+        t = _truth_on_cube_grid(truth, j, raw)
+        s = snow.isel(time=k).values
+        assert np.isfinite(s).all(), "no gap is left"
+        errs.append(float(np.mean(np.abs(s - t)[gaps])))
+        # naive baseline: every gap pixel gets the scene's mean snow-mask NDSI
+        base.append(float(np.mean(np.abs(np.nanmean(np.where(gaps, np.nan, s)) - t)[gaps])))
+    mae, mae_base = float(np.mean(errs)), float(np.mean(base))
+    print(f"gap-filled snow-mask NDSI MAE vs truth: {mae:.3f} (scene-mean fill: {mae_base:.3f}) "
+          f"over {len(errs)} scenes")
+    assert len(errs) >= 5 and mae < 0.2 and mae < 0.6 * mae_base
+
+
+def test_no_compute_before_the_write(served_twin: dict) -> None:
+    found = catalog.search(served_twin["stac_url"], bbox=served_twin["meta"]["bbox"], start="2019-01-01",
+                           end="2020-12-31")
+    with dask.config.set(scheduler=_raise):
+        assembled = cube_dataset(found.items, _spec(served_twin), PreprocessSpec())
+    assert isinstance(assembled.cube["ndsi"].data, dask.array.Array)
+    assert isinstance(assembled.scenes["shift_x"].data, dask.array.Array)
+
+
+def test_existing_store_refused_and_interrupted_write_keeps_it(built: dict, tmp_path: Path) -> None:
+    with pytest.raises(GlacierflowError, match="--overwrite"):
+        build_cube_store(CubeSpec(name="x", bbox=(0, 0, 1, 1), epsg=32631, start="2019-01-01", end="2019-02-01",
+                                  catalog="http://127.0.0.1:9"), PreprocessSpec(), built["out"])
+    before = open_store(built["out"])["ndsi"].values
+    bad = xr.Dataset({"ndsi": (("y", "x"), dask.array.zeros((4, 4), chunks=2))})
+
+    def interrupted(delayed: object) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        write_store(bad, built["out"], overwrite=True, compute=interrupted)
+    np.testing.assert_array_equal(open_store(built["out"])["ndsi"].values, before)
+    parent = Path(built["out"]).parent
+    assert [p.name for p in parent.iterdir()] == [Path(built["out"]).name], "no partial store left behind"
+
+
+def test_cli_build_cube_end_to_end(served_twin: dict, tmp_path: Path) -> None:
+    m = served_twin["meta"]
+    out = tmp_path / "cli.zarr"
+    args = ["build-cube", "--bbox", *map(str, m["bbox"]), "--start", "2019-01-01", "--end", "2019-12-31",
+            "--catalog", served_twin["stac_url"], "--period", "6MS", "--out", str(out), "--cluster", "sync"]
+    r = subprocess.run([sys.executable, "-m", "glacierflow", *args], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "periods: 2" in r.stdout and "written:" in r.stdout
+    ds = open_store(str(out), require=("ndsi", "n_scenes", "interpolated"))
+    assert ds.sizes["time"] == 2 and list(ds["time"].to_index().month) == [1, 7]
+    r2 = subprocess.run([sys.executable, "-m", "glacierflow", *args], capture_output=True, text=True, timeout=300)
+    assert r2.returncode == 2 and "--overwrite" in r2.stderr and "Traceback" not in r2.stderr
+
+
+def test_cli_errors_are_one_line(served_twin: dict, tmp_path: Path) -> None:
+    cases = [
+        (["build-cube", "--glacier", "parvatti"], "unknown glacier"),
+        (["build-cube", "--glacier", "parvati", "--catalog", "http://127.0.0.1:9"], "cannot reach"),
+        (["build-cube", "--glacier", "parvati", "--catalog", served_twin["stac_url"], "--start", "2001-01-01",
+          "--end", "2001-12-31", "--out", str(tmp_path / "x.zarr")], "no items"),
+        # the tiny twin covers only the glacier's centre: every scene misses > 50 % of the bbox
+        (["build-cube", "--glacier", "parvati", "--catalog", served_twin["stac_url"], "--start", "2019-01-01",
+          "--end", "2019-03-31", "--out", str(tmp_path / "y.zarr"), "--cluster", "sync"], "enough valid pixels"),
+        (["build-cube", "--glacier", "parvati", "--period", "2W"], "--period"),
+        (["build-cube", "--glacier", "parvati", "--motion", "warp"], "--motion"),
+    ]
+    for args, text in cases:
+        r = subprocess.run([sys.executable, "-m", "glacierflow", *args], capture_output=True, text=True, timeout=120)
+        assert r.returncode == 2, (args, r.stderr)
+        assert text in r.stderr and "Traceback" not in r.stderr, r.stderr
+        assert r.stderr.strip().count("\n") == 0 or len(r.stderr) < 400
+    assert not (tmp_path / "y.zarr").exists() and list(tmp_path.iterdir()) == []
