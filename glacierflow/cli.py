@@ -139,7 +139,8 @@ def search_cmd(
     for item in res.items:
         p = item["properties"]
         out.print(
-            f"  {p['datetime'][:19]}  {item['id']}  {p['platform']}  cloud {p.get('eo:cloud_cover', float('nan')):5.1f}%"
+            f"  {p['datetime'][:19]}  {item['id']}  {p['platform']}  "
+            f"cloud {p.get('eo:cloud_cover', float('nan')):5.1f}%"
         )
     res.raise_if_empty()
 
@@ -245,7 +246,8 @@ def build_cube_cmd(
     out.print(f"periods: {s['periods']} ({s['periods_interpolated']} interpolated)")
     if s["aligned"]:
         out.print(
-            f"alignment: {s['aligned']} scenes aligned, RMS shift {s['shift_rms_px']:.2f} px, median ECC {s['ecc_median']:.3f}"
+            f"alignment: {s['aligned']} scenes aligned, RMS shift {s['shift_rms_px']:.2f} px, "
+            f"median ECC {s['ecc_median']:.3f}"
         )
     out.print(f"written: {s['store']}  ({s['seconds']:.1f} s)")
 
