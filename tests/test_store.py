@@ -1,0 +1,56 @@
+"""Safe Zarr writes to local paths and fsspec URLs (memory://), completion marker, lazy reads."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dask.array as da
+import numpy as np
+import pytest
+import xarray as xr
+
+from glacierflow.errors import GlacierflowError
+from glacierflow.store import add_spatial_ref, epsg_of, is_complete, open_store, write_store
+
+
+def _ds(value: float) -> xr.Dataset:
+    ds = xr.Dataset(
+        {"ndsi": (("time", "y", "x"), da.full((2, 4, 5), value, chunks=(1, 4, 5), dtype=np.float32))},
+        coords={"time": np.array(["2020-01-01", "2020-04-01"], "datetime64[ns]"),
+                "y": 3.5e6 - 30 * np.arange(4) - 15, "x": 7e5 + 30 * np.arange(5) + 15},
+    )
+    return add_spatial_ref(ds, 32643)
+
+
+@pytest.mark.parametrize("where", ["local", "memory"])
+def test_write_reopen_overwrite(where: str, tmp_path: Path) -> None:
+    url = str(tmp_path / "s.zarr") if where == "local" else f"memory://gf-test-{tmp_path.name}/s.zarr"
+    write_store(_ds(1.0), url)
+    assert is_complete(url)
+    ds = open_store(url, require=("ndsi",))
+    assert isinstance(ds["ndsi"].data, da.Array) and epsg_of(ds) == 32643
+    assert float(ds["ndsi"].mean()) == 1.0
+    with pytest.raises(GlacierflowError, match="--overwrite"):
+        write_store(_ds(2.0), url)
+    write_store(_ds(2.0), url, overwrite=True, groups={"scenes": xr.Dataset({"used": ("scene", [True, False])})})
+    assert float(open_store(url)["ndsi"].mean()) == 2.0
+    assert open_store(url, group="scenes")["used"].values.tolist() == [True, False]
+
+    def boom(delayed: object) -> None:
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        write_store(_ds(3.0), url, overwrite=True, compute=boom)
+    assert float(open_store(url)["ndsi"].mean()) == 2.0, "the previous store survives a failed write"
+    with pytest.raises(GlacierflowError, match="lacks nope"):
+        open_store(url, require=("nope",))
+
+
+def test_incomplete_store_is_refused(tmp_path: Path) -> None:
+    url = str(tmp_path / "half.zarr")
+    _ds(1.0).to_zarr(url, consolidated=False)  # written without the completion marker
+    assert not is_complete(url)
+    with pytest.raises(GlacierflowError, match="incomplete"):
+        open_store(url)
+    with pytest.raises(GlacierflowError, match="does not exist"):
+        open_store(str(tmp_path / "nothing.zarr"))
