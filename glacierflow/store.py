@@ -153,7 +153,7 @@ def write_store(
         if _is_local(fs):
             os.rename(tmp_path, path)
         else:
-            fs.mv(tmp_path, path, recursive=True)
+            _move_tree(fs, tmp_path, path)
     except BaseException:
         try:
             if fs.exists(tmp_path):
@@ -162,6 +162,16 @@ def write_store(
             pass
         raise
     return url
+
+
+def _move_tree(fs: fsspec.AbstractFileSystem, src: str, dst: str) -> None:
+    """Copy every object of ``src`` to ``dst`` (root metadata last, so the store turns complete last), then
+    delete ``src``. Object stores have no rename; ``fs.mv(recursive=True)`` is unreliable across backends."""
+    files = sorted(fs.find(src))
+    root_meta = {f"{src}/zarr.json", f"{src}/.zattrs", f"{src}/.zgroup"}
+    for f in [f for f in files if f not in root_meta] + [f for f in files if f in root_meta]:
+        fs.cp_file(f, dst + f[len(src):])
+    fs.rm(src, recursive=True)
 
 
 def open_store(

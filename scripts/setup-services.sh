@@ -37,3 +37,15 @@ test -x "$bindir/initdb" || { echo "setup-services: $bindir/initdb not found aft
 test -f "/usr/share/postgresql/${PG_MAJOR}/extension/postgis.control" \
     || { echo "setup-services: PostGIS extension for PostgreSQL ${PG_MAJOR} not found" >&2; exit 1; }
 echo "setup-services: $("$bindir/postgres" --version), PostGIS ready"
+
+# Azurite (Azure Blob emulator) for the az:// store tests, installed into .services/ with npm.
+if command -v npm >/dev/null 2>&1; then
+    root="$(cd "$(dirname "$0")/.." && pwd)"
+    if [ ! -x "$root/.services/node_modules/.bin/azurite-blob" ]; then
+        echo "setup-services: installing azurite into $root/.services"
+        npm install --silent --no-audit --no-fund --prefix "$root/.services" azurite@3
+    fi
+    echo "setup-services: azurite ready"
+else
+    echo "setup-services: npm not found; the az:// store tests will be skipped"
+fi
