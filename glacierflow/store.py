@@ -165,8 +165,11 @@ def write_store(
 
 
 def _move_tree(fs: fsspec.AbstractFileSystem, src: str, dst: str) -> None:
-    """Copy every object of ``src`` to ``dst`` (root metadata last, so the store turns complete last), then
-    delete ``src``. Object stores have no rename; ``fs.mv(recursive=True)`` is unreliable across backends."""
+    """Copy every object of ``src`` to ``dst``, then delete ``src``.
+
+    The root metadata goes last, so the store turns complete last. Object stores have no rename, and
+    ``fs.mv(recursive=True)`` is unreliable across backends.
+    """
     files = sorted(fs.find(src))
     root_meta = {f"{src}/zarr.json", f"{src}/.zattrs", f"{src}/.zgroup"}
     for f in [f for f in files if f not in root_meta] + [f for f in files if f in root_meta]:
