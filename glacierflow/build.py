@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -250,8 +251,18 @@ def build_cube_store(
     state: dict[str, Any] = {}
 
     def _compute(delayed: Any) -> None:
-        _, scenes = run([delayed, assembled.scenes])
+        # unreadable assets become NaN (cube.ReportingRioReader) and are reported as warnings, which
+        # distributed forwards from the workers to this client: collect them to name the scenes
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            _, scenes = run([delayed, assembled.scenes])
         state["scenes"] = scenes
+        messages = [str(w.message) for w in caught if "unreadable asset" in str(w.message)]
+        for item in signed:
+            for key, asset in item["assets"].items():
+                plain = str(asset.get("href", "")).split("?", 1)[0]
+                if plain and any(plain in m for m in messages):
+                    dropped[item["id"]] = f"unreadable {key} asset"
         if not scenes["used"].values.any():
             worst = float(np.nanmax(scenes["valid_fraction"].values)) if scenes.sizes["time"] else 0.0
             raise GlacierflowError(

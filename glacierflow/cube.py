@@ -85,7 +85,7 @@ GDAL_ENV = stackstac.DEFAULT_GDAL_ENV.updated(
 READ_ERRORS_AS_NODATA: tuple[Exception, ...] = (
     RasterioIOError(r"(?s).*HTTP response code: (404|5\d\d)"),
     RasterioIOError(r"(?s).*No such file or directory"),
-    RasterioIOError(r"(?s).*(TIFFRead|IReadBlock failed|Read or write failed|not recognized as)"),
+    RasterioIOError(r"(?s).*(TIFFRead|IReadBlock failed|Read or write failed|Read failed|not recognized as)"),
 )
 
 

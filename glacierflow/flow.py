@@ -14,6 +14,14 @@ Conventions
 * Pixels without information are NaN, never zero motion: NaN in either frame, or local texture (the
   standard deviation of NDSI in a ``texture_window`` box) below ``min_texture`` in either frame (a flat
   snow field or bare ground cannot be matched).
+* Pixels whose forward and backward matches disagree by more than ``max_fb_error`` pixels are NaN
+  (forward-backward consistency: the backward flow, sampled where the forward flow points, must
+  bring the pixel back). This removes mismatches where static features (seasonal snow patches, cast
+  shadows) compete with the moving ice texture, which a texture threshold cannot see.
+* Besides the per-pair fields the store holds a robust composite, ``u_median``, ``v_median``,
+  ``speed_median`` (``y``, ``x``): the per-pixel median of ``u`` and ``v`` over the valid pairs, and
+  ``n_pairs`` (how many pairs contributed). With annual pairs this is the product to quote: one bad
+  pair (a snowy winter, a cloudy period) does not move the median.
 * Pairs involving an interpolated period are kept in the output (so the graph is built without
   reading any data) but are all NaN; the per-pair ``interpolated`` variable says which. The flags are
   evaluated inside the pair's task, so :func:`velocity` stays lazy.
@@ -23,9 +31,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import shutil
-import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +40,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from glacierflow import store
 from glacierflow.errors import GlacierflowError
 
 PAIR_KINDS = ("consecutive", "annual")
@@ -53,9 +59,12 @@ class FlowSpec:
     pyr_scale, levels, iterations
         Farnebäck pyramid scale, number of pyramid levels and iterations per level (the paper: 0.5, 6, 10).
     winsize
-        Averaging window in pixels. The paper keeps "all other parameters standard"; 15 is the value of
-        OpenCV's reference sample (the paper's code used 13 or 60). Larger windows are smoother and
-        blur the glacier margins.
+        Averaging window in pixels. Default 9 (270 m at 30 m): the window must stay well below the
+        glacier width, because Farnebäck averages the displacement over it and so flattens the
+        cross-glacier speed profile (faster at the margins, slower in the centre than the truth).
+        Measured on the ``small`` twin (valley glacier 20-36 px wide), median speed error with annual
+        pairs: 15 px 27 %, 11 px 24 %, 9 px 23 %, 5-7 px no better but noisier. OpenCV's sample uses
+        15, the paper's code 13 or 60.
     poly_n, poly_sigma
         Polynomial expansion neighbourhood and Gaussian sigma (the paper's code: 5, 1.1).
     min_texture
@@ -63,17 +72,22 @@ class FlowSpec:
         velocity; below it the pixel is NaN.
     texture_window
         Side of the box (pixels) in which the local texture is measured; ``0`` means ``winsize``.
+    max_fb_error
+        Forward-backward consistency threshold in pixels: a pixel is NaN when the forward flow plus
+        the backward flow at the matched position is longer than this. ``0`` disables the check (and
+        halves the cost).
     """
 
     pairs: str = "consecutive"
     pyr_scale: float = 0.5
     levels: int = 6
-    winsize: int = 15
+    winsize: int = 9
     iterations: int = 10
     poly_n: int = 5
     poly_sigma: float = 1.1
     min_texture: float = 0.02
     texture_window: int = 0
+    max_fb_error: float = 0.5
 
     def __post_init__(self) -> None:
         if self.pairs not in PAIR_KINDS:
@@ -94,6 +108,10 @@ class FlowSpec:
             raise GlacierflowError(f"min_texture {self.min_texture} must be >= 0 (0 disables masking)")
         if not isinstance(self.texture_window, int | np.integer) or self.texture_window < 0:
             raise GlacierflowError(f"texture_window {self.texture_window!r} must be an integer >= 0")
+        if not self.max_fb_error >= 0:
+            raise GlacierflowError(
+                f"max_fb_error {self.max_fb_error} must be >= 0 pixels (0 disables the consistency check)"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict for JSON / Zarr attrs."""
@@ -165,25 +183,53 @@ def local_texture(ndsi: np.ndarray, size: int) -> np.ndarray:
     return np.sqrt(np.clip(sq - mean * mean, 0.0, None)).astype(np.float32)
 
 
+def _farneback(a: np.ndarray, b: np.ndarray, spec: FlowSpec) -> np.ndarray:
+    """OpenCV Farnebäck on two prepared [0, 255] images: ``(H, W, 2)`` float32 (columns, rows)."""
+    import cv2
+
+    return cv2.calcOpticalFlowFarneback(
+        a, b, None, spec.pyr_scale, spec.levels, spec.winsize, spec.iterations, spec.poly_n,
+        spec.poly_sigma, 0,
+    )
+
+
+def fb_error(forward: np.ndarray, backward: np.ndarray) -> np.ndarray:
+    """Forward-backward inconsistency in pixels, ``(H, W)``.
+
+    ``forward`` maps frame A to B and ``backward`` B to A, both ``(H, W, 2)`` (columns, rows). A pixel
+    consistent in both directions satisfies ``forward(p) + backward(p + forward(p)) = 0``.
+    """
+    import cv2
+
+    h, w = forward.shape[:2]
+    rows, cols = np.mgrid[0:h, 0:w].astype(np.float32)
+    back = cv2.remap(
+        np.ascontiguousarray(backward, dtype=np.float32),
+        cols + forward[..., 0], rows + forward[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE,
+    )
+    return np.hypot(forward[..., 0] + back[..., 0], forward[..., 1] + back[..., 1])
+
+
 def farneback_pixels(prev: np.ndarray, nxt: np.ndarray, spec: FlowSpec) -> np.ndarray:
-    """Farnebäck flow in pixels, ``(2, H, W)`` float32: columns right, rows down, with texture mask.
+    """Farnebäck flow in pixels, ``(2, H, W)`` float32: columns right, rows down, masked.
 
     ``prev`` and ``nxt`` are NDSI frames; content at ``prev[r, c]`` is found at
-    ``nxt[r + flow[1], c + flow[0]]``. Pixels without information are NaN.
+    ``nxt[r + flow[1], c + flow[0]]``. Pixels without information (NaN input, too little texture,
+    forward-backward inconsistency above ``spec.max_fb_error``) are NaN.
     """
     import cv2
 
     cv2.setNumThreads(0)
-    flow = cv2.calcOpticalFlowFarneback(
-        to_flow_image(prev), to_flow_image(nxt), None,
-        spec.pyr_scale, spec.levels, spec.winsize, spec.iterations, spec.poly_n, spec.poly_sigma, 0,
-    )
+    a, b = to_flow_image(prev), to_flow_image(nxt)
+    flow = _farneback(a, b, spec)
     out = np.moveaxis(flow, -1, 0).astype(np.float32)
     valid = np.isfinite(prev) & np.isfinite(nxt)
     if spec.min_texture > 0:
         box = spec.texture_box
         valid &= local_texture(prev, box) >= spec.min_texture
         valid &= local_texture(nxt, box) >= spec.min_texture
+    if spec.max_fb_error > 0:
+        valid &= fb_error(flow, _farneback(b, a, spec)) <= spec.max_fb_error
     out[:, ~valid] = np.nan
     return out
 
@@ -244,7 +290,9 @@ def velocity(cube_ds: xr.Dataset, spec: FlowSpec | None = None) -> xr.Dataset:
         ``u``, ``v``, ``speed`` (float32, m/yr; +u east, +v north) on the cube grid with dims
         ``(time, y, x)``, ``time`` = pair midpoint; per pair ``time_start``, ``time_end``, ``dt_days``
         (coordinates) and ``interpolated`` (bool: the pair touches an interpolated period and is all
-        NaN). One Dask task per pair; nothing is computed here.
+        NaN). One Dask task per pair; nothing is computed here. Also the median composite over
+        the pairs (:func:`composite`): ``u_median``, ``v_median``, ``speed_median``, ``n_pairs``
+        with dims ``(y, x)``.
     """
     spec = spec or FlowSpec()
     check_cube(cube_ds)
@@ -304,24 +352,57 @@ def velocity(cube_ds: xr.Dataset, spec: FlowSpec | None = None) -> xr.Dataset:
         ("time",), pair_interp, {"long_name": "pair uses an interpolated period (all NaN)"}
     )
     out = xr.Dataset(data_vars, coords=coords)
+    out = out.assign(composite(out))
+    out["time_start"].encoding.update(units="days since 1970-01-01", dtype="int64")
+    out["time_end"].encoding.update(units="days since 1970-01-01", dtype="int64")
+    out["time"].encoding.update(units="seconds since 1970-01-01", dtype="int64")
     out.attrs["flow_spec"] = json.dumps(spec.to_dict())
     return out
 
 
-def _is_local(url: str) -> bool:
-    return "://" not in url or url.startswith("file://")
+def _nanmedian_time(block: np.ndarray) -> np.ndarray:
+    """Median over axis 0 ignoring NaN; NaN where all are NaN (without numpy's warning)."""
+    empty = ~np.isfinite(block).any(axis=0)
+    filled = np.where(empty[None], np.float32(0), block)
+    out = np.nanmedian(filled, axis=0).astype(np.float32)
+    out[empty] = np.nan
+    return out
 
 
-def _local_path(url: str) -> str:
-    return url[len("file://"):] if url.startswith("file://") else url
+def composite(vel: xr.Dataset) -> dict[str, xr.DataArray]:
+    """Robust composite of the pairs: per-pixel median of ``u`` and ``v`` over the valid pairs (lazy).
+
+    Returns
+    -------
+    dict
+        ``u_median``, ``v_median``, ``speed_median`` (float32 m/yr, dims ``y``, ``x``; speed is the
+        length of the median vector) and ``n_pairs`` (int16: pairs with a finite value there).
+        NaN where no pair has a value.
+    """
+    out: dict[str, xr.DataArray] = {}
+    for name in ("u", "v"):
+        data = vel[name].data
+        data = data if isinstance(data, da.Array) else da.from_array(np.asarray(data))
+        data = data.rechunk({0: -1})
+        med = da.map_blocks(_nanmedian_time, data, drop_axis=0, dtype=np.float32)
+        out[f"{name}_median"] = xr.DataArray(med, dims=("y", "x"), attrs=dict(vel[name].attrs))
+    out["speed_median"] = xr.DataArray(
+        da.hypot(out["u_median"].data, out["v_median"].data), dims=("y", "x"), attrs=dict(vel["speed"].attrs)
+    )
+    for name in ("u", "v", "speed"):
+        out[f"{name}_median"].attrs["long_name"] = f"median over pairs of {vel[name].attrs.get('long_name', name)}"
+    out["n_pairs"] = xr.DataArray(
+        da.isfinite(vel["u"].data).sum(axis=0).astype(np.int16), dims=("y", "x"),
+        attrs={"long_name": "number of pairs with a valid velocity"},
+    )
+    return out
 
 
-def write_velocity(ds: xr.Dataset, url: str, overwrite: bool = False, source: str | None = None) -> str:
-    """Compute and write a velocity dataset to a Zarr store, safely.
-
-    The store is built next to the target under a temporary name and renamed into place, so an
-    interrupted write never leaves a half-written store at ``url`` and an existing store stays
-    readable until the new one is complete.
+def write_velocity(
+    ds: xr.Dataset, url: str, overwrite: bool = False, source: str | None = None,
+    storage_options: dict[str, Any] | None = None,
+) -> str:
+    """Compute and write a velocity dataset with :func:`glacierflow.store.write_store` (safe write).
 
     Parameters
     ----------
@@ -333,6 +414,8 @@ def write_velocity(ds: xr.Dataset, url: str, overwrite: bool = False, source: st
         Replace an existing store. Without it an existing target is refused.
     source
         The cube store URL, recorded in the attrs.
+    storage_options
+        fsspec options for remote targets.
 
     Returns
     -------
@@ -347,82 +430,47 @@ def write_velocity(ds: xr.Dataset, url: str, overwrite: bool = False, source: st
         source_cube=source or "",
         created=pd.Timestamp.now(tz="UTC").isoformat(),
     )
-    encoding = {k: {"units": "days since 1970-01-01", "dtype": "int64"} for k in ("time_start", "time_end")}
-    encoding["time"] = {"units": "seconds since 1970-01-01", "dtype": "int64"}
-    tag = uuid.uuid4().hex[:8]
-    if _is_local(url):
-        target = _local_path(url).rstrip("/\\")
-        if os.path.exists(target) and not overwrite:
-            raise GlacierflowError(f"velocity store {url!r} already exists; pass --overwrite to replace it")
-        tmp = f"{target}.tmp-{tag}"
-        try:
-            ds.to_zarr(tmp, mode="w", consolidated=False, encoding=encoding)
-            if os.path.exists(target):
-                old = f"{target}.old-{tag}"
-                os.replace(target, old)
-                os.replace(tmp, target)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(tmp, target)
-        finally:
-            if os.path.exists(tmp):
-                shutil.rmtree(tmp, ignore_errors=True)
-        return url
-    import fsspec
-
-    fs, path = fsspec.core.url_to_fs(url)
-    path = path.rstrip("/")
-    if fs.exists(path) and not overwrite:
-        raise GlacierflowError(f"velocity store {url!r} already exists; pass --overwrite to replace it")
-    tmp = f"{path}.tmp-{tag}"
-    try:
-        ds.to_zarr(fs.get_mapper(tmp), mode="w", consolidated=False, encoding=encoding)
-        if fs.exists(path):
-            fs.rm(path, recursive=True)
-        fs.mv(tmp, path, recursive=True)
-    finally:
-        if fs.exists(tmp):
-            fs.rm(tmp, recursive=True)
-    return url
+    return store.write_store(ds, url, overwrite=overwrite, storage_options=storage_options)
 
 
-def open_cube(cube_url: str) -> xr.Dataset:
-    """Open a cube store lazily, with a one-line error if it is missing or not a glacierflow cube."""
-    if _is_local(cube_url) and not os.path.exists(_local_path(cube_url)):
+def open_cube(cube_url: str, storage_options: dict[str, Any] | None = None) -> xr.Dataset:
+    """Open a complete cube store lazily, with a one-line error if it is missing or not a cube."""
+    if not store.exists(cube_url, storage_options):
         raise GlacierflowError(f"cube store {cube_url!r} not found; build one with 'glacierflow build-cube'")
-    try:
-        ds = xr.open_zarr(cube_url, decode_coords="all", consolidated=False)
-    except (FileNotFoundError, KeyError, ValueError, OSError) as err:
-        raise GlacierflowError(
-            f"cannot open cube store {cube_url!r} as Zarr ({err}); is it a cube store?"
-        ) from err
+    ds = store.open_store(cube_url, storage_options, require=("ndsi",))
     check_cube(ds, what=f"cube store {cube_url!r}")
     return ds
 
 
 def run_flow(
-    cube_url: str, out_url: str, spec: FlowSpec | None = None, overwrite: bool = False
+    cube_url: str, out_url: str, spec: FlowSpec | None = None, overwrite: bool = False,
+    storage_options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Open a cube store, compute velocities for ``spec.pairs`` and write the velocity store.
 
     Returns
     -------
     dict
-        Summary: ``out``, ``pairs``, ``pairs_interpolated`` (all-NaN pairs), ``median_speed_m_per_yr``,
-        ``valid_fraction`` (of pixels in the non-interpolated pairs).
+        Summary: ``out``, ``pairs``, ``pairs_interpolated`` (all-NaN pairs), ``median_speed_m_per_yr``
+        and ``valid_fraction`` (over the pixels of the non-interpolated pairs), and for the median
+        composite ``composite_median_speed_m_per_yr`` and ``composite_valid_fraction``.
     """
     spec = spec or FlowSpec()
-    cube = open_cube(cube_url)
+    cube = open_cube(cube_url, storage_options)
     ds = velocity(cube, spec)
-    write_velocity(ds, out_url, overwrite=overwrite, source=cube_url)
-    written = xr.open_zarr(out_url, decode_coords="all", consolidated=False)
+    write_velocity(ds, out_url, overwrite=overwrite, source=cube_url, storage_options=storage_options)
+    written = store.open_store(out_url, storage_options, require=("u", "v", "speed"))
     interp = written["interpolated"].values.astype(bool)
     speed = written["speed"].isel(time=np.flatnonzero(~interp)).values
     finite = np.isfinite(speed)
+    comp = written["speed_median"].values
+    comp_ok = np.isfinite(comp)
     return {
         "out": out_url,
         "pairs": int(written.sizes["time"]),
         "pairs_interpolated": int(interp.sum()),
         "median_speed_m_per_yr": float(np.median(speed[finite])) if finite.any() else float("nan"),
         "valid_fraction": float(finite.mean()) if speed.size else 0.0,
+        "composite_median_speed_m_per_yr": float(np.median(comp[comp_ok])) if comp_ok.any() else float("nan"),
+        "composite_valid_fraction": float(comp_ok.mean()),
     }

@@ -231,3 +231,33 @@ def test_cli_errors_are_one_line(served_twin: dict, tmp_path: Path) -> None:
         assert text in r.stderr and "Traceback" not in r.stderr, r.stderr
         assert r.stderr.strip().count("\n") == 0 or len(r.stderr) < 400
     assert not (tmp_path / "y.zarr").exists() and list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("damage", ["truncated", "missing"])
+def test_corrupt_or_missing_raster_is_reported_not_fatal(tiny_twin: Path, tmp_path: Path, damage: str) -> None:
+    import json
+    import shutil
+
+    from glacierflow.twin.serve import serve_twin
+
+    twin = tmp_path / "twin"
+    shutil.copytree(tiny_twin, twin)
+    items = json.loads((twin / "items.json").read_text())["features"]
+    victim = next(i for i in items if i["properties"]["platform"] == "landsat-8"
+                  and i["properties"]["datetime"] >= "2019-06" and i["properties"]["eo:cloud_cover"] < 5)
+    cog = twin / victim["assets"]["swir16"]["href"]
+    if damage == "truncated":
+        cog.write_bytes(cog.read_bytes()[:3000])
+    else:
+        cog.unlink()
+    out = str(tmp_path / "cube.zarr")
+    with serve_twin(twin) as served, dask.config.set(scheduler="threads"):
+        spec = CubeSpec(name="t", bbox=tuple(served["meta"]["bbox"]), epsg=32643, start="2019-04-01",
+                        end="2019-09-30", catalog=served["stac_url"])
+        summary = build_cube_store(spec, PreprocessSpec(), out)
+    scenes = open_store(out, group="scenes").load()
+    k = list(scenes["item_id"].values).index(victim["id"])
+    assert str(scenes["reason"].values[k]).startswith("read error"), scenes["reason"].values[k]
+    assert not scenes["used"].values[k]
+    assert summary["dropped"].get("read error") == 1 and summary["scenes_used"] >= 5
+    assert np.isfinite(open_store(out)["ndsi"].values).all()
