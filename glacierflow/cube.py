@@ -52,6 +52,7 @@ from rasterio.errors import RasterioIOError
 from stackstac.nodata_reader import exception_matches, nodata_for_window
 from stackstac.rio_reader import AutoParallelRioReader
 
+from glacierflow import store
 from glacierflow.errors import GlacierflowError
 
 logger = logging.getLogger(__name__)
@@ -389,12 +390,7 @@ def build_cube(
             )
         },
     )
-    crs = CRS.from_epsg(int(epsg))
-    spatial_ref = xr.DataArray(
-        np.int32(0),
-        attrs={**crs.to_cf(), "crs_wkt": crs.to_wkt(), "spatial_ref": crs.to_wkt(), "epsg": int(epsg)},
-    )
-    cube = cube.assign_coords(spatial_ref=spatial_ref)
+    cube = cube.assign_coords(spatial_ref=store.spatial_ref(int(epsg)))
     minx, _, _, maxy = bounds
     cube.attrs = {
         "epsg": int(epsg),

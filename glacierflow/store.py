@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 import fsspec
+import numpy as np
 import xarray as xr
 import zarr
 from pyproj import CRS
@@ -23,14 +24,19 @@ from glacierflow.errors import GlacierflowError
 COMPLETE = "glacierflow_complete"
 
 
-def add_spatial_ref(ds: xr.Dataset, epsg: int) -> xr.Dataset:
-    """Attach a CF ``spatial_ref`` grid-mapping coordinate for ``EPSG:epsg`` (as rioxarray writes it)."""
+def spatial_ref(epsg: int) -> xr.DataArray:
+    """A CF grid-mapping scalar for ``EPSG:epsg``, as rioxarray writes it (``crs_wkt``, ``spatial_ref``)."""
     crs = CRS.from_epsg(int(epsg))
     attrs = crs.to_cf()
     attrs["spatial_ref"] = crs.to_wkt()
     attrs["crs_wkt"] = crs.to_wkt()
     attrs["epsg"] = int(epsg)
-    ds = ds.assign_coords(spatial_ref=xr.DataArray(0, attrs=attrs))
+    return xr.DataArray(np.int32(0), attrs=attrs)
+
+
+def add_spatial_ref(ds: xr.Dataset, epsg: int) -> xr.Dataset:
+    """Attach the ``spatial_ref`` coordinate for ``EPSG:epsg`` and point y/x variables at it."""
+    ds = ds.assign_coords(spatial_ref=spatial_ref(epsg))
     for name, var in ds.data_vars.items():
         if "x" in var.dims and "y" in var.dims:
             ds[name].attrs["grid_mapping"] = "spatial_ref"
