@@ -40,7 +40,9 @@ class Assembled:
     dropped: dict[str, str]  # item id -> why the cube builder left it out
 
 
-def cube_dataset(items: list[dict[str, Any]], spec: CubeSpec, pre: PreprocessSpec) -> Assembled:
+def cube_dataset(
+    items: list[dict[str, Any]], spec: CubeSpec, pre: PreprocessSpec, reader: type | None = None
+) -> Assembled:
     """Assemble the lazy periodic cube and per-scene diagnostics from (signed) items.
 
     Parameters
@@ -49,6 +51,9 @@ def cube_dataset(items: list[dict[str, Any]], spec: CubeSpec, pre: PreprocessSpe
         STAC item dicts, signed if the catalog needs it.
     spec, pre
         What to stack and how to preprocess.
+    reader
+        stackstac reader class (default :class:`glacierflow.cube.ReportingRioReader`);
+        :class:`glacierflow.cube.SigningRioReader` signs each href on the worker right before reading.
 
     Returns
     -------
@@ -56,7 +61,8 @@ def cube_dataset(items: list[dict[str, Any]], spec: CubeSpec, pre: PreprocessSpe
         Lazy datasets; nothing has been read.
     """
     raw = cube.build_cube(
-        items, bbox_lonlat=spec.bbox, epsg=spec.epsg, resolution=spec.resolution, platforms=spec.platforms
+        items, bbox_lonlat=spec.bbox, epsg=spec.epsg, resolution=spec.resolution, platforms=spec.platforms,
+        reader=reader or cube.ReportingRioReader,
     )
     masked = preprocess.mask_invalid(raw, mask_clouds=pre.mask_clouds)
     frac = preprocess.valid_fraction(masked)
@@ -200,7 +206,7 @@ def build_cube_store(
     *,
     overwrite: bool = False,
     storage_options: dict[str, Any] | None = None,
-    signer: str | Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+    signer: str | Callable[[dict[str, Any]], dict[str, Any]] | type | None = None,
     compute: Callable[[list[Any]], list[Any]] | None = None,
 ) -> dict[str, Any]:
     """Search, assemble and write a cube store; returns a summary dict.
@@ -216,7 +222,9 @@ def build_cube_store(
     storage_options
         fsspec options for ``out``.
     signer
-        Signing hook (name in :data:`glacierflow.catalog.SIGNERS` or a callable); default by catalog URL.
+        Signing hook: a name in :data:`glacierflow.catalog.SIGNERS`, a callable signing item dicts, or a
+        :class:`glacierflow.cube.SigningRioReader` subclass (signs at read time); default by catalog URL
+        (``planetary-computer`` signs at read time).
     compute
         Runs a list of dask objects and returns their results (progress bars, distributed clients);
         default ``dask.compute``.
@@ -234,9 +242,16 @@ def build_cube_store(
         max_cloud=spec.max_cloud,
     )
     found.raise_if_empty()
-    # sign right before stacking (Planetary Computer tokens expire); signed hrefs never reach the store
-    signed = catalog.sign_items(found.items, signer or catalog.default_signer(spec.catalog))
-    assembled = cube_dataset(signed, spec, pre)
+    # Planetary Computer tokens expire (~45 min): its hrefs are signed on the workers, when each reader is
+    # made right before its read; other signers sign the items here. Signed hrefs never reach the store.
+    signer = signer or catalog.default_signer(spec.catalog)
+    if isinstance(signer, type) and issubclass(signer, cube.SigningRioReader):
+        signed, reader = list(found.items), signer
+    elif signer == "planetary-computer":
+        signed, reader = list(found.items), cube.SigningRioReader
+    else:
+        signed, reader = catalog.sign_items(found.items, signer), None
+    assembled = cube_dataset(signed, spec, pre, reader=reader)
     ds = assembled.cube
     ds.attrs = {
         "glacierflow_version": __version__,

@@ -127,6 +127,26 @@ class ReportingRioReader(AutoParallelRioReader):
         return state
 
 
+class SigningRioReader(ReportingRioReader):
+    """:class:`ReportingRioReader` that signs each asset href when the reader is made, on the worker.
+
+    stackstac makes readers in the task just before the pixel reads, so the signature is fresh however
+    long the run is (Planetary Computer's SAS tokens expire after ~45 minutes). :meth:`sign_href` uses
+    ``planetary_computer.sign`` (which caches a token per storage container and renews it); subclass and
+    override it for another signer.
+    """
+
+    @staticmethod
+    def sign_href(href: str) -> str:
+        """Signed URL for ``href``."""
+        import planetary_computer
+
+        return str(planetary_computer.sign(href))
+
+    def __init__(self, *, url: str, **kwargs: Any) -> None:
+        super().__init__(url=self.sign_href(url), **kwargs)
+
+
 # --------------------------------------------------------------------------------------------- items
 
 
@@ -299,6 +319,7 @@ def build_cube(
     platforms: Sequence[str] | None = DEFAULT_PLATFORMS,
     anchor: float = LANDSAT_GRID_ANCHOR,
     on_read_error: Literal["nan", "raise"] = "nan",
+    reader: type[ReportingRioReader] = ReportingRioReader,
 ) -> xr.DataArray:
     """Lazy float32 cube ``(time, band, y, x)`` of the items over ``bbox_lonlat`` on an explicit grid.
 
@@ -320,6 +341,8 @@ def build_cube(
         Grid anchor, see :func:`snapped_bounds`.
     on_read_error
         ``"nan"``: missing/corrupt files become NaN and are reported (see the module notes); ``"raise"``.
+    reader
+        stackstac reader class; :class:`SigningRioReader` signs hrefs at read time (pass unsigned items).
 
     Returns
     -------
@@ -358,7 +381,7 @@ def build_cube(
         band_coords=False,
         gdal_env=GDAL_ENV,
         errors_as_nodata=READ_ERRORS_AS_NODATA if on_read_error == "nan" else (),
-        reader=ReportingRioReader,
+        reader=reader,
     )
 
     kept_ids = [str(i) for i in np.atleast_1d(raw["id"].values)]  # metadata only: no pixels read

@@ -25,10 +25,12 @@ FLOW_DPI = 100
 def _open(store: xr.Dataset | str | os.PathLike, what: str) -> xr.Dataset:
     if isinstance(store, xr.Dataset):
         return store
+    from glacierflow import store as stores
+
     url = os.fspath(store)
-    if "://" not in url and not os.path.exists(url):
+    if not stores.exists(url):
         raise GlacierflowError(f"{what} store {url!r} not found; check the path")
-    return xr.open_zarr(url, decode_coords="all", consolidated=False)
+    return stores.open_store(url)
 
 
 def _extent_km(ds: xr.Dataset) -> tuple[float, float, float, float]:

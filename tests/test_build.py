@@ -261,3 +261,32 @@ def test_corrupt_or_missing_raster_is_reported_not_fatal(tiny_twin: Path, tmp_pa
     assert not scenes["used"].values[k]
     assert summary["dropped"].get("read error") == 1 and summary["scenes_used"] >= 5
     assert np.isfinite(open_store(out)["ndsi"].values).all()
+
+
+class _TestSigner(cube.SigningRioReader):
+    """Signs like a SAS token would (query string), recording when: the asset server ignores queries."""
+
+    calls: list[str] = []
+
+    @staticmethod
+    def sign_href(href: str) -> str:
+        _TestSigner.calls.append(href)
+        return href + "?st=2026-11-25&sig=SECRETSECRET"
+
+
+def test_hrefs_are_signed_at_read_time_and_never_stored(served_twin: dict, tmp_path: Path) -> None:
+    _TestSigner.calls.clear()
+    out = tmp_path / "signed.zarr"
+    found = catalog.search(served_twin["stac_url"], bbox=served_twin["meta"]["bbox"], start="2019-04-01",
+                           end="2019-09-30")
+    spec = CubeSpec.from_dict({**_spec(served_twin).to_dict(), "start": "2019-04-01", "end": "2019-09-30"})
+    with dask.config.set(scheduler=_raise):
+        cube_dataset(found.items, spec, PreprocessSpec(), reader=_TestSigner)
+    assert _TestSigner.calls == [], "nothing is signed while the graph is built"
+    with dask.config.set(scheduler="threads"):
+        summary = build_cube_store(spec, PreprocessSpec(), str(out), signer=_TestSigner)
+    assert summary["scenes_used"] >= 5
+    assert len(_TestSigner.calls) >= 3 * summary["scenes_stacked"], "every asset signed when read"
+    for f in out.rglob("*"):
+        if f.is_file():
+            assert b"SECRET" not in f.read_bytes(), f

@@ -1,4 +1,7 @@
-"""Tests for glacierflow.flow: units, signs, masking, laziness, the writer and the flow figure."""
+"""Tests for glacierflow.flow: units, signs, masking, laziness, the store and the flow figure.
+
+Accuracy against the offline twin's true velocity field: tests/test_flow_truth.py.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +12,7 @@ import pytest
 import xarray as xr
 from scipy import ndimage
 
-from glacierflow import GlacierflowError
+from glacierflow import GlacierflowError, store
 from glacierflow.flow import (
     FlowSpec,
     farneback_pixels,
@@ -69,9 +72,8 @@ def make_cube(
 
 
 def write_cube(tmp_path, ds: xr.Dataset, name: str = "cube.zarr") -> str:
-    path = str(tmp_path / name)
-    ds.chunk({"time": 1}).to_zarr(path, consolidated=False)
-    return path
+    """Write a synthetic cube as build-cube does: through store.write_store (completion marker)."""
+    return store.write_store(ds.chunk({"time": 1}), str(tmp_path / name))
 
 
 def _raise_on_compute(*args, **kwargs):
@@ -86,9 +88,11 @@ def _interior(a: np.ndarray, m: int = 20) -> np.ndarray:
 
 
 def test_spec_roundtrip_and_validation():
-    spec = FlowSpec(pairs="annual", winsize=21)
+    spec = FlowSpec(pairs="annual", winsize=21, max_fb_error=0.0)
     assert FlowSpec.from_dict(spec.to_dict()) == spec
     assert (spec.pyr_scale, spec.levels, spec.iterations) == (0.5, 6, 10)  # the paper's values
+    with pytest.raises(GlacierflowError, match="max_fb_error"):
+        FlowSpec(max_fb_error=-1.0)
     with pytest.raises(GlacierflowError, match="'weekly'"):
         FlowSpec(pairs="weekly")
     with pytest.raises(GlacierflowError, match="poly_n"):
@@ -262,7 +266,9 @@ def test_writer_refuses_overwrite_and_store_opens(tmp_path):
     with pytest.raises(GlacierflowError, match="no annual pairs"):
         run_flow(cube_url, out_url, FlowSpec(pairs="annual"), overwrite=True)
     assert xr.open_zarr(out_url, consolidated=False).sizes["time"] == 2
-    assert [p.name for p in tmp_path.iterdir() if ".tmp-" in p.name or ".old-" in p.name] == []
+    assert store.is_complete(out_url)
+    # no temporary (".velocity.zarr.partial-*") or replaced (".velocity.zarr.old-*") siblings left
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cube.zarr", "velocity.zarr"]
 
 
 def test_interrupted_write_keeps_previous_store(tmp_path):
@@ -276,9 +282,12 @@ def test_interrupted_write_keeps_previous_store(tmp_path):
     broken["u"] = broken["u"].copy(data=broken["u"].data.map_blocks(_boom, dtype=np.float32))
     with pytest.raises(RuntimeError, match="boom"):
         write_velocity(broken, out_url, overwrite=True)
-    ds = xr.open_zarr(out_url, consolidated=False)
+    assert store.is_complete(out_url)
+    ds = store.open_store(out_url)
     assert np.isfinite(ds["u"].values).any()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["velocity.zarr"]
+    # Only hidden siblings may remain: store.write_store removes its ".velocity.zarr.partial-*" temp
+    # store on failure, but tasks still in flight on other threads can re-create files after that.
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".")) == ["velocity.zarr"]
 
 
 def _boom(block):
@@ -288,12 +297,31 @@ def _boom(block):
 def test_cube_errors(tmp_path):
     with pytest.raises(GlacierflowError, match="not found"):
         run_flow(str(tmp_path / "missing.zarr"), str(tmp_path / "v.zarr"))
+    # a Zarr store not written by glacierflow (no completion marker) is refused
     xr.Dataset({"foo": ("t", np.arange(3))}).to_zarr(str(tmp_path / "other.zarr"), consolidated=False)
-    with pytest.raises(GlacierflowError, match="no 'ndsi'"):
+    with pytest.raises(GlacierflowError, match="incomplete or not a glacierflow store"):
         run_flow(str(tmp_path / "other.zarr"), str(tmp_path / "v.zarr"))
+    # a complete glacierflow store of another kind
+    store.write_store(xr.Dataset({"foo": ("t", np.arange(3))}), str(tmp_path / "table.zarr"))
+    with pytest.raises(GlacierflowError, match="lacks ndsi"):
+        run_flow(str(tmp_path / "table.zarr"), str(tmp_path / "v.zarr"))
     one = make_cube([_snow(_texture(32)[:32, :32])], ["2019-01-01"])
     with pytest.raises(GlacierflowError, match="at least 2"):
         velocity(one)
+    assert not (tmp_path / "v.zarr").exists()
+
+
+def test_incomplete_cube_is_refused(tmp_path):
+    """A cube whose writer died before the completion marker is not read."""
+    n = 48
+    field = _texture(n, seed=11)
+    cube = make_cube([_snow(_moved(field, n, k, 0)) for k in range(2)], ["2019-01-01", "2019-04-01"])
+    url = write_cube(tmp_path, cube)
+    import zarr
+
+    zarr.open_group(url, mode="r+").attrs[store.COMPLETE] = False
+    with pytest.raises(GlacierflowError, match="incomplete"):
+        run_flow(url, str(tmp_path / "v.zarr"))
 
 
 # ---------------------------------------------------------------- figure
