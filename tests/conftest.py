@@ -13,7 +13,8 @@ import pytest
 
 from glacierflow.twin.stac_servers import PgstacServer, RustacMemoryServer, pgstac_available
 
-PC_FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "planetary-computer"
+# Real, unmodified Planetary Computer responses (see tests/data/planetary-computer/README.md for sources)
+PC_FIXTURES = Path(__file__).resolve().parent / "data" / "planetary-computer"
 PGSTAC_SKIP = "PostgreSQL + PostGIS not installed; run scripts/setup-services.sh"
 
 

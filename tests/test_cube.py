@@ -20,7 +20,7 @@ from glacierflow.errors import GlacierflowError
 # stackstac 0.5.1 and rasterio use ``affine * tuple``, which affine >= 2.4 flags as pending deprecation
 pytestmark = pytest.mark.filterwarnings("ignore:Use `@` matmul:PendingDeprecationWarning")
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "planetary-computer"
+FIXTURES = Path(__file__).resolve().parent / "data" / "planetary-computer"
 L89 = ("landsat-8", "landsat-9")  # the fixtures are Landsat-9; the default keeps Landsat-8 only
 
 

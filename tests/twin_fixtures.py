@@ -25,3 +25,18 @@ def served_twin(tiny_twin: Path) -> Iterator[dict[str, Any]]:
     """The tiny twin behind ``rustac serve`` (memory backend) and the range-request asset server."""
     with serve_twin(tiny_twin, backend="rustac") as served:
         yield served
+
+
+@pytest.fixture(scope="session")
+def small_twin(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A ``small`` parvati twin (401 x 401 px, 2018-2021, seed 0): ~20 s on 2 cores, once per session."""
+    out = tmp_path_factory.mktemp("twin-small") / "parvati-small"
+    make_twin(out, glacier="parvati", size="small", seed=0)
+    return out
+
+
+@pytest.fixture(scope="session")
+def served_small_twin(small_twin: Path) -> Iterator[dict[str, Any]]:
+    """The small twin behind ``rustac serve`` (memory backend) and the range-request asset server."""
+    with serve_twin(small_twin, backend="rustac") as served:
+        yield served
