@@ -48,13 +48,12 @@ def twin_make(
     from rich.progress import Progress
 
     from glacierflow.glaciers import get_site
-    from glacierflow.twin.make import SIZES, make_grid, make_twin, schedule
+    from glacierflow.twin.make import SIZES, make_twin, schedule
 
     if size not in SIZES:
         raise GlacierflowError(f"unknown twin size {size!r}; choose one of: {', '.join(SIZES)}")
     site = get_site(glacier)
     n = len(schedule(site, start or SIZES[size]["start"], end or SIZES[size]["end"], seed))
-    make_grid(site, size)
     with Progress(console=console, transient=True) as bar:
         task = bar.add_task(f"rendering {n} acquisitions", total=n)
         meta = make_twin(out_dir, glacier, size, start, end, seed, overwrite, progress=lambda: bar.advance(task))
