@@ -31,6 +31,9 @@ from glacierflow.config import CubeSpec, PreprocessSpec
 from glacierflow.errors import GlacierflowError
 
 
+SPATIAL_CHUNK = 250  # store chunk side in pixels: 5 x the 50-px patch of the learning stage
+
+
 @dataclass
 class Assembled:
     """The lazy products of :func:`cube_dataset`."""
@@ -252,7 +255,8 @@ def build_cube_store(
     else:
         signed, reader = catalog.sign_items(found.items, signer), None
     assembled = cube_dataset(signed, spec, pre, reader=reader)
-    ds = assembled.cube
+    # Zarr chunks: one period, 250x250 px (a multiple of the 50-px training patch)
+    ds = assembled.cube.chunk({"time": 1, "y": SPATIAL_CHUNK, "x": SPATIAL_CHUNK})
     ds.attrs = {
         "glacierflow_version": __version__,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),

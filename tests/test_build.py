@@ -45,6 +45,7 @@ def test_store_contract(built: dict, tiny_twin: Path) -> None:
     assert {"ndsi", "n_scenes", "interpolated"} <= set(ds.data_vars)
     assert isinstance(ds["ndsi"].data, dask.array.Array), "opened lazily"
     assert ds["ndsi"].dtype == np.float32 and ds["ndsi"].dims == ("time", "y", "x")
+    assert ds["ndsi"].encoding["chunks"] == (1, min(250, ds.sizes["y"]), min(250, ds.sizes["x"]))
     assert ds.spatial_ref.attrs["epsg"] == 32643 and "crs_wkt" in ds.spatial_ref.attrs
     assert np.allclose(np.diff(ds.x), 30) and np.allclose(np.diff(ds.y), -30)
     assert (ds.x.values % 30 == 0).all(), "pixel centres of the Landsat grid lie on multiples of 30 m"
