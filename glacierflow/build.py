@@ -30,7 +30,6 @@ from glacierflow import __version__, align, catalog, cube, preprocess, store
 from glacierflow.config import CubeSpec, PreprocessSpec
 from glacierflow.errors import GlacierflowError
 
-
 SPATIAL_CHUNK = 250  # store chunk side in pixels: 5 x the 50-px patch of the learning stage
 
 

@@ -256,10 +256,14 @@ def flow_cmd(
     cube: Annotated[str, typer.Argument(help="Cube store written by build-cube.")],
     out_store: Annotated[str, typer.Option("--out", help="Velocity store to write.")],
     pairs: Annotated[str, typer.Option(help="consecutive | annual")] = "consecutive",
-    levels: Annotated[int, typer.Option(help="Farneback pyramid levels.")] = 6,
-    pyr_scale: Annotated[float, typer.Option(help="Farneback pyramid scale.")] = 0.5,
-    iterations: Annotated[int, typer.Option(help="Farneback iterations per level.")] = 10,
-    winsize: Annotated[int, typer.Option(help="Farneback averaging window (px).")] = 15,
+    levels: Annotated[int | None, typer.Option(help="Farneback pyramid levels (paper: 6).")] = None,
+    pyr_scale: Annotated[float | None, typer.Option(help="Farneback pyramid scale (paper: 0.5).")] = None,
+    iterations: Annotated[int | None, typer.Option(help="Farneback iterations per level (paper: 10).")] = None,
+    winsize: Annotated[int | None, typer.Option(help="Farneback averaging window in px (default 9).")] = None,
+    min_texture: Annotated[float | None, typer.Option(help="Mask pixels whose local NDSI std is below this.")] = None,
+    max_fb_error: Annotated[
+        float | None, typer.Option(help="Mask pixels whose forward/backward flows disagree by more (px); 0: off.")
+    ] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing store.")] = False,
     cluster: Annotated[
         str | None, typer.Option(help="local | local:N | tcp://host:port | gateway[://URL] | threads | sync")
@@ -269,13 +273,15 @@ def flow_cmd(
     from glacierflow.cluster import get_client
     from glacierflow.flow import FlowSpec, run_flow
 
-    spec = FlowSpec(pairs=pairs, levels=levels, pyr_scale=pyr_scale, iterations=iterations, winsize=winsize)
+    given = {"levels": levels, "pyr_scale": pyr_scale, "iterations": iterations, "winsize": winsize,
+             "min_texture": min_texture, "max_fb_error": max_fb_error}
+    spec = FlowSpec(pairs=pairs, **{k: v for k, v in given.items() if v is not None})
     with get_client(cluster):
         s = run_flow(cube, out_store, spec, overwrite=overwrite)
-    out.print(
-        f"{s['pairs']} {pairs} pairs ({s['pairs_interpolated']} involve an interpolated period: masked); "
-        f"median speed {s['median_speed_m_per_yr']:.1f} m/yr over {100 * s['valid_fraction']:.0f}% of pixels"
-    )
+    out.print(f"{s['pairs']} {pairs} pairs ({s['pairs_interpolated']} involve an interpolated period: masked); "
+              f"median speed {s['median_speed_m_per_yr']:.1f} m/yr over {100 * s['valid_fraction']:.0f}% of pixels")
+    out.print(f"median over pairs (speed_median): {s['composite_median_speed_m_per_yr']:.1f} m/yr over "
+              f"{100 * s['composite_valid_fraction']:.0f}% of pixels")
     out.print(f"written: {s['out']}")
 
 

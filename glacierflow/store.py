@@ -83,6 +83,21 @@ def is_complete(url: str, storage_options: dict[str, Any] | None = None) -> bool
     return bool(g.attrs.get(COMPLETE, False))
 
 
+def _remove_partial(fs: fsspec.AbstractFileSystem, tmp_path: str) -> None:
+    """Remove a partial store; retried, since tasks still running after a failure may write into it."""
+    import time
+
+    for _ in range(10):
+        try:
+            if fs.exists(tmp_path):
+                fs.rm(tmp_path, recursive=True)
+        except Exception:  # noqa: BLE001 - cleanup must not hide the original error
+            pass
+        time.sleep(0.2)
+        if not fs.exists(tmp_path):
+            return
+
+
 def exists(url: str, storage_options: dict[str, Any] | None = None) -> bool:
     """Whether anything exists at ``url``."""
     fs, path = _fs(url, storage_options)
@@ -161,11 +176,7 @@ def write_store(
         else:
             _move_tree(fs, tmp_path, path)
     except BaseException:
-        try:
-            if fs.exists(tmp_path):
-                fs.rm(tmp_path, recursive=True)
-        except Exception:  # noqa: BLE001 - cleanup must not hide the original error
-            pass
+        _remove_partial(fs, tmp_path)
         raise
     return url
 
