@@ -12,8 +12,8 @@ are measured on the twin's glacier pixels where the flow is valid (finite) and p
 * valid fraction: glacier pixels with a finite velocity.
 
 Measured (seed 0, defaults: winsize 9, forward-backward check 0.5 px), median composite of the annual
-pairs: MAE 12.3 m/yr = 23 % of the true median 53.4 m/yr, direction 4.0 deg, off-glacier 2.5 m/yr,
-valid 0.80. The error is mostly systematic smoothing across the narrow glacier (margins too fast,
+pairs: MAE 11.2 m/yr = 21.0 % of the true median 53.4 m/yr, direction 3.8 deg, off-glacier 2.5 m/yr,
+valid 0.79 (after the twin's texture advection was made Lagrangian; 23 % before). The error is mostly systematic smoothing across the narrow glacier (margins too fast,
 centre too slow, by ~10 m/yr each; see FlowSpec.winsize), which a median over pairs cannot remove.
 The tolerances below are the measured values plus a margin, not the issue's 20 % target.
 """
@@ -103,7 +103,7 @@ def test_annual_composite_against_truth(annual: xr.Dataset, truth_on_cube: dict)
     f = figures(annual["u_median"].values, annual["v_median"].values, truth_on_cube)
     _show("annual, median composite", f)
     assert 45 < f["true_median"] < 60  # the twin's glacier: up to 150 m/yr on the centre line
-    assert f["rel"] < 0.27  # measured 0.23 (target of the issue: 0.20; see the module docstring)
+    assert f["rel"] < 0.24  # measured 0.21 (target of the issue: 0.20; see the module docstring)
     assert abs(f["bias"]) < 8.0  # measured -3.3 m/yr: errors are mostly not a global scale error
     assert f["direction_deg"] < 7.0  # measured 4.0
     assert f["off_glacier"] < 5.0  # measured 2.5 m/yr (true 0)
@@ -147,4 +147,4 @@ def test_run_flow_summary_on_small_cube(small_cube: str, tmp_path: Path, truth_o
     assert s["pairs"] == 12 and s["pairs_interpolated"] == 0
     ds = open_store(out, require=("u_median", "v_median", "speed_median", "n_pairs"))
     f = figures(ds["u_median"].values, ds["v_median"].values, truth_on_cube)
-    assert f["rel"] < 0.27
+    assert f["rel"] < 0.24

@@ -133,6 +133,7 @@ class World:
         # displacement in pixels per year along rows / cols
         self.d_row = (-self.v / PIXEL).astype(np.float32)
         self.d_col = (self.u / PIXEL).astype(np.float32)
+        self._moving = ndimage.binary_dilation(self.u**2 + self.v**2 > 0, iterations=2)
 
         # --- terrain: a valley along the main glacier, ridges away from it, height falling downstream
         main_rat = np.minimum(ratio, 6.0)
@@ -170,6 +171,30 @@ class World:
         """Terminus position change (pixels along the centreline) relative to ``t_ref``; negative = retreat."""
         return -self.retreat * (t - self.t_ref) / PIXEL
 
+    def _trace_back(self, rr: np.ndarray, cc: np.ndarray, dt: float) -> tuple[np.ndarray, np.ndarray]:
+        """Where the ice now at ``(rr, cc)`` was ``dt`` years earlier (steady flow, midpoint steps <= 0.5 px).
+
+        Integrating along the flow (rather than ``p - v(p) dt``) keeps the motion visible between any
+        two images equal to the true velocity field, however far they are from ``t_ref``.
+        """
+        moving = self._moving
+        if dt == 0 or not moving.any():
+            return rr, cc
+        near = ndimage.map_coordinates(moving.astype(np.float32), [rr, cc], order=1, mode="nearest") > 0
+        r, c = rr[near].astype(np.float64), cc[near].astype(np.float64)
+        vmax = float(np.hypot(self.d_row, self.d_col).max())
+        n = max(1, int(np.ceil(vmax * abs(dt) / 0.5)))
+        h = -dt / n
+        for _ in range(n):
+            dr = ndimage.map_coordinates(self.d_row, [r, c], order=1, mode="nearest")
+            dc = ndimage.map_coordinates(self.d_col, [r, c], order=1, mode="nearest")
+            mr, mc = r + 0.5 * h * dr, c + 0.5 * h * dc
+            r = r + h * ndimage.map_coordinates(self.d_row, [mr, mc], order=1, mode="nearest")
+            c = c + h * ndimage.map_coordinates(self.d_col, [mr, mc], order=1, mode="nearest")
+        out_r, out_c = rr.copy(), cc.copy()
+        out_r[near], out_c[near] = r, c
+        return out_r, out_c
+
     def reflectance(
         self, t: float, shift: tuple[float, float] = (0.0, 0.0), snow_jitter: np.ndarray | None = None
     ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
@@ -203,10 +228,8 @@ class World:
                 return field
             return ndimage.map_coordinates(field, [r, c], order=order, mode="nearest")
 
-        dt = np.float32(t - self.t_ref)
-        d_r = at(self.d_row)
-        d_c = at(self.d_col)
-        debris = ndimage.map_coordinates(self.debris, [rr - d_r * dt, cc - d_c * dt], order=1, mode="mirror")
+        src_r, src_c = self._trace_back(rr, cc, float(t - self.t_ref))
+        debris = ndimage.map_coordinates(self.debris, [src_r, src_c], order=1, mode="mirror")
         ratio = at(self.ratio)
         along = at(self.along)
         term = at(self.term)
