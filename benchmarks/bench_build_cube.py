@@ -579,8 +579,8 @@ def report(args, res, full, half, ser, serial, floor, n_scenes) -> None:  # noqa
         lines += [
             "",
             "seed-style reference (measured on one core in the serial child):",
-            f"  per-pixel loop == gap_fill_2d on a 96x96 crop to completion: max |diff| "
-            f"{seed['loop_check_maxdiff']}",
+            "  per-pixel loop == gap_fill_2d on a 96x96 crop to completion: max |diff| "
+            + (f"{seed['loop_check_maxdiff']:.1e}" if seed["loop_check_maxdiff"] is not None else "not finished"),
             f"  {'scene':42s} {'visits':>10s} {'run':>9s} {'run s':>7s} {'us/visit':>8s} {'ECC s':>7s} {'ecc':>6s}",
         ]
         for r in seed["rows"]:

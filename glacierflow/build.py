@@ -42,8 +42,43 @@ class Assembled:
     dropped: dict[str, str]  # item id -> why the cube builder left it out
 
 
-def cube_dataset(
+def _stack(items: list[dict[str, Any]], spec: CubeSpec, reader: type | None) -> xr.DataArray:
+    return cube.build_cube(
+        items, bbox_lonlat=spec.bbox, epsg=spec.epsg, resolution=spec.resolution, platforms=spec.platforms,
+        reader=reader or cube.ReportingRioReader,
+    )
+
+
+def _quality(raw: xr.DataArray, pre: PreprocessSpec) -> tuple[xr.DataArray, xr.DataArray, xr.DataArray]:
+    """Masked bands, per-scene valid fraction and ``used`` flag (lazy)."""
+    masked = preprocess.mask_invalid(raw, mask_clouds=pre.mask_clouds)
+    frac = preprocess.valid_fraction(masked)
+    return masked, frac, frac >= (1.0 - pre.max_missing)
+
+
+def _reference(masked: xr.DataArray, used: xr.DataArray, pre: PreprocessSpec) -> xr.DataArray:
+    """ECC template: median-filtered temporal mean (NaN-skipping) of the used scenes' grey images."""
+    return align.reference_image(align.alignment_image(masked.where(used), highpass=pre.align_highpass))
+
+
+def quality_pass(
     items: list[dict[str, Any]], spec: CubeSpec, pre: PreprocessSpec, reader: type | None = None
+) -> tuple[xr.DataArray, xr.DataArray]:
+    """Lazy per-scene valid fractions and the ECC reference: reads and masks only (no gap-fill, no ECC).
+
+    :func:`build_cube_store` computes this first, so that the main pass holds no scene longer than its
+    own tasks need (the reference needs every scene; the alignment needs the reference).
+    """
+    masked, frac, used = _quality(_stack(items, spec, reader), pre)
+    return frac, _reference(masked, used, pre)
+
+
+def cube_dataset(
+    items: list[dict[str, Any]],
+    spec: CubeSpec,
+    pre: PreprocessSpec,
+    reader: type | None = None,
+    quality: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> Assembled:
     """Assemble the lazy periodic cube and per-scene diagnostics from (signed) items.
 
@@ -56,29 +91,39 @@ def cube_dataset(
     reader
         stackstac reader class (default :class:`glacierflow.cube.ReportingRioReader`);
         :class:`glacierflow.cube.SigningRioReader` signs each href on the worker right before reading.
+    quality
+        Computed ``(valid_fraction per stacked scene, reference image)`` from :func:`quality_pass`: scenes
+        over ``max_missing`` are then left out of the graph entirely. Without it, everything is one lazy
+        graph (dropped scenes become NaN inside it).
 
     Returns
     -------
     Assembled
         Lazy datasets; nothing has been read.
     """
-    raw = cube.build_cube(
-        items, bbox_lonlat=spec.bbox, epsg=spec.epsg, resolution=spec.resolution, platforms=spec.platforms,
-        reader=reader or cube.ReportingRioReader,
-    )
-    masked = preprocess.mask_invalid(raw, mask_clouds=pre.mask_clouds)
-    frac = preprocess.valid_fraction(masked)
-    used = frac >= (1.0 - pre.max_missing)
-    masked = masked.where(used)
+    raw = _stack(items, spec, reader)
+    masked, frac, used = _quality(raw, pre)
+    if quality is None:
+        masked = masked.where(used)
+        reference: xr.DataArray = _reference(masked, used, pre)
+        kept = raw
+    else:
+        frac_values, ref_values = quality
+        if len(frac_values) != raw.sizes["time"]:
+            raise GlacierflowError("quality pass and cube disagree on the scenes; rerun build-cube")
+        frac = xr.DataArray(np.asarray(frac_values, np.float32), dims="time")
+        used = frac >= (1.0 - pre.max_missing)
+        keep = np.flatnonzero(used.values)
+        masked, kept = masked.isel(time=keep), raw.isel(time=keep)
+        reference = xr.DataArray(np.asarray(ref_values), dims=("y", "x"), coords={"y": raw.y, "x": raw.x})
     filled = preprocess.gap_fill(masked, max_iter=pre.gap_fill_max_iter)
     index = preprocess.ndsi(filled)
     grey = align.alignment_image(filled, highpass=pre.align_highpass)
-    reference = align.reference_image(grey)
     aligned, diag = align.align(index, reference, motion=pre.motion, guide=grey)
     snow = preprocess.snow_mask(aligned, pre.ndsi_threshold)
     periodic = preprocess.resample(snow, pre.period, start=spec.start, end=spec.end)
     # scenes dropped inside the graph still have a time stamp: count only the used ones per period
-    starts, pos = preprocess.period_starts(snow["time"].values, pre.period, spec.start, spec.end)
+    starts, pos = preprocess.period_starts(raw["time"].values, pre.period, spec.start, spec.end)
     onehot = np.zeros((len(pos), len(starts)), np.int64)
     inside = pos >= 0
     onehot[np.flatnonzero(inside), pos[inside]] = 1
@@ -95,7 +140,12 @@ def cube_dataset(
     )
     periodic["n_scenes"].attrs["long_name"] = "number of scenes averaged in the period"
     periodic["interpolated"].attrs["long_name"] = "no scene in the period: linear interpolation in time"
-    # plain per-time variables (no extra coords: merging lazily-computed coords would trigger compute)
+    # per-scene table over every stacked scene (plain variables, no extra coords: merging lazily-computed
+    # coords would trigger compute); alignment diagnostics of scenes left out of the graph stay empty
+    ids = raw["id"].values.astype(object)
+    diag = diag.drop_vars([c for c in diag.coords if c != "time"]).assign_coords(time=kept["time"].values)
+    if quality is not None:
+        diag = diag.reindex(time=raw["time"].values, fill_value={"aligned": False})
     per_scene = {
         "valid_fraction": frac.astype(np.float32),
         "used": used,
@@ -103,7 +153,7 @@ def cube_dataset(
     }
     scenes = xr.Dataset(
         {k: ("time", v.data) for k, v in per_scene.items()},
-        coords={"time": raw["time"].values, "item_id": ("time", raw["id"].values.astype(object))},
+        coords={"time": raw["time"].values, "item_id": ("time", ids)},
     )
     return Assembled(periodic.transpose("time", "y", "x"), scenes, dict(raw.attrs.get("dropped_items", {})))
 
@@ -253,7 +303,36 @@ def build_cube_store(
         signed, reader = list(found.items), cube.SigningRioReader
     else:
         signed, reader = catalog.sign_items(found.items, signer), None
-    assembled = cube_dataset(signed, spec, pre, reader=reader)
+    run = compute or (lambda objs: list(dask.compute(*objs)))
+    dropped: dict[str, str] = {}
+
+    def _run_reporting(objs: list[Any]) -> list[Any]:
+        # unreadable assets become NaN (cube.ReportingRioReader) and are reported as warnings, which
+        # distributed forwards from the workers to this client: collect them to name the scenes.
+        # Low-level fusion off: the per-scene diagnostics share the alignment tasks with the Zarr write
+        # (with fusion on, the write's fused copy of each task would run ECC a second time).
+        with warnings.catch_warnings(record=True) as caught, dask.config.set({"optimization.fuse.active": False}):
+            warnings.simplefilter("always")
+            results = run(objs)
+        messages = [str(w.message) for w in caught if "unreadable asset" in str(w.message)]
+        for item in signed:
+            for key, asset in item["assets"].items():
+                plain = str(asset.get("href", "")).split("?", 1)[0]
+                if plain and any(plain in m for m in messages):
+                    dropped[item["id"]] = f"unreadable {key} asset"
+        return results
+
+    # pass 1 (reads + QA masks only): valid fractions and the ECC reference, so that pass 2 leaves the
+    # dropped scenes out and never has to keep every scene in memory while the reference is reduced
+    frac_values, ref_values = _run_reporting(list(quality_pass(signed, spec, pre, reader)))
+    if not (np.asarray(frac_values) >= 1.0 - pre.max_missing).any():
+        best = float(np.nanmax(frac_values)) if len(frac_values) else 0.0
+        raise GlacierflowError(
+            f"none of the {len(frac_values)} scenes has enough valid pixels over the bbox (best valid "
+            f"fraction {best:.2f}, need {1 - pre.max_missing:.2f}); check the bbox against the scenes' "
+            "footprints or raise --max-missing; no store was written"
+        )
+    assembled = cube_dataset(signed, spec, pre, reader=reader, quality=(frac_values, ref_values))
     # Zarr chunks: one period, 250x250 px (a multiple of the 50-px training patch)
     ds = assembled.cube.chunk({"time": 1, "y": SPATIAL_CHUNK, "x": SPATIAL_CHUNK})
     ds.attrs = {
@@ -264,30 +343,12 @@ def build_cube_store(
         "search": json.dumps(found.parameters(), default=str),
         "title": f"glacierflow NDSI cube: {spec.name}, {pre.period} periods",
     }
-    run = compute or (lambda objs: list(dask.compute(*objs)))
-    dropped = assembled.dropped
+    dropped.update(assembled.dropped)
     state: dict[str, Any] = {}
 
     def _compute(delayed: Any) -> None:
-        # unreadable assets become NaN (cube.ReportingRioReader) and are reported as warnings, which
-        # distributed forwards from the workers to this client: collect them to name the scenes
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            _, scenes = run([delayed, assembled.scenes])
+        _, scenes = _run_reporting([delayed, assembled.scenes])
         state["scenes"] = scenes
-        messages = [str(w.message) for w in caught if "unreadable asset" in str(w.message)]
-        for item in signed:
-            for key, asset in item["assets"].items():
-                plain = str(asset.get("href", "")).split("?", 1)[0]
-                if plain and any(plain in m for m in messages):
-                    dropped[item["id"]] = f"unreadable {key} asset"
-        if not scenes["used"].values.any():
-            worst = float(np.nanmax(scenes["valid_fraction"].values)) if scenes.sizes["time"] else 0.0
-            raise GlacierflowError(
-                f"none of the {scenes.sizes['time']} scenes has enough valid pixels over the bbox (best valid "
-                f"fraction {worst:.2f}, need {1 - pre.max_missing:.2f}); check the bbox against the scenes' "
-                "footprints or raise --max-missing; no store was written"
-            )
 
     def _groups() -> dict[str, xr.Dataset]:
         return {"scenes": _scene_table(found, state["scenes"], dropped, pre.max_missing)}

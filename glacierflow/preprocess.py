@@ -470,18 +470,34 @@ def _interp_time(a: np.ndarray) -> np.ndarray:
     return out
 
 
-def _period_mean_block(block: np.ndarray, pos: np.ndarray, n_periods: int) -> np.ndarray:
-    """NaN-skipping mean of a ``(..., time)`` block per period, then time interpolation of the gaps."""
-    sums = np.zeros(block.shape[:-1] + (n_periods,))
-    counts = np.zeros(block.shape[:-1] + (n_periods,))
-    finite = np.isfinite(block)
-    vals = np.where(finite, block, 0.0).astype(np.float64)
-    for i, p in enumerate(pos):
-        if p >= 0:
-            sums[..., p] += vals[..., i]
-            counts[..., p] += finite[..., i]
-    mean = np.divide(sums, counts, out=np.full_like(sums, np.nan), where=counts > 0)
-    return _interp_time(mean).astype(np.float32)
+def _mean_over_time(block: np.ndarray) -> np.ndarray:
+    """NaN-skipping float64 mean of a ``(time, ...)`` block, summed in time order (NaN where no value)."""
+    sums = np.zeros(block.shape[1:])
+    counts = np.zeros(block.shape[1:])
+    for scene in block:
+        finite = np.isfinite(scene)
+        sums += np.where(finite, scene, 0.0)
+        counts += finite
+    return np.divide(sums, counts, out=np.full_like(sums, np.nan), where=counts > 0)
+
+
+def _interp_block(block: np.ndarray) -> np.ndarray:
+    """Time interpolation of a ``(time, ...)`` block of period means, as float32."""
+    return np.moveaxis(_interp_time(np.moveaxis(block, 0, -1)), -1, 0).astype(np.float32)
+
+
+def _period_mean(scenes: xr.DataArray) -> xr.DataArray:
+    """NaN-skipping float64 mean over ``time`` (first axis) of one period's scenes, lazy if they are."""
+    out = scenes.isel(time=0, drop=True).astype(np.float64)
+    if scenes.chunks is not None:
+        data = scenes.data.map_blocks(_mean_over_time, drop_axis=0, dtype=np.float64)
+    else:
+        data = _mean_over_time(np.asarray(scenes.values))
+    return out.copy(data=data)
+
+
+#: Rows per task of the time interpolation (its tasks hold every period of a strip of rows).
+INTERP_STRIP = 128
 
 
 def resample(
@@ -529,21 +545,32 @@ def resample(
     n_periods = len(starts)
     n_scenes = np.bincount(pos[pos >= 0], minlength=n_periods).astype(np.int64)
     dims = da.dims
-    if da.chunks is not None:
-        da = da.chunk({"time": -1})
+    da = da.transpose("time", ...)
     time_coords = [c for c in da.coords if "time" in da[c].dims]
-    mean = xr.apply_ufunc(
-        _period_mean_block,
-        da.drop_vars(time_coords),
-        input_core_dims=[["time"]],
-        output_core_dims=[["period"]],
-        exclude_dims={"time"},
-        kwargs={"pos": pos, "n_periods": n_periods},
-        dask="parallelized",
-        output_dtypes=[np.float32],
-        dask_gufunc_kwargs={"output_sizes": {"period": n_periods}},
-    )
-    mean = mean.rename({"period": "time"}).assign_coords(time=starts.values).transpose(*dims)
+    da = da.drop_vars(time_coords)
+    # Per-period means first: each is a reduction over that period's scenes only, so no task ever holds
+    # the whole time series of scenes (memory stays bounded when the time range grows). Then the linear
+    # interpolation of empty periods, over all periods, in strips of rows.
+    template = da.sum("time")  # (y, x) shape and chunks, also for an empty time axis (never computed)
+    means = []
+    for p in range(n_periods):
+        idx = np.flatnonzero(pos == p)
+        if idx.size == 0:
+            means.append(xr.full_like(template, np.nan, dtype=np.float64))
+            continue
+        scenes = da.isel(time=idx)
+        if scenes.chunks is not None:
+            scenes = scenes.chunk({"time": -1})
+        means.append(_period_mean(scenes))
+    stacked = xr.concat(means, dim="time", coords="minimal", compat="override")
+    if stacked.chunks is not None:
+        stacked = stacked.chunk({"time": -1, **({"y": INTERP_STRIP} if "y" in stacked.dims else {})})
+        mean = xr.DataArray(
+            stacked.data.map_blocks(_interp_block, dtype=np.float32), dims=stacked.dims, coords=stacked.coords
+        )
+    else:
+        mean = stacked.copy(data=_interp_block(stacked.values))
+    mean = mean.assign_coords(time=starts.values).transpose(*dims)
     ds = xr.Dataset(
         {
             "ndsi": mean,

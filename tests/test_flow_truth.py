@@ -13,8 +13,9 @@ are measured on the twin's glacier pixels where the flow is valid (finite) and p
 
 Measured (seed 0, defaults: winsize 9, forward-backward check 0.5 px), median composite of the annual
 pairs: MAE 11.2 m/yr = 21.0 % of the true median 53.4 m/yr, direction 3.8 deg, off-glacier 2.5 m/yr,
-valid 0.79 (after the twin's texture advection was made Lagrangian; 23 % before). The error is mostly systematic smoothing across the narrow glacier (margins too fast,
-centre too slow, by ~10 m/yr each; see FlowSpec.winsize), which a median over pairs cannot remove.
+valid 0.79 (after the twin's texture advection was made Lagrangian; 23 % before). The error is mostly
+systematic smoothing across the narrow glacier (margins too fast, centre too slow, by ~10 m/yr each;
+see FlowSpec.winsize), which a median over pairs cannot remove.
 The tolerances below are the measured values plus a margin, not the issue's 20 % target.
 """
 
