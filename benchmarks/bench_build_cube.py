@@ -301,7 +301,7 @@ def serial_main(cfg: dict[str, Any]) -> dict[str, Any]:
     t = tick("search + grid", t)
     shape = tuple(plan["shape"])
     bad = (1 << QA_FILL) | (1 << QA_DILATED_CLOUD) | (1 << QA_CLOUD) | (1 << QA_CLOUD_SHADOW)
-    used, fracs, grey, index, visits, ids, times = [], [], [], [], [], [], []
+    used, fracs, grey, index, visits, ids, times, ref_grey = [], [], [], [], [], [], [], []
     for sc in plan["scenes"]:
         green_dn, swir_dn, qa = read_scene(sc, plan["epsg"], plan["transform"], shape)
         t = tick("read (rasterio)", t)
@@ -316,6 +316,8 @@ def serial_main(cfg: dict[str, Any]) -> dict[str, Any]:
         if frac < 1.0 - pre.max_missing:
             continue
         visits.append(2 * fill_visits(~invalid))  # both bands share the mask (seed extrapolation only)
+        # the reference is the NaN-skipping mean of the *unfilled* (masked) grey images, as in build-cube
+        ref_grey.append(_highpass((0.114 * g + 0.886 * s).astype(np.float32), pre.align_highpass))
         t = time.perf_counter()
         g = gap_fill_2d(g, max_iter=pre.gap_fill_max_iter)[0]
         s = gap_fill_2d(s, max_iter=pre.gap_fill_max_iter)[0]
@@ -330,7 +332,7 @@ def serial_main(cfg: dict[str, Any]) -> dict[str, Any]:
         ids.append(sc["id"])
         times.append(pd.Timestamp(sc["time"]))
     with np.errstate(invalid="ignore"):
-        ref = _median3(np.nanmean(np.stack(grey), axis=0).astype(np.float32)) if grey else None
+        ref = _median3(np.nanmean(np.stack(ref_grey), axis=0).astype(np.float32)) if ref_grey else None
     t = tick("reference", t)
     ecc_s, shifts = [], []
     for k in range(len(index)):
