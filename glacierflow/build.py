@@ -344,23 +344,35 @@ def build_cube_store(
         "title": f"glacierflow NDSI cube: {spec.name}, {pre.period} periods",
     }
     dropped.update(assembled.dropped)
+    # the per-scene diagnostics are written in the same pass as the cube (one graph: ECC runs once per
+    # scene), as temporary root variables along "_scene", then reshaped into the "scenes" group
+    diag_names = {k: f"_scene_{k}" for k in assembled.scenes.data_vars}
+    scene_vars = assembled.scenes.drop_vars(["time", "item_id"]).rename({"time": "_scene", **diag_names})
+    ds = ds.assign(scene_vars.data_vars)
     state: dict[str, Any] = {}
 
     def _compute(delayed: Any) -> None:
-        _, scenes = _run_reporting([delayed, assembled.scenes])
+        _run_reporting([delayed])
+
+    def _groups(written: xr.Dataset) -> dict[str, xr.Dataset]:
+        scenes = xr.Dataset(
+            {k: ("time", written[v].values) for k, v in diag_names.items()},
+            coords={"time": assembled.scenes["time"].values, "item_id": assembled.scenes["item_id"]},
+        )
         state["scenes"] = scenes
+        state["table"] = _scene_table(found, scenes, dropped, pre.max_missing)
+        return {"scenes": state["table"]}
 
-    def _groups() -> dict[str, xr.Dataset]:
-        return {"scenes": _scene_table(found, state["scenes"], dropped, pre.max_missing)}
-
-    store.write_store(ds, out, overwrite=overwrite, storage_options=storage_options, compute=_compute, groups=_groups)
-    table = _groups()["scenes"] if "scenes" in state else None
-    scenes = state["scenes"]
+    store.write_store(
+        ds, out, overwrite=overwrite, storage_options=storage_options, compute=_compute, groups=_groups,
+        temporary=tuple(diag_names.values()),
+    )
+    table, scenes = state["table"], state["scenes"]
     used = scenes["used"].values.astype(bool)
     aligned = scenes["aligned"].values.astype(bool) & used
     result = store.open_store(out, storage_options)
     reasons: dict[str, int] = {}
-    for r in [] if table is None else table["reason"].values:
+    for r in table["reason"].values:
         if r:
             key = str(r).split(":")[0]
             reasons[key] = reasons.get(key, 0) + 1

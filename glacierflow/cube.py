@@ -101,10 +101,30 @@ class ReportingRioReader(AutoParallelRioReader):
         super().__init__(errors_as_nodata=(), **kwargs)
         self.report_patterns = tuple(errors_as_nodata)
 
+    def _read_plain(self, window: Any, **kwargs: Any) -> np.ndarray:
+        """Read without a mask when no rescaling is asked for (nodata is handled downstream).
+
+        stackstac always reads a masked array, which makes GDAL decode the mask band too: about twice the
+        work of the plain read. glacierflow stacks with ``rescale=False`` and masks DN 0 / the QA fill bit
+        itself, so the mask is not needed.
+        """
+        if tuple(self.scale_offset) != (1, 0):
+            return super().read(window, **kwargs)
+        dataset = self.dataset  # opening errors propagate as stackstac raises them
+        try:
+            result = dataset.read(window=window, out_dtype=self.dtype, masked=False, **kwargs)
+        except Exception as e:
+            raise RuntimeError(f"Error reading {window} from {self.url!r}: {e!r}") from e
+        if result.ndim == 2:  # NodataReader (open failed and was turned into nodata)
+            return result
+        if result.shape[0] != 1:  # a warped VRT with an alpha band: let stackstac mask it
+            return super().read(window, **kwargs)
+        return result[0]
+
     def read(self, window: Any, **kwargs: Any) -> np.ndarray:
         """Read one window; matching errors give ``fill_value`` and a warning naming the file."""
         try:
-            return super().read(window, **kwargs)
+            return self._read_plain(window, **kwargs)
         except Exception as err:
             cause = err.__cause__ if isinstance(err.__cause__, Exception) else err
             if not self.report_patterns or not exception_matches(cause, self.report_patterns):

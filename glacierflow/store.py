@@ -115,7 +115,8 @@ def write_store(
     overwrite: bool = False,
     storage_options: dict[str, Any] | None = None,
     compute: Callable[[Any], Any] | None = None,
-    groups: dict[str, xr.Dataset] | Callable[[], dict[str, xr.Dataset]] | None = None,
+    groups: dict[str, xr.Dataset] | Callable[[xr.Dataset], dict[str, xr.Dataset]] | None = None,
+    temporary: tuple[str, ...] = (),
 ) -> str:
     """Write ``ds`` (and optional sub-groups) as a Zarr store at ``url``, safely.
 
@@ -134,7 +135,11 @@ def write_store(
         default: ``delayed.compute()``.
     groups
         Extra datasets written as Zarr groups (e.g. ``{"scenes": per_scene_table}``), or a callable
-        returning them, called after ``compute`` (for tables that depend on the computed results).
+        returning them, called after ``compute`` with the written (temporary) store opened lazily, for tables
+        built from computed results.
+    temporary
+        Variables of ``ds`` removed from the store after ``groups`` (e.g. per-scene results written in the
+        same pass as the main arrays, so that they share one task graph, and then reshaped into a group).
 
     Returns
     -------
@@ -160,9 +165,14 @@ def write_store(
         ds.attrs[COMPLETE] = False
         delayed = ds.to_zarr(tmp_url, mode="w", consolidated=False, compute=False, storage_options=so)
         (compute or (lambda d: d.compute()))(delayed)
-        for gname, gds in ((groups() if callable(groups) else groups) or {}).items():
+        if callable(groups):
+            groups = groups(xr.open_zarr(tmp_url, consolidated=False, storage_options=so))
+        for gname, gds in (groups or {}).items():
             gds.to_zarr(tmp_url, group=gname, mode="w", consolidated=False, storage_options=so)
-        zarr.open_group(tmp_url, mode="r+", storage_options=so).attrs[COMPLETE] = True
+        root = zarr.open_group(tmp_url, mode="r+", storage_options=so)
+        for name in temporary:
+            del root[name]
+        root.attrs[COMPLETE] = True
         if fs.exists(path):
             if _is_local(fs):
                 old = f"{parent}/.{name}.old-{uuid.uuid4().hex[:8]}" if parent else f".{name}.old"
