@@ -90,7 +90,26 @@ def _cores() -> int:
 
 def _local(n_workers: int | None) -> ManagedClient:
     n = n_workers or _cores()
-    cluster = distributed.LocalCluster(
+    # Dask's nannies set MALLOC_TRIM_THRESHOLD_=64 KiB, which also switches off glibc's dynamic mmap threshold:
+    # every multi-MB scene array is then a fresh mmap (page faults, zeroing). Measured on a 1-year full-twin
+    # build-cube with 2 workers: 15.8 s -> 12.0-12.7 s with large arrays kept on the heap (< 16 MiB) and
+    # memory returned to the OS in 64 MiB steps.
+    with dask.config.set({
+        "distributed.nanny.pre-spawn-environ.MALLOC_MMAP_THRESHOLD_": 1 << 24,
+        "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": 1 << 26,
+    }):
+        cluster = _start_local(n)
+    try:
+        client = ManagedClient(cluster)
+    except Exception:
+        cluster.close()
+        raise
+    client._add_cleanup(cluster.close)
+    return client
+
+
+def _start_local(n: int) -> distributed.LocalCluster:
+    return distributed.LocalCluster(
         n_workers=n,
         threads_per_worker=1,
         processes=True,
@@ -99,13 +118,6 @@ def _local(n_workers: int | None) -> ManagedClient:
         dashboard_address=":0",  # a free port, never a clash with a notebook's 8787
         silence_logs=logging.WARNING,
     )
-    try:
-        client = ManagedClient(cluster)
-    except Exception:
-        cluster.close()
-        raise
-    client._add_cleanup(cluster.close)
-    return client
 
 
 def _scheduler(address: str, timeout: float) -> ManagedClient:

@@ -45,10 +45,12 @@ from typing import Any, Literal
 import dask.array as da
 import numpy as np
 import pandas as pd
+import rasterio
 import stackstac
 import xarray as xr
 from pyproj import CRS, Transformer
 from rasterio.errors import RasterioIOError
+from rasterio.windows import Window
 from stackstac.nodata_reader import exception_matches, nodata_for_window
 from stackstac.rio_reader import AutoParallelRioReader
 
@@ -90,6 +92,20 @@ READ_ERRORS_AS_NODATA: tuple[Exception, ...] = (
 )
 
 
+def _pixel_offset(spec: Any, ds: Any) -> tuple[int, int] | None:
+    """``(row, col)`` of the cube grid's origin in the file's pixels, if the grids differ by whole pixels."""
+    vrt = spec.vrt_params
+    if ds.crs is None or ds.crs.to_epsg() != vrt["crs"]:
+        return None
+    a, b = vrt["transform"], ds.transform
+    if (a.a, a.b, a.d, a.e) != (b.a, b.b, b.d, b.e):
+        return None
+    col, row = (a.c - b.c) / b.a, (a.f - b.f) / b.e
+    if abs(col - round(col)) > 1e-6 or abs(row - round(row)) > 1e-6:
+        return None
+    return int(round(row)), int(round(col))
+
+
 class ReportingRioReader(AutoParallelRioReader):
     """stackstac reader that turns matching read errors into nodata *and reports them*.
 
@@ -108,18 +124,33 @@ class ReportingRioReader(AutoParallelRioReader):
         work of the plain read. glacierflow stacks with ``rescale=False`` and masks DN 0 / the QA fill bit
         itself, so the mask is not needed.
         """
-        if tuple(self.scale_offset) != (1, 0):
+        if tuple(self.scale_offset) != (1, 0) or kwargs:
             return super().read(window, **kwargs)
-        dataset = self.dataset  # opening errors propagate as stackstac raises them
-        try:
-            result = dataset.read(window=window, out_dtype=self.dtype, masked=False, **kwargs)
-        except Exception as e:
-            raise RuntimeError(f"Error reading {window} from {self.url!r}: {e!r}") from e
-        if result.ndim == 2:  # NodataReader (open failed and was turned into nodata)
-            return result
-        if result.shape[0] != 1:  # a warped VRT with an alpha band: let stackstac mask it
-            return super().read(window, **kwargs)
-        return result[0]
+        # One open, one windowed read when the file's grid is the cube's grid shifted by whole pixels (the
+        # usual case: same UTM zone and Landsat grid). stackstac would open each file twice (to inspect it,
+        # then per thread) and read through a WarpedVRT whenever the cube is a crop of the scene.
+        with self.gdal_env.open:
+            try:
+                ds = rasterio.open(self.url, sharing=False)
+            except Exception as e:
+                raise RuntimeError(f"Error opening {self.url!r}: {e!r}") from e
+        with ds:
+            offset = _pixel_offset(self.spec, ds)
+            if offset is None or ds.count != 1:
+                return super().read(window, **kwargs)  # a real warp is needed: stackstac's WarpedVRT path
+            out = np.full((int(window.height), int(window.width)), self.fill_value, dtype=self.dtype)
+            row0, col0 = int(window.row_off) + offset[0], int(window.col_off) + offset[1]
+            r0, c0 = max(row0, 0), max(col0, 0)
+            r1, c1 = min(row0 + out.shape[0], ds.height), min(col0 + out.shape[1], ds.width)
+            if r1 <= r0 or c1 <= c0:
+                return out
+            try:
+                with self.gdal_env.read:
+                    part = ds.read(1, window=Window(c0, r0, c1 - c0, r1 - r0), out_dtype=self.dtype)
+            except Exception as e:
+                raise RuntimeError(f"Error reading {window} from {self.url!r}: {e!r}") from e
+            out[r0 - row0 : r1 - row0, c0 - col0 : c1 - col0] = part
+            return out
 
     def read(self, window: Any, **kwargs: Any) -> np.ndarray:
         """Read one window; matching errors give ``fill_value`` and a warning naming the file."""
