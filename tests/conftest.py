@@ -19,11 +19,8 @@ PGSTAC_SKIP = "PostgreSQL + PostGIS not installed; run scripts/setup-services.sh
 
 
 def load_pc_fixture(name: str) -> Any:
-    """Parsed JSON of one file in the shared Planetary Computer fixtures folder."""
-    path = PC_FIXTURES / name
-    if not path.exists():
-        pytest.skip(f"Planetary Computer fixture {path} not found")
-    return json.loads(path.read_text())
+    """Parsed JSON of one file of the Planetary Computer fixtures shipped with the tests."""
+    return json.loads((PC_FIXTURES / name).read_text())
 
 
 def varied_items() -> list[dict[str, Any]]:
