@@ -158,6 +158,12 @@ def cube_dataset(
     return Assembled(periodic.transpose("time", "y", "x"), scenes, dict(raw.attrs.get("dropped_items", {})))
 
 
+def _naive(value: str) -> pd.Timestamp:
+    """A STAC datetime as a naive UTC timestamp."""
+    t = pd.Timestamp(value)
+    return t if t.tz is None else t.tz_convert(None)
+
+
 def _scene_table(
     search: catalog.SearchResult, computed: xr.Dataset, dropped: dict[str, str], max_missing: float
 ) -> xr.Dataset:
@@ -198,9 +204,7 @@ def _scene_table(
         p = props[item_id]
         rows.append(
             {
-                "time": pd.Timestamp(p["datetime"]).tz_localize(None)
-                if pd.Timestamp(p["datetime"]).tz is None
-                else pd.Timestamp(p["datetime"]).tz_convert(None),
+                "time": _naive(p["datetime"]),
                 "item_id": item_id,
                 "platform": str(p.get("platform", "")),
                 "cloud_cover": float(p.get("eo:cloud_cover", np.nan)),
@@ -214,12 +218,13 @@ def _scene_table(
             }
         )
     for rej in search.rejected:
+        p = rej.properties
         rows.append(
             {
-                "time": pd.NaT,
+                "time": _naive(p["datetime"]) if p.get("datetime") else pd.NaT,
                 "item_id": rej.item_id,
-                "platform": "",
-                "cloud_cover": np.nan,
+                "platform": str(p.get("platform", "")),
+                "cloud_cover": float(p.get("eo:cloud_cover", np.nan)),
                 "valid_fraction": np.nan,
                 "used": False,
                 "reason": f"{rej.reason}: {rej.detail}",

@@ -182,6 +182,7 @@ class Rejection:
     item_id: str
     reason: str  # "duplicate", "collection", "datetime", "bbox", "platform", "cloud"
     detail: str
+    properties: dict[str, Any] = field(default_factory=dict, compare=False)  # the item's, for reports
 
 
 def _item_bbox(item: dict[str, Any]) -> BBox | None:
@@ -259,14 +260,15 @@ def filter_items(
     for item in items:
         item_id = str(item.get("id"))
         if item_id in seen:
-            rejected.append(Rejection(item_id, "duplicate", "id returned more than once"))
+            rejected.append(Rejection(item_id, "duplicate", "id returned more than once",
+                                      dict(item.get("properties") or {})))
             continue
         seen.add(item_id)
         failed = _check(item, crit)
         if failed is None:
             kept.append(item)
         else:
-            rejected.append(Rejection(item_id, *failed))
+            rejected.append(Rejection(item_id, *failed, dict(item.get("properties") or {})))
     kept.sort(key=lambda it: (_item_interval(it)[0], str(it.get("id"))))  # type: ignore[index]
     return kept, rejected
 

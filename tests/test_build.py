@@ -65,6 +65,11 @@ def test_store_contract(built: dict, tiny_twin: Path) -> None:
         str(p) == "landsat-7" for p in xr.open_zarr(tiny_twin / "truth.zarr", consolidated=False)["platform"].values
     )
     assert any(r.startswith("cloud") for r in reasons) and any(r.startswith("missing") for r in reasons)
+    for k, r in enumerate(reasons):  # rejected scenes keep their time, platform and cloud cover
+        if r.startswith("cloud"):
+            assert scenes["cloud_cover"].values[k] > 20 and not np.isnat(scenes["time"].values[k])
+        if r.startswith("platform"):
+            assert scenes["platform"].values[k] == "landsat-7"
     n_used = int(scenes["used"].values.sum())
     assert int(ds["n_scenes"].sum()) == n_used == built["summary"]["scenes_used"]
 
