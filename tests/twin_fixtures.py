@@ -1,4 +1,4 @@
-"""Session fixtures for the offline twin: a tiny twin on disk and the same twin served over HTTP."""
+"""Session fixtures for the offline twin: tiny and small parvati twins on disk, and the same served over HTTP."""
 
 from __future__ import annotations
 
@@ -12,12 +12,22 @@ from glacierflow.twin.make import make_twin
 from glacierflow.twin.serve import serve_twin
 
 
+def _make(factory: pytest.TempPathFactory, size: str) -> Path:
+    out = factory.mktemp(f"twin-{size}") / f"parvati-{size}"
+    make_twin(out, glacier="parvati", size=size, seed=0)
+    return out
+
+
 @pytest.fixture(scope="session")
 def tiny_twin(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A ``tiny`` parvati twin (seed 0), written once per test session."""
-    out = tmp_path_factory.mktemp("twin") / "parvati-tiny"
-    make_twin(out, glacier="parvati", size="tiny", seed=0)
-    return out
+    return _make(tmp_path_factory, "tiny")
+
+
+@pytest.fixture(scope="session")
+def small_twin(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A ``small`` parvati twin (401 x 401 px, 2018-2021, seed 0): ~20 s on 2 cores, once per session."""
+    return _make(tmp_path_factory, "small")
 
 
 @pytest.fixture(scope="session")
@@ -28,15 +38,7 @@ def served_twin(tiny_twin: Path) -> Iterator[dict[str, Any]]:
 
 
 @pytest.fixture(scope="session")
-def small_twin(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A ``small`` parvati twin (401 x 401 px, 2018-2021, seed 0): ~20 s on 2 cores, once per session."""
-    out = tmp_path_factory.mktemp("twin-small") / "parvati-small"
-    make_twin(out, glacier="parvati", size="small", seed=0)
-    return out
-
-
-@pytest.fixture(scope="session")
 def served_small_twin(small_twin: Path) -> Iterator[dict[str, Any]]:
-    """The small twin behind ``rustac serve`` (memory backend) and the range-request asset server."""
+    """The small twin, served the same way."""
     with serve_twin(small_twin, backend="rustac") as served:
         yield served
