@@ -41,6 +41,11 @@ class _Spec:
         return json.dumps(self.to_dict(), sort_keys=True)
 
     @classmethod
+    def from_json(cls, text: str) -> Any:
+        """Build from :meth:`to_json` output."""
+        return cls.from_dict(json.loads(text))
+
+    @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Any:
         """Build from a dict, ignoring unknown keys (forward compatibility)."""
         names = {f.name for f in fields(cls)}  # type: ignore[arg-type]

@@ -1,0 +1,217 @@
+"""What tests need, ours and users': a scheduler that refuses to compute, and synthetic cube stores.
+
+* :func:`raise_if_computes` — a context manager under which any Dask compute fails, to prove a stage
+  is lazy. An explicit ``.compute(scheduler="sync")`` inside the block still runs (an explicit
+  scheduler wins over the configured one), so a test can check the lazy result right there.
+* :func:`synthetic_cube` — an in-memory Dataset shaped like the cube store contract
+  (``docs/architecture.md``): ``ndsi(time, y, x)`` float32 in [0, 1] (the paper's snow mask:
+  NDSI where NDSI >= threshold, else 0), ``n_valid`` uint8, ``interpolated``, ``n_scenes``,
+  ``time_mean``, a ``spatial_ref`` coordinate with the EPSG code, and ``cube_spec`` /
+  ``preprocess_spec`` as JSON attrs; with a seasonal snow signal, a known drift and noise.
+* :func:`write_synthetic_cube` — the same written as a complete Zarr store that
+  ``xr.open_zarr(path, decode_coords="all")`` and :func:`glacierflow.store.open_store` read.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import dask
+import numpy as np
+import pandas as pd
+import xarray as xr
+from scipy import ndimage
+
+from glacierflow.errors import GlacierflowError
+
+#: months per period for the periods the cube builder supports
+PERIOD_MONTHS = {"1MS": 1, "3MS": 3, "6MS": 6}
+#: attribute that marks a store as completely written (the cube store contract)
+COMPLETE_ATTR = "glacierflow_complete"
+PIXEL_M = 30.0
+DEFAULT_EPSG = 32643  # UTM 43N (Parvati)
+
+
+class ComputeRefused(AssertionError):
+    """Raised by :func:`refuse_compute`: something computed where nothing should."""
+
+
+def refuse_compute(*args: Any, **kwargs: Any) -> Any:
+    """A Dask scheduler that raises :class:`ComputeRefused` whenever it is asked to run a graph."""
+    raise ComputeRefused("a dask graph was computed inside a raise_if_computes() block (a stage is not lazy)")
+
+
+@contextmanager
+def raise_if_computes() -> Iterator[None]:
+    """Within the block, any Dask compute that uses the configured scheduler raises :class:`ComputeRefused`.
+
+    Examples
+    --------
+    >>> import dask.array as da
+    >>> with raise_if_computes():
+    ...     lazy = da.ones(4) + 1          # building a graph is fine
+    >>> int(lazy.sum().compute())
+    8
+    """
+    with dask.config.set(scheduler=refuse_compute):
+        yield
+
+
+def _smooth_field(shape: tuple[int, int], rng: np.random.Generator, sigma: float) -> np.ndarray:
+    f = ndimage.gaussian_filter(rng.standard_normal(shape), sigma, mode="wrap")
+    return (f - f.min()) / (f.max() - f.min())
+
+
+def period_starts(start: str, n_periods: int, period: str) -> pd.DatetimeIndex:
+    """``n_periods`` period starts of ``period`` from ``start`` (anchored on January like the cube builder)."""
+    if period not in PERIOD_MONTHS:
+        raise GlacierflowError(f"unsupported period {period!r}; choose one of: {', '.join(PERIOD_MONTHS)}")
+    months = PERIOD_MONTHS[period]
+    t0 = pd.Timestamp(start)
+    first = pd.Timestamp(year=t0.year, month=1 + ((t0.month - 1) // months) * months, day=1)
+    return pd.date_range(first, periods=n_periods, freq=f"{months}MS")
+
+
+def synthetic_cube(
+    n_periods: int = 8,
+    size: int | tuple[int, int] = 64,
+    period: str = "3MS",
+    seed: int = 0,
+    *,
+    start: str = "2019-01-01",
+    drift: tuple[float, float] = (0.0, 0.0),
+    seasonal: float = 0.3,
+    noise: float = 0.0,
+    threshold: float = 0.3,
+    interpolated: tuple[int, ...] = (),
+    epsg: int = DEFAULT_EPSG,
+    origin: tuple[float, float] = (600_000.0, 3_550_000.0),
+    chunks: dict[str, int] | None = None,
+) -> xr.Dataset:
+    """A cube Dataset following the cube store contract, with known content.
+
+    The scene is a smooth random texture ``T`` (values in [0, 1]); period ``k`` shows ``T`` moved by
+    ``k * drift`` pixels (columns right, rows down), brightened by a seasonal snow term
+    ``seasonal * cos(2 pi (month - 1) / 12)`` (most snow in January), plus Gaussian ``noise``, then
+    mapped to NDSI ``1.1 * a - 0.1`` and snow-masked (NDSI where >= ``threshold``, else 0), clipped to [0, 1].
+
+    Parameters
+    ----------
+    n_periods
+        Number of periods (``time`` length).
+    size
+        Side in pixels, or ``(ny, nx)``.
+    period
+        ``"1MS"``, ``"3MS"`` or ``"6MS"``; ``time`` holds the period starts.
+    seed
+        Seed of the texture and the noise.
+    start
+        A date in the first period.
+    drift
+        ``(columns, rows)`` per period that the texture moves (content ``k * cols`` right, ``k * rows`` down).
+    seasonal
+        Amplitude of the seasonal snow term (0: no season).
+    noise
+        Standard deviation of the Gaussian noise added before the snow mask.
+    threshold
+        Snow-mask NDSI threshold.
+    interpolated
+        Indices of periods flagged ``interpolated`` (``n_scenes`` 0, ``n_valid`` 0); their ``ndsi`` is the
+        mean of the neighbouring periods, like the builder's linear interpolation.
+    epsg
+        EPSG code of the grid (UTM); pixel size 30 m.
+    origin
+        ``(x, y)`` of the upper-left pixel corner in metres.
+    chunks
+        Dask chunks for the result (e.g. ``{"time": 1}``); default: numpy-backed.
+
+    Returns
+    -------
+    xarray.Dataset
+        ``ndsi``, ``n_valid``, ``interpolated``, ``n_scenes``, ``time_mean`` and the ``spatial_ref`` coordinate.
+    """
+    from glacierflow.config import CubeSpec, PreprocessSpec
+    from glacierflow.store import spatial_ref
+
+    ny, nx = (size, size) if isinstance(size, int) else size
+    if n_periods < 1 or ny < 2 or nx < 2:
+        raise GlacierflowError(f"synthetic cube needs n_periods >= 1 and size >= 2, got {n_periods}, {size}")
+    rng = np.random.default_rng(seed)
+    times = period_starts(start, n_periods, period)
+    pad = int(np.ceil(max(abs(drift[0]), abs(drift[1])) * n_periods)) + 4
+    texture = _smooth_field((ny + 2 * pad, nx + 2 * pad), rng, sigma=3.0)
+    rows, cols = np.mgrid[0:ny, 0:nx].astype(np.float64)
+    frames = np.empty((n_periods, ny, nx), np.float32)
+    for k, t in enumerate(times):
+        moved = ndimage.map_coordinates(
+            texture, [rows + pad - k * drift[1], cols + pad - k * drift[0]], order=3, mode="nearest"
+        )
+        a = moved + seasonal * np.cos(2 * np.pi * (t.month - 1) / 12.0)
+        if noise:
+            a = a + rng.normal(0.0, noise, a.shape)
+        nd = 1.1 * a - 0.1
+        frames[k] = np.clip(np.where(nd >= threshold, nd, 0.0), 0.0, 1.0)
+    interp = np.zeros(n_periods, bool)
+    interp[list(interpolated)] = True
+    for k in np.flatnonzero(interp):
+        before = [j for j in range(k - 1, -1, -1) if not interp[j]][:1]
+        after = [j for j in range(k + 1, n_periods) if not interp[j]][:1]
+        neighbours = before + after
+        if neighbours:
+            frames[k] = frames[neighbours].mean(axis=0)
+    n_scenes = np.where(interp, 0, 1 + rng.integers(0, 4, n_periods)).astype(np.int16)
+    n_valid = np.broadcast_to(n_scenes[:, None, None], frames.shape).astype(np.uint8)
+    step = pd.DateOffset(months=PERIOD_MONTHS[period])
+    mid = np.array([t + (t + step - t) / 2 for t in times], dtype="datetime64[ns]")
+    time_mean = np.where(interp, np.datetime64("NaT", "ns"), mid)
+
+    x = origin[0] + PIXEL_M / 2 + PIXEL_M * np.arange(nx)
+    y = origin[1] - PIXEL_M / 2 - PIXEL_M * np.arange(ny)
+    grid = {"grid_mapping": "spatial_ref"}
+    ds = xr.Dataset(
+        {
+            "ndsi": (("time", "y", "x"), frames, {**grid, "long_name": "snow-mask NDSI, period mean"}),
+            "n_valid": (("time", "y", "x"), n_valid, {**grid, "long_name": "real observations in the mean"}),
+            "interpolated": ("time", interp),
+            "n_scenes": ("time", n_scenes),
+            "time_mean": ("time", time_mean),
+        },
+        coords={"time": times, "y": y, "x": x, "spatial_ref": spatial_ref(epsg)},
+    )
+    end = (times[-1] + step - pd.Timedelta(days=1)).strftime("%Y-%m-%d")
+    cube_spec = CubeSpec(name="synthetic", bbox=(77.0, 32.0, 77.1, 32.1), epsg=int(epsg),
+                         start=times[0].strftime("%Y-%m-%d"), end=end, catalog="synthetic")
+    ds.attrs.update(
+        cube_spec=cube_spec.to_json(),
+        preprocess_spec=PreprocessSpec(period=period, ndsi_threshold=threshold).to_json(),
+        synthetic=json.dumps({"seed": seed, "drift": list(drift), "seasonal": seasonal, "noise": noise}),
+    )
+    return ds.chunk(chunks) if chunks else ds
+
+
+def write_synthetic_cube(path: str, *, overwrite: bool = False, **kwargs: Any) -> str:
+    """Write :func:`synthetic_cube` (``**kwargs``) as a complete cube store at ``path``; return ``path``.
+
+    The store carries the completion marker and consolidated metadata, so both
+    ``xr.open_zarr(path, decode_coords="all")`` and :func:`glacierflow.store.open_store` read it.
+    """
+    import zarr
+
+    from glacierflow import __version__
+
+    kwargs.setdefault("chunks", {"time": 1})  # the store layout: one period per chunk
+    ds = synthetic_cube(**kwargs)
+    ds.attrs.update(glacierflow_version=__version__, created=pd.Timestamp.now(tz="UTC").isoformat())
+    ds.attrs[COMPLETE_ATTR] = False
+    ds["time_mean"].encoding.update(units="seconds since 1970-01-01", dtype="int64")
+    ds.to_zarr(str(path), mode="w" if overwrite else "w-", consolidated=False)
+    root = zarr.open_group(str(path), mode="r+")
+    root.attrs[COMPLETE_ATTR] = True
+    with warnings.catch_warnings():  # zarr 3 flags consolidated metadata as outside the v3 spec
+        warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
+        zarr.consolidate_metadata(str(path))
+    return str(path)
