@@ -103,3 +103,93 @@ class PreprocessSpec(_Spec):
             raise GlacierflowError(f"unsupported --period {self.period!r}; choose one of: {', '.join(PERIODS)}")
         if not -1 <= self.ndsi_threshold <= 1:
             raise GlacierflowError(f"NDSI threshold {self.ndsi_threshold} must lie in [-1, 1]")
+
+
+# ------------------------------------------------------------------------------------------------ learning
+SPLITS = ("temporal", "spatial")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class PatchSpec(_Spec):
+    """Patch sequences (``patches.py``): windows of ``t_in + t_out`` periods, ``size`` px, and the split.
+
+    ``test_periods`` (temporal split; 0: one window, ``t_in + t_out``) are the last periods of the cube;
+    ``guard`` (0: ``size``) is the width in px of the unused band between spatial blocks of different sets.
+    """
+
+    t_in: int = 4
+    t_out: int = 4
+    size: int = 50
+    stride: int = 10
+    time_stride: int = 1
+    split: str = "temporal"
+    test_periods: int = 0
+    guard: int = 0
+    test_fraction: float = 0.2
+    val_fraction: float = 0.15
+    max_memory_gb: float = 4.0
+
+    def __post_init__(self) -> None:
+        for name in ("t_in", "t_out", "size", "stride", "time_stride"):
+            if int(getattr(self, name)) < 1:
+                raise GlacierflowError(f"patch {name}={getattr(self, name)} must be a positive integer")
+        if self.split not in SPLITS:
+            raise GlacierflowError(f"unknown --split {self.split!r}; choose one of: {', '.join(SPLITS)}")
+        if self.guard and self.guard < self.size:
+            raise GlacierflowError(f"guard band {self.guard} px is narrower than one patch ({self.size} px)")
+        for name in ("test_fraction", "val_fraction"):
+            if not 0 < getattr(self, name) < 0.5:
+                raise GlacierflowError(f"{name}={getattr(self, name)} must lie in (0, 0.5)")
+
+    @property
+    def window(self) -> int:
+        """Periods per sample (inputs + targets)."""
+        return self.t_in + self.t_out
+
+    @property
+    def guard_px(self) -> int:
+        """The guard band in px (at least one patch)."""
+        return self.guard or self.size
+
+
+@dataclass(frozen=True)
+class ModelSpec(_Spec):
+    """Which registered model (``glacierflow.models.MODELS``) and its keyword arguments (overriding defaults)."""
+
+    name: str = "convlstm"
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TrainSpec(_Spec):
+    """Optimisation (``train.py``). AdamW; ``lr``/``weight_decay`` default to values that learn in minutes on CPU.
+
+    Teacher forcing decays linearly from ``teacher_forcing`` at epoch 1 to 0 at the last epoch
+    (models without a decoder ignore it). ``steps_per_epoch`` (0: all batches) bounds an epoch's work.
+    """
+
+    epochs: int = 10
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 1e-3
+    seed: int = 0
+    device: str = "auto"
+    patience: int = 5
+    clip: float = 3.0
+    teacher_forcing: float = 1.0
+    steps_per_epoch: int = 0
+    num_workers: int = 0
+    amp: bool = True
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1:
+            raise GlacierflowError(f"--epochs {self.epochs} and --batch-size {self.batch_size} must be >= 1")
+        if not self.lr > 0 or self.weight_decay < 0:
+            raise GlacierflowError(f"--lr {self.lr} must be > 0 and --weight-decay {self.weight_decay} >= 0")
+        if self.device not in DEVICES:
+            raise GlacierflowError(f"unknown --device {self.device!r}; choose one of: {', '.join(DEVICES)}")
+        if self.patience < 1:
+            raise GlacierflowError(f"--patience {self.patience} must be >= 1")
+        if not 0 <= self.teacher_forcing <= 1:
+            raise GlacierflowError(f"teacher forcing {self.teacher_forcing} must be a probability in [0, 1]")
