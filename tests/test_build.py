@@ -53,7 +53,7 @@ def test_store_contract(built: dict, tiny_twin: Path) -> None:
     assert list(times.month) == [1, 4, 7, 10] * 2 and times[0].year == 2019
     v = ds["ndsi"].values
     assert np.isfinite(v).all() and (v >= 0).all() and (v <= 1).all()
-    assert ((v == 0) | (v >= 0.0)).all() and (v > 0.3).mean() > 0.3
+    assert (v > 0.3).mean() > 0.3  # period means of snow masks: values in (0, 0.3) are legitimate
     for key in ("glacierflow_version", "cube_spec", "preprocess_spec", "search", "created"):
         assert key in ds.attrs
     assert "sig=" not in str(ds.attrs) and "token" not in str(ds.attrs).lower()

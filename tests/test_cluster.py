@@ -65,10 +65,8 @@ def test_local_cluster_and_scheduler_address():
 
 def test_unreachable_scheduler_is_one_line():
     port = _free_port()
-    start = time.monotonic()
     with pytest.raises(GlacierflowError) as err:
         get_client(f"tcp://127.0.0.1:{port}", timeout=1)
-    assert time.monotonic() - start < 15
     msg = str(err.value)
     assert f"tcp://127.0.0.1:{port}" in msg and "--cluster local" in msg and "\n" not in msg
 
@@ -148,7 +146,6 @@ def _list_clusters(address: str) -> list:
 
 
 def test_gateway_cluster_computes_and_shuts_down(gateway_server):
-    start = time.monotonic()
     with get_client(f"gateway://{gateway_server}", workers=2, cluster_options={"worker_memory": 1}) as client:
         client.wait_for_workers(2, timeout=60)
         assert float(client.compute(_array().sum()).result()) == _expected_sum()
@@ -160,9 +157,7 @@ def test_gateway_cluster_computes_and_shuts_down(gateway_server):
             client.submit(distributed.warn, "from a gateway worker", pure=False).result()
             time.sleep(0.5)
         assert len(_list_clusters(gateway_server)) == 1
-    elapsed = time.monotonic() - start
     assert _list_clusters(gateway_server) == []  # get_client shut its cluster down
-    print(f"gateway: cluster + 2 workers + compute + shutdown in {elapsed:.1f} s")
 
 
 def test_gateway_from_dask_config_and_errors(gateway_server):

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import dask
 import dask.array as dsa
 import numpy as np
@@ -208,21 +206,16 @@ def test_gap_fill_partial_footprint_matches_loop_and_huge_hole_terminates():
     np.testing.assert_allclose(got[:, :16], exact[:, :16], rtol=2e-6, atol=2e-7)  # first 2 rings exact
 
 
-def test_gap_fill_big_scene_half_missing_is_fast_and_finite():
+def test_gap_fill_big_scene_half_missing_is_finite():
     rng = np.random.default_rng(1)
     img = ndi.gaussian_filter(rng.normal(size=(860, 1050)), 4).astype(np.float32)
     img[:, 525:] = np.nan
     img[100:140, 100:160] = np.nan
-    t0 = time.perf_counter()
     got, passes = gap_fill_2d(img)
-    elapsed = time.perf_counter() - t0
     assert np.isfinite(got).all()
     assert passes > 200  # the half hole closes ring by ring, exactly as the paper's loop would
-    assert elapsed < 5.0
-    t0 = time.perf_counter()
     got2, passes2 = gap_fill_2d(img, max_iter=10)
-    assert passes2 == 10 and np.isfinite(got2).all()
-    assert time.perf_counter() - t0 < 5.0
+    assert passes2 == 10 and np.isfinite(got2).all()  # wall time: benchmarks/, not tests
 
 
 def test_gap_fill_all_nan_slice_stays_nan_and_lazy_equals_eager():

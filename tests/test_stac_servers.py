@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import socket
-import time
 import warnings
 from pathlib import Path
 
@@ -118,12 +117,9 @@ def test_no_items_is_an_error(tmp_path):
 @pytest.mark.skipif(not pgstac_available(), reason=PGSTAC_SKIP)
 def test_pgstac_lifecycle_removes_everything(tmp_path):
     server = PgstacServer(varied_items()[:3], None, tmp_path)
-    t0 = time.perf_counter()
     url = server.start()
-    elapsed = time.perf_counter() - t0
     pgdir, pg_port = server._pgdir, server.pg_port
     assert pgdir is not None and (pgdir / "data" / "postmaster.pid").exists()
-    assert elapsed < 30
     features = httpx.get(url + "/search", params={"limit": 10}).json()["features"]
     assert sorted(f["id"] for f in features) == sorted(item["id"] for item in varied_items()[:3])
     server.stop()
