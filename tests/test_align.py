@@ -15,12 +15,9 @@ import xarray as xr
 
 from glacierflow.align import align, align_scene, reference_image
 from glacierflow.errors import GlacierflowError
+from glacierflow.testing import raise_if_computes
 
 SIZE = 128
-
-
-def _raise_on_compute(*args, **kwargs):
-    raise AssertionError("something computed while only a graph should have been built")
 
 
 def textured(seed: int = 0, size: int = SIZE) -> np.ndarray:
@@ -60,7 +57,7 @@ SHIFTS = [(0.3, -0.7), (-1.2, 0.45), (0.0, 0.0), (2.5, 1.75), (-0.05, 0.9)]
 def test_translation_recovers_known_subpixel_shifts_lazily():
     ref = textured(0)
     da = cube_of([shifted(ref, dy, dx) for dy, dx in SHIFTS]).chunk({"time": 2})
-    with dask.config.set(scheduler=_raise_on_compute):
+    with raise_if_computes():
         aligned, diag = align(da, ref_da(ref, da))
         assert isinstance(aligned.data, dsa.Array)
         assert all(isinstance(diag[k].data, dsa.Array) for k in ("shift_x", "shift_y", "ecc", "aligned"))
@@ -167,7 +164,7 @@ def test_reference_image_is_nanmean_then_median3():
     data[0, 5, 5] = np.nan
     data[:, 10, 12] = np.nan  # NaN in every scene: stays NaN
     da = cube_of(list(data))
-    with dask.config.set(scheduler=_raise_on_compute):
+    with raise_if_computes():
         lazy = reference_image(da.chunk({"time": 1, "y": 10}))
     assert lazy.dims == ("y", "x") and lazy.dtype == np.float32
     got = lazy.compute(scheduler="sync").values
@@ -196,7 +193,7 @@ def test_reference_computed_once_for_all_scenes():
     lazy_ref = xr.apply_ufunc(
         counted, ref_da(ref, da).chunk(), dask="parallelized", output_dtypes=[np.float32]
     )
-    with dask.config.set(scheduler=_raise_on_compute):
+    with raise_if_computes():
         aligned, diag = align(da, lazy_ref)
     aligned, diag = dask.compute(aligned, diag, scheduler="threads")
     assert len(calls) == 1
@@ -225,7 +222,7 @@ def test_full_chain_builds_without_computing():
         [base.copy(data=green), base.copy(data=swir), base.copy(data=qa)],
         dim=pd.Index(["green", "swir16", "qa_pixel"], name="band"),
     ).transpose("time", "band", "y", "x").chunk({"time": 1})
-    with dask.config.set(scheduler=_raise_on_compute):
+    with raise_if_computes():
         index = ndsi(gap_fill(mask_invalid(cube)))
         aligned, diag = align(index, reference_image(index))
         ds = resample(snow_mask(aligned), "3MS")

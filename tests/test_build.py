@@ -19,6 +19,7 @@ from glacierflow.build import build_cube_store, cube_dataset
 from glacierflow.config import CubeSpec, PreprocessSpec
 from glacierflow.errors import GlacierflowError
 from glacierflow.store import open_store, write_store
+from glacierflow.testing import raise_if_computes
 from glacierflow.twin.world import ndsi_snow
 
 
@@ -26,10 +27,6 @@ def _spec(served: dict[str, Any], **kw: Any) -> CubeSpec:
     m = served["meta"]
     return CubeSpec(name="parvati-tiny", bbox=tuple(m["bbox"]), epsg=m["epsg"], start=m["start"], end=m["end"],
                     catalog=served["stac_url"], **kw)
-
-
-def _raise(*_: object, **__: object) -> None:
-    raise AssertionError("computed before the write")
 
 
 @pytest.fixture(scope="module")
@@ -182,7 +179,7 @@ def test_gap_fill_against_truth(served_twin: dict, tiny_twin: Path) -> None:
 def test_no_compute_before_the_write(served_twin: dict) -> None:
     found = catalog.search(served_twin["stac_url"], bbox=served_twin["meta"]["bbox"], start="2019-01-01",
                            end="2020-12-31")
-    with dask.config.set(scheduler=_raise):
+    with raise_if_computes():
         assembled = cube_dataset(found.items, _spec(served_twin), PreprocessSpec())
     assert isinstance(assembled.cube["ndsi"].data, dask.array.Array)
     assert isinstance(assembled.scenes["shift_x"].data, dask.array.Array)
@@ -286,7 +283,7 @@ def test_hrefs_are_signed_at_read_time_and_never_stored(served_twin: dict, tmp_p
     found = catalog.search(served_twin["stac_url"], bbox=served_twin["meta"]["bbox"], start="2019-04-01",
                            end="2019-09-30")
     spec = CubeSpec.from_dict({**_spec(served_twin).to_dict(), "start": "2019-04-01", "end": "2019-09-30"})
-    with dask.config.set(scheduler=_raise):
+    with raise_if_computes():
         cube_dataset(found.items, spec, PreprocessSpec(), reader=_TestSigner)
     assert _TestSigner.calls == [], "nothing is signed while the graph is built"
     with dask.config.set(scheduler="threads"):

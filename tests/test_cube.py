@@ -6,7 +6,6 @@ import json
 import warnings
 from pathlib import Path
 
-import dask
 import numpy as np
 import pystac
 import pytest
@@ -16,6 +15,7 @@ from rasterio.transform import from_origin
 
 from glacierflow.cube import build_cube, normalise_items, normalise_items_with_report, snapped_bounds
 from glacierflow.errors import GlacierflowError
+from glacierflow.testing import raise_if_computes
 
 # stackstac 0.5.1 and rasterio use ``affine * tuple``, which affine >= 2.4 flags as pending deprecation
 pytestmark = pytest.mark.filterwarnings("ignore:Use `@` matmul:PendingDeprecationWarning")
@@ -31,11 +31,7 @@ def _load(name: str):
 @pytest.fixture
 def no_compute():
     """Any dask compute inside the block fails: building a cube must stay lazy."""
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("cube building triggered a dask compute")
-
-    with dask.config.set(scheduler=refuse):
+    with raise_if_computes():
         yield
 
 

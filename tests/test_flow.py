@@ -5,7 +5,6 @@ Accuracy against the offline twin's true velocity field: tests/test_flow_truth.p
 
 from __future__ import annotations
 
-import dask
 import numpy as np
 import pandas as pd
 import pytest
@@ -22,6 +21,7 @@ from glacierflow.flow import (
     velocity,
     write_velocity,
 )
+from glacierflow.testing import raise_if_computes
 
 PIXEL = 30.0
 EPSG = 32643  # UTM 43N (Parvati)
@@ -74,10 +74,6 @@ def make_cube(
 def write_cube(tmp_path, ds: xr.Dataset, name: str = "cube.zarr") -> str:
     """Write a synthetic cube as build-cube does: through store.write_store (completion marker)."""
     return store.write_store(ds.chunk({"time": 1}), str(tmp_path / name))
-
-
-def _raise_on_compute(*args, **kwargs):
-    raise AssertionError("computed inside a lazy stage")
 
 
 def _interior(a: np.ndarray, m: int = 20) -> np.ndarray:
@@ -236,7 +232,7 @@ def test_velocity_is_lazy_on_an_opened_store(tmp_path):
     frames = [_snow(_moved(field, n, k, 0)) for k in range(4)]
     url = write_cube(tmp_path, make_cube(frames, ["2019-01-01", "2019-04-01", "2019-07-01", "2019-10-01"]))
     cube = xr.open_zarr(url, decode_coords="all", consolidated=False)
-    with dask.config.set(scheduler=_raise_on_compute):
+    with raise_if_computes():
         out = velocity(cube, FlowSpec())
         with pytest.raises(AssertionError, match="lazy"):
             out["u"].compute()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dask
 import dask.array as dsa
 import numpy as np
 import pandas as pd
@@ -29,12 +28,9 @@ from glacierflow.preprocess import (
     snow_mask,
     valid_fraction,
 )
+from glacierflow.testing import raise_if_computes
 
 # --- helpers ---------------------------------------------------------------------------------------------
-
-
-def _raise_on_compute(*args, **kwargs):
-    raise AssertionError("something computed while only a graph should have been built")
 
 
 def reference_fill(image: np.ndarray) -> np.ndarray:
@@ -229,7 +225,7 @@ def test_gap_fill_all_nan_slice_stays_nan_and_lazy_equals_eager():
     masked = mask_invalid(cube)
     eager = gap_fill(masked)
     lazy_in = mask_invalid(cube.chunk({"time": 2, "y": 8}))
-    with dask.config.set(scheduler=_raise_on_compute):
+    with raise_if_computes():
         lazy = gap_fill(lazy_in)
         assert isinstance(lazy.data, dsa.Array)
     assert lazy.chunks[2] == (16,) and lazy.chunks[3] == (14,), "full y/x per chunk"
@@ -319,7 +315,7 @@ def test_resample_means_interpolation_and_edges(dask_backed):
     da = _series(times)
     da[1, 0, 0] = np.nan  # skipped in the mean
     src = da.chunk({"time": 1, "y": 2}) if dask_backed else da
-    with dask.config.set(scheduler=_raise_on_compute):
+    with raise_if_computes():
         ds = resample(src, "3MS", start="2019-11-01", end="2021-08-31")
     assert isinstance(ds["ndsi"].data, dsa.Array) == dask_backed
     if dask_backed:
@@ -370,7 +366,7 @@ def test_resample_default_range_monthly_and_dask_equals_numpy():
 
 def test_whole_chain_is_lazy():
     cube = make_cube(n_time=4, ny=20, nx=18)
-    with dask.config.set(scheduler=_raise_on_compute):
+    with raise_if_computes():
         masked = mask_invalid(cube)
         frac = valid_fraction(masked)
         snow = snow_mask(ndsi(gap_fill(masked)))
