@@ -193,3 +193,40 @@ class TrainSpec(_Spec):
             raise GlacierflowError(f"--patience {self.patience} must be >= 1")
         if not 0 <= self.teacher_forcing <= 1:
             raise GlacierflowError(f"teacher forcing {self.teacher_forcing} must be a probability in [0, 1]")
+
+
+# ------------------------------------------------------------------------------------------------ forecast
+BLEND_WINDOWS = ("hann", "uniform")
+
+
+@dataclass(frozen=True)
+class PredictSpec(_Spec):
+    """Full-scene inference (``predict.py``): tiling, blending, batches, device.
+
+    ``overlap`` (px; -1: half a patch) between neighbouring tiles; ``window`` weights each tile before the
+    overlapping tiles are averaged (``hann``: sin^2 with ``floor``; ``uniform``: plain mean); ``last_input``
+    (YYYY-MM-DD; empty: the cube's last period) is the period the forecast starts after.
+    """
+
+    overlap: int = -1
+    window: str = "hann"
+    floor: float = 0.01
+    batch_size: int = 64
+    device: str = "auto"
+    last_input: str = ""
+
+    def __post_init__(self) -> None:
+        if self.overlap < -1:
+            raise GlacierflowError(f"--overlap {self.overlap} must be >= 0 px (or -1 for half a patch)")
+        if self.window not in BLEND_WINDOWS:
+            raise GlacierflowError(f"unknown blending window {self.window!r}; choose one of: {', '.join(BLEND_WINDOWS)}")
+        if not 0 < self.floor <= 1:
+            raise GlacierflowError(f"window floor {self.floor} must lie in (0, 1]")
+        if self.batch_size < 1:
+            raise GlacierflowError(f"--batch-size {self.batch_size} must be >= 1")
+        if self.device not in DEVICES:
+            raise GlacierflowError(f"unknown --device {self.device!r}; choose one of: {', '.join(DEVICES)}")
+
+    def overlap_px(self, patch: int) -> int:
+        """The overlap in px for tiles of ``patch`` px."""
+        return patch // 2 if self.overlap < 0 else self.overlap
