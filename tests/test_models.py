@@ -1,0 +1,240 @@
+"""The model zoo: every registered model honours the tensor contract; baselines are exact against numpy."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from glacierflow.errors import GlacierflowError
+from glacierflow.models import BASELINES, MODELS, build_model, count_parameters
+
+LEARNED = [name for name, entry in MODELS.items() if entry.learned]
+# models that roll out step by step and take teacher forcing (the contract)
+ROLLOUT = [name for name in ("lstm", "convlstm", "unet", "transformer") if name in MODELS]
+
+B = 2  # tiny batches keep the file fast on 2 cores
+
+
+@pytest.fixture(autouse=True)
+def _seed_and_threads() -> None:
+    torch.manual_seed(0)
+    torch.set_num_threads(2)
+
+
+def sample(seed: int = 0, b: int = B, t: int = 4, size: int = 50) -> torch.Tensor:
+    """Snow-mask-like frames: 0 below 0.3, else in [0.3, 1]."""
+    g = torch.Generator().manual_seed(seed)
+    v = torch.rand(b, t, 1, size, size, generator=g)
+    return torch.where(v < 0.3, torch.zeros_like(v), v)
+
+
+def test_registry_keys_and_baselines() -> None:
+    assert set(MODELS) <= {"persistence", "seasonal", "lstm", "convlstm", "unet", "transformer", "vit", "simvp"}
+    assert BASELINES == ("persistence", "seasonal")
+    assert [n for n, e in MODELS.items() if not e.learned] == list(BASELINES)
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_forward_shape_and_range(name: str) -> None:
+    model = build_model(name)
+    with torch.no_grad():
+        out = model(sample())
+    assert out.shape == (B, 4, 1, 50, 50)
+    assert out.dtype == torch.float32
+    assert float(out.min()) >= 0.0 and float(out.max()) <= 1.0
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_output_in_unit_range_for_extreme_inputs(name: str) -> None:
+    model = build_model(name)
+    x = 1e3 * torch.randn(B, 4, 1, 50, 50)  # far outside [0, 1]
+    for mode in (model.train, model.eval):
+        mode()
+        out = model(x, target=x, teacher_forcing=0.5)
+        assert torch.isfinite(out).all()
+        assert float(out.min()) >= 0.0 and float(out.max()) <= 1.0
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_t_in_t_out_differ(name: str) -> None:
+    model = build_model(name, t_in=3, t_out=5, season_length=2)
+    out = model(sample(t=3), target=sample(t=5), teacher_forcing=0.5)
+    assert out.shape == (B, 5, 1, 50, 50)
+
+
+@pytest.mark.parametrize("name", LEARNED)
+def test_backward_gives_finite_nonzero_gradients(name: str) -> None:
+    model = build_model(name)
+    model.train()
+    x, y = sample(1), sample(2)
+    loss = torch.nn.functional.mse_loss(model(x, target=y, teacher_forcing=0.5), y)
+    loss.backward()
+    for pname, p in model.named_parameters():
+        assert p.grad is not None, pname
+        assert torch.isfinite(p.grad).all(), pname
+        # every parameter tensor takes part in the forecast (no dead branch)
+        assert float(p.grad.abs().max()) > 0.0, pname
+
+
+@pytest.mark.parametrize("name", BASELINES)
+def test_baselines_have_no_parameters_and_pass_gradients_to_inputs(name: str) -> None:
+    model = build_model(name)
+    assert count_parameters(model) == 0
+    x = sample().requires_grad_()
+    model(x).sum().backward()
+    # each of the 4 target frames copies one input frame: persistence copies the last frame 4 times,
+    # seasonal (s = 4, t_in = 4) each input frame once; x is in [0, 1], so the clamp passes gradients
+    expect = np.zeros((4,))
+    if name == "persistence":
+        expect[-1] = 4
+    else:
+        expect[:] = 1
+    np.testing.assert_array_equal(x.grad[0, :, 0, 0, 0].numpy(), expect)
+
+
+@pytest.mark.parametrize("name", LEARNED)
+def test_learned_models_have_parameters(name: str) -> None:
+    assert count_parameters(build_model(name)) > 0
+
+
+def lstm_count(n: int, hidden: int, layers: int, head: bool) -> int:
+    """Independent count: nn.LSTM layer = 4h(in + h) weights + 2 * 4h biases; encoder + decoder; head."""
+    one = sum(4 * hidden * ((n if layer == 0 else hidden) + hidden) + 8 * hidden for layer in range(layers))
+    return 2 * one + ((hidden * n + n) if head else 0)
+
+
+def test_lstm_parameter_count_default_and_paper_scale() -> None:
+    assert count_parameters(build_model("lstm")) == lstm_count(2500, 256, 1, head=True)
+    # the paper's LSTMEncDec: 3 layers of 2,500 units, no head: 300,120,000 (reference §4.2, recomputed there)
+    with torch.device("meta"):  # no memory for 300 M weights
+        paper = build_model("lstm", hidden_size=2500, num_layers=3, dropout=0.1, head="none")
+    assert count_parameters(paper) == 300_120_000 == lstm_count(2500, 2500, 3, head=False)
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_model_args_rebuild_same_architecture(name: str) -> None:
+    model = build_model(name, t_in=3, t_out=2)
+    args = json.loads(json.dumps(model.model_args))  # what a checkpoint stores
+    assert args["t_in"] == 3 and args["t_out"] == 2
+    again = build_model(name, **args)
+    a, b = model.state_dict(), again.state_dict()
+    assert list(a) == list(b)
+    assert all(a[k].shape == b[k].shape for k in a)
+    assert again.model_args == model.model_args
+
+
+@pytest.mark.parametrize("name", LEARNED)
+def test_deterministic_given_seed(name: str) -> None:
+    outs = []
+    for _ in range(2):
+        torch.manual_seed(3)
+        model = build_model(name)
+        model.train()  # dropout and scheduled sampling draw random numbers
+        outs.append(model(sample(), target=sample(4), teacher_forcing=0.5))
+    torch.testing.assert_close(outs[0], outs[1], rtol=0, atol=0)
+
+
+def test_persistence_exact() -> None:
+    x = sample(5)
+    out = build_model("persistence", t_out=3)(x).numpy()
+    ref = np.repeat(x.numpy()[:, -1:], 3, axis=1)
+    np.testing.assert_array_equal(out, ref)
+
+
+def seasonal_reference(context: np.ndarray, t_out: int, s: int) -> np.ndarray:
+    """Numpy reference by search: for target k (at context position T-1+k), the latest context period j <= T-1
+    that lies a whole number of years before it."""
+    t_ctx = context.shape[1]
+    frames = []
+    for k in range(1, t_out + 1):
+        pos = t_ctx - 1 + k
+        j = max(j for j in range(t_ctx) if (pos - j) % s == 0)
+        frames.append(context[:, j])
+    return np.stack(frames, axis=1)
+
+
+def test_seasonal_quarterly_is_the_inputs_in_order() -> None:
+    x = sample(6)
+    out = build_model("seasonal", season_length=4)(x).numpy()
+    np.testing.assert_array_equal(out, x.numpy())
+    np.testing.assert_array_equal(out, seasonal_reference(x.numpy(), 4, 4))
+
+
+def test_seasonal_monthly_reaches_twelve_periods_back() -> None:
+    ctx = sample(7, t=12)  # 12 cube periods ending with the last input frame
+    x = ctx[:, -4:]
+    out = build_model("seasonal", season_length=12)(x, context=ctx).numpy()
+    # target k (k = 1..4) sits 12 periods after context[k - 1]
+    np.testing.assert_array_equal(out, ctx.numpy()[:, 0:4])
+    np.testing.assert_array_equal(out, seasonal_reference(ctx.numpy(), 4, 12))
+
+
+@pytest.mark.parametrize(("s", "t_ctx", "t_out"), [(2, 4, 4), (4, 6, 6), (12, 14, 4), (3, 4, 7)])
+def test_seasonal_matches_reference_when_targets_span_more_than_a_year(s: int, t_ctx: int, t_out: int) -> None:
+    ctx = sample(8, t=t_ctx)
+    model = build_model("seasonal", t_in=min(4, t_ctx), t_out=t_out, season_length=s)
+    out = model(ctx[:, -model.t_in :], context=ctx).numpy()
+    np.testing.assert_array_equal(out, seasonal_reference(ctx.numpy(), t_out, s))
+
+
+def test_seasonal_without_enough_context_is_refused() -> None:
+    model = build_model("seasonal", season_length=12)
+    with pytest.raises(GlacierflowError, match="season_length=12"):
+        model(sample())
+
+
+@pytest.mark.parametrize("name", ROLLOUT)
+def test_rollout_is_causal_under_teacher_forcing(name: str) -> None:
+    """Prediction j depends on target frames < j only (teacher forcing 1.0), and does depend on them."""
+    model = build_model(name)
+    model.eval()  # no dropout: differences come from the inputs only
+    x, y = sample(9), sample(10)
+    with torch.no_grad():
+        base = model(x, target=y, teacher_forcing=1.0)
+        for j in range(4):
+            changed = y.clone()
+            changed[:, j] = sample(11 + j)[:, 0]
+            out = model(x, target=changed, teacher_forcing=1.0)
+            # positions <= j never see target j: identical up to float reordering (measured 0 on CPU)
+            torch.testing.assert_close(out[:, : j + 1], base[:, : j + 1], rtol=0, atol=1e-6)
+            if j < 3:  # a later position is fed target j, so its prediction must move
+                assert float((out[:, j + 1 :] - base[:, j + 1 :]).abs().max()) > 1e-4
+
+
+@pytest.mark.parametrize("name", ROLLOUT)
+def test_teacher_forcing_zero_ignores_target(name: str) -> None:
+    model = build_model(name)
+    model.eval()
+    x = sample(12)
+    with torch.no_grad():
+        free = model(x)
+        given = model(x, target=sample(13), teacher_forcing=0.0)
+    torch.testing.assert_close(free, given, rtol=0, atol=0)
+
+
+def test_unknown_name_and_option_are_user_errors() -> None:
+    with pytest.raises(GlacierflowError, match="unknown model 'lstn'; known: persistence"):
+        build_model("lstn")
+    with pytest.raises(GlacierflowError, match="unknown option 'hiden_size' for model 'lstm'"):
+        build_model("lstm", hiden_size=8)
+    with pytest.raises(GlacierflowError, match="persistence"):
+        build_model("persistence", dropout=0.1)
+
+
+def test_bad_values_are_user_errors() -> None:
+    with pytest.raises(GlacierflowError, match="hidden_size == channels"):
+        build_model("lstm", head="none")
+    with pytest.raises(GlacierflowError, match="t_in"):
+        build_model("lstm", t_in=0)
+    with pytest.raises(GlacierflowError, match="teacher_forcing"):
+        build_model("lstm")(sample(), target=sample(), teacher_forcing=1.5)
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_wrong_input_shape_is_refused(name: str) -> None:
+    model = build_model(name)
+    with pytest.raises(GlacierflowError, match="expects input"):
+        model(sample(size=40))
