@@ -28,6 +28,9 @@ from glacierflow.errors import GlacierflowError
 
 logger = logging.getLogger(__name__)
 
+#: where every stage runs when ``--cluster`` is not given (one default for build-cube, flow, ...)
+DEFAULT_CLUSTER = "local"
+
 SPEC_FORMS = (
     "'local', 'local:N', 'tcp://host:port', 'gateway', 'gateway://http://host:port', 'threads', 'sync'"
 )
@@ -241,7 +244,7 @@ def get_client(
     GlacierflowError
         Unknown spec, unreachable scheduler or gateway, missing gateway address.
     """
-    text = "local" if spec is None else spec.strip()
+    text = DEFAULT_CLUSTER if spec is None else spec.strip()
     if text in ("threads", "sync", "synchronous", "single-threaded"):
         return LocalScheduler("sync" if text != "threads" else "threads")
     if text == "local" or text.startswith("local:"):
