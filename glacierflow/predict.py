@@ -1,0 +1,530 @@
+"""Full-scene forecasts: pad, tile with overlap, infer in batches, blend, crop, write Zarr by regions.
+
+The scene is cut into ``patch x patch`` tiles whose starts step by ``patch - overlap``; the first tile starts
+``overlap`` pixels before the scene (the scene is padded by reflection, so xbatcher's silent dropping of
+partial edge patches never happens here). Each tile's forecast is weighted by a smooth separable window
+(``sin^2``, a Hann window, floored so that no pixel gets zero weight) and the weighted tiles are summed and
+divided by the summed weights, so tile borders leave no seams. With ``overlap=0`` the tiling is the original
+code's non-overlapping one (each pixel from exactly one tile).
+
+Memory stays bounded: the forecast is built per row band (the store's spatial chunk height); a band reads only
+the input rows its tiles need, so a scene larger than memory never needs the whole forecast in memory. The
+bands are dask tasks behind a lazy ``(t_out, y, x)`` array that :func:`glacierflow.store.write_store` writes
+chunk by chunk (template metadata first, then one region per chunk).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import dask
+import dask.array as da
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from glacierflow import __version__
+from glacierflow.config import PredictSpec
+from glacierflow.errors import GlacierflowError
+
+Model = Callable[[Any], Any]
+"""Anything mapping a ``(B, t_in, 1, P, P)`` torch tensor to ``(B, t_out, 1, P, P)``."""
+
+
+# ------------------------------------------------------------------------------------------ blending windows
+def _hann(patch: int, floor: float) -> np.ndarray:
+    i = np.arange(patch, dtype=np.float64)
+    return np.maximum(np.sin(np.pi * (i + 0.5) / patch) ** 2, floor)
+
+
+def _uniform(patch: int, floor: float) -> np.ndarray:
+    return np.ones(patch, dtype=np.float64)
+
+
+WINDOWS: dict[str, Callable[[int, float], np.ndarray]] = {"hann": _hann, "uniform": _uniform}
+"""Blending windows (1-D; the 2-D weight is their outer product). ``uniform`` = plain averaging."""
+
+
+def blend_weights(patch: int, window: str = "hann", floor: float = 0.01) -> np.ndarray:
+    """The ``(patch, patch)`` float64 weight of one tile: outer product of a 1-D window with itself."""
+    if window not in WINDOWS:
+        raise GlacierflowError(f"unknown blending window {window!r}; choose one of: {', '.join(WINDOWS)}")
+    w = WINDOWS[window](patch, floor)
+    return np.outer(w, w)
+
+
+# ------------------------------------------------------------------------------------------------- tiling
+def tile_starts(n: int, patch: int, overlap: int) -> np.ndarray:
+    """Tile starts along one axis of length ``n`` (scene coordinates; the first is ``-overlap``).
+
+    The last tile reaches at least ``overlap`` pixels past the scene (or to its end when ``overlap`` is 0),
+    so every scene pixel lies under ``patch // stride`` tiles away from the borders.
+    """
+    if not 0 <= overlap < patch:
+        raise GlacierflowError(f"--overlap {overlap} must be >= 0 and below the patch size {patch}")
+    stride = patch - overlap
+    k = max(1, math.ceil((n + 2 * overlap - patch) / stride) + 1)
+    return -overlap + stride * np.arange(k)
+
+
+def reflect_index(idx: np.ndarray, n: int) -> np.ndarray:
+    """Map positions outside ``[0, n)`` back inside by reflection (numpy's ``reflect``: -1 -> 1)."""
+    if n == 1:
+        return np.zeros_like(idx)
+    period = 2 * (n - 1)
+    m = np.mod(idx, period)
+    return np.where(m < n, m, period - m)
+
+
+def _run_tiles(model: Model, tiles: np.ndarray, batch_size: int, device: str) -> np.ndarray:
+    """Model output for ``tiles`` (N, t_in, P, P) in batches -> (N, t_out, P, P) float32."""
+    import torch
+
+    outs = []
+    dev = torch.device(device)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else _null()
+    with torch.inference_mode(), autocast:
+        for i in range(0, len(tiles), batch_size):
+            x = torch.from_numpy(np.ascontiguousarray(tiles[i : i + batch_size, :, None])).to(dev)
+            y = model(x)
+            outs.append(y.float().clamp(0.0, 1.0)[:, :, 0].cpu().numpy())
+    return np.concatenate(outs).astype(np.float32)
+
+
+class _null:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *args: object) -> None:
+        return None
+
+
+def band_rows(height: int, rows: tuple[int, int], patch: int, overlap: int) -> tuple[int, int]:
+    """Scene rows ``[lo, hi)`` that the tiles of output rows ``rows`` read (before reflection padding)."""
+    a, b = rows
+    rs = tile_starts(height, patch, overlap)
+    rs = rs[(rs < b) & (rs + patch > a)]
+    ridx = reflect_index(np.arange(int(rs[0]), int(rs[-1]) + patch), height)
+    return int(ridx.min()), int(ridx.max()) + 1
+
+
+def forecast_rows(
+    model: Model,
+    frames: Any,
+    rows: tuple[int, int],
+    *,
+    patch: int,
+    overlap: int,
+    height: int | None = None,
+    offset: int = 0,
+    batch_size: int = 16,
+    device: str = "cpu",
+    window: str = "hann",
+    floor: float = 0.01,
+) -> np.ndarray:
+    """Blended forecast of output rows ``rows = (a, b)`` of the whole scene width.
+
+    Parameters
+    ----------
+    model
+        Maps ``(B, t_in, 1, P, P)`` tensors to ``(B, t_out, 1, P, P)`` in [0, 1].
+    frames
+        ``(t_in, h, W)`` input frames (numpy): scene rows ``offset .. offset + h``, which must hold
+        :func:`band_rows`; the whole scene by default.
+    rows
+        First and one-past-last output row (scene coordinates).
+    patch, overlap
+        Tile size and overlap in pixels.
+    height, offset
+        Scene height (default: ``frames``' height) and the scene row of ``frames[:, 0]``.
+    batch_size, device
+        Inference batches and torch device.
+    window, floor
+        Blending window (:data:`WINDOWS`) and its floor.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(t_out, b - a, W)`` float32.
+    """
+    w = frames.shape[2]
+    h = frames.shape[1] if height is None else height
+    a, b = rows
+    rs = tile_starts(h, patch, overlap)
+    rs = rs[(rs < b) & (rs + patch > a)]
+    cs = tile_starts(w, patch, overlap)
+    lo, hi, c0 = int(rs[0]), int(rs[-1]) + patch, int(cs[0])
+    ridx = reflect_index(np.arange(lo, hi), h) - offset
+    cidx = reflect_index(np.arange(c0, int(cs[-1]) + patch), w)
+    inp = np.nan_to_num(np.asarray(frames, dtype=np.float32)[:, ridx][:, :, cidx], nan=0.0)
+    spots = [(r - lo, c - c0) for r in rs for c in cs]
+    tiles = np.stack([inp[:, r : r + patch, c : c + patch] for r, c in spots])
+    pred = _run_tiles(model, tiles, batch_size, device)
+    weight = blend_weights(patch, window, floor)
+    acc = np.zeros((pred.shape[1], hi - lo, inp.shape[2]), np.float64)
+    wsum = np.zeros((hi - lo, inp.shape[2]), np.float64)
+    for k, (r, c) in enumerate(spots):
+        acc[:, r : r + patch, c : c + patch] += pred[k] * weight
+        wsum[r : r + patch, c : c + patch] += weight
+    out = acc / wsum
+    return out[:, a - lo : b - lo, -c0 : -c0 + w].astype(np.float32)
+
+
+def forecast_scene(model: Model, frames: Any, *, band: int | None = None, **kwargs: Any) -> np.ndarray:
+    """Whole-scene blended forecast in memory, band by band (:func:`forecast_rows` arguments)."""
+    h = frames.shape[1]
+    band = band or h
+    parts = [forecast_rows(model, frames, (a, min(a + band, h)), **kwargs) for a in range(0, h, band)]
+    return np.concatenate(parts, axis=1)
+
+
+def forecast_lazy(model: Model, frames: da.Array, *, t_out: int, band: int, patch: int, overlap: int,
+                  **kwargs: Any) -> da.Array:
+    """Lazy ``(t_out, H, W)`` forecast: one dask task per row band of height ``band``.
+
+    Each task receives only the input rows its tiles read (:func:`band_rows`), so a band's memory is
+    ``t_in x (band + 2 patch) x W`` input values and ``t_out x (band + 2 patch) x W`` sums.
+    """
+    h, w = frames.shape[1:]
+    tag = uuid.uuid4().hex[:8]
+    blocks = []
+    for j, a in enumerate(range(0, h, band)):
+        b = min(a + band, h)
+        lo, hi = band_rows(h, (a, b), patch, overlap)
+        task = dask.delayed(forecast_rows, pure=True)(
+            model, frames[:, lo:hi], (a, b), patch=patch, overlap=overlap, height=h, offset=lo,
+            dask_key_name=f"forecast-band-{tag}-{j}", **kwargs,
+        )
+        blocks.append(da.from_delayed(task, shape=(t_out, b - a, w), dtype=np.float32, name=f"forecast-{tag}-{j}"))
+    return da.concatenate(blocks, axis=1)
+
+
+# ------------------------------------------------------------------------------------------------ baselines
+SEASON_LENGTH = {"1MS": 12, "3MS": 4, "6MS": 2}
+"""Periods per year for each cube period (the seasonal baseline's look-back)."""
+
+
+def seasonal_sources(last: int, t_out: int, season_length: int) -> list[int]:
+    """Cube index feeding each lead in the ``seasonal`` baseline (most recent same-season known period).
+
+    Lead ``h`` (target index ``last + h``) gets ``last + h - season_length * ceil(h / season_length)``: an
+    input frame or an earlier period, never a target (as ``glacierflow.models.baselines.seasonal_indices``).
+    A negative index means the cube's history is too short for that lead.
+    """
+    return [last + h - season_length * math.ceil(h / season_length) for h in range(1, t_out + 1)]
+
+
+def baseline_frames(cube_ndsi: xr.DataArray, last: int, t_out: int, season_length: int) -> dict[str, xr.DataArray]:
+    """Lazy ``(t_out, y, x)`` forecasts of ``persistence`` and (where the cube reaches back) ``seasonal``."""
+    out = {"persistence": cube_ndsi.isel(time=[last] * t_out)}
+    src = seasonal_sources(last, t_out, season_length)
+    if min(src) >= 0:
+        out["seasonal"] = cube_ndsi.isel(time=src)
+    return out
+
+
+def observed_mask(cube: xr.Dataset, index: list[int]) -> xr.DataArray:
+    """Pixels that score: ``n_valid > 0`` where the cube has it, else periods not ``interpolated``."""
+    sub = cube.isel(time=index)
+    if "n_valid" in cube:
+        mask = sub["n_valid"] > 0
+    elif "interpolated" in cube:
+        mask = ~sub["interpolated"].astype(bool) & xr.ones_like(sub["ndsi"], dtype=bool)
+    else:
+        mask = xr.ones_like(sub["ndsi"], dtype=bool)
+    return mask & np.isfinite(sub["ndsi"])
+
+
+def score_sums(pred: Any, truth: Any, mask: Any) -> dict[str, Any]:
+    """Lazy per-lead sums (squared error, absolute error, count) over masked pixels; numpy or dask."""
+    err = (pred - truth) * mask
+    return {
+        "se": (err**2).sum(axis=(1, 2)),
+        "ae": abs(err).sum(axis=(1, 2)),
+        "n": mask.sum(axis=(1, 2)),
+    }
+
+
+def finish_scores(sums: dict[str, np.ndarray]) -> dict[str, Any]:
+    """``{"mse", "mae", "per_lead": {"mse", "mae", "n"}}`` from :func:`score_sums` results."""
+    se, ae, n = (np.asarray(sums[k], np.float64) for k in ("se", "ae", "n"))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        per_mse, per_mae = se / n, ae / n
+    total = n.sum()
+    return {
+        "mse": float(se.sum() / total) if total else float("nan"),
+        "mae": float(ae.sum() / total) if total else float("nan"),
+        "per_lead": {"mse": [float(v) for v in per_mse], "mae": [float(v) for v in per_mae],
+                     "n": [int(v) for v in n]},
+    }
+
+
+# ------------------------------------------------------------------------------------------------- periods
+def resolve_last_input(times: pd.DatetimeIndex, last_input: str | None, t_in: int) -> int:
+    """Index of the last input period: the cube's last, or the period containing ``last_input``."""
+    n = len(times)
+    if last_input is None:
+        idx = n - 1
+    else:
+        try:
+            when = pd.Timestamp(last_input)
+        except ValueError:
+            raise GlacierflowError(f"bad --last-input {last_input!r}; use YYYY-MM-DD") from None
+        step = times[-1] - times[-2] if n > 1 else pd.Timedelta(days=92)
+        if when < times[0] or when >= times[-1] + step:
+            raise GlacierflowError(
+                f"--last-input {when:%Y-%m-%d} lies outside the cube ({times[0]:%Y-%m-%d} .. "
+                f"{times[-1]:%Y-%m-%d}); pick a date inside it or leave it out for the last period"
+            )
+        idx = int(np.searchsorted(times.values, when.to_datetime64(), side="right") - 1)
+    if idx + 1 < t_in:
+        raise GlacierflowError(
+            f"--last-input {times[idx]:%Y-%m-%d} leaves {idx + 1} input period(s) in the cube; the model needs "
+            f"{t_in}: pick a period from {times[t_in - 1]:%Y-%m-%d} on"
+        )
+    return idx
+
+
+def target_times(times: pd.DatetimeIndex, last: int, t_out: int, period: str) -> pd.DatetimeIndex:
+    """The ``t_out`` period starts after index ``last`` (from the cube where it has them)."""
+    offset = pd.tseries.frequencies.to_offset(period)
+    out = [times[last + h] if last + h < len(times) else times[last] + h * offset for h in range(1, t_out + 1)]
+    return pd.DatetimeIndex(out)
+
+
+# ---------------------------------------------------------------------------------------------- the model
+@dataclass(frozen=True)
+class Forecaster:
+    """A model and the sample shape it was trained on; ``info`` goes into the store's attrs.
+
+    ``model`` is any callable on ``(B, t_in, 1, patch, patch)`` tensors (a ``torch.nn.Module`` is put in
+    eval mode and moved to the device by :func:`predict_cube`).
+    """
+
+    model: Model
+    name: str
+    t_in: int
+    t_out: int
+    patch: int
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def choose_device(name: str) -> str:
+    """``auto`` -> ``cuda`` when PyTorch sees a GPU, else ``cpu``; ``cuda`` without one is an error."""
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise GlacierflowError("--device cuda requested but PyTorch sees no CUDA GPU; use --device cpu or auto")
+    return name
+
+
+def load_forecaster(run_dir: str | os.PathLike[str], checkpoint: str = "best.pt") -> Forecaster:
+    """The model of a run directory (``train``'s ``best.pt``) with its sample shape and provenance."""
+    from glacierflow import train
+
+    path = Path(run_dir) / checkpoint
+    if not path.is_file():
+        raise GlacierflowError(f"no {checkpoint} in run directory {run_dir}; train one with 'glacierflow train'")
+    loaded = train.load_checkpoint(path)
+    model, ckpt = (loaded if isinstance(loaded, tuple) else (loaded.model, loaded.checkpoint))[:2]
+    args = dict(getattr(model, "model_args", {}) or ckpt.get("model_args", {}))
+    info = {
+        "model": str(ckpt.get("model_name", ckpt.get("model", ""))),
+        "model_args": json.dumps(args, sort_keys=True),
+        "checkpoint": path.name,
+        "run_dir": str(run_dir),
+        "checkpoint_sha256": file_sha256(path),
+        "epoch": int(ckpt.get("epoch", -1)),
+    }
+    for key, value in ckpt.items():
+        if key.endswith("_spec"):
+            info[key] = value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)
+    return Forecaster(model, info["model"], int(args["t_in"]), int(args["t_out"]), int(args["size"]), info)
+
+
+# ------------------------------------------------------------------------------------------------ the store
+def spatial_chunk(cube: xr.Dataset, patch: int) -> int:
+    """The cube's spatial chunk (y) rounded up to a multiple of ``patch`` (DESIGN: chunks a multiple of it)."""
+    var = cube["ndsi"]
+    size = var.encoding.get("preferred_chunks", {}).get("y") or (var.chunks[1][0] if var.chunks else 250)
+    return int(math.ceil(min(int(size), var.sizes["y"]) / patch) * patch)
+
+
+def cube_period(cube: xr.Dataset) -> str:
+    """The cube's period (``preprocess_spec``), else inferred from the time axis."""
+    from glacierflow.store import config_attr
+
+    period = config_attr(cube, "preprocess_spec").get("period")
+    if period:
+        return str(period)
+    guess = pd.infer_freq(pd.DatetimeIndex(cube["time"].values)) if cube.sizes["time"] > 2 else None
+    for known in SEASON_LENGTH:
+        if guess and pd.tseries.frequencies.to_offset(guess) == pd.tseries.frequencies.to_offset(known):
+            return known
+    raise GlacierflowError("cannot tell the cube's period (no preprocess_spec attr); rebuild it with build-cube")
+
+
+def _as_dask(var: xr.DataArray) -> da.Array:
+    return var.data if isinstance(var.data, da.Array) else da.from_array(np.asarray(var.data))
+
+
+def _scores_lazy(cube: xr.Dataset, fc: da.Array, last: int, t_out: int, season_length: int) -> dict[str, Any]:
+    """Lazy per-lead sums for the model and both baselines over the leads whose targets lie in the cube."""
+    idx = [last + h for h in range(1, t_out + 1) if last + h < cube.sizes["time"]]
+    if not idx:
+        return {}
+    truth = _as_dask(cube["ndsi"].isel(time=idx))
+    mask = _as_dask(observed_mask(cube, idx)).astype(np.float32)
+    sums = {"model": score_sums(fc[: len(idx)], truth, mask)}
+    for name, frames in baseline_frames(cube["ndsi"], last, t_out, season_length).items():
+        sums[name] = score_sums(_as_dask(frames)[: len(idx)], truth, mask)
+    return sums
+
+
+def forecast_dataset(
+    fc: Forecaster, cube: xr.Dataset, spec: PredictSpec, cube_url: str
+) -> tuple[xr.Dataset, dict[str, Any], dict[str, Any]]:
+    """The lazy forecast dataset (store layout), its lazy score sums and facts for the summary."""
+    times = pd.DatetimeIndex(cube["time"].values)
+    period = cube_period(cube)
+    last = resolve_last_input(times, spec.last_input or None, fc.t_in)
+    device = choose_device(spec.device)
+    model = fc.model
+    if hasattr(model, "eval") and hasattr(model, "to"):
+        model = model.to(device).eval()
+    overlap, chunk = spec.overlap_px(fc.patch), spatial_chunk(cube, fc.patch)
+    frames = _as_dask(cube["ndsi"].isel(time=slice(last - fc.t_in + 1, last + 1)))
+    arr = forecast_lazy(model, frames.astype(np.float32), t_out=fc.t_out, band=chunk, patch=fc.patch,
+                        overlap=overlap, batch_size=spec.batch_size, device=device, window=spec.window,
+                        floor=spec.floor)
+    targets = target_times(times, last, fc.t_out, period)
+    inputs = [f"{t:%Y-%m-%d}" for t in times[last - fc.t_in + 1 : last + 1]]
+    ds = xr.Dataset(
+        {"ndsi": (("time", "y", "x"), arr.rechunk((1, chunk, chunk)), {
+            "long_name": f"forecast snow-mask NDSI ({fc.name}), blended full scene",
+            "grid_mapping": "spatial_ref", "units": "1"})},
+        coords={"time": targets, "lead": ("time", np.arange(1, fc.t_out + 1, dtype=np.int16)),
+                "y": cube["y"], "x": cube["x"], "spatial_ref": cube["spatial_ref"]},
+    )
+    ds["lead"].attrs["long_name"] = f"lead time in periods ({period}) after the last input"
+    ds["time"].encoding.update(units="days since 1970-01-01", dtype="int64")
+    ds.attrs.update({k: v for k, v in fc.info.items() if isinstance(v, str | int | float)})
+    ds.attrs.update(
+        glacierflow_version=__version__, created=pd.Timestamp.now(tz="UTC").isoformat(timespec="seconds"),
+        title=f"glacierflow forecast: {fc.name}, {fc.t_out} x {period} after {inputs[-1]}",
+        model=fc.name, source_cube=str(cube_url), input_periods=json.dumps(inputs), last_input=inputs[-1],
+        period=period, predict_spec=spec.to_json(), overlap_px=overlap, patch_px=fc.patch,
+    )
+    sums = _scores_lazy(cube, arr, last, fc.t_out, SEASON_LENGTH.get(period, 4))
+    facts = {"last_index": last, "inputs": inputs, "targets": [f"{t:%Y-%m-%d}" for t in targets],
+             "device": device, "overlap": overlap, "chunk": chunk, "period": period}
+    return ds, sums, facts
+
+
+def predict_cube(
+    fc: Forecaster,
+    cube_url: str,
+    out_url: str,
+    spec: PredictSpec | None = None,
+    *,
+    overwrite: bool = False,
+    storage_options: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Forecast the ``t_out`` periods after the last input for the whole scene; write the forecast store.
+
+    Parameters
+    ----------
+    fc
+        The model (:func:`load_forecaster`, or any callable wrapped in :class:`Forecaster`).
+    cube_url
+        Cube store (build-cube).
+    out_url
+        Forecast store to write (local path or fsspec URL); safe write (temporary sibling, completion marker).
+    spec
+        Tiling, blending, device, ``last_input``.
+    overwrite, storage_options
+        Replace an existing store; fsspec options for both stores.
+
+    Returns
+    -------
+    dict
+        ``out``, ``inputs``, ``targets``, ``device``, ``overlap``, ``seconds`` and ``scores``
+        (``{name: {"mse", "mae", "per_lead": {...}}}`` for the model and both baselines; empty when the
+        targets lie beyond the cube). The scores are also in the store's attrs (``scores``, JSON) and its
+        ``scores`` group.
+    """
+    from glacierflow import store
+
+    t0 = time.perf_counter()
+    spec = spec or PredictSpec()
+    if not overwrite and store.exists(out_url, storage_options):
+        raise GlacierflowError(f"store {out_url} already exists; pass --overwrite to replace it")
+    if not store.exists(cube_url, storage_options):
+        raise GlacierflowError(f"cube store {cube_url!r} not found; build one with 'glacierflow build-cube'")
+    cube = store.open_store(cube_url, storage_options, require=("ndsi",))
+    ds, sums, facts = forecast_dataset(fc, cube, spec, cube_url)
+    scores: dict[str, Any] = {}
+
+    def _compute(delayed: Any) -> None:
+        # one graph: the score sums share the band tasks with the write, so each band is inferred once
+        _, got = dask.compute(delayed, sums)
+        scores.update({name: finish_scores(s) for name, s in got.items()})
+
+    def _groups(written: xr.Dataset) -> dict[str, xr.Dataset]:
+        import zarr
+
+        root = zarr.open_group(written.encoding["source"], mode="r+",
+                               storage_options=None if "://" not in out_url else storage_options)
+        root.attrs["scores"] = json.dumps(scores, sort_keys=True)
+        return {"scores": scores_table(scores)} if scores else {}
+
+    store.write_store(ds, out_url, overwrite=overwrite, storage_options=storage_options, compute=_compute,
+                      groups=_groups)
+    return {"out": out_url, **facts, "scores": scores, "seconds": round(time.perf_counter() - t0, 2),
+            "model": fc.name}
+
+
+def scores_table(scores: dict[str, Any]) -> xr.Dataset:
+    """Scores as a small dataset: ``mse(name, lead)``, ``mae(name, lead)``, ``n(name, lead)``."""
+    names = list(scores)
+    leads = np.arange(1, len(scores[names[0]]["per_lead"]["mse"]) + 1)
+    return xr.Dataset(
+        {k: (("name", "lead"), np.array([scores[n]["per_lead"][k] for n in names])) for k in ("mse", "mae", "n")},
+        coords={"name": np.array(names, dtype=object), "lead": leads},
+    )
+
+
+def format_scores(scores: dict[str, Any]) -> list[str]:
+    """Lines of a table: name, MSE, MAE overall and MSE per lead, with skill against each baseline."""
+    if not scores:
+        return ["no targets in the cube after the last input: nothing to score (pass --last-input inside it)"]
+    n_lead = len(next(iter(scores.values()))["per_lead"]["mse"])
+    head = f"{'':14s} {'MSE':>8s} {'MAE':>8s}  " + " ".join(f"{'lead ' + str(h):>8s}" for h in range(1, n_lead + 1))
+    lines = [head]
+    for name, s in scores.items():
+        per = " ".join(f"{v:8.4f}" for v in s["per_lead"]["mse"])
+        lines.append(f"{name:14s} {s['mse']:8.4f} {s['mae']:8.4f}  {per}")
+    for base in ("persistence", "seasonal"):
+        if base in scores and "model" in scores and scores[base]["mse"] > 0:
+            lines.append(f"skill vs {base}: {1 - scores['model']['mse'] / scores[base]['mse']:+.3f} (1 - MSE ratio)")
+    return lines
