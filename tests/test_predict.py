@@ -1,0 +1,254 @@
+"""Tests for glacierflow.predict: tiling, blending, row bands, the forecast store, scores, lazy reads, seams."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import xarray as xr
+import zarr
+
+from glacierflow import store
+from glacierflow.config import PredictSpec
+from glacierflow.errors import GlacierflowError
+from glacierflow.predict import (
+    Forecaster,
+    blend_weights,
+    forecast_scene,
+    predict_cube,
+    seasonal_sources,
+    tile_starts,
+)
+from glacierflow.testing import write_synthetic_cube
+
+torch.set_num_threads(1)
+
+
+class Repeat(torch.nn.Module):
+    """Repeat the last input frame (a pixel-wise model: any blend of its tiles is the frame itself)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x[:, -1:].repeat(1, 4, 1, 1, 1)
+
+
+class TinyConv(torch.nn.Module):
+    """A small fully-convolutional net with zero padding: its tile borders differ from its interior."""
+
+    def __init__(self, seed: int = 0, width: int = 8) -> None:
+        super().__init__()
+        torch.manual_seed(seed)
+        self.net = torch.nn.Sequential(
+            torch.nn.Conv2d(4, width, 3, padding=1), torch.nn.ReLU(),
+            torch.nn.Conv2d(width, width, 3, padding=1), torch.nn.ReLU(),
+            torch.nn.Conv2d(width, 4, 3, padding=1), torch.nn.Sigmoid(),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x[:, :, 0])[:, :, None]
+
+
+def _reference_blend(model: torch.nn.Module, frames: np.ndarray, patch: int, overlap: int) -> np.ndarray:
+    """Independent blend: np.pad (reflect) to whole tiles, every tile, sin^2 weights (floor 0.01), divide, crop."""
+    _, h, w = frames.shape
+    stride = patch - overlap
+    ny = max(1, -(-(h + 2 * overlap - patch) // stride) + 1)
+    nx = max(1, -(-(w + 2 * overlap - patch) // stride) + 1)
+    ph, pw = (ny - 1) * stride + patch, (nx - 1) * stride + patch
+    padded = np.pad(frames, ((0, 0), (overlap, ph - h - overlap), (overlap, pw - w - overlap)), mode="reflect")
+    w1 = np.maximum(np.sin(np.pi * (np.arange(patch) + 0.5) / patch) ** 2, 0.01)
+    weight = np.outer(w1, w1)
+    acc = np.zeros((4, ph, pw))
+    wsum = np.zeros((ph, pw))
+    for i in range(ny):
+        for j in range(nx):
+            r, c = i * stride, j * stride
+            tile = torch.from_numpy(padded[None, :, r : r + patch, c : c + patch, ][:, :, None].copy())
+            with torch.no_grad():
+                pred = model(tile)[0, :, 0].numpy()
+            acc[:, r : r + patch, c : c + patch] += pred * weight
+            wsum[r : r + patch, c : c + patch] += weight
+    return (acc / wsum)[:, overlap : overlap + h, overlap : overlap + w]
+
+
+# ------------------------------------------------------------------------------------------- tiling, blending
+@pytest.mark.parametrize(("n", "patch", "overlap"), [(130, 50, 25), (129, 50, 0), (40, 50, 25), (100, 16, 5)])
+def test_tiles_cover_the_scene_with_overlap(n, patch, overlap):
+    starts = tile_starts(n, patch, overlap)
+    assert starts[0] == -overlap and np.all(np.diff(starts) == patch - overlap)
+    cover = np.zeros(n + 2 * patch, int)
+    for s in starts:
+        cover[max(s, 0) + patch : min(s + patch, n) + patch] += 1
+    assert cover[patch : patch + n].min() >= 1, "every scene pixel lies in a tile"
+    assert starts[-1] + patch >= n + overlap, "the last tile reaches `overlap` px past the scene"
+
+
+def test_hann_window_with_half_overlap_sums_to_one():
+    # sin^2 shifted by half its length sums to 1 (partition of unity): the blend is a weighted mean
+    w = blend_weights(50, "hann", floor=1e-9)
+    total = w[:25, :25] + w[25:, :25] + w[:25, 25:] + w[25:, 25:]  # the four tiles over one 25x25 block
+    np.testing.assert_allclose(total, 1.0, atol=1e-9)
+    assert blend_weights(50, "hann")[0, 0] == pytest.approx(0.01 * 0.01), "the floor keeps corners weighted"
+    with pytest.raises(GlacierflowError, match="blending window"):
+        blend_weights(50, "gauss")
+
+
+@pytest.mark.parametrize("overlap", [0, 7, 25])
+def test_pixelwise_model_is_reproduced_exactly(overlap):
+    rng = np.random.default_rng(1)
+    frames = rng.random((4, 130, 97)).astype(np.float32)
+    out = forecast_scene(Repeat(), frames, band=60, patch=50, overlap=overlap, batch_size=5)
+    assert out.shape == (4, 130, 97)
+    # a convex combination of identical values: exact up to float rounding (measured max error 6e-8)
+    np.testing.assert_allclose(out, np.repeat(frames[-1:], 4, axis=0), atol=1e-6)
+
+
+@pytest.mark.parametrize("overlap", [0, 10])
+def test_blend_equals_independent_reference_for_any_band(overlap):
+    rng = np.random.default_rng(2)
+    frames = rng.random((4, 75, 61)).astype(np.float32)
+    model = TinyConv().eval()
+    ref = _reference_blend(model, frames, 20, overlap)
+    whole = forecast_scene(model, frames, patch=20, overlap=overlap, batch_size=7)
+    banded = forecast_scene(model, frames, band=20, patch=20, overlap=overlap, batch_size=3)
+    # float32 model vs float64 sums: measured max difference 3e-7
+    np.testing.assert_allclose(whole, ref, atol=1e-5)
+    np.testing.assert_allclose(banded, whole, atol=1e-6)
+
+
+def test_seasonal_sources_match_the_model_zoo():
+    from glacierflow.models.baselines import seasonal_indices
+
+    for last, t_out, s in [(7, 4, 4), (20, 4, 12), (11, 6, 4), (3, 4, 2)]:
+        t_ctx = max(4, s)
+        ctx_idx = seasonal_indices(t_ctx, t_out, s)
+        assert seasonal_sources(last, t_out, s) == [last - (t_ctx - 1) + i for i in ctx_idx]
+
+
+# ------------------------------------------------------------------------------------------------ the store
+@pytest.fixture(scope="module")
+def cube_url(tmp_path_factory):
+    path = tmp_path_factory.mktemp("predict") / "cube.zarr"
+    return write_synthetic_cube(str(path), n_periods=12, size=(130, 170), drift=(0.5, 0.2), noise=0.02,
+                                interpolated=(6,), chunks={"time": 1, "y": 100, "x": 100})
+
+
+@pytest.fixture(scope="module")
+def scored(cube_url, tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("forecast") / "forecast.zarr")
+    fc = Forecaster(TinyConv(seed=3).eval(), "tinyconv", 4, 4, 50, {"checkpoint_sha256": "0" * 64})
+    summary = predict_cube(fc, cube_url, out, PredictSpec(last_input="2020-02-10", batch_size=8, device="cpu"))
+    return {"out": out, "summary": summary, "model": fc.model}
+
+
+def test_forecast_store_contract(scored, cube_url):
+    cube = xr.open_zarr(cube_url, decode_coords="all")
+    fc = xr.open_zarr(scored["out"], decode_coords="all", consolidated=False)
+    assert fc["ndsi"].dims == ("time", "y", "x") and fc["ndsi"].dtype == np.float32
+    np.testing.assert_array_equal(fc["x"].values, cube["x"].values)
+    np.testing.assert_array_equal(fc["y"].values, cube["y"].values)
+    assert fc["spatial_ref"].attrs["crs_wkt"] == cube["spatial_ref"].attrs["crs_wkt"]
+    assert store.epsg_of(fc) == store.epsg_of(cube)
+    # last input 2020-02-10 lies in the period starting 2020-01-01: targets are the next four quarters
+    assert list(pd.DatetimeIndex(fc["time"].values).strftime("%Y-%m-%d")) == [
+        "2020-04-01", "2020-07-01", "2020-10-01", "2021-01-01"]
+    assert fc["lead"].values.tolist() == [1, 2, 3, 4]
+    assert json.loads(fc.attrs["input_periods"]) == ["2019-04-01", "2019-07-01", "2019-10-01", "2020-01-01"]
+    assert fc.attrs["model"] == "tinyconv" and fc.attrs["checkpoint_sha256"] == "0" * 64
+    assert fc.attrs["source_cube"] == cube_url and fc.attrs[store.COMPLETE] is True
+    # one period x 100 px: the cube's 100-px chunk is a multiple of the 50-px patch
+    assert fc["ndsi"].encoding["chunks"] == (1, 100, 100)
+    values = fc["ndsi"].values
+    assert np.isfinite(values).all() and values.min() >= 0 and values.max() <= 1
+
+
+def test_store_values_equal_the_in_memory_forecast(scored, cube_url):
+    cube = xr.open_zarr(cube_url)
+    inputs = cube["ndsi"].sel(time=slice("2019-04-01", "2020-01-01")).values
+    expected = forecast_scene(scored["model"], inputs, patch=50, overlap=25)
+    got = xr.open_zarr(scored["out"], consolidated=False)["ndsi"].values
+    np.testing.assert_allclose(got, expected, atol=1e-6)
+
+
+def test_scores_equal_a_numpy_reference(scored, cube_url):
+    cube = xr.open_zarr(cube_url)
+    a = cube["ndsi"].values.astype(np.float64)
+    observed = cube["n_valid"].values > 0  # period 6 (2020-07-01, lead 2) is interpolated: not scored
+    fc = xr.open_zarr(scored["out"], consolidated=False)["ndsi"].values.astype(np.float64)
+    truth, ok = a[5:9], observed[5:9]
+    candidates = {"model": fc, "persistence": np.repeat(a[4:5], 4, axis=0), "seasonal": a[1:5]}
+    scores = scored["summary"]["scores"]
+    for name, pred in candidates.items():
+        err = (pred - truth)[ok]
+        assert scores[name]["mse"] == pytest.approx(np.mean(err**2), rel=1e-5)
+        assert scores[name]["mae"] == pytest.approx(np.mean(np.abs(err)), rel=1e-5)
+        for h in range(4):
+            e = (pred[h] - truth[h])[ok[h]]
+            expected = np.mean(e**2) if e.size else np.nan
+            np.testing.assert_allclose(scores[name]["per_lead"]["mse"][h], expected, rtol=1e-5)
+    assert scores["model"]["per_lead"]["n"][1] == 0
+    attrs = json.loads(xr.open_zarr(scored["out"], consolidated=False).attrs["scores"])
+    assert attrs["seasonal"]["mse"] == pytest.approx(scores["seasonal"]["mse"])
+    table = xr.open_zarr(scored["out"], group="scores", consolidated=False)
+    assert float(table["mae"].sel(name="persistence", lead=4)) == pytest.approx(
+        scores["persistence"]["per_lead"]["mae"][3])
+
+
+class RecordingStore(zarr.storage.WrapperStore):
+    """A zarr store that records the keys it reads."""
+
+    def __init__(self, inner):
+        super().__init__(inner)
+        self.keys: list[str] = []
+
+    async def get(self, key, prototype, byte_range=None):
+        self.keys.append(key)
+        return await super().get(key, prototype, byte_range)
+
+
+def _chunks_read(url, select):
+    rec = RecordingStore(zarr.storage.LocalStore(url, read_only=True))
+    ds = xr.open_zarr(rec, decode_coords="all", consolidated=False)
+    rec.keys.clear()
+    select(ds).load()
+    return sorted({k for k in rec.keys if k.startswith("ndsi/c/")})
+
+
+def test_lazy_selection_reads_only_its_chunks(scored):
+    url = scored["out"]
+    # the grid is 130 x 170 px in 100-px chunks: 2 x 2 chunks per period, 4 periods
+    point = _chunks_read(url, lambda ds: ds["ndsi"].isel(y=120, x=30))
+    assert point == [f"ndsi/c/{t}/1/0" for t in range(4)]
+    region = _chunks_read(url, lambda ds: ds["ndsi"].isel(time=slice(0, 2), y=slice(0, 50), x=slice(90, 120)))
+    assert region == ["ndsi/c/0/0/0", "ndsi/c/0/0/1", "ndsi/c/1/0/0", "ndsi/c/1/0/1"]
+    lead = _chunks_read(url, lambda ds: ds["ndsi"].swap_dims(time="lead").sel(lead=3))
+    assert lead == [f"ndsi/c/2/{i}/{j}" for i in range(2) for j in range(2)]
+
+
+def test_forecast_beyond_the_cube_has_no_scores(cube_url, tmp_path):
+    fc = Forecaster(Repeat(), "repeat", 4, 4, 50)
+    summary = predict_cube(fc, cube_url, str(tmp_path / "f.zarr"), PredictSpec(device="cpu", overlap=0))
+    assert summary["scores"] == {}
+    assert summary["targets"] == ["2022-01-01", "2022-04-01", "2022-07-01", "2022-10-01"]
+    got = xr.open_zarr(str(tmp_path / "f.zarr"), consolidated=False)["ndsi"].values
+    last = xr.open_zarr(cube_url)["ndsi"].isel(time=-1).values
+    np.testing.assert_allclose(got, np.repeat(last[None], 4, axis=0), atol=1e-6)
+
+
+def test_user_mistakes_are_one_line_errors(cube_url, scored, tmp_path):
+    fc = Forecaster(Repeat(), "repeat", 4, 4, 50)
+    out = str(tmp_path / "f.zarr")
+    with pytest.raises(GlacierflowError, match="outside the cube") as err:
+        predict_cube(fc, cube_url, out, PredictSpec(last_input="2030-01-01"))
+    assert "\n" not in str(err.value)
+    with pytest.raises(GlacierflowError, match="needs 4"):
+        predict_cube(fc, cube_url, out, PredictSpec(last_input="2019-05-01"))
+    with pytest.raises(GlacierflowError, match="--overwrite"):
+        predict_cube(fc, cube_url, scored["out"], PredictSpec())
+    with pytest.raises(GlacierflowError, match="overlap"):
+        predict_cube(fc, cube_url, out, PredictSpec(overlap=50))
+    with pytest.raises(GlacierflowError, match="not found"):
+        predict_cube(fc, str(tmp_path / "nope.zarr"), out, PredictSpec())
+    assert not store.exists(out)
