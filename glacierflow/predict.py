@@ -9,7 +9,7 @@ code's non-overlapping one (each pixel from exactly one tile).
 
 Memory stays bounded: the forecast is built per row band (the store's spatial chunk height); a band reads only
 the input rows its tiles need, so a scene larger than memory never needs the whole forecast in memory. The
-bands are dask tasks behind a lazy ``(t_out, y, x)`` array that :func:`glacierflow.store.write_store` writes
+bands are dask tasks behind a lazy ``(t_out, y, x)`` array that :func:`glacierflow.store.write` writes
 chunk by chunk (template metadata first, then one region per chunk).
 """
 
@@ -485,32 +485,34 @@ def predict_cube(
     ds, sums, facts = forecast_dataset(fc, cube, spec, cube_url)
     scores: dict[str, Any] = {}
 
-    def _compute(delayed: Any) -> None:
-        # one graph: the score sums share the band tasks with the write, so each band is inferred once
-        _, got = dask.compute(delayed, sums)
+    def _compute(writes: list[Any]) -> None:
+        # one graph: the score sums share the band tasks with the region writes (each band inferred once)
+        *_, got = dask.compute(*writes, sums)
         scores.update({name: finish_scores(s) for name, s in got.items()})
 
-    def _groups(written: xr.Dataset) -> dict[str, xr.Dataset]:
-        import zarr
-
-        root = zarr.open_group(written.encoding["source"], mode="r+",
-                               storage_options=None if "://" not in out_url else storage_options)
-        root.attrs["scores"] = json.dumps(scores, sort_keys=True)
-        return {"scores": scores_table(scores)} if scores else {}
-
-    store.write_store(ds, out_url, overwrite=overwrite, storage_options=storage_options, compute=_compute,
-                      groups=_groups)
+    tree = xr.DataTree.from_dict({"/": ds, **({"scores": _scores_group(sums)} if sums else {})})
+    store.write(tree, out_url, overwrite=overwrite, storage_options=storage_options, compute=_compute,
+                **_final_attrs(lambda: {"scores": json.dumps(scores, sort_keys=True)}))
     return {"out": out_url, **facts, "scores": scores, "seconds": round(time.perf_counter() - t0, 2),
             "model": fc.name}
 
 
-def scores_table(scores: dict[str, Any]) -> xr.Dataset:
-    """Scores as a small dataset: ``mse(name, lead)``, ``mae(name, lead)``, ``n(name, lead)``."""
-    names = list(scores)
-    leads = np.arange(1, len(scores[names[0]]["per_lead"]["mse"]) + 1)
+def _final_attrs(attrs: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """``attrs=`` for :func:`glacierflow.store.write`: root attrs known only once the data is computed."""
+    return {"attrs": attrs}
+
+
+def _scores_group(sums: dict[str, Any]) -> xr.Dataset:
+    """Lazy ``mse``, ``mae``, ``n`` per (name, lead): the ``scores`` group, computed with the write."""
+    names = list(sums)
+    stack = {k: da.stack([da.asarray(sums[n][k]) for n in names]) for k in ("se", "ae", "n")}
+    n = stack["n"].astype(np.float64)
+    per = {k: da.where(n > 0, stack[k] / da.maximum(n, 1.0), np.nan) for k in ("se", "ae")}
     return xr.Dataset(
-        {k: (("name", "lead"), np.array([scores[n]["per_lead"][k] for n in names])) for k in ("mse", "mae", "n")},
-        coords={"name": np.array(names, dtype=object), "lead": leads},
+        {"mse": (("name", "lead"), per["se"], {"long_name": "mean squared error over observed pixels"}),
+         "mae": (("name", "lead"), per["ae"], {"long_name": "mean absolute error over observed pixels"}),
+         "n": (("name", "lead"), stack["n"].astype(np.int64), {"long_name": "pixels scored"})},
+        coords={"name": np.array(names, dtype=object), "lead": np.arange(1, stack["n"].shape[1] + 1)},
     )
 
 
