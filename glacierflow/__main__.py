@@ -2,4 +2,4 @@
 
 from glacierflow.cli import main
 
-main()
+raise SystemExit(main())

@@ -1,6 +1,15 @@
 """Command line: parse flags -> build a spec -> call one library function -> print the result.
 
-User mistakes (:class:`GlacierflowError`) print one line and exit with status 2, without a traceback.
+* :func:`main` ``(argv=None) -> int`` runs in-process (tests call it); the console script and
+  ``python -m glacierflow`` exit with its return value.
+* User mistakes print one line, ``error: ...``, on stderr and return 2, without a traceback. Specs
+  raise :class:`~glacierflow.errors.SpecError` naming their *fields*; :func:`flag_for` turns those
+  into the flags a user types (``--start 2020-01-01 must be before --end 2019-01-01``), here only.
+* Choices come from the registries (:data:`glacierflow.glaciers.GLACIERS`, ``config.PERIODS``,
+  ``config.MOTIONS``, ``config.PAIR_KINDS``; the twin's sizes and backends are checked by the twin, whose
+  modules are too heavy to import for ``--help``); shared options (site and search, storage, cluster,
+  overwrite) are defined once below and reused by every command.
+* Help is plain click formatting (no rich panels), readable in an 80-column terminal.
 """
 
 from __future__ import annotations
@@ -9,40 +18,140 @@ import json
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, Literal
 
+import click
 import typer
 from rich.console import Console
 
-from glacierflow.errors import GlacierflowError
+from glacierflow.cluster import DEFAULT_CLUSTER, SPEC_FORMS
+from glacierflow.config import MOTIONS, PAIR_KINDS, PERIODS
+from glacierflow.errors import GlacierflowError, SpecError
+from glacierflow.glaciers import GLACIERS
 
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,
     help="glacierflow: glacier movement from Landsat-8, STAC -> Dask -> Zarr -> PyTorch.",
 )
-twin_app = typer.Typer(no_args_is_help=True, help="The offline twin: a synthetic Landsat world with ground truth.")
-plot_app = typer.Typer(no_args_is_help=True, help="Figures.")
+twin_app = typer.Typer(
+    no_args_is_help=True, rich_markup_mode=None, help="The offline twin: a synthetic Landsat world with ground truth."
+)
+plot_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, help="Figures.")
 app.add_typer(twin_app, name="twin")
 app.add_typer(plot_app, name="plot")
 console = Console(stderr=True)
 out = Console()
+
+# Spec fields whose flag is not ``--`` + the field name with dashes; keys "field" or "SpecName.field".
+FLAGS: dict[str, str] = {
+    "platforms": "--platform",
+    "mask_clouds": "--cloud-mask/--no-cloud-mask",
+    "name": "--glacier",
+}
+
+
+def flag_for(field: str, spec: str = "") -> str:
+    """The command-line flag for a spec field (``max_cloud`` -> ``--max-cloud``)."""
+    return FLAGS.get(f"{spec}.{field}") or FLAGS.get(field) or "--" + field.replace("_", "-")
+
+
+# ------------------------------------------------------------------------------------- registry choices
+# CLI choices are the registries' keys (typer shows and checks a Literal as a choice).
+Glacier = Literal[tuple(GLACIERS)]  # type: ignore[valid-type]
+Period = Literal[PERIODS]  # type: ignore[valid-type]
+Motion = Literal[MOTIONS]  # type: ignore[valid-type]
+PairKind = Literal[PAIR_KINDS]  # type: ignore[valid-type]
+
+
+# ----------------------------------------------------------------------------------------- shared options
+GlacierOpt = Annotated[Glacier | None, typer.Option(help="Glacier from the registry (or --bbox).")]
+BboxOpt = Annotated[
+    tuple[float, float, float, float] | None, typer.Option(metavar="W S E N", help="Bounding box in degrees.")
+]
+EpsgOpt = Annotated[int | None, typer.Option(metavar="CODE", help="Output EPSG (default: the site's UTM zone).")]
+StartOpt = Annotated[str | None, typer.Option(metavar="DATE", help="First date, YYYY-MM-DD (default: the site's).")]
+EndOpt = Annotated[str | None, typer.Option(metavar="DATE", help="Last date, YYYY-MM-DD (default: the site's).")]
+CatalogOpt = Annotated[
+    str | None, typer.Option(metavar="URL", help="STAC API URL (default: Planetary Computer).")
+]
+CollectionOpt = Annotated[str, typer.Option(metavar="NAME", help="STAC collection.")]
+PlatformOpt = Annotated[
+    list[str] | None, typer.Option(metavar="NAME", help="Platform to keep (repeatable; default: landsat-8).")
+]
+MaxCloudOpt = Annotated[float, typer.Option(metavar="PCT", help="Maximum eo:cloud_cover (%).")]
+OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace an existing output.")]
+ClusterOpt = Annotated[
+    str,
+    typer.Option(
+        metavar="WHERE",
+        help=f"Where Dask runs: {SPEC_FORMS.replace(chr(39), '')}.",
+    ),
+]
+StorageOpt = Annotated[
+    list[str] | None,
+    typer.Option(metavar="KEY=VALUE", help="fsspec option for the stores (repeatable), e.g. account_name=..."),
+]
+
+
+def storage_options(pairs: list[str] | None) -> dict[str, Any] | None:
+    """``--storage-option KEY=VALUE`` pairs as fsspec options (``true``/``false``/numbers parsed)."""
+    if not pairs:
+        return None
+    opts: dict[str, Any] = {}
+    for p in pairs:
+        if "=" not in p:
+            raise GlacierflowError(f"bad --storage-option {p!r}; use KEY=VALUE")
+        k, v = p.split("=", 1)
+        opts[k] = json.loads(v) if v in ("true", "false") or v.replace(".", "", 1).isdigit() else v
+    return opts
+
+
+def runner(client: object) -> Callable[[list], list]:
+    """A ``compute(list_of_dask_objects) -> results`` callable, with a progress bar on a terminal."""
+    import dask
+
+    if hasattr(client, "compute") and hasattr(client, "gather"):
+        from distributed import progress
+
+        def run(objs: list) -> list:
+            futures = client.compute(objs)  # type: ignore[attr-defined]
+            if sys.stderr.isatty():
+                progress(futures)
+            return client.gather(futures)  # type: ignore[attr-defined]
+
+        return run
+
+    def run_local(objs: list) -> list:
+        from dask.diagnostics import ProgressBar
+
+        if sys.stderr.isatty():
+            with ProgressBar(out=sys.stderr):
+                return list(dask.compute(*objs))
+        return list(dask.compute(*objs))
+
+    return run_local
 
 
 # ------------------------------------------------------------------------------------------------ twin
 @twin_app.command("make")
 def twin_make(
     out_dir: Annotated[Path, typer.Argument(help="Directory to write the twin into.")],
-    glacier: Annotated[str, typer.Option(help="Glacier from the registry.")] = "parvati",
+    glacier: Annotated[Glacier, typer.Option(help="Glacier from the registry.")] = "parvati",
     size: Annotated[
-        str, typer.Option(help="tiny (~128 px, 2 yr) | small (~400 px, 4 yr) | full (whole bbox, 2013-2021)")
+        str,
+        typer.Option(
+            metavar="SIZE", help="tiny (~128 px, 2 yr), small (~400 px, 4 yr), full (whole bbox, 2013-2021)."
+        ),
     ] = "tiny",
-    start: Annotated[str | None, typer.Option(help="First date (YYYY-MM-DD); default per size.")] = None,
-    end: Annotated[str | None, typer.Option(help="Last date (YYYY-MM-DD); default per size.")] = None,
+    start: Annotated[str | None, typer.Option(metavar="DATE", help="First date (default: per size).")] = None,
+    end: Annotated[str | None, typer.Option(metavar="DATE", help="Last date (default: per size).")] = None,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing twin.")] = False,
+    overwrite: OverwriteOpt = False,
 ) -> None:
     """Write a synthetic Landsat-8 C2-L2 world (COGs, STAC items, truth.zarr)."""
     from rich.progress import Progress
@@ -70,9 +179,12 @@ def twin_serve(
     twin_dir: Annotated[Path, typer.Argument(help="Directory written by `glacierflow twin make`.")],
     port: Annotated[int | None, typer.Option(help="STAC API port (default: a free one).")] = None,
     backend: Annotated[
-        str, typer.Option(help="rustac (light, memory) | pgstac (PostgreSQL, as Planetary Computer)")
+        str,
+        typer.Option(metavar="BACKEND", help="rustac: light, in memory; pgstac: PostgreSQL, as Planetary Computer."),
     ] = "rustac",
-    url_file: Annotated[Path | None, typer.Option(help="Write the STAC URL to this file once serving.")] = None,
+    url_file: Annotated[
+        Path | None, typer.Option(metavar="FILE", help="Write the STAC URL to this file once serving.")
+    ] = None,
 ) -> None:
     """Serve a twin: COGs over HTTP with range requests + a real STAC API. Stops on Ctrl-C / SIGTERM."""
     from glacierflow.twin.serve import serve_twin
@@ -101,14 +213,14 @@ def twin_serve(
 # ---------------------------------------------------------------------------------------------- search
 @app.command("search")
 def search_cmd(
-    glacier: Annotated[str | None, typer.Option(help="Glacier from the registry.")] = None,
-    bbox: Annotated[tuple[float, float, float, float] | None, typer.Option(help="W S E N in degrees.")] = None,
-    start: Annotated[str | None, typer.Option(help="First date.")] = None,
-    end: Annotated[str | None, typer.Option(help="Last date.")] = None,
-    catalog: Annotated[str | None, typer.Option(help="STAC API URL (default: Planetary Computer).")] = None,
-    collection: Annotated[str, typer.Option()] = "landsat-c2-l2",
-    platform: Annotated[list[str] | None, typer.Option(help="Platforms to keep (repeatable).")] = None,
-    max_cloud: Annotated[float, typer.Option(help="Maximum eo:cloud_cover (%).")] = 20.0,
+    glacier: GlacierOpt = None,
+    bbox: BboxOpt = None,
+    start: StartOpt = None,
+    end: EndOpt = None,
+    catalog: CatalogOpt = None,
+    collection: CollectionOpt = "landsat-c2-l2",
+    platform: PlatformOpt = None,
+    max_cloud: MaxCloudOpt = 20.0,
     as_json: Annotated[bool, typer.Option("--json", help="Print the kept item ids as JSON.")] = False,
 ) -> None:
     """Search a STAC API for Landsat scenes over a glacier and print what was found."""
@@ -144,68 +256,33 @@ def search_cmd(
     res.raise_if_empty()
 
 
-def _runner(client: object) -> object:
-    """A ``compute(list_of_dask_objects) -> results`` callable with a progress bar."""
-    import dask
-
-    if hasattr(client, "compute") and hasattr(client, "gather"):
-        from distributed import progress
-
-        def run(objs: list) -> list:
-            futures = client.compute(objs)  # type: ignore[attr-defined]
-            if sys.stderr.isatty():
-                progress(futures)
-            return client.gather(futures)  # type: ignore[attr-defined]
-
-        return run
-
-    def run_local(objs: list) -> list:
-        from dask.diagnostics import ProgressBar
-
-        if sys.stderr.isatty():
-            with ProgressBar(out=sys.stderr):
-                return list(dask.compute(*objs))
-        return list(dask.compute(*objs))
-
-    return run_local
-
-
-def _storage_options(pairs: list[str] | None) -> dict | None:
-    if not pairs:
-        return None
-    opts = {}
-    for p in pairs:
-        if "=" not in p:
-            raise GlacierflowError(f"bad --storage-option {p!r}; use KEY=VALUE")
-        k, v = p.split("=", 1)
-        opts[k] = json.loads(v) if v in ("true", "false") or v.replace(".", "", 1).isdigit() else v
-    return opts
-
-
+# ------------------------------------------------------------------------------------------ build-cube
 @app.command("build-cube")
 def build_cube_cmd(
-    glacier: Annotated[str | None, typer.Option(help="Glacier from the registry (e.g. parvati).")] = None,
-    bbox: Annotated[tuple[float, float, float, float] | None, typer.Option(help="W S E N in degrees.")] = None,
-    epsg: Annotated[int | None, typer.Option(help="Output EPSG (default: the site's UTM zone).")] = None,
-    start: Annotated[str | None, typer.Option(help="First date (YYYY-MM-DD).")] = None,
-    end: Annotated[str | None, typer.Option(help="Last date (YYYY-MM-DD).")] = None,
-    catalog: Annotated[str | None, typer.Option(help="STAC API URL (default: Planetary Computer).")] = None,
-    collection: Annotated[str, typer.Option()] = "landsat-c2-l2",
-    platform: Annotated[list[str] | None, typer.Option(help="Platforms to keep (repeatable).")] = None,
-    max_cloud: Annotated[float, typer.Option(help="Maximum eo:cloud_cover (%).")] = 20.0,
-    max_missing: Annotated[float, typer.Option(help="Drop scenes with more missing pixels than this fraction.")] = 0.5,
-    period: Annotated[str, typer.Option(help="1MS | 3MS | 6MS")] = "3MS",
-    motion: Annotated[str, typer.Option(help="translation | euclidean | affine | homography")] = "translation",
-    cloud_mask: Annotated[bool, typer.Option("--cloud-mask/--no-cloud-mask", help="Mask QA clouds/shadows.")] = True,
-    ndsi_threshold: Annotated[float, typer.Option(help="Snow mask threshold.")] = 0.3,
-    out_store: Annotated[str | None, typer.Option("--out", help="Output store (path or fsspec URL).")] = None,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing store.")] = False,
-    cluster: Annotated[
-        str | None, typer.Option(help="local | local:N | tcp://host:port | gateway[://URL] | threads | sync")
+    glacier: GlacierOpt = None,
+    bbox: BboxOpt = None,
+    epsg: EpsgOpt = None,
+    start: StartOpt = None,
+    end: EndOpt = None,
+    catalog: CatalogOpt = None,
+    collection: CollectionOpt = "landsat-c2-l2",
+    platform: PlatformOpt = None,
+    max_cloud: MaxCloudOpt = 20.0,
+    max_missing: Annotated[
+        float, typer.Option(metavar="FRAC", help="Drop scenes with more missing pixels than this fraction.")
+    ] = 0.5,
+    period: Annotated[Period, typer.Option(help="Period of the cube (month starts).")] = "3MS",
+    motion: Annotated[Motion, typer.Option(help="ECC motion model.")] = "translation",
+    cloud_mask: Annotated[
+        bool, typer.Option("--cloud-mask/--no-cloud-mask", help="Mask QA clouds and shadows.")
+    ] = True,
+    ndsi_threshold: Annotated[float, typer.Option(metavar="NDSI", help="Snow mask threshold.")] = 0.3,
+    out_store: Annotated[
+        str | None, typer.Option("--out", metavar="STORE", help="Output store (path or fsspec URL).")
     ] = None,
-    storage_option: Annotated[
-        list[str] | None, typer.Option(help="fsspec option KEY=VALUE for --out (repeatable).")
-    ] = None,
+    overwrite: OverwriteOpt = False,
+    cluster: ClusterOpt = DEFAULT_CLUSTER,
+    storage_option: StorageOpt = None,
 ) -> None:
     """Search Landsat scenes, preprocess them with Dask and write the NDSI cube store (Zarr)."""
     from glacierflow import catalog as cat
@@ -235,8 +312,8 @@ def build_cube_cmd(
             pre,
             target,
             overwrite=overwrite,
-            storage_options=_storage_options(storage_option),
-            compute=_runner(client),
+            storage_options=storage_options(storage_option),
+            compute=runner(client),
         )
     s = summary
     out.print(f"scenes: {s['scenes_found']} found, {s['scenes_stacked']} stacked, {s['scenes_used']} used")
@@ -251,33 +328,36 @@ def build_cube_cmd(
     out.print(f"written: {s['store']}  ({s['seconds']:.1f} s)")
 
 
+# ------------------------------------------------------------------------------------------------ flow
 @app.command("flow")
 def flow_cmd(
-    cube: Annotated[str, typer.Argument(help="Cube store written by build-cube.")],
-    out_store: Annotated[str, typer.Option("--out", help="Velocity store to write.")],
-    pairs: Annotated[str, typer.Option(help="consecutive | annual")] = "consecutive",
+    cube: Annotated[str, typer.Argument(metavar="CUBE", help="Cube store written by build-cube.")],
+    out_store: Annotated[str, typer.Option("--out", metavar="STORE", help="Velocity store to write.")],
+    pairs: Annotated[PairKind, typer.Option(help="Which periods are paired.")] = "consecutive",
     levels: Annotated[int | None, typer.Option(help="Farneback pyramid levels (paper: 6).")] = None,
     pyr_scale: Annotated[float | None, typer.Option(help="Farneback pyramid scale (paper: 0.5).")] = None,
     iterations: Annotated[int | None, typer.Option(help="Farneback iterations per level (paper: 10).")] = None,
-    winsize: Annotated[int | None, typer.Option(help="Farneback averaging window in px (default 9).")] = None,
-    min_texture: Annotated[float | None, typer.Option(help="Mask pixels whose local NDSI std is below this.")] = None,
+    winsize: Annotated[int | None, typer.Option(help="Farneback averaging window, px (default 9).")] = None,
+    min_texture: Annotated[
+        float | None, typer.Option(help="Mask pixels whose local NDSI std is below this.")
+    ] = None,
     max_fb_error: Annotated[
         float | None, typer.Option(help="Mask pixels whose forward/backward flows disagree by more (px); 0: off.")
     ] = None,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing store.")] = False,
-    cluster: Annotated[
-        str | None, typer.Option(help="local | local:N | tcp://host:port | gateway[://URL] | threads | sync")
-    ] = "threads",
+    overwrite: OverwriteOpt = False,
+    cluster: ClusterOpt = DEFAULT_CLUSTER,
+    storage_option: StorageOpt = None,
 ) -> None:
     """Dense Farneback optical flow between periods of a cube -> velocity store (u, v, speed in m/yr)."""
     from glacierflow.cluster import get_client
-    from glacierflow.flow import FlowSpec, run_flow
+    from glacierflow.config import FlowSpec
+    from glacierflow.flow import run_flow
 
     given = {"levels": levels, "pyr_scale": pyr_scale, "iterations": iterations, "winsize": winsize,
              "min_texture": min_texture, "max_fb_error": max_fb_error}
     spec = FlowSpec(pairs=pairs, **{k: v for k, v in given.items() if v is not None})
     with get_client(cluster):
-        s = run_flow(cube, out_store, spec, overwrite=overwrite)
+        s = run_flow(cube, out_store, spec, overwrite=overwrite, storage_options=storage_options(storage_option))
     out.print(f"{s['pairs']} {pairs} pairs ({s['pairs_interpolated']} involve an interpolated period: masked); "
               f"median speed {s['median_speed_m_per_yr']:.1f} m/yr over {100 * s['valid_fraction']:.0f}% of pixels")
     out.print(f"median over pairs (speed_median): {s['composite_median_speed_m_per_yr']:.1f} m/yr over "
@@ -285,14 +365,15 @@ def flow_cmd(
     out.print(f"written: {s['out']}")
 
 
+# ------------------------------------------------------------------------------------------------ plot
 @plot_app.command("flow")
 def plot_flow_cmd(
-    store: Annotated[str, typer.Argument(help="Velocity store written by `glacierflow flow`.")],
-    out_png: Annotated[Path, typer.Option("--out", help="PNG file to write.")] = Path("flow.png"),
+    store: Annotated[str, typer.Argument(metavar="STORE", help="Velocity store written by `glacierflow flow`.")],
+    out_png: Annotated[Path, typer.Option("--out", metavar="PNG", help="PNG file to write.")] = Path("flow.png"),
     cube: Annotated[
-        str | None, typer.Option(help="Cube store for the NDSI background (default: the source cube).")
+        str | None, typer.Option(metavar="CUBE", help="Cube store for the NDSI background (default: the source).")
     ] = None,
-    pair: Annotated[int, typer.Option(help="Which pair (index along time; negative counts from the end).")] = -1,
+    pair: Annotated[int, typer.Option(help="Which pair (index along time; negative: from the end).")] = -1,
     step: Annotated[int, typer.Option(help="Arrow spacing in pixels (paper: 40 px = 1200 m).")] = 40,
 ) -> None:
     """Figure: NDSI with velocity arrows, and the speed map in m/yr."""
@@ -302,24 +383,53 @@ def plot_flow_cmd(
     out.print(f"written: {path}")
 
 
-def main() -> None:
-    """Entry point: run the app, turning user mistakes into one-line errors."""
-    try:
-        app(standalone_mode=False)
-    except GlacierflowError as e:
-        console.print(f"error: {e}", style="red", highlight=False, soft_wrap=True)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        console.print("interrupted", style="red")
-        sys.exit(130)
-    except Exception as e:  # noqa: BLE001 - click usage errors carry their own exit codes
-        import click
+# --- learning
+# --- end learning
 
-        if isinstance(e, click.exceptions.ClickException):
-            e.show()
-            sys.exit(e.exit_code)
-        if isinstance(e, click.exceptions.Exit):
-            sys.exit(e.exit_code)
-        if isinstance(e, click.exceptions.Abort):
-            sys.exit(130)
-        raise
+
+# typer >= 0.20 vendors click (typer._click); older typer raises click's own exceptions: accept both
+_USAGE_ERRORS = (typer.TyperException, click.exceptions.ClickException)
+_EXITS = (typer.Exit, click.exceptions.Exit)
+_ABORTS = (typer.Abort, click.exceptions.Abort, KeyboardInterrupt)
+
+
+def _error(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return 2
+
+
+def _usage_error(e: Exception) -> int:
+    """One line for a bad flag or value (click's own output is a usage block); ``no args`` shows the help."""
+    if type(e).__name__ == "NoArgsIsHelpError":
+        e.show()  # type: ignore[attr-defined]
+        return 2
+    message = e.format_message() if hasattr(e, "format_message") else str(e)
+    message = " ".join(message.replace("Value error, ", "").split()).rstrip(".")
+    ctx = getattr(e, "ctx", None)
+    where = f"; see {ctx.command_path} --help" if ctx is not None else ""
+    code = getattr(e, "exit_code", 2)
+    print(f"error: {message}{where}", file=sys.stderr)
+    return code if isinstance(code, int) else 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line on ``argv`` (default: ``sys.argv[1:]``) and return the exit status.
+
+    User mistakes (:class:`GlacierflowError`, bad flags and values) print one line on stderr and return 2;
+    spec errors name the flags (:func:`flag_for`). Ctrl-C returns 130.
+    """
+    try:
+        result = app(args=argv, prog_name="glacierflow", standalone_mode=False)
+    except SpecError as e:
+        spec = e.spec
+        return _error(e.render(lambda name: flag_for(name, spec)))
+    except GlacierflowError as e:
+        return _error(str(e))
+    except _ABORTS:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except _EXITS as e:
+        return int(e.exit_code)
+    except _USAGE_ERRORS as e:
+        return _usage_error(e)
+    return int(result) if isinstance(result, int) else 0

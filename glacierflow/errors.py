@@ -1,8 +1,53 @@
 """User-facing errors: one line, naming the bad value and the way out."""
 
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+
+_FIELD_REF = re.compile(r"\{([a-z_][a-z0-9_]*)\}")
+
 
 class GlacierflowError(Exception):
     """A mistake the user can fix (bad name, bad path, server down, ...).
 
     The CLI prints ``str(error)`` on one line and exits non-zero, without a traceback.
     """
+
+
+class SpecError(GlacierflowError):
+    """A spec field holds a bad value; the message names fields, never command-line flags.
+
+    Parameters
+    ----------
+    field
+        The field at fault (``"start"``); the message begins with it.
+    message
+        The rest of the sentence. Other fields it mentions are written ``{name}``, so that each
+        front end can name them its own way.
+    spec
+        The spec class name (``"CubeSpec"``), for messages that need it.
+
+    Examples
+    --------
+    >>> e = SpecError("start", "2020-01-01 must be before {end} 2019-01-01")
+    >>> str(e)
+    'start 2020-01-01 must be before end 2019-01-01'
+    >>> e.render(lambda name: "--" + name.replace("_", "-"))
+    '--start 2020-01-01 must be before --end 2019-01-01'
+    """
+
+    def __init__(self, field: str, message: str, spec: str = "") -> None:
+        self.field = field
+        self.message = message
+        self.spec = spec
+        super().__init__(self.render(str))
+
+    @property
+    def fields(self) -> tuple[str, ...]:
+        """Every field the message names, the one at fault first."""
+        return (self.field, *(m for m in _FIELD_REF.findall(self.message) if m != self.field))
+
+    def render(self, name: Callable[[str], str]) -> str:
+        """The message with each field written as ``name(field)`` (e.g. the command-line flag)."""
+        return f"{name(self.field)} " + _FIELD_REF.sub(lambda m: name(m.group(1)), self.message)

@@ -29,9 +29,7 @@ Conventions
 
 from __future__ import annotations
 
-import dataclasses
 import json
-from dataclasses import dataclass
 from typing import Any
 
 import dask
@@ -41,95 +39,10 @@ import pandas as pd
 import xarray as xr
 
 from glacierflow import store
+from glacierflow.config import PAIR_KINDS, FlowSpec
 from glacierflow.errors import GlacierflowError
 
-PAIR_KINDS = ("consecutive", "annual")
 DAYS_PER_YEAR = 365.25
-
-
-@dataclass(frozen=True)
-class FlowSpec:
-    """Parameters of the flow stage.
-
-    Parameters
-    ----------
-    pairs
-        ``"consecutive"`` (period i -> i+1) or ``"annual"`` (same month, one year later; keeps seasonal
-        snow changes from dominating the match).
-    pyr_scale, levels, iterations
-        Farnebäck pyramid scale, number of pyramid levels and iterations per level (the paper: 0.5, 6, 10).
-    winsize
-        Averaging window in pixels. Default 9 (270 m at 30 m): the window must stay well below the
-        glacier width, because Farnebäck averages the displacement over it and so flattens the
-        cross-glacier speed profile (faster at the margins, slower in the centre than the truth).
-        Measured on the ``small`` twin (valley glacier 20-36 px wide), median speed error with annual
-        pairs: 15 px 27 %, 11 px 24 %, 9 px 23 %, 5-7 px no better but noisier. OpenCV's sample uses
-        15, the paper's code 13 or 60.
-    poly_n, poly_sigma
-        Polynomial expansion neighbourhood and Gaussian sigma (the paper's code: 5, 1.1).
-    min_texture
-        Minimum local standard deviation of NDSI (in NDSI units) a pixel needs in both frames to get a
-        velocity; below it the pixel is NaN.
-    texture_window
-        Side of the box (pixels) in which the local texture is measured; ``0`` means ``winsize``.
-    max_fb_error
-        Forward-backward consistency threshold in pixels: a pixel is NaN when the forward flow plus
-        the backward flow at the matched position is longer than this. ``0`` disables the check (and
-        halves the cost).
-    """
-
-    pairs: str = "consecutive"
-    pyr_scale: float = 0.5
-    levels: int = 6
-    winsize: int = 9
-    iterations: int = 10
-    poly_n: int = 5
-    poly_sigma: float = 1.1
-    min_texture: float = 0.02
-    texture_window: int = 0
-    max_fb_error: float = 0.5
-
-    def __post_init__(self) -> None:
-        if self.pairs not in PAIR_KINDS:
-            raise GlacierflowError(f"unknown pairs {self.pairs!r}; choose one of {', '.join(PAIR_KINDS)}")
-        if not 0.0 < self.pyr_scale < 1.0:
-            raise GlacierflowError(f"pyr_scale {self.pyr_scale} must be in (0, 1), e.g. --pyr-scale 0.5")
-        for name, low in (("levels", 1), ("winsize", 3), ("iterations", 1)):
-            value = getattr(self, name)
-            if not isinstance(value, int | np.integer) or value < low:
-                raise GlacierflowError(f"{name} {value!r} must be an integer >= {low}")
-        if self.poly_n not in (5, 7):
-            raise GlacierflowError(f"poly_n {self.poly_n!r} must be 5 or 7 (OpenCV supports only these)")
-        if not self.poly_sigma > 0:
-            raise GlacierflowError(
-                f"poly_sigma {self.poly_sigma} must be > 0, e.g. 1.1 (poly_n 5) or 1.5 (poly_n 7)"
-            )
-        if not self.min_texture >= 0:
-            raise GlacierflowError(f"min_texture {self.min_texture} must be >= 0 (0 disables masking)")
-        if not isinstance(self.texture_window, int | np.integer) or self.texture_window < 0:
-            raise GlacierflowError(f"texture_window {self.texture_window!r} must be an integer >= 0")
-        if not self.max_fb_error >= 0:
-            raise GlacierflowError(
-                f"max_fb_error {self.max_fb_error} must be >= 0 pixels (0 disables the consistency check)"
-            )
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain dict for JSON / Zarr attrs."""
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> FlowSpec:
-        """Rebuild from :meth:`to_dict` output (unknown keys are an error)."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise GlacierflowError(f"unknown FlowSpec keys {unknown}; known: {', '.join(sorted(known))}")
-        return cls(**data)
-
-    @property
-    def texture_box(self) -> int:
-        """Side of the texture box in pixels."""
-        return self.texture_window or self.winsize
 
 
 def pair_indices(times: Any, pairs: str = "consecutive") -> list[tuple[int, int]]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from glacierflow.errors import GlacierflowError
+from glacierflow.errors import GlacierflowError, SpecError
 
 BBox = tuple[float, float, float, float]
 
@@ -38,7 +38,8 @@ class Site:
     def __post_init__(self) -> None:
         w, s, e, n = self.bbox
         if not (-180 <= w < e <= 180 and -90 <= s < n <= 90):
-            raise GlacierflowError(f"invalid bbox {self.bbox} for site {self.name!r}: need W < E and S < N")
+            box = " ".join(f"{v:g}" for v in self.bbox)
+            raise SpecError("bbox", f"{box} of site {self.name!r} must be W S E N degrees with W < E and S < N")
 
     @property
     def centre(self) -> tuple[float, float]:

@@ -83,22 +83,6 @@ def _interior(a: np.ndarray, m: int = 20) -> np.ndarray:
 # ---------------------------------------------------------------- spec and pairs
 
 
-def test_spec_roundtrip_and_validation():
-    spec = FlowSpec(pairs="annual", winsize=21, max_fb_error=0.0)
-    assert FlowSpec.from_dict(spec.to_dict()) == spec
-    assert (spec.pyr_scale, spec.levels, spec.iterations) == (0.5, 6, 10)  # the paper's values
-    with pytest.raises(GlacierflowError, match="max_fb_error"):
-        FlowSpec(max_fb_error=-1.0)
-    with pytest.raises(GlacierflowError, match="'weekly'"):
-        FlowSpec(pairs="weekly")
-    with pytest.raises(GlacierflowError, match="poly_n"):
-        FlowSpec(poly_n=6)
-    with pytest.raises(GlacierflowError, match="pyr_scale"):
-        FlowSpec(pyr_scale=1.5)
-    with pytest.raises(GlacierflowError, match="bogus"):
-        FlowSpec.from_dict({"bogus": 1})
-
-
 def test_pair_indices_consecutive_and_annual():
     times = pd.date_range("2019-01-01", periods=9, freq="3MS")  # quarterly, Jan 2019 .. Jan 2021
     assert pair_indices(times, "consecutive") == [(i, i + 1) for i in range(8)]

@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from glacierflow.config import CubeSpec, PreprocessSpec, resolve_site
-from glacierflow.errors import GlacierflowError
+from glacierflow.config import resolve_site
+from glacierflow.errors import GlacierflowError, SpecError
 from glacierflow.glaciers import GLACIERS, get_site, site_from_bbox, utm_epsg
 
 
@@ -25,21 +25,20 @@ def test_utm_epsg(lon: float, lat: float, epsg: int) -> None:
 def test_bad_names_and_boxes() -> None:
     with pytest.raises(GlacierflowError, match="known: aletsch, parvati"):
         get_site("parvatti")
-    with pytest.raises(GlacierflowError, match="W < E"):
+    with pytest.raises(SpecError, match="W < E") as err:
         site_from_bbox((10, 46, 9, 47))
-    with pytest.raises(GlacierflowError, match="either --glacier or --bbox"):
+    assert err.value.field == "bbox"
+    assert str(err.value).startswith("bbox 10 46 9 47 of site")
+
+
+def test_resolve_site() -> None:
+    with pytest.raises(SpecError) as err:
         resolve_site("parvati", (1, 2, 3, 4), None)
+    assert err.value.fields == ("glacier", "bbox")
+    assert str(err.value) == "glacier and bbox were both given; pass one of them"
+    with pytest.raises(SpecError, match="glacier NAME or bbox"):
+        resolve_site(None, None, None)
     assert resolve_site(None, (7.9, 46.4, 8.2, 46.6), None).epsg == 32632
     assert resolve_site(None, (7.9, 46.4, 8.2, 46.6), 2056).epsg == 2056
-
-
-def test_specs_validate_and_round_trip() -> None:
-    spec = CubeSpec(name="p", bbox=(1.0, 2.0, 3.0, 4.0), epsg=32631, start="2019-01-01", end="2019-12-31",
-                    catalog="http://x", platforms=("landsat-8", "landsat-9"))
-    assert CubeSpec.from_dict(__import__("json").loads(spec.to_json())) == spec
-    with pytest.raises(GlacierflowError, match="before"):
-        CubeSpec(name="p", bbox=(1, 2, 3, 4), epsg=1, start="2020-01-01", end="2019-01-01", catalog="x")
-    with pytest.raises(GlacierflowError, match="--max-missing"):
-        PreprocessSpec(max_missing=1.5)
-    with pytest.raises(GlacierflowError, match="--period"):
-        PreprocessSpec(period="2W")
+    parvati = resolve_site("parvati", None, 32644)
+    assert (parvati.epsg, parvati.bbox) == (32644, GLACIERS["parvati"].bbox)
