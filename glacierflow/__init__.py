@@ -1,7 +1,13 @@
 """glacierflow: glacier movement prediction from Landsat-8, STAC -> Dask -> Zarr -> PyTorch."""
 
-from glacierflow.errors import GlacierflowError
+from importlib.metadata import PackageNotFoundError, version
+
+from glacierflow.errors import GlacierflowError, SpecError
 from glacierflow.glaciers import GLACIERS, Site, get_site
 
-__version__ = "0.1.0"
-__all__ = ["GLACIERS", "GlacierflowError", "Site", "get_site", "__version__"]
+try:
+    __version__ = version("glacierflow")  # one source of truth: pyproject.toml, via the installed metadata
+except PackageNotFoundError:  # a source tree that was never installed (pip install -e .)
+    __version__ = "0+unknown"
+
+__all__ = ["GLACIERS", "GlacierflowError", "Site", "SpecError", "__version__", "get_site"]

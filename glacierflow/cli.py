@@ -47,6 +47,23 @@ app.add_typer(plot_app, name="plot")
 console = Console(stderr=True)
 out = Console()
 
+
+def _print_version(value: bool) -> None:
+    if value:
+        from glacierflow import __version__
+
+        print(f"glacierflow {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", is_eager=True, callback=_print_version, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """glacierflow: glacier movement from Landsat-8, STAC -> Dask -> Zarr -> PyTorch."""
+
 # Spec fields whose flag is not ``--`` + the field name with dashes; keys "field" or "SpecName.field".
 FLAGS: dict[str, str] = {
     "platforms": "--platform",
