@@ -35,6 +35,7 @@ import xarray as xr
 from glacierflow import __version__
 from glacierflow.config import PredictSpec
 from glacierflow.errors import GlacierflowError
+from glacierflow.patches import SEASON_LENGTH
 
 Model = Callable[[Any], Any]
 """Anything mapping a ``(B, t_in, 1, P, P)`` torch tensor to ``(B, t_out, 1, P, P)``."""
@@ -209,10 +210,6 @@ def forecast_lazy(model: Model, frames: da.Array, *, t_out: int, band: int, patc
 
 
 # ------------------------------------------------------------------------------------------------ baselines
-SEASON_LENGTH = {"1MS": 12, "3MS": 4, "6MS": 2}
-"""Periods per year for each cube period (the seasonal baseline's look-back)."""
-
-
 def seasonal_sources(last: int, t_out: int, season_length: int) -> list[int]:
     """Cube index feeding each lead in the ``seasonal`` baseline (most recent same-season known period).
 
@@ -328,14 +325,10 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
 
 
 def choose_device(name: str) -> str:
-    """``auto`` -> ``cuda`` when PyTorch sees a GPU, else ``cpu``; ``cuda`` without one is an error."""
-    import torch
+    """The torch device as training chooses it (``auto`` -> CUDA when present; ``cuda`` absent -> error)."""
+    from glacierflow.train import resolve_device
 
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise GlacierflowError("--device cuda requested but PyTorch sees no CUDA GPU; use --device cpu or auto")
-    return name
+    return str(resolve_device(name))
 
 
 def load_forecaster(run_dir: str | os.PathLike[str], checkpoint: str = "best.pt") -> Forecaster:
@@ -345,21 +338,21 @@ def load_forecaster(run_dir: str | os.PathLike[str], checkpoint: str = "best.pt"
     path = Path(run_dir) / checkpoint
     if not path.is_file():
         raise GlacierflowError(f"no {checkpoint} in run directory {run_dir}; train one with 'glacierflow train'")
-    loaded = train.load_checkpoint(path)
-    model, ckpt = (loaded if isinstance(loaded, tuple) else (loaded.model, loaded.checkpoint))[:2]
-    args = dict(getattr(model, "model_args", {}) or ckpt.get("model_args", {}))
-    info = {
-        "model": str(ckpt.get("model_name", ckpt.get("model", ""))),
+    model, specs, _ = train.load_checkpoint(path)
+    args = dict(specs["model_args"])
+    info: dict[str, Any] = {
         "model_args": json.dumps(args, sort_keys=True),
         "checkpoint": path.name,
         "run_dir": str(run_dir),
         "checkpoint_sha256": file_sha256(path),
-        "epoch": int(ckpt.get("epoch", -1)),
+        "epoch": int(specs.get("epoch") or 0),
+        "trained_on": str(specs.get("cube") or ""),
     }
-    for key, value in ckpt.items():
-        if key.endswith("_spec"):
-            info[key] = value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)
-    return Forecaster(model, info["model"], int(args["t_in"]), int(args["t_out"]), int(args["size"]), info)
+    for key in train.SPEC_KEYS:
+        if specs.get(key) is not None:
+            info[key] = json.dumps(specs[key], sort_keys=True, default=str)
+    return Forecaster(model, str(specs["model_name"]), int(args["t_in"]), int(args["t_out"]), int(args["size"]),
+                      info)
 
 
 # ------------------------------------------------------------------------------------------------ the store
@@ -435,7 +428,7 @@ def forecast_dataset(
         model=fc.name, source_cube=str(cube_url), input_periods=json.dumps(inputs), last_input=inputs[-1],
         period=period, predict_spec=spec.to_json(), overlap_px=overlap, patch_px=fc.patch,
     )
-    sums = _scores_lazy(cube, arr, last, fc.t_out, SEASON_LENGTH.get(period, 4))
+    sums = _scores_lazy(cube, arr, last, fc.t_out, SEASON_LENGTH[period])
     facts = {"last_index": last, "inputs": inputs, "targets": [f"{t:%Y-%m-%d}" for t in targets],
              "device": device, "overlap": overlap, "chunk": chunk, "period": period}
     return ds, sums, facts
