@@ -1,20 +1,21 @@
-"""Per-scene preprocessing: QA cloud mask, gap-fill, NDSI, snow mask, temporal resampling.
+"""Per-scene preprocessing and the periodic cube: QA mask, NDSI, snow mask, period means (pure, lazy).
 
 Every function here is pure and lazy: it takes an xarray object (numpy- or dask-backed) and returns
-one, builds a Dask graph when the input is Dask-backed, and never computes. Numpy/OpenCV kernels are
-wrapped with :func:`xarray.apply_ufunc` (``dask="parallelized"`` with explicit output dtypes), and each
-function sets the chunking it needs itself:
-
-* :func:`gap_fill` works on one (time, band) 2-D slice per task with the full y/x extent;
-* :func:`resample` needs the whole time axis in one chunk (spatial chunks are kept).
+one, builds a Dask graph when the input is Dask-backed, and never computes. Numpy kernels are wrapped
+with :func:`xarray.apply_ufunc` (``dask="parallelized"`` with explicit output dtypes), and each function
+sets the chunking it needs itself (the time interpolation needs every period of a strip of rows).
 
 The pipeline for one cube (dims ``time, band, y, x`` with bands ``green, swir16, qa_pixel``)::
 
-    masked = mask_invalid(cube)          # NaN where nodata / QA fill / cloud / shadow
-    frac = valid_fraction(masked)        # the caller drops scenes below its threshold
-    filled = gap_fill(masked)            # the paper's 5x5 tent-weighted inpainting
-    snow = snow_mask(ndsi(filled), 0.3)  # NDSI where >= 0.3 else 0
-    cube = resample(snow, "3MS")         # calendar-quarter means, empty periods interpolated
+    masked = mask_invalid(cube)            # NaN where nodata / QA fill / cloud / shadow / unreadable
+    frac = valid_fraction(masked)          # the caller drops scenes below its threshold
+    snow = snow_mask(ndsi(masked), 0.3)    # NDSI where >= 0.3 else 0; NaN where not observed
+    cube = resample(snow, "3MS")           # per period: mean of the real observations (n_valid), the
+                                           # paper's gap-fill only where a period observed nothing,
+                                           # empty periods interpolated in time
+
+Unreadable assets arrive as ``-inf`` (:mod:`glacierflow.cube`): :func:`read_errors` finds them in the
+graph, and every mask here treats them as missing.
 """
 
 from __future__ import annotations
@@ -22,11 +23,11 @@ from __future__ import annotations
 import re
 from typing import Literal
 
-import cv2
 import numpy as np
 import pandas as pd
 import xarray as xr
 
+from glacierflow import gapfill
 from glacierflow.errors import GlacierflowError
 
 # --- USGS Landsat Collection 2 QA_PIXEL bits (Landsat 8/9) ---------------------------------------------
@@ -41,10 +42,6 @@ QA_WATER = 7
 
 REFLECTANCE_BANDS = ("green", "swir16")
 QA_BAND = "qa_pixel"
-
-# 5x5 separable tent of the paper's gap-fill (after Vonica et al. 2021); sum 81.
-_TENT = np.array([1.0, 2.0, 3.0, 2.0, 1.0])
-GAP_FILL_WEIGHTS = np.outer(_TENT, _TENT)
 
 _NDSI_EPS = 1e-6
 
@@ -97,20 +94,45 @@ def mask_invalid(cube: xr.DataArray, mask_clouds: bool = True, mask_cirrus: bool
             "build the cube with assets green, swir16 and qa_pixel"
         )
     refl = cube.sel(band=list(REFLECTANCE_BANDS))
-    invalid = refl.isnull().any("band")
+    invalid = ~np.isfinite(refl).all("band")  # NaN (nodata) and -inf (unreadable asset)
     if QA_BAND in bands:
-        qa = cube.sel(band=QA_BAND, drop=True)
-        bad_bits = _bits(QA_FILL)
-        if mask_clouds:
-            bad_bits |= _bits(QA_DILATED_CLOUD, QA_CLOUD, QA_CLOUD_SHADOW)
-            if mask_cirrus:
-                bad_bits |= _bits(QA_CIRRUS)
-        qa_int = qa.fillna(_bits(QA_FILL)).astype(np.uint16)
-        invalid = invalid | ((qa_int & bad_bits) != 0)
+        invalid = invalid | ~qa_valid(cube.sel(band=QA_BAND, drop=True), mask_clouds, mask_cirrus)
         invalid = invalid.drop_vars([c for c in invalid.coords if c not in refl.coords], errors="ignore")
     out = refl.where(~invalid)
     out.name = refl.name
     return out.transpose(*refl.dims)
+
+
+def qa_valid(qa: xr.DataArray, mask_clouds: bool = True, mask_cirrus: bool = False) -> xr.DataArray:
+    """Where the ``qa_pixel`` bits mark a usable pixel (bool, lazy if the input is).
+
+    Invalid: the fill bit, a NaN or non-finite value (outside the footprint, unreadable asset) and, with
+    ``mask_clouds``, the dilated-cloud, cloud and cloud-shadow bits (cirrus too with ``mask_cirrus``).
+    """
+    bad_bits = _bits(QA_FILL)
+    if mask_clouds:
+        bad_bits |= _bits(QA_DILATED_CLOUD, QA_CLOUD, QA_CLOUD_SHADOW)
+        if mask_cirrus:
+            bad_bits |= _bits(QA_CIRRUS)
+    finite = np.isfinite(qa)
+    qa_int = qa.where(finite, _bits(QA_FILL)).astype(np.uint16)
+    return finite & ((qa_int & bad_bits) == 0)
+
+
+def read_errors(cube: xr.DataArray) -> xr.DataArray:
+    """Per scene and band: whether the asset was unreadable (the cube holds ``-inf`` there), lazy.
+
+    :mod:`glacierflow.cube` turns a missing or corrupt file into a ``-inf`` window, so read errors are
+    computed in the graph from the data itself.
+
+    Returns
+    -------
+    xarray.DataArray
+        ``(time, band)`` bool.
+    """
+    out = np.isneginf(cube).any(("y", "x"))
+    out.name = "read_error"
+    return out
 
 
 def valid_fraction(masked: xr.DataArray) -> xr.DataArray:
@@ -129,191 +151,6 @@ def valid_fraction(masked: xr.DataArray) -> xr.DataArray:
     frac = masked.notnull().all("band").mean(("y", "x"))
     frac.name = "valid_fraction"
     return frac
-
-
-# --- gap-fill -------------------------------------------------------------------------------------------
-
-
-_STRIP = 64  # rows per work box of the gap-fill front
-_ZERO_PAD = cv2.BORDER_CONSTANT  # value 0: outside the image is invalid (weight 0) in both sums
-
-
-def _strip_boxes(rows: np.ndarray, cols: np.ndarray, shape: tuple[int, int]) -> list[tuple[int, ...]]:
-    """Boxes (r0, r1, c0, c1) covering the given pixels grown by 2 px, one per strip of rows.
-
-    ``rows`` must be sorted (as :func:`numpy.nonzero` returns them). Cutting the front into strips keeps
-    the boxes tight around a slanted front (a Landsat footprint edge), where one bounding box would
-    cover the whole hole.
-    """
-    h, w = shape
-    strip = rows // _STRIP
-    starts = np.flatnonzero(np.r_[True, strip[1:] != strip[:-1]])
-    ends = np.r_[starts[1:], rows.size] - 1
-    cmin = np.minimum.reduceat(cols, starts)
-    cmax = np.maximum.reduceat(cols, starts)
-    boxes = [
-        (max(int(rows[s]) - 2, 0), min(int(rows[e]) + 3, h), max(int(c0) - 2, 0), min(int(c1) + 3, w))
-        for s, e, c0, c1 in zip(starts, ends, cmin, cmax, strict=True)
-    ]
-    whole = (boxes[0][0], boxes[-1][1], min(b[2] for b in boxes), max(b[3] for b in boxes))
-    area = sum((b[1] - b[0]) * (b[3] - b[2]) for b in boxes)
-    # Strips pay per-box overhead: use them only where they save at least half the work.
-    return boxes if area < 0.5 * (whole[1] - whole[0]) * (whole[3] - whole[2]) else [whole]
-
-
-def _fill_passes(values: np.ndarray, valid: np.ndarray, max_iter: int) -> int:
-    """Run up to ``max_iter`` exact passes of the paper's kernel in place; return the passes run.
-
-    A hole pixel can only gain a valid neighbour in pass k from the pixels filled in pass k-1, so each
-    pass after the first evaluates only boxes around the previous pass's new pixels grown by the kernel
-    radius (2 px, one box per 64-row strip), filtering each box grown by another 2 px so every
-    candidate sees its full 5x5 window (at the image edge the box edge is the image edge: zero padding,
-    as in the paper). All boxes of a pass are evaluated before any value is written, so the mask is
-    the one at the start of the pass. The result equals filtering the whole image every pass, at a
-    fraction of the cost for a large hole that closes ring by ring.
-    """
-    h, w = values.shape
-    rows, cols = np.nonzero(~valid)
-    n_holes = rows.size
-    passes = 0
-    while n_holes and passes < max_iter and rows.size:
-        results = []
-        for ir0, ir1, ic0, ic1 in _strip_boxes(rows, cols, (h, w)):
-            r0, r1, c0, c1 = max(ir0 - 2, 0), min(ir1 + 2, h), max(ic0 - 2, 0), min(ic1 + 2, w)
-            v = values[r0:r1, c0:c1]
-            m = valid[r0:r1, c0:c1]
-            num = cv2.filter2D(np.where(m, v, 0.0), cv2.CV_64F, GAP_FILL_WEIGHTS, borderType=_ZERO_PAD)
-            den = cv2.filter2D(m.astype(np.float64), cv2.CV_64F, GAP_FILL_WEIGHTS, borderType=_ZERO_PAD)
-            # den is a sum of small integers (exact): > 0.5 means >= 1 valid pixel in the window.
-            inner = (slice(ir0 - r0, ir1 - r0), slice(ic0 - c0, ic1 - c0))
-            newly = ~m[inner] & (den[inner] > 0.5)
-            nr, nc = np.nonzero(newly)
-            if nr.size:
-                results.append((nr + ir0, nc + ic0, num[inner][newly] / den[inner][newly]))
-        passes += 1
-        if not results:
-            break
-        rows = np.concatenate([r[0] for r in results])
-        cols = np.concatenate([r[1] for r in results])
-        vals = np.concatenate([r[2] for r in results])
-        if len(results) > 1:  # neighbouring boxes overlap: drop duplicates, keep rows sorted
-            flat, first = np.unique(rows * w + cols, return_index=True)
-            rows, cols, vals = flat // w, flat % w, vals[first]
-        values[rows, cols] = vals
-        valid[rows, cols] = True
-        n_holes -= rows.size
-    return passes
-
-
-def _pyramid_fill(values: np.ndarray, valid: np.ndarray) -> np.ndarray:
-    """Fill every invalid pixel by multi-scale (push-pull) normalised averaging.
-
-    The valid values and their mask are summed over 2x2 blocks level by level (push) until the coarse
-    level has no hole (at the latest at 1x1); each level's holes are then filled from the bilinearly
-    upsampled coarser level (pull). Terminates after ``log2(size)`` levels; needs >= 1 valid pixel.
-    """
-    if valid.all():
-        return values
-    h, w = values.shape
-    hp, wp = h + (h % 2), w + (w % 2)
-    num = np.zeros((hp, wp))
-    den = np.zeros((hp, wp))
-    num[:h, :w] = np.where(valid, values, 0.0)
-    den[:h, :w] = valid
-    num_c = num.reshape(hp // 2, 2, wp // 2, 2).sum(axis=(1, 3))
-    den_c = den.reshape(hp // 2, 2, wp // 2, 2).sum(axis=(1, 3))
-    valid_c = den_c > 0
-    coarse = np.divide(num_c, den_c, out=np.zeros_like(num_c), where=valid_c)
-    coarse = _pyramid_fill(coarse, valid_c)
-    up = cv2.resize(coarse, (wp, hp), interpolation=cv2.INTER_LINEAR)[:h, :w]
-    out = values.copy()
-    out[~valid] = up[~valid]
-    return out
-
-
-def gap_fill_2d(image: np.ndarray, max_iter: int = 500) -> tuple[np.ndarray, int]:
-    """Gap-fill one 2-D image with the paper's iterated 5x5 tent-weighted average.
-
-    Each pass sets every NaN pixel that has at least one valid pixel in its 5x5 window to
-    ``sum(w * m * x) / sum(w * m)`` with ``w = outer([1,2,3,2,1], [1,2,3,2,1])``, ``m`` the validity
-    mask at the start of the pass (pixels filled in this pass are not used) and zero padding outside
-    the image counted as invalid: exactly the research code's loop, vectorised as a normalised
-    convolution. Passes repeat until no NaN remains, at most ``max_iter`` times (each pass closes a
-    2-px ring, so holes up to ~``4 * max_iter`` px across are filled exactly as in the paper; with the
-    default that includes half a 1000-px scene lying outside the footprint). Holes still open after
-    that are filled by multi-scale push-pull averaging (:func:`_pyramid_fill`), which always
-    terminates in ``log2(size)`` levels and stays within the range of the valid values.
-
-    Each pass only evaluates boxes around the current fill front (see :func:`_fill_passes`), so the
-    263 passes that close the missing right half of an 860x1050 scene take ~0.1-0.2 s.
-
-    Parameters
-    ----------
-    image : numpy.ndarray
-        2-D float image, NaN where invalid.
-    max_iter : int
-        Maximum number of exact passes before the multi-scale fallback.
-
-    Returns
-    -------
-    tuple of (numpy.ndarray, int)
-        The filled image (input dtype; all NaN if the input had no valid pixel) and the number of
-        exact passes run.
-    """
-    valid = np.isfinite(image)
-    if valid.all() or not valid.any():
-        return image.copy(), 0
-    values = image.astype(np.float64)
-    passes = _fill_passes(values, valid, max_iter)
-    if not valid.all():
-        values = _pyramid_fill(values, valid)
-    return values.astype(image.dtype, copy=False), passes
-
-
-def _gap_fill_block(block: np.ndarray, max_iter: int) -> np.ndarray:
-    """Apply :func:`gap_fill_2d` to every 2-D slice of an ``(..., y, x)`` block."""
-    cv2.setNumThreads(0)
-    out = np.empty_like(block)
-    for idx in np.ndindex(block.shape[:-2]):
-        out[idx] = gap_fill_2d(block[idx], max_iter=max_iter)[0]
-    return out
-
-
-def gap_fill(masked: xr.DataArray, max_iter: int = 500) -> xr.DataArray:
-    """Fill NaN gaps of every (time, band) slice with the paper's iterated 5x5 kernel.
-
-    See :func:`gap_fill_2d` for the algorithm and the large-hole fallback. A slice with no valid pixel
-    stays all NaN (the caller drops such scenes, e.g. with :func:`valid_fraction`).
-
-    Parameters
-    ----------
-    masked : xarray.DataArray
-        Dims include ``y`` and ``x`` (typically ``(time, band, y, x)`` from :func:`mask_invalid`).
-    max_iter : int
-        Exact passes before the multi-scale fallback; must be >= 0.
-
-    Returns
-    -------
-    xarray.DataArray
-        Same dims, coords and dtype; lazy if the input is, rechunked to one 2-D slice per chunk with
-        the full y/x extent.
-    """
-    if max_iter < 0:
-        raise GlacierflowError(f"gap_fill max_iter must be >= 0, got {max_iter}; pass e.g. max_iter=500")
-    dims = masked.dims
-    if masked.chunks is not None:
-        masked = masked.chunk({d: (1 if d not in ("y", "x") else -1) for d in dims})
-    out = xr.apply_ufunc(
-        _gap_fill_block,
-        masked,
-        input_core_dims=[["y", "x"]],
-        output_core_dims=[["y", "x"]],
-        kwargs={"max_iter": max_iter},
-        dask="parallelized",
-        output_dtypes=[masked.dtype],
-        keep_attrs=True,
-    )
-    return out.transpose(*dims)
 
 
 # --- NDSI -------------------------------------------------------------------------------------------------
@@ -447,6 +284,18 @@ def period_starts(
     return starts, pos.astype(np.int64)
 
 
+
+
+def period_index(
+    times: np.ndarray | pd.DatetimeIndex,
+    period: str = "3MS",
+    start: str | pd.Timestamp | None = None,
+    end: str | pd.Timestamp | None = None,
+) -> tuple[pd.DatetimeIndex, np.ndarray]:
+    """Alias of :func:`period_starts` (the period start of every scene, -1 outside)."""
+    return period_starts(times, period, start, end)
+
+
 def _interp_time(a: np.ndarray) -> np.ndarray:
     """Linear interpolation of NaNs along axis -1 by index; edges take the nearest finite value."""
     t = a.shape[-1]
@@ -470,34 +319,120 @@ def _interp_time(a: np.ndarray) -> np.ndarray:
     return out
 
 
-def _mean_over_time(block: np.ndarray) -> np.ndarray:
-    """NaN-skipping float64 mean of a ``(time, ...)`` block, summed in time order (NaN where no value)."""
-    sums = np.zeros(block.shape[1:])
-    counts = np.zeros(block.shape[1:])
-    for scene in block:
-        finite = np.isfinite(scene)
-        sums += np.where(finite, scene, 0.0)
-        counts += finite
-    return np.divide(sums, counts, out=np.full_like(sums, np.nan), where=counts > 0)
-
-
 def _interp_block(block: np.ndarray) -> np.ndarray:
     """Time interpolation of a ``(time, ...)`` block of period means, as float32."""
     return np.moveaxis(_interp_time(np.moveaxis(block, 0, -1)), -1, 0).astype(np.float32)
 
 
-def _period_mean(scenes: xr.DataArray) -> xr.DataArray:
-    """NaN-skipping float64 mean over ``time`` (first axis) of one period's scenes, lazy if they are."""
-    out = scenes.isel(time=0, drop=True).astype(np.float64)
-    if scenes.chunks is not None:
-        data = scenes.data.map_blocks(_mean_over_time, drop_axis=0, dtype=np.float64)
-    else:
-        data = _mean_over_time(np.asarray(scenes.values))
-    return out.copy(data=data)
-
-
 #: Rows per task of the time interpolation (its tasks hold every period of a strip of rows).
 INTERP_STRIP = 128
+
+
+def period_means(
+    da: xr.DataArray,
+    period: str = "3MS",
+    start: str | pd.Timestamp | None = None,
+    end: str | pd.Timestamp | None = None,
+    use: xr.DataArray | None = None,
+) -> xr.Dataset:
+    """Per calendar period: the mean of the real observations of every pixel, and their count.
+
+    Parameters
+    ----------
+    da : xarray.DataArray
+        ``(time, y, x)`` scenes, NaN where a pixel was not observed (clouds, footprint, warp borders).
+    period, start, end
+        See :func:`period_starts`; scenes outside the period index are ignored.
+    use : xarray.DataArray, optional
+        ``(time,)`` bool (lazy allowed): scenes to average; the others count nowhere (e.g. a scene whose
+        alignment failed). Default: every scene.
+
+    Returns
+    -------
+    xarray.Dataset
+        On ``time`` = period start: ``ndsi(time, y, x)`` float32 mean over the observations (NaN where
+        none), ``n_valid(time, y, x)`` uint8 number of observations averaged (saturates at 255),
+        ``n_scenes(time)`` int64 scenes averaged, ``time_mean(time)`` mean acquisition time of those
+        scenes (NaT for an empty period). Grouping by period uses xarray's ``groupby`` (one reduction
+        per period, so no task holds more than one period's scenes).
+    """
+    starts, pos = period_starts(da["time"].values, period, start, end)
+    inside = np.flatnonzero(pos >= 0)
+    da = da.transpose("time", "y", "x").isel(time=inside)
+    da = da.drop_vars([c for c in da.coords if "time" in da[c].dims and c != "time"])
+    label = xr.DataArray(starts.values[pos[inside]], dims="time", name="period")
+    weight = xr.ones_like(label, dtype=bool) if use is None else use.isel(time=inside).astype(bool)
+    weight = weight.drop_vars([c for c in weight.coords if c != "time"], errors="ignore")
+    weight = weight.assign_coords(time=da["time"].values)
+    label = label.assign_coords(time=da["time"].values)
+    obs = da.where(weight)
+    total = obs.astype(np.float64).groupby(label).sum("time", skipna=True, min_count=1)
+    count = obs.notnull().groupby(label).sum("time")
+    t_ns = (da["time"].values.astype("datetime64[ns]").astype(np.int64) - np.int64(starts.values[0].astype(
+        "datetime64[ns]").astype(np.int64))).astype(np.float64)
+    t_rel = xr.DataArray(t_ns, dims="time", coords={"time": da["time"].values})
+    n_scenes = weight.astype(np.int64).groupby(label).sum("time")
+    t_sum = (t_rel * weight).groupby(label).sum("time")
+    full = {"period": starts.values}
+    total = total.reindex(full).rename(period="time")
+    count = count.reindex(full, fill_value=0).rename(period="time")
+    n_scenes = n_scenes.reindex(full, fill_value=0).rename(period="time")
+    t_sum = t_sum.reindex(full, fill_value=0).rename(period="time")
+    mean = (total / count.where(count > 0)).astype(np.float32)
+    offset = xr.DataArray(t_sum / n_scenes.where(n_scenes > 0))
+    t0 = np.datetime64(starts.values[0], "ns")
+    time_mean = offset.copy(data=_as_datetime(offset.data, t0))
+    ds = xr.Dataset(
+        {
+            "ndsi": mean.transpose("time", "y", "x"),
+            "n_valid": count.clip(max=255).astype(np.uint8).transpose("time", "y", "x"),
+            "n_scenes": n_scenes.astype(np.int64),
+            "time_mean": time_mean,
+        }
+    )
+    return ds.drop_vars([c for c in ds.coords if c not in ("time", "y", "x") and "time" in ds[c].dims])
+
+
+def _as_datetime(offset_ns: object, t0: np.datetime64) -> object:
+    """``t0 + offset`` (float ns, NaN -> NaT) as datetime64[ns]; lazy for a dask array."""
+    import dask.array as dsa
+
+    def convert(a: np.ndarray) -> np.ndarray:
+        out = np.full(a.shape, np.datetime64("NaT"), "datetime64[ns]")
+        ok = np.isfinite(a)
+        out[ok] = t0 + np.round(a[ok]).astype("timedelta64[ns]")
+        return out
+
+    if isinstance(offset_ns, dsa.Array):
+        return offset_ns.map_blocks(convert, dtype="datetime64[ns]")
+    return convert(np.asarray(offset_ns))
+
+
+def fill_unobserved(mean: xr.DataArray, max_iter: int = 32) -> xr.DataArray:
+    """The paper's gap-fill applied to each period's mean: only pixels no scene observed get a value.
+
+    Observed pixels keep their mean exactly (the kernel fills NaN only); a period with no observation
+    at all stays NaN (:func:`interpolate_periods` fills it in time).
+    """
+    out = gapfill.gap_fill(mean, max_iter=max_iter)
+    out.name = mean.name
+    return out
+
+
+def interpolate_periods(mean: xr.DataArray) -> xr.DataArray:
+    """Empty periods (NaN) by linear interpolation in time (by period index, as in the paper), per pixel.
+
+    Leading/trailing NaNs take the nearest non-empty period. Time in one chunk, ``INTERP_STRIP`` rows per
+    task. Returns float32, lazy if the input is.
+    """
+    dims = mean.dims
+    mean = mean.transpose("time", ...)
+    if mean.chunks is not None:
+        mean = mean.chunk({"time": -1, **({"y": INTERP_STRIP} if "y" in mean.dims else {})})
+        data = mean.data.map_blocks(_interp_block, dtype=np.float32)
+    else:
+        data = _interp_block(np.asarray(mean.values))
+    return mean.copy(data=data).astype(np.float32).transpose(*dims)
 
 
 def resample(
@@ -506,82 +441,57 @@ def resample(
     start: str | pd.Timestamp | None = None,
     end: str | pd.Timestamp | None = None,
     edges: Literal["nearest", "drop"] = "nearest",
+    use: xr.DataArray | None = None,
+    max_iter: int = 32,
 ) -> xr.Dataset:
-    """Mean per calendar period, empty periods filled by linear interpolation in time.
+    """The periodic cube: means of real observations, gap-filled where unobserved, empty periods interpolated.
 
     Periods start on the first of a month and are anchored on January: ``"3MS"`` gives quarters
     starting Jan/Apr/Jul/Oct and ``"6MS"`` half-years starting Jan/Jul, whatever the first scene's
-    month. (xarray/pandas ``resample("3MS")`` anchors the bins on the first timestamp's month
-    instead, so a series starting in February gets Feb/May/Aug/Nov bins; that is why the grouping is
-    done here.) The mean skips NaN per pixel. A period with no scene gets the linear interpolation (by
-    period index, as in the paper) between the nearest non-empty periods before and after, per pixel;
-    a pixel NaN in every scene of a non-empty period is interpolated the same way. Leading/trailing
-    empty periods (no non-empty period on one side) are filled with the nearest non-empty period
-    (``edges="nearest"``, flagged ``interpolated``) so the index covers the whole requested range, or
-    removed (``edges="drop"``).
+    month (xarray's ``resample("3MS")`` anchors on the first timestamp's month instead). Per pixel and
+    period the mean averages only the scenes that observed the pixel (:func:`period_means`); where no
+    scene of a non-empty period observed a pixel, the paper's 5x5 gap-fill of that period's mean
+    supplies the value (:func:`fill_unobserved`); a period with no scene gets the linear interpolation
+    between the nearest non-empty periods (edges: the nearest one, or dropped with ``edges="drop"``).
 
     Parameters
     ----------
     da : xarray.DataArray
-        ``(time, y, x)``, e.g. the snow mask of :func:`snow_mask`.
+        ``(time, y, x)``, e.g. the snow mask of :func:`snow_mask` (NaN where not observed).
     period : str
         Month-start alias whose length divides 12: ``"1MS"``, ``"3MS"``, ``"6MS"``, ...
     start, end : date-like, optional
-        Define the full period index (the periods containing ``start`` and ``end``); scenes outside
-        are ignored. Default: the periods of the first and last scene.
+        Define the full period index; default: the periods of the first and last scene.
     edges : {"nearest", "drop"}
         What to do with leading/trailing empty periods.
+    use : xarray.DataArray, optional
+        ``(time,)`` bool (lazy allowed): which scenes to average (default all).
+    max_iter : int
+        Exact passes of the gap-fill before its multi-scale fallback.
 
     Returns
     -------
     xarray.Dataset
-        ``ndsi(time, y, x)`` float32 (lazy if the input is, time in one chunk), ``n_scenes(time)``
-        int64 and ``interpolated(time)`` bool, ``time`` = period start. Non-time coordinates of the
-        input (``x``, ``y``, ``spatial_ref``, ...) are kept.
+        ``ndsi(time, y, x)`` float32, ``n_valid(time, y, x)`` uint8, ``n_scenes(time)`` int64,
+        ``interpolated(time)`` bool (no scene in the period), ``time_mean(time)``; ``time`` = period
+        start. Lazy if the input is.
     """
     if edges not in ("nearest", "drop"):
         raise GlacierflowError(f"unknown edges {edges!r}; use 'nearest' or 'drop'")
-    starts, pos = period_starts(da["time"].values, period, start, end)
-    n_periods = len(starts)
-    n_scenes = np.bincount(pos[pos >= 0], minlength=n_periods).astype(np.int64)
     dims = da.dims
-    da = da.transpose("time", ...)
-    time_coords = [c for c in da.coords if "time" in da[c].dims]
-    da = da.drop_vars(time_coords)
-    # Per-period means first: each is a reduction over that period's scenes only, so no task ever holds
-    # the whole time series of scenes (memory stays bounded when the time range grows). Then the linear
-    # interpolation of empty periods, over all periods, in strips of rows.
-    template = da.sum("time")  # (y, x) shape and chunks, also for an empty time axis (never computed)
-    means = []
-    for p in range(n_periods):
-        idx = np.flatnonzero(pos == p)
-        if idx.size == 0:
-            means.append(xr.full_like(template, np.nan, dtype=np.float64))
-            continue
-        scenes = da.isel(time=idx)
-        if scenes.chunks is not None:
-            scenes = scenes.chunk({"time": -1})
-        means.append(_period_mean(scenes))
-    stacked = xr.concat(means, dim="time", coords="minimal", compat="override")
-    if stacked.chunks is not None:
-        stacked = stacked.chunk({"time": -1, **({"y": INTERP_STRIP} if "y" in stacked.dims else {})})
-        mean = xr.DataArray(
-            stacked.data.map_blocks(_interp_block, dtype=np.float32), dims=stacked.dims, coords=stacked.coords
-        )
-    else:
-        mean = stacked.copy(data=_interp_block(stacked.values))
-    mean = mean.assign_coords(time=starts.values).transpose(*dims)
-    ds = xr.Dataset(
-        {
-            "ndsi": mean,
-            "n_scenes": ("time", n_scenes),
-            "interpolated": ("time", n_scenes == 0),
-        }
-    )
+    keep = {c: da.coords[c] for c in da.coords if "time" not in da[c].dims and c not in da.dims}
+    ds = period_means(da, period, start, end, use=use)
+    filled = fill_unobserved(ds["ndsi"], max_iter=max_iter)
+    ds["ndsi"] = interpolate_periods(filled)
+    ds["interpolated"] = ds["n_scenes"] == 0
     ds["ndsi"].attrs.update(da.attrs)
     ds["ndsi"].attrs["period"] = period
+    ds["ndsi"] = ds["ndsi"].transpose(*dims)
+    ds = ds.assign_coords(keep)
     if edges == "drop":
-        nonempty = np.flatnonzero(n_scenes > 0)
+        if ds["n_scenes"].chunks is not None:
+            raise GlacierflowError("edges='drop' needs known scene counts; pass numpy data or edges='nearest'")
+        nonempty = np.flatnonzero(ds["n_scenes"].values > 0)
         if nonempty.size:
             ds = ds.isel(time=slice(nonempty[0], nonempty[-1] + 1))
     return ds

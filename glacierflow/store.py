@@ -1,8 +1,10 @@
 """Zarr stores: CRS coordinate, safe writes (local path or any fsspec URL), lazy reads.
 
-Safe writes: a store is written to a temporary sibling (``.<name>.partial-<uuid>``) and moved into
-place only when complete; a completion attribute (``glacierflow_complete``) is set last. An interrupted
+Safe writes (:func:`write`): any Dataset, or a DataTree of groups, is written to a temporary sibling
+(``.<name>.partial-<uuid>``) as a template plus chunk regions in one computation, marked complete
+(``glacierflow_complete``), its metadata consolidated, and moved into place only then. An interrupted
 run therefore never leaves a corrupt store where a good one was, and readers refuse incomplete stores.
+:func:`spill` routes a lazy Dataset through a scratch store inside a graph (read-once pipelines).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import uuid
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -108,6 +111,119 @@ def _so(fs: fsspec.AbstractFileSystem, storage_options: dict[str, Any] | None) -
     return None if _is_local(fs) else storage_options
 
 
+def _tmp_sibling(path: str, kind: str) -> str:
+    parent, name = path.rsplit("/", 1) if "/" in path else ("", path)
+    leaf = f".{name}.{kind}-{uuid.uuid4().hex[:8]}"
+    return f"{parent}/{leaf}" if parent else leaf
+
+
+def _nodes(data: xr.Dataset | xr.DataTree) -> list[tuple[str | None, xr.Dataset]]:
+    """``(group path or None for the root, dataset)`` of every node, root first."""
+    if isinstance(data, xr.Dataset):
+        return [(None, data)]
+    out: list[tuple[str | None, xr.Dataset]] = []
+    for node in data.subtree:
+        path = node.relative_to(data)
+        out.append((None if path in ("", ".") else path, node.to_dataset(inherit=False)))
+    return out
+
+
+def write(
+    data: xr.Dataset | xr.DataTree,
+    url: str,
+    *,
+    overwrite: bool = False,
+    storage_options: dict[str, Any] | None = None,
+    compute: Callable[[list[Any]], Any] | None = None,
+    attrs: Callable[[], dict[str, Any]] | None = None,
+) -> str:
+    """Write a Dataset (or a DataTree: root + groups) as a Zarr store at ``url``, safely.
+
+    ``attrs`` (optional) is called once the data is written and returns root attributes known only then
+    (e.g. scores computed in the same pass); they are set before the completion marker.
+
+    The store is written to a temporary sibling (``.<name>.partial-<id>``): first the template of every
+    group (metadata, coordinates and in-memory variables; ``to_zarr(compute=False)``), then every lazy
+    variable of every group by chunk regions in **one** computation, so tasks shared between groups (a
+    per-scene table and the cube it was computed with) run once. Then the completion marker
+    (``glacierflow_complete``), consolidated metadata, and the move into place. An interrupted or failed
+    write leaves nothing behind and the previous store untouched.
+
+    Parameters
+    ----------
+    data
+        What to write (lazy variables are computed here, and only here).
+    url
+        Local path or fsspec URL (``az://``, ``s3://``, ``gs://``, ``memory://``).
+    overwrite
+        Replace an existing store. Without it an existing store is refused.
+    storage_options
+        fsspec options (credentials, ``connection_string``, ``use_listings_cache=False`` for adlfs, ...).
+    compute
+        Runs the list of delayed region writes (progress bars, a distributed client); default
+        ``dask.compute``.
+
+    Returns
+    -------
+    str
+        The store URL.
+    """
+    import dask
+
+    fs, path = _fs(url, storage_options)
+    path = path.rstrip("/")
+    if fs.exists(path) and not overwrite:
+        state = "complete" if is_complete(url, storage_options) else "incomplete"
+        raise GlacierflowError(f"store {url} already exists ({state}); pass --overwrite to replace it")
+    parent = path.rsplit("/", 1)[0] if "/" in path else ""
+    tmp_path = _tmp_sibling(path, "partial")
+    if _is_local(fs):
+        os.makedirs(parent or ".", exist_ok=True)
+    tmp_url = _full_url(fs, tmp_path)
+    so = _so(fs, storage_options)
+    try:
+        # Low-level fusion off: each group's writes would otherwise fuse the shared tasks under new keys
+        # and run them once per group.
+        with dask.config.set({"optimization.fuse.active": False}):
+            delayed = []
+            for k, (group, ds) in enumerate(_nodes(data)):
+                ds = ds.copy()
+                if group is None:
+                    ds.attrs[COMPLETE] = False
+                delayed.append(ds.to_zarr(tmp_url, group=group, mode="w" if k == 0 else "a", consolidated=False,
+                                          compute=False, storage_options=so))
+            (compute or (lambda objs: dask.compute(*objs)))(delayed)
+        root = zarr.open_group(tmp_url, mode="r+", storage_options=so)
+        root.attrs.update(attrs() if attrs else {})
+        root.attrs[COMPLETE] = True
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # zarr v3: "consolidated metadata is not part of the spec"
+            zarr.consolidate_metadata(
+                tmp_url if not so else zarr.storage.FsspecStore.from_url(tmp_url, storage_options=so)
+            )
+        _replace(fs, tmp_path, path)
+    except BaseException:
+        _remove_partial(fs, tmp_path)
+        raise
+    return url
+
+
+def _replace(fs: fsspec.AbstractFileSystem, tmp_path: str, path: str) -> None:
+    """Move the finished temporary store into place (the old one, if any, removed only then)."""
+    if _is_local(fs):
+        if os.path.exists(path):
+            old = _tmp_sibling(path, "old")
+            os.rename(path, old)
+            os.rename(tmp_path, path)
+            fs.rm(old, recursive=True)
+        else:
+            os.rename(tmp_path, path)
+        return
+    if fs.exists(path):
+        fs.rm(path, recursive=True)
+    _move_tree(fs, tmp_path, path)
+
+
 def write_store(
     ds: xr.Dataset,
     url: str,
@@ -115,80 +231,97 @@ def write_store(
     overwrite: bool = False,
     storage_options: dict[str, Any] | None = None,
     compute: Callable[[Any], Any] | None = None,
-    groups: dict[str, xr.Dataset] | Callable[[xr.Dataset], dict[str, xr.Dataset]] | None = None,
-    temporary: tuple[str, ...] = (),
 ) -> str:
-    """Write ``ds`` (and optional sub-groups) as a Zarr store at ``url``, safely.
+    """:func:`write` of one Dataset (kept for callers of the first version)."""
+    run = None if compute is None else (lambda objs: [compute(d) for d in objs])
+    return write(ds, url, overwrite=overwrite, storage_options=storage_options, compute=run)
 
-    Parameters
-    ----------
-    ds
-        Dataset to write (lazy variables are computed here).
-    url
-        Local path or fsspec URL (``az://``, ``s3://``, ``gs://``, ``memory://``).
-    overwrite
-        Replace an existing complete store. Without it an existing store is refused.
-    storage_options
-        fsspec options (credentials, ``connection_string``, ``use_listings_cache=False`` for adlfs, ...).
-    compute
-        Called with the delayed write (``to_zarr(compute=False)``) to run it, e.g. with a progress bar;
-        default: ``delayed.compute()``.
-    groups
-        Extra datasets written as Zarr groups (e.g. ``{"scenes": per_scene_table}``), or a callable
-        returning them, called after ``compute`` with the written (temporary) store opened lazily, for tables
-        built from computed results.
-    temporary
-        Variables of ``ds`` removed from the store after ``groups`` (e.g. per-scene results written in the
-        same pass as the main arrays, so that they share one task graph, and then reshaped into a group).
 
-    Returns
-    -------
-    str
-        The store URL.
+class Spilled:
+    """Chunks of a lazy Dataset written to a scratch Zarr store *inside* the graph, read back on demand.
+
+    Made by :func:`spill`. Every call of :meth:`read` returns a fresh lazy copy whose chunks are read
+    from the scratch store after their write: each consumer of the data reads its own copy, so no
+    scene is held in memory between two stages that are separated by a reduction over all scenes.
     """
+
+    def __init__(self, url: str, written: dict[str, Any], like: xr.Dataset, so: dict[str, Any] | None) -> None:
+        self.url, self._written, self._like, self._so = url, written, like, so
+        self._reads = 0
+
+    def read(self) -> xr.Dataset:
+        """A lazy copy of the spilled Dataset (new task keys at every call)."""
+        import dask.array as dsa
+
+        self._reads += 1
+        out = {}
+        for name, var in self._like.data_vars.items():
+            token = self._written[name]
+            data = dsa.map_blocks(
+                _read_chunk, token, dtype=var.dtype, chunks=var.chunks, url=self.url, var=name,
+                so=self._so, read=self._reads, meta=np.empty((0,) * var.ndim, var.dtype),
+            )
+            out[name] = (var.dims, data, var.attrs)
+        return xr.Dataset(out, coords=self._like.coords)
+
+
+def _block_slices(block_info: dict[Any, Any] | None, which: int | None) -> tuple[slice, ...]:
+    loc = (block_info or {})[which]["array-location"]
+    return tuple(slice(a, b) for a, b in loc)
+
+
+def _write_chunk(block: np.ndarray, url: str, var: str, so: dict[str, Any] | None,
+                 block_info: dict[Any, Any] | None = None) -> np.ndarray:
+    arr = zarr.open_array(f"{url.rstrip('/')}/{var}", mode="r+",
+                          storage_options=so)
+    arr[_block_slices(block_info, 0)] = block  # the input chunk's place
+    return np.ones((1,) * block.ndim, bool)
+
+
+def _read_chunk(token: np.ndarray, url: str, var: str, so: dict[str, Any] | None, read: int,
+                block_info: dict[Any, Any] | None = None) -> np.ndarray:
+    del token, read  # the token orders the read after the write; read makes each copy's keys unique
+    arr = zarr.open_array(f"{url.rstrip('/')}/{var}", mode="r",
+                          storage_options=so)
+    return np.asarray(arr[_block_slices(block_info, None)])  # the output chunk's
+
+
+def spill(ds: xr.Dataset, url: str, storage_options: dict[str, Any] | None = None) -> Spilled:
+    """Route the chunks of ``ds`` through a scratch Zarr store at ``url`` (lazily; nothing is computed).
+
+    The empty arrays are created now (metadata only, uncompressed, the chunks of ``ds``); each chunk is
+    written by a task of the graph that returns a one-byte token, and :meth:`Spilled.read` reads chunks
+    back in tasks that depend on those tokens. The caller removes the scratch store with
+    :func:`remove` once the graph has run. ``url`` must be reachable from every Dask worker (a local
+    path for local clusters, the output's object store for remote ones).
+    """
+    import dask.array as dsa
+
     fs, path = _fs(url, storage_options)
-    path = path.rstrip("/")
-    if fs.exists(path):
-        if not overwrite:
-            state = "complete" if is_complete(url, storage_options) else "incomplete"
-            raise GlacierflowError(f"store {url} already exists ({state}); pass --overwrite to replace it")
-    parent, name = path.rsplit("/", 1) if "/" in path else ("", path)
-    tmp_path = (
-        f"{parent}/.{name}.partial-{uuid.uuid4().hex[:8]}" if parent else f".{name}.partial-{uuid.uuid4().hex[:8]}"
-    )
-    if _is_local(fs):
-        os.makedirs(parent or ".", exist_ok=True)
-    tmp_url = _full_url(fs, tmp_path)
     so = _so(fs, storage_options)
-    try:
-        ds = ds.copy()
-        ds.attrs[COMPLETE] = False
-        delayed = ds.to_zarr(tmp_url, mode="w", consolidated=False, compute=False, storage_options=so)
-        (compute or (lambda d: d.compute()))(delayed)
-        if callable(groups):
-            groups = groups(xr.open_zarr(tmp_url, consolidated=False, storage_options=so))
-        for gname, gds in (groups or {}).items():
-            gds.to_zarr(tmp_url, group=gname, mode="w", consolidated=False, storage_options=so)
-        root = zarr.open_group(tmp_url, mode="r+", storage_options=so)
-        for name in temporary:
-            del root[name]
-        root.attrs[COMPLETE] = True
-        if fs.exists(path):
-            if _is_local(fs):
-                old = f"{parent}/.{name}.old-{uuid.uuid4().hex[:8]}" if parent else f".{name}.old"
-                os.rename(path, old)
-                os.rename(tmp_path, path)
-                fs.rm(old, recursive=True)
-                return url
-            fs.rm(path, recursive=True)
-        if _is_local(fs):
-            os.rename(tmp_path, path)
-        else:
-            _move_tree(fs, tmp_path, path)
-    except BaseException:
-        _remove_partial(fs, tmp_path)
-        raise
-    return url
+    full = _full_url(fs, path)
+    root = zarr.open_group(full, mode="w", storage_options=so)
+    written = {}
+    for name, var in ds.data_vars.items():
+        data = var.data if isinstance(var.data, dsa.Array) else dsa.from_array(np.asarray(var.data))
+        chunks = tuple(max(c) for c in data.chunks)
+        root.create_array(name, shape=data.shape, chunks=chunks, dtype=data.dtype, compressors=None,
+                          fill_value=None)
+        written[name] = dsa.map_blocks(
+            _write_chunk, data, dtype=bool, chunks=tuple((1,) * len(c) for c in data.chunks), url=full,
+            var=name, so=so, meta=np.empty((0,) * data.ndim, bool),
+        )
+    like = ds.copy()
+    for name in like.data_vars:
+        if not isinstance(like[name].data, dsa.Array):
+            like[name] = like[name].chunk()
+    return Spilled(full, written, like, so)
+
+
+def remove(url: str, storage_options: dict[str, Any] | None = None) -> None:
+    """Remove a store or scratch store at ``url`` if it exists (retried, like a partial store)."""
+    fs, path = _fs(url, storage_options)
+    _remove_partial(fs, path)
 
 
 def _move_tree(fs: fsspec.AbstractFileSystem, src: str, dst: str) -> None:

@@ -10,7 +10,7 @@ import pytest
 import xarray as xr
 
 from glacierflow.errors import GlacierflowError
-from glacierflow.store import add_spatial_ref, epsg_of, is_complete, open_store, write_store
+from glacierflow.store import add_spatial_ref, epsg_of, is_complete, open_store, remove, spill, write, write_store
 
 
 def _ds(value: float) -> xr.Dataset:
@@ -32,7 +32,8 @@ def test_write_reopen_overwrite(where: str, tmp_path: Path) -> None:
     assert float(ds["ndsi"].mean()) == 1.0
     with pytest.raises(GlacierflowError, match="--overwrite"):
         write_store(_ds(2.0), url)
-    write_store(_ds(2.0), url, overwrite=True, groups={"scenes": xr.Dataset({"used": ("scene", [True, False])})})
+    scenes = xr.Dataset({"used": ("scene", da.from_array(np.array([True, False]), chunks=1))})
+    write(xr.DataTree.from_dict({"/": _ds(2.0), "scenes": scenes}), url, overwrite=True)
     assert float(open_store(url)["ndsi"].mean()) == 2.0
     assert open_store(url, group="scenes")["used"].values.tolist() == [True, False]
 
@@ -40,7 +41,7 @@ def test_write_reopen_overwrite(where: str, tmp_path: Path) -> None:
         raise RuntimeError("disk full")
 
     with pytest.raises(RuntimeError, match="disk full"):
-        write_store(_ds(3.0), url, overwrite=True, compute=boom)
+        write(_ds(3.0), url, overwrite=True, compute=boom)
     assert float(open_store(url)["ndsi"].mean()) == 2.0, "the previous store survives a failed write"
     with pytest.raises(GlacierflowError, match="lacks nope"):
         open_store(url, require=("nope",))
@@ -54,3 +55,28 @@ def test_incomplete_store_is_refused(tmp_path: Path) -> None:
         open_store(url)
     with pytest.raises(GlacierflowError, match="does not exist"):
         open_store(str(tmp_path / "nothing.zarr"))
+
+
+def test_consolidated_metadata_opens_without_warning(tmp_path: Path) -> None:
+    import warnings
+
+    url = str(tmp_path / "c.zarr")
+    write(_ds(4.0), url)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # "Failed to open Zarr store with consolidated metadata" would raise
+        ds = xr.open_zarr(url, decode_coords="all")
+    assert ds.attrs["glacierflow_complete"] is True and float(ds["ndsi"].max()) == 4.0
+
+
+def test_spill_reads_back_each_chunk_after_its_write(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    values = rng.normal(size=(3, 6, 7)).astype(np.float32)
+    ds = xr.Dataset({"a": (("t", "y", "x"), da.from_array(values, chunks=(1, 6, 7)) * 2)})
+    url = str(tmp_path / "scratch.zarr")
+    spilled = spill(ds, url)
+    first, second = spilled.read(), spilled.read()
+    assert set(first["a"].data.dask) != set(second["a"].data.dask) - set(ds["a"].data.dask), "fresh keys"
+    got = (first["a"] + second["a"]).compute(scheduler="threads")
+    np.testing.assert_array_equal(got.values, 4 * values)
+    remove(url)
+    assert not (tmp_path / "scratch.zarr").exists()
