@@ -375,7 +375,8 @@ def flow_cmd(
     spec = FlowSpec(pairs=pairs, **{k: v for k, v in given.items() if v is not None})
     with get_client(cluster):
         s = run_flow(cube, out_store, spec, overwrite=overwrite, storage_options=storage_options(storage_option))
-    out.print(f"{s['pairs']} {pairs} pairs ({s['pairs_interpolated']} involve an interpolated period: masked); "
+    out.print(f"{s['pairs']} {pairs} pairs of {s['period']} periods ({s['pairs_interpolated']} involve an "
+              "interpolated period: masked); "
               f"median speed {s['median_speed_m_per_yr']:.1f} m/yr over {100 * s['valid_fraction']:.0f}% of pixels")
     out.print(f"median over pairs (speed_median): {s['composite_median_speed_m_per_yr']:.1f} m/yr over "
               f"{100 * s['composite_valid_fraction']:.0f}% of pixels")

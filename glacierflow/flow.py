@@ -39,7 +39,7 @@ import pandas as pd
 import xarray as xr
 
 from glacierflow import store
-from glacierflow.config import PAIR_KINDS, FlowSpec
+from glacierflow.config import PAIR_KINDS, CubeSpec, FlowSpec, PreprocessSpec, spec_from_store
 from glacierflow.errors import GlacierflowError
 
 DAYS_PER_YEAR = 365.25
@@ -313,7 +313,7 @@ def composite(vel: xr.Dataset) -> dict[str, xr.DataArray]:
 
 def write_velocity(
     ds: xr.Dataset, url: str, overwrite: bool = False, source: str | None = None,
-    storage_options: dict[str, Any] | None = None,
+    storage_options: dict[str, Any] | None = None, cube_specs: tuple[CubeSpec, PreprocessSpec] | None = None,
 ) -> str:
     """Compute and write a velocity dataset with :func:`glacierflow.store.write_store` (safe write).
 
@@ -329,6 +329,9 @@ def write_velocity(
         The cube store URL, recorded in the attrs.
     storage_options
         fsspec options for remote targets.
+    cube_specs
+        The specs the cube was built with (:func:`cube_specs`), recorded as ``cube_spec`` and
+        ``preprocess_spec`` so that the velocity store carries its whole provenance.
 
     Returns
     -------
@@ -338,6 +341,8 @@ def write_velocity(
     from glacierflow import __version__
 
     ds = ds.copy()
+    if cube_specs is not None:
+        ds.attrs.update(cube_spec=cube_specs[0].to_json(), preprocess_spec=cube_specs[1].to_json())
     ds.attrs.update(
         glacierflow_version=__version__,
         source_cube=source or "",
@@ -355,6 +360,14 @@ def open_cube(cube_url: str, storage_options: dict[str, Any] | None = None) -> x
     return ds
 
 
+def cube_specs(cube: xr.Dataset, where: str = "the cube store") -> tuple[CubeSpec, PreprocessSpec]:
+    """The :class:`CubeSpec` and :class:`PreprocessSpec` a cube store was built with, read from its attrs."""
+    return (
+        spec_from_store(cube.attrs, "cube_spec", CubeSpec, where),
+        spec_from_store(cube.attrs, "preprocess_spec", PreprocessSpec, where),
+    )
+
+
 def run_flow(
     cube_url: str, out_url: str, spec: FlowSpec | None = None, overwrite: bool = False,
     storage_options: dict[str, Any] | None = None,
@@ -364,14 +377,17 @@ def run_flow(
     Returns
     -------
     dict
-        Summary: ``out``, ``pairs``, ``pairs_interpolated`` (all-NaN pairs), ``median_speed_m_per_yr``
+        Summary: ``out``, ``period`` (the cube's, from its stored :class:`PreprocessSpec`), ``pairs``,
+        ``pairs_interpolated`` (all-NaN pairs), ``median_speed_m_per_yr``
         and ``valid_fraction`` (over the pixels of the non-interpolated pairs), and for the median
         composite ``composite_median_speed_m_per_yr`` and ``composite_valid_fraction``.
     """
     spec = spec or FlowSpec()
     cube = open_cube(cube_url, storage_options)
+    specs = cube_specs(cube, f"cube store {cube_url!r}")
     ds = velocity(cube, spec)
-    write_velocity(ds, out_url, overwrite=overwrite, source=cube_url, storage_options=storage_options)
+    write_velocity(ds, out_url, overwrite=overwrite, source=cube_url, storage_options=storage_options,
+                   cube_specs=specs)
     written = store.open_store(out_url, storage_options, require=("u", "v", "speed"))
     interp = written["interpolated"].values.astype(bool)
     speed = written["speed"].isel(time=np.flatnonzero(~interp)).values
@@ -380,6 +396,7 @@ def run_flow(
     comp_ok = np.isfinite(comp)
     return {
         "out": out_url,
+        "period": specs[1].period,
         "pairs": int(written.sizes["time"]),
         "pairs_interpolated": int(interp.sum()),
         "median_speed_m_per_yr": float(np.median(speed[finite])) if finite.any() else float("nan"),

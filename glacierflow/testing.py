@@ -134,7 +134,6 @@ def synthetic_cube(
     xarray.Dataset
         ``ndsi``, ``n_valid``, ``interpolated``, ``n_scenes``, ``time_mean`` and the ``spatial_ref`` coordinate.
     """
-    from glacierflow.config import CubeSpec, PreprocessSpec
     from glacierflow.store import spatial_ref
 
     ny, nx = (size, size) if isinstance(size, int) else size
@@ -182,15 +181,27 @@ def synthetic_cube(
         },
         coords={"time": times, "y": y, "x": x, "spatial_ref": spatial_ref(epsg)},
     )
-    end = (times[-1] + step - pd.Timedelta(days=1)).strftime("%Y-%m-%d")
-    cube_spec = CubeSpec(name="synthetic", bbox=(77.0, 32.0, 77.1, 32.1), epsg=int(epsg),
-                         start=times[0].strftime("%Y-%m-%d"), end=end, catalog="synthetic")
     ds.attrs.update(
-        cube_spec=cube_spec.to_json(),
-        preprocess_spec=PreprocessSpec(period=period, ndsi_threshold=threshold).to_json(),
+        spec_attrs(times, period, epsg=epsg, ndsi_threshold=threshold),
         synthetic=json.dumps({"seed": seed, "drift": list(drift), "seasonal": seasonal, "noise": noise}),
     )
     return ds.chunk(chunks) if chunks else ds
+
+
+def spec_attrs(times: Any, period: str = "3MS", *, epsg: int = DEFAULT_EPSG, **preprocess: Any) -> dict[str, str]:
+    """``cube_spec`` and ``preprocess_spec`` attrs (JSON) for a synthetic cube over the periods ``times``.
+
+    ``preprocess`` overrides :class:`~glacierflow.config.PreprocessSpec` fields (e.g. ``ndsi_threshold``).
+    """
+    from glacierflow.config import CubeSpec, PreprocessSpec
+
+    t = pd.DatetimeIndex(times)
+    if period not in PERIOD_MONTHS:
+        raise GlacierflowError(f"unsupported period {period!r}; choose one of: {', '.join(PERIOD_MONTHS)}")
+    end = t[-1] + pd.DateOffset(months=PERIOD_MONTHS[period]) - pd.Timedelta(days=1)
+    cube_spec = CubeSpec(name="synthetic", bbox=(77.0, 32.0, 77.1, 32.1), epsg=int(epsg),
+                         start=t[0].strftime("%Y-%m-%d"), end=end.strftime("%Y-%m-%d"), catalog="synthetic")
+    return {"cube_spec": cube_spec.to_json(), "preprocess_spec": PreprocessSpec(period=period, **preprocess).to_json()}
 
 
 def write_synthetic_cube(path: str, *, overwrite: bool = False, **kwargs: Any) -> str:

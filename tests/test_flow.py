@@ -12,6 +12,7 @@ import xarray as xr
 from scipy import ndimage
 
 from glacierflow import GlacierflowError, store
+from glacierflow.config import CubeSpec, PreprocessSpec
 from glacierflow.flow import (
     FlowSpec,
     farneback_pixels,
@@ -21,7 +22,7 @@ from glacierflow.flow import (
     velocity,
     write_velocity,
 )
-from glacierflow.testing import raise_if_computes
+from glacierflow.testing import raise_if_computes, spec_attrs, synthetic_cube
 
 PIXEL = 30.0
 EPSG = 32643  # UTM 43N (Parvati)
@@ -67,6 +68,7 @@ def make_cube(
             "interpolated": ("time", np.asarray(interpolated or [False] * len(frames))),
         },
         coords={"time": pd.DatetimeIndex(times), "y": y, "x": x, "spatial_ref": spatial_ref},
+        attrs=spec_attrs(times, "3MS", epsg=EPSG),
     )
     return ds
 
@@ -223,6 +225,23 @@ def test_velocity_is_lazy_on_an_opened_store(tmp_path):
     assert out["u"].shape == (3, n, n)
     assert out["u"].data.npartitions == 3  # one pair per chunk
     assert "spatial_ref" in out.coords
+
+
+def test_flow_reads_the_cube_spec_back(tmp_path):
+    # a cube built with 6-month periods and threshold 0.4: flow reads both from the store, records them
+    cube = synthetic_cube(n_periods=3, size=48, period="6MS", threshold=0.4, drift=(1.0, 0.0))
+    url = write_cube(tmp_path, cube)
+    summary = run_flow(url, str(tmp_path / "v.zarr"), FlowSpec(max_fb_error=0.0))
+    assert summary["period"] == "6MS"
+    vel = xr.open_zarr(str(tmp_path / "v.zarr"), consolidated=False)
+    assert PreprocessSpec.from_json(vel.attrs["preprocess_spec"]) == PreprocessSpec(period="6MS", ndsi_threshold=0.4)
+    assert CubeSpec.from_json(vel.attrs["cube_spec"]).epsg == 32643
+    assert FlowSpec.from_json(vel.attrs["flow_spec"]) == FlowSpec(max_fb_error=0.0)
+    bare = cube.copy()
+    bare.attrs = {}
+    bare_url = write_cube(tmp_path, bare, "bare.zarr")
+    with pytest.raises(GlacierflowError, match="has no cube_spec attribute"):
+        run_flow(bare_url, str(tmp_path / "v2.zarr"))
 
 
 def test_writer_refuses_overwrite_and_store_opens(tmp_path):
