@@ -31,6 +31,7 @@ from glacierflow.glaciers import Site, get_site, site_from_bbox
 
 MOTIONS = ("translation", "euclidean", "affine", "homography")
 PERIODS = ("1MS", "3MS", "6MS")
+CATEGORIES = ("T1", "T2", "RT")  # Landsat Collection 2 tiers (landsat:collection_category)
 PAIR_KINDS = ("consecutive", "annual")
 
 S = TypeVar("S", bound="Spec")
@@ -164,6 +165,10 @@ class CubeSpec(Spec):
         Maximum ``eo:cloud_cover`` in percent.
     resolution
         Pixel size in metres.
+    categories
+        Landsat collection categories kept (``landsat:collection_category``: T1, T2, RT).
+    guides
+        Also store the aligned per-scene guide images (group ``guides``).
     """
 
     name: str
@@ -176,6 +181,8 @@ class CubeSpec(Spec):
     platforms: tuple[str, ...] = ("landsat-8",)
     max_cloud: float = 20.0
     resolution: float = 30.0
+    categories: tuple[str, ...] = ("T1", "T2")
+    guides: bool = True
 
     def __post_init__(self) -> None:
         if _date(self, "start") >= _date(self, "end"):
@@ -188,6 +195,8 @@ class CubeSpec(Spec):
         self._between("max_cloud", 0, 100, "a percentage")
         self._require(bool(self.platforms), "platforms", "is empty; name at least one platform, e.g. landsat-8")
         self._require(self.resolution > 0, "resolution", f"{self.resolution} must be > 0 metres")
+        self._require(bool(self.categories) and set(self.categories) <= set(CATEGORIES), "categories",
+                      f"{' '.join(self.categories) or 'nothing'} must be some of: {', '.join(CATEGORIES)}")
 
 
 @dataclass(frozen=True)
@@ -210,6 +219,8 @@ class PreprocessSpec(Spec):
         Exact 5x5 gap-fill passes before the multi-scale fill.
     align_highpass
         Sigma (px) of the high-pass applied to the ECC guide image.
+    min_ecc
+        ECC correlation below which a scene counts as not aligned and is not averaged (``alignment``).
     extra
         Free-form options for experiments (recorded with the store).
     """
@@ -221,6 +232,7 @@ class PreprocessSpec(Spec):
     period: str = "3MS"
     gap_fill_max_iter: int = 32
     align_highpass: float = 6.0
+    min_ecc: float = 0.3
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -230,6 +242,7 @@ class PreprocessSpec(Spec):
         self._between("ndsi_threshold", -1, 1, "an NDSI")
         self._integer("gap_fill_max_iter", 0)
         self._require(self.align_highpass >= 0, "align_highpass", f"{self.align_highpass} must be >= 0 px")
+        self._between("min_ecc", -1, 1, "a correlation")
 
     @property
     def period_months(self) -> int:
