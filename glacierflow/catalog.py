@@ -141,6 +141,7 @@ class Criteria:
     collection: str = "landsat-c2-l2"
     platforms: tuple[str, ...] | None = ("landsat-8",)
     max_cloud: float | None = 20.0
+    categories: tuple[str, ...] | None = None  # landsat:collection_category (T1, T2, RT); None keeps all
 
     def __post_init__(self) -> None:
         if len(self.bbox) != 4:
@@ -156,14 +157,16 @@ class Criteria:
 
     @classmethod
     def parse(cls, bbox: Sequence[float], start: DateLike, end: DateLike, collection: str = "landsat-c2-l2",
-              platforms: Sequence[str] | None = ("landsat-8",), max_cloud: float | None = 20.0) -> Criteria:
+              platforms: Sequence[str] | None = ("landsat-8",), max_cloud: float | None = 20.0,
+              categories: Sequence[str] | None = None) -> Criteria:
         """Build from user values: dates as ``YYYY-MM-DD`` (inclusive days, UTC) or ISO datetimes."""
         if len(bbox) != 4:
             raise GlacierflowError(f"bbox {list(bbox)} must be 4 numbers: west, south, east, north")
         return cls(bbox=(float(bbox[0]), float(bbox[1]), float(bbox[2]), float(bbox[3])),
                    start=_to_datetime(start, end=False), end=_to_datetime(end, end=True),
                    collection=collection, platforms=tuple(platforms) if platforms is not None else None,
-                   max_cloud=float(max_cloud) if max_cloud is not None else None)
+                   max_cloud=float(max_cloud) if max_cloud is not None else None,
+                   categories=tuple(categories) if categories is not None else None)
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready search parameters (for store provenance attrs)."""
@@ -172,6 +175,7 @@ class Criteria:
             "collection": self.collection,
             "platforms": list(self.platforms) if self.platforms is not None else None,
             "max_cloud": self.max_cloud,
+            "categories": list(self.categories) if self.categories is not None else None,
         }
 
 
@@ -180,7 +184,7 @@ class Rejection:
     """An item the search returned but glacierflow did not keep, and why."""
 
     item_id: str
-    reason: str  # "duplicate", "collection", "datetime", "bbox", "platform", "cloud"
+    reason: str  # "duplicate", "collection", "datetime", "bbox", "platform", "cloud", "category"
     detail: str
     properties: dict[str, Any] = field(default_factory=dict, compare=False)  # the item's, for reports
 
@@ -243,6 +247,9 @@ def _check(item: dict[str, Any], crit: Criteria) -> tuple[str, str] | None:
             return "cloud", "no eo:cloud_cover"
         if cloud > crit.max_cloud:
             return "cloud", f"eo:cloud_cover {cloud} > {crit.max_cloud}"
+    category = p.get("landsat:collection_category")
+    if crit.categories is not None and category is not None and category not in crit.categories:
+        return "category", f"landsat:collection_category {category!r} not in {list(crit.categories)}"
     return None
 
 
@@ -252,7 +259,7 @@ def filter_items(
     """Re-check items client-side: returns (kept sorted by datetime then id, rejected in arrival order).
 
     Duplicates by id are rejected after the first occurrence; each rejection names the first check that
-    failed, in the order collection, datetime, bbox, platform, cloud.
+    failed, in the order collection, datetime, bbox, platform, cloud, category.
     """
     kept: list[dict[str, Any]] = []
     rejected: list[Rejection] = []
@@ -274,12 +281,14 @@ def filter_items(
 
 
 def cql2_filter(crit: Criteria) -> dict[str, Any] | None:
-    """CQL2-JSON filter for cloud cover and platform, or None when neither is restricted."""
+    """CQL2-JSON filter for cloud cover, platform and collection category, or None when none is restricted."""
     args: list[dict[str, Any]] = []
     if crit.max_cloud is not None:
         args.append({"op": "<=", "args": [{"property": "eo:cloud_cover"}, crit.max_cloud]})
     if crit.platforms is not None:
         args.append({"op": "in", "args": [{"property": "platform"}, list(crit.platforms)]})
+    if crit.categories is not None:
+        args.append({"op": "in", "args": [{"property": "landsat:collection_category"}, list(crit.categories)]})
     if not args:
         return None
     return args[0] if len(args) == 1 else {"op": "and", "args": args}
@@ -410,7 +419,8 @@ class SearchResult:
 
 def search(url: str, *, bbox: Sequence[float], start: DateLike, end: DateLike,
            collection: str = "landsat-c2-l2", platforms: Sequence[str] | None = ("landsat-8",),
-           max_cloud: float | None = 20.0, limit: int = 100, client: Client | None = None,
+           max_cloud: float | None = 20.0, categories: Sequence[str] | None = None, limit: int = 100,
+           client: Client | None = None,
            retries: int = 3, backoff: float = 0.5, timeout: float = 30.0,
            max_items: int | None = None) -> SearchResult:
     """Search a STAC API for the items of ``collection`` over ``bbox`` between ``start`` and ``end``.
@@ -429,6 +439,8 @@ def search(url: str, *, bbox: Sequence[float], start: DateLike, end: DateLike,
         Platforms to keep (``platform`` property); None keeps all.
     max_cloud
         Keep items with ``eo:cloud_cover <= max_cloud``; None keeps all.
+    categories
+        Keep items whose ``landsat:collection_category`` is one of these (e.g. ``("T1",)``); None keeps all.
     limit
         Page size asked of the server; ``next`` links are followed until the last page.
     client
@@ -444,7 +456,7 @@ def search(url: str, *, bbox: Sequence[float], start: DateLike, end: DateLike,
         Kept items (plain, unsigned dicts) and rejections. An empty result is not an error here; call
         ``result.raise_if_empty()`` where it is one.
     """
-    crit = Criteria.parse(bbox, start, end, collection, platforms, max_cloud)
+    crit = Criteria.parse(bbox, start, end, collection, platforms, max_cloud, categories)
     if limit < 1:
         raise GlacierflowError(f"limit {limit} must be at least 1")
     if client is None:

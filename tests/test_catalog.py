@@ -244,6 +244,23 @@ def test_real_get_items_page_fixture():
     assert "limit=1&token=next:landsat-c2-l2:LC09_L2SP_090091" in next_page_link(limit1)["href"]
 
 
+def test_category_filter_on_real_t2_items():
+    page = load_pc_fixture("landsat-c2-l2_items-page_GET_2025-07.json")
+    crit = Criteria.parse((160, -22, 166, -10), "2025-07-22", "2025-07-22", platforms=("landsat-9",),
+                          categories=("T1",))
+    kept, rejected = filter_items(page["features"], crit)
+    # the real page holds T2 items 084068 and 084069 inside the bbox (084072, also T2, is too cloudy first)
+    assert [it["id"][10:16] for it in kept] == ["084067", "084073", "084074"]
+    cat = sorted((r.item_id[10:16], r.detail) for r in rejected if r.reason == "category")
+    assert cat == [("084068", "landsat:collection_category 'T2' not in ['T1']"),
+                   ("084069", "landsat:collection_category 'T2' not in ['T1']")]
+    both = Criteria.parse((160, -22, 166, -10), "2025-07-22", "2025-07-22", platforms=("landsat-9",),
+                          categories=("T1", "T2"))
+    assert len(filter_items(page["features"], both)[0]) == 5
+    assert catalog.cql2_filter(crit)["args"][-1] == {
+        "op": "in", "args": [{"property": "landsat:collection_category"}, ["T1"]]}
+
+
 def test_filter_items_rejects_each_reason():
     items = varied_items()
     base = items[10]  # LC08 089083, 2023-03-22, 0.02 %, in AUS
