@@ -27,7 +27,7 @@ import typer
 from rich.console import Console
 
 from glacierflow.cluster import DEFAULT_CLUSTER, SPEC_FORMS
-from glacierflow.config import MOTIONS, PAIR_KINDS, PERIODS
+from glacierflow.config import CATEGORIES, MOTIONS, PAIR_KINDS, PERIODS
 from glacierflow.errors import GlacierflowError, SpecError
 from glacierflow.glaciers import GLACIERS
 
@@ -45,7 +45,7 @@ plot_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, help="Figure
 app.add_typer(twin_app, name="twin")
 app.add_typer(plot_app, name="plot")
 console = Console(stderr=True)
-out = Console()
+out = Console(soft_wrap=True, markup=False)  # results: never wrapped (paths, URLs), never read as markup
 
 
 def _print_version(value: bool) -> None:
@@ -69,6 +69,8 @@ FLAGS: dict[str, str] = {
     "platforms": "--platform",
     "mask_clouds": "--cloud-mask/--no-cloud-mask",
     "name": "--glacier",
+    "categories": "--category",
+    "guides": "--guides/--no-guides",
 }
 
 
@@ -294,6 +296,19 @@ def build_cube_cmd(
         bool, typer.Option("--cloud-mask/--no-cloud-mask", help="Mask QA clouds and shadows.")
     ] = True,
     ndsi_threshold: Annotated[float, typer.Option(metavar="NDSI", help="Snow mask threshold.")] = 0.3,
+    category: Annotated[
+        list[str] | None,  # typer takes no list of Literal: CubeSpec checks the names (SpecError)
+        typer.Option(
+            metavar="|".join(CATEGORIES),
+            help="Landsat collection category to keep (repeatable; default: T1 and T2, T2 flagged).",
+        ),
+    ] = None,
+    min_ecc: Annotated[
+        float, typer.Option(metavar="CORR", help="Scenes aligned with a lower ECC correlation are not averaged.")
+    ] = 0.3,
+    guides: Annotated[
+        bool, typer.Option("--guides/--no-guides", help="Store the aligned per-scene images flow can track.")
+    ] = True,
     out_store: Annotated[
         str | None, typer.Option("--out", metavar="STORE", help="Output store (path or fsspec URL).")
     ] = None,
@@ -318,9 +333,12 @@ def build_cube_cmd(
         collection=collection,
         platforms=tuple(platform or ["landsat-8"]),
         max_cloud=max_cloud,
+        guides=guides,
+        **({"categories": tuple(category)} if category else {}),
     )
     pre = PreprocessSpec(
-        max_missing=max_missing, mask_clouds=cloud_mask, ndsi_threshold=ndsi_threshold, motion=motion, period=period
+        max_missing=max_missing, mask_clouds=cloud_mask, ndsi_threshold=ndsi_threshold, motion=motion, period=period,
+        min_ecc=min_ecc,
     )
     target = out_store or default_store_name(site.name, period)
     with get_client(cluster) as client:
