@@ -388,8 +388,9 @@ class TrainSpec(Spec):
     """Optimisation (``train.py``): AdamW, masked MSE, early stopping on the validation loss.
 
     ``lr``/``weight_decay`` default to values that learn in minutes on a CPU (the paper: 1e-4 / 1e-3).
-    Teacher forcing decays linearly from ``teacher_forcing`` at the first epoch to 0 at the last (models
-    without a decoder ignore it); the gradient norm is clipped at ``clip``; ``steps_per_epoch`` (0: all
+    Teacher forcing decays linearly from ``teacher_forcing`` at the first epoch to 0 at epoch
+    ``teacher_forcing_epochs`` (independent of ``epochs``, so a resumed, longer run keeps the schedule;
+    models without a decoder ignore it); the gradient norm is clipped at ``clip``; ``steps_per_epoch`` (0: all
     batches) bounds an epoch's work; ``amp``: bf16/fp16 autocast on CUDA.
     """
 
@@ -402,12 +403,13 @@ class TrainSpec(Spec):
     patience: int = 5
     clip: float = 1.0
     teacher_forcing: float = 1.0
+    teacher_forcing_epochs: int = 5
     steps_per_epoch: int = 0
     num_workers: int = 0
     amp: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size", "patience"):
+        for name in ("epochs", "batch_size", "patience", "teacher_forcing_epochs"):
             self._integer(name, 1)
         for name in ("steps_per_epoch", "num_workers"):
             self._integer(name, 0)
@@ -423,7 +425,7 @@ BLEND_WINDOWS = ("hann", "uniform")
 
 
 @dataclass(frozen=True)
-class PredictSpec(_Spec):
+class PredictSpec(Spec):
     """Full-scene inference (``predict.py``): tiling, blending, batches, device.
 
     ``overlap`` (px; -1: half a patch) between neighbouring tiles; ``window`` weights each tile before the
@@ -439,16 +441,13 @@ class PredictSpec(_Spec):
     last_input: str = ""
 
     def __post_init__(self) -> None:
-        if self.overlap < -1:
-            raise GlacierflowError(f"--overlap {self.overlap} must be >= 0 px (or -1 for half a patch)")
-        if self.window not in BLEND_WINDOWS:
-            raise GlacierflowError(f"unknown blending window {self.window!r}; choose one of: {', '.join(BLEND_WINDOWS)}")
-        if not 0 < self.floor <= 1:
-            raise GlacierflowError(f"window floor {self.floor} must lie in (0, 1]")
-        if self.batch_size < 1:
-            raise GlacierflowError(f"--batch-size {self.batch_size} must be >= 1")
-        if self.device not in DEVICES:
-            raise GlacierflowError(f"unknown --device {self.device!r}; choose one of: {', '.join(DEVICES)}")
+        self._integer("overlap", -1)
+        self._choice("window", BLEND_WINDOWS)
+        self._between("floor", 1e-9, 1.0)
+        self._integer("batch_size", 1)
+        self._choice("device", DEVICES)
+        if self.last_input:
+            _date(self, "last_input")
 
     def overlap_px(self, patch: int) -> int:
         """The overlap in px for tiles of ``patch`` px."""
