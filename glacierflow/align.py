@@ -464,8 +464,9 @@ def co_register(
     get = scenes if callable(scenes) else (lambda: scenes)
     kw = {"motion": motion, "max_iter": max_iter, "eps": eps, "gauss_filt_size": gauss_filt_size,
           "min_ecc": min_ecc}
-    first_in = get()
-    first = _ecc_pass(first_in, reference_image(first_in[guide]), guide, (guide,), **kw)
+    # a separate read for each consumer: the reference (a reduction over all scenes) never holds a scene
+    # that a later pass still needs
+    first = _ecc_pass(get(), reference_image(get()[guide]), guide, (guide,), **kw)
     aligned_guides = first[guide].where(first["aligned"])
     second_in = get().assign(init=first["warp"])
     out = _ecc_pass(second_in, reference_image(aligned_guides), guide, tuple(apply), **kw)

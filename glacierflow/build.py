@@ -1,27 +1,29 @@
-"""``build-cube``: search -> lazy cube -> preprocess -> align -> resample -> Zarr, as one Dask graph.
+"""``build-cube`` as a composition: search -> cube -> preprocess -> align -> resample -> one lazy Dataset.
 
-:func:`cube_dataset` assembles the whole graph lazily (nothing is read or computed); :func:`build_cube_store`
-searches, assembles, and writes it in one pass with :func:`glacierflow.store.write_store`, so every scene is
-read once and the per-scene diagnostics (valid fraction, shifts, ECC) are computed in the same pass as the
-periodic cube.
+:func:`cube_dataset` assembles the whole product lazily (nothing is read or computed): the periodic cube,
+the per-scene table and the aligned guide images, as ordinary lazy variables of **one** Dataset;
+:func:`as_tree` arranges it in the cube store's groups and :func:`glacierflow.store.write` computes and
+writes it in one pass. :func:`build_cube_store` is the whole command.
 
-Scenes over ``--max-missing`` are dropped *inside* the graph (their pixels become NaN before gap-filling,
-which is then free, and they carry no weight in the reference or the period means), so the quality filter
-needs no separate read of the data.
+Every scene's COG windows are read once for the product: a cheap first read of ``qa_pixel`` alone
+(:func:`quality`, computed first) says which scenes have enough valid pixels, and only those scenes'
+reflectance is read, once. Their masked NDSI and guide images go through a scratch Zarr store inside the
+graph (:func:`glacierflow.store.spill`) so that no scene is held in memory across the two reductions over
+all scenes that the alignment needs (reference, re-estimated reference).
 """
 
 from __future__ import annotations
 
 import json
 import time
-import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 import dask
-import dask.array as da
+import dask.array as dsa
 import numpy as np
 import pandas as pd
 import xarray as xr
@@ -31,229 +33,317 @@ from glacierflow.config import CubeSpec, PreprocessSpec
 from glacierflow.errors import GlacierflowError
 
 SPATIAL_CHUNK = 250  # store chunk side in pixels: 5 x the 50-px patch of the learning stage
+#: Per-scene table variables (dim ``scene``; ``scene_time`` becomes ``time`` in the ``scenes`` group).
+TABLE = ("item_id", "platform", "cloud_cover", "valid_fraction", "used", "reason", "aligned", "shift_x",
+         "shift_y", "ecc", "wrs_path", "wrs_row", "collection_category")
+#: Variable-length strings (numpy StringDType): Zarr v3 writes them without loading a lazy column first.
+STR = np.dtypes.StringDType()
 
 
-@dataclass
-class Assembled:
-    """The lazy products of :func:`cube_dataset`."""
+@dataclass(frozen=True)
+class BuildSummary:
+    """What :func:`build_cube_store` did (read back from the written store)."""
 
-    cube: xr.Dataset  # ndsi(time, y, x), n_scenes, interpolated, spatial_ref
-    scenes: xr.Dataset  # per scene in the cube: valid_fraction, used, shift_x, shift_y, ecc, aligned
-    dropped: dict[str, str]  # item id -> why the cube builder left it out
+    store: str
+    scenes_found: int
+    scenes_stacked: int
+    scenes_used: int
+    dropped: dict[str, int] = field(default_factory=dict)  # reason -> scenes not used for it
+    periods: int = 0
+    periods_interpolated: int = 0
+    aligned: int = 0
+    shift_rms_px: float | None = None
+    ecc_median: float | None = None
+    server_filter: bool = False
+    seconds: float = 0.0
+
+    def lines(self) -> list[str]:
+        """The summary as the CLI prints it."""
+        out = [f"scenes: {self.scenes_found} found, {self.scenes_stacked} stacked, {self.scenes_used} used"]
+        out += [f"  not used {n:4d}: {reason}" for reason, n in sorted(self.dropped.items())]
+        out.append(f"periods: {self.periods} ({self.periods_interpolated} interpolated)")
+        if self.aligned:
+            out.append(f"alignment: {self.aligned} scenes aligned, RMS shift {self.shift_rms_px:.2f} px, "
+                       f"median ECC {self.ecc_median:.3f}")
+        out.append(f"written: {self.store}  ({self.seconds:.1f} s)")
+        return out
 
 
-def _stack(items: list[dict[str, Any]], spec: CubeSpec, reader: type | None) -> xr.DataArray:
+# --- stages ---------------------------------------------------------------------------------------------
+
+
+def stack(items: list[dict[str, Any]], spec: CubeSpec, reader: type | None = None) -> xr.DataArray:
+    """The lazy ``(time, band, y, x)`` cube of the items on the site's Landsat grid."""
     return cube.build_cube(
         items, bbox_lonlat=spec.bbox, epsg=spec.epsg, resolution=spec.resolution, platforms=spec.platforms,
         reader=reader or cube.ReportingRioReader,
     )
 
 
-def _quality(raw: xr.DataArray, pre: PreprocessSpec) -> tuple[xr.DataArray, xr.DataArray, xr.DataArray]:
-    """Masked bands, per-scene valid fraction and ``used`` flag (lazy)."""
-    masked = preprocess.mask_invalid(raw, mask_clouds=pre.mask_clouds)
-    frac = preprocess.valid_fraction(masked)
-    return masked, frac, frac >= (1.0 - pre.max_missing)
+def quality(raw: xr.DataArray, pre: PreprocessSpec) -> xr.Dataset:
+    """Per stacked scene, from ``qa_pixel`` alone (lazy): ``valid_fraction`` and ``qa_read_error``."""
+    qa = raw.sel(band=preprocess.QA_BAND, drop=True)
+    frac = preprocess.qa_valid(qa, mask_clouds=pre.mask_clouds).mean(("y", "x")).astype(np.float32)
+    unreadable = np.isneginf(qa).any(("y", "x"))
+    return xr.Dataset({"valid_fraction": frac, "qa_read_error": unreadable}).reset_coords(drop=True)
 
 
-def _reference(masked: xr.DataArray, used: xr.DataArray, pre: PreprocessSpec) -> xr.DataArray:
-    """ECC template: median-filtered temporal mean (NaN-skipping) of the used scenes' grey images."""
-    return align.reference_image(align.alignment_image(masked.where(used), highpass=pre.align_highpass))
+def _reasons(frac: np.ndarray, qa_err: np.ndarray, aligned: np.ndarray, ecc: np.ndarray, *band_err: np.ndarray,
+             need: float, min_ecc: float, bands: tuple[str, ...]) -> np.ndarray:
+    """Why each scene is not averaged ('' if it is): read error, missing, alignment (first that applies)."""
+    out = np.empty(frac.shape, object)
+    for i in range(frac.size):
+        bad = [b for b, e in zip(bands, band_err, strict=True) if e[i]]
+        if qa_err[i] or bad:
+            out[i] = f"read error: unreadable {', '.join(bad or ['qa_pixel'])} asset"
+        elif not frac[i] >= need:
+            out[i] = f"missing: valid fraction {frac[i]:.2f} < {need:.2f}"
+        elif not aligned[i]:
+            why = "ECC failed" if not np.isfinite(ecc[i]) else f"ECC correlation {ecc[i]:.2f} < {min_ecc:.2f}"
+            out[i] = f"alignment: {why}"
+        else:
+            out[i] = ""
+    return out.astype(STR)
 
 
-def quality_pass(
-    items: list[dict[str, Any]], spec: CubeSpec, pre: PreprocessSpec, reader: type | None = None
-) -> tuple[xr.DataArray, xr.DataArray]:
-    """Lazy per-scene valid fractions and the ECC reference: reads and masks only (no gap-fill, no ECC).
-
-    :func:`build_cube_store` computes this first, so that the main pass holds no scene longer than its
-    own tasks need (the reference needs every scene; the alignment needs the reference).
-    """
-    masked, frac, used = _quality(_stack(items, spec, reader), pre)
-    return frac, _reference(masked, used, pre)
+def _scenes_entering(
+    raw: xr.DataArray, q: xr.Dataset, pre: PreprocessSpec
+) -> tuple[xr.DataArray, np.ndarray | None]:
+    """The scenes that enter the main pass: those over the quality threshold when ``q`` is computed."""
+    if isinstance(q["valid_fraction"].data, dsa.Array):
+        return raw, None  # one graph: every scene enters, the threshold applies inside it
+    keep = np.flatnonzero(q["valid_fraction"].values >= 1.0 - pre.max_missing)
+    return raw.isel(time=keep), keep
 
 
 def cube_dataset(
     items: list[dict[str, Any]],
     spec: CubeSpec,
     pre: PreprocessSpec,
+    *,
     reader: type | None = None,
-    quality: tuple[np.ndarray, np.ndarray] | None = None,
-) -> Assembled:
-    """Assemble the lazy periodic cube and per-scene diagnostics from (signed) items.
+    quality_figures: xr.Dataset | None = None,
+    scratch: str | None = None,
+    storage_options: dict[str, Any] | None = None,
+    rejected: list[catalog.Rejection] = (),  # type: ignore[assignment]
+) -> xr.Dataset:
+    """The lazy cube store content as one Dataset.
 
     Parameters
     ----------
     items
-        STAC item dicts, signed if the catalog needs it.
+        STAC item dicts (signed if the catalog needs it and ``reader`` does not sign).
     spec, pre
         What to stack and how to preprocess.
     reader
-        stackstac reader class (default :class:`glacierflow.cube.ReportingRioReader`);
-        :class:`glacierflow.cube.SigningRioReader` signs each href on the worker right before reading.
-    quality
-        Computed ``(valid_fraction per stacked scene, reference image)`` from :func:`quality_pass`: scenes
-        over ``max_missing`` are then left out of the graph entirely. Without it, everything is one lazy
-        graph (dropped scenes become NaN inside it).
+        stackstac reader class (default :class:`glacierflow.cube.ReportingRioReader`;
+        :class:`glacierflow.cube.SigningRioReader` signs each href on the worker right before reading).
+    quality_figures
+        Computed :func:`quality` of the stacked scenes: only the scenes over ``max_missing`` enter the
+        graph. Without it every scene enters and the threshold is applied inside the one lazy graph.
+    scratch
+        URL of a scratch store for the masked scenes (:func:`glacierflow.store.spill`); without it the
+        scenes stay in (worker) memory between the alignment passes.
+    storage_options
+        fsspec options for ``scratch``.
+    rejected
+        Search rejections, recorded as rows of the per-scene table.
 
     Returns
     -------
-    Assembled
-        Lazy datasets; nothing has been read.
+    xarray.Dataset
+        Cube variables ``ndsi``, ``n_valid`` (time, y, x), ``n_scenes``, ``interpolated``, ``time_mean``
+        (time); per-scene table variables :data:`TABLE` and ``scene_time`` along ``scene`` (one row per
+        scene considered, by time); ``guide(guide_scene, y, x)`` for the scenes that entered the alignment
+        (NaN for those not averaged) unless ``spec.guides`` is False. All lazy.
     """
-    raw = _stack(items, spec, reader)
-    masked, frac, used = _quality(raw, pre)
-    if quality is None:
-        masked = masked.where(used)
-        reference: xr.DataArray = _reference(masked, used, pre)
-        kept = raw
-    else:
-        frac_values, ref_values = quality
-        if len(frac_values) != raw.sizes["time"]:
-            raise GlacierflowError("quality pass and cube disagree on the scenes; rerun build-cube")
-        frac = xr.DataArray(np.asarray(frac_values, np.float32), dims="time")
-        used = frac >= (1.0 - pre.max_missing)
-        keep = np.flatnonzero(used.values)
-        masked, kept = masked.isel(time=keep), raw.isel(time=keep)
-        reference = xr.DataArray(np.asarray(ref_values), dims=("y", "x"), coords={"y": raw.y, "x": raw.x})
-    filled = preprocess.gap_fill(masked, max_iter=pre.gap_fill_max_iter)
-    index = preprocess.ndsi(filled)
-    grey = align.alignment_image(filled, highpass=pre.align_highpass)
-    aligned, diag = align.align(index, reference, motion=pre.motion, guide=grey)
-    snow = preprocess.snow_mask(aligned, pre.ndsi_threshold)
-    periodic = preprocess.resample(snow, pre.period, start=spec.start, end=spec.end)
-    # scenes dropped inside the graph still have a time stamp: count only the used ones per period
-    starts, pos = preprocess.period_starts(raw["time"].values, pre.period, spec.start, spec.end)
-    onehot = np.zeros((len(pos), len(starts)), np.int64)
-    inside = pos >= 0
-    onehot[np.flatnonzero(inside), pos[inside]] = 1
-    used_data = used.data if isinstance(used.data, da.Array) else da.from_array(np.asarray(used.data))
-    n_used = da.dot(used_data.astype(np.int64), onehot)
-    periodic["n_scenes"] = ("time", n_used)
-    periodic["interpolated"] = ("time", n_used == 0)
-    periodic = periodic.assign_coords(spatial_ref=raw.coords["spatial_ref"])
-    periodic["ndsi"].attrs.update(
-        long_name="snow-mask NDSI (NDSI where >= threshold, else 0), mean per period",
-        threshold=pre.ndsi_threshold,
-        period=pre.period,
-        grid_mapping="spatial_ref",
-    )
-    periodic["n_scenes"].attrs["long_name"] = "number of scenes averaged in the period"
-    periodic["interpolated"].attrs["long_name"] = "no scene in the period: linear interpolation in time"
-    # per-scene table over every stacked scene (plain variables, no extra coords: merging lazily-computed
-    # coords would trigger compute); alignment diagnostics of scenes left out of the graph stay empty
-    ids = raw["id"].values.astype(object)
-    diag = diag.drop_vars([c for c in diag.coords if c != "time"]).assign_coords(time=kept["time"].values)
-    if quality is not None:
-        diag = diag.reindex(time=raw["time"].values, fill_value={"aligned": False})
-    per_scene = {
-        "valid_fraction": frac.astype(np.float32),
-        "used": used,
-        **{k: diag[k] for k in ("shift_x", "shift_y", "ecc", "aligned")},
-    }
-    scenes = xr.Dataset(
-        {k: ("time", v.data) for k, v in per_scene.items()},
-        coords={"time": raw["time"].values, "item_id": ("time", ids)},
-    )
-    return Assembled(periodic.transpose("time", "y", "x"), scenes, dict(raw.attrs.get("dropped_items", {})))
+    raw = stack(items, spec, reader)
+    q = quality(raw, pre) if quality_figures is None else quality_figures
+    if q.sizes["time"] != raw.sizes["time"]:
+        raise GlacierflowError("quality figures and cube disagree on the scenes; rerun build-cube")
+    sel, keep = _scenes_entering(raw, q, pre)
+    qsel = q if keep is None else q.isel(time=keep)
+    masked = preprocess.mask_invalid(sel, mask_clouds=pre.mask_clouds)
+    if keep is None:  # scenes under the threshold carry no weight anywhere (reference, means)
+        masked = masked.where(qsel["valid_fraction"] >= 1.0 - pre.max_missing)
+    scenes = xr.Dataset({
+        "ndsi": preprocess.ndsi(masked).reset_coords(drop=True),
+        "guide": align.alignment_image(masked, highpass=pre.align_highpass).reset_coords(drop=True),
+    }).chunk({"time": 1, "y": -1, "x": -1})
+    source: xr.Dataset | Callable[[], xr.Dataset] = scenes
+    if scratch is not None:
+        source = store.spill(scenes, scratch, storage_options).read
+    reg = align.co_register(source, pre.motion, min_ecc=pre.min_ecc)
+    band_err = preprocess.read_errors(sel.sel(band=list(preprocess.REFLECTANCE_BANDS))).reset_coords(drop=True)
+    ok_quality = qsel["valid_fraction"] >= 1.0 - pre.max_missing
+    averaged = (reg["aligned"] & ok_quality & ~band_err.any("band") & ~qsel["qa_read_error"]).reset_coords(
+        drop=True)
+    snow = preprocess.snow_mask(reg["ndsi"], pre.ndsi_threshold).assign_coords(time=sel["time"].values)
+    periodic = preprocess.resample(snow, pre.period, start=spec.start, end=spec.end, use=averaged,
+                                   max_iter=pre.gap_fill_max_iter)
+    periodic = periodic.assign_coords(x=raw.x, y=raw.y, spatial_ref=raw.coords["spatial_ref"])
+    periodic = periodic.chunk({"time": 1, "y": SPATIAL_CHUNK, "x": SPATIAL_CHUNK})
+    _describe(periodic, pre)
+    table = _table(items, raw, q, keep, reg, band_err, averaged, pre, rejected, dict(raw.attrs["dropped_items"]))
+    out = xr.merge([periodic, table], compat="override", join="outer", combine_attrs="drop_conflicts")
+    if spec.guides:
+        guide = reg["guide"].where(averaged).astype(np.float32).reset_coords(drop=True)
+        guide = guide.rename(time="guide_scene").assign_coords(guide_scene=sel["id"].values.astype(STR))
+        out["guide"] = guide.chunk({"guide_scene": 1, "y": SPATIAL_CHUNK, "x": SPATIAL_CHUNK})
+        out["guide"].attrs.update(long_name="aligned QA-masked ECC guide image (NaN where not observed)",
+                                  grid_mapping="spatial_ref")
+    return out
 
 
-def _naive(value: str) -> pd.Timestamp:
-    """A STAC datetime as a naive UTC timestamp."""
+def _describe(ds: xr.Dataset, pre: PreprocessSpec) -> None:
+    """Variable attributes of the cube (in place)."""
+    ds["ndsi"].attrs.update(
+        long_name="snow-mask NDSI (NDSI where >= threshold, else 0): mean of the observations per period; "
+                  "gap-filled where n_valid == 0, interpolated in time where no scene",
+        threshold=pre.ndsi_threshold, period=pre.period, grid_mapping="spatial_ref",
+    )
+    ds["n_valid"].attrs.update(long_name="real (not gap-filled) observations averaged", grid_mapping="spatial_ref")
+    ds["n_scenes"].attrs["long_name"] = "number of scenes averaged in the period"
+    ds["interpolated"].attrs["long_name"] = "no scene in the period: linear interpolation in time"
+    ds["time_mean"].attrs["long_name"] = "mean acquisition time of the scenes averaged in the period"
+
+
+def _prop(props: dict[str, Any], key: str, kind: type = str) -> Any:
+    value = props.get(key)
+    if kind is float:
+        return float(value) if isinstance(value, (int, float)) else np.nan
+    if kind is int:
+        try:
+            return int(value)
+        except (TypeError, ValueError):
+            return -1
+    return "" if value is None else str(value)
+
+
+def _naive(value: str | None) -> np.datetime64:
+    if not value:
+        return np.datetime64("NaT", "ns")
     t = pd.Timestamp(value)
-    return t if t.tz is None else t.tz_convert(None)
+    return (t if t.tz is None else t.tz_convert(None)).to_datetime64().astype("datetime64[ns]")
 
 
-def _scene_table(
-    search: catalog.SearchResult, computed: xr.Dataset, dropped: dict[str, str], max_missing: float
-) -> xr.Dataset:
-    """One row per scene considered (searched, rejected or stacked), with why it was not used."""
-    rows: list[dict[str, Any]] = []
-    seen = set()
-    ids = [str(i) for i in computed["item_id"].values]
-    props = {it["id"]: it["properties"] for it in search.items}
-    for k, item_id in enumerate(ids):
-        p = props.get(item_id, {})
-        used = bool(computed["used"].values[k])
-        vf = float(computed["valid_fraction"].values[k])
-        aligned = bool(computed["aligned"].values[k])
-        reason = "" if used else f"missing: valid fraction {vf:.2f} < {1 - max_missing:.2f}"
-        if used and not aligned:
-            reason = "used unaligned: ECC did not converge"
-        if item_id in dropped:
-            reason = f"read error: {dropped[item_id]}"
-        rows.append(
-            {
-                "time": pd.Timestamp(computed["time"].values[k]),
-                "item_id": item_id,
-                "platform": str(p.get("platform", "")),
-                "cloud_cover": float(p.get("eo:cloud_cover", np.nan)),
-                "valid_fraction": vf,
-                "used": used,
-                "reason": reason,
-                "shift_x": float(computed["shift_x"].values[k]),
-                "shift_y": float(computed["shift_y"].values[k]),
-                "ecc": float(computed["ecc"].values[k]),
-                "aligned": aligned,
-            }
-        )
-        seen.add(item_id)
-    for item_id, why in dropped.items():
-        if item_id in seen or item_id not in props:
-            continue
-        p = props[item_id]
-        rows.append(
-            {
-                "time": _naive(p["datetime"]),
-                "item_id": item_id,
-                "platform": str(p.get("platform", "")),
-                "cloud_cover": float(p.get("eo:cloud_cover", np.nan)),
-                "valid_fraction": np.nan,
-                "used": False,
-                "reason": why,
-                "shift_x": np.nan,
-                "shift_y": np.nan,
-                "ecc": np.nan,
-                "aligned": False,
-            }
-        )
-    for rej in search.rejected:
-        p = rej.properties
-        rows.append(
-            {
-                "time": _naive(p["datetime"]) if p.get("datetime") else pd.NaT,
-                "item_id": rej.item_id,
-                "platform": str(p.get("platform", "")),
-                "cloud_cover": float(p.get("eo:cloud_cover", np.nan)),
-                "valid_fraction": np.nan,
-                "used": False,
-                "reason": f"{rej.reason}: {rej.detail}",
-                "shift_x": np.nan,
-                "shift_y": np.nan,
-                "ecc": np.nan,
-                "aligned": False,
-            }
-        )
-    df = pd.DataFrame(rows)
-    df["_t"] = df["time"].fillna(pd.Timestamp.max)
-    df = df.sort_values(["_t", "item_id"]).drop(columns="_t").reset_index(drop=True)
+def _table(items, raw, q, keep, reg, band_err, averaged, pre, rejected, dropped) -> xr.Dataset:  # noqa: ANN001
+    """One row per scene considered (stacked, dropped by the cube builder, rejected by the search)."""
+    props = {str(it["id"]): it.get("properties", {}) for it in items}
+    props.update({r.item_id: r.properties for r in rejected})
+    ids = [str(i) for i in raw["id"].values]
+    n = len(ids)
+    frac = q["valid_fraction"].data
+    need = 1.0 - pre.max_missing
+
+    def entered(var: xr.DataArray, fill: Any) -> Any:
+        """A main-pass per-scene variable over every stacked scene (``fill`` where it did not enter)."""
+        return _expand(var.data, keep, n, fill)
+
+    aligned = entered(reg["aligned"], False)
+    ecc = entered(reg["ecc"], np.nan)
+    berr = entered(band_err.transpose("time", "band"), False)
+    used = entered(averaged, False)
+    inputs = [dsa.asarray(a).rechunk(-1) for a in (frac, q["qa_read_error"].data, aligned, ecc)]
+    inputs += [berr[:, b].rechunk(-1) for b in range(berr.shape[1])]
+    reason = dsa.map_blocks(
+        partial(_reasons, need=need, min_ecc=pre.min_ecc, bands=preprocess.REFLECTANCE_BANDS), *inputs,
+        dtype=STR, meta=np.empty(0, STR),
+    ) if n else np.empty(0, STR)
+    stacked = {
+        "scene_time": raw["time"].values.astype("datetime64[ns]"),
+        "item_id": np.array(ids, STR),
+        "platform": np.array([_prop(props.get(i, {}), "platform") for i in ids], STR),
+        "cloud_cover": np.array([_prop(props.get(i, {}), "eo:cloud_cover", float) for i in ids]),
+        "valid_fraction": dsa.asarray(frac).astype(np.float32),
+        "used": used,
+        "reason": reason,
+        "aligned": aligned,
+        "shift_x": entered(reg["shift_x"], np.nan),
+        "shift_y": entered(reg["shift_y"], np.nan),
+        "ecc": ecc,
+    }
+    others = [(i, why) for i, why in dropped.items()] + [(r.item_id, f"{r.reason}: {r.detail}") for r in rejected]
+    rest = {
+        "scene_time": np.array([_naive(props.get(i, {}).get("datetime")) for i, _ in others], "datetime64[ns]"),
+        "item_id": np.array([i for i, _ in others], STR),
+        "platform": np.array([_prop(props.get(i, {}), "platform") for i, _ in others], STR),
+        "cloud_cover": np.array([_prop(props.get(i, {}), "eo:cloud_cover", float) for i, _ in others]),
+        "valid_fraction": np.full(len(others), np.nan, np.float32),
+        "used": np.zeros(len(others), bool),
+        "reason": np.array([why for _, why in others], STR),
+        "aligned": np.zeros(len(others), bool),
+        "shift_x": np.full(len(others), np.nan),
+        "shift_y": np.full(len(others), np.nan),
+        "ecc": np.full(len(others), np.nan),
+    }
+    all_ids = ids + [i for i, _ in others]
+    columns = {}
+    for k in stacked:
+        a, b = stacked[k], rest[k]
+        lazy = isinstance(a, dsa.Array)
+        columns[k] = dsa.concatenate([a, dsa.from_array(b, chunks=-1)]) if lazy else np.concatenate([a, b])
+    columns["wrs_path"] = np.array([_prop(props.get(i, {}), "landsat:wrs_path", int) for i in all_ids], np.int16)
+    columns["wrs_row"] = np.array([_prop(props.get(i, {}), "landsat:wrs_row", int) for i in all_ids], np.int16)
+    columns["collection_category"] = np.array(
+        [_prop(props.get(i, {}), "landsat:collection_category") for i in all_ids], STR)
+    t = columns.pop("scene_time")
+    order = np.lexsort((np.array(all_ids, str), np.where(np.isnat(t), np.datetime64("2262-01-01", "ns"), t)))
     ds = xr.Dataset(
-        {
-            c: ("scene", df[c].to_numpy(dtype=object if c in ("item_id", "platform", "reason") else None))
-            for c in df.columns
-            if c != "time"
-        },
-        coords={"time": ("scene", df["time"].to_numpy(dtype="datetime64[ns]"))},
+        {k: ("scene", v[order]) for k, v in columns.items()},
+        coords={"scene_time": ("scene", t[order])},
     )
+    ds = ds.chunk({"scene": -1})  # a small table: one chunk per variable
     ds["shift_x"].attrs.update(units="pixel", description="scene[r, c] ~ reference[r - shift_y, c - shift_x]")
     ds["shift_y"].attrs.update(units="pixel")
-    ds["ecc"].attrs["description"] = "ECC correlation coefficient with the reference after alignment"
+    ds["ecc"].attrs["description"] = "ECC correlation coefficient with the re-estimated reference"
+    ds["used"].attrs["description"] = "averaged into its period (QA-valid enough, readable, aligned)"
     return ds
+
+
+def _expand(data: Any, keep: np.ndarray | None, n: int, fill: Any) -> dsa.Array:
+    """Rows of ``data`` (the scenes that entered the main pass) placed among all ``n`` stacked scenes."""
+    data = data if isinstance(data, dsa.Array) else dsa.from_array(np.asarray(data), chunks=-1)
+    if keep is None:
+        return data
+    idx = np.full(n, keep.size)
+    idx[keep] = np.arange(keep.size)
+    pad = dsa.full((1, *data.shape[1:]), fill, dtype=data.dtype)
+    return dsa.concatenate([data, pad], axis=0)[idx]
+
+
+def as_tree(ds: xr.Dataset) -> xr.DataTree:
+    """The cube store's layout: the cube at the root, groups ``scenes`` and (if present) ``guides``."""
+    table = [v for v in TABLE if v in ds]
+    guides = ["guide"] if "guide" in ds else []
+    root = ds.drop_vars(table + guides + ["scene_time", "guide_scene"], errors="ignore")
+    root = root.drop_dims([d for d in ("scene", "guide_scene") if d in root.dims])
+    scenes = ds[table].drop_vars(["x", "y", "time", "spatial_ref"], errors="ignore")
+    scenes = scenes.assign_coords(scene_time=ds["scene_time"]).rename(scene_time="time")
+    nodes = {"/": root, "scenes": scenes}
+    if guides:
+        nodes["guides"] = ds[["guide"]].rename(guide_scene="scene")
+    return xr.DataTree.from_dict(nodes)
+
+
+# --- the command --------------------------------------------------------------------------------------------
 
 
 def default_store_name(name: str, period: str) -> str:
     """Default output path for a site: ``<name>-<period>.zarr``."""
     return f"{name}-{period.lower()}.zarr"
+
+
+def _signing(
+    found: catalog.SearchResult, signer: Any, spec: CubeSpec
+) -> tuple[list[dict[str, Any]], type | None]:
+    """Items to stack and the reader class: Planetary Computer hrefs are signed on the workers at read time."""
+    signer = signer or catalog.default_signer(spec.catalog)
+    if isinstance(signer, type) and issubclass(signer, cube.SigningRioReader):
+        return list(found.items), signer
+    if signer == "planetary-computer":
+        return list(found.items), cube.SigningRioReader
+    return catalog.sign_items(found.items, signer), None
 
 
 def build_cube_store(
@@ -265,8 +355,8 @@ def build_cube_store(
     storage_options: dict[str, Any] | None = None,
     signer: str | Callable[[dict[str, Any]], dict[str, Any]] | type | None = None,
     compute: Callable[[list[Any]], list[Any]] | None = None,
-) -> dict[str, Any]:
-    """Search, assemble and write a cube store; returns a summary dict.
+) -> BuildSummary:
+    """Search, assemble and write a cube store (see the module notes).
 
     Parameters
     ----------
@@ -277,11 +367,10 @@ def build_cube_store(
     overwrite
         Replace an existing store.
     storage_options
-        fsspec options for ``out``.
+        fsspec options for ``out`` (and its scratch sibling).
     signer
         Signing hook: a name in :data:`glacierflow.catalog.SIGNERS`, a callable signing item dicts, or a
-        :class:`glacierflow.cube.SigningRioReader` subclass (signs at read time); default by catalog URL
-        (``planetary-computer`` signs at read time).
+        :class:`glacierflow.cube.SigningRioReader` subclass (signs at read time); default by catalog URL.
     compute
         Runs a list of dask objects and returns their results (progress bars, distributed clients);
         default ``dask.compute``.
@@ -289,113 +378,68 @@ def build_cube_store(
     t0 = time.perf_counter()
     if not overwrite and store.exists(out, storage_options):
         raise GlacierflowError(f"store {out} already exists; pass --overwrite to replace it")
-    found = catalog.search(
-        spec.catalog,
-        bbox=spec.bbox,
-        start=spec.start,
-        end=spec.end,
-        collection=spec.collection,
-        platforms=spec.platforms,
-        max_cloud=spec.max_cloud,
-    )
+    found = catalog.search(spec.catalog, bbox=spec.bbox, start=spec.start, end=spec.end,
+                           collection=spec.collection, platforms=spec.platforms, max_cloud=spec.max_cloud,
+                           categories=spec.categories)
     found.raise_if_empty()
-    # Planetary Computer tokens expire (~45 min): its hrefs are signed on the workers, when each reader is
-    # made right before its read; other signers sign the items here. Signed hrefs never reach the store.
-    signer = signer or catalog.default_signer(spec.catalog)
-    if isinstance(signer, type) and issubclass(signer, cube.SigningRioReader):
-        signed, reader = list(found.items), signer
-    elif signer == "planetary-computer":
-        signed, reader = list(found.items), cube.SigningRioReader
-    else:
-        signed, reader = catalog.sign_items(found.items, signer), None
+    items, reader = _signing(found, signer, spec)
     run = compute or (lambda objs: list(dask.compute(*objs)))
-    dropped: dict[str, str] = {}
+    (q,) = run([quality(stack(items, spec, reader), pre)])
+    _raise_if_unusable(q, pre)
+    scratch = store.sibling(out, "scratch")
+    try:
+        ds = cube_dataset(items, spec, pre, reader=reader, quality_figures=q, scratch=scratch,
+                          storage_options=storage_options, rejected=found.rejected)
+        ds.attrs = {
+            "glacierflow_version": __version__,
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+            "cube_spec": spec.to_json(),
+            "preprocess_spec": pre.to_json(),
+            "search": json.dumps(found.parameters(), default=str),
+            "title": f"glacierflow NDSI cube: {spec.name}, {pre.period} periods",
+        }
+        store.write(as_tree(ds), out, overwrite=overwrite, storage_options=storage_options, compute=run)
+    finally:
+        store.remove(scratch, storage_options)
+    return summarise(out, storage_options, scenes_found=len(found.items) + len(found.rejected),
+                     server_filter=found.server_filter, seconds=time.perf_counter() - t0)
 
-    def _run_reporting(objs: list[Any]) -> list[Any]:
-        # unreadable assets become NaN (cube.ReportingRioReader) and are reported as warnings, which
-        # distributed forwards from the workers to this client: collect them to name the scenes.
-        # Low-level fusion off: the per-scene diagnostics share the alignment tasks with the Zarr write
-        # (with fusion on, the write's fused copy of each task would run ECC a second time).
-        with warnings.catch_warnings(record=True) as caught, dask.config.set({"optimization.fuse.active": False}):
-            warnings.simplefilter("always")
-            results = run(objs)
-        messages = [str(w.message) for w in caught if "unreadable asset" in str(w.message)]
-        for item in signed:
-            for key, asset in item["assets"].items():
-                plain = str(asset.get("href", "")).split("?", 1)[0]
-                if plain and any(plain in m for m in messages):
-                    dropped[item["id"]] = f"unreadable {key} asset"
-        return results
 
-    # pass 1 (reads + QA masks only): valid fractions and the ECC reference, so that pass 2 leaves the
-    # dropped scenes out and never has to keep every scene in memory while the reference is reduced
-    frac_values, ref_values = _run_reporting(list(quality_pass(signed, spec, pre, reader)))
-    if not (np.asarray(frac_values) >= 1.0 - pre.max_missing).any():
-        best = float(np.nanmax(frac_values)) if len(frac_values) else 0.0
+def _raise_if_unusable(q: xr.Dataset, pre: PreprocessSpec) -> None:
+    frac = q["valid_fraction"].values
+    if not (frac >= 1.0 - pre.max_missing).any():
+        best = float(np.nanmax(frac)) if frac.size else 0.0
         raise GlacierflowError(
-            f"none of the {len(frac_values)} scenes has enough valid pixels over the bbox (best valid "
-            f"fraction {best:.2f}, need {1 - pre.max_missing:.2f}); check the bbox against the scenes' "
-            "footprints or raise --max-missing; no store was written"
+            f"none of the {frac.size} scenes has enough valid pixels over the bbox (best valid fraction "
+            f"{best:.2f}, need {1 - pre.max_missing:.2f}); check the bbox against the scenes' footprints or "
+            "raise --max-missing; no store was written"
         )
-    assembled = cube_dataset(signed, spec, pre, reader=reader, quality=(frac_values, ref_values))
-    # Zarr chunks: one period, 250x250 px (a multiple of the 50-px training patch)
-    ds = assembled.cube.chunk({"time": 1, "y": SPATIAL_CHUNK, "x": SPATIAL_CHUNK})
-    ds.attrs = {
-        "glacierflow_version": __version__,
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        "cube_spec": spec.to_json(),
-        "preprocess_spec": pre.to_json(),
-        "search": json.dumps(found.parameters(), default=str),
-        "title": f"glacierflow NDSI cube: {spec.name}, {pre.period} periods",
-    }
-    dropped.update(assembled.dropped)
-    # the per-scene diagnostics are written in the same pass as the cube (one graph: ECC runs once per
-    # scene), as temporary root variables along "_scene", then reshaped into the "scenes" group
-    diag_names = {k: f"_scene_{k}" for k in assembled.scenes.data_vars}
-    scene_vars = assembled.scenes.drop_vars(["time", "item_id"]).rename({"time": "_scene", **diag_names})
-    ds = ds.assign(scene_vars.data_vars)
-    state: dict[str, Any] = {}
 
-    def _compute(delayed: Any) -> None:
-        _run_reporting([delayed])
 
-    def _groups(written: xr.Dataset) -> dict[str, xr.Dataset]:
-        scenes = xr.Dataset(
-            {k: ("time", written[v].values) for k, v in diag_names.items()},
-            coords={"time": assembled.scenes["time"].values, "item_id": assembled.scenes["item_id"]},
-        )
-        state["scenes"] = scenes
-        state["table"] = _scene_table(found, scenes, dropped, pre.max_missing)
-        return {"scenes": state["table"]}
-
-    store.write_store(
-        ds, out, overwrite=overwrite, storage_options=storage_options, compute=_compute, groups=_groups,
-        temporary=tuple(diag_names.values()),
-    )
-    table, scenes = state["table"], state["scenes"]
+def summarise(out: str, storage_options: dict[str, Any] | None = None, **extra: Any) -> BuildSummary:
+    """:class:`BuildSummary` of a written cube store (reads only its small variables)."""
+    cube_ds = store.open_store(out, storage_options)
+    scenes = store.open_store(out, storage_options, group="scenes")[["used", "aligned", "reason", "shift_x",
+                                                                       "shift_y", "ecc", "valid_fraction"]].load()
     used = scenes["used"].values.astype(bool)
-    aligned = scenes["aligned"].values.astype(bool) & used
-    result = store.open_store(out, storage_options)
+    stacked = np.isfinite(scenes["valid_fraction"].values)
     reasons: dict[str, int] = {}
-    for r in table["reason"].values:
-        if r:
+    for r in scenes["reason"].values:
+        if str(r):
             key = str(r).split(":")[0]
             reasons[key] = reasons.get(key, 0) + 1
-    return {
-        "store": out,
-        "scenes_found": len(found.items) + len(found.rejected),
-        "scenes_stacked": int(len(used)),
-        "scenes_used": int(used.sum()),
-        "dropped": reasons,
-        "periods": int(result.sizes["time"]),
-        "periods_interpolated": int(result["interpolated"].values.sum()),
-        "aligned": int(aligned.sum()),
-        "shift_rms_px": float(
-            np.sqrt(np.nanmean(scenes["shift_x"].values[aligned] ** 2 + scenes["shift_y"].values[aligned] ** 2))
-        )
-        if aligned.any()
-        else None,
-        "ecc_median": float(np.nanmedian(scenes["ecc"].values[aligned])) if aligned.any() else None,
-        "server_filter": found.server_filter,
-        "seconds": round(time.perf_counter() - t0, 2),
-    }
+    sx, sy, ecc = (scenes[k].values[used] for k in ("shift_x", "shift_y", "ecc"))
+    return BuildSummary(
+        store=out,
+        scenes_found=int(extra.pop("scenes_found", scenes.sizes["scene"])),
+        scenes_stacked=int(stacked.sum()),
+        scenes_used=int(used.sum()),
+        dropped=reasons,
+        periods=int(cube_ds.sizes["time"]),
+        periods_interpolated=int(cube_ds["interpolated"].values.sum()),
+        aligned=int((scenes["aligned"].values.astype(bool) & stacked).sum()),
+        shift_rms_px=float(np.sqrt(np.mean(sx**2 + sy**2))) if used.any() else None,
+        ecc_median=float(np.median(ecc)) if used.any() else None,
+        server_filter=bool(extra.pop("server_filter", False)),
+        seconds=round(float(extra.pop("seconds", 0.0)), 2),
+    )

@@ -28,10 +28,11 @@ completed between asset scale value 2.75e-05 and output dtype float32"), so the 
 Read errors
 -----------
 With ``on_read_error="nan"`` (default) a missing file (HTTP 404, local "No such file"), a server error that
-outlived GDAL's retries (HTTP 5xx) or a corrupt TIFF becomes an all-NaN asset instead of killing a long run;
-each one is reported with :func:`distributed.warn` (forwarded from workers to the client as a
-``UserWarning``) and logged on the ``glacierflow.cube`` logger. The scene then has no valid pixels and the
-quality filter drops it. HTTP 401/403 (an expired or missing signature) always raise: every later read
+outlived GDAL's retries (HTTP 5xx) or a corrupt TIFF becomes an asset window full of ``-inf``
+(:data:`READ_ERROR_VALUE`) instead of killing a long run, so the error is *in the data*:
+:func:`glacierflow.preprocess.read_errors` finds it inside the graph, every mask treats it as missing, and
+the cube builder reports the scene (``read error``). It is also logged on the ``glacierflow.cube`` logger.
+HTTP 401/403 (an expired or missing signature) always raise: every later read
 would fail the same way. ``on_read_error="raise"`` makes every read error fatal.
 """
 
@@ -49,6 +50,7 @@ import rasterio
 import stackstac
 import xarray as xr
 from pyproj import CRS, Transformer
+from rasterio.enums import Resampling
 from rasterio.errors import RasterioIOError
 from rasterio.windows import Window
 from stackstac.nodata_reader import exception_matches, nodata_for_window
@@ -84,7 +86,14 @@ GDAL_ENV = stackstac.DEFAULT_GDAL_ENV.updated(
     )
 )
 
-#: Read errors turned into an all-NaN asset (matched with ``re.match`` against the GDAL error text).
+#: What an unreadable asset window holds (NaN means "outside the footprint / nodata").
+READ_ERROR_VALUE = np.float32(-np.inf)
+
+#: Resampling when the cube grid is not the asset's grid (another UTM zone, another pixel grid):
+#: reflectance bilinear, bit fields nearest (an interpolated bit field means nothing).
+RESAMPLING: dict[str, str] = {"reflectance": "bilinear", "bitfield": "nearest"}
+
+#: Read errors turned into an unreadable-asset window (matched with ``re.match`` against the GDAL error text).
 READ_ERRORS_AS_NODATA: tuple[Exception, ...] = (
     RasterioIOError(r"(?s).*HTTP response code: (404|5\d\d)"),
     RasterioIOError(r"(?s).*No such file or directory"),
@@ -107,10 +116,10 @@ def _pixel_offset(spec: Any, ds: Any) -> tuple[int, int] | None:
 
 
 class ReportingRioReader(AutoParallelRioReader):
-    """stackstac reader that turns matching read errors into nodata *and reports them*.
+    """stackstac reader that turns matching read errors into :data:`READ_ERROR_VALUE` windows and logs them.
 
-    stackstac's own ``errors_as_nodata`` only calls ``warnings.warn`` on the worker, which a client never
-    sees; this reader uses :func:`distributed.warn` (forwarded to connected clients) and logs too.
+    stackstac's own ``errors_as_nodata`` fills NaN, indistinguishable from "outside the footprint"; this
+    reader fills ``-inf``, so the error travels with the data through the graph.
     """
 
     def __init__(self, *, errors_as_nodata: tuple[Exception, ...] = (), **kwargs: Any) -> None:
@@ -160,17 +169,13 @@ class ReportingRioReader(AutoParallelRioReader):
             cause = err.__cause__ if isinstance(err.__cause__, Exception) else err
             if not self.report_patterns or not exception_matches(cause, self.report_patterns):
                 raise
-            from distributed import warn  # local: keep the import cost off plain-dask users
-
             # never print a SAS token: drop the query string of signed URLs, also inside GDAL's message
             plain_url = self.url.split("?", 1)[0]
             detail = str(cause).replace(self.url, plain_url)
             if "?" in self.url:
                 detail = detail.replace(self.url.split("?", 1)[1], "<redacted>")
-            msg = f"glacierflow: unreadable asset {plain_url!r} ({detail}); filled with NaN"
-            logger.warning(msg)
-            warn(msg, UserWarning)
-            return nodata_for_window(window, self.fill_value, self.dtype)
+            logger.warning("glacierflow: unreadable asset %r (%s); reported as a read error", plain_url, detail)
+            return nodata_for_window(window, READ_ERROR_VALUE, self.dtype)
 
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()
@@ -402,7 +407,9 @@ def build_cube(
         chunk). Coordinates: ``time`` (sorted; items with equal datetimes are all kept, ordered by id),
         ``id``, ``platform``, ``eo:cloud_cover`` along ``time``; ``band`` = asset keys; ``x``/``y`` pixel
         centres in metres; ``spatial_ref`` (CF grid mapping with ``crs_wkt`` and ``epsg``). Attrs: ``epsg``,
-        ``resolution``, ``transform`` (GDAL order, pixel corners), ``dropped_items`` (id -> reason).
+        ``resolution``, ``transform`` (GDAL order, pixel corners), ``dropped_items`` (id -> reason),
+        ``resampling`` (asset -> ``bilinear`` | ``nearest``, used wherever the grids differ). An unreadable
+        asset window is ``-inf`` (see the module notes).
     """
     if on_read_error not in ("nan", "raise"):
         raise GlacierflowError(f"unknown on_read_error {on_read_error!r}; use 'nan' or 'raise'")
@@ -415,25 +422,40 @@ def build_cube(
     plain.sort(key=lambda it: (pd.Timestamp(it["properties"]["datetime"]), str(it.get("id"))))
     bounds = snapped_bounds(bbox_lonlat, epsg, resolution, anchor)
 
-    raw = stackstac.stack(
-        plain,
-        assets=list(assets),
-        epsg=int(epsg),
-        resolution=resolution,
-        bounds=bounds,
-        snap_bounds=False,
-        chunksize=(1, 1, -1, -1),
-        dtype=np.dtype("float32"),
-        fill_value=np.float32(np.nan),
-        rescale=False,
-        sortby_date=False,
-        xy_coords="center",
-        properties=list(TIME_PROPERTIES),
-        band_coords=False,
-        gdal_env=GDAL_ENV,
-        errors_as_nodata=READ_ERRORS_AS_NODATA if on_read_error == "nan" else (),
-        reader=reader,
-    )
+    def stack(keys: list[str], resampling: str) -> xr.DataArray:
+        return stackstac.stack(
+            plain,
+            assets=keys,
+            epsg=int(epsg),
+            resolution=resolution,
+            bounds=bounds,
+            snap_bounds=False,
+            chunksize=(1, 1, -1, -1),
+            dtype=np.dtype("float32"),
+            fill_value=np.float32(np.nan),
+            rescale=False,
+            sortby_date=False,
+            xy_coords="center",
+            properties=list(TIME_PROPERTIES),
+            band_coords=False,
+            gdal_env=GDAL_ENV,
+            errors_as_nodata=READ_ERRORS_AS_NODATA if on_read_error == "nan" else (),
+            reader=reader,
+            resampling=Resampling[resampling],
+        )
+
+    # one stack per resampling kind (bilinear reflectance, nearest bit fields), joined along band in the
+    # asset order; on the assets' own grid neither resamples (direct window reads)
+    kinds = {a: RESAMPLING["bitfield" if a in BITFIELD_ASSETS else "reflectance"] for a in assets}
+    parts, run = [], []
+    for a in assets:
+        if run and kinds[run[-1]] != kinds[a]:
+            parts.append(stack(run, kinds[run[-1]]))
+            run = []
+        run.append(a)
+    parts.append(stack(run, kinds[run[-1]]))
+    raw = parts[0] if len(parts) == 1 else xr.concat(parts, dim="band", coords="minimal", compat="override",
+                                                     join="override")
 
     kept_ids = [str(i) for i in np.atleast_1d(raw["id"].values)]  # metadata only: no pixels read
     by_id = {str(it["id"]): it for it in plain}
@@ -447,7 +469,8 @@ def build_cube(
     is_bits = np.array([a in BITFIELD_ASSETS for a in assets])[None, :, None, None]
     dn = raw.data
     reflectance = dn * scale[:, :, None, None] + offset[:, :, None, None]
-    fill = da.where(is_bits, da.fmod(dn, 2) == 1, dn == 0)  # NaN compares False: stays NaN below
+    # NaN and -inf (unreadable) compare False here and stay what they are below
+    fill = da.where(is_bits, da.fmod(dn, 2) == 1, dn == 0)
     data = da.where(fill, np.float32(np.nan), da.where(is_bits, dn, reflectance)).astype(np.float32)
 
     cube = xr.DataArray(data, coords=raw.coords, dims=raw.dims, name="reflectance")
@@ -472,5 +495,6 @@ def build_cube(
         "transform": [float(resolution), 0.0, minx, 0.0, -float(resolution), maxy],
         "grid_mapping": "spatial_ref",
         "dropped_items": dict(dropped),
+        "resampling": {a: kinds[a] for a in assets},
     }
     return cube

@@ -318,6 +318,12 @@ def spill(ds: xr.Dataset, url: str, storage_options: dict[str, Any] | None = Non
     return Spilled(full, written, like, so)
 
 
+def sibling(url: str, kind: str) -> str:
+    """A unique hidden sibling of ``url`` (same directory or bucket): ``.<name>.<kind>-<id>``."""
+    head, sep, name = str(url).rstrip("/").rpartition("/")
+    return f"{head}{sep}.{name}.{kind}-{uuid.uuid4().hex[:8]}"
+
+
 def remove(url: str, storage_options: dict[str, Any] | None = None) -> None:
     """Remove a store or scratch store at ``url`` if it exists (retried, like a partial store)."""
     fs, path = _fs(url, storage_options)
