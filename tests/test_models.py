@@ -32,7 +32,7 @@ def sample(seed: int = 0, b: int = B, t: int = 4, size: int = 50) -> torch.Tenso
 
 
 def test_registry_keys_and_baselines() -> None:
-    assert set(MODELS) <= {"persistence", "seasonal", "lstm", "convlstm", "unet", "transformer", "vit", "simvp"}
+    assert set(MODELS) == {"persistence", "seasonal", "lstm", "convlstm", "unet", "transformer", "vit", "simvp"}
     assert BASELINES == ("persistence", "seasonal")
     assert [n for n, e in MODELS.items() if not e.learned] == list(BASELINES)
 
@@ -53,15 +53,16 @@ def test_output_in_unit_range_for_extreme_inputs(name: str) -> None:
     x = 1e3 * torch.randn(B, 4, 1, 50, 50)  # far outside [0, 1]
     for mode in (model.train, model.eval):
         mode()
-        out = model(x, target=x, teacher_forcing=0.5)
+        with torch.no_grad():
+            out = model(x, target=x, teacher_forcing=0.5)
         assert torch.isfinite(out).all()
         assert float(out.min()) >= 0.0 and float(out.max()) <= 1.0
 
 
 @pytest.mark.parametrize("name", list(MODELS))
 def test_t_in_t_out_differ(name: str) -> None:
-    model = build_model(name, t_in=3, t_out=5, season_length=2)
-    out = model(sample(t=3), target=sample(t=5), teacher_forcing=0.5)
+    model = build_model(name, t_in=2, t_out=5, season_length=2)
+    out = model(sample(t=2), target=sample(t=5), teacher_forcing=0.5)
     assert out.shape == (B, 5, 1, 50, 50)
 
 
@@ -116,9 +117,9 @@ def test_lstm_parameter_count_default_and_paper_scale() -> None:
 
 @pytest.mark.parametrize("name", list(MODELS))
 def test_model_args_rebuild_same_architecture(name: str) -> None:
-    model = build_model(name, t_in=3, t_out=2)
+    model = build_model(name, t_in=2, t_out=3)
     args = json.loads(json.dumps(model.model_args))  # what a checkpoint stores
-    assert args["t_in"] == 3 and args["t_out"] == 2
+    assert args["t_in"] == 2 and args["t_out"] == 3
     again = build_model(name, **args)
     a, b = model.state_dict(), again.state_dict()
     assert list(a) == list(b)
@@ -194,7 +195,7 @@ def test_rollout_is_causal_under_teacher_forcing(name: str) -> None:
     x, y = sample(9), sample(10)
     with torch.no_grad():
         base = model(x, target=y, teacher_forcing=1.0)
-        for j in range(4):
+        for j in (1, 3):  # 1: earlier unchanged, later moved; 3: the last position must not see its own target
             changed = y.clone()
             changed[:, j] = sample(11 + j)[:, 0]
             out = model(x, target=changed, teacher_forcing=1.0)

@@ -20,7 +20,12 @@ import torch
 
 from glacierflow.errors import GlacierflowError
 from glacierflow.models.baselines import Persistence, Seasonal
+from glacierflow.models.convlstm import ConvLSTMForecaster
 from glacierflow.models.lstm import LSTMForecaster
+from glacierflow.models.simvp import SimVPForecaster
+from glacierflow.models.transformer import TransformerForecaster
+from glacierflow.models.unet import UNetForecaster
+from glacierflow.models.vit import ViTForecaster
 
 
 @dataclass(frozen=True)
@@ -55,6 +60,36 @@ MODELS: dict[str, ModelEntry] = {
         "LSTM encoder-decoder on flattened patches, fed its own predictions (the paper's)",
         True,
         {"hidden_size": 256, "num_layers": 1, "dropout": 0.1, "head": "linear"},
+    ),
+    "convlstm": ModelEntry(
+        ConvLSTMForecaster,
+        "ConvLSTM encoder-forecaster on space-to-depth folded frames, fed its own predictions",
+        True,
+        {"hidden": [24, 24], "patch_size": 5, "kernel_size": 3, "dropout": 0.1},
+    ),
+    "unet": ModelEntry(
+        UNetForecaster,
+        "U-Net next-frame predictor on the stacked input frames, rolled out recurrently",
+        True,
+        {"base_channels": 8, "depth": 3, "dropout": 0.1},
+    ),
+    "transformer": ModelEntry(
+        TransformerForecaster,
+        "causal transformer over frame embeddings (a position never sees its own target)",
+        True,
+        {"d_model": 128, "layers": 2, "heads": 4, "ff_mult": 2, "dropout": 0.1},
+    ),
+    "vit": ModelEntry(
+        ViTForecaster,
+        "vision transformer on 5x5 px x 2-period tubelets, all targets in one pass",
+        True,
+        {"patch_size": 5, "tubelet_frames": 2, "d_model": 64, "layers": 3, "heads": 4, "mlp_mult": 2, "dropout": 0.1},
+    ),
+    "simvp": ModelEntry(
+        SimVPForecaster,
+        "SimVP (OpenSTL): conv encoder, gated-attention temporal translator, conv decoder",
+        True,
+        {"hid_spatial": 16, "hid_temporal": 48, "n_spatial": 2, "n_temporal": 2, "mlp_mult": 2, "dropout": 0.1},
     ),
 }
 
