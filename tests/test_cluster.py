@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -18,15 +17,10 @@ import pytest
 
 from glacierflow.cluster import LocalScheduler, _close_gateway, get_client
 from glacierflow.errors import GlacierflowError
+from glacierflow.twin.stac_servers import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _expected_sum() -> float:
@@ -64,7 +58,7 @@ def test_local_cluster_and_scheduler_address():
 
 
 def test_unreachable_scheduler_is_one_line():
-    port = _free_port()
+    port = free_port()
     with pytest.raises(GlacierflowError) as err:
         get_client(f"tcp://127.0.0.1:{port}", timeout=1)
     msg = str(err.value)
@@ -92,7 +86,7 @@ def gateway_server(tmp_path_factory):
     if not (BIN / "dask-gateway-server").exists():
         pytest.skip("dask-gateway-server not installed in this environment")
     tmp = tmp_path_factory.mktemp("gateway")
-    port, api_port = _free_port(), _free_port()
+    port, api_port = free_port(), free_port()
     env = dict(
         os.environ,
         GLACIERFLOW_GATEWAY_ADDRESS=f"127.0.0.1:{port}",
@@ -169,7 +163,7 @@ def test_gateway_from_dask_config_and_errors(gateway_server):
             GlacierflowError, match="unknown Dask Gateway cluster option 'gpus'.*worker_memory"
         ):
             get_client("gateway", cluster_options={"gpus": 1})
-    dead = f"http://127.0.0.1:{_free_port()}"
+    dead = f"http://127.0.0.1:{free_port()}"
     with pytest.raises(GlacierflowError) as err:
         get_client(f"gateway://{dead}")
     msg = str(err.value)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import time
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -54,9 +55,33 @@ def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
                 proc.terminate()
                 pytest.fail("Azurite did not start")
             time.sleep(0.2)
+    del fs
     yield {"connection_string": conn, "use_listings_cache": False}
+    _close_filesystems(adlfs.AzureBlobFileSystem)
     proc.terminate()
     proc.wait(timeout=10)
+
+
+def _close_filesystems(cls: type) -> None:
+    """Close every ``cls`` filesystem now, while the event loops that opened their clients still run.
+
+    adlfs closes its Azure clients in ``weakref.finalize(fs, sync, fs.loop, close_service_client, fs)``; the
+    finalizer holds ``fs`` itself, so it never runs before interpreter exit, when the loops have stopped
+    ("RuntimeError: Loop is not running" tracebacks, unclosed aiohttp sessions). Run those finalizers here:
+    on fsspec's loop for sync instances, on zarr's loop for the asynchronous ones zarr opened (``loop=None``).
+    """
+    from zarr.core.sync import sync as zarr_sync
+
+    cls.clear_instance_cache()
+    for finalizer in list(weakref.finalize._registry):  # the registry of live finalizers (stdlib, since 3.4)
+        info = finalizer.peek()
+        if info is None or not isinstance(info[0], cls) or len(info[2]) != 3:
+            continue
+        loop, close, fs = info[2]
+        if loop is not None and not loop.is_closed():
+            finalizer()
+        elif finalizer.detach() is not None:
+            zarr_sync(close(fs))
 
 
 def test_az_store_write_overwrite_and_failed_write(azurite: dict) -> None:
