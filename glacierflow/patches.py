@@ -255,7 +255,8 @@ def open_patch_cube(cube: xr.Dataset, spec: PatchSpec) -> PatchCube:
         nd = np.ascontiguousarray(ndsi.values, dtype=np.float32)
         va = valid.values.astype(np.uint8)
         return PatchCube(nd, va if per_pixel else va[:, None, None], spec, ctx)
-    chunk = (cube["ndsi"].encoding.get("chunks") or (1, 250, 250))[-1]
+    enc = cube["ndsi"].encoding.get("chunks")
+    chunk = enc[-1] if enc else (ndsi.chunks[-1][0] if ndsi.chunks else 250)
     tile = max(chunk, spec.size) // spec.stride * spec.stride or spec.stride
     return PatchCube(ndsi, valid, spec, ctx, tile=int(tile))
 

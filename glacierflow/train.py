@@ -3,8 +3,8 @@
 The loop, top to bottom (:func:`fit`): open the cube and cut it into samples (``patches.prepare``), build
 the model from the registry, AdamW; per epoch: reseed (``seed``, ``epoch``) so that a resumed run draws
 exactly what an uninterrupted one would, train with the teacher-forcing probability of that epoch
-(linear from ``TrainSpec.teacher_forcing`` at the first epoch to 0 at the last), clip the gradient norm,
-log every step to ``loss.csv``, score the validation set, keep ``best.pt`` (lowest validation loss) and
+(linear from ``TrainSpec.teacher_forcing`` at the first epoch to 0 at ``teacher_forcing_epochs``), clip the
+gradient norm, log every step to ``loss.csv``, score the validation set, keep ``best.pt`` (lowest validation loss) and
 ``last.pt`` (end of every epoch), stop after ``patience`` epochs without improvement. A NaN/inf loss
 stops the run with a one-line error; the checkpoints of the last good epoch stay untouched.
 
@@ -61,10 +61,8 @@ def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> 
 
 
 def teacher_forcing_at(epoch: int, spec: TrainSpec) -> float:
-    """Teacher-forcing probability of ``epoch`` (0-based): linear from ``spec.teacher_forcing`` to 0."""
-    if spec.epochs <= 1:
-        return 0.0
-    return float(spec.teacher_forcing) * max(0.0, 1.0 - epoch / (spec.epochs - 1))
+    """Teacher-forcing probability of ``epoch`` (0-based): ``teacher_forcing`` falling linearly to 0."""
+    return float(spec.teacher_forcing) * max(0.0, 1.0 - epoch / spec.teacher_forcing_epochs)
 
 
 def _atomic_save(obj: dict[str, Any], path: Path) -> None:
@@ -180,8 +178,8 @@ def _train_epoch(model: torch.nn.Module, loader: Any, opt: torch.optim.Optimizer
         loss = masked_mse(pred, y, m)
         if not torch.isfinite(loss):
             raise GlacierflowError(
-                f"training loss became {float(loss)} at step {step + 1} (epoch {epoch + 1}); stopped, the last good "
-                f"checkpoints in {ctx['out']} are kept; try a lower --lr"
+                f"training loss became {float(loss.detach())} at step {step + 1} (epoch {epoch + 1}); stopped, "
+                f"the last good checkpoints in {ctx['out']} are kept; try a lower --lr"
             )
         opt.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
