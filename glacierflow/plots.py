@@ -163,3 +163,212 @@ def plot_flow(
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=FLOW_DPI, format="png")
     return out
+
+
+# ------------------------------------------------------------------------------------------------ the cube
+CUBE_DPI = 80
+FORECAST_DPI = 80
+RUN_FIGSIZE = (8.0, 4.5)
+RUN_DPI = 100
+
+
+def _render(fig: Figure) -> np.ndarray:
+    """The figure drawn by Agg as an RGB uint8 array."""
+    canvas = fig.canvas
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
+
+
+def _km_axes(ax: object, left: bool = True) -> None:
+    ax.set_xlabel("easting (km, UTM)")  # type: ignore[attr-defined]
+    if left:
+        ax.set_ylabel("northing (km, UTM)")  # type: ignore[attr-defined]
+    ax.set_aspect("equal")  # type: ignore[attr-defined]
+
+
+def plot_cube_gif(
+    cube: xr.Dataset | str | os.PathLike,
+    out_gif: str | os.PathLike,
+    *,
+    seconds_per_frame: float = 0.6,
+    max_frames: int = 120,
+) -> Path:
+    """Animated GIF of the cube's snow-mask NDSI, one frame per period, its date in the title.
+
+    Parameters
+    ----------
+    cube
+        Cube store URL/path or dataset (``ndsi``; ``n_scenes`` and ``interpolated`` when present).
+    out_gif
+        Output GIF path.
+    seconds_per_frame
+        Display time of each frame.
+    max_frames
+        At most this many periods (evenly spaced) are drawn.
+
+    Returns
+    -------
+    pathlib.Path
+        ``out_gif``. Frames are read one period at a time.
+    """
+    from PIL import Image
+
+    ds = _open(cube, "cube")
+    if "ndsi" not in ds:
+        raise GlacierflowError("cube has no 'ndsi' variable; pass a glacierflow cube store")
+    n = ds.sizes["time"]
+    if n == 0:
+        raise GlacierflowError("cube has no periods to animate")
+    index = np.unique(np.linspace(0, n - 1, min(n, max_frames)).round().astype(int))
+    extent = _extent_km(ds)
+    aspect = (extent[3] - extent[2]) / max(extent[1] - extent[0], 1e-9)
+    frames = []
+    for i in index:
+        period = ds.isel(time=int(i))
+        fig = Figure(figsize=(6.4, 0.9 + 5.0 * min(max(aspect, 0.4), 2.0)), dpi=CUBE_DPI)
+        FigureCanvasAgg(fig)
+        ax = fig.subplots()
+        im = ax.imshow(np.asarray(period["ndsi"].values, np.float32), extent=extent, origin="upper",
+                       cmap="Blues_r", vmin=0, vmax=1, interpolation="nearest")
+        fig.colorbar(im, ax=ax, label="snow-mask NDSI (1)", shrink=0.85)
+        note = []
+        if "n_scenes" in period:
+            note.append(f"{int(period['n_scenes'])} scene(s)")
+        if "interpolated" in period and bool(period["interpolated"]):
+            note.append("interpolated")
+        when = pd.Timestamp(period["time"].values)
+        ax.set_title(f"period {when:%Y-%m-%d}  ({i + 1}/{n})" + (f"  {', '.join(note)}" if note else ""))
+        _km_axes(ax)
+        fig.tight_layout()
+        frames.append(Image.fromarray(_render(fig)))
+    out = Path(out_gif)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    frames[0].save(out, save_all=True, append_images=frames[1:], duration=int(seconds_per_frame * 1000), loop=0,
+                   format="GIF")
+    return out
+
+
+# --------------------------------------------------------------------------------------------- the forecast
+def _error_limit(errors: list[np.ndarray]) -> float:
+    finite = np.concatenate([np.abs(e[np.isfinite(e)]).ravel() for e in errors]) if errors else np.array([])
+    top = float(np.percentile(finite, 99)) if finite.size else 1.0
+    return top if top > 0 else 1.0
+
+
+def plot_forecast(
+    forecast: xr.Dataset | str | os.PathLike,
+    cube: xr.Dataset | str | os.PathLike | None,
+    out_png: str | os.PathLike,
+) -> Path:
+    """Forecast vs truth per lead: truth, forecast, its error, and the errors of persistence and seasonal.
+
+    Parameters
+    ----------
+    forecast
+        Forecast store (``glacierflow predict``) URL/path or dataset.
+    cube
+        Cube store for truth and baselines; ``None``: the forecast's ``source_cube``.
+    out_png
+        Output PNG. One row per lead; where a target lies beyond the cube its row shows the forecast only.
+
+    Returns
+    -------
+    pathlib.Path
+        ``out_png``.
+    """
+    from glacierflow.patches import SEASON_LENGTH
+    from glacierflow.predict import baseline_frames
+
+    fc = _open(forecast, "forecast")
+    cube_ds = _open(cube if cube is not None else fc.attrs.get("source_cube", ""), "cube")
+    times = pd.DatetimeIndex(cube_ds["time"].values)
+    last = int(times.get_loc(pd.Timestamp(fc.attrs["last_input"])))
+    t_out = fc.sizes["time"]
+    season = SEASON_LENGTH.get(str(fc.attrs.get("period", "3MS")), 4)
+    base = baseline_frames(cube_ds["ndsi"], last, t_out, season)
+    cols = ["truth", "forecast", "forecast - truth", *[f"{name} - truth" for name in base]]
+    fig = Figure(figsize=(3.3 * len(cols), 3.0 * t_out + 0.8), dpi=FORECAST_DPI)
+    FigureCanvasAgg(fig)
+    axes = np.atleast_2d(fig.subplots(t_out, len(cols), sharex=True, sharey=True))
+    for h in range(t_out):
+        target = pd.Timestamp(fc["time"].values[h])
+        pred = np.asarray(fc["ndsi"].isel(time=h).values, np.float32)
+        truth = np.asarray(cube_ds["ndsi"].sel(time=target).values, np.float32) if target in times else None
+        errs = [] if truth is None else [pred - truth, *[np.asarray(b.isel(time=h).values) - truth
+                                                         for b in base.values()]]
+        panels = [truth, pred, *errs] + [None] * (len(cols) - 2 - len(errs))
+        _forecast_row(fig, axes[h], panels, cols, _extent_km(fc), _error_limit(errs), last_row=h == t_out - 1)
+        axes[h, 0].set_ylabel(f"lead {h + 1}: {target:%Y-%m-%d}\nnorthing (km, UTM)")
+    fig.suptitle(f"{fc.attrs.get('model', 'model')} forecast after {fc.attrs['last_input']} "
+                 f"(inputs {', '.join(json_list(fc.attrs.get('input_periods', '[]')))})")
+    fig.tight_layout()
+    out = Path(out_png)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=FORECAST_DPI, format="png")
+    return out
+
+
+def _forecast_row(fig: Figure, axes: np.ndarray, panels: list[np.ndarray | None], titles: list[str],
+                  extent: tuple[float, float, float, float], lim: float, last_row: bool) -> None:
+    """One lead: NDSI panels (truth, forecast) then error panels on one symmetric scale."""
+    for j, (ax, img) in enumerate(zip(axes, panels, strict=True)):
+        if img is None:
+            ax.text(0.5, 0.5, "target beyond the cube", ha="center", va="center", transform=ax.transAxes)
+            ax.set_axis_off()
+            continue
+        is_error = j >= 2
+        cmap, lo, hi = ("RdBu_r", -lim, lim) if is_error else ("Blues_r", 0.0, 1.0)
+        im = ax.imshow(img, extent=extent, origin="upper", cmap=cmap, vmin=lo, vmax=hi, interpolation="nearest")
+        fig.colorbar(im, ax=ax, label="error (NDSI, 1)" if is_error else "snow-mask NDSI (1)", shrink=0.8)
+        ax.set_title(titles[j] + (f"\nMSE {np.nanmean(img ** 2):.4f} (all px)" if is_error else ""), fontsize=9)
+        if last_row:
+            ax.set_xlabel("easting (km, UTM)")
+
+
+def json_list(text: str) -> list[str]:
+    """A JSON list attribute as a list of strings."""
+    import json
+
+    value = json.loads(text) if isinstance(text, str) else list(text)
+    return [str(v) for v in value]
+
+
+# ---------------------------------------------------------------------------------------------- the run
+def plot_run(run_dir: str | os.PathLike, out_png: str | os.PathLike) -> Path:
+    """Loss curves of a training run (``loss.csv``): train per step, validation per epoch, the best epoch.
+
+    The best validation epoch is the early-stopping point (``best.pt``): marked with a star, and a dashed
+    line where training stopped.
+    """
+    path = Path(run_dir) / "loss.csv"
+    if not path.is_file():
+        raise GlacierflowError(f"no loss.csv in {run_dir}; is it a run directory of 'glacierflow train'?")
+    log = pd.read_csv(path)
+    train = log.dropna(subset=["train_loss"])
+    val = log.dropna(subset=["val_loss"])
+    if train.empty and val.empty:
+        raise GlacierflowError(f"{path} has no losses yet")
+    fig = Figure(figsize=RUN_FIGSIZE, dpi=RUN_DPI)
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    if not train.empty:
+        ax.plot(train["step"], train["train_loss"], color="tab:blue", alpha=0.35, lw=0.8, label="train (per step)")
+        smooth = train["train_loss"].rolling(max(1, len(train) // 20), min_periods=1).mean()
+        ax.plot(train["step"], smooth, color="tab:blue", lw=1.8, label="train (running mean)")
+    if not val.empty:
+        ax.plot(val["step"], val["val_loss"], "o-", color="tab:orange", lw=1.8, label="validation (per epoch)")
+        best = val.loc[val["val_loss"].idxmin()]
+        ax.plot([best["step"]], [best["val_loss"]], marker="*", ms=16, color="crimson", ls="none",
+                label=f"best: epoch {int(best['epoch'])} (best.pt)")
+        ax.axvline(float(val["step"].max()), color="grey", ls="--", lw=1, label="training stopped")
+    ax.set_yscale("log")
+    ax.set_xlabel("training step")
+    ax.set_ylabel("masked MSE (NDSI²)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(f"training run {Path(run_dir).name}")
+    fig.tight_layout()
+    out = Path(out_png)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=RUN_DPI, format="png")
+    return out
