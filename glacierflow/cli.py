@@ -351,16 +351,15 @@ def build_cube_cmd(
             compute=runner(client),
         )
     s = summary
-    out.print(f"scenes: {s['scenes_found']} found, {s['scenes_stacked']} stacked, {s['scenes_used']} used")
-    for reason, n in sorted(s["dropped"].items()):
+    out.print(f"scenes: {s.scenes_found} found, {s.scenes_stacked} stacked, {s.scenes_used} used")
+    for reason, n in sorted(s.dropped.items()):
         out.print(f"  not used / flagged {n:4d}: {reason}")
-    out.print(f"periods: {s['periods']} ({s['periods_interpolated']} interpolated)")
-    if s["aligned"]:
+    out.print(f"periods: {s.periods} ({s.periods_interpolated} interpolated)")
+    if s.aligned and s.shift_rms_px is not None and s.ecc_median is not None:
         out.print(
-            f"alignment: {s['aligned']} scenes aligned, RMS shift {s['shift_rms_px']:.2f} px, "
-            f"median ECC {s['ecc_median']:.3f}"
+            f"alignment: {s.aligned} scenes aligned, RMS shift {s.shift_rms_px:.2f} px, median ECC {s.ecc_median:.3f}"
         )
-    out.print(f"written: {s['store']}  ({s['seconds']:.1f} s)")
+    out.print(f"written: {s.store}  ({s.seconds:.1f} s)")
 
 
 # ------------------------------------------------------------------------------------------------ flow

@@ -171,3 +171,23 @@ def test_search_json_matches_the_library(rustac_server, capsys):
     got = json.loads(out)
     direct = catalog.search(rustac_server.url, bbox=AUS, start="2023-01-01", end="2023-12-31")
     assert got["ids"] == direct.ids and len(got["ids"]) >= 1
+
+
+def test_build_cube_then_flow_end_to_end(served_twin, tmp_path, capsys):
+    bbox = [f"{v:.6f}" for v in served_twin["meta"]["bbox"]]
+    cube = str(tmp_path / "cube.zarr")
+    rc, out, err = _run(capsys, "build-cube", "--bbox", *bbox, "--start", "2019-01-01", "--end", "2019-12-31",
+                        "--catalog", served_twin["stac_url"], "--period", "6MS", "--out", cube, "--cluster", "threads")
+    assert rc == 0, err
+    assert re.search(r"^scenes: \d+ found, \d+ stacked, \d+ used$", out, re.M) and f"written: {cube}" in out
+    ds = xr.open_zarr(cube, decode_coords="all")
+    assert ds.sizes["time"] == 2 and list(ds["time"].to_index().month) == [1, 7]
+    spec = CubeSpec.from_json(ds.attrs["cube_spec"])
+    assert spec.start == "2019-01-01" and spec.catalog == served_twin["stac_url"]
+    assert PreprocessSpec.from_json(ds.attrs["preprocess_spec"]).period == "6MS"
+    vel = str(tmp_path / "velocity.zarr")
+    rc, out, err = _run(capsys, "flow", cube, "--out", vel, "--cluster", "threads")
+    assert rc == 0, err
+    assert "1 consecutive pairs of 6MS periods" in out
+    rc, _, err = _run(capsys, "build-cube", "--bbox", *bbox, "--catalog", served_twin["stac_url"], "--out", cube)
+    assert rc == 2 and err.startswith(f"error: store {cube} already exists") and "--overwrite" in err
