@@ -162,7 +162,7 @@ def synthetic_cube(
         neighbours = before + after
         if neighbours:
             frames[k] = frames[neighbours].mean(axis=0)
-    n_scenes = np.where(interp, 0, 1 + rng.integers(0, 4, n_periods)).astype(np.int16)
+    n_scenes = np.where(interp, 0, 1 + rng.integers(0, 4, n_periods)).astype(np.int64)
     n_valid = np.broadcast_to(n_scenes[:, None, None], frames.shape).astype(np.uint8)
     step = pd.DateOffset(months=PERIOD_MONTHS[period])
     mid = np.array([t + (t + step - t) / 2 for t in times], dtype="datetime64[ns]")
@@ -173,7 +173,8 @@ def synthetic_cube(
     grid = {"grid_mapping": "spatial_ref"}
     ds = xr.Dataset(
         {
-            "ndsi": (("time", "y", "x"), frames, {**grid, "long_name": "snow-mask NDSI, period mean"}),
+            "ndsi": (("time", "y", "x"), frames, {**grid, "long_name": "snow-mask NDSI, period mean",
+                                                  "period": period, "threshold": threshold}),
             "n_valid": (("time", "y", "x"), n_valid, {**grid, "long_name": "real observations in the mean"}),
             "interpolated": ("time", interp),
             "n_scenes": ("time", n_scenes),

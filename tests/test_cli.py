@@ -15,7 +15,7 @@ from glacierflow import catalog
 from glacierflow.cli import app, flag_for, main
 from glacierflow.cluster import DEFAULT_CLUSTER
 from glacierflow.config import CubeSpec, FlowSpec, PreprocessSpec
-from glacierflow.testing import write_synthetic_cube
+from glacierflow.testing import synthetic_cube, write_synthetic_cube
 
 AUS = (150.0, -36.0, 154.0, -28.0)  # the bbox of the real PC items served by the rustac_server fixture
 
@@ -185,6 +185,10 @@ def test_build_cube_then_flow_end_to_end(served_twin, tmp_path, capsys):
     spec = CubeSpec.from_json(ds.attrs["cube_spec"])
     assert spec.start == "2019-01-01" and spec.catalog == served_twin["stac_url"]
     assert PreprocessSpec.from_json(ds.attrs["preprocess_spec"]).period == "6MS"
+    # glacierflow.testing's synthetic cube has the built cube's variables, dims and dtypes (the store contract)
+    synthetic = synthetic_cube(n_periods=2, period="6MS")
+    schema = {name: (v.dims, v.dtype) for name, v in ds.variables.items()}
+    assert schema == {name: (v.dims, v.dtype) for name, v in synthetic.variables.items()}
     vel = str(tmp_path / "velocity.zarr")
     rc, out, err = _run(capsys, "flow", cube, "--out", vel, "--cluster", "threads")
     assert rc == 0, err
