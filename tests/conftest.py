@@ -86,5 +86,11 @@ def stac_server(request: pytest.FixtureRequest) -> RustacMemoryServer | PgstacSe
     return request.getfixturevalue(name)
 
 
-# offline twin fixtures (tiny_twin, served_twin)
-from .twin_fixtures import served_twin, tiny_twin  # noqa: E402, F401
+# offline twin fixtures (tiny/small twins on disk and served, the monthly tiny cube): tests/twin_fixtures.py
+from .twin_fixtures import (  # noqa: E402, F401
+    served_small_twin,
+    served_twin,
+    small_twin,
+    tiny_cube_1ms,
+    tiny_twin,
+)

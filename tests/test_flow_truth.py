@@ -34,8 +34,6 @@ from glacierflow.config import CubeSpec, PreprocessSpec
 from glacierflow.flow import FlowSpec, run_flow, velocity
 from glacierflow.store import open_store
 
-from .twin_fixtures import served_small_twin, small_twin  # noqa: F401 (session fixtures)
-
 pytestmark = pytest.mark.slow
 
 

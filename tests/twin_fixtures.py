@@ -1,4 +1,4 @@
-"""Session fixtures for the offline twin: tiny and small parvati twins on disk, and the same served over HTTP."""
+"""Session fixtures for the offline twin: tiny and small parvati twins on disk, served over HTTP, and a cube."""
 
 from __future__ import annotations
 
@@ -42,3 +42,20 @@ def served_small_twin(small_twin: Path) -> Iterator[dict[str, Any]]:
     """The small twin, served the same way."""
     with serve_twin(small_twin, backend="rustac") as served:
         yield served
+
+
+@pytest.fixture(scope="session")
+def tiny_cube_1ms(served_twin: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A monthly cube store (24 periods, 129 x 129 px) built by build-cube from the served tiny twin (learning)."""
+    import dask
+
+    from glacierflow.build import build_cube_store
+    from glacierflow.config import CubeSpec, PreprocessSpec
+
+    m = served_twin["meta"]
+    spec = CubeSpec(name="parvati-tiny", bbox=tuple(m["bbox"]), epsg=m["epsg"], start=m["start"], end=m["end"],
+                    catalog=served_twin["stac_url"])
+    out = str(tmp_path_factory.mktemp("cube-1ms") / "parvati-1ms.zarr")
+    with dask.config.set(scheduler="threads"):
+        build_cube_store(spec, PreprocessSpec(period="1MS"), out)
+    return out
