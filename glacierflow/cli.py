@@ -27,7 +27,7 @@ import typer
 from rich.console import Console
 
 from glacierflow.cluster import DEFAULT_CLUSTER, SPEC_FORMS
-from glacierflow.config import CATEGORIES, MOTIONS, PAIR_KINDS, PERIODS
+from glacierflow.config import CATEGORIES, DEVICES, MOTIONS, PAIR_KINDS, PERIODS, SPLITS, ModelSpec, TrainSpec
 from glacierflow.errors import GlacierflowError, SpecError
 from glacierflow.glaciers import GLACIERS
 
@@ -419,7 +419,212 @@ def plot_flow_cmd(
 
 
 # --- learning
+Split = Literal[SPLITS]  # type: ignore[valid-type]
+Device = Literal[DEVICES]  # type: ignore[valid-type]
+EvalSet = Literal["test", "val", "train"]
+_TRAIN, _MODEL = TrainSpec(), ModelSpec()
+
+
+def _model_options(pairs: list[str] | None) -> dict[str, Any]:
+    """``--option KEY=VALUE`` pairs as model keyword arguments (VALUE read as JSON where it parses)."""
+    opts: dict[str, Any] = {}
+    for p in pairs or []:
+        if "=" not in p:
+            raise GlacierflowError(f"bad --option {p!r}; use KEY=VALUE, e.g. --option hidden_size=512")
+        k, v = p.split("=", 1)
+        try:
+            opts[k] = json.loads(v)
+        except json.JSONDecodeError:
+            opts[k] = v
+    return opts
+
+
+@app.command("models")
+def models_cmd() -> None:
+    """List the registered models: name, parameters at default size, what it is."""
+    from glacierflow.models import MODELS, build_model, count_parameters
+
+    for name, entry in MODELS.items():
+        kind = "learned" if entry.learned else "baseline"
+        out.print(f"{name:<12} {count_parameters(build_model(name)):>10,}  {kind:<8}  {entry.summary}")
+
+
+@app.command("train")
+def train_cmd(
+    cube: Annotated[str, typer.Argument(metavar="CUBE", help="Cube store written by build-cube.")],
+    out_dir: Annotated[Path, typer.Option("--out", metavar="RUN_DIR", help="Run directory to write.")],
+    model: Annotated[
+        str | None, typer.Option(metavar="NAME", help=f"Model, see `glacierflow models` (default {_MODEL.name}).")
+    ] = None,
+    epochs: Annotated[int | None, typer.Option(help=f"Epochs (default {_TRAIN.epochs}).")] = None,
+    batch_size: Annotated[int | None, typer.Option(help=f"Batch size (default {_TRAIN.batch_size}).")] = None,
+    lr: Annotated[float | None, typer.Option(help=f"AdamW learning rate (default {_TRAIN.lr:g}).")] = None,
+    weight_decay: Annotated[
+        float | None, typer.Option(help=f"AdamW weight decay (default {_TRAIN.weight_decay:g}).")
+    ] = None,
+    split: Annotated[Split, typer.Option(help="How test/validation samples are held out.")] = "temporal",
+    seed: Annotated[int | None, typer.Option(help=f"Seed (default {_TRAIN.seed}).")] = None,
+    device: Annotated[Device, typer.Option(help="auto: CUDA with autocast when present, else CPU.")] = "auto",
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in RUN_DIR from last.pt.")] = False,
+    patience: Annotated[
+        int | None, typer.Option(help=f"Early stopping: epochs without improvement (default {_TRAIN.patience}).")
+    ] = None,
+    steps_per_epoch: Annotated[int | None, typer.Option(help="Batches per epoch (default: all).")] = None,
+    val_samples: Annotated[int | None, typer.Option(help="Validation samples per epoch (default: all).")] = None,
+    option: Annotated[
+        list[str] | None, typer.Option(metavar="KEY=VALUE", help="Model option (repeatable), e.g. hidden_size=512.")
+    ] = None,
+) -> None:
+    """Train a model on patch sequences of a cube; writes best.pt, last.pt, loss.csv, run.json."""
+    from glacierflow.config import PatchSpec
+    from glacierflow.train import fit
+
+    given = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay, "seed": seed,
+             "patience": patience, "steps_per_epoch": steps_per_epoch, "val_samples": val_samples}
+    spec = TrainSpec(device=device, **{k: v for k, v in given.items() if v is not None})
+    s = fit(cube, out_dir, ModelSpec(model or _MODEL.name, _model_options(option)), PatchSpec(split=split), spec,
+            resume=resume,
+            progress=sys.stderr.isatty())
+    out.print(f"samples: {s['n_train']} train, {s['n_val']} val, {s['n_test']} test; {s['validation']}")
+    out.print(f"{s['stopped']} after {s['epochs_run']} epochs: best validation MSE {s['best_val']:.5f} "
+              f"(epoch {s['best_epoch']}); {s['throughput'] or 0:.0f} training sequences/s")
+    out.print(f"written: {s['out']}")
+
+
+@app.command("evaluate")
+def evaluate_cmd(
+    run_dirs: Annotated[list[Path], typer.Argument(metavar="RUN_DIR...", help="Run directories.")],
+    split: Annotated[EvalSet, typer.Option(help="Which samples to score.")] = "test",
+    cube: Annotated[str | None, typer.Option(metavar="CUBE", help="Cube store (default: the run's).")] = None,
+    table: Annotated[
+        bool, typer.Option("--table", help="One table for all runs (runs without metrics are evaluated).")
+    ] = False,
+) -> None:
+    """Score models and the persistence/seasonal baselines on the same samples; metrics.json and a table."""
+    from glacierflow import evaluate
+
+    if len(run_dirs) > 1 and not table:
+        raise GlacierflowError("several RUN_DIRs need --table; or evaluate one run at a time")
+    metrics = {}
+    for run in run_dirs:
+        have = (run / "metrics.json").is_file() and split in evaluate.load_metrics(run)
+        if not (table and have):
+            evaluate.evaluate_run(run, split, cube)
+        metrics[str(run)] = evaluate.load_metrics(run)
+    out.print(f"{split} set: MSE/MAE over observed pixels; skill = 1 - MSE / MSE_baseline")
+    out.print(evaluate.markdown_table(evaluate.table_rows(metrics, split)))
+    if not table:
+        out.print(f"written: {run_dirs[0] / 'metrics.json'}")
+
+
 # --- end learning
+
+
+# --- forecast
+from glacierflow.config import BLEND_WINDOWS, DEVICES  # noqa: E402  (this section's registry choices)
+
+
+@app.command("predict")
+def predict_cmd(
+    run_dir: Annotated[Path, typer.Argument(metavar="RUN_DIR", help="Run directory written by `glacierflow train`.")],
+    cube: Annotated[str, typer.Option(metavar="CUBE", help="Cube store to forecast from.")],
+    out_store: Annotated[str, typer.Option("--out", metavar="STORE", help="Forecast store to write.")],
+    last_input: Annotated[
+        str | None, typer.Option(metavar="DATE", help="Last input period (default: the cube's last).")
+    ] = None,
+    overlap: Annotated[int | None, typer.Option(metavar="PX", help="Tile overlap (default: half a patch).")] = None,
+    window: Annotated[Literal[BLEND_WINDOWS], typer.Option(help="Blending weight of each tile.")] = "hann",  # type: ignore[valid-type]
+    batch_size: Annotated[int, typer.Option(metavar="B", help="Tiles per inference batch.")] = 64,
+    device: Annotated[Literal[DEVICES], typer.Option(help="auto: CUDA when present.")] = "auto",  # type: ignore[valid-type]
+    checkpoint: Annotated[str, typer.Option(metavar="NAME", help="Checkpoint in RUN_DIR.")] = "best.pt",
+    overwrite: OverwriteOpt = False,
+    cluster: Annotated[
+        str, typer.Option(metavar="WHERE", help="Dask for the row bands (default sync: in this process).")
+    ] = "sync",
+    storage_option: StorageOpt = None,
+) -> None:
+    """Full-scene forecast (tiles blended, no seams) -> forecast store; scores when targets exist."""
+    from glacierflow.cluster import get_client
+    from glacierflow.config import PredictSpec
+    from glacierflow.predict import format_scores, load_forecaster, predict_cube
+
+    spec = PredictSpec(overlap=-1 if overlap is None else overlap, window=window, batch_size=batch_size,
+                       device=device, last_input=last_input or "")
+    fc = load_forecaster(run_dir, checkpoint)
+    with get_client(cluster):
+        s = predict_cube(fc, cube, out_store, spec, overwrite=overwrite,
+                         storage_options=storage_options(storage_option))
+    out.print(f"{s['model']}: inputs {', '.join(s['inputs'])} -> targets {', '.join(s['targets'])} "
+              f"({s['overlap']} px overlap, {s['device']}, {s['seconds']:.1f} s)")
+    for line in format_scores(s["scores"]):
+        out.print(line)
+    out.print(f"written: {s['out']}")
+
+
+@plot_app.command("cube")
+def plot_cube_cmd(
+    cube: Annotated[str, typer.Argument(metavar="CUBE", help="Cube store written by build-cube.")],
+    out_gif: Annotated[Path, typer.Option("--out", metavar="GIF", help="GIF file to write.")] = Path("cube.gif"),
+    seconds: Annotated[float, typer.Option(help="Seconds per frame.")] = 0.6,
+) -> None:
+    """Animated GIF of the cube's snow-mask NDSI, one dated frame per period."""
+    from glacierflow.plots import plot_cube_gif
+
+    out.print(f"written: {plot_cube_gif(cube, out_gif, seconds_per_frame=seconds)}")
+
+
+@plot_app.command("run")
+def plot_run_cmd(
+    run_dir: Annotated[Path, typer.Argument(metavar="RUN_DIR", help="Run directory written by `glacierflow train`.")],
+    out_png: Annotated[Path, typer.Option("--out", metavar="PNG", help="PNG file to write.")] = Path("loss.png"),
+) -> None:
+    """Loss curves (train per step, validation per epoch) with the early-stopping point."""
+    from glacierflow.plots import plot_run
+
+    out.print(f"written: {plot_run(run_dir, out_png)}")
+
+
+@plot_app.command("forecast")
+def plot_forecast_cmd(
+    store: Annotated[str, typer.Argument(metavar="STORE", help="Forecast store written by `glacierflow predict`.")],
+    out_png: Annotated[Path, typer.Option("--out", metavar="PNG", help="PNG file to write.")] = Path("forecast.png"),
+    cube: Annotated[
+        str | None, typer.Option(metavar="CUBE", help="Cube store with the truth (default: the source).")
+    ] = None,
+) -> None:
+    """Forecast vs truth per lead, with the error maps of the model, persistence and seasonal."""
+    from glacierflow.plots import plot_forecast
+
+    out.print(f"written: {plot_forecast(store, cube, out_png)}")
+
+
+@app.command("demo")
+def demo_cmd(
+    workdir: Annotated[Path, typer.Option(metavar="DIR", help="Where everything is written.")] = Path("demo-out"),
+    fresh: Annotated[bool, typer.Option("--fresh", help="Start over (remove DIR first).")] = False,
+    size: Annotated[Literal["tiny", "small"], typer.Option(help="Twin size (small: the README's demo).")] = "small",
+    model: Annotated[str, typer.Option(metavar="NAME", help="Learned model to train briefly.")] = "convlstm",
+    cluster: ClusterOpt = DEFAULT_CLUSTER,
+) -> None:
+    """The whole pipeline on the offline twin: twin, cube, flow, train, evaluate, forecast, figures."""
+    from glacierflow.demo import run_demo
+    from glacierflow.predict import format_scores
+
+    r = run_demo(workdir, fresh=fresh, cluster=cluster, say=out.print, size=size, model=model)
+    out.print("\ntest split (patches), the model next to both baselines:")
+    for name, m in r["metrics"].items():
+        skill = "  ".join(f"skill vs {b} {v:+.3f}" for b, v in m.get("skill", {}).items())
+        out.print(f"  {name:12s} MSE {m['mse']:.4f}  MAE {m['mae']:.4f}  {skill}")
+    out.print("\nfull-scene forecast of the held-out last year:")
+    for line in format_scores(r["scores"]):
+        out.print("  " + line)
+    out.print("\noutputs:")
+    for key in ("twin", "cube", "velocity", "run", "forecast"):
+        out.print(f"  {key:18s} {r[key]}")
+    for key, path in r["figures"].items():
+        out.print(f"  {key:18s} {path}")
+    out.print(f"demo done in {r['seconds']:.0f} s")
+# --- end forecast
 
 
 # typer >= 0.20 vendors click (typer._click); older typer raises click's own exceptions: accept both
