@@ -252,3 +252,62 @@ def test_user_mistakes_are_one_line_errors(cube_url, scored, tmp_path):
     with pytest.raises(GlacierflowError, match="not found"):
         predict_cube(fc, str(tmp_path / "nope.zarr"), out, PredictSpec())
     assert not store.exists(out)
+
+
+# ------------------------------------------------------------------------------------------------- seams
+def _line_diffs(f: np.ndarray, patch: int) -> tuple[np.ndarray, np.ndarray]:
+    """Mean |difference| between adjacent columns and rows, on seam lines (``(i + 1) % patch == 0``) and others."""
+    seams, others = [], []
+    for axis in (2, 1):
+        d = np.abs(np.diff(f, axis=axis)).mean(axis=(0, 3 - axis))
+        on = (np.arange(d.size) + 1) % patch == 0
+        seams.append(d[on])
+        others.append(d[~on])
+    return np.concatenate(seams), np.concatenate(others)
+
+
+def _seam_ratio(model, frames: np.ndarray, patch: int, overlap: int, window: str = "hann") -> float:
+    """Seam-line / other-line mean adjacent difference, pooled over crops of the scene at 10 offsets.
+
+    The tiny twin's cube is small (3-4 seam lines per direction for 32-px tiles); cropping
+    the scene by 0, 3, ..., 27 px moves the seam lines over different content, so the ratio measures the
+    tiling and not the few lines of content it happens to fall on (the truth frames give 1.00 this way).
+    """
+    seams, others = [], []
+    for off in range(0, patch, patch // 10):
+        f = forecast_scene(model, frames[:, off:, off:], band=patch, patch=patch, overlap=overlap, window=window)
+        s, o = _line_diffs(f, patch)
+        seams.append(s)
+        others.append(o)
+    return float(np.concatenate(seams).mean() / np.concatenate(others).mean())
+
+
+def test_blending_leaves_no_seams_and_plain_tiling_does(tiny_cube_1ms):
+    # the tiny twin's monthly cube (shared session fixture): 4 months in -> the next 4 months
+    a = xr.open_zarr(tiny_cube_1ms, consolidated=False)["ndsi"].values[:8]
+    patch = 32
+    model = TinyConv(seed=0, width=16)
+    # a short training on the twin (4 -> 4 on random 32-px crops): the net learns the scene, and its zero
+    # padding leaves tile borders unlike tile interiors, which is what a seam is made of
+    opt = torch.optim.Adam(model.parameters(), 1e-2)
+    x, y = torch.from_numpy(a[:4]), torch.from_numpy(a[4:8])
+    rng = np.random.default_rng(0)
+    for _ in range(40):
+        rows, cols = rng.integers(0, a.shape[1] - patch, 16), rng.integers(0, a.shape[2] - patch, 16)
+        xb = torch.stack([x[:, r : r + patch, c : c + patch] for r, c in zip(rows, cols, strict=True)])
+        yb = torch.stack([y[:, r : r + patch, c : c + patch] for r, c in zip(rows, cols, strict=True)])
+        loss = ((model(xb[:, :, None]) - yb[:, :, None]) ** 2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    blended = _seam_ratio(model, a[:4], patch, overlap=patch // 2)
+    plain = _seam_ratio(model, a[:4], patch, overlap=0)
+    averaged = _seam_ratio(model, a[:4], patch, overlap=patch // 2, window="uniform")
+    print(f"seam ratio: hann blend {blended:.3f}, non-overlapping {plain:.3f}, uniform average {averaged:.3f}")
+    # measured here: hann 0.979, non-overlapping 3.20, uniform 1.95 (the issue's criterion: within 10 %)
+    assert abs(blended - 1) <= 0.10
+    assert abs(plain - 1) > 0.10, "the check must be able to see a seam"
+    persistence_mse = float(((a[3:4] - a[4:8]) ** 2).mean())
+    forecast = forecast_scene(model, a[:4], patch=patch, overlap=patch // 2)
+    assert float(((forecast - a[4:8]) ** 2).mean()) < persistence_mse, "the model was trained"
