@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import signal
 import sys
-import time
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -80,15 +80,18 @@ def flag_for(field: str, spec: str = "") -> str:
 
 
 # ------------------------------------------------------------------------------------- registry choices
-# CLI choices are the registries' keys (typer shows and checks a Literal as a choice).
-Glacier = Literal[tuple(GLACIERS)]  # type: ignore[valid-type]
+# CLI choices are the registries' keys (typer shows and checks a Literal as a choice). Glacier names are
+# only listed: the registry looks them up itself (case-insensitive, and its error names the way out, --bbox).
+GLACIER_NAMES = "|".join(GLACIERS)
 Period = Literal[PERIODS]  # type: ignore[valid-type]
 Motion = Literal[MOTIONS]  # type: ignore[valid-type]
 PairKind = Literal[PAIR_KINDS]  # type: ignore[valid-type]
 
 
 # ----------------------------------------------------------------------------------------- shared options
-GlacierOpt = Annotated[Glacier | None, typer.Option(help="Glacier from the registry (or --bbox).")]
+GlacierOpt = Annotated[
+    str | None, typer.Option(metavar=GLACIER_NAMES, help="Glacier from the registry (or --bbox W S E N).")
+]
 BboxOpt = Annotated[
     tuple[float, float, float, float] | None, typer.Option(metavar="W S E N", help="Bounding box in degrees.")
 ]
@@ -160,7 +163,7 @@ def runner(client: object) -> Callable[[list], list]:
 @twin_app.command("make")
 def twin_make(
     out_dir: Annotated[Path, typer.Argument(help="Directory to write the twin into.")],
-    glacier: Annotated[Glacier, typer.Option(help="Glacier from the registry.")] = "parvati",
+    glacier: Annotated[str, typer.Option(metavar=GLACIER_NAMES, help="Glacier from the registry.")] = "parvati",
     size: Annotated[
         str,
         typer.Option(
@@ -206,22 +209,25 @@ def twin_serve(
     ] = None,
 ) -> None:
     """Serve a twin: COGs over HTTP with range requests + a real STAC API. Stops on Ctrl-C / SIGTERM."""
+    stop = threading.Event()
+    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        _serve(twin_dir, port, backend, url_file, stop)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _serve(twin_dir: Path, port: int | None, backend: str, url_file: Path | None, stop: threading.Event) -> None:
     from glacierflow.twin.serve import serve_twin
 
-    stop = {"flag": False}
-
-    def _stop(*_: object) -> None:
-        stop["flag"] = True
-
-    signal.signal(signal.SIGTERM, _stop)
     with serve_twin(twin_dir, port=port, backend=backend) as served:
         out.print(f"STAC API: {served['stac_url']}  (assets: {served['asset_url']}, backend: {backend})")
         if url_file is not None:
             url_file.write_text(served["stac_url"] + "\n")
         out.print("serving; press Ctrl-C to stop", style="dim")
         try:
-            while not stop["flag"]:
-                time.sleep(0.2)
+            while not stop.wait(0.2):
+                pass
         except KeyboardInterrupt:
             pass
     if url_file is not None:
