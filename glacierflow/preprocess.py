@@ -358,6 +358,13 @@ def period_means(
     """
     starts, pos = period_starts(da["time"].values, period, start, end)
     inside = np.flatnonzero(pos >= 0)
+    if inside.size == 0:  # nothing to average: every period empty (never computed: sum is a template)
+        blank = da.transpose("time", "y", "x").sum("time").expand_dims(time=starts.values)
+        n = np.zeros(len(starts), np.int64)
+        return xr.Dataset({"ndsi": blank.astype(np.float32) * np.nan, "n_valid": blank.astype(np.uint8) * 0,
+                           "n_scenes": ("time", n),
+                           "time_mean": ("time", np.full(len(starts), np.datetime64("NaT"), "datetime64[ns]"))},
+                          coords={"time": starts.values})
     da = da.transpose("time", "y", "x").isel(time=inside)
     da = da.drop_vars([c for c in da.coords if "time" in da[c].dims and c != "time"])
     label = xr.DataArray(starts.values[pos[inside]], dims="time", name="period")

@@ -1,4 +1,4 @@
-"""Tests for glacierflow.preprocess: QA mask, gap-fill (vs the paper's loop), NDSI, resampling."""
+"""Tests for glacierflow.preprocess: QA mask, read errors, NDSI, period means from observations."""
 
 from __future__ import annotations
 
@@ -6,12 +6,10 @@ import dask.array as dsa
 import numpy as np
 import pandas as pd
 import pytest
-import scipy.ndimage as ndi
 import xarray as xr
 
 from glacierflow.errors import GlacierflowError
 from glacierflow.preprocess import (
-    GAP_FILL_WEIGHTS,
     QA_CIRRUS,
     QA_CLEAR,
     QA_CLOUD,
@@ -19,8 +17,6 @@ from glacierflow.preprocess import (
     QA_DILATED_CLOUD,
     QA_FILL,
     QA_SNOW,
-    gap_fill,
-    gap_fill_2d,
     mask_invalid,
     ndsi,
     period_starts,
@@ -31,23 +27,6 @@ from glacierflow.preprocess import (
 from glacierflow.testing import raise_if_computes
 
 # --- helpers ---------------------------------------------------------------------------------------------
-
-
-def reference_fill(image: np.ndarray) -> np.ndarray:
-    """The paper's gap-fill, a per-pixel loop (research code `kernel`/`applyToImage`)."""
-    w = np.outer([1, 2, 3, 2, 1], [1, 2, 3, 2, 1]).astype(np.float64)
-    x = image.astype(np.float64)
-    while np.isnan(x).any():
-        padded = np.pad(x, 2, constant_values=np.nan)  # zero padding: invalid
-        new = x.copy()
-        for r, c in np.argwhere(np.isnan(x)):
-            win = padded[r : r + 5, c : c + 5]
-            m = np.isfinite(win)
-            den = (w * m).sum()
-            if den > 0:
-                new[r, c] = (w * np.where(m, win, 0.0)).sum() / den
-        x = new
-    return x
 
 
 def make_cube(n_time: int = 3, ny: int = 12, nx: int = 10, seed: int = 0, dask_backed: bool = True):
@@ -148,96 +127,6 @@ def test_mask_invalid_missing_band_names_it():
     cube = make_cube(dask_backed=False).sel(band=["green", "qa_pixel"])
     with pytest.raises(GlacierflowError, match="swir16"):
         mask_invalid(cube)
-
-
-# --- gap-fill ---------------------------------------------------------------------------------------------
-
-
-def test_weights_are_the_papers():
-    assert GAP_FILL_WEIGHTS.sum() == 81
-    assert GAP_FILL_WEIGHTS[2, 2] == 9 and GAP_FILL_WEIGHTS[0, 0] == 1 and GAP_FILL_WEIGHTS[1, 2] == 6
-
-
-@pytest.mark.parametrize("seed", [0, 1, 2, 3])
-def test_gap_fill_matches_paper_loop(seed):
-    rng = np.random.default_rng(seed)
-    img = rng.normal(size=(31, 37)).astype(np.float32)
-    holes = rng.random(img.shape) < 0.15
-    holes |= ndi.binary_dilation(rng.random(img.shape) < 0.01, iterations=3)  # small blobs
-    holes[:3, :4] = True  # a hole at the corner (zero padding matters there)
-    img[holes] = np.nan
-    expected = reference_fill(img)
-    got, passes = gap_fill_2d(img)
-    assert passes >= 2, "holes need several passes: the mask-not-updated rule is exercised"
-    assert got.dtype == np.float32
-    assert np.isfinite(got).all()
-    np.testing.assert_allclose(got, expected, rtol=2e-6, atol=2e-7)
-    np.testing.assert_array_equal(got[~holes], img[~holes])
-
-
-def test_gap_fill_first_pass_by_hand():
-    img = np.arange(25, dtype=np.float32).reshape(5, 5)
-    img[2, 2] = np.nan
-    got, passes = gap_fill_2d(img)
-    w = GAP_FILL_WEIGHTS.copy()
-    w[2, 2] = 0
-    expected = (w * np.nan_to_num(np.arange(25.0).reshape(5, 5))).sum() / w.sum()
-    assert passes == 1
-    assert got[2, 2] == pytest.approx(expected, rel=1e-6)
-
-
-def test_gap_fill_partial_footprint_matches_loop_and_huge_hole_terminates():
-    rng = np.random.default_rng(5)
-    img = ndi.gaussian_filter(rng.normal(size=(24, 30)), 2).astype(np.float32)
-    img[:, 12:] = np.nan  # half the scene outside the footprint: many passes
-    np.testing.assert_allclose(gap_fill_2d(img)[0], reference_fill(img), rtol=2e-6, atol=2e-7)
-
-    # Bound hit: the multi-scale fallback finishes the hole with finite values inside the data range.
-    got, passes = gap_fill_2d(img, max_iter=2)
-    assert passes == 2
-    assert np.isfinite(got).all()
-    lo, hi = np.nanmin(img), np.nanmax(img)
-    assert (got >= lo - 1e-6).all() and (got <= hi + 1e-6).all()
-    exact = reference_fill(img)
-    np.testing.assert_allclose(got[:, :16], exact[:, :16], rtol=2e-6, atol=2e-7)  # first 2 rings exact
-
-
-def test_gap_fill_big_scene_half_missing_is_finite():
-    rng = np.random.default_rng(1)
-    img = ndi.gaussian_filter(rng.normal(size=(860, 1050)), 4).astype(np.float32)
-    img[:, 525:] = np.nan
-    img[100:140, 100:160] = np.nan
-    got, passes = gap_fill_2d(img)
-    assert np.isfinite(got).all()
-    assert passes > 200  # the half hole closes ring by ring, exactly as the paper's loop would
-    got2, passes2 = gap_fill_2d(img, max_iter=10)
-    assert passes2 == 10 and np.isfinite(got2).all()  # wall time: benchmarks/, not tests
-
-
-def test_gap_fill_all_nan_slice_stays_nan_and_lazy_equals_eager():
-    cube = make_cube(n_time=3, ny=16, nx=14, seed=3, dask_backed=False)
-    rng = np.random.default_rng(3)
-    holes = rng.random((3, 16, 14)) < 0.3
-    qa = cube.loc[{"band": "qa_pixel"}].values
-    qa[holes] = 1 << QA_CLOUD
-    qa[1] = 1 << QA_FILL  # scene 1 entirely outside the footprint
-    cube.loc[{"band": "qa_pixel"}] = qa
-    masked = mask_invalid(cube)
-    eager = gap_fill(masked)
-    lazy_in = mask_invalid(cube.chunk({"time": 2, "y": 8}))
-    with raise_if_computes():
-        lazy = gap_fill(lazy_in)
-        assert isinstance(lazy.data, dsa.Array)
-    assert lazy.chunks[2] == (16,) and lazy.chunks[3] == (14,), "full y/x per chunk"
-    lazy = lazy.compute(scheduler="sync")
-    xr.testing.assert_identical(lazy, eager)
-    assert np.isnan(eager.values[1]).all()
-    assert np.isfinite(eager.values[[0, 2]]).all()
-    for t in (0, 2):
-        for b in range(2):
-            np.testing.assert_allclose(eager.values[t, b], reference_fill(masked.values[t, b]), rtol=2e-6)
-    with pytest.raises(GlacierflowError, match="max_iter"):
-        gap_fill(masked, max_iter=-1)
 
 
 # --- NDSI and snow mask ---------------------------------------------------------------------------------
@@ -345,7 +234,7 @@ def test_resample_means_interpolation_and_edges(dask_backed):
     np.testing.assert_allclose(v[6], q1_2021, rtol=1e-6)
     np.testing.assert_allclose(v[7], q1_2021, rtol=1e-6)
 
-    dropped = resample(src, "3MS", start="2019-11-01", end="2021-08-31", edges="drop")
+    dropped = resample(da, "3MS", start="2019-11-01", end="2021-08-31", edges="drop")
     assert list(dropped["n_scenes"].values) == [2, 1, 0, 0, 2]
     np.testing.assert_allclose(dropped["ndsi"].values, v[1:6])
 
@@ -369,7 +258,7 @@ def test_whole_chain_is_lazy():
     with raise_if_computes():
         masked = mask_invalid(cube)
         frac = valid_fraction(masked)
-        snow = snow_mask(ndsi(gap_fill(masked)))
+        snow = snow_mask(ndsi(masked))
         ds = resample(snow, "3MS")
     assert isinstance(frac.data, dsa.Array) and isinstance(ds["ndsi"].data, dsa.Array)
     out = ds.compute(scheduler="sync")
@@ -391,3 +280,62 @@ def test_resample_empty_time_axis():
         resample(da)
     ds = resample(da, start="2020-01-01", end="2020-12-31")
     assert ds.sizes["time"] == 4 and (ds["n_scenes"].values == 0).all()
+
+
+def test_period_means_count_only_real_observations_and_fill_only_the_unobserved():
+    from glacierflow.gapfill import gap_fill_2d
+
+    times = ["2020-01-05", "2020-02-10", "2020-03-30", "2020-04-20", "2020-05-25", "2020-11-02"]
+    da = _series(times, ny=12, nx=10, seed=7)
+    a = da.values.astype(np.float64)
+    a[0, :, :4] = np.nan  # scene 0: a partial footprint (left strip outside)
+    a[1, :3, :] = np.nan  # scene 1: the top rows clouded
+    a[2, :2, :2] = np.nan  # scene 2 misses the top-left corner too: no observation there in Q1
+    a[3, 5:, :] = np.nan  # Q2: half of scene 3 missing, scene 4 (not used) covers it
+    da = da.copy(data=a.astype(np.float32))
+    use = xr.DataArray([True, True, True, True, False, True], dims="time")
+    with raise_if_computes():
+        lazy = resample(da.chunk({"time": 1}), "3MS", start="2020-01-01", end="2020-12-31", use=use.chunk(2))
+    ds = lazy.compute(scheduler="sync")
+    eager = resample(da, "3MS", start="2020-01-01", end="2020-12-31", use=use)
+    xr.testing.assert_allclose(ds, eager)
+    # numpy reference: per period, mean over the used scenes that observed the pixel, and their count
+    w = np.array(use.values)[:, None, None] & np.isfinite(a)
+    groups = [[0, 1, 2], [3, 4], [], [5]]
+    for k, g in enumerate(groups):
+        n_ref = w[g].sum(0) if g else np.zeros(a.shape[1:], int)
+        np.testing.assert_array_equal(ds["n_valid"].values[k], n_ref)
+        if not g:
+            continue
+        mean_ref = np.where(n_ref > 0, np.where(w[g], a[g], 0).sum(0) / np.maximum(n_ref, 1), np.nan)
+        seen = n_ref > 0
+        np.testing.assert_allclose(ds["ndsi"].values[k][seen], mean_ref[seen], rtol=1e-6)
+        # where nothing observed the pixel, the paper's gap-fill of the period mean supplies it
+        np.testing.assert_allclose(ds["ndsi"].values[k], gap_fill_2d(mean_ref.astype(np.float32), 32)[0],
+                                   rtol=1e-6)
+    assert ds["n_valid"].dtype == np.uint8 and int(ds["n_valid"].values[0, 0, 0]) == 0
+    assert int(ds["n_valid"].values[1, 8, 3]) == 0, "scene 4 is not used: Q2's lower half is gap-filled"
+    np.testing.assert_array_equal(ds["n_scenes"].values, [3, 1, 0, 1])
+    np.testing.assert_array_equal(ds["interpolated"].values, [False, False, True, False])
+    np.testing.assert_allclose(ds["ndsi"].values[2], (ds["ndsi"].values[1] + ds["ndsi"].values[3]) / 2, rtol=1e-5)
+    t = pd.DatetimeIndex(times)
+    expect = [t[:3].mean(), t[3], pd.NaT, t[5]]
+    got = pd.DatetimeIndex(ds["time_mean"].values)
+    assert got[0] == expect[0].floor("us") or abs(got[0] - expect[0]) < pd.Timedelta("1us")
+    assert got[1] == expect[1] and pd.isna(got[2]) and got[3] == expect[3]
+
+
+def test_qa_valid_and_read_errors():
+    from glacierflow.preprocess import qa_valid, read_errors
+
+    qa = xr.DataArray(np.array([[1 << QA_CLEAR, 1 << QA_CLOUD, np.nan, -np.inf, 1 << QA_FILL,
+                                 (1 << QA_CIRRUS) | (1 << QA_CLEAR)]], np.float32), dims=("y", "x"))
+    np.testing.assert_array_equal(qa_valid(qa).values, [[True, False, False, False, False, True]])
+    np.testing.assert_array_equal(qa_valid(qa, mask_clouds=False).values, [[True, True, False, False, False, True]])
+    np.testing.assert_array_equal(qa_valid(qa, mask_cirrus=True).values, [[True, False, False, False, False, False]])
+    cube = make_cube(n_time=3, ny=4, nx=5, dask_backed=False)
+    cube[1, 1] = -np.inf  # scene 1: swir16 unreadable
+    with raise_if_computes():
+        errs = read_errors(cube.chunk({"time": 1}))
+    np.testing.assert_array_equal(errs.values, [[False] * 3, [False, True, False], [False] * 3])
+    assert np.isnan(mask_invalid(cube).values[1]).all(), "an unreadable band masks the scene"
