@@ -311,3 +311,20 @@ def test_blending_leaves_no_seams_and_plain_tiling_does(tiny_cube_1ms):
     persistence_mse = float(((a[3:4] - a[4:8]) ** 2).mean())
     forecast = forecast_scene(model, a[:4], patch=patch, overlap=patch // 2)
     assert float(((forecast - a[4:8]) ** 2).mean()) < persistence_mse, "the model was trained"
+
+
+def test_query_forecast_example_runs(scored, tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "examples" / "query_forecast.py"
+    png = tmp_path / "query.png"
+    done = subprocess.run([sys.executable, str(script), scored["out"], str(png)], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "full-scene seasonal" in done.stdout and png.stat().st_size > 10_000
+    from PIL import Image
+
+    with Image.open(png) as im:
+        assert float(np.asarray(im.convert("L"), np.float64).var()) > 100
