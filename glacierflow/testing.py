@@ -26,10 +26,11 @@ import pandas as pd
 import xarray as xr
 from scipy import ndimage
 
+from glacierflow.config import PERIODS
 from glacierflow.errors import GlacierflowError
 
-#: months per period for the periods the cube builder supports
-PERIOD_MONTHS = {"1MS": 1, "3MS": 3, "6MS": 6}
+#: months per period, for the periods the cube builder supports (``config.PERIODS``)
+PERIOD_MONTHS = {p: int(p[:-2]) for p in PERIODS}
 #: attribute that marks a store as completely written (the cube store contract)
 COMPLETE_ATTR = "glacierflow_complete"
 PIXEL_M = 30.0
