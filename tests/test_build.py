@@ -376,3 +376,23 @@ def test_hrefs_are_signed_at_read_time_and_never_stored(served_twin: dict, tmp_p
     for f in out.rglob("*"):
         if f.is_file():
             assert b"SECRET" not in f.read_bytes(), f
+
+
+def test_scene_table_from_real_planetary_computer_items() -> None:
+    from .conftest import load_pc_fixture
+
+    page = load_pc_fixture("landsat-c2-l2_items-page_GET_2025-07.json")["features"]
+    # zone 58 and its neighbours 57/59, T1 and T2 items: stacked on zone 58, nothing read
+    spec = CubeSpec(name="pc", bbox=(163.0, -20.0, 164.0, -19.0), epsg=32658, start="2025-07-01",
+                    end="2025-07-31", catalog="http://127.0.0.1:9", platforms=("landsat-9",))
+    with raise_if_computes():
+        ds = cube_dataset(page, spec, PreprocessSpec())
+    by_id = {str(i): k for k, i in enumerate(ds["item_id"].values)}
+    props = {it["id"]: it["properties"] for it in page}
+    rows = [i for i in by_id if i in props]  # stacked or left out by the cube builder (no overlap)
+    assert len(rows) == len(page)
+    cats = {str(ds["collection_category"].values[by_id[i]]) for i in rows}
+    assert cats == {props[i]["landsat:collection_category"] for i in rows} == {"T1", "T2"}
+    for i in rows:
+        assert int(ds["wrs_path"].values[by_id[i]]) == int(props[i]["landsat:wrs_path"])
+        assert int(ds["wrs_row"].values[by_id[i]]) == int(props[i]["landsat:wrs_row"])

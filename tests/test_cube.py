@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +14,7 @@ from rasterio.transform import from_origin
 
 from glacierflow.cube import build_cube, normalise_items, normalise_items_with_report, snapped_bounds
 from glacierflow.errors import GlacierflowError
+from glacierflow.preprocess import read_errors
 from glacierflow.testing import raise_if_computes
 
 # stackstac 0.5.1 and rasterio use ``affine * tuple``, which affine >= 2.4 flags as pending deprecation
@@ -107,6 +107,7 @@ def test_mixed_epsg_explicit(no_compute):
     bbox = (150.0, -40.0, 150.5, -39.5)  # overlaps 089088 (zone 55) and 089087 (zone 56)
     cube = build_cube(items, bbox_lonlat=bbox, epsg=32656, platforms=L89)
     _check_grid(cube, 32656, bbox)
+    assert cube.attrs["resampling"] == {"green": "bilinear", "swir16": "bilinear", "qa_pixel": "nearest"}
     zones = {it["id"]: it["properties"]["proj:epsg"] for it in items}
     assert {zones[i] for i in cube.id.values} == {32655, 32656}
     # same items through pystac (proj:code) on zone 55 instead
@@ -235,7 +236,7 @@ def test_pixels_rescale_and_masks(tmp_path):
         assert np.all(np.isnan(values.isel(time=t).values[:, ~inside_r, :]))
 
 
-def test_missing_file_becomes_nan_and_is_reported(tmp_path):
+def test_missing_file_becomes_a_read_error_in_the_data(tmp_path, caplog):
     arrays = {
         "green": np.full((H, W), 20000, np.uint16),
         "swir16": np.full((H, W), 10000, np.uint16),
@@ -247,17 +248,53 @@ def test_missing_file_becomes_nan_and_is_reported(tmp_path):
     bbox = _inner_bbox()
 
     cube = build_cube([good, bad], bbox_lonlat=bbox, epsg=EPSG)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    with caplog.at_level("WARNING", logger="glacierflow.cube"):
         values = cube.compute(scheduler="sync")
-    messages = [str(w.message) for w in caught]
-    assert any("gone.tif" in m and "filled with NaN" in m for m in messages), messages
-    assert not any("SECRET" in m for m in messages)  # tokens never reach warnings or logs
+    assert any("gone.tif" in r.getMessage() for r in caplog.records)
+    assert not any("SECRET" in r.getMessage() for r in caplog.records)  # tokens never reach the logs
     bad_t = list(cube.id.values).index("bad")
-    assert np.all(np.isnan(values.isel(time=bad_t).sel(band="swir16")))
+    # the unreadable window is -inf (not NaN, which means "outside the footprint"): found in the graph
+    assert np.all(np.isneginf(values.isel(time=bad_t).sel(band="swir16")))
+    np.testing.assert_array_equal(read_errors(values).values, [[False] * 3, [False, True, False]])
     inner = values.isel(time=bad_t).sel(band="green").values
     assert np.nanmax(inner) == pytest.approx(20000 * SCALE + OFFSET, abs=1e-6)
 
     strict = build_cube([good, bad], bbox_lonlat=bbox, epsg=EPSG, on_read_error="raise")
     with pytest.raises(RuntimeError, match="gone.tif"):
         strict.compute(scheduler="sync")
+
+
+def test_other_utm_zone_bilinear_reflectance_nearest_qa(tmp_path):
+    """A scene in zone 43 stacked on a zone-44 grid (Parvati lies 0.2 deg from the boundary)."""
+    from rasterio.enums import Resampling
+    from rasterio.vrt import WarpedVRT
+
+    yy, xx = np.mgrid[0:H, 0:W]
+    green = (8000 + 900 * xx + 500 * yy).astype(np.uint16)  # smooth: bilinear differs from nearest
+    qa = np.where((xx + yy) % 3 == 0, 21824, 22280).astype(np.uint16)
+    arrays = {"green": green, "swir16": (green // 2).astype(np.uint16), "qa_pixel": qa}
+    item = _item(tmp_path, "z43", "2021-03-01T05:00:00Z", arrays)
+    for key, nodata in (("green", 0), ("swir16", 0), ("qa_pixel", 1)):  # real COGs carry the nodata tag
+        with rasterio.open(item["assets"][key]["href"], "r+") as dst:
+            dst.nodata = nodata
+    cube = build_cube([item], bbox_lonlat=_inner_bbox(), epsg=32644)
+    assert cube.attrs["resampling"] == {"green": "bilinear", "swir16": "bilinear", "qa_pixel": "nearest"}
+    values = cube.compute(scheduler="sync").isel(time=0)
+    res, _, left, _, _, top = cube.attrs["transform"]
+    grid = dict(crs="EPSG:32644", transform=from_origin(left, top, res, res), width=cube.sizes["x"],
+                height=cube.sizes["y"])
+    independent = {}
+    for key, how in (("green", Resampling.bilinear), ("qa_pixel", Resampling.nearest)):
+        with rasterio.open(item["assets"][key]["href"]) as src, WarpedVRT(src, resampling=how, **grid) as vrt:
+            independent[key] = vrt.read(1, masked=True)
+    g_ref = independent["green"].astype(np.float64) * SCALE + OFFSET
+    got = values.sel(band="green").values
+    inside = ~np.ma.getmaskarray(g_ref) & np.isfinite(got)
+    assert inside.mean() > 0.5
+    np.testing.assert_allclose(got[inside], g_ref.data[inside], atol=2e-6)  # same GDAL warp: exact
+    q = values.sel(band="qa_pixel").values
+    qa_ok = ~np.ma.getmaskarray(independent["qa_pixel"]) & np.isfinite(q)
+    np.testing.assert_array_equal(q[qa_ok], independent["qa_pixel"].data[qa_ok])
+    assert set(np.unique(q[qa_ok])) <= {21824.0, 22280.0}, "nearest never invents QA codes"
+    dn = np.round((got[inside] - OFFSET) / SCALE)
+    assert not np.isin(dn, green).all(), "reflectance was interpolated, not picked"
