@@ -14,7 +14,7 @@ from glacierflow.twin.serve import serve_twin
 
 def _make(factory: pytest.TempPathFactory, size: str) -> Path:
     out = factory.mktemp(f"twin-{size}") / f"parvati-{size}"
-    make_twin(out, glacier="parvati", size=size, seed=0)
+    make_twin(out, glacier="parvati", size=size, seed=0, realism="basic")
     return out
 
 

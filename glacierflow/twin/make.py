@@ -6,7 +6,11 @@ Layout of a twin directory::
     collection.json    the landsat-c2-l2 collection document
     items.json         FeatureCollection of all items (asset hrefs relative to the directory)
     assets/<id>/*.TIF  Cloud-Optimized GeoTIFFs (uint16 DN, scale 2.75e-5, offset -0.2, nodata 0; qa_pixel)
-    truth.zarr         clean NDSI per acquisition, shifts, defects, true velocity, glacier mask
+    truth.zarr         clean NDSI per acquisition, shifts, defects, true velocity, glacier mask (and, for the
+                       himalaya realism, u_t/v_t, terrain_dx/terrain_dy, ndsi_surface, debris_mask)
+
+The world itself comes from the ``REALISMS`` registry (:mod:`glacierflow.twin.realism`): ``basic`` (the
+original world, bit for bit) or ``himalaya`` (the default).
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import os
 import shutil
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -28,13 +32,14 @@ import xarray as xr
 import zarr
 from pyproj import Transformer
 from rasterio.transform import Affine
-from scipy import ndimage
 
 from glacierflow import __version__
 from glacierflow.errors import GlacierflowError
 from glacierflow.glaciers import Site, get_site
 from glacierflow.twin import stac_items
-from glacierflow.twin.world import World, _noise, ndsi_snow
+from glacierflow.twin.realism import DEFAULT_REALISM, REALISMS, ScheduleContext
+from glacierflow.twin.scene import Acquisition, sun_angles
+from glacierflow.twin.world import World
 
 FORMAT_VERSION = 1
 SIZES: dict[str, dict[str, Any]] = {
@@ -45,8 +50,6 @@ SIZES: dict[str, dict[str, Any]] = {
 }
 MARGIN = 12  # pixels of scene beyond the AOI on each side
 REVISIT = 16  # days
-QA_FILL, QA_DILATED, QA_CIRRUS, QA_CLOUD, QA_SHADOW, QA_SNOW, QA_CLEAR, QA_WATER = (1 << i for i in range(8))
-DEFECT_GAP, DEFECT_CLOUD, DEFECT_SHADOW = 1, 2, 4
 
 
 @dataclass(frozen=True)
@@ -101,31 +104,19 @@ def make_grid(site: Site, size: str) -> Grid:
     return Grid(site.epsg, (h, w), (30.0, 0.0, float(x0), 0.0, -30.0, float(y1)), aoi)
 
 
-@dataclass(frozen=True)
-class Acquisition:
-    """Everything random about one acquisition, drawn up front from the seed."""
-
-    index: int
-    item_id: str
-    product_id: str
-    platform: str
-    datetime: str
-    year: float
-    shift_x: float
-    shift_y: float
-    cloud_target: float  # fraction of the scene under cloud (0..1)
-    valid_target: float  # fraction of the scene inside the footprint (0..1)
-    stripes: int
-    seed: int
-
-
 def _decimal_year(t: datetime) -> float:
     start = datetime(t.year, 1, 1, tzinfo=UTC)
     return t.year + (t - start).total_seconds() / (365.25 * 86400)
 
 
-def schedule(site: Site, start: str, end: str, seed: int) -> list[Acquisition]:
-    """Landsat-8 acquisitions every 16 days, plus a few Landsat-7 ones 8 days out of phase."""
+def schedule(
+    site: Site, start: str, end: str, seed: int, realism: str = "basic", size: str = "tiny"
+) -> list[Acquisition]:
+    """Landsat-8 acquisitions every 16 days, plus a few Landsat-7 ones 8 days out of phase.
+
+    The realism's schedule hook may then change clouds and categories and add a second WRS path
+    (``himalaya``); ``basic`` is the original schedule, draw for draw.
+    """
     rng = np.random.default_rng(seed + 7)
     t0 = datetime.fromisoformat(start).replace(tzinfo=UTC)
     t1 = datetime.fromisoformat(end).replace(tzinfo=UTC) + timedelta(days=1)
@@ -167,89 +158,32 @@ def schedule(site: Site, start: str, end: str, seed: int) -> list[Acquisition]:
                 seed=int(rng.integers(0, 2**31 - 1)),
             )
         )
+    out = [replace(a, wrs_path=path, wrs_row=row, sun_elevation=sun_angles(a.year)[0],
+                   sun_azimuth=sun_angles(a.year)[1]) for a in out]
+    hook = _realism(realism).schedule
+    if hook is not None:
+        out = hook(out, ScheduleContext(seed=seed, size=size, end=t1, epsg=site.epsg))
     return out
+
+
+def _realism(name: str) -> Any:
+    if name not in REALISMS:
+        raise GlacierflowError(f"unknown twin realism {name!r}; choose one of: {', '.join(REALISMS)}")
+    return REALISMS[name]
 
 
 # ---------------------------------------------------------------------------------------------
 # rendering one acquisition (runs in worker processes; the world is built once per process)
 _WORLD: World | None = None
+_RENDER: Any = None
 
 
-def _init_worker(shape: tuple[int, int], seed: int) -> None:
-    global _WORLD
-    _WORLD = World(shape, seed=seed)
-
-
-def render(world: World, acq: Acquisition) -> dict[str, Any]:
-    """DN arrays, QA band, defects and the clean truth NDSI for one acquisition."""
-    rng = np.random.default_rng(acq.seed)
-    h, w = world.shape
-    size = min(h, w)
-    jitter = (40.0 * _noise(world.shape, size / 25, rng)).astype(np.float32)
-    g0, s0, _ = world.reflectance(acq.year, (0.0, 0.0), jitter)
-    truth = ndsi_snow(g0, s0)
-    green, swir, cls = world.reflectance(acq.year, (acq.shift_x, acq.shift_y), jitter)
-
-    # footprint: a straight scene edge leaving valid_target of the tile inside
-    rr, cc = np.mgrid[0:h, 0:w].astype(np.float32)
-    gap = np.zeros((h, w), bool)
-    if acq.valid_target < 1.0:
-        theta = rng.uniform(0, 2 * np.pi)
-        proj = (cc - w / 2) * np.cos(theta) + (rr - h / 2) * np.sin(theta)
-        gap |= proj > np.quantile(proj, acq.valid_target)
-    # scattered missing pixels and stripes (SLC-off-like wedges on Landsat-7)
-    gap |= rng.random((h, w)) < 0.002
-    for _ in range(acq.stripes):
-        r0 = int(rng.integers(0, h))
-        gap[r0 : r0 + int(rng.integers(1, 4))] = True
-    if acq.platform == "landsat-7":
-        gap |= ((rr * 0.2 + cc) % 37) < 2.5
-
-    # clouds with soft edges, their dilation and shadows
-    cloud = np.zeros((h, w), bool)
-    alpha = np.zeros((h, w), np.float32)
-    if acq.cloud_target > 0.002:
-        n = _noise(world.shape, size / 14, rng)
-        thr = np.quantile(n, 1 - acq.cloud_target)
-        cloud = n > thr
-        alpha = np.clip((n - thr) / 0.5 + 0.6, 0, 1) * (n > thr - 0.3)
-    dilated = ndimage.binary_dilation(cloud, iterations=3) & ~cloud
-    sdr, sdc = int(size * 0.03) + 2, -(int(size * 0.04) + 2)
-    shadow = np.roll(np.roll(cloud, sdr, 0), sdc, 1) & ~cloud & ~dilated
-    green = np.where(shadow, green * 0.45, green)
-    swir = np.where(shadow, swir * 0.45, swir)
-    green = (1 - alpha) * green + alpha * 0.75
-    swir = (1 - alpha) * swir + alpha * 0.45
-    # sensor noise
-    green = green + rng.normal(0, 0.003, (h, w)).astype(np.float32)
-    swir = swir + rng.normal(0, 0.003, (h, w)).astype(np.float32)
-
-    def dn(refl: np.ndarray) -> np.ndarray:
-        d = np.clip(np.round((refl - stac_items.OFFSET) / stac_items.SCALE), 1, 65535).astype(np.uint16)
-        d[gap] = 0
-        return d
-
-    qa = np.full((h, w), QA_CLEAR | (1 << 8) | (1 << 10) | (1 << 12) | (1 << 14), np.uint16)
-    qa = np.where(cls["snow"], (qa | QA_SNOW | (3 << 12)) & ~np.uint16(1 << 12), qa).astype(np.uint16)
-    qa = np.where(cls["water"], qa | QA_WATER, qa).astype(np.uint16)
-    notclear = ~np.uint16(QA_CLEAR)
-    qa = np.where(cloud, (qa & notclear) | QA_CLOUD | (3 << 8), qa).astype(np.uint16)
-    qa = np.where(dilated, (qa & notclear) | QA_DILATED, qa).astype(np.uint16)
-    qa = np.where(shadow, (qa & notclear) | QA_SHADOW | (3 << 10), qa).astype(np.uint16)
-    qa[gap] = QA_FILL
-    valid = ~gap
-    cloud_cover = 100.0 * float((cloud & valid).sum()) / max(1, int(valid.sum()))
-    defects = (gap * DEFECT_GAP | (cloud | dilated) * DEFECT_CLOUD | shadow * DEFECT_SHADOW).astype(np.uint8)
-    return {
-        "green": dn(green),
-        "swir16": dn(swir),
-        "qa_pixel": qa,
-        "truth": truth,
-        "defects": defects,
-        "valid": valid,
-        "cloud_cover": round(cloud_cover, 2),
-        "valid_fraction": float(valid.mean()),
-    }
+def _init_worker(shape: tuple[int, int], seed: int, realism: str = "basic", max_speed: float | None = None,
+                 glacier_width: float | None = None) -> None:
+    global _WORLD, _RENDER
+    level = _realism(realism)
+    _WORLD = level.world(shape, seed, max_speed, glacier_width)
+    _RENDER = level.render
 
 
 def _write_cog(path: Path, data: np.ndarray, grid: Grid, nodata: int, scaled: bool) -> None:
@@ -303,7 +237,7 @@ def _footprint(valid: np.ndarray, grid: Grid) -> tuple[dict[str, Any], list[floa
 def _render_and_write(args: tuple[Acquisition, Grid, str]) -> dict[str, Any]:
     acq, grid, out = args
     assert _WORLD is not None
-    res = render(_WORLD, acq)
+    res = _RENDER(_WORLD, acq)
     root = Path(out)
     folder = root / "assets" / acq.item_id
     folder.mkdir(parents=True, exist_ok=True)
@@ -313,6 +247,8 @@ def _render_and_write(args: tuple[Acquisition, Grid, str]) -> dict[str, Any]:
     g = zarr.open_group(str(root / "truth.zarr"), mode="r+")
     g["ndsi"][acq.index] = res["truth"]
     g["defects"][acq.index] = res["defects"]
+    for name, layer in res.get("extra", {}).items():
+        g[name][acq.index] = layer
     geometry, bbox = _footprint(res["valid"], grid)
     hrefs = {k: f"assets/{acq.item_id}/{v}" for k, v in names.items()}
     return {
@@ -325,7 +261,7 @@ def _render_and_write(args: tuple[Acquisition, Grid, str]) -> dict[str, Any]:
     }
 
 
-def _truth_template(world: World, grid: Grid, acqs: list[Acquisition]) -> xr.Dataset:
+def _truth_template(world: World, grid: Grid, acqs: list[Acquisition], layers: tuple[str, ...] = ()) -> xr.Dataset:
     import dask.array as da
 
     y, x = grid.coords()
@@ -355,9 +291,51 @@ def _truth_template(world: World, grid: Grid, acqs: list[Acquisition]) -> xr.Dat
     ds["u"].attrs.update(units="m/yr", description="true surface velocity, +east")
     ds["v"].attrs.update(units="m/yr", description="true surface velocity, +north")
     ds["glacier_mask"].attrs.update(description=f"ice extent at decimal year {world.t_ref}")
+    if layers:
+        ds = _realistic_truth(ds, world, acqs, layers)
     from glacierflow.store import add_spatial_ref
 
     ds = add_spatial_ref(ds, grid.epsg)
+    return ds
+
+
+LAYER_ATTRS = {
+    "ndsi_surface": {"description": "snow-mask NDSI of the surface under flat, unshadowed light (no terrain "
+                     "illumination); `ndsi` is what a clear, perfectly registered scene shows"},
+    "u_t": {"units": "m/yr", "description": "true surface velocity at the acquisition (seasonal), +east"},
+    "v_t": {"units": "m/yr", "description": "true surface velocity at the acquisition (seasonal), +north"},
+    "terrain_dx": {"units": "pixel", "description": "terrain-dependent misregistration beyond shift_x: "
+                   "scene[r, c] = ndsi[r - shift_y - terrain_dy[r, c], c - shift_x - terrain_dx[r, c]]"},
+    "terrain_dy": {"units": "pixel", "description": "terrain-dependent misregistration beyond shift_y"},
+}
+
+
+def _realistic_truth(ds: xr.Dataset, world: Any, acqs: list[Acquisition], layers: tuple[str, ...]) -> xr.Dataset:
+    """The realistic world's truth additions: per-acquisition layers, debris mask, per-scene geometry."""
+    import dask.array as da
+
+    n, (h, w) = len(acqs), world.shape
+    for name in layers:
+        ds[name] = (("time", "y", "x"), da.zeros((n, h, w), dtype=np.float32, chunks=(1, h, w)))
+        ds[name].attrs.update(LAYER_ATTRS.get(name, {}))
+    ds["debris_mask"] = (("y", "x"), world.debris_mask)
+    ds["debris_mask"].attrs.update(description="debris-covered ice (NDSI < 0.3) at decimal year "
+                                   f"{world.t_ref}")
+    ds["elevation"].attrs.update(units="m", description="true terrain; the products' DEM is off by dem_error")
+    ds["dem_error"] = (("y", "x"), world.dem_error)
+    ds["dem_error"].attrs.update(units="m")
+    ds["wrs_path"] = ("time", np.array([a.wrs_path for a in acqs], np.int16))
+    ds["wrs_row"] = ("time", np.array([a.wrs_row for a in acqs], np.int16))
+    ds["collection_category"] = ("time", np.array([a.category for a in acqs], dtype=object))
+    ds["sun_elevation"] = ("time", np.array([a.sun_elevation for a in acqs], np.float64))
+    ds["sun_azimuth"] = ("time", np.array([a.sun_azimuth for a in acqs], np.float64))
+    ds["view_angle"] = ("time", np.degrees(np.arctan([a.view_tan for a in acqs])))
+    ds["view_angle"].attrs.update(units="degree", description="signed off-nadir view angle at the site")
+    ds["speed_factor"] = ("time", np.array([world.speed_season.factor(a.year) for a in acqs], np.float64))
+    ds["speed_factor"].attrs.update(description="u_t = u * speed_factor (seasonal speed-up; 1 on average)")
+    ds["defects"].attrs.update(description="bit flags: 1 gap/fill, 2 cloud or dilated cloud, 4 cloud shadow, "
+                               "8 terrain shadow, 16 QA omission (cloud not flagged), 32 QA commission "
+                               "(clear pixel flagged cloud)")
     return ds
 
 
@@ -371,14 +349,33 @@ def make_twin(
     overwrite: bool = False,
     workers: int | None = None,
     progress: Any = None,
+    realism: str = DEFAULT_REALISM,
+    max_speed: float | None = None,
+    glacier_width: float | None = None,
 ) -> dict[str, Any]:
     """Generate a twin directory; returns its ``twin.json`` content.
 
     The twin is built in a temporary sibling directory and moved into place at the end, so an
     interrupted run never leaves a half-written twin where a good one was.
+
+    Parameters
+    ----------
+    realism
+        A key of ``REALISMS``: ``"himalaya"`` (default) or ``"basic"`` (the original world, bit for bit).
+    max_speed
+        Annual-mean centreline speed of the main glacier (m/yr; default 150); himalaya only.
+    glacier_width
+        Width of the main glacier at its head (pixels; default 9 % of the grid); himalaya only.
     """
     if size not in SIZES:
         raise GlacierflowError(f"unknown twin size {size!r}; choose one of: {', '.join(SIZES)}")
+    level = _realism(realism)
+    if not level.options and (max_speed is not None or glacier_width is not None):
+        raise GlacierflowError(f"--max-speed and --glacier-width need --realism himalaya (not {realism!r})")
+    if max_speed is not None and not 0 < max_speed <= 3000:
+        raise GlacierflowError(f"--max-speed {max_speed} must be in (0, 3000] m/yr")
+    if glacier_width is not None and not 2 <= glacier_width <= 200:
+        raise GlacierflowError(f"--glacier-width {glacier_width} must be in [2, 200] pixels")
     site = get_site(glacier)
     start = start or SIZES[size]["start"]
     end = end or SIZES[size]["end"]
@@ -395,7 +392,7 @@ def make_twin(
             raise GlacierflowError(f"refusing to overwrite {out}: it is not a glacierflow twin directory")
     t_start = time.perf_counter()
     grid = make_grid(site, size)
-    acqs = schedule(site, start, end, seed)
+    acqs = schedule(site, start, end, seed, realism, size)
     if not acqs:
         raise GlacierflowError(f"no Landsat acquisitions between {start} and {end}; widen the date range")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -404,12 +401,14 @@ def make_twin(
         shutil.rmtree(tmp)
     tmp.mkdir()
     try:
-        world = World(grid.shape, seed=seed)
-        _truth_template(world, grid, acqs).to_zarr(tmp / "truth.zarr", compute=False, consolidated=False)
+        world = level.world(grid.shape, seed, max_speed, glacier_width)
+        template = _truth_template(world, grid, acqs, level.truth_layers)
+        template.to_zarr(tmp / "truth.zarr", compute=False, consolidated=False)
         n_workers = workers or min(2, os.cpu_count() or 1)
         jobs = [(a, grid, str(tmp)) for a in acqs]
         results: list[dict[str, Any]] = [{}] * len(acqs)
-        with ProcessPoolExecutor(n_workers, initializer=_init_worker, initargs=(grid.shape, seed)) as pool:
+        with ProcessPoolExecutor(n_workers, initializer=_init_worker,
+                                 initargs=(grid.shape, seed, realism, max_speed, glacier_width)) as pool:
             for res in pool.map(_render_and_write, jobs, chunksize=2):
                 results[res["index"]] = res
                 if progress is not None:
@@ -423,8 +422,8 @@ def make_twin(
         created = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
         items = []
         for a, r in zip(acqs, results, strict=True):
-            wrs_path, wrs_row = int(a.item_id[10:13]), int(a.item_id[13:16])
-            doy = (a.year % 1) * 365.25
+            wrs_path, wrs_row = a.wrs_path, a.wrs_row
+            doy = (a.year % 1) * 365.25  # scene_id's day of year
             items.append(
                 stac_items.make_item(
                     item_id=a.item_id,
@@ -441,9 +440,10 @@ def make_twin(
                     wrs_row=wrs_row,
                     scene_id=f"{a.item_id[:2]}{a.item_id[3]}{wrs_path:03d}{wrs_row:03d}{a.datetime[:4]}"
                     f"{int(doy) + 1:03d}LGN00",
-                    sun_azimuth=140.0 + 15 * np.cos(2 * np.pi * doy / 365.25),
-                    sun_elevation=58.0 - 24 * np.cos(2 * np.pi * (doy + 10) / 365.25),
+                    sun_azimuth=a.sun_azimuth,
+                    sun_elevation=a.sun_elevation,
                     hrefs=r["hrefs"],
+                    category=a.category,
                 )
             )
         full_bbox = [
@@ -476,9 +476,15 @@ def make_twin(
             "n_items": len(items),
             "n_landsat8": sum(a.platform == "landsat-8" for a in acqs),
             "n_landsat7": sum(a.platform == "landsat-7" for a in acqs),
+            "realism": realism,
+            "wrs_paths": sorted({a.wrs_path for a in acqs}),
+            "n_t2": sum(a.category == "T2" for a in acqs),
             "generation_seconds": round(time.perf_counter() - t_start, 1),
             "grid": asdict(grid),
         }
+        if level.options:
+            meta["max_speed"] = 150.0 if max_speed is None else float(max_speed)
+            meta["glacier_width"] = glacier_width
         meta["bytes"] = sum(f.stat().st_size for f in tmp.rglob("*") if f.is_file())
         (tmp / "twin.json").write_text(json.dumps(meta, indent=1))
         if out.exists():

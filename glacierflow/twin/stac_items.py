@@ -134,8 +134,9 @@ def make_item(
     sun_azimuth: float,
     sun_elevation: float,
     hrefs: dict[str, str],
+    category: str = "T1",
 ) -> dict[str, Any]:
-    """One item in Planetary Computer's ``landsat-c2-l2`` layout."""
+    """One item in Planetary Computer's ``landsat-c2-l2`` layout (``category``: T1 or T2)."""
     spec = PLATFORMS[platform]
     return {
         "id": item_id,
@@ -171,7 +172,7 @@ def make_item(
             "view:sun_elevation": float(sun_elevation),
             "landsat:cloud_cover_land": float(cloud_cover),
             "landsat:collection_number": "02",
-            "landsat:collection_category": "T1",
+            "landsat:collection_category": category,
         },
         "stac_extensions": list(STAC_EXTENSIONS),
         "stac_version": "1.0.0",

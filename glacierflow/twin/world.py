@@ -72,9 +72,21 @@ class World:
         Decimal year at which the texture sits at its reference position.
     retreat
         Terminus retreat in metres per year.
+    shapes
+        The glaciers (default: today's valley glacier and tributary).
+    min_half_width
+        Narrowest half-width in pixels a glacier tapers to.
     """
 
-    def __init__(self, shape: tuple[int, int], seed: int = 0, t_ref: float = 2017.0, retreat: float = 25.0):
+    def __init__(
+        self,
+        shape: tuple[int, int],
+        seed: int = 0,
+        t_ref: float = 2017.0,
+        retreat: float = 25.0,
+        shapes: tuple[GlacierShape, ...] = GLACIER_SHAPES,
+        min_half_width: float = 3.0,
+    ):
         self.shape = shape
         self.t_ref = t_ref
         self.retreat = retreat
@@ -91,8 +103,9 @@ class World:
         speed = np.zeros(shape, np.float32)
         dir_r = np.zeros(shape, np.float32)
         dir_c = np.zeros(shape, np.float32)
+        gid = np.zeros(shape, np.int8)
         pts = np.stack([rr.ravel(), cc.ravel()], axis=1)
-        for g in GLACIER_SHAPES:
+        for k, g in enumerate(shapes):
             s = np.linspace(0, 1, 800)
             cr = (g.rows[0] + (g.rows[1] - g.rows[0]) * s) * h
             cc_ = (1 - s) ** 2 * g.cols[0] + 2 * s * (1 - s) * g.cols[1] + s**2 * g.cols[2]
@@ -106,7 +119,7 @@ class World:
             dist, idx = cKDTree(np.stack([cr, cc_], axis=1)).query(pts, workers=1)
             dist = dist.reshape(shape).astype(np.float32)
             idx = idx.reshape(shape)
-            hw = np.maximum(g.half_width * size * (1 - 0.4 * s[idx]), 3.0)
+            hw = np.maximum(g.half_width * size * (1 - 0.4 * s[idx]), min_half_width)
             rat = dist / hw
             closer = rat < ratio
             sl = arclen[idx].astype(np.float32)
@@ -120,11 +133,13 @@ class World:
             length = np.where(closer, glen, length)
             term = np.where(closer, g.terminus * glen, term)
             speed = np.where(on, sp, speed)
+            gid = np.where(closer, k, gid).astype(np.int8)
             dir_r = np.where(on, tr[idx] / tn[idx], dir_r)
             dir_c = np.where(on, tc[idx] / tn[idx], dir_c)
         self.along = along
         self.ratio = ratio
         self.term = term  # terminus position (pixels along) at t_ref
+        self.glacier_id = gid  # index into ``shapes`` of the nearest glacier
         # true velocity: m/yr, +u east (+col), +v north (-row); zero off the ice at t_ref
         ice_ref = (ratio < 1) & (along <= term)
         self.u = np.where(ice_ref, speed * dir_c, 0).astype(np.float32)

@@ -1,0 +1,317 @@
+"""The ``himalaya`` world: the defects of real Himalayan Landsat scenes that the ``basic`` world leaves out.
+
+On top of the basic valley (same random draws, so the same rock, vegetation and lake):
+
+- **relief**: steep valley walls and ridged crests; illumination from the DEM and each scene's sun
+  elevation/azimuth (cosine of incidence, self and cast shadow by ray marching towards the sun) and a
+  diffuse, bluish sky term, so shadowed snow reads *higher* NDSI and shadowed debris can pass as snow;
+- **snow**: episodic snowfall events (:class:`~glacierflow.twin.climate.SnowClimate`), winter snow to the
+  valley floor in severe years, fresh snow on outcrops and steep faces in winter;
+- **ice**: a debris-covered lower tongue (NDSI < 0.3) and clean ice above, whose texture is advected
+  by the true velocity but decorrelates over a few months (a persistent part plus generations that
+  cross-fade every quarter year);
+- **velocity**: a narrow western tributary, ``max_speed`` / ``glacier_width`` options, a seasonal
+  speed-up (:class:`~glacierflow.twin.climate.SpeedSeason`), stable ground exactly 0;
+- **misregistration**: the per-scene translation plus terrain parallax (DEM error x tan(view angle),
+  opposite for the two WRS paths), applied by resampling the rendered ground with a cubic spline
+  (the aligner uses bilinear, so no inverse crime);
+- **clouds and QA**: cloud shadow cast away from the sun that removes the direct light (NDSI biased,
+  not unchanged), QA omission (cloud over snow left clear) and commission (bright snow flagged cloud).
+
+Geometry: ``scene[r, c] = ground[r - shift_y - terrain_dy[r, c], c - shift_x - terrain_dx[r, c]]``, with
+``ground`` the clean illuminated image on the truth grid (the truth store's ``ndsi``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from scipy import ndimage
+
+from glacierflow.twin.climate import SnowClimate, SpeedSeason
+from glacierflow.twin.scene import (
+    DEFECT_CLOUD,
+    DEFECT_GAP,
+    DEFECT_QA_COMMISSION,
+    DEFECT_QA_OMISSION,
+    DEFECT_SHADOW,
+    DEFECT_TERRAIN_SHADOW,
+    QA_CLEAR,
+    QA_CLOUD,
+    QA_DILATED,
+    QA_FILL,
+    QA_SHADOW,
+    QA_SNOW,
+    QA_WATER,
+    Acquisition,
+    to_dn,
+)
+from glacierflow.twin.world import DEBRIS, ICE, PIXEL, ROCK, SNOW, VEG, WATER, GlacierShape, World, _noise, ndsi_snow
+
+DIFFUSE = (0.20, 0.07)  # sky (diffuse) share of the irradiance in (green, swir16): bluish sky light
+DEM_ERROR_RMS = 110.0  # metres: DEM error behind the terrain parallax (larger on steep slopes)
+TEXTURE_PERSISTENT = 0.55  # share (amplitude) of the ice texture that survives a year
+TEXTURE_GENERATION = 0.25  # years between independent texture generations
+
+
+def himalaya_shapes(size: int, max_speed: float, glacier_width: float | None) -> tuple[GlacierShape, ...]:
+    """Main glacier, eastern tributary and a narrow western tributary, scaled by speed and width."""
+    hw = 0.045 if glacier_width is None else glacier_width / 2.0 / size
+    return (
+        GlacierShape(rows=(0.06, 0.86), cols=(0.30, 0.55, 0.47), half_width=hw, vmax=max_speed, terminus=0.95),
+        GlacierShape(rows=(0.12, 0.52), cols=(0.86, 0.78, 0.62), half_width=0.6 * hw, vmax=0.47 * max_speed,
+                     terminus=0.9),
+        GlacierShape(rows=(0.16, 0.47), cols=(0.06, 0.20, 0.42), half_width=0.3 * hw, vmax=0.3 * max_speed,
+                     terminus=0.92),
+    )
+
+
+def cast_shadow(elev: np.ndarray, sun_elevation: float, sun_azimuth: float) -> np.ndarray:
+    """Pixels whose horizon towards the sun is above the sun (ray marching, one pixel per step)."""
+    h, w = elev.shape
+    az, el = np.radians(sun_azimuth), np.radians(sun_elevation)
+    dr, dc = -np.cos(az), np.sin(az)  # towards the sun in (row, col); rows grow southwards
+    tan_el = np.tan(el)
+    relief = float(elev.max() - elev.min())
+    kmax = int(min(np.ceil(relief / (PIXEL * tan_el)) + 1, h + w))
+    pad = kmax + 1
+    padded = np.pad(elev, pad, mode="edge")
+    shadow = np.zeros((h, w), bool)
+    seen = set()
+    for k in range(1, kmax + 1):
+        oi, oj = int(round(k * dr)), int(round(k * dc))
+        if (oi, oj) in seen:
+            continue
+        seen.add((oi, oj))
+        rise = np.hypot(oi, oj) * PIXEL * tan_el
+        shadow |= padded[pad + oi : pad + oi + h, pad + oj : pad + oj + w] > elev + rise
+    return shadow
+
+
+class HimalayaWorld(World):
+    """The basic world's static fields plus relief, DEM error, debris tongue and changing texture.
+
+    Parameters
+    ----------
+    shape
+        Grid size in pixels ``(rows, cols)``.
+    seed
+        Random seed.
+    max_speed
+        Centreline speed of the main glacier at its fastest point (m/yr, annual mean).
+    glacier_width
+        Width of the main glacier at its head in pixels (default: 9 % of the grid).
+    """
+
+    def __init__(self, shape: tuple[int, int], seed: int = 0, max_speed: float = 150.0,
+                 glacier_width: float | None = None):
+        size = min(shape)
+        super().__init__(shape, seed, shapes=himalaya_shapes(size, max_speed, glacier_width), min_half_width=1.5)
+        rng = np.random.default_rng([seed, 101])
+        self.seed = seed
+        rat = np.minimum(self.ratio, 8.0)
+        ridged = 1.0 - np.abs(_noise(shape, size / 12, rng))  # sharp crests
+        walls = np.clip((rat - 1.0) / 2.5, 0, 1) ** 0.7
+        self.elevation = (self.elevation + 1100.0 * walls + 700.0 * ridged * np.clip(rat - 1.2, 0, 1)
+                          + 60.0 * _noise(shape, size / 60, rng)).astype(np.float32)
+        gy, gx = np.gradient(self.elevation.astype(np.float64), PIXEL)  # per row (south), per col (east)
+        norm = np.sqrt(gx**2 + gy**2 + 1.0)
+        self.normal = ((-gx / norm).astype(np.float32), (gy / norm).astype(np.float32), (1 / norm).astype(np.float32))
+        self.tan_slope = np.hypot(gx, gy).astype(np.float32)
+        self.sky_view = ((1.0 + self.normal[2]) / 2.0).astype(np.float32)
+        steep = np.clip((np.degrees(np.arctan(self.tan_slope)) - 38.0) / 15.0, 0, 1)
+        self.steep = np.maximum(self.outcrop, steep).astype(np.float32)
+        err = _noise(shape, size / 30, rng) * (0.4 + np.clip(self.tan_slope, 0, 1.5))
+        self.dem_error = (err * DEM_ERROR_RMS / np.sqrt(np.mean(err**2))).astype(np.float32)
+        # debris-covered lower tongue of the main glacier (at t_ref), clean ice above
+        tongue = np.clip((self.along / np.maximum(self.term, 1.0) - 0.55) / 0.1, 0, 1)
+        self.tongue = np.where((self.glacier_id == 0) & np.isfinite(self.along), tongue, 0).astype(np.float32)
+        self.debris_mask = self.glacier_mask & (self.tongue >= 0.5)
+        ogive = np.sin(2 * np.pi * self.along / max(12.0, size / 18)) * 0.5
+        self.texture_persistent = (_noise(shape, 4.0, rng) + np.where(np.isfinite(ogive), ogive, 0)).astype(np.float32)
+        self.snow_climate = SnowClimate(seed)
+        self.speed_season = SpeedSeason()
+        self._generations: dict[int, np.ndarray] = {}
+
+    def _generation(self, k: int) -> np.ndarray:
+        if k not in self._generations:
+            if len(self._generations) > 4:
+                self._generations.pop(next(iter(self._generations)))
+            self._generations[k] = _noise(self.shape, 2.2, np.random.default_rng([self.seed, 500, k]))
+        return self._generations[k]
+
+    def ice_texture(self, t: float, src_r: np.ndarray, src_c: np.ndarray) -> np.ndarray:
+        """Unit-variance ice texture at decimal year ``t`` at Lagrangian coordinates ``(src_r, src_c)``."""
+        phase = (t - 2000.0) / TEXTURE_GENERATION
+        k = int(np.floor(phase))
+        phi = (phase - k) * np.pi / 2
+        coords = [src_r, src_c]
+        pers = ndimage.map_coordinates(self.texture_persistent, coords, order=1, mode="mirror")
+        g0 = ndimage.map_coordinates(self._generation(k), coords, order=1, mode="mirror")
+        g1 = ndimage.map_coordinates(self._generation(k + 1), coords, order=1, mode="mirror")
+        b = np.sqrt(1 - TEXTURE_PERSISTENT**2)
+        pers = pers / (np.std(self.texture_persistent) + 1e-9)
+        return (TEXTURE_PERSISTENT * pers + b * (np.cos(phi) * g0 + np.sin(phi) * g1)).astype(np.float32)
+
+    def surface(self, t: float, snow_jitter: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+        """Flat-terrain surface reflectance (green, swir16) on the truth grid and class maps."""
+        h, w = self.shape
+        rr, cc = np.mgrid[0:h, 0:w].astype(np.float32)
+        src_r, src_c = self._trace_back(rr, cc, self.speed_season.elapsed(self.t_ref, t))
+        tex = self.ice_texture(t, src_r, src_c)
+        tongue = ndimage.map_coordinates(self.tongue, [src_r, src_c], order=1, mode="nearest")
+        ice = (self.ratio < 1) & (self.along <= self.term + self.terminus_shift(t))
+        fresh = self.snow_climate.outcrop_snow(t)
+        snow_frac = np.clip((self.elevation + self.snow_noise + snow_jitter - self.snow_climate.snowline(t)) / 120.0
+                            + 0.5, 0, 1) * (1 - self.steep * (1 - fresh))
+        veg_frac = np.clip((4300.0 - self.elevation) / 300.0, 0, 1) * np.clip(0.5 + 0.5 * self.veg, 0, 1)
+        rock_scale = 0.75 + 0.25 * np.clip(self.rock, -2, 2)
+        green = (1 - veg_frac) * ROCK[0] * rock_scale + veg_frac * VEG[0]
+        swir = (1 - veg_frac) * ROCK[1] * rock_scale + veg_frac * VEG[1]
+        f_clean = np.clip((0.1 + 0.28 * tex) * 1.6, 0, 1)
+        f_tongue = np.clip(0.8 + 0.1 * tex, 0.62, 1)
+        f = (1 - tongue) * f_clean + tongue * f_tongue
+        green = np.where(ice, (1 - f) * ICE[0] + f * DEBRIS[0], green)
+        swir = np.where(ice, (1 - f) * ICE[1] + f * DEBRIS[1], swir)
+        green = np.where(self.lake, WATER[0], green)
+        swir = np.where(self.lake, WATER[1], swir)
+        green = (1 - snow_frac) * green + snow_frac * SNOW[0]
+        swir = (1 - snow_frac) * swir + snow_frac * SNOW[1]
+        classes = {"snow": snow_frac > 0.5, "water": self.lake & (snow_frac <= 0.5)}
+        return green.astype(np.float32), swir.astype(np.float32), classes
+
+    def illumination(self, sun_elevation: float, sun_azimuth: float) -> tuple[np.ndarray, np.ndarray]:
+        """Direct-light factor relative to flat terrain (0 in shadow) and the terrain-shadow mask."""
+        az, el = np.radians(sun_azimuth), np.radians(sun_elevation)
+        sun = (np.sin(az) * np.cos(el), np.cos(az) * np.cos(el), np.sin(el))  # east, north, up
+        cos_i = self.normal[0] * sun[0] + self.normal[1] * sun[1] + self.normal[2] * sun[2]
+        shadow = cast_shadow(self.elevation, sun_elevation, sun_azimuth) | (cos_i <= 0)
+        direct = np.where(shadow, 0.0, np.maximum(cos_i, 0) / np.sin(el)).astype(np.float32)
+        return direct, shadow
+
+    def parallax(self, view_tan: float) -> tuple[np.ndarray, np.ndarray]:
+        """Terrain misregistration ``(terrain_dx, terrain_dy)`` in pixels: DEM error x tan(view angle).
+
+        The displacement is across track (orbit heading ~192 deg at the site: across track is east,
+        12 deg towards north), quantised to 1/1024 px (exact in float32, compresses well).
+        """
+        beta = np.radians(12.0)
+        d = self.dem_error * view_tan / PIXEL
+        dx = np.round(d * np.cos(beta) * 1024) / 1024
+        dy = np.round(-d * np.sin(beta) * 1024) / 1024
+        return dx.astype(np.float32), dy.astype(np.float32)
+
+
+def _lit(green: np.ndarray, swir: np.ndarray, direct: np.ndarray, sky: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    eg = (1 - DIFFUSE[0]) * direct + DIFFUSE[0] * sky
+    es = (1 - DIFFUSE[1]) * direct + DIFFUSE[1] * sky
+    return green * eg, swir * es
+
+
+def _clouds(world: HimalayaWorld, acq: Acquisition, rng: np.random.Generator) -> tuple[np.ndarray, ...]:
+    """True cloud, its opacity, and its shadow cast away from the sun."""
+    h, w = world.shape
+    size = min(h, w)
+    cloud = np.zeros((h, w), bool)
+    alpha = np.zeros((h, w), np.float32)
+    if acq.cloud_target > 0.002:
+        n = _noise(world.shape, size / 14, rng)
+        thr = np.quantile(n, 1 - acq.cloud_target)
+        cloud = n > thr
+        alpha = np.clip((n - thr) / 0.5 + 0.6, 0, 1) * (n > thr - 0.3)
+    dist = min(0.15 * size, (0.04 * size + 2) / np.tan(np.radians(acq.sun_elevation)))
+    az = np.radians(acq.sun_azimuth)
+    shadow = ndimage.shift(cloud.astype(np.uint8), (dist * np.cos(az), -dist * np.sin(az)), order=0, cval=0) > 0
+    return cloud, alpha, shadow & ~cloud
+
+
+def render_himalaya(world: HimalayaWorld, acq: Acquisition) -> dict[str, Any]:
+    """DN arrays, QA band, defects and the truth layers for one acquisition of the ``himalaya`` world."""
+    rng = np.random.default_rng(acq.seed)
+    h, w = world.shape
+    size = min(h, w)
+    jitter = (40.0 * _noise(world.shape, size / 25, rng)).astype(np.float32)
+    g_surf, s_surf, cls = world.surface(acq.year, jitter)
+    direct, terrain_shadow = world.illumination(acq.sun_elevation, acq.sun_azimuth)
+    g_lit, s_lit = _lit(g_surf, s_surf, direct, world.sky_view)
+    cloud, alpha, cloud_shadow_truth = _clouds(world, acq, rng)
+    # cloud shadow: only the sky light is left (drawn in scene geometry, as the cloud itself)
+    # misregistration: translation + terrain parallax, resampled with a cubic spline
+    tdx, tdy = world.parallax(acq.view_tan)
+    rr, cc = np.mgrid[0:h, 0:w].astype(np.float32)
+    coords = [rr - np.float32(acq.shift_y) - tdy, cc - np.float32(acq.shift_x) - tdx]
+
+    def sample(img: np.ndarray, order: int = 3) -> np.ndarray:
+        return ndimage.map_coordinates(img, coords, order=order, mode="nearest")
+
+    green, swir = sample(g_lit), sample(s_lit)
+    g_shade, s_shade = _lit(sample(g_surf), sample(s_surf), np.zeros((h, w), np.float32), sample(world.sky_view, 1))
+    green = np.where(cloud_shadow_truth, g_shade, green)
+    swir = np.where(cloud_shadow_truth, s_shade, swir)
+    snow = sample(cls["snow"].astype(np.float32), 0) > 0.5
+    water = sample(cls["water"].astype(np.float32), 0) > 0.5
+    shade = sample(terrain_shadow.astype(np.float32), 0) > 0.5
+    green = (1 - alpha) * green + alpha * 0.75
+    swir = (1 - alpha) * swir + alpha * 0.45
+    green = np.maximum(green + rng.normal(0, 0.003, (h, w)).astype(np.float32), 0.001)
+    swir = np.maximum(swir + rng.normal(0, 0.003, (h, w)).astype(np.float32), 0.001)
+
+    gap = _footprint_gaps(acq, (h, w), rng)
+    # QA: omission (cloud over snow left clear) and commission (bright snow flagged as cloud)
+    n_om = _noise(world.shape, size / 40, rng)
+    omission = cloud & (n_om > np.where(snow, 1.0, 1.8))
+    n_cm = _noise(world.shape, size / 50, rng)
+    commission = ~cloud & snow & (n_cm > 1.3) & (rng.random() < 0.5)
+    flagged = (cloud & ~omission) | commission
+    dilated = ndimage.binary_dilation(flagged, iterations=3) & ~flagged
+    shadow_flag = cloud_shadow_truth & ~flagged & ~dilated
+    qa = np.full((h, w), QA_CLEAR | (1 << 8) | (1 << 10) | (1 << 12) | (1 << 14), np.uint16)
+    qa = np.where(snow, (qa | QA_SNOW | (3 << 12)) & ~np.uint16(1 << 12), qa).astype(np.uint16)
+    qa = np.where(water, qa | QA_WATER, qa).astype(np.uint16)
+    notclear = ~np.uint16(QA_CLEAR)
+    qa = np.where(flagged, (qa & notclear) | QA_CLOUD | (3 << 8), qa).astype(np.uint16)
+    qa = np.where(dilated, (qa & notclear) | QA_DILATED, qa).astype(np.uint16)
+    qa = np.where(shadow_flag, (qa & notclear) | QA_SHADOW | (3 << 10), qa).astype(np.uint16)
+    qa[gap] = QA_FILL
+    valid = ~gap
+    cloud_cover = 100.0 * float((flagged & valid).sum()) / max(1, int(valid.sum()))
+    defects = (gap * DEFECT_GAP | (cloud | dilated) * DEFECT_CLOUD | cloud_shadow_truth * DEFECT_SHADOW
+               | shade * DEFECT_TERRAIN_SHADOW | (omission & valid) * DEFECT_QA_OMISSION
+               | (commission & valid) * DEFECT_QA_COMMISSION).astype(np.uint8)
+    factor = world.speed_season.factor(acq.year)
+    return {
+        "green": to_dn(green, gap),
+        "swir16": to_dn(swir, gap),
+        "qa_pixel": qa,
+        "truth": ndsi_snow(g_lit, s_lit),
+        "defects": defects,
+        "valid": valid,
+        "cloud_cover": round(cloud_cover, 2),
+        "valid_fraction": float(valid.mean()),
+        "extra": {
+            "ndsi_surface": ndsi_snow(g_surf, s_surf),
+            "u_t": (world.u * factor).astype(np.float32),
+            "v_t": (world.v * factor).astype(np.float32),
+            "terrain_dx": tdx,
+            "terrain_dy": tdy,
+        },
+    }
+
+
+def _footprint_gaps(acq: Acquisition, shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
+    """Scene edge, scattered missing pixels, stripes and Landsat-7 SLC-off wedges (as the basic world)."""
+    h, w = shape
+    rr, cc = np.mgrid[0:h, 0:w].astype(np.float32)
+    gap = np.zeros((h, w), bool)
+    if acq.valid_target < 1.0:
+        theta = rng.uniform(0, 2 * np.pi)
+        proj = (cc - w / 2) * np.cos(theta) + (rr - h / 2) * np.sin(theta)
+        gap |= proj > np.quantile(proj, acq.valid_target)
+    gap |= rng.random((h, w)) < 0.002
+    for _ in range(acq.stripes):
+        r0 = int(rng.integers(0, h))
+        gap[r0 : r0 + int(rng.integers(1, 4))] = True
+    if acq.platform == "landsat-7":
+        gap |= ((rr * 0.2 + cc) % 37) < 2.5
+    return gap
