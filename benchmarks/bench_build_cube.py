@@ -219,15 +219,6 @@ def _noop(_: int) -> None:
 # --------------------------------------------------------------------------------------------- serial
 
 
-def _highpass(img: np.ndarray, sigma: float) -> np.ndarray:
-    import cv2
-
-    valid = np.isfinite(img)
-    filled = np.where(valid, img, np.float32(img[valid].mean()) if valid.any() else np.float32(0))
-    blur = cv2.GaussianBlur(filled.astype(np.float32), (0, 0), sigma, borderType=cv2.BORDER_REFLECT)
-    return np.where(valid, filled - blur, np.nan).astype(np.float32)
-
-
 def _median3(img: np.ndarray) -> np.ndarray:
     import cv2
 
@@ -236,6 +227,18 @@ def _median3(img: np.ndarray) -> np.ndarray:
     out = cv2.medianBlur(np.ascontiguousarray(filled, np.float32), 3)
     out[nan] = np.nan
     return out
+
+
+def _nanmean(stack: list[np.ndarray]) -> np.ndarray:
+    """NaN-skipping mean of 2-D images, accumulated image by image (float64), NaN where none."""
+    total = np.zeros(stack[0].shape)
+    count = np.zeros(stack[0].shape)
+    for img in stack:
+        ok = np.isfinite(img)
+        total += np.where(ok, img, 0.0)
+        count += ok
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(count > 0, total / count, np.nan).astype(np.float32)
 
 
 def fill_visits(valid: np.ndarray) -> int:
@@ -253,7 +256,7 @@ def seed_fill(image: np.ndarray, budget_s: float = np.inf) -> tuple[np.ndarray, 
 
     Returns (image, pixel visits, seconds, finished); stops early once ``budget_s`` is spent.
     """
-    from glacierflow.preprocess import GAP_FILL_WEIGHTS as w
+    from glacierflow.gapfill import GAP_FILL_WEIGHTS as w
 
     img = image.astype(np.float64).copy()
     h, wd = img.shape
@@ -282,9 +285,10 @@ def serial_main(cfg: dict[str, Any]) -> dict[str, Any]:
     import cv2
     import xarray as xr
 
-    from glacierflow.align import align_scene
+    from glacierflow.align import _highpass, find_warp, warp_image
     from glacierflow.config import PreprocessSpec
-    from glacierflow.preprocess import QA_CLOUD, QA_CLOUD_SHADOW, QA_DILATED_CLOUD, QA_FILL, gap_fill_2d, period_starts
+    from glacierflow.gapfill import gap_fill_2d
+    from glacierflow.preprocess import QA_CLOUD, QA_CLOUD_SHADOW, QA_DILATED_CLOUD, QA_FILL, period_starts
 
     cv2.setNumThreads(0)
     pre = PreprocessSpec()
@@ -301,60 +305,76 @@ def serial_main(cfg: dict[str, Any]) -> dict[str, Any]:
     t = tick("search + grid", t)
     shape = tuple(plan["shape"])
     bad = (1 << QA_FILL) | (1 << QA_DILATED_CLOUD) | (1 << QA_CLOUD) | (1 << QA_CLOUD_SHADOW)
-    used, fracs, grey, index, visits, ids, times, ref_grey = [], [], [], [], [], [], [], []
+    used, fracs, guides, index, visits, ids, times = [], [], [], [], [], [], []
     for sc in plan["scenes"]:
-        green_dn, swir_dn, qa = read_scene(sc, plan["epsg"], plan["transform"], shape)
+        # quality from qa_pixel alone (as build-cube's first read), then the bands of the used scenes
+        qa = read_window(sc["assets"]["qa_pixel"]["href"], plan["epsg"], plan["transform"], shape)
         t = tick("read (rasterio)", t)
-        a = sc["assets"]
-        invalid = (green_dn == 0) | (swir_dn == 0) | ((qa & bad) != 0)
-        g = np.where(invalid, np.nan, green_dn * np.float32(a["green"]["scale"]) + np.float32(a["green"]["offset"]))
-        s = np.where(invalid, np.nan, swir_dn * np.float32(a["swir16"]["scale"]) + np.float32(a["swir16"]["offset"]))
-        g, s = g.astype(np.float32), s.astype(np.float32)
-        frac = 1.0 - invalid.mean()
+        bad_qa = (qa & bad) != 0
+        frac = 1.0 - bad_qa.mean()
         fracs.append(frac)
         t = tick("mask + valid fraction", t)
         if frac < 1.0 - pre.max_missing:
             continue
+        green_dn, swir_dn = (read_window(sc["assets"][a]["href"], plan["epsg"], plan["transform"], shape)
+                             for a in ("green", "swir16"))
+        t = tick("read (rasterio)", t)
+        a = sc["assets"]
+        invalid = (green_dn == 0) | (swir_dn == 0) | bad_qa
+        g = np.where(invalid, np.nan, green_dn * np.float32(a["green"]["scale"]) + np.float32(a["green"]["offset"]))
+        s = np.where(invalid, np.nan, swir_dn * np.float32(a["swir16"]["scale"]) + np.float32(a["swir16"]["offset"]))
+        g, s = g.astype(np.float32), s.astype(np.float32)
+        t = tick("mask + valid fraction", t)
         visits.append(2 * fill_visits(~invalid))  # both bands share the mask (seed extrapolation only)
-        # the reference is the NaN-skipping mean of the *unfilled* (masked) grey images, as in build-cube
-        ref_grey.append(_highpass((0.114 * g + 0.886 * s).astype(np.float32), pre.align_highpass))
-        t = time.perf_counter()
-        g = gap_fill_2d(g, max_iter=pre.gap_fill_max_iter)[0]
-        s = gap_fill_2d(s, max_iter=pre.gap_fill_max_iter)[0]
-        t = tick("gap-fill", t)
         den = g + s
         nd = np.clip((g - s) / np.where(np.abs(den) <= 1e-6, np.inf, den), -1, 1).astype(np.float32)
         index.append(nd)
         t = tick("ndsi", t)
-        grey.append(_highpass((0.114 * g + 0.886 * s).astype(np.float32), pre.align_highpass))
+        guides.append(_highpass((0.114 * g + 0.886 * s).astype(np.float32)[None], pre.align_highpass)[0])
         t = tick("guide image", t)
         used.append(len(fracs) - 1)
         ids.append(sc["id"])
         times.append(pd.Timestamp(sc["time"]))
-    with np.errstate(invalid="ignore"):
-        ref = _median3(np.nanmean(np.stack(ref_grey), axis=0).astype(np.float32)) if ref_grey else None
+    ref = _median3(_nanmean(guides)) if guides else None
     t = tick("reference", t)
-    ecc_s, shifts = [], []
-    for k in range(len(index)):
+    ecc_s, warps, ok1 = [], [], []
+    for k in range(len(index)):  # pass 1 against the mean of the unaligned guides
         t1 = time.perf_counter()
-        out, sx, sy, ecc, ok = align_scene(grey[k], ref, motion=pre.motion, apply_to=index[k])
+        w, _, ok = find_warp(guides[k], ref, pre.motion, min_ecc=pre.min_ecc)
         ecc_s.append(time.perf_counter() - t1)
-        index[k] = np.where((out >= pre.ndsi_threshold) | np.isnan(out), out, 0).astype(np.float32)
-        shifts.append((sx, sy, ok))
+        warps.append(w)
+        ok1.append(ok)
     t = tick("ECC align (translation)", t)
-    # period means (NaN-skipping), empty periods linearly interpolated by period index, edges nearest
+    ref2 = _median3(_nanmean([warp_image(guides[k], warps[k]) for k in range(len(index)) if ok1[k]]))
+    t = tick("reference", t)
+    shifts = []
+    for k in range(len(index)):  # pass 2 against the re-estimated reference, from the pass-1 warp
+        t1 = time.perf_counter()
+        w, _, ok = find_warp(guides[k], ref2, pre.motion, init=warps[k], min_ecc=pre.min_ecc)
+        ecc_s[k] += time.perf_counter() - t1
+        out = warp_image(index[k], w) if ok else index[k]
+        index[k] = np.where((out >= pre.ndsi_threshold) | np.isnan(out), out, 0).astype(np.float32)
+        shifts.append(ok)
+    t = tick("ECC align (translation)", t)
+    # period means of the real observations of the aligned scenes; the paper's gap-fill of each period
+    # mean where nothing was observed; empty periods linearly interpolated by period index, edges nearest
     starts, pos = period_starts(np.array(times, "datetime64[ns]"), pre.period, cfg["start"], cfg["end"])
     n_p = len(starts)
     sums = np.zeros((n_p, *shape), np.float64)
     counts = np.zeros((n_p, *shape), np.int32)
     for k, p in enumerate(pos):
-        if p >= 0:
+        if p >= 0 and shifts[k]:
             ok = np.isfinite(index[k])
             sums[p] += np.where(ok, index[k], 0.0)
             counts[p] += ok
     with np.errstate(invalid="ignore", divide="ignore"):
-        mean = np.where(counts > 0, sums / counts, np.nan)
+        mean = np.where(counts > 0, sums / counts, np.nan).astype(np.float32)
     del sums, counts
+    t = tick("resample", t)
+    for p in range(n_p):
+        if np.isfinite(mean[p]).any():
+            mean[p] = gap_fill_2d(mean[p], max_iter=pre.gap_fill_max_iter)[0]
+    t = tick("gap-fill", t)
     have = np.isfinite(mean)
     flat = mean.reshape(n_p, -1)
     need = ~have.reshape(n_p, -1).all(axis=0)
@@ -364,7 +384,7 @@ def serial_main(cfg: dict[str, Any]) -> dict[str, Any]:
         if ok.any():
             flat[~ok, col] = np.interp(pidx[~ok], pidx[ok], flat[ok, col])
     cube = mean.astype(np.float32)
-    n_scenes = np.bincount(pos[pos >= 0], minlength=n_p)
+    n_scenes = np.bincount(pos[(pos >= 0) & np.array(shifts, bool)], minlength=n_p)
     t = tick("resample", t)
     with tempfile.TemporaryDirectory() as tmp:
         xr.Dataset(
@@ -391,7 +411,7 @@ def serial_main(cfg: dict[str, Any]) -> dict[str, Any]:
             result["diff"] = {"max": float(np.nanmax(d)), "frac_gt_1e-3": float(np.nanmean(d > 1e-3)),
                               "nan_mismatch": int((np.isnan(other) != np.isnan(cube)).sum())}
     if cfg["seed_scenes"] > 0 and index:
-        result["seed"] = seed_reference(cfg, grey, ref, visits, plan, used, shape, pre)
+        result["seed"] = seed_reference(cfg, guides, ref, visits, plan, used, shape, pre)
     return result
 
 
@@ -427,7 +447,7 @@ def seed_ecc(scene: np.ndarray, ref: np.ndarray, timeout: float) -> tuple[float,
 
 def seed_reference(cfg, grey, ref, visits, plan, used, shape, pre) -> dict[str, Any]:  # noqa: ANN001
     """Seed-style gap-fill (bounded, extrapolated) and homography ECC (complete) on a few scenes."""
-    from glacierflow.preprocess import gap_fill_2d
+    from glacierflow.gapfill import gap_fill_2d
 
     order = np.argsort(visits)
     n = min(cfg["seed_scenes"], len(order))
@@ -464,10 +484,10 @@ def seed_reference(cfg, grey, ref, visits, plan, used, shape, pre) -> dict[str, 
 # --------------------------------------------------------------------------------------------- main
 
 
-def build_cube_cmd(stac_url: str, meta: dict[str, Any], start: str, end: str, out: str, workers: int) -> list:
+def build_cube_cmd(stac_url: str, meta: dict[str, Any], start: str, end: str, out: str, cluster: str) -> list:
     w, s, e, n = (str(v) for v in meta["bbox"])
     return [sys.executable, "-m", "glacierflow", "build-cube", "--bbox", w, s, e, n, "--epsg", str(meta["epsg"]),
-            "--start", start, "--end", end, "--catalog", stac_url, "--out", out, "--cluster", f"local:{workers}",
+            "--start", start, "--end", end, "--catalog", stac_url, "--out", out, "--cluster", cluster,
             "--overwrite"]
 
 
@@ -483,7 +503,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--twin", type=Path, default=None, help="twin directory (made there if missing)")
     ap.add_argument("--size", default="full", help="twin size when one has to be made (tiny|small|full)")
     ap.add_argument("--years", type=float, default=None, help="limit the date range to the first N years")
-    ap.add_argument("--workers", type=int, default=2, help="build-cube --cluster local:N")
+    ap.add_argument("--workers", type=int, default=2, help="processes of the read floor")
+    ap.add_argument("--cluster", default="local", help="build-cube --cluster of the main run (ratios, memory)")
+    ap.add_argument("--compare", default="local:2,local:1x2,threads",
+                    help="other --cluster set-ups timed on the full range (comma-separated; '' for none)")
     ap.add_argument("--seed-scenes", type=int, default=3, help="scenes for the seed-style reference (0: skip)")
     ap.add_argument("--seed-fill-seconds", type=float, default=10.0,
                     help="per-pixel loop budget per seed scene (the rest is extrapolated per visit)")
@@ -515,12 +538,17 @@ def main(argv: list[str] | None = None) -> None:
         url = served["stac_url"]
         store = f"{tmp}/full.zarr"
         print(f"build-cube {start}..{end} ...", flush=True)
-        full = run_measured(build_cube_cmd(url, meta, start, end, store, args.workers), env)
+        full = run_measured(build_cube_cmd(url, meta, start, end, store, args.cluster), env)
         print(full["stdout"].strip(), flush=True)
+        mixes = {args.cluster: full}
+        for other in [c for c in args.compare.split(",") if c.strip() and c.strip() != args.cluster]:
+            print(f"build-cube {start}..{end} --cluster {other} ...", flush=True)
+            mixes[other] = run_measured(build_cube_cmd(url, meta, start, end, f"{tmp}/{other}.zarr", other), env)
+        res["mixes"] = {k: {"wall": v["wall"], "peak": v["peak"]} for k, v in mixes.items()}
         half = None
         if not args.no_half:
             print(f"build-cube {hstart}..{hend} ...", flush=True)
-            half = run_measured(build_cube_cmd(url, meta, hstart, hend, f"{tmp}/half.zarr", args.workers), env)
+            half = run_measured(build_cube_cmd(url, meta, hstart, hend, f"{tmp}/half.zarr", args.cluster), env)
         print("serial baseline + seed reference (one core) ...", flush=True)
         cfg = {"stac_url": url, "meta": meta, "start": start, "end": end, "compare": store,
                "seed_scenes": args.seed_scenes, "seed_fill_seconds": args.seed_fill_seconds,
@@ -543,11 +571,13 @@ def report(args, res, full, half, ser, serial, floor, n_scenes) -> None:  # noqa
         "",
         f"build-cube benchmark: {res['twin_meta']['size']} twin {res['twin_meta']['shape']} px, "
         f"{res['range'][0]} .. {res['range'][1]}, {n_scenes} scenes stacked, {n_used} used, "
-        f"{serial['n_periods']} periods, {args.workers} workers",
+        f"{serial['n_periods']} periods, --cluster {args.cluster}",
         f"twin generation {res['twin_meta']['generation_seconds']} s, {res['twin_meta']['bytes'] / mb:.0f} MiB",
         "",
         f"{'measurement':58s} {'value':>12s}",
         f"{'build-cube wall, whole process (s)':58s} {full['wall']:12.1f}",
+        *[f"{f'  --cluster {k}: wall (s), peak tree RSS (MiB)':58s} {v['wall']:12.1f} {v['peak'] / mb:8.0f}"
+          for k, v in res.get("mixes", {}).items()],
         f"{'build-cube library seconds (search..write) (s)':58s} {_summary_seconds(full['stdout']):12.1f}",
         f"{'build-cube peak RSS, process tree (MiB)':58s} {full['peak'] / mb:12.0f}",
         f"{'  largest single process (MiB)':58s} {full['peak_single'] / mb:12.0f}",

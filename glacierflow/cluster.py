@@ -31,6 +31,16 @@ logger = logging.getLogger(__name__)
 #: where every stage runs when ``--cluster`` is not given (one default for build-cube, flow, ...)
 DEFAULT_CLUSTER = "local"
 
+
+def local_mix(cores: int) -> tuple[int, int]:
+    """``(worker processes, threads per worker)`` of ``--cluster local`` on a machine with ``cores`` cores.
+
+    Chosen by measurement (benchmarks/README.md, build-cube): GDAL reads, OpenCV and numpy release the GIL.
+    """
+    return cores, 1
+
+
+
 SPEC_FORMS = (
     "'local', 'local:N', 'tcp://host:port', 'gateway', 'gateway://http://host:port', 'threads', 'sync'"
 )
@@ -91,8 +101,11 @@ def _cores() -> int:
         return os.cpu_count() or 1
 
 
-def _local(n_workers: int | None) -> ManagedClient:
-    n = n_workers or _cores()
+def _local(n_workers: int | None, threads: int | None = None) -> ManagedClient:
+    if n_workers is None and threads is None:
+        n, threads = local_mix(_cores())
+    else:
+        n, threads = n_workers or _cores(), threads or 1
     # Dask's nannies set MALLOC_TRIM_THRESHOLD_=64 KiB, which also switches off glibc's dynamic mmap threshold:
     # every multi-MB scene array is then a fresh mmap (page faults, zeroing). Measured on a 1-year full-twin
     # build-cube with 2 workers: 15.8 s -> 12.0-12.7 s with large arrays kept on the heap (< 16 MiB) and
@@ -101,7 +114,7 @@ def _local(n_workers: int | None) -> ManagedClient:
         "distributed.nanny.pre-spawn-environ.MALLOC_MMAP_THRESHOLD_": 1 << 24,
         "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": 1 << 26,
     }):
-        cluster = _start_local(n)
+        cluster = _start_local(n, threads)
     try:
         client = ManagedClient(cluster)
     except Exception:
@@ -111,10 +124,10 @@ def _local(n_workers: int | None) -> ManagedClient:
     return client
 
 
-def _start_local(n: int) -> distributed.LocalCluster:
+def _start_local(n: int, threads: int = 1) -> distributed.LocalCluster:
     return distributed.LocalCluster(
         n_workers=n,
-        threads_per_worker=1,
+        threads_per_worker=threads,
         processes=True,
         memory_limit="auto",  # system memory / n_workers
         host="127.0.0.1",
@@ -249,12 +262,13 @@ def get_client(
         return LocalScheduler("sync" if text != "threads" else "threads")
     if text == "local" or text.startswith("local:"):
         n = workers if isinstance(workers, int) else None
+        threads = None
         if text.startswith("local:"):
-            count = text.split(":", 1)[1]
-            if not count.isdigit() or int(count) < 1:
-                raise GlacierflowError(f"bad worker count in --cluster {spec!r}; use e.g. local:4")
-            n = int(count)
-        return _local(n)
+            count, _, per = text.split(":", 1)[1].partition("x")
+            if not count.isdigit() or int(count) < 1 or (per and (not per.isdigit() or int(per) < 1)):
+                raise GlacierflowError(f"bad worker count in --cluster {spec!r}; use e.g. local:4 or local:1x2")
+            n, threads = int(count), int(per) if per else 1
+        return _local(n, threads)
     if text.startswith(("tcp://", "tls://", "ws://", "wss://", "inproc://", "ucx://")):
         return _scheduler(text, timeout)
     if text == "gateway":
