@@ -182,11 +182,18 @@ def test_model_args_rebuild_same_architecture(name: str) -> None:
 @pytest.mark.parametrize("name", LEARNED)
 def test_deterministic_given_seed(name: str) -> None:
     outs = []
-    for _ in range(2):
-        torch.manual_seed(3)
-        model = build_model(name)
-        model.train()  # dropout and scheduled sampling (per sample, so 2 samples) draw random numbers
-        outs.append(model(sample(b=2), target=sample(4, b=2), teacher_forcing=0.5))
+    was = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)  # an op without a deterministic implementation would raise
+    try:
+        for _ in range(2):
+            torch.manual_seed(3)
+            model = build_model(name)
+            model.train()  # dropout and scheduled sampling (per sample, so 2 samples) draw random numbers
+            out = model(sample(b=2), target=sample(4, b=2), teacher_forcing=0.5)
+            out.mean().backward()
+            outs.append(torch.cat([out.detach().flatten(), *(p.grad.flatten() for p in model.parameters())]))
+    finally:
+        torch.use_deterministic_algorithms(was)
     torch.testing.assert_close(outs[0], outs[1], rtol=0, atol=0)
 
 
