@@ -11,7 +11,9 @@ One step = forward (teacher forcing 0.5 for the models with a rollout) + MSE + b
 random data: 0 below 0.3, else uniform). The models are measured in interleaved rounds (each round runs
 ``--steps`` steps of every model, in a rotated order) and the per-step time of a model is the median over
 its rounds, so a load spike on a shared machine hits every model alike. Ratios are sequences/s of each model
-over those of ``--reference`` (default ``lstm``) measured in the same run.
+over those of ``--reference`` (default ``lstm``) measured in the same run. ``cpu s/step`` is the process CPU
+time per step: with ``--threads 1`` it approximates the wall time on an idle core even when the machine is
+busy (with more threads it includes OpenMP spin-waiting). ``epoch`` = ``--epoch-sequences`` / seq/s.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ class Result:
     model: str
     parameters: int
     seconds_per_step: float
+    cpu_seconds_per_step: float
     sequences_per_s: float
     ratio: float = 0.0
 
@@ -72,16 +75,16 @@ class Trainer:
         torch.nn.utils.clip_grad_value_(self.model.parameters(), 3.0)
         self.opt.step()
 
-    def timed(self, steps: int) -> float:
-        """Seconds per step over ``steps`` steps."""
+    def timed(self, steps: int) -> tuple[float, float]:
+        """Wall and process-CPU seconds per step over ``steps`` steps."""
         if self.device == "cuda":
             torch.cuda.synchronize()
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         for _ in range(steps):
             self.step()
         if self.device == "cuda":
             torch.cuda.synchronize()
-        return (time.perf_counter() - t0) / steps
+        return (time.perf_counter() - t0) / steps, (time.process_time() - c0) / steps
 
 
 def run(args: argparse.Namespace) -> list[Result]:
@@ -89,15 +92,16 @@ def run(args: argparse.Namespace) -> list[Result]:
     trainers = [Trainer(name, args) for name in args.models]
     for tr in trainers:  # warm-up: allocator, oneDNN primitives, cuDNN autotuning
         tr.timed(args.warmup)
-    times: dict[str, list[float]] = {tr.name: [] for tr in trainers}
+    times: dict[str, list[tuple[float, float]]] = {tr.name: [] for tr in trainers}
     for r in range(args.rounds):
         order = trainers[r % len(trainers) :] + trainers[: r % len(trainers)]
         for tr in order:
             times[tr.name].append(tr.timed(args.steps))
     results = []
     for tr in trainers:
-        s = statistics.median(times[tr.name])
-        results.append(Result(tr.name, count_parameters(tr.model), s, args.batch / s))
+        s = statistics.median(t for t, _ in times[tr.name])
+        cpu = statistics.median(c for _, c in times[tr.name])
+        results.append(Result(tr.name, count_parameters(tr.model), s, cpu, args.batch / s))
     ref = next((r for r in results if r.model == args.reference), results[0])
     for r in results:
         r.ratio = r.sequences_per_s / ref.sequences_per_s
@@ -130,12 +134,15 @@ def main(argv: list[str] | None = None) -> None:
         f"({args.t_in}, 1, {args.size}, {args.size}) -> {args.t_out}, median of {args.rounds} rounds x "
         f"{args.steps} steps"
     )
-    print(f"{'model':<12} {'params':>10} {'s/step':>8} {'seq/s':>8} {'vs ' + args.reference:>9} {'epoch':>8}")
+    print(
+        f"{'model':<12} {'params':>10} {'s/step':>8} {'cpu s/step':>10} {'seq/s':>8} {'vs ' + args.reference:>9} "
+        f"{'epoch':>8}"
+    )
     for r in results:
         epoch = args.epoch_sequences / r.sequences_per_s
         print(
-            f"{r.model:<12} {r.parameters:>10,} {r.seconds_per_step:>8.3f} {r.sequences_per_s:>8.1f} "
-            f"{r.ratio:>9.2f} {epoch:>7.0f}s"
+            f"{r.model:<12} {r.parameters:>10,} {r.seconds_per_step:>8.3f} {r.cpu_seconds_per_step:>10.3f} "
+            f"{r.sequences_per_s:>8.1f} {r.ratio:>9.2f} {epoch:>7.0f}s"
         )
     if args.json:
         with open(args.json, "w") as f:
