@@ -85,7 +85,6 @@ def flag_for(field: str, spec: str = "") -> str:
 GLACIER_NAMES = "|".join(GLACIERS)
 Period = Literal[PERIODS]  # type: ignore[valid-type]
 Motion = Literal[MOTIONS]  # type: ignore[valid-type]
-PairKind = Literal[PAIR_KINDS]  # type: ignore[valid-type]
 
 
 # ----------------------------------------------------------------------------------------- shared options
@@ -373,7 +372,9 @@ def build_cube_cmd(
 def flow_cmd(
     cube: Annotated[str, typer.Argument(metavar="CUBE", help="Cube store written by build-cube.")],
     out_store: Annotated[str, typer.Option("--out", metavar="STORE", help="Velocity store to write.")],
-    pairs: Annotated[PairKind, typer.Option(help="Which periods are paired.")] = "consecutive",
+    pairs: Annotated[
+        str | None, typer.Option(metavar="|".join(PAIR_KINDS), help="Which acquisitions or periods are paired.")
+    ] = None,
     levels: Annotated[int | None, typer.Option(help="Farneback pyramid levels (paper: 6).")] = None,
     pyr_scale: Annotated[float | None, typer.Option(help="Farneback pyramid scale (paper: 0.5).")] = None,
     iterations: Annotated[int | None, typer.Option(help="Farneback iterations per level (paper: 10).")] = None,
@@ -393,12 +394,12 @@ def flow_cmd(
     from glacierflow.config import FlowSpec
     from glacierflow.flow import run_flow
 
-    given = {"levels": levels, "pyr_scale": pyr_scale, "iterations": iterations, "winsize": winsize,
-             "min_texture": min_texture, "max_fb_error": max_fb_error}
-    spec = FlowSpec(pairs=pairs, **{k: v for k, v in given.items() if v is not None})
+    given = {"pairs": pairs, "levels": levels, "pyr_scale": pyr_scale, "iterations": iterations,
+             "winsize": winsize, "min_texture": min_texture, "max_fb_error": max_fb_error}
+    spec = FlowSpec(**{k: v for k, v in given.items() if v is not None})  # unset flags: the spec's defaults
     with get_client(cluster):
         s = run_flow(cube, out_store, spec, overwrite=overwrite, storage_options=storage_options(storage_option))
-    out.print(f"{s['pairs']} {pairs} pairs of {s['period']} periods ({s['pairs_interpolated']} involve an "
+    out.print(f"{s['pairs']} {spec.pairs} pairs of {s['period']} periods ({s['pairs_interpolated']} involve an "
               "interpolated period: masked); "
               f"median speed {s['median_speed_m_per_yr']:.1f} m/yr over {100 * s['valid_fraction']:.0f}% of pixels")
     out.print(f"median over pairs (speed_median): {s['composite_median_speed_m_per_yr']:.1f} m/yr over "

@@ -135,6 +135,28 @@ def synthetic_cube(
     xarray.Dataset
         ``ndsi``, ``n_valid``, ``interpolated``, ``n_scenes``, ``time_mean`` and the ``spatial_ref`` coordinate.
     """
+    return _render(n_periods=n_periods, size=size, period=period, seed=seed,
+                   start=start, drift=drift, seasonal=seasonal, noise=noise, threshold=threshold,
+                   interpolated=interpolated, epsg=epsg, origin=origin, chunks=chunks)[0]
+
+
+def _render(
+    n_periods: int = 8,
+    size: int | tuple[int, int] = 64,
+    period: str = "3MS",
+    seed: int = 0,
+    *,
+    start: str = "2019-01-01",
+    drift: tuple[float, float] = (0.0, 0.0),
+    seasonal: float = 0.3,
+    noise: float = 0.0,
+    threshold: float = 0.3,
+    interpolated: tuple[int, ...] = (),
+    epsg: int = DEFAULT_EPSG,
+    origin: tuple[float, float] = (600_000.0, 3_550_000.0),
+    chunks: dict[str, int] | None = None,
+) -> tuple[xr.Dataset, np.ndarray]:
+    """:func:`synthetic_cube` and the per-period guide textures (high-passed), ``(time, y, x)`` float32."""
     from glacierflow.store import spatial_ref
 
     ny, nx = (size, size) if isinstance(size, int) else size
@@ -146,10 +168,12 @@ def synthetic_cube(
     texture = _smooth_field((ny + 2 * pad, nx + 2 * pad), rng, sigma=3.0)
     rows, cols = np.mgrid[0:ny, 0:nx].astype(np.float64)
     frames = np.empty((n_periods, ny, nx), np.float32)
+    guides = np.empty((n_periods, ny, nx), np.float32)
     for k, t in enumerate(times):
         moved = ndimage.map_coordinates(
             texture, [rows + pad - k * drift[1], cols + pad - k * drift[0]], order=3, mode="nearest"
         )
+        guides[k] = moved - ndimage.gaussian_filter(moved, 6.0, mode="nearest")  # high-passed, like ECC's guide
         a = moved + seasonal * np.cos(2 * np.pi * (t.month - 1) / 12.0)
         if noise:
             a = a + rng.normal(0.0, noise, a.shape)
@@ -187,7 +211,46 @@ def synthetic_cube(
         spec_attrs(times, period, epsg=epsg, ndsi_threshold=threshold),
         synthetic=json.dumps({"seed": seed, "drift": list(drift), "seasonal": seasonal, "noise": noise}),
     )
-    return ds.chunk(chunks) if chunks else ds
+    return (ds.chunk(chunks) if chunks else ds), guides
+
+
+def _groups(cube: xr.Dataset, guides: np.ndarray) -> dict[str, xr.Dataset]:
+    """The ``scenes`` table and ``guides`` group of a synthetic cube: one scene per observed period.
+
+    Each non-interpolated period has one acquisition at its ``time_mean`` (item id ``SYNTH_<k>_<date>``, WRS
+    path 148, T1, used, aligned with zero shift); its guide is the period's texture, high-passed (mean ~0),
+    so it moves by the cube's ``drift`` per period.
+    """
+    keep = np.flatnonzero(~np.asarray(cube["interpolated"].values, bool))
+    when = pd.DatetimeIndex(np.asarray(cube["time_mean"].values)[keep])
+    ids = np.array([f"SYNTH_{k:03d}_{t:%Y%m%d}" for k, t in zip(keep, when, strict=True)], dtype=object)
+    n = len(keep)
+    scenes = xr.Dataset(
+        {
+            "item_id": ("scene", ids),
+            "platform": ("scene", np.full(n, "landsat-8", dtype=object)),
+            "cloud_cover": ("scene", np.full(n, 5.0)),
+            "valid_fraction": ("scene", np.ones(n, np.float32)),
+            "used": ("scene", np.ones(n, bool)),
+            "reason": ("scene", np.full(n, "", dtype=object)),
+            "aligned": ("scene", np.ones(n, bool)),
+            "shift_x": ("scene", np.zeros(n)),
+            "shift_y": ("scene", np.zeros(n)),
+            "ecc": ("scene", np.ones(n)),
+            "wrs_path": ("scene", np.full(n, 148, np.int16)),
+            "wrs_row": ("scene", np.full(n, 38, np.int16)),
+            "collection_category": ("scene", np.full(n, "T1", dtype=object)),
+        },
+        coords={"time": ("scene", when.values), "spatial_ref": cube["spatial_ref"]},
+        attrs=dict(cube.attrs),
+    )
+    guide = xr.Dataset(
+        {"guide": (("scene", "y", "x"), np.asarray(guides)[keep],
+                   {"grid_mapping": "spatial_ref", "long_name": "synthetic guide image (high-passed texture)"})},
+        coords={"scene": ids, "spatial_ref": cube["spatial_ref"]},
+        attrs=dict(cube.attrs),
+    )
+    return {"scenes": scenes, "guides": guide.chunk({"scene": 1})}
 
 
 def spec_attrs(times: Any, period: str = "3MS", *, epsg: int = DEFAULT_EPSG, **preprocess: Any) -> dict[str, str]:
@@ -206,22 +269,27 @@ def spec_attrs(times: Any, period: str = "3MS", *, epsg: int = DEFAULT_EPSG, **p
     return {"cube_spec": cube_spec.to_json(), "preprocess_spec": PreprocessSpec(period=period, **preprocess).to_json()}
 
 
-def write_synthetic_cube(path: str, *, overwrite: bool = False, **kwargs: Any) -> str:
+def write_synthetic_cube(path: str, *, overwrite: bool = False, groups: bool = False, **kwargs: Any) -> str:
     """Write :func:`synthetic_cube` (``**kwargs``) as a complete cube store at ``path``; return ``path``.
 
-    The store carries the completion marker and consolidated metadata, so both
-    ``xr.open_zarr(path, decode_coords="all")`` and :func:`glacierflow.store.open_store` read it.
+    With ``groups`` the store also holds the ``scenes`` table and the ``guides`` group
+    (:func:`_groups`), as build-cube writes them. The store carries the completion marker and
+    consolidated metadata, so both ``xr.open_zarr(path, decode_coords="all")`` and
+    :func:`glacierflow.store.open_store` read it.
     """
     import zarr
 
     from glacierflow import __version__
 
     kwargs.setdefault("chunks", {"time": 1})  # the store layout: one period per chunk
-    ds = synthetic_cube(**kwargs)
+    ds, guides = _render(**kwargs)
     ds.attrs.update(glacierflow_version=__version__, created=pd.Timestamp.now(tz="UTC").isoformat())
     ds.attrs[COMPLETE_ATTR] = False
     ds["time_mean"].encoding.update(units="seconds since 1970-01-01", dtype="int64")
+    extra = _groups(ds, guides) if groups else {}
     ds.to_zarr(str(path), mode="w" if overwrite else "w-", consolidated=False)
+    for name, group in extra.items():
+        group.to_zarr(str(path), group=name, mode="w", consolidated=False)
     root = zarr.open_group(str(path), mode="r+")
     root.attrs[COMPLETE_ATTR] = True
     with warnings.catch_warnings():  # zarr 3 flags consolidated metadata as outside the v3 spec

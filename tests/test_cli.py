@@ -95,7 +95,7 @@ BAD = [
     (["nonsense"], "error: No such command 'nonsense'; see glacierflow --help"),
     (["flow", "c.zarr", "--out", "v.zarr", "--pyr-scale", "2"], "error: --pyr-scale 2.0 must be in (0, 1), e.g. 0.5"),
     (["flow", "c.zarr", "--out", "v.zarr", "--winsize", "1"], "error: --winsize 1 must be an integer >= 3"),
-    (["flow", "c.zarr", "--out", "v.zarr", "--pairs", "weekly"], "error: Invalid value for '--pairs': 'weekly'"),
+    (["flow", "c.zarr", "--out", "v.zarr", "--pairs", "weekly"], "error: --pairs 'weekly' is unknown; choose one of:"),
     (["flow", "c.zarr", "--out", "v.zarr", "--cluster", "kubernetes"], "error: unknown --cluster 'kubernetes'"),
     (["flow", "missing.zarr", "--out", "v.zarr", "--cluster", "sync"],
      "error: cube store 'missing.zarr' not found; build one with 'glacierflow build-cube'"),
@@ -152,12 +152,12 @@ def test_flow_end_to_end_in_process(tmp_path, capsys):
     cube = write_synthetic_cube(str(tmp_path / "cube.zarr"), n_periods=3, size=48, period="3MS", drift=(1.0, 0.0),
                                 seasonal=0.0)
     out = str(tmp_path / "velocity.zarr")
-    rc, stdout, err = _run(capsys, "flow", cube, "--out", out, "--winsize", "11", "--max-fb-error", "0",
-                           "--cluster", "sync")
+    rc, stdout, err = _run(capsys, "flow", cube, "--out", out, "--pairs", "consecutive", "--winsize", "11",
+                           "--max-fb-error", "0", "--cluster", "sync")
     assert rc == 0, err
     assert "2 consecutive pairs of 3MS periods" in stdout and f"written: {out}" in stdout
     vel = xr.open_zarr(out, consolidated=False)
-    assert FlowSpec.from_json(vel.attrs["flow_spec"]) == FlowSpec(winsize=11, max_fb_error=0.0)
+    assert FlowSpec.from_json(vel.attrs["flow_spec"]) == FlowSpec(pairs="consecutive", winsize=11, max_fb_error=0.0)
     assert PreprocessSpec.from_json(vel.attrs["preprocess_spec"]).period == "3MS"
     rc, _, err = _run(capsys, "flow", cube, "--out", out, "--cluster", "sync")
     assert rc == 2 and "--overwrite" in err and err.count("\n") == 1
@@ -190,7 +190,7 @@ def test_build_cube_then_flow_end_to_end(served_twin, tmp_path, capsys):
     schema = {name: (v.dims, v.dtype) for name, v in ds.variables.items()}
     assert schema == {name: (v.dims, v.dtype) for name, v in synthetic.variables.items()}
     vel = str(tmp_path / "velocity.zarr")
-    rc, out, err = _run(capsys, "flow", cube, "--out", vel, "--cluster", "threads")
+    rc, out, err = _run(capsys, "flow", cube, "--out", vel, "--pairs", "consecutive", "--cluster", "threads")
     assert rc == 0, err
     assert "1 consecutive pairs of 6MS periods" in out
     rc, _, err = _run(capsys, "build-cube", "--bbox", *bbox, "--catalog", served_twin["stac_url"], "--out", cube)

@@ -80,3 +80,22 @@ def test_write_synthetic_cube_is_a_complete_store(tmp_path):
     assert list(ds["time"].to_index().month) == [1, 7, 1, 7]
     with pytest.raises(FileExistsError):
         write_synthetic_cube(path, n_periods=2, size=8)
+
+
+def test_write_synthetic_cube_with_scenes_and_guides(tmp_path):
+    path = write_synthetic_cube(str(tmp_path / "g.zarr"), n_periods=4, size=96, period="3MS", drift=(2.0, -1.0),
+                                interpolated=(2,), groups=True)
+    scenes = xr.open_zarr(path, group="scenes").load()
+    guides = xr.open_zarr(path, group="guides")
+    cube = xr.open_zarr(path)
+    assert scenes.sizes["scene"] == 3, "one scene per observed period; the interpolated one has none"
+    assert list(guides["scene"].values) == list(scenes["item_id"].values)
+    np.testing.assert_array_equal(scenes["time"].values, cube["time_mean"].values[[0, 1, 3]])
+    assert scenes["used"].values.all() and set(scenes["collection_category"].values) == {"T1"}
+    assert guides["guide"].dtype == np.float32 and guides["guide"].encoding["chunks"][0] == 1
+    g = guides["guide"].values
+    assert abs(float(g.mean())) < 0.02, "high-passed like build-cube's guides"
+    # the last guide (period 3) is the first moved 3 * (2 cols right, 1 row up): guide3[r, c] == guide0[r + 3, c - 6]
+    # away from the borders, where the high-pass (sigma 6 px, mode nearest) sees the same texture
+    np.testing.assert_allclose(g[2][30:-30, 30:-30], g[0][33:-27, 24:-36], atol=1e-5)
+    assert not np.allclose(g[2][30:-30, 30:-30], g[0][30:-30, 30:-30], atol=1e-2)
