@@ -396,3 +396,23 @@ def test_scene_table_from_real_planetary_computer_items() -> None:
     for i in rows:
         assert int(ds["wrs_path"].values[by_id[i]]) == int(props[i]["landsat:wrs_path"])
         assert int(ds["wrs_row"].values[by_id[i]]) == int(props[i]["landsat:wrs_row"])
+
+
+def test_scene_below_min_ecc_is_not_averaged(served_twin: dict, tmp_path: Path) -> None:
+    spec = CubeSpec.from_dict({**_spec(served_twin).to_dict(), "start": "2019-04-01", "end": "2019-09-30",
+                               "guides": False})
+    out = str(tmp_path / "strict.zarr")
+    # median ECC on the tiny twin is ~0.85: a threshold of 0.86 leaves about half the scenes unaligned
+    with dask.config.set(scheduler="threads"):
+        summary = build_cube_store(spec, PreprocessSpec(min_ecc=0.86), out)
+    scenes = open_store(out, group="scenes").load()
+    cube_ds = open_store(out).load()
+    reasons = [str(r) for r in scenes["reason"].values]
+    failed = [k for k, r in enumerate(reasons) if r.startswith("alignment")]
+    used = scenes["used"].values.astype(bool)
+    assert failed and used.any() and summary.dropped.get("alignment") == len(failed)
+    assert not used[failed].any() and not scenes["aligned"].values[failed].any()
+    assert (scenes["ecc"].values[used] >= 0.86).all()
+    assert int(cube_ds["n_scenes"].sum()) == int(used.sum()), "only aligned scenes are averaged"
+    assert int(cube_ds["n_valid"].max()) <= int(cube_ds["n_scenes"].max())
+    assert "guides" not in xr.open_datatree(out, engine="zarr").children, "--no-guides"
