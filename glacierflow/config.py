@@ -82,7 +82,8 @@ class Spec:
         for name, f in known.items():
             if name not in data and f.default is MISSING and f.default_factory is MISSING:
                 raise SpecError(name, f"is missing from the stored {cls.__name__}", cls.__name__)
-        kw = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k in known}
+        kw = {k: tuple(v) if isinstance(v, list) and str(known[k].type).startswith("tuple") else v
+              for k, v in data.items() if k in known}
         return cls(**kw)
 
     @classmethod
