@@ -73,6 +73,7 @@ class PeakRSS:
         self.peak = 0
         self.peak_single = 0
         self.n_procs = 0
+        self.cpu: dict[int, float] = {}  # pid -> last seen user + system seconds (the tree's CPU time)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -86,6 +87,8 @@ class PeakRSS:
             for p in procs:
                 try:
                     rss = p.memory_info().rss
+                    t = p.cpu_times()
+                    self.cpu[p.pid] = t.user + t.system
                 except psutil.Error:
                     continue
                 total += rss
@@ -114,7 +117,8 @@ def run_measured(cmd: list[str], env: dict[str, str] | None = None) -> dict[str,
     wall = time.perf_counter() - t0
     if proc.returncode:
         raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{out}\n{err[-4000:]}")
-    return {"wall": wall, "peak": mem.peak, "peak_single": mem.peak_single, "procs": mem.n_procs, "stdout": out}
+    return {"wall": wall, "peak": mem.peak, "peak_single": mem.peak_single, "procs": mem.n_procs, "stdout": out,
+            "cpu": sum(mem.cpu.values())}
 
 
 def date_ranges(meta: dict[str, Any], years: float | None) -> tuple[tuple[str, str], tuple[str, str]]:
@@ -396,6 +400,7 @@ def serial_main(cfg: dict[str, Any]) -> dict[str, Any]:
         "import_s": t_import,
         "steps": steps,
         "total_s": time.perf_counter() - t_start,
+        "cpu_s": time.process_time(),  # CPU seconds of the pipeline (imports .. Zarr write), load-independent
         "n_stacked": len(plan["scenes"]),
         "n_used": len(used),
         "visits": visits,
@@ -544,7 +549,7 @@ def main(argv: list[str] | None = None) -> None:
         for other in [c for c in args.compare.split(",") if c.strip() and c.strip() != args.cluster]:
             print(f"build-cube {start}..{end} --cluster {other} ...", flush=True)
             mixes[other] = run_measured(build_cube_cmd(url, meta, start, end, f"{tmp}/{other}.zarr", other), env)
-        res["mixes"] = {k: {"wall": v["wall"], "peak": v["peak"]} for k, v in mixes.items()}
+        res["mixes"] = {k: {"wall": v["wall"], "peak": v["peak"], "cpu": v["cpu"]} for k, v in mixes.items()}
         half = None
         if not args.no_half:
             print(f"build-cube {hstart}..{hend} ...", flush=True)
@@ -578,7 +583,10 @@ def report(args, res, full, half, ser, serial, floor, n_scenes) -> None:  # noqa
         f"{'build-cube wall, whole process (s)':58s} {full['wall']:12.1f}",
         *[f"{f'  --cluster {k}: wall (s), peak tree RSS (MiB)':58s} {v['wall']:12.1f} {v['peak'] / mb:8.0f}"
           for k, v in res.get("mixes", {}).items()],
+        *[f"{f'  --cluster {k}: CPU time of the process tree (s)':58s} {v['cpu']:12.1f}"
+          for k, v in res.get("mixes", {}).items()],
         f"{'build-cube library seconds (search..write) (s)':58s} {_summary_seconds(full['stdout']):12.1f}",
+        f"{'build-cube CPU time, process tree (s)':58s} {full['cpu']:12.1f}",
         f"{'build-cube peak RSS, process tree (MiB)':58s} {full['peak'] / mb:12.0f}",
         f"{'  largest single process (MiB)':58s} {full['peak_single'] / mb:12.0f}",
     ]
@@ -589,15 +597,19 @@ def report(args, res, full, half, ser, serial, floor, n_scenes) -> None:  # noqa
             f"{'  peak full / peak half (target <= 1.20)':58s} {full['peak'] / half['peak']:12.2f}",
             f"{'  largest single process full / half':58s} {full['peak_single'] / half['peak_single']:12.2f}",
         ]
-    lines += [f"{'serial (1 core) wall, imports .. zarr write (s)':58s} {serial_wall:12.1f}"]
+    lines += [f"{'serial (1 core) wall, imports .. zarr write (s)':58s} {serial_wall:12.1f}",
+              f"{'serial CPU time, imports .. zarr write (s)':58s} {serial['cpu_s']:12.1f}"]
     lines += [f"{'  ' + k + ' (s)':58s} {v:12.2f}" for k, v in serial["steps"].items()]
     lines += [
         f"{'  imports (s)':58s} {serial['import_s']:12.2f}",
         f"{'serial child peak RSS (incl. seed reference) (MiB)':58s} {ser['peak'] / mb:12.0f}",
+        f"{'serial child CPU time (incl. seed reference) (s)':58s} {ser['cpu']:12.1f}",
         f"{f'read floor, rasterio, {args.workers} processes (s)':58s} {floor:12.2f}",
         "",
         f"{'(a) build-cube wall / serial wall (target <= 0.6)':58s} {full['wall'] / serial_wall:12.2f}",
         f"{'(b) build-cube wall / read floor':58s} {full['wall'] / floor:12.1f}",
+        f"{'(c) build-cube CPU / serial CPU (overhead, load-independent)':58s} "
+        f"{full['cpu'] / serial['cpu_s']:12.2f}",
     ]
     if serial.get("diff"):
         d = serial["diff"]
