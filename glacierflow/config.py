@@ -21,6 +21,7 @@ Policies
 from __future__ import annotations
 
 import json
+import numbers
 import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import MISSING, asdict, dataclass, field, fields, replace
@@ -118,13 +119,13 @@ class Spec:
     def _between(self, name: str, low: float, high: float, what: str = "") -> None:
         """Field ``name`` must lie in ``[low, high]``."""
         value = getattr(self, name)
-        ok = isinstance(value, int | float) and low <= value <= high
+        ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and low <= value <= high
         self._require(ok, name, f"{value!r} must be {what or 'a number'} between {low} and {high}")
 
     def _integer(self, name: str, low: int) -> None:
         """Field ``name`` must be an integer ``>= low``."""
         value = getattr(self, name)
-        ok = isinstance(value, int) and not isinstance(value, bool) and value >= low
+        ok = isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= low
         self._require(ok, name, f"{value!r} must be an integer >= {low}")
 
 
