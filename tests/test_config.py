@@ -131,3 +131,14 @@ def test_spec_from_store():
         spec_from_store({}, "preprocess_spec", PreprocessSpec, "cube.zarr")
     with pytest.raises(GlacierflowError, match="PreprocessSpec: stored spec is not JSON"):
         spec_from_store({"preprocess_spec": "{broken"}, "preprocess_spec", PreprocessSpec)
+
+
+def test_numpy_numbers_are_numbers_and_bools_are_not():
+    import numpy as np
+
+    assert FlowSpec(levels=np.int64(3)).levels == 3
+    assert PreprocessSpec(max_missing=np.float32(0.25)).max_missing == pytest.approx(0.25)
+    with pytest.raises(SpecError, match="levels True must be an integer >= 1"):
+        FlowSpec(levels=True)
+    with pytest.raises(SpecError, match="max_missing False must be a fraction"):
+        PreprocessSpec(max_missing=False)
