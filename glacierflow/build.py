@@ -320,9 +320,12 @@ def as_tree(ds: xr.Dataset) -> xr.DataTree:
     root = root.drop_dims([d for d in ("scene", "guide_scene") if d in root.dims])
     scenes = ds[table].drop_vars(["x", "y", "time", "spatial_ref"], errors="ignore")
     scenes = scenes.assign_coords(scene_time=ds["scene_time"]).rename(scene_time="time")
+    scenes.attrs = {"title": "one row per scene considered: used or why not, alignment diagnostics"}
     nodes = {"/": root, "scenes": scenes}
     if guides:
-        nodes["guides"] = ds[["guide"]].rename(guide_scene="scene")
+        g = ds[["guide"]].rename(guide_scene="scene")
+        g.attrs = {"title": "aligned QA-masked ECC guide image of every scene that entered the alignment"}
+        nodes["guides"] = g
     return xr.DataTree.from_dict(nodes)
 
 

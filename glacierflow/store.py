@@ -124,7 +124,14 @@ def _nodes(data: xr.Dataset | xr.DataTree) -> list[tuple[str | None, xr.Dataset]
     out: list[tuple[str | None, xr.Dataset]] = []
     for node in data.subtree:
         path = node.relative_to(data)
-        out.append((None if path in ("", ".") else path, node.to_dataset(inherit=False)))
+        ds = node.to_dataset(inherit=True)
+        # each group stands on its own (readers open one group): keep the inherited coordinates it uses
+        used = {d for v in ds.data_vars.values() for d in v.dims}
+        own = node.to_dataset(inherit=False).coords
+        ds = ds.drop_vars([
+            c for c in ds.coords if c not in own and not set(ds[c].dims) <= used
+        ])
+        out.append((None if path in ("", ".") else path, ds))
     return out
 
 

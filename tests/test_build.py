@@ -87,6 +87,8 @@ def test_store_contract(built: dict, tiny_twin: Path) -> None:
     assert (scenes["wrs_path"].values[stacked] > 0).all()
     guides = xr.open_zarr(built["out"], group="guides")
     assert guides["guide"].dims == ("scene", "y", "x") and guides["guide"].dtype == np.float32
+    np.testing.assert_array_equal(guides["x"].values, ds["x"].values)  # each group stands on its own
+    assert guides.spatial_ref.attrs["epsg"] == 32643 and "cube_spec" not in guides.attrs
     entered = [str(i) for i in guides["scene"].values]
     used_ids = [str(i) for i in scenes["item_id"].values[scenes["used"].values.astype(bool)]]
     assert set(used_ids) <= set(entered), "every used scene has its guide"

@@ -33,7 +33,12 @@ def test_write_reopen_overwrite(where: str, tmp_path: Path) -> None:
     with pytest.raises(GlacierflowError, match="--overwrite"):
         write_store(_ds(2.0), url)
     scenes = xr.Dataset({"used": ("scene", da.from_array(np.array([True, False]), chunks=1))})
-    write(xr.DataTree.from_dict({"/": _ds(2.0), "scenes": scenes}), url, overwrite=True)
+    image = _ds(5.0)["ndsi"].isel(time=0, drop=True).rename("image").to_dataset()
+    write(xr.DataTree.from_dict({"/": _ds(2.0), "scenes": scenes, "images": image}), url, overwrite=True)
+    images = open_store(url, group="images")
+    np.testing.assert_array_equal(images["x"].values, _ds(2.0)["x"].values)  # inherited coords kept
+    assert "time" not in images.coords and epsg_of(images) == 32643 and float(images["image"].max()) == 5.0
+    assert "x" not in open_store(url, group="scenes").coords
     assert float(open_store(url)["ndsi"].mean()) == 2.0
     assert open_store(url, group="scenes")["used"].values.tolist() == [True, False]
 
