@@ -356,11 +356,15 @@ def load_forecaster(run_dir: str | os.PathLike[str], checkpoint: str = "best.pt"
 
 
 # ------------------------------------------------------------------------------------------------ the store
-def spatial_chunk(cube: xr.Dataset, patch: int) -> int:
-    """The cube's spatial chunk (y) rounded up to a multiple of ``patch`` (DESIGN: chunks a multiple of it)."""
+def spatial_chunks(cube: xr.Dataset, patch: int) -> tuple[int, int]:
+    """The cube's spatial chunks (y, x), each rounded up to a multiple of ``patch`` (DESIGN's store contract)."""
     var = cube["ndsi"]
-    size = var.encoding.get("preferred_chunks", {}).get("y") or (var.chunks[1][0] if var.chunks else 250)
-    return int(math.ceil(min(int(size), var.sizes["y"]) / patch) * patch)
+    preferred = var.encoding.get("preferred_chunks", {})
+    out = []
+    for k, dim in enumerate(("y", "x")):
+        size = preferred.get(dim) or (var.chunks[k + 1][0] if var.chunks else 250)
+        out.append(int(math.ceil(min(int(size), var.sizes[dim]) / patch) * patch))
+    return out[0], out[1]
 
 
 def cube_period(cube: xr.Dataset) -> str:
@@ -405,15 +409,15 @@ def forecast_dataset(
     model = fc.model
     if hasattr(model, "eval") and hasattr(model, "to"):
         model = model.to(device).eval()
-    overlap, chunk = spec.overlap_px(fc.patch), spatial_chunk(cube, fc.patch)
+    overlap, (chunk_y, chunk_x) = spec.overlap_px(fc.patch), spatial_chunks(cube, fc.patch)
     frames = _as_dask(cube["ndsi"].isel(time=slice(last - fc.t_in + 1, last + 1)))
-    arr = forecast_lazy(model, frames.astype(np.float32), t_out=fc.t_out, band=chunk, patch=fc.patch,
+    arr = forecast_lazy(model, frames.astype(np.float32), t_out=fc.t_out, band=chunk_y, patch=fc.patch,
                         overlap=overlap, batch_size=spec.batch_size, device=device, window=spec.window,
                         floor=spec.floor)
     targets = target_times(times, last, fc.t_out, period)
     inputs = [f"{t:%Y-%m-%d}" for t in times[last - fc.t_in + 1 : last + 1]]
     ds = xr.Dataset(
-        {"ndsi": (("time", "y", "x"), arr.rechunk((1, chunk, chunk)), {
+        {"ndsi": (("time", "y", "x"), arr.rechunk((1, chunk_y, chunk_x)), {
             "long_name": f"forecast snow-mask NDSI ({fc.name}), blended full scene",
             "grid_mapping": "spatial_ref", "units": "1"})},
         coords={"time": targets, "lead": ("time", np.arange(1, fc.t_out + 1, dtype=np.int16)),
@@ -430,7 +434,7 @@ def forecast_dataset(
     )
     sums = _scores_lazy(cube, arr, last, fc.t_out, SEASON_LENGTH[period])
     facts = {"last_index": last, "inputs": inputs, "targets": [f"{t:%Y-%m-%d}" for t in targets],
-             "device": device, "overlap": overlap, "chunk": chunk, "period": period}
+             "device": device, "overlap": overlap, "chunks": (chunk_y, chunk_x), "period": period}
     return ds, sums, facts
 
 

@@ -328,3 +328,46 @@ def test_query_forecast_example_runs(scored, tmp_path):
 
     with Image.open(png) as im:
         assert float(np.asarray(im.convert("L"), np.float64).var()) > 100
+
+
+# ------------------------------------------------------------------------------------------- run directory
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    from glacierflow import train
+    from glacierflow.config import ModelSpec, PatchSpec, TrainSpec
+
+    d = tmp_path_factory.mktemp("run")
+    cube = write_synthetic_cube(str(d / "cube.zarr"), n_periods=24, size=(48, 64), drift=(0.5, 0.0))
+    run = d / "run"
+    train.fit(cube, run, ModelSpec(name="lstm", kwargs={"hidden_size": 16}), PatchSpec(size=16, stride=16),
+              TrainSpec(epochs=1, steps_per_epoch=2, batch_size=8, device="cpu"), progress=False)
+    return {"cube": cube, "run": run}
+
+
+def test_cli_predict_from_a_run_directory(trained_run, tmp_path, capsys):
+    import hashlib
+
+    from glacierflow.cli import main
+
+    out = str(tmp_path / "forecast.zarr")
+    code = main(["predict", str(trained_run["run"]), "--cube", trained_run["cube"], "--out", out,
+                 "--last-input", "2023-01-01", "--device", "cpu", "--batch-size", "5"])
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    assert "persistence" in printed and "seasonal" in printed and "written:" in printed
+    fc = xr.open_zarr(out, decode_coords="all")
+    sha = hashlib.sha256((trained_run["run"] / "best.pt").read_bytes()).hexdigest()
+    assert fc.attrs["checkpoint_sha256"] == sha and fc.attrs["model"] == "lstm"
+    assert fc.attrs["patch_px"] == 16 and fc.attrs["overlap_px"] == 8
+    assert json.loads(fc.attrs["patch_spec"])["size"] == 16
+    assert fc.sizes == {"time": 4, "y": 48, "x": 64}
+    assert fc["ndsi"].encoding["chunks"] == (1, 48, 64)  # the cube's whole-scene chunk, a multiple of 16
+    scores = json.loads(fc.attrs["scores"])
+    assert set(scores) == {"model", "persistence", "seasonal"}
+    # the same scene again, other flags: a bad date is one line on stderr and status 2
+    assert main(["predict", str(trained_run["run"]), "--cube", trained_run["cube"], "--out", out,
+                 "--last-input", "1999-01-01", "--overwrite"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --last-input 1999-01-01 lies outside the cube") and err.count("\n") == 1
+    assert main(["plot", "run", str(trained_run["run"]), "--out", str(tmp_path / "loss.png")]) == 0
+    assert (tmp_path / "loss.png").stat().st_size > 10_000
