@@ -27,7 +27,18 @@ import typer
 from rich.console import Console
 
 from glacierflow.cluster import DEFAULT_CLUSTER, SPEC_FORMS
-from glacierflow.config import CATEGORIES, DEVICES, MOTIONS, PAIR_KINDS, PERIODS, SPLITS, ModelSpec, TrainSpec
+from glacierflow.config import (
+    CATEGORIES,
+    DEVICES,
+    MOTIONS,
+    PAIR_KINDS,
+    PERIODS,
+    SPLITS,
+    CubeSpec,
+    ModelSpec,
+    PreprocessSpec,
+    TrainSpec,
+)
 from glacierflow.errors import GlacierflowError, SpecError
 from glacierflow.glaciers import GLACIERS
 
@@ -102,7 +113,8 @@ CatalogOpt = Annotated[
 ]
 CollectionOpt = Annotated[str, typer.Option(metavar="NAME", help="STAC collection.")]
 PlatformOpt = Annotated[
-    list[str] | None, typer.Option(metavar="NAME", help="Platform to keep (repeatable; default: landsat-8).")
+    list[str] | None,
+    typer.Option(metavar="NAME", help=f"Platform to keep (repeatable; default: {', '.join(CubeSpec.platforms)})."),
 ]
 MaxCloudOpt = Annotated[float, typer.Option(metavar="PCT", help="Maximum eo:cloud_cover (%).")]
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace an existing output.")]
@@ -242,9 +254,9 @@ def search_cmd(
     start: StartOpt = None,
     end: EndOpt = None,
     catalog: CatalogOpt = None,
-    collection: CollectionOpt = "landsat-c2-l2",
+    collection: CollectionOpt = CubeSpec.collection,
     platform: PlatformOpt = None,
-    max_cloud: MaxCloudOpt = 20.0,
+    max_cloud: MaxCloudOpt = CubeSpec.max_cloud,
     as_json: Annotated[bool, typer.Option("--json", help="Print the kept item ids as JSON.")] = False,
 ) -> None:
     """Search a STAC API for Landsat scenes over a glacier and print what was found."""
@@ -259,7 +271,7 @@ def search_cmd(
         start=start or site.start,
         end=end or site.end,
         collection=collection,
-        platforms=tuple(platform or ["landsat-8"]),
+        platforms=tuple(platform or CubeSpec.platforms),
         max_cloud=max_cloud,
     )
     if as_json:
@@ -289,18 +301,20 @@ def build_cube_cmd(
     start: StartOpt = None,
     end: EndOpt = None,
     catalog: CatalogOpt = None,
-    collection: CollectionOpt = "landsat-c2-l2",
+    collection: CollectionOpt = CubeSpec.collection,
     platform: PlatformOpt = None,
-    max_cloud: MaxCloudOpt = 20.0,
+    max_cloud: MaxCloudOpt = CubeSpec.max_cloud,
     max_missing: Annotated[
         float, typer.Option(metavar="FRAC", help="Drop scenes with more missing pixels than this fraction.")
-    ] = 0.5,
-    period: Annotated[Period, typer.Option(help="Period of the cube (month starts).")] = "3MS",
-    motion: Annotated[Motion, typer.Option(help="ECC motion model.")] = "translation",
+    ] = PreprocessSpec.max_missing,
+    period: Annotated[Period, typer.Option(help="Period of the cube (month starts).")] = PreprocessSpec.period,
+    motion: Annotated[Motion, typer.Option(help="ECC motion model.")] = PreprocessSpec.motion,
     cloud_mask: Annotated[
         bool, typer.Option("--cloud-mask/--no-cloud-mask", help="Mask QA clouds and shadows.")
-    ] = True,
-    ndsi_threshold: Annotated[float, typer.Option(metavar="NDSI", help="Snow mask threshold.")] = 0.3,
+    ] = PreprocessSpec.mask_clouds,
+    ndsi_threshold: Annotated[
+        float, typer.Option(metavar="NDSI", help="Snow mask threshold.")
+    ] = PreprocessSpec.ndsi_threshold,
     category: Annotated[
         list[str] | None,  # typer takes no list of Literal: CubeSpec checks the names (SpecError)
         typer.Option(
@@ -310,10 +324,10 @@ def build_cube_cmd(
     ] = None,
     min_ecc: Annotated[
         float, typer.Option(metavar="CORR", help="Scenes aligned with a lower ECC correlation are not averaged.")
-    ] = 0.3,
+    ] = PreprocessSpec.min_ecc,
     guides: Annotated[
         bool, typer.Option("--guides/--no-guides", help="Store the aligned per-scene images flow can track.")
-    ] = True,
+    ] = CubeSpec.guides,
     out_store: Annotated[
         str | None, typer.Option("--out", metavar="STORE", help="Output store (path or fsspec URL).")
     ] = None,
@@ -325,7 +339,7 @@ def build_cube_cmd(
     from glacierflow import catalog as cat
     from glacierflow.build import build_cube_store, default_store_name
     from glacierflow.cluster import get_client
-    from glacierflow.config import CubeSpec, PreprocessSpec, resolve_site
+    from glacierflow.config import resolve_site
 
     site = resolve_site(glacier, bbox, epsg)
     spec = CubeSpec(
@@ -336,7 +350,7 @@ def build_cube_cmd(
         end=end or site.end,
         catalog=catalog or cat.PLANETARY_COMPUTER_URL,
         collection=collection,
-        platforms=tuple(platform or ["landsat-8"]),
+        platforms=tuple(platform or CubeSpec.platforms),
         max_cloud=max_cloud,
         guides=guides,
         **({"categories": tuple(category)} if category else {}),
