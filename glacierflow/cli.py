@@ -185,23 +185,38 @@ def twin_make(
     end: Annotated[str | None, typer.Option(metavar="DATE", help="Last date (default: per size).")] = None,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     overwrite: OverwriteOpt = False,
+    realism: Annotated[
+        str | None,
+        typer.Option(metavar="LEVEL", help="Realism from the twin's registry: basic (original world) or "
+                     "himalaya (default: shadows, snowfall, debris, monsoon, QA errors, parallax, 2 paths)."),
+    ] = None,
+    max_speed: Annotated[
+        float | None, typer.Option(metavar="M_PER_YR", help="Main glacier's top speed (himalaya; 150).")
+    ] = None,
+    glacier_width: Annotated[
+        float | None, typer.Option(metavar="PX", help="Main glacier's width at its head (himalaya).")
+    ] = None,
 ) -> None:
     """Write a synthetic Landsat-8 C2-L2 world (COGs, STAC items, truth.zarr)."""
     from rich.progress import Progress
 
     from glacierflow.glaciers import get_site
     from glacierflow.twin.make import SIZES, make_twin, schedule
+    from glacierflow.twin.realism import DEFAULT_REALISM
 
     if size not in SIZES:
         raise GlacierflowError(f"unknown twin size {size!r}; choose one of: {', '.join(SIZES)}")
+    realism = realism or DEFAULT_REALISM
     site = get_site(glacier)
-    n = len(schedule(site, start or SIZES[size]["start"], end or SIZES[size]["end"], seed))
+    n = len(schedule(site, start or SIZES[size]["start"], end or SIZES[size]["end"], seed, realism, size))
     with Progress(console=console, transient=True) as bar:
         task = bar.add_task(f"rendering {n} acquisitions", total=n)
-        meta = make_twin(out_dir, glacier, size, start, end, seed, overwrite, progress=lambda: bar.advance(task))
+        meta = make_twin(out_dir, glacier, size, start, end, seed, overwrite, progress=lambda: bar.advance(task),
+                         realism=realism, max_speed=max_speed, glacier_width=glacier_width)
     out.print(
         f"twin written to {out_dir}: {meta['n_items']} items ({meta['n_landsat8']} Landsat-8, "
-        f"{meta['n_landsat7']} Landsat-7), grid {meta['shape'][0]}x{meta['shape'][1]} px EPSG:{meta['epsg']}, "
+        f"{meta['n_landsat7']} Landsat-7; realism {meta['realism']}), "
+        f"grid {meta['shape'][0]}x{meta['shape'][1]} px EPSG:{meta['epsg']}, "
         f"{meta['bytes'] / 1e6:.1f} MB in {meta['generation_seconds']} s"
     )
     out.print(f"AOI bbox (use with --bbox): {' '.join(f'{v:.6f}' for v in meta['bbox'])}")

@@ -120,7 +120,7 @@ def monsoon_cloud(doy: float, r: float, u: float) -> float:
     June-September (monsoon): most scenes cloudy; May and October: in between; otherwise mostly clear.
     """
     if 152 <= doy < 274:
-        p_clear, p_some = 0.12, 0.25
+        p_clear, p_some = 0.05, 0.12
     elif 121 <= doy < 152 or 274 <= doy < 305:
         p_clear, p_some = 0.4, 0.65
     else:

@@ -51,6 +51,7 @@ from glacierflow.twin.world import DEBRIS, ICE, PIXEL, ROCK, SNOW, VEG, WATER, G
 
 DIFFUSE = (0.20, 0.07)  # sky (diffuse) share of the irradiance in (green, swir16): bluish sky light
 DEM_ERROR_RMS = 110.0  # metres: DEM error behind the terrain parallax (larger on steep slopes)
+WALL_HEIGHT, RIDGE_HEIGHT = 800.0, 500.0  # metres above the basic valley (scaled by grid size / 400 px)
 TEXTURE_PERSISTENT = 0.55  # share (amplitude) of the ice texture that survives a year
 TEXTURE_GENERATION = 0.25  # years between independent texture generations
 
@@ -113,21 +114,23 @@ class HimalayaWorld(World):
         rat = np.minimum(self.ratio, 8.0)
         ridged = 1.0 - np.abs(_noise(shape, size / 12, rng))  # sharp crests
         walls = np.clip((rat - 1.0) / 2.5, 0, 1) ** 0.7
-        self.elevation = (self.elevation + 1100.0 * walls + 700.0 * ridged * np.clip(rat - 1.2, 0, 1)
-                          + 60.0 * _noise(shape, size / 60, rng)).astype(np.float32)
+        relief = float(np.clip(size / 400.0, 0.3, 1.5))  # the valley scales with the grid: so do its walls
+        rise = WALL_HEIGHT * walls + RIDGE_HEIGHT * ridged * np.clip(rat - 1.2, 0, 1)
+        rise = ndimage.gaussian_filter(rise, 1.5) + 40.0 * _noise(shape, max(size / 60, 5.0), rng)  # no facets
+        self.elevation = (5000.0 + (self.elevation - 5000.0) * relief + relief * (rise - 500.0)).astype(np.float32)
         gy, gx = np.gradient(self.elevation.astype(np.float64), PIXEL)  # per row (south), per col (east)
         norm = np.sqrt(gx**2 + gy**2 + 1.0)
         self.normal = ((-gx / norm).astype(np.float32), (gy / norm).astype(np.float32), (1 / norm).astype(np.float32))
         self.tan_slope = np.hypot(gx, gy).astype(np.float32)
         self.sky_view = ((1.0 + self.normal[2]) / 2.0).astype(np.float32)
-        steep = np.clip((np.degrees(np.arctan(self.tan_slope)) - 38.0) / 15.0, 0, 1)
+        steep = np.clip((np.degrees(np.arctan(self.tan_slope)) - 48.0) / 15.0, 0, 1)
         self.steep = np.maximum(self.outcrop, steep).astype(np.float32)
         err = _noise(shape, size / 30, rng) * (0.4 + np.clip(self.tan_slope, 0, 1.5))
         self.dem_error = (err * DEM_ERROR_RMS / np.sqrt(np.mean(err**2))).astype(np.float32)
         # debris-covered lower tongue of the main glacier (at t_ref), clean ice above
-        tongue = np.clip((self.along / np.maximum(self.term, 1.0) - 0.55) / 0.1, 0, 1)
+        tongue = np.clip((self.along / np.maximum(self.term, 1.0) - 0.52) / 0.08, 0, 1)
         self.tongue = np.where((self.glacier_id == 0) & np.isfinite(self.along), tongue, 0).astype(np.float32)
-        self.debris_mask = self.glacier_mask & (self.tongue >= 0.5)
+        self.debris_mask = self.glacier_mask & (self.tongue >= 0.99)
         ogive = np.sin(2 * np.pi * self.along / max(12.0, size / 18)) * 0.5
         self.texture_persistent = (_noise(shape, 4.0, rng) + np.where(np.isfinite(ogive), ogive, 0)).astype(np.float32)
         self.snow_climate = SnowClimate(seed)
@@ -158,7 +161,7 @@ class HimalayaWorld(World):
         """Flat-terrain surface reflectance (green, swir16) on the truth grid and class maps."""
         h, w = self.shape
         rr, cc = np.mgrid[0:h, 0:w].astype(np.float32)
-        src_r, src_c = self._trace_back(rr, cc, self.speed_season.elapsed(self.t_ref, t))
+        src_r, src_c = self._trace_back(rr, cc, self.speed_season.elapsed(self.t_ref, t), max_step=1.0)
         tex = self.ice_texture(t, src_r, src_c)
         tongue = ndimage.map_coordinates(self.tongue, [src_r, src_c], order=1, mode="nearest")
         ice = (self.ratio < 1) & (self.along <= self.term + self.terminus_shift(t))
@@ -170,7 +173,7 @@ class HimalayaWorld(World):
         green = (1 - veg_frac) * ROCK[0] * rock_scale + veg_frac * VEG[0]
         swir = (1 - veg_frac) * ROCK[1] * rock_scale + veg_frac * VEG[1]
         f_clean = np.clip((0.1 + 0.28 * tex) * 1.6, 0, 1)
-        f_tongue = np.clip(0.8 + 0.1 * tex, 0.62, 1)
+        f_tongue = np.clip(0.85 + 0.1 * tex, 0.7, 1)
         f = (1 - tongue) * f_clean + tongue * f_tongue
         green = np.where(ice, (1 - f) * ICE[0] + f * DEBRIS[0], green)
         swir = np.where(ice, (1 - f) * ICE[1] + f * DEBRIS[1], swir)
@@ -194,12 +197,12 @@ class HimalayaWorld(World):
         """Terrain misregistration ``(terrain_dx, terrain_dy)`` in pixels: DEM error x tan(view angle).
 
         The displacement is across track (orbit heading ~192 deg at the site: across track is east,
-        12 deg towards north), quantised to 1/1024 px (exact in float32, compresses well).
+        12 deg towards north), quantised to 1/256 px (exact in float32, compresses well).
         """
         beta = np.radians(12.0)
         d = self.dem_error * view_tan / PIXEL
-        dx = np.round(d * np.cos(beta) * 1024) / 1024
-        dy = np.round(-d * np.sin(beta) * 1024) / 1024
+        dx = np.round(d * np.cos(beta) * 256) / 256
+        dy = np.round(-d * np.sin(beta) * 256) / 256
         return dx.astype(np.float32), dy.astype(np.float32)
 
 
@@ -235,23 +238,20 @@ def render_himalaya(world: HimalayaWorld, acq: Acquisition) -> dict[str, Any]:
     g_surf, s_surf, cls = world.surface(acq.year, jitter)
     direct, terrain_shadow = world.illumination(acq.sun_elevation, acq.sun_azimuth)
     g_lit, s_lit = _lit(g_surf, s_surf, direct, world.sky_view)
-    cloud, alpha, cloud_shadow_truth = _clouds(world, acq, rng)
-    # cloud shadow: only the sky light is left (drawn in scene geometry, as the cloud itself)
-    # misregistration: translation + terrain parallax, resampled with a cubic spline
+    cloud, alpha, cloud_shadow = _clouds(world, acq, rng)
+    # cloud shadow: only the (bluish) sky light is left, so its NDSI is biased too
+    g_sky, s_sky = _lit(g_surf, s_surf, np.zeros((h, w), np.float32), world.sky_view)
+    g_obs, s_obs = np.where(cloud_shadow, g_sky, g_lit), np.where(cloud_shadow, s_sky, s_lit)
+    # misregistration: translation + terrain parallax; the ground is resampled with a cubic spline
     tdx, tdy = world.parallax(acq.view_tan)
     rr, cc = np.mgrid[0:h, 0:w].astype(np.float32)
     coords = [rr - np.float32(acq.shift_y) - tdy, cc - np.float32(acq.shift_x) - tdx]
-
-    def sample(img: np.ndarray, order: int = 3) -> np.ndarray:
-        return ndimage.map_coordinates(img, coords, order=order, mode="nearest")
-
-    green, swir = sample(g_lit), sample(s_lit)
-    g_shade, s_shade = _lit(sample(g_surf), sample(s_surf), np.zeros((h, w), np.float32), sample(world.sky_view, 1))
-    green = np.where(cloud_shadow_truth, g_shade, green)
-    swir = np.where(cloud_shadow_truth, s_shade, swir)
-    snow = sample(cls["snow"].astype(np.float32), 0) > 0.5
-    water = sample(cls["water"].astype(np.float32), 0) > 0.5
-    shade = sample(terrain_shadow.astype(np.float32), 0) > 0.5
+    green = ndimage.map_coordinates(g_obs, coords, order=3, mode="nearest")
+    swir = ndimage.map_coordinates(s_obs, coords, order=3, mode="nearest")
+    bits = (cls["snow"] * 1 | cls["water"] * 2 | terrain_shadow * 4 | cloud_shadow * 8).astype(np.uint8)
+    bits = ndimage.map_coordinates(bits, coords, order=0, mode="nearest")
+    snow, water, shade, cloud_shadow = ((bits & b) > 0 for b in (1, 2, 4, 8))
+    cloud_shadow &= ~cloud
     green = (1 - alpha) * green + alpha * 0.75
     swir = (1 - alpha) * swir + alpha * 0.45
     green = np.maximum(green + rng.normal(0, 0.003, (h, w)).astype(np.float32), 0.001)
@@ -265,7 +265,7 @@ def render_himalaya(world: HimalayaWorld, acq: Acquisition) -> dict[str, Any]:
     commission = ~cloud & snow & (n_cm > 1.3) & (rng.random() < 0.5)
     flagged = (cloud & ~omission) | commission
     dilated = ndimage.binary_dilation(flagged, iterations=3) & ~flagged
-    shadow_flag = cloud_shadow_truth & ~flagged & ~dilated
+    shadow_flag = cloud_shadow & ~flagged & ~dilated
     qa = np.full((h, w), QA_CLEAR | (1 << 8) | (1 << 10) | (1 << 12) | (1 << 14), np.uint16)
     qa = np.where(snow, (qa | QA_SNOW | (3 << 12)) & ~np.uint16(1 << 12), qa).astype(np.uint16)
     qa = np.where(water, qa | QA_WATER, qa).astype(np.uint16)
@@ -276,7 +276,7 @@ def render_himalaya(world: HimalayaWorld, acq: Acquisition) -> dict[str, Any]:
     qa[gap] = QA_FILL
     valid = ~gap
     cloud_cover = 100.0 * float((flagged & valid).sum()) / max(1, int(valid.sum()))
-    defects = (gap * DEFECT_GAP | (cloud | dilated) * DEFECT_CLOUD | cloud_shadow_truth * DEFECT_SHADOW
+    defects = (gap * DEFECT_GAP | (cloud | dilated) * DEFECT_CLOUD | cloud_shadow * DEFECT_SHADOW
                | shade * DEFECT_TERRAIN_SHADOW | (omission & valid) * DEFECT_QA_OMISSION
                | (commission & valid) * DEFECT_QA_COMMISSION).astype(np.uint8)
     factor = world.speed_season.factor(acq.year)
@@ -284,19 +284,24 @@ def render_himalaya(world: HimalayaWorld, acq: Acquisition) -> dict[str, Any]:
         "green": to_dn(green, gap),
         "swir16": to_dn(swir, gap),
         "qa_pixel": qa,
-        "truth": ndsi_snow(g_lit, s_lit),
+        "truth": _quantised(ndsi_snow(g_lit, s_lit)),
         "defects": defects,
         "valid": valid,
         "cloud_cover": round(cloud_cover, 2),
         "valid_fraction": float(valid.mean()),
         "extra": {
-            "ndsi_surface": ndsi_snow(g_surf, s_surf),
-            "u_t": (world.u * factor).astype(np.float32),
-            "v_t": (world.v * factor).astype(np.float32),
+            "ndsi_surface": _quantised(ndsi_snow(g_surf, s_surf)),
+            "u_t": _quantised(world.u * factor, 256),
+            "v_t": _quantised(world.v * factor, 256),
             "terrain_dx": tdx,
             "terrain_dy": tdy,
         },
     }
+
+
+def _quantised(a: np.ndarray, steps: int = 4096) -> np.ndarray:
+    """Round to multiples of 1/steps (exact in float32): far below the DN quantisation, compresses well."""
+    return (np.round(a * steps) / steps).astype(np.float32)
 
 
 def _footprint_gaps(acq: Acquisition, shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray:

@@ -186,8 +186,10 @@ class World:
         """Terminus position change (pixels along the centreline) relative to ``t_ref``; negative = retreat."""
         return -self.retreat * (t - self.t_ref) / PIXEL
 
-    def _trace_back(self, rr: np.ndarray, cc: np.ndarray, dt: float) -> tuple[np.ndarray, np.ndarray]:
-        """Where the ice now at ``(rr, cc)`` was ``dt`` years earlier (steady flow, midpoint steps <= 0.5 px).
+    def _trace_back(
+        self, rr: np.ndarray, cc: np.ndarray, dt: float, max_step: float = 0.5
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Where the ice now at ``(rr, cc)`` was ``dt`` years earlier (steady flow, midpoint steps <= max_step px).
 
         Integrating along the flow (rather than ``p - v(p) dt``) keeps the motion visible between any
         two images equal to the true velocity field, however far they are from ``t_ref``.
@@ -198,7 +200,7 @@ class World:
         near = ndimage.map_coordinates(moving.astype(np.float32), [rr, cc], order=1, mode="nearest") > 0
         r, c = rr[near].astype(np.float64), cc[near].astype(np.float64)
         vmax = float(np.hypot(self.d_row, self.d_col).max())
-        n = max(1, int(np.ceil(vmax * abs(dt) / 0.5)))
+        n = max(1, int(np.ceil(vmax * abs(dt) / max_step)))
         h = -dt / n
         for _ in range(n):
             dr = ndimage.map_coordinates(self.d_row, [r, c], order=1, mode="nearest")
