@@ -5,10 +5,13 @@
 * User mistakes print one line, ``error: ...``, on stderr and return 2, without a traceback. Specs
   raise :class:`~glacierflow.errors.SpecError` naming their *fields*; :func:`flag_for` turns those
   into the flags a user types (``--start 2020-01-01 must be before --end 2019-01-01``), here only.
-* Choices come from the registries (:data:`glacierflow.glaciers.GLACIERS`, ``config.PERIODS``,
-  ``config.MOTIONS``, ``config.PAIR_KINDS``; the twin's sizes and backends are checked by the twin, whose
-  modules are too heavy to import for ``--help``); shared options (site and search, storage, cluster,
-  overwrite) are defined once below and reused by every command.
+* Choices come from the registries: ``config.PERIODS`` and ``config.MOTIONS`` are checked as choices;
+  glacier names (:data:`glacierflow.glaciers.GLACIERS`), ``--pairs`` (``config.PAIR_KINDS``) and
+  ``--category`` (``config.CATEGORIES``) are listed from them and checked by the registry or the spec (their
+  errors say more than "not one of"); the twin's sizes and backends are checked by the twin, whose modules
+  are too heavy to import for ``--help``. Defaults are the specs' own (``CubeSpec.max_cloud``, ...) and
+  ``cluster.DEFAULT_CLUSTER``; shared options (site and search, storage, cluster, overwrite) are defined
+  once below and reused by every command.
 * Help is plain click formatting (no rich panels), readable in an 80-column terminal.
 """
 
