@@ -234,6 +234,44 @@ def _footprint(valid: np.ndarray, grid: Grid) -> tuple[dict[str, Any], list[floa
     return {"type": "Polygon", "coordinates": [ring]}, [round(float(v), 7) for v in bbox]
 
 
+def zone_grid(grid: Grid, epsg: int) -> Grid:
+    """The grid covering ``grid`` in another UTM zone, on that zone's Landsat lattice (corners at 15 + k 30 m)."""
+    from rasterio.warp import transform_bounds
+
+    a = grid.affine
+    h, w = grid.shape
+    xmin, ymin, xmax, ymax = transform_bounds(grid.epsg, epsg, a.c, a.f + a.e * h, a.c + a.a * w, a.f)
+    x0 = np.floor((xmin - 15) / 30) * 30 + 15
+    y1 = np.ceil((ymax - 15) / 30) * 30 + 15
+    shape = (int(np.ceil((y1 - ymin) / 30)), int(np.ceil((xmax - x0) / 30)))
+    return Grid(epsg, shape, (30.0, 0.0, float(x0), 0.0, -30.0, float(y1)), grid.aoi)
+
+
+def deliver_in_zone(res: dict[str, Any], grid: Grid, epsg: int) -> tuple[dict[str, Any], Grid]:
+    """Reproject a rendered scene into a neighbouring UTM zone.
+
+    Planetary Computer delivers a scene in the zone of its centre, so near a zone edge some scenes of a
+    site come in the neighbouring zone. Reflectance cubic, QA nearest, nodata outside the original tile.
+    """
+    from rasterio.warp import Resampling, reproject
+
+    dst = zone_grid(grid, epsg)
+    out = dict(res)
+    for key, nodata, how in (("green", 0, Resampling.cubic), ("swir16", 0, Resampling.cubic),
+                             ("qa_pixel", 1, Resampling.nearest)):
+        band = np.full(dst.shape, nodata, np.uint16)
+        reproject(res[key], band, src_transform=grid.affine, src_crs=f"EPSG:{grid.epsg}", src_nodata=nodata,
+                  dst_transform=dst.affine, dst_crs=f"EPSG:{epsg}", dst_nodata=nodata, resampling=how)
+        out[key] = band
+    fill = (out["qa_pixel"] & 1) == 1
+    fill |= (out["green"] == 0) | (out["swir16"] == 0)
+    for key in ("green", "swir16"):
+        out[key][fill] = 0
+    out["qa_pixel"][fill] = 1
+    out["valid"] = ~fill
+    return out, dst
+
+
 def _render_and_write(args: tuple[Acquisition, Grid, str]) -> dict[str, Any]:
     acq, grid, out = args
     assert _WORLD is not None
@@ -242,16 +280,19 @@ def _render_and_write(args: tuple[Acquisition, Grid, str]) -> dict[str, Any]:
     folder = root / "assets" / acq.item_id
     folder.mkdir(parents=True, exist_ok=True)
     names = stac_items.asset_filenames(acq.product_id, acq.platform)
+    delivered, item_grid = (res, grid) if acq.epsg in (None, grid.epsg) else deliver_in_zone(res, grid, acq.epsg)
     for key in ("green", "swir16", "qa_pixel"):
-        _write_cog(folder / names[key], res[key], grid, 1 if key == "qa_pixel" else 0, key != "qa_pixel")
+        _write_cog(folder / names[key], delivered[key], item_grid, 1 if key == "qa_pixel" else 0,
+                   key != "qa_pixel")
     g = zarr.open_group(str(root / "truth.zarr"), mode="r+")
     g["ndsi"][acq.index] = res["truth"]
     g["defects"][acq.index] = res["defects"]
     for name, layer in res.get("extra", {}).items():
         g[name][acq.index] = layer
-    geometry, bbox = _footprint(res["valid"], grid)
+    geometry, bbox = _footprint(delivered["valid"], item_grid)
     hrefs = {k: f"assets/{acq.item_id}/{v}" for k, v in names.items()}
     return {
+        "grid": item_grid,
         "index": acq.index,
         "cloud_cover": res["cloud_cover"],
         "valid_fraction": res["valid_fraction"],
@@ -430,9 +471,9 @@ def make_twin(
                     platform=a.platform,
                     datetime=a.datetime,
                     created=created,
-                    epsg=grid.epsg,
-                    shape=grid.shape,
-                    transform=list(grid.transform),
+                    epsg=r["grid"].epsg,
+                    shape=r["grid"].shape,
+                    transform=list(r["grid"].transform),
                     geometry=r["geometry"],
                     bbox=r["bbox"],
                     cloud_cover=r["cloud_cover"],
@@ -479,6 +520,7 @@ def make_twin(
             "realism": realism,
             "wrs_paths": sorted({a.wrs_path for a in acqs}),
             "n_t2": sum(a.category == "T2" for a in acqs),
+            "n_other_zone": sum(a.epsg not in (None, grid.epsg) for a in acqs),
             "generation_seconds": round(time.perf_counter() - t_start, 1),
             "grid": asdict(grid),
         }
