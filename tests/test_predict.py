@@ -118,6 +118,23 @@ def test_blend_equals_independent_reference_for_any_band(overlap):
     np.testing.assert_allclose(banded, whole, atol=1e-6)
 
 
+def test_row_bands_read_bounded_input_rows():
+    import dask.array as da
+
+    from glacierflow.predict import band_rows, forecast_lazy
+
+    h, band, patch, overlap = 1000, 100, 50, 25
+    spans = [band_rows(h, (a, min(a + band, h)), patch, overlap) for a in range(0, h, band)]
+    assert spans[0] == (0, 125) and spans[-1] == (875, 1000)  # rows beyond the scene are reflected inside
+    assert max(hi - lo for lo, hi in spans) <= band + 2 * patch, "a band reads its rows plus a patch each side"
+    frames = da.zeros((4, h, 60), dtype=np.float32, chunks=(1, 100, 60))
+    lazy = forecast_lazy(Repeat(), frames, t_out=4, band=band, patch=patch, overlap=overlap)
+    assert lazy.shape == (4, h, 60) and lazy.chunks[1] == (band,) * 10
+    # each band task depends on its own input slice only: the graph has one task per band, none for the scene
+    graph = dict(lazy.__dask_graph__())
+    assert sum(1 for k in graph if isinstance(k, str) and k.startswith("forecast-band-")) == 10
+
+
 def test_seasonal_sources_match_the_model_zoo():
     from glacierflow.models.baselines import seasonal_indices
 
