@@ -33,7 +33,10 @@ from glacierflow.glaciers import Site, get_site, site_from_bbox
 MOTIONS = ("translation", "euclidean", "affine", "homography")
 PERIODS = ("1MS", "3MS", "6MS")
 CATEGORIES = ("T1", "T2", "RT")  # Landsat Collection 2 tiers (landsat:collection_category)
-PAIR_KINDS = ("consecutive", "annual")
+PAIR_KINDS = ("annual", "consecutive")  # or MIN:MAX days (FlowSpec.pairs)
+PAIR_DAYS = {"annual": (300.0, 430.0), "consecutive": (0.5, 1e9)}  # days between the acquisitions
+FLOW_METHODS = ("ncc", "farneback")  # glacierflow.matching.METHODS (tested to agree)
+FLOW_IMAGES = ("auto", "guides", "ndsi")
 
 S = TypeVar("S", bound="Spec")
 
@@ -255,36 +258,69 @@ class PreprocessSpec(Spec):
 # ------------------------------------------------------------------------------------------------ flow
 @dataclass(frozen=True)
 class FlowSpec(Spec):
-    """Parameters of the flow stage (``flow.py``).
+    """Parameters of the flow stage (``flow.py``, matchers in ``matching.py``).
 
     Parameters
     ----------
+    method
+        Matcher (:data:`glacierflow.matching.METHODS`): ``"ncc"`` (normalised cross-correlation of
+        chips with a sub-pixel peak fit, the autoRIFT way) or ``"farneback"`` (dense optical flow, the
+        paper's method).
+    images
+        What is tracked: ``"guides"`` (the cube store's aligned per-scene guide images, pairs of
+        acquisitions), ``"ndsi"`` (the ``ndsi`` periods of a cube or forecast store) or ``"auto"``
+        (guides where the store has them, else ``ndsi``; ``ncc`` on a store without guides is an error).
     pairs
-        ``"consecutive"`` (period i -> i+1) or ``"annual"`` (same month, one year later; keeps seasonal
-        snow changes from dominating the match).
+        ``"annual"`` (acquisitions 300-430 days apart), ``"consecutive"`` (each acquisition with the next
+        one, on the same WRS path where there is one) or ``"MIN:MAX"`` days apart.
+    max_pairs_per_scene
+        At most this many pairs per acquisition (same-path pairs first, then the Δt closest to the
+        middle of the window), so the pair count grows linearly with the scenes.
+    chip
+        NCC chip side in pixels (odd). 15 px = 450 m at 30 m: smaller chips resolve narrow glaciers but
+        are noisier on weak texture.
+    search
+        NCC search range in pixels along each axis; ``0``: from ``max_speed`` and each pair's Δt
+        (``ceil(max_speed * dt / pixel) + 2``).
+    max_speed
+        The fastest expected surface speed in m/yr (sets the search range).
+    min_corr
+        NCC: pixels whose correlation peak is lower are NaN.
+    ice_fraction
+        Without an ice mask, a pixel is ice where at least this fraction of the cube's observed periods
+        show snow or ice (the NDSI climatology).
+    stable_margin
+        Stable ground is off-ice ground at least this many pixels from the ice.
     pyr_scale, levels, iterations
         Farnebäck pyramid scale, number of pyramid levels and iterations per level (the paper: 0.5, 6, 10).
     winsize
-        Averaging window in pixels. Default 9 (270 m at 30 m): the window must stay well below the
-        glacier width, because Farnebäck averages the displacement over it and so flattens the
-        cross-glacier speed profile (faster at the margins, slower in the centre than the truth).
-        Measured on the ``small`` twin (valley glacier 20-36 px wide), median speed error with annual
-        pairs: 15 px 27 %, 11 px 24 %, 9 px 23 %, 5-7 px no better but noisier. OpenCV's sample uses
-        15, the paper's code 13 or 60.
+        Farnebäck averaging window in pixels. Default 9 (270 m at 30 m): the window must stay well
+        below the glacier width, because Farnebäck averages the displacement over it and so flattens
+        the cross-glacier speed profile. Measured on the ``small`` twin (valley glacier 20-36 px wide),
+        median speed error with annual period pairs: 15 px 27 %, 11 px 24 %, 9 px 23 %.
     poly_n, poly_sigma
         Polynomial expansion neighbourhood and Gaussian sigma (the paper's code: 5, 1.1).
     min_texture
-        Minimum local standard deviation of NDSI (in NDSI units) a pixel needs in both frames to get a
-        velocity; below it the pixel is NaN.
+        Minimum local standard deviation (images in [0, 1], :func:`glacierflow.matching.prepare`) a pixel
+        needs in both images; below it the pixel is NaN.
     texture_window
-        Side of the box (pixels) in which the local texture is measured; ``0`` means ``winsize``.
+        Side of the Farnebäck texture box (pixels); ``0`` means ``winsize``. NCC uses the chip.
     max_fb_error
-        Forward-backward consistency threshold in pixels: a pixel is NaN when the forward flow plus
-        the backward flow at the matched position is longer than this. ``0`` disables the check (and
-        halves the cost).
+        Forward-backward consistency: Farnebäck masks pixels whose forward plus backward flow is longer
+        than this (px); NCC, when it is > 0, masks pixels whose best backward match does not return to
+        the same integer offset. ``0`` disables the check.
     """
 
-    pairs: str = "consecutive"
+    method: str = "ncc"
+    images: str = "auto"
+    pairs: str = "annual"
+    max_pairs_per_scene: int = 3
+    chip: int = 15
+    search: int = 0
+    max_speed: float = 200.0
+    min_corr: float = 0.3
+    ice_fraction: float = 0.6
+    stable_margin: int = 3
     pyr_scale: float = 0.5
     levels: int = 6
     winsize: int = 9
@@ -296,7 +332,19 @@ class FlowSpec(Spec):
     max_fb_error: float = 0.5
 
     def __post_init__(self) -> None:
-        self._choice("pairs", PAIR_KINDS)
+        self._choice("method", FLOW_METHODS)
+        self._choice("images", FLOW_IMAGES)
+        self._require(self.pairs in PAIR_KINDS or self.day_range is not None, "pairs",
+                      f"{self.pairs!r} is unknown; choose one of: {', '.join(PAIR_KINDS)}, or MIN:MAX days "
+                      "(e.g. 10:60)")
+        self._integer("max_pairs_per_scene", 1)
+        self._require(isinstance(self.chip, int) and self.chip >= 5 and self.chip % 2 == 1, "chip",
+                      f"{self.chip!r} must be an odd integer >= 5 (pixels)")
+        self._integer("search", 0)
+        self._require(self.max_speed > 0, "max_speed", f"{self.max_speed} must be > 0 m/yr")
+        self._between("min_corr", -1, 1, "a correlation")
+        self._between("ice_fraction", 0, 1, "a fraction")
+        self._integer("stable_margin", 0)
         self._require(0.0 < self.pyr_scale < 1.0, "pyr_scale", f"{self.pyr_scale} must be in (0, 1), e.g. 0.5")
         self._integer("levels", 1)
         self._integer("winsize", 3)
@@ -310,8 +358,20 @@ class FlowSpec(Spec):
                       f"{self.max_fb_error} must be >= 0 pixels (0 disables the consistency check)")
 
     @property
+    def day_range(self) -> tuple[float, float] | None:
+        """``(min_days, max_days)`` of ``pairs`` (named kinds included); None if it is not understood."""
+        if self.pairs in PAIR_DAYS:
+            return PAIR_DAYS[self.pairs]
+        lo, sep, hi = str(self.pairs).partition(":")
+        try:
+            low, high = float(lo), float(hi)
+        except ValueError:
+            return None
+        return (low, high) if sep and 0 < low < high else None
+
+    @property
     def texture_box(self) -> int:
-        """Side of the texture box in pixels."""
+        """Side of the Farnebäck texture box in pixels."""
         return self.texture_window or self.winsize
 
 
@@ -393,7 +453,8 @@ class TrainSpec(Spec):
     Teacher forcing decays linearly from ``teacher_forcing`` at the first epoch to 0 at epoch
     ``teacher_forcing_epochs`` (independent of ``epochs``, so a resumed, longer run keeps the schedule;
     models without a decoder ignore it); the gradient norm is clipped at ``clip``; ``steps_per_epoch`` (0: all
-    batches) bounds an epoch's work; ``amp``: bf16/fp16 autocast on CUDA.
+    batches) bounds an epoch's work, ``val_samples`` (0: all) the validation set (a seeded subset);
+    ``amp``: bf16/fp16 autocast on CUDA.
     """
 
     epochs: int = 10
@@ -407,13 +468,14 @@ class TrainSpec(Spec):
     teacher_forcing: float = 1.0
     teacher_forcing_epochs: int = 5
     steps_per_epoch: int = 0
+    val_samples: int = 0
     num_workers: int = 0
     amp: bool = True
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "patience", "teacher_forcing_epochs"):
             self._integer(name, 1)
-        for name in ("steps_per_epoch", "num_workers"):
+        for name in ("steps_per_epoch", "val_samples", "num_workers"):
             self._integer(name, 0)
         self._between("lr", 1e-12, 10.0)
         self._between("weight_decay", 0.0, 10.0)

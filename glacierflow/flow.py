@@ -1,166 +1,255 @@
-"""Dense optical-flow velocity fields (Farnebäck) from a cube store.
+"""Surface velocity from pairs of acquisitions: ``cube.zarr --flow--> velocity.zarr``.
 
-``cube.zarr --flow--> velocity.zarr``: for each pair of periods (consecutive, or same season one year
-apart) the snow-mask NDSI frames are matched with OpenCV's Farnebäck algorithm, one pair per Dask
-task, and the pixel displacement is turned into surface velocity in m/yr using the pixel size from
-the ``x``/``y`` coordinates and the real time between the two periods.
+What is tracked
+---------------
+By default the cube store's ``guides`` group: the aligned, QA-masked per-scene guide images ECC used
+(high-passed grey reflectance, NaN where not observed), paired as acquisitions (:func:`select_pairs`:
+``annual`` = 300-430 days apart, ``consecutive``, or ``MIN:MAX`` days; same WRS path first; at most
+``max_pairs_per_scene`` pairs per scene). Δt comes from the acquisition times in the ``scenes`` table.
+``images="ndsi"`` (or ``auto`` on a store without guides, e.g. a forecast store) tracks the ``ndsi``
+periods instead, with Δt from each period's mean acquisition time where the store has one.
 
-Conventions
------------
-* ``u`` is east (+x), ``v`` is north (+y), both m/yr. Image rows run south when ``y`` decreases
-  downwards, so ``v = dy_rows * (y[1] - y[0]) / years`` is ``-dy_rows * 30 m / years`` on a UTM grid.
-* Farnebäck returns (near) zero flow on float32 images in [0, 1] (measured: exactly 0.0 for a 2 px
-  shift); frames are mapped to float32 [0, 255] first (:func:`to_flow_image`).
-* Pixels without information are NaN, never zero motion: NaN in either frame, or local texture (the
-  standard deviation of NDSI in a ``texture_window`` box) below ``min_texture`` in either frame (a flat
-  snow field or bare ground cannot be matched).
-* Pixels whose forward and backward matches disagree by more than ``max_fb_error`` pixels are NaN
-  (forward-backward consistency: the backward flow, sampled where the forward flow points, must
-  bring the pixel back). This removes mismatches where static features (seasonal snow patches, cast
-  shadows) compete with the moving ice texture, which a texture threshold cannot see.
-* Besides the per-pair fields the store holds a robust composite, ``u_median``, ``v_median``,
-  ``speed_median`` (``y``, ``x``): the per-pixel median of ``u`` and ``v`` over the valid pairs, and
-  ``n_pairs`` (how many pairs contributed). With annual pairs this is the product to quote: one bad
-  pair (a snowy winter, a cloudy period) does not move the median.
-* Pairs involving an interpolated period are kept in the output (so the graph is built without
-  reading any data) but are all NaN; the per-pair ``interpolated`` variable says which. The flags are
-  evaluated inside the pair's task, so :func:`velocity` stays lazy.
+Per pair (one Dask task, :func:`_pair_task` through ``xr.apply_ufunc``)
+---------------------------------------------------------------------------
+1. the matcher (:data:`glacierflow.matching.METHODS`) gives the displacement in pixels, NaN where the
+   match is not trusted (low correlation, forward-backward, texture);
+2. stable-ground correction: the median displacement over stable ground (off-ice pixels at least
+   ``stable_margin`` px from the ice; the ice from ``ice_mask`` or the cube's NDSI climatology,
+   :func:`ice_from_climatology`) is subtracted and recorded (``offset_u``, ``offset_v``); the robust
+   spread of the corrected stable-ground velocities (1.4826 MAD, RMS of the two components) is the
+   pair's 1-sigma error ``pair_error`` (NaN with fewer than :data:`MIN_STABLE` stable pixels: then no
+   correction);
+3. velocity in m/yr: ``u = cols * dx / years`` (east), ``v = rows * dy / years`` (north: ``dy`` < 0).
+
+Composite (:func:`composite`)
+-----------------------------
+Per pixel, pairs further than 3 sigma (the larger of the pair's error and the robust scatter of the
+pairs there) from the per-pixel median are dropped; the rest are averaged with weights
+``1 / pair_error**2``. ``speed_error`` is the larger of the formal error of that mean and the weighted
+scatter of the pairs over ``sqrt(n)``; ``n_pairs`` counts the pairs used.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
-import dask
 import dask.array as da
 import numpy as np
 import pandas as pd
 import xarray as xr
 
 from glacierflow import store
-from glacierflow.config import PAIR_KINDS, CubeSpec, FlowSpec, PreprocessSpec, spec_from_store
+from glacierflow.config import CubeSpec, FlowSpec, PreprocessSpec, spec_from_store
 from glacierflow.errors import GlacierflowError
+from glacierflow.matching import METHODS, prepare
 
 DAYS_PER_YEAR = 365.25
+MIN_STABLE = 50  # stable-ground pixels a pair needs for its offset and error
+MAD_SIGMA = 1.4826  # MAD -> 1-sigma of a normal distribution
+COMPOSITE_CHUNK = 256
+PAIR_VARS = ("offset_u", "offset_v", "pair_error", "valid_fraction")
 
 
-def pair_indices(times: Any, pairs: str = "consecutive") -> list[tuple[int, int]]:
-    """Index pairs ``(i, j)``, ``i < j``, of the periods to match.
+# ------------------------------------------------------------------------------------------ pairs
+def select_pairs(times: Any, spec: FlowSpec, paths: Any = None) -> list[tuple[int, int]]:
+    """Index pairs ``(i, j)``, ``times[i] < times[j]``, of the acquisitions (or periods) to match.
 
     Parameters
     ----------
     times
-        Period start times (anything :class:`pandas.DatetimeIndex` accepts), sorted ascending.
-    pairs
-        ``"consecutive"``: ``(i, i + 1)``. ``"annual"``: each period with the period that starts in the
-        same month one calendar year later, where there is one.
+        Acquisition times (anything :class:`pandas.DatetimeIndex` accepts), sorted ascending.
+    spec
+        ``pairs`` (``annual``, ``consecutive`` or ``MIN:MAX`` days) and ``max_pairs_per_scene``.
+    paths
+        WRS path per time (optional): same-path pairs (the same viewing geometry) come first.
 
     Returns
     -------
     list of tuple of int
+        Sorted. ``consecutive``: each time with the next one on its path (the next one at all where
+        its path has none). Day ranges: candidates inside the range, same path first, then the Δt
+        closest to the middle of the range, each index in at most ``max_pairs_per_scene`` pairs.
     """
-    if pairs not in PAIR_KINDS:
-        raise GlacierflowError(f"unknown pairs {pairs!r}; choose one of {', '.join(PAIR_KINDS)}")
     t = pd.DatetimeIndex(times)
     if not t.is_monotonic_increasing:
-        raise GlacierflowError("cube times are not sorted ascending; rebuild the cube store")
-    if pairs == "consecutive":
-        return [(i, i + 1) for i in range(len(t) - 1)]
-    where = {(ts.year, ts.month): k for k, ts in enumerate(t)}
+        raise GlacierflowError("acquisition times are not sorted ascending; rebuild the cube store")
+    n = len(t)
+    path = np.zeros(n, int) if paths is None else np.asarray(paths)
+    days = np.asarray((t.values[None, :] - t.values[:, None]) / np.timedelta64(1, "D"), dtype=float)
+    limit = spec.max_pairs_per_scene
+    count = np.zeros(n, int)
     out = []
-    for i, ts in enumerate(t):
-        j = where.get((ts.year + 1, ts.month))
-        if j is not None:
-            out.append((i, j))
-    return out
+    if spec.pairs == "consecutive":
+        for i in range(n - 1):
+            later = [j for j in range(i + 1, n) if days[i, j] > 0]
+            same = [j for j in later if path[j] == path[i]]
+            j = (same or later or [None])[0]
+            if j is not None and count[i] < limit and count[j] < limit:
+                out.append((i, j))
+                count[[i, j]] += 1
+        return sorted(out)
+    low, high = spec.day_range  # type: ignore[misc]
+    mid = (low + high) / 2.0
+    ii, jj = np.nonzero((days >= low) & (days <= high))
+    order = sorted(zip(ii, jj, strict=True), key=lambda p: (path[p[0]] != path[p[1]], abs(days[p] - mid), p))
+    for i, j in order:
+        if count[i] < limit and count[j] < limit:
+            out.append((int(i), int(j)))
+            count[[i, j]] += 1
+    return sorted(out)
 
 
-def to_flow_image(ndsi: np.ndarray) -> np.ndarray:
-    """Map a snow-mask NDSI frame to the float32 [0, 255] image Farnebäck needs.
+def scene_guides(guides: xr.Dataset, scenes: xr.Dataset) -> xr.DataArray:
+    """The guide images ``guide(scene, y, x)`` with ``time`` and ``wrs_path`` per scene, sorted by time.
 
-    NDSI is clipped to [0, 1] (the snow mask is 0 or >= the threshold) and NaN becomes 0. Without the
-    scaling OpenCV returns zero flow for images in [0, 1].
+    ``guides`` is the cube store's ``guides`` group (``scene`` = item ids), ``scenes`` its ``scenes``
+    table (``item_id``, ``time``, ``wrs_path``). The small table is read here (the pairs depend on it).
     """
-    a = np.nan_to_num(np.asarray(ndsi, dtype=np.float32), nan=0.0, posinf=1.0, neginf=0.0)
-    return (np.clip(a, 0.0, 1.0) * 255.0).astype(np.float32)
-
-
-def local_texture(ndsi: np.ndarray, size: int) -> np.ndarray:
-    """Standard deviation of NDSI in a ``size`` x ``size`` box around each pixel (NaN counts as 0)."""
-    from scipy import ndimage
-
-    a = np.nan_to_num(np.asarray(ndsi, dtype=np.float64), nan=0.0)
-    mean = ndimage.uniform_filter(a, size, mode="nearest")
-    sq = ndimage.uniform_filter(a * a, size, mode="nearest")
-    return np.sqrt(np.clip(sq - mean * mean, 0.0, None)).astype(np.float32)
-
-
-def _farneback(a: np.ndarray, b: np.ndarray, spec: FlowSpec) -> np.ndarray:
-    """OpenCV Farnebäck on two prepared [0, 255] images: ``(H, W, 2)`` float32 (columns, rows)."""
-    import cv2
-
-    return cv2.calcOpticalFlowFarneback(
-        a, b, None, spec.pyr_scale, spec.levels, spec.winsize, spec.iterations, spec.poly_n,
-        spec.poly_sigma, 0,
+    table = scenes[["item_id", "wrs_path"]].compute(scheduler="sync")
+    ids = [str(s) for s in table["item_id"].values]
+    where = {s: k for k, s in enumerate(ids)}
+    missing = [str(s) for s in guides["scene"].values if str(s) not in where]
+    if missing:
+        raise GlacierflowError(f"guide scene {missing[0]} is not in the scenes table; rebuild the cube store")
+    rows = [where[str(s)] for s in guides["scene"].values]
+    g = guides["guide"].assign_coords(
+        time=("scene", pd.DatetimeIndex(table["time"].values[rows]).values),
+        wrs_path=("scene", np.asarray(table["wrs_path"].values[rows], dtype=np.int64)),
     )
+    return g.sortby("time")
 
 
-def fb_error(forward: np.ndarray, backward: np.ndarray) -> np.ndarray:
-    """Forward-backward inconsistency in pixels, ``(H, W)``.
+def _tracked(cube: xr.Dataset, guides: xr.DataArray | None, spec: FlowSpec) -> tuple[xr.DataArray, str]:
+    """The images to pair, ``(scene, y, x)`` with ``time`` (and ``wrs_path``) coords, and their kind."""
+    images = spec.images
+    if images == "auto":
+        images = "guides" if guides is not None else "ndsi"
+        if guides is None and spec.method == "ncc":
+            raise GlacierflowError(
+                "the store has no guides group (built with --no-guides, or a forecast store); rebuild the "
+                "cube with build-cube --guides --overwrite, or track the NDSI periods: --method farneback"
+            )
+    if images == "guides":
+        if guides is None:
+            raise GlacierflowError("the store has no guides group; rebuild it with build-cube --guides --overwrite")
+        return guides.astype(np.float32), "guide"
+    check_cube(cube)
+    nd = cube["ndsi"].rename(time="scene")
+    times = pd.DatetimeIndex(cube["time"].values)
+    if "time_mean" in cube:  # mean acquisition time of each period: the real Δt
+        mean = pd.DatetimeIndex(cube["time_mean"].compute(scheduler="sync").values)
+        times = pd.DatetimeIndex(np.where(mean.isna(), times, mean))
+    nd = nd.assign_coords(time=("scene", times.values))
+    if "interpolated" in cube:  # interpolated periods carry no observation: never paired
+        interp = np.asarray(cube["interpolated"].compute(scheduler="sync").values, bool)
+        nd = nd.isel(scene=np.flatnonzero(~interp))
+    return nd.astype(np.float32), "ndsi"
 
-    ``forward`` maps frame A to B and ``backward`` B to A, both ``(H, W, 2)`` (columns, rows). A pixel
-    consistent in both directions satisfies ``forward(p) + backward(p + forward(p)) = 0``.
+
+def search_px(spec: FlowSpec, years: float, pixel: float) -> int:
+    """NCC search range (px) of a pair: ``spec.search`` or ``ceil(max_speed * years / pixel) + 2``."""
+    return int(spec.search or math.ceil(spec.max_speed * years / pixel) + 2)
+
+
+# ------------------------------------------------------------------------------------------ ice mask
+def ice_from_climatology(cube: xr.Dataset, spec: FlowSpec) -> xr.DataArray:
+    """Lazy ice mask ``(y, x)``: snow or ice (``ndsi > 0``) in at least ``ice_fraction`` of the observed periods."""
+    check_cube(cube, need_pairs=False)
+    nd = cube["ndsi"]
+    if "interpolated" in cube:
+        interp = np.asarray(cube["interpolated"].compute(scheduler="sync").values, bool)
+        nd = nd.isel(time=np.flatnonzero(~interp))
+    snowy = (nd > 0).where(np.isfinite(nd)).mean("time")
+    return (snowy >= spec.ice_fraction).rename("ice").reset_coords(drop=True)
+
+
+def read_ice_mask(path: str, cube: xr.Dataset) -> xr.DataArray:
+    """An ice mask from a user file on the cube grid: a raster (non-zero = ice) or GeoJSON outlines.
+
+    Rasters are reprojected onto the cube grid (nearest); GeoJSON polygons (e.g. RGI outlines, lon/lat
+    or with a ``crs``) are rasterised onto it. Read eagerly: a user's mask is small.
     """
-    import cv2
+    import rasterio
+    from rasterio.features import rasterize
+    from rasterio.transform import from_origin
+    from rasterio.warp import Resampling, reproject, transform_geom
 
-    h, w = forward.shape[:2]
-    rows, cols = np.mgrid[0:h, 0:w].astype(np.float32)
-    back = cv2.remap(
-        np.ascontiguousarray(backward, dtype=np.float32),
-        cols + forward[..., 0], rows + forward[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE,
-    )
-    return np.hypot(forward[..., 0] + back[..., 0], forward[..., 1] + back[..., 1])
-
-
-def farneback_pixels(prev: np.ndarray, nxt: np.ndarray, spec: FlowSpec) -> np.ndarray:
-    """Farnebäck flow in pixels, ``(2, H, W)`` float32: columns right, rows down, masked.
-
-    ``prev`` and ``nxt`` are NDSI frames; content at ``prev[r, c]`` is found at
-    ``nxt[r + flow[1], c + flow[0]]``. Pixels without information (NaN input, too little texture,
-    forward-backward inconsistency above ``spec.max_fb_error``) are NaN.
-    """
-    import cv2
-
-    cv2.setNumThreads(0)
-    a, b = to_flow_image(prev), to_flow_image(nxt)
-    flow = _farneback(a, b, spec)
-    out = np.moveaxis(flow, -1, 0).astype(np.float32)
-    valid = np.isfinite(prev) & np.isfinite(nxt)
-    if spec.min_texture > 0:
-        box = spec.texture_box
-        valid &= local_texture(prev, box) >= spec.min_texture
-        valid &= local_texture(nxt, box) >= spec.min_texture
-    if spec.max_fb_error > 0:
-        valid &= fb_error(flow, _farneback(b, a, spec)) <= spec.max_fb_error
-    out[:, ~valid] = np.nan
-    return out
+    x, y = cube["x"].values, cube["y"].values
+    dx, dy = _grid_step(cube["x"], "x"), _grid_step(cube["y"], "y")
+    transform = from_origin(x[0] - dx / 2, y[0] - dy / 2, dx, -dy)
+    epsg = store.epsg_of(cube)
+    shape = (len(y), len(x))
+    try:
+        if str(path).lower().endswith((".json", ".geojson")):
+            with open(path) as f:
+                doc = json.load(f)
+            crs = doc.get("crs", {}).get("properties", {}).get("name", "EPSG:4326")
+            feats = doc.get("features", [doc] if "geometry" in doc else [])
+            geoms = [transform_geom(crs, f"EPSG:{epsg}", ft["geometry"]) for ft in feats if ft.get("geometry")]
+            mask = rasterize(geoms, out_shape=shape, transform=transform, fill=0, default_value=1) if geoms \
+                else np.zeros(shape, np.uint8)
+        else:
+            with rasterio.open(path) as src:
+                mask = np.zeros(shape, np.float32)
+                reproject(rasterio.band(src, 1), mask, dst_transform=transform, dst_crs=f"EPSG:{epsg}",
+                          resampling=Resampling.nearest, dst_nodata=0)
+    except (OSError, rasterio.errors.RasterioError, json.JSONDecodeError, KeyError) as err:
+        raise GlacierflowError(f"cannot read --ice-mask {path!r} ({err}); give a GeoTIFF or a GeoJSON file") from None
+    ice = np.asarray(mask) != 0
+    if not ice.any():
+        raise GlacierflowError(f"--ice-mask {path!r} has no ice over the cube; check its extent and CRS")
+    return xr.DataArray(ice, dims=("y", "x"), coords={"y": cube["y"], "x": cube["x"]}, name="ice")
 
 
-def _pair_velocity(
-    prev: np.ndarray, nxt: np.ndarray, interp: np.ndarray, i: int, j: int,
-    spec: FlowSpec, dx: float, dy: float, years: float,
-) -> np.ndarray:
-    """One pair's task: ``(3, H, W)`` float32 u, v, speed in m/yr (all NaN for an interpolated pair)."""
-    prev = np.asarray(prev).reshape(prev.shape[-2:])
-    nxt = np.asarray(nxt).reshape(nxt.shape[-2:])
-    flags = np.asarray(interp).reshape(-1)
-    if bool(flags[i]) or bool(flags[j]):
-        return np.full((3, *prev.shape), np.nan, dtype=np.float32)
-    flow = farneback_pixels(prev, nxt, spec)
-    u = flow[0] * np.float32(dx / years)
-    v = flow[1] * np.float32(dy / years)
-    return np.stack([u, v, np.hypot(u, v)]).astype(np.float32)
+def stable_ground(ice: xr.DataArray, margin: int) -> xr.DataArray:
+    """Lazy stable-ground mask: off ice and at least ``margin`` pixels from it."""
+    def far(block: np.ndarray) -> np.ndarray:
+        from scipy import ndimage
+
+        if not block.any():
+            return np.ones(block.shape, bool)
+        return ndimage.distance_transform_edt(~block) >= max(margin, 1)
+
+    data = ice.data if isinstance(ice.data, da.Array) else da.from_array(np.asarray(ice.data))
+    data = data.astype(bool).rechunk(-1)
+    return xr.DataArray(data.map_blocks(far, dtype=bool), dims=("y", "x"), name="stable")
+
+
+# ------------------------------------------------------------------------------------------ per pair
+def stable_offset(cols: np.ndarray, rows: np.ndarray, stable: np.ndarray) -> tuple[float, float, float, float, int]:
+    """Median stable-ground displacement and its robust spread (px): ``(col, row, sd_col, sd_row, n)``."""
+    ok = stable & np.isfinite(cols) & np.isfinite(rows)
+    n = int(ok.sum())
+    if n < MIN_STABLE:
+        return 0.0, 0.0, math.nan, math.nan, n
+    c, r = cols[ok].astype(np.float64), rows[ok].astype(np.float64)
+    mc, mr = float(np.median(c)), float(np.median(r))
+    return mc, mr, MAD_SIGMA * float(np.median(np.abs(c - mc))), MAD_SIGMA * float(np.median(np.abs(r - mr))), n
+
+
+def _pair_task(a: np.ndarray, b: np.ndarray, stable: np.ndarray, years: np.ndarray, search: np.ndarray,
+               *, method: str, kind: str, spec: FlowSpec, dx: float, dy: float) -> tuple[np.ndarray, ...]:
+    """One block of pairs (one pair per block): u, v (m/yr) and the pair's scalars (see the module doc)."""
+    a = np.asarray(a)
+    shape = a.shape
+    lead = int(np.prod(shape[:-2]))
+    a, b = a.reshape(lead, *shape[-2:]), np.asarray(b).reshape(lead, *shape[-2:])
+    st = np.broadcast_to(np.asarray(stable, bool), shape).reshape(lead, *shape[-2:])
+    yrs = np.broadcast_to(np.asarray(years, np.float64), shape[:-2]).reshape(-1)
+    srch = np.broadcast_to(np.asarray(search), shape[:-2]).reshape(-1)
+    u, v = np.empty(a.shape, np.float32), np.empty(a.shape, np.float32)
+    scalars = np.empty((4, lead), np.float32)
+    for k in range(lead):
+        disp = METHODS[method](prepare(a[k], kind), prepare(b[k], kind), spec, int(srch[k]))
+        mc, mr, sc, sr, _ = stable_offset(disp[0], disp[1], st[k])
+        fu, fv = dx / yrs[k], dy / yrs[k]
+        u[k] = (disp[0] - mc) * fu
+        v[k] = (disp[1] - mr) * fv
+        err = math.sqrt(((sc * fu) ** 2 + (sr * fv) ** 2) / 2.0)
+        scalars[:, k] = (mc * fu, mr * fv, err, float(np.isfinite(disp[0]).mean()))
+    return (u.reshape(shape), v.reshape(shape), *(s.reshape(shape[:-2]) for s in scalars))
 
 
 def _grid_step(coord: xr.DataArray, name: str) -> float:
@@ -173,7 +262,7 @@ def _grid_step(coord: xr.DataArray, name: str) -> float:
     return float(steps[0])
 
 
-def check_cube(cube_ds: xr.Dataset, what: str = "cube") -> None:
+def check_cube(cube_ds: xr.Dataset, what: str = "cube", need_pairs: bool = True) -> None:
     """Raise :class:`GlacierflowError` unless ``cube_ds`` looks like a glacierflow cube store."""
     if "ndsi" not in cube_ds.data_vars:
         raise GlacierflowError(
@@ -181,67 +270,88 @@ def check_cube(cube_ds: xr.Dataset, what: str = "cube") -> None:
         )
     if tuple(cube_ds["ndsi"].dims) != ("time", "y", "x"):
         raise GlacierflowError(f"{what} ndsi has dims {cube_ds['ndsi'].dims}; expected (time, y, x)")
-    if cube_ds.sizes["time"] < 2:
+    if need_pairs and cube_ds.sizes["time"] < 2:
         raise GlacierflowError(
             f"{what} has {cube_ds.sizes['time']} period(s); flow needs at least 2 (widen the date range)"
         )
 
 
-def velocity(cube_ds: xr.Dataset, spec: FlowSpec | None = None) -> xr.Dataset:
-    """Lazy velocity fields for the pairs of periods chosen by ``spec.pairs``.
+# ------------------------------------------------------------------------------------------ velocity
+def velocity(cube_ds: xr.Dataset, spec: FlowSpec | None = None, *, guides: xr.DataArray | None = None,
+             ice_mask: xr.DataArray | None = None) -> xr.Dataset:
+    """Lazy velocity store dataset (DESIGN.md's contract) for the pairs chosen by ``spec``.
 
     Parameters
     ----------
     cube_ds
-        A cube store dataset (``ndsi(time, y, x)``, optional ``interpolated(time)``, ``spatial_ref``).
+        A cube (or forecast) store dataset: ``ndsi(time, y, x)``, ``spatial_ref``.
     spec
         Flow parameters; default :class:`FlowSpec`.
+    guides
+        :func:`scene_guides` of the cube store (needed unless ``spec.images`` resolves to ``ndsi``).
+    ice_mask
+        Boolean ``(y, x)`` ice mask on the cube grid (:func:`read_ice_mask`); default: the cube's NDSI
+        climatology (:func:`ice_from_climatology`).
 
     Returns
     -------
     xarray.Dataset
-        ``u``, ``v``, ``speed`` (float32, m/yr; +u east, +v north) on the cube grid with dims
-        ``(time, y, x)``, ``time`` = pair midpoint; per pair ``time_start``, ``time_end``, ``dt_days``
-        (coordinates) and ``interpolated`` (bool: the pair touches an interpolated period and is all
-        NaN). One Dask task per pair; nothing is computed here. Also the median composite over
-        the pairs (:func:`composite`): ``u_median``, ``v_median``, ``speed_median``, ``n_pairs``
-        with dims ``(y, x)``.
+        Per pair (dim ``time`` = midpoint of the two acquisitions): ``u``, ``v``, ``speed`` (float32 m/yr,
+        +u east, +v north), ``offset_u``, ``offset_v``, ``pair_error``, ``valid_fraction``; coordinates
+        ``time_start``, ``time_end``, ``dt_days``, ``scene_start``, ``scene_end``; the composite
+        (:func:`composite`). One Dask task per pair; nothing is computed here.
     """
     spec = spec or FlowSpec()
-    check_cube(cube_ds)
-    times = pd.DatetimeIndex(cube_ds["time"].values)
-    pairs = pair_indices(times, spec.pairs)
+    images, kind = _tracked(cube_ds, guides, spec)
+    if (images.sizes["y"], images.sizes["x"]) != (cube_ds.sizes["y"], cube_ds.sizes["x"]):
+        raise GlacierflowError("the guides and the cube have different grids; rebuild the cube store")
+    images = images.assign_coords(y=cube_ds["y"].values, x=cube_ds["x"].values)
+    times = pd.DatetimeIndex(images["time"].values)
+    paths = images["wrs_path"].values if "wrs_path" in images.coords else None
+    pairs = select_pairs(times, spec, paths)
     if not pairs:
         raise GlacierflowError(
-            f"no {spec.pairs} pairs in {len(times)} periods ({times[0]:%Y-%m-%d}..{times[-1]:%Y-%m-%d}); "
-            "annual pairs need the same month one year later: widen the date range or use --pairs consecutive"
+            f"no {spec.pairs} pairs among {len(times)} acquisitions"
+            + (f" ({times[0]:%Y-%m-%d}..{times[-1]:%Y-%m-%d})" if len(times) else "")
+            + "; widen the date range or choose other --pairs (annual, consecutive, MIN:MAX days)"
         )
-    dx = _grid_step(cube_ds["x"], "x")
-    dy = _grid_step(cube_ds["y"], "y")
-    ndsi = cube_ds["ndsi"].data
-    if not isinstance(ndsi, da.Array):
-        ndsi = da.from_array(np.asarray(ndsi))
-    ndsi = ndsi.astype(np.float32).rechunk((1, -1, -1))  # one period per chunk, full scene
-    if "interpolated" in cube_ds:
-        interp = cube_ds["interpolated"].data
-        interp = interp if isinstance(interp, da.Array) else da.from_array(np.asarray(interp))
-        interp = interp.astype(bool).rechunk(-1)
-    else:
-        interp = da.zeros(len(times), dtype=bool, chunks=-1)
-    ny, nx = ndsi.shape[1:]
-
-    start = times[[i for i, _ in pairs]]
-    end = times[[j for _, j in pairs]]
+    dx, dy = _grid_step(cube_ds["x"], "x"), _grid_step(cube_ds["y"], "y")
+    ice = ice_mask if ice_mask is not None else ice_from_climatology(cube_ds, spec)
+    stable = stable_ground(ice, spec.stable_margin)
+    i_idx, j_idx = [i for i, _ in pairs], [j for _, j in pairs]
+    start, end = times[i_idx], times[j_idx]
     dt_days = np.asarray((end - start) / pd.Timedelta(days=1), dtype=np.float64)
-    blocks = []
-    for (i, j), days in zip(pairs, dt_days, strict=True):
-        task = dask.delayed(_pair_velocity, pure=True)(
-            ndsi[i], ndsi[j], interp, i, j, spec, dx, dy, days / DAYS_PER_YEAR
-        )
-        blocks.append(da.from_delayed(task, shape=(3, ny, nx), dtype=np.float32))
-    stack = da.stack(blocks, axis=1)  # (3, pair, y, x)
-    pair_interp = da.stack([interp[i] | interp[j] for i, j in pairs])
-
+    years = dt_days / DAYS_PER_YEAR
+    search = np.array([search_px(spec, y, min(abs(dx), abs(dy))) for y in years], np.int64)
+    img = images.drop_vars([c for c in images.coords if c not in ("y", "x")])
+    img = img.chunk({"scene": 1, "y": -1, "x": -1})
+    a = img.isel(scene=i_idx).rename(scene="time")
+    b = img.isel(scene=j_idx).rename(scene="time")
+    per_pair = {"years": years, "search": search}
+    pp = [xr.DataArray(v, dims="time").chunk({"time": 1}) for v in per_pair.values()]
+    outs = xr.apply_ufunc(
+        _pair_task, a, b, stable, *pp,
+        input_core_dims=[["y", "x"]] * 3 + [[], []],
+        output_core_dims=[["y", "x"], ["y", "x"], [], [], [], []],
+        kwargs={"method": spec.method, "kind": kind, "spec": spec, "dx": dx, "dy": dy},
+        dask="parallelized", output_dtypes=[np.float32] * 6,
+    )
+    has_crs = "spatial_ref" in cube_ds.coords or "spatial_ref" in cube_ds.variables
+    grid = {"grid_mapping": "spatial_ref"} if has_crs else {}
+    u, v = (o.transpose("time", "y", "x") for o in outs[:2])
+    data_vars = {
+        "u": u.assign_attrs(units="m yr-1", long_name="surface velocity east", **grid),
+        "v": v.assign_attrs(units="m yr-1", long_name="surface velocity north", **grid),
+        "speed": np.hypot(u, v).astype(np.float32).assign_attrs(units="m yr-1", long_name="surface speed", **grid),
+    }
+    pair_attrs = {
+        "offset_u": ("m yr-1", "stable-ground median velocity east removed"),
+        "offset_v": ("m yr-1", "stable-ground median velocity north removed"),
+        "pair_error": ("m yr-1", "1-sigma velocity error per component from the stable-ground spread"),
+        "valid_fraction": ("1", "fraction of pixels with a valid match"),
+    }
+    for name, out in zip(PAIR_VARS, outs[2:], strict=True):
+        data_vars[name] = out.assign_attrs(units=pair_attrs[name][0], long_name=pair_attrs[name][1])
     coords: dict[str, Any] = {
         "time": ("time", np.asarray(start + (end - start) / 2, dtype="datetime64[ns]")),
         "time_start": ("time", np.asarray(start, dtype="datetime64[ns]")),
@@ -250,114 +360,119 @@ def velocity(cube_ds: xr.Dataset, spec: FlowSpec | None = None) -> xr.Dataset:
         "y": cube_ds["y"].variable,
         "x": cube_ds["x"].variable,
     }
-    has_crs = "spatial_ref" in cube_ds.coords or "spatial_ref" in cube_ds.variables
+    if kind == "guide":
+        ids = np.array([str(s) for s in images["scene"].values], dtype=np.dtypes.StringDType())
+        coords.update(scene_start=("time", ids[i_idx]), scene_end=("time", ids[j_idx]))
     if has_crs:
         coords["spatial_ref"] = cube_ds["spatial_ref"].variable
-    dims = ("time", "y", "x")
-    units = {"u": "m/yr, +east", "v": "m/yr, +north", "speed": "m/yr"}
-    data_vars = {}
-    for k, name in enumerate(("u", "v", "speed")):
-        attrs = {"units": "m yr-1", "long_name": f"surface velocity {name} ({units[name]})"}
-        if has_crs:
-            attrs["grid_mapping"] = "spatial_ref"
-        data_vars[name] = xr.Variable(dims, stack[k], attrs)
-    data_vars["interpolated"] = xr.Variable(
-        ("time",), pair_interp, {"long_name": "pair uses an interpolated period (all NaN)"}
-    )
-    out = xr.Dataset(data_vars, coords=coords)
+    out = xr.Dataset({k: v.reset_coords(drop=True) for k, v in data_vars.items()}, coords=coords)
     out = out.assign(composite(out))
-    out["time_start"].encoding.update(units="days since 1970-01-01", dtype="int64")
-    out["time_end"].encoding.update(units="days since 1970-01-01", dtype="int64")
+    for name in ("time_start", "time_end"):
+        out[name].encoding.update(units="seconds since 1970-01-01", dtype="int64")
     out["time"].encoding.update(units="seconds since 1970-01-01", dtype="int64")
-    out.attrs["flow_spec"] = json.dumps(spec.to_dict())
+    out.attrs["flow_spec"] = spec.to_json()
+    out.attrs["tracked"] = "guides" if kind == "guide" else "ndsi"
     return out
 
 
-def _nanmedian_time(block: np.ndarray) -> np.ndarray:
+# ------------------------------------------------------------------------------------------ composite
+def _composite_block(u: np.ndarray, v: np.ndarray, err: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Error-weighted composite over the last axis (pairs); see the module docstring."""
+    u, v = np.moveaxis(u, -1, 0).astype(np.float64), np.moveaxis(v, -1, 0).astype(np.float64)
+    e = np.moveaxis(np.asarray(err, np.float64), -1, 0)
+    sig = np.broadcast_to(e.reshape(e.shape + (1,) * (u.ndim - e.ndim)), u.shape)
+    fin = np.isfinite(u) & np.isfinite(v)
+    known = np.isfinite(sig) & (sig > 0)
+    if known.any():  # a pair without a stable-ground error counts as a typical pair
+        sig = np.where(known, sig, np.median(sig[known]))
+    else:  # no errors at all: equal weights, no rejection, the error from the scatter alone
+        sig = np.full(u.shape, np.inf)
+    n_fin = fin.sum(0)
+    with np.errstate(all="ignore"):
+        uf, vf = np.where(fin, u, np.nan), np.where(fin, v, np.nan)
+        mu, mv = _nanmedian(uf), _nanmedian(vf)
+        spread = MAD_SIGMA * np.maximum(_nanmedian(np.abs(uf - mu)), _nanmedian(np.abs(vf - mv)))
+        tol = 3.0 * np.maximum(sig, np.where(n_fin >= 3, spread, 0.0))
+        keep = fin & (np.abs(u - mu) <= tol) & (np.abs(v - mv) <= tol)
+        w = np.where(keep, 1.0 / sig**2 if known.any() else 1.0, 0.0)
+        sw = w.sum(0)
+        cu = (w * np.where(keep, u, 0)).sum(0) / sw
+        cv = (w * np.where(keep, v, 0)).sum(0) / sw
+        n = keep.sum(0)
+        scatter = np.sqrt((w * ((np.where(keep, u, 0) - cu) ** 2 + (np.where(keep, v, 0) - cv) ** 2) / 2).sum(0)
+                          / sw / np.maximum(n - 1, 1))
+        formal = np.sqrt(1.0 / sw) if known.any() else np.zeros(sw.shape)
+        error = np.maximum(formal, np.where(n >= 2, scatter, np.nan if not known.any() else 0.0))
+    empty = n == 0
+    out = [np.where(empty, np.nan, x).astype(np.float32) for x in (cu, cv, np.hypot(cu, cv), error)]
+    return (*out, n.astype(np.int16))
+
+
+def _nanmedian(a: np.ndarray) -> np.ndarray:
     """Median over axis 0 ignoring NaN; NaN where all are NaN (without numpy's warning)."""
-    empty = ~np.isfinite(block).any(axis=0)
-    filled = np.where(empty[None], np.float32(0), block)
-    out = np.nanmedian(filled, axis=0).astype(np.float32)
-    out[empty] = np.nan
-    return out
+    empty = ~np.isfinite(a).any(axis=0)
+    out = np.nanmedian(np.where(empty[None], 0.0, a), axis=0)
+    return np.where(empty, np.nan, out)
 
 
 def composite(vel: xr.Dataset) -> dict[str, xr.DataArray]:
-    """Robust composite of the pairs: per-pixel median of ``u`` and ``v`` over the valid pairs (lazy).
+    """Lazy error-weighted composite over the pairs (module docstring).
 
     Returns
     -------
     dict
-        ``u_median``, ``v_median``, ``speed_median`` (float32 m/yr, dims ``y``, ``x``; speed is the
-        length of the median vector) and ``n_pairs`` (int16: pairs with a finite value there).
-        NaN where no pair has a value.
+        ``u_composite``, ``v_composite``, ``speed_composite``, ``speed_error`` (float32 m/yr, dims ``y``,
+        ``x``; NaN where no pair has a value) and ``n_pairs`` (int16).
     """
-    out: dict[str, xr.DataArray] = {}
-    for name in ("u", "v"):
-        data = vel[name].data
-        data = data if isinstance(data, da.Array) else da.from_array(np.asarray(data))
-        data = data.rechunk({0: -1})
-        med = da.map_blocks(_nanmedian_time, data, drop_axis=0, dtype=np.float32)
-        out[f"{name}_median"] = xr.DataArray(med, dims=("y", "x"), attrs=dict(vel[name].attrs))
-    out["speed_median"] = xr.DataArray(
-        da.hypot(out["u_median"].data, out["v_median"].data), dims=("y", "x"), attrs=dict(vel["speed"].attrs)
+    chunks = {"time": -1, "y": COMPOSITE_CHUNK, "x": COMPOSITE_CHUNK}
+    u, v = (vel[k].chunk(chunks) if vel[k].chunks else vel[k] for k in ("u", "v"))
+    err = vel["pair_error"].chunk({"time": -1}) if vel["pair_error"].chunks else vel["pair_error"]
+    outs = xr.apply_ufunc(
+        _composite_block, u, v, err, input_core_dims=[["time"]] * 3, output_core_dims=[[]] * 5,
+        dask="parallelized", output_dtypes=[np.float32] * 4 + [np.int16],
     )
-    for name in ("u", "v", "speed"):
-        out[f"{name}_median"].attrs["long_name"] = f"median over pairs of {vel[name].attrs.get('long_name', name)}"
-    out["n_pairs"] = xr.DataArray(
-        da.isfinite(vel["u"].data).sum(axis=0).astype(np.int16), dims=("y", "x"),
-        attrs={"long_name": "number of pairs with a valid velocity"},
-    )
-    return out
+    grid = {k: v for k, v in vel["u"].attrs.items() if k == "grid_mapping"}
+    names = {
+        "u_composite": "error-weighted composite velocity east",
+        "v_composite": "error-weighted composite velocity north",
+        "speed_composite": "speed of the composite velocity", "speed_error": "1-sigma error of the composite speed",
+    }
+    out = {k: o.assign_attrs(units="m yr-1", long_name=names[k], **grid) for k, o in zip(names, outs, strict=False)}
+    out["n_pairs"] = outs[4].assign_attrs(long_name="number of pairs in the composite")
+    return {k: o.reset_coords(drop=True) for k, o in out.items()}
 
 
+# ------------------------------------------------------------------------------------------ store
 def write_velocity(
     ds: xr.Dataset, url: str, overwrite: bool = False, source: str | None = None,
     storage_options: dict[str, Any] | None = None, cube_specs: tuple[CubeSpec, PreprocessSpec] | None = None,
 ) -> str:
-    """Compute and write a velocity dataset with :func:`glacierflow.store.write_store` (safe write).
+    """Compute and write a velocity dataset with :func:`glacierflow.store.write` (safe write).
 
-    Parameters
-    ----------
-    ds
-        Output of :func:`velocity`.
-    url
-        Target path (local) or fsspec URL.
-    overwrite
-        Replace an existing store. Without it an existing target is refused.
-    source
-        The cube store URL, recorded in the attrs.
-    storage_options
-        fsspec options for remote targets.
-    cube_specs
-        The specs the cube was built with (:func:`cube_specs`), recorded as ``cube_spec`` and
-        ``preprocess_spec`` so that the velocity store carries its whole provenance.
-
-    Returns
-    -------
-    str
-        ``url``.
+    ``source`` (the cube store URL) and ``cube_specs`` (:func:`cube_specs`) are recorded in the attrs.
     """
     from glacierflow import __version__
 
     ds = ds.copy()
     if cube_specs is not None:
         ds.attrs.update(cube_spec=cube_specs[0].to_json(), preprocess_spec=cube_specs[1].to_json())
-    ds.attrs.update(
-        glacierflow_version=__version__,
-        source_cube=source or "",
-        created=pd.Timestamp.now(tz="UTC").isoformat(),
-    )
-    return store.write_store(ds, url, overwrite=overwrite, storage_options=storage_options)
+    ds.attrs.update(glacierflow_version=__version__, source_cube=source or "",
+                    created=pd.Timestamp.now(tz="UTC").isoformat())
+    return store.write(ds, url, overwrite=overwrite, storage_options=storage_options)
 
 
-def open_cube(cube_url: str, storage_options: dict[str, Any] | None = None) -> xr.Dataset:
-    """Open a complete cube store lazily, with a one-line error if it is missing or not a cube."""
+def open_cube(cube_url: str, storage_options: dict[str, Any] | None = None) -> tuple[xr.Dataset, xr.DataArray | None]:
+    """Open a complete cube (or forecast) store lazily, and its guides (:func:`scene_guides`) if it has them."""
     if not store.exists(cube_url, storage_options):
         raise GlacierflowError(f"cube store {cube_url!r} not found; build one with 'glacierflow build-cube'")
     ds = store.open_store(cube_url, storage_options, require=("ndsi",))
-    check_cube(ds, what=f"cube store {cube_url!r}")
-    return ds
+    check_cube(ds, what=f"cube store {cube_url!r}", need_pairs=False)
+    try:
+        g = store.open_store(cube_url, storage_options, group="guides", require=("guide",))
+        s = store.open_store(cube_url, storage_options, group="scenes", require=("item_id", "wrs_path"))
+    except (GlacierflowError, FileNotFoundError, KeyError, OSError):
+        return ds, None
+    return ds, scene_guides(g, s)
 
 
 def cube_specs(cube: xr.Dataset, where: str = "the cube store") -> tuple[CubeSpec, PreprocessSpec]:
@@ -370,37 +485,41 @@ def cube_specs(cube: xr.Dataset, where: str = "the cube store") -> tuple[CubeSpe
 
 def run_flow(
     cube_url: str, out_url: str, spec: FlowSpec | None = None, overwrite: bool = False,
-    storage_options: dict[str, Any] | None = None,
+    storage_options: dict[str, Any] | None = None, ice_mask: str | None = None,
 ) -> dict[str, Any]:
-    """Open a cube store, compute velocities for ``spec.pairs`` and write the velocity store.
+    """Open a cube store, compute the velocities and write the velocity store.
 
     Returns
     -------
     dict
-        Summary: ``out``, ``period`` (the cube's, from its stored :class:`PreprocessSpec`), ``pairs``,
-        ``pairs_interpolated`` (all-NaN pairs), ``median_speed_m_per_yr``
-        and ``valid_fraction`` (over the pixels of the non-interpolated pairs), and for the median
-        composite ``composite_median_speed_m_per_yr`` and ``composite_valid_fraction``.
+        Summary from small reads of the written store: ``out``, ``period``, ``method``, ``tracked``,
+        ``pairs``, ``median_pair_error_m_per_yr``, ``median_valid_fraction`` (per-pair scalars), and for the
+        composite ``composite_median_speed_m_per_yr``, ``composite_valid_fraction``,
+        ``median_speed_error_m_per_yr``.
     """
     spec = spec or FlowSpec()
-    cube = open_cube(cube_url, storage_options)
+    cube, guides = open_cube(cube_url, storage_options)
     specs = cube_specs(cube, f"cube store {cube_url!r}")
-    ds = velocity(cube, spec)
+    ice = read_ice_mask(ice_mask, cube) if ice_mask else None
+    ds = velocity(cube, spec, guides=guides, ice_mask=ice)
     write_velocity(ds, out_url, overwrite=overwrite, source=cube_url, storage_options=storage_options,
                    cube_specs=specs)
-    written = store.open_store(out_url, storage_options, require=("u", "v", "speed"))
-    interp = written["interpolated"].values.astype(bool)
-    speed = written["speed"].isel(time=np.flatnonzero(~interp)).values
-    finite = np.isfinite(speed)
-    comp = written["speed_median"].values
-    comp_ok = np.isfinite(comp)
+    return summarise(out_url, storage_options, period=specs[1].period)
+
+
+def summarise(url: str, storage_options: dict[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
+    """The summary of a written velocity store: per-pair scalars and the composite maps only."""
+    ds = store.open_store(url, storage_options, require=("u_composite", "pair_error"))
+    err = ds["pair_error"].values
+    comp, serr = ds["speed_composite"].values, ds["speed_error"].values
+    ok = np.isfinite(comp)
+    spec = FlowSpec.from_json(ds.attrs["flow_spec"])
     return {
-        "out": out_url,
-        "period": specs[1].period,
-        "pairs": int(written.sizes["time"]),
-        "pairs_interpolated": int(interp.sum()),
-        "median_speed_m_per_yr": float(np.median(speed[finite])) if finite.any() else float("nan"),
-        "valid_fraction": float(finite.mean()) if speed.size else 0.0,
-        "composite_median_speed_m_per_yr": float(np.median(comp[comp_ok])) if comp_ok.any() else float("nan"),
-        "composite_valid_fraction": float(comp_ok.mean()),
+        "out": url, **extra, "method": spec.method, "tracked": ds.attrs.get("tracked", ""),
+        "pairs": int(ds.sizes["time"]),
+        "median_pair_error_m_per_yr": float(np.nanmedian(err)) if np.isfinite(err).any() else float("nan"),
+        "median_valid_fraction": float(np.median(ds["valid_fraction"].values)),
+        "composite_median_speed_m_per_yr": float(np.median(comp[ok])) if ok.any() else float("nan"),
+        "composite_valid_fraction": float(ok.mean()),
+        "median_speed_error_m_per_yr": float(np.median(serr[ok])) if ok.any() else float("nan"),
     }

@@ -7,8 +7,10 @@ Plot functions compute what they draw (one pair, one frame); they are not lazy s
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -60,10 +62,13 @@ def plot_flow(
     velocity_store: xr.Dataset | str | os.PathLike,
     cube: xr.Dataset | str | os.PathLike | None,
     out_png: str | os.PathLike,
-    time_index: int = 0,
+    time_index: int | None = 0,
     step: int = 40,
 ) -> Path:
-    """Two-panel figure of one velocity pair: NDSI with arrows, and the speed map.
+    """Two-panel figure: one velocity pair (NDSI with arrows, speed map), or the composite.
+
+    With ``time_index=None`` the composite is drawn: ``speed_composite`` with the composite's arrows,
+    and the per-pixel ``speed_error`` beside it.
 
     Parameters
     ----------
@@ -76,7 +81,7 @@ def plot_flow(
     out_png
         Output PNG path.
     time_index
-        Which pair (position along ``time``).
+        Which pair (position along ``time``); ``None``: the composite over the pairs.
     step
         Arrow spacing in pixels (the paper: every 40 px = 1 200 m).
 
@@ -87,10 +92,14 @@ def plot_flow(
     """
     vel = _open(velocity_store, "velocity")
     n = vel.sizes.get("time", 0)
-    if not -n <= time_index < n:
+    if time_index is not None and not -n <= time_index < n:
         raise GlacierflowError(f"time_index {time_index} out of range; the velocity store has {n} pair(s)")
     if step < 1:
         raise GlacierflowError(f"step {step} must be >= 1 pixel")
+    if time_index is None:
+        if "speed_composite" not in vel:
+            raise GlacierflowError("the velocity store has no composite; pass a pair index (--pair)")
+        return _plot_composite(vel, out_png, step)
     pair = vel.isel(time=time_index)
     start = pd.Timestamp(pair["time_start"].values)
     end = pd.Timestamp(pair["time_end"].values)
@@ -128,6 +137,58 @@ def plot_flow(
                     interpolation="nearest")
         ax_q.set_title("speed (grey) with velocity arrows")
 
+    _quivers(ax_q, vel, u, v, step)
+    im_s = ax_s.imshow(speed, extent=extent, origin="upper", cmap="magma", vmin=0, vmax=vmax,
+                       interpolation="nearest")
+    fig.colorbar(im_s, ax=ax_s, label="speed (m/yr)", shrink=0.85)
+    ax_s.set_title("speed")
+    _axes(ax_q, ax_s)
+    method = json.loads(vel.attrs.get("flow_spec", "{}")).get("method", "farneback")
+    fig.suptitle(f"{method} velocity {start:%Y-%m-%d} → {end:%Y-%m-%d} ({(end - start).days} days)")
+    return _save(fig, out_png)
+
+
+def _plot_composite(vel: xr.Dataset, out_png: str | os.PathLike, step: int) -> Path:
+    """The composite: speed with arrows, and the per-pixel 1-sigma speed error."""
+    u, v, speed, err = (np.asarray(vel[k].values, dtype=np.float32)
+                        for k in ("u_composite", "v_composite", "speed_composite", "speed_error"))
+    extent = _extent_km(vel)
+    fig = Figure(figsize=FLOW_FIGSIZE, dpi=FLOW_DPI)
+    FigureCanvasAgg(fig)
+    ax_q, ax_s = fig.subplots(1, 2, sharex=True, sharey=True)
+    panels = [(ax_q, speed, "magma", "speed (m/yr)", "composite speed with velocity arrows"),
+              (ax_s, err, "viridis", "1-sigma speed error (m/yr)", "speed error")]
+    for ax, data, cmap, label, title in panels:
+        finite = data[np.isfinite(data)]
+        top = float(np.percentile(finite, 99)) if finite.size else 1.0
+        im = ax.imshow(data, extent=extent, origin="upper", cmap=cmap, vmin=0, vmax=top if top > 0 else 1.0,
+                       interpolation="nearest")
+        fig.colorbar(im, ax=ax, label=label, shrink=0.85)
+        ax.set_title(title)
+    _quivers(ax_q, vel, u, v, step)
+    _axes(ax_q, ax_s)
+    start, end = (pd.Timestamp(vel[k].values.min() if k == "time_start" else vel[k].values.max())
+                  for k in ("time_start", "time_end"))
+    fig.suptitle(f"composite of {vel.sizes.get('time', 0)} pairs, {start:%Y-%m-%d} → {end:%Y-%m-%d}")
+    return _save(fig, out_png)
+
+
+def _axes(ax_q: Any, ax_s: Any) -> None:
+    for ax in (ax_q, ax_s):
+        ax.set_xlabel("easting (km, UTM)")
+        ax.set_aspect("equal")
+    ax_q.set_ylabel("northing (km, UTM)")
+
+
+def _save(fig: Figure, out_png: str | os.PathLike) -> Path:
+    out = Path(out_png)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=FLOW_DPI, format="png")
+    return out
+
+
+def _quivers(ax_q: Any, vel: xr.Dataset, u: np.ndarray, v: np.ndarray, step: int) -> None:
+    """Velocity arrows every ``step`` pixels; the 99th-percentile arrow spans 0.9 spacings."""
     x_km = np.asarray(vel["x"].values, dtype=np.float64) / 1000
     y_km = np.asarray(vel["y"].values, dtype=np.float64) / 1000
     off = step // 2
@@ -148,21 +209,6 @@ def plot_flow(
         ax_q.quiverkey(q, 0.72, 0.04, ref, f"{ref:g} m/yr", labelpos="E", coordinates="axes",
                        color="crimson", labelcolor="black",
                        fontproperties={"size": 9})
-
-    im_s = ax_s.imshow(speed, extent=extent, origin="upper", cmap="magma", vmin=0, vmax=vmax,
-                       interpolation="nearest")
-    fig.colorbar(im_s, ax=ax_s, label="speed (m/yr)", shrink=0.85)
-    ax_s.set_title("speed")
-    for ax in (ax_q, ax_s):
-        ax.set_xlabel("easting (km, UTM)")
-        ax.set_aspect("equal")
-    ax_q.set_ylabel("northing (km, UTM)")
-    fig.suptitle(f"Farnebäck velocity {start:%Y-%m-%d} → {end:%Y-%m-%d} "
-                 f"({(end - start).days} days)")
-    out = Path(out_png)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=FLOW_DPI, format="png")
-    return out
 
 
 # ------------------------------------------------------------------------------------------------ the cube
