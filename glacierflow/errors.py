@@ -46,7 +46,7 @@ class SpecError(GlacierflowError):
     @property
     def fields(self) -> tuple[str, ...]:
         """Every field the message names, the one at fault first."""
-        return (self.field, *(m for m in _FIELD_REF.findall(self.message) if m != self.field))
+        return tuple(dict.fromkeys((self.field, *_FIELD_REF.findall(self.message))))
 
     def render(self, name: Callable[[str], str]) -> str:
         """The message with each field written as ``name(field)`` (e.g. the command-line flag)."""
