@@ -189,18 +189,19 @@ def write(
     tmp_url = _full_url(fs, tmp_path)
     so = _so(fs, storage_options)
     try:
-        # Low-level fusion off: each group's writes would otherwise fuse the shared tasks under new keys
-        # and run them once per group.
+        nodes = [(g, ds.copy()) for g, ds in _nodes(data)]
+        nodes[0][1].attrs[COMPLETE] = False
+        # One writer for every group (DataTree.to_zarr): a task shared by two groups (the per-scene table
+        # and the cube computed with it) runs once; separate to_zarr calls would each rename (optimise) it.
+        tree = xr.DataTree.from_dict({("/" if g is None else g): ds for g, ds in nodes})
         with dask.config.set({"optimization.fuse.active": False}):
-            delayed = []
-            for k, (group, ds) in enumerate(_nodes(data)):
-                ds = ds.copy()
-                if group is None:
-                    ds.attrs[COMPLETE] = False
-                delayed.append(ds.to_zarr(tmp_url, group=group, mode="w" if k == 0 else "a", consolidated=False,
-                                          compute=False, storage_options=so))
-            (compute or (lambda objs: dask.compute(*objs)))(delayed)
+            delayed = tree.to_zarr(tmp_url, mode="w", consolidated=False, compute=False, storage_options=so,
+                                   write_inherited_coords=True)
+            (compute or (lambda objs: dask.compute(*objs)))([delayed])
         root = zarr.open_group(tmp_url, mode="r+", storage_options=so)
+        for group, ds in nodes[1:]:  # inherited coordinates a group does not use
+            for name in [n for n in root[group].array_keys() if n not in ds.variables]:
+                del root[group][name]
         root.attrs.update(attrs() if attrs else {})
         root.attrs[COMPLETE] = True
         with warnings.catch_warnings():
