@@ -321,10 +321,14 @@ def fit(cube: str, out_dir: str | os.PathLike[str], model_spec: ModelSpec | None
 
 
 def _loader(samples: Any, name: str, spec: TrainSpec, *, shuffle: bool) -> Any:
+    """Loader of one set; validation limited to a seeded subset of ``val_samples`` when that is set."""
     from glacierflow import patches
 
-    return patches.make_loader(samples.dataset(name), spec.batch_size, shuffle=shuffle, seed=spec.seed,
-                               num_workers=spec.num_workers)
+    ds = samples.dataset(name)
+    if name == "val" and 0 < spec.val_samples < len(ds):
+        keep = np.sort(np.random.default_rng(spec.seed).choice(len(ds), spec.val_samples, replace=False))
+        ds = patches.PatchDataset(ds.cube, ds.starts[keep], with_context=ds.with_context)
+    return patches.make_loader(ds, spec.batch_size, shuffle=shuffle, seed=spec.seed, num_workers=spec.num_workers)
 
 
 def _write_json(path: Path, obj: dict[str, Any]) -> None:
