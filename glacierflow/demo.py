@@ -79,7 +79,7 @@ def _cube(work: Path, twin: Path, say: Callable[[str], None], cfg: dict[str, Any
         with get_client(cluster) as client:
             s = build_cube_store(spec, PreprocessSpec(period=cfg["period"]), out, overwrite=True,
                                  compute=runner(client))
-    _done(say, t0, f"{s['scenes_used']} of {s['scenes_found']} scenes used, {s['periods']} periods -> {out}")
+    _done(say, t0, f"{s.scenes_used} of {s.scenes_found} scenes used, {s.periods} periods -> {out}")
     return out
 
 
