@@ -637,6 +637,27 @@ def plot_forecast_cmd(
     out.print(f"written: {plot_forecast(store, cube, out_png)}")
 
 
+@app.command("finetune")
+def finetune_cmd(
+    run_dir: Annotated[Path, typer.Argument(metavar="RUN_DIR", help="Trained run to start from (its best.pt).")],
+    cube: Annotated[str, typer.Option(metavar="CUBE", help="The other glacier's cube store.")],
+    out_dir: Annotated[Path, typer.Option("--out", metavar="RUN_DIR2", help="New run directory.")],
+    epochs: Annotated[int, typer.Option(metavar="N", help="Fine-tuning epochs.")] = 5,
+    lr: Annotated[float | None, typer.Option(help="Learning rate (default: the run's).")] = None,
+    patch_size: Annotated[int | None, typer.Option(metavar="PX", help="Expected patch size (checked).")] = None,
+    device: Annotated[Literal[DEVICES], typer.Option(help="auto: CUDA when present.")] = "auto",  # type: ignore[valid-type]
+) -> None:
+    """Continue a trained model on another glacier; zero-shot vs fine-tuned on its test split."""
+    from glacierflow.finetune import finetune, format_comparison
+
+    r = finetune(run_dir, cube, out_dir, epochs=epochs, lr=lr, device=device, patch_size=patch_size,
+                 progress=sys.stderr.isatty())
+    out.print(f"test split of {cube}, the model before and after fine-tuning, next to both baselines:")
+    for line in format_comparison(r):
+        out.print(line)
+    out.print(f"written: {r['out']}")
+
+
 @app.command("demo")
 def demo_cmd(
     workdir: Annotated[Path, typer.Option(metavar="DIR", help="Where everything is written.")] = Path("demo-out"),
