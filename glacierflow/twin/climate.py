@@ -117,10 +117,13 @@ class SpeedSeason:
 def monsoon_cloud(doy: float, r: float, u: float) -> float:
     """Cloud fraction of one scene from the seasonal cloud climate (two uniform draws ``r``, ``u``).
 
-    June-September (monsoon): most scenes cloudy; May and October: in between; otherwise mostly clear.
+    June-September (monsoon; July-August its core): most scenes cloudy; May and October: in between;
+    otherwise mostly clear.
     """
-    if 152 <= doy < 274:
-        p_clear, p_some = 0.05, 0.12
+    if 182 <= doy < 244:  # July-August: the monsoon's core
+        p_clear, p_some = 0.03, 0.06
+    elif 152 <= doy < 274:  # June, September
+        p_clear, p_some = 0.08, 0.15
     elif 121 <= doy < 152 or 274 <= doy < 305:
         p_clear, p_some = 0.4, 0.65
     else:

@@ -265,6 +265,7 @@ def render_himalaya(world: HimalayaWorld, acq: Acquisition) -> dict[str, Any]:
     commission = ~cloud & snow & (n_cm > 1.3) & (rng.random() < 0.5)
     flagged = (cloud & ~omission) | commission
     dilated = ndimage.binary_dilation(flagged, iterations=3) & ~flagged
+    omission &= ~dilated  # the dilation caught those: an omission is cloud the QA leaves clear
     shadow_flag = cloud_shadow & ~flagged & ~dilated
     qa = np.full((h, w), QA_CLEAR | (1 << 8) | (1 << 10) | (1 << 12) | (1 << 14), np.uint16)
     qa = np.where(snow, (qa | QA_SNOW | (3 << 12)) & ~np.uint16(1 << 12), qa).astype(np.uint16)

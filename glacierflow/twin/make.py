@@ -166,6 +166,18 @@ def schedule(
     return out
 
 
+def check_realism(realism: str, max_speed: float | None = None, glacier_width: float | None = None) -> Any:
+    """The registry entry for ``realism``, after checking the options it is given (errors name the flags)."""
+    level = _realism(realism)
+    if not level.options and (max_speed is not None or glacier_width is not None):
+        raise GlacierflowError(f"--max-speed and --glacier-width need --realism himalaya (not {realism!r})")
+    if max_speed is not None and not 0 < max_speed <= 3000:
+        raise GlacierflowError(f"--max-speed {max_speed} must be in (0, 3000] m/yr")
+    if glacier_width is not None and not 2 <= glacier_width <= 200:
+        raise GlacierflowError(f"--glacier-width {glacier_width} must be in [2, 200] pixels")
+    return level
+
+
 def _realism(name: str) -> Any:
     if name not in REALISMS:
         raise GlacierflowError(f"unknown twin realism {name!r}; choose one of: {', '.join(REALISMS)}")
@@ -410,13 +422,7 @@ def make_twin(
     """
     if size not in SIZES:
         raise GlacierflowError(f"unknown twin size {size!r}; choose one of: {', '.join(SIZES)}")
-    level = _realism(realism)
-    if not level.options and (max_speed is not None or glacier_width is not None):
-        raise GlacierflowError(f"--max-speed and --glacier-width need --realism himalaya (not {realism!r})")
-    if max_speed is not None and not 0 < max_speed <= 3000:
-        raise GlacierflowError(f"--max-speed {max_speed} must be in (0, 3000] m/yr")
-    if glacier_width is not None and not 2 <= glacier_width <= 200:
-        raise GlacierflowError(f"--glacier-width {glacier_width} must be in [2, 200] pixels")
+    level = check_realism(realism, max_speed, glacier_width)
     site = get_site(glacier)
     start = start or SIZES[size]["start"]
     end = end or SIZES[size]["end"]
