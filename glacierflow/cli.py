@@ -33,6 +33,8 @@ from glacierflow.cluster import DEFAULT_CLUSTER, SPEC_FORMS
 from glacierflow.config import (
     CATEGORIES,
     DEVICES,
+    FLOW_IMAGES,
+    FLOW_METHODS,
     MOTIONS,
     PAIR_KINDS,
     PERIODS,
@@ -404,38 +406,57 @@ def build_cube_cmd(
 def flow_cmd(
     cube: Annotated[str, typer.Argument(metavar="CUBE", help="Cube store written by build-cube.")],
     out_store: Annotated[str, typer.Option("--out", metavar="STORE", help="Velocity store to write.")],
-    pairs: Annotated[
-        str | None, typer.Option(metavar="|".join(PAIR_KINDS), help="Which acquisitions or periods are paired.")
+    method: Annotated[
+        str | None, typer.Option(metavar="|".join(FLOW_METHODS), help="Matcher (default ncc).")
     ] = None,
+    images: Annotated[
+        str | None, typer.Option(metavar="|".join(FLOW_IMAGES), help="Track scene guides or NDSI periods.")
+    ] = None,
+    pairs: Annotated[
+        str | None, typer.Option(metavar="|".join(PAIR_KINDS) + "|MIN:MAX", help="Which acquisitions are paired.")
+    ] = None,
+    max_pairs_per_scene: Annotated[int | None, typer.Option(help="At most this many pairs per scene.")] = None,
+    chip: Annotated[int | None, typer.Option(help="NCC chip side, px (odd).")] = None,
+    search: Annotated[int | None, typer.Option(help="NCC search range, px; 0: from --max-speed.")] = None,
+    max_speed: Annotated[float | None, typer.Option(help="Fastest expected speed, m/yr.")] = None,
+    min_corr: Annotated[float | None, typer.Option(help="NCC: mask peaks below this correlation.")] = None,
+    ice_mask: Annotated[
+        str | None, typer.Option(metavar="FILE", help="Ice mask GeoTIFF or GeoJSON (default: NDSI climatology).")
+    ] = None,
+    ice_fraction: Annotated[float | None, typer.Option(help="Climatology: ice if snowy this often.")] = None,
+    stable_margin: Annotated[int | None, typer.Option(help="Stable ground: px away from the ice.")] = None,
     levels: Annotated[int | None, typer.Option(help="Farneback pyramid levels (paper: 6).")] = None,
     pyr_scale: Annotated[float | None, typer.Option(help="Farneback pyramid scale (paper: 0.5).")] = None,
     iterations: Annotated[int | None, typer.Option(help="Farneback iterations per level (paper: 10).")] = None,
     winsize: Annotated[int | None, typer.Option(help="Farneback averaging window, px (default 9).")] = None,
     min_texture: Annotated[
-        float | None, typer.Option(help="Mask pixels whose local NDSI std is below this.")
+        float | None, typer.Option(help="Mask pixels whose local std (image in [0, 1]) is below this.")
     ] = None,
     max_fb_error: Annotated[
-        float | None, typer.Option(help="Mask pixels whose forward/backward flows disagree by more (px); 0: off.")
+        float | None, typer.Option(help="Forward/backward check (px); 0: off.")
     ] = None,
     overwrite: OverwriteOpt = False,
     cluster: ClusterOpt = DEFAULT_CLUSTER,
     storage_option: StorageOpt = None,
 ) -> None:
-    """Dense Farneback optical flow between periods of a cube -> velocity store (u, v, speed in m/yr)."""
+    """Surface velocity from pairs of scenes (or NDSI periods) of a cube -> velocity store (m/yr)."""
     from glacierflow.cluster import get_client
     from glacierflow.config import FlowSpec
     from glacierflow.flow import run_flow
 
-    given = {"pairs": pairs, "levels": levels, "pyr_scale": pyr_scale, "iterations": iterations,
-             "winsize": winsize, "min_texture": min_texture, "max_fb_error": max_fb_error}
+    given = {"method": method, "images": images, "pairs": pairs, "max_pairs_per_scene": max_pairs_per_scene,
+             "chip": chip, "search": search, "max_speed": max_speed, "min_corr": min_corr,
+             "ice_fraction": ice_fraction, "stable_margin": stable_margin, "levels": levels, "pyr_scale": pyr_scale,
+             "iterations": iterations, "winsize": winsize, "min_texture": min_texture, "max_fb_error": max_fb_error}
     spec = FlowSpec(**{k: v for k, v in given.items() if v is not None})  # unset flags: the spec's defaults
     with get_client(cluster):
-        s = run_flow(cube, out_store, spec, overwrite=overwrite, storage_options=storage_options(storage_option))
-    out.print(f"{s['pairs']} {spec.pairs} pairs of {s['period']} periods ({s['pairs_interpolated']} involve an "
-              "interpolated period: masked); "
-              f"median speed {s['median_speed_m_per_yr']:.1f} m/yr over {100 * s['valid_fraction']:.0f}% of pixels")
-    out.print(f"median over pairs (speed_median): {s['composite_median_speed_m_per_yr']:.1f} m/yr over "
-              f"{100 * s['composite_valid_fraction']:.0f}% of pixels")
+        s = run_flow(cube, out_store, spec, overwrite=overwrite, storage_options=storage_options(storage_option),
+                     ice_mask=ice_mask)
+    out.print(f"{s['pairs']} {spec.pairs} pairs of {s['tracked']} ({s['method']}); median pair error "
+              f"{s['median_pair_error_m_per_yr']:.1f} m/yr, median valid fraction {s['median_valid_fraction']:.2f}")
+    out.print(f"composite: median speed {s['composite_median_speed_m_per_yr']:.1f} m/yr over "
+              f"{100 * s['composite_valid_fraction']:.0f}% of pixels, median speed error "
+              f"{s['median_speed_error_m_per_yr']:.1f} m/yr")
     out.print(f"written: {s['out']}")
 
 
@@ -447,10 +468,12 @@ def plot_flow_cmd(
     cube: Annotated[
         str | None, typer.Option(metavar="CUBE", help="Cube store for the NDSI background (default: the source).")
     ] = None,
-    pair: Annotated[int, typer.Option(help="Which pair (index along time; negative: from the end).")] = -1,
+    pair: Annotated[
+        int | None, typer.Option(help="One pair (index along time; negative: from the end); default: the composite.")
+    ] = None,
     step: Annotated[int, typer.Option(help="Arrow spacing in pixels (paper: 40 px = 1200 m).")] = 40,
 ) -> None:
-    """Figure: NDSI with velocity arrows, and the speed map in m/yr."""
+    """Figure: composite speed with arrows and its error, or one pair (NDSI with arrows, speed)."""
     from glacierflow.plots import plot_flow
 
     path = plot_flow(store, cube, out_png, time_index=pair, step=step)

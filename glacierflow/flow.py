@@ -115,10 +115,24 @@ def scene_guides(guides: xr.Dataset, scenes: xr.Dataset) -> xr.DataArray:
         raise GlacierflowError(f"guide scene {missing[0]} is not in the scenes table; rebuild the cube store")
     rows = [where[str(s)] for s in guides["scene"].values]
     g = guides["guide"].assign_coords(
-        time=("scene", pd.DatetimeIndex(table["time"].values[rows]).values),
+        time=("scene", _scene_times(table, ids)[rows]),
         wrs_path=("scene", np.asarray(table["wrs_path"].values[rows], dtype=np.int64)),
     )
     return g.sortby("time")
+
+
+def _scene_times(table: xr.Dataset, ids: list[str]) -> np.ndarray:
+    """Acquisition time per row of the scenes table.
+
+    Where the table's ``time`` is not per scene (a store written with the root's ``time`` over the
+    table's), the acquisition date from the Landsat product ids (``..._YYYYMMDD_...``).
+    """
+    if "time" in table.variables and table["time"].dims == ("scene",):
+        return pd.DatetimeIndex(table["time"].values).values
+    try:
+        return pd.DatetimeIndex([pd.Timestamp(i.split("_")[3]) for i in ids]).values
+    except (IndexError, ValueError):
+        raise GlacierflowError("the scenes table has no acquisition time per scene; rebuild the cube store") from None
 
 
 def _tracked(cube: xr.Dataset, guides: xr.DataArray | None, spec: FlowSpec) -> tuple[xr.DataArray, str]:
@@ -498,6 +512,8 @@ def run_flow(
         ``median_speed_error_m_per_yr``.
     """
     spec = spec or FlowSpec()
+    if not overwrite and store.exists(out_url, storage_options):  # before any work
+        raise GlacierflowError(f"store {out_url} already exists; pass --overwrite to replace it")
     cube, guides = open_cube(cube_url, storage_options)
     specs = cube_specs(cube, f"cube store {cube_url!r}")
     ice = read_ice_mask(ice_mask, cube) if ice_mask else None
