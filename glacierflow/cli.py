@@ -407,7 +407,7 @@ def flow_cmd(
     cube: Annotated[str, typer.Argument(metavar="CUBE", help="Cube store written by build-cube.")],
     out_store: Annotated[str, typer.Option("--out", metavar="STORE", help="Velocity store to write.")],
     method: Annotated[
-        str | None, typer.Option(metavar="|".join(FLOW_METHODS), help="Matcher (default ncc).")
+        str | None, typer.Option(metavar="|".join(FLOW_METHODS), help="Matcher (default farneback).")
     ] = None,
     images: Annotated[
         str | None, typer.Option(metavar="|".join(FLOW_IMAGES), help="Track scene guides or NDSI periods.")

@@ -263,13 +263,15 @@ class FlowSpec(Spec):
     Parameters
     ----------
     method
-        Matcher (:data:`glacierflow.matching.METHODS`): ``"ncc"`` (normalised cross-correlation of
-        chips with a sub-pixel peak fit, the autoRIFT way) or ``"farneback"`` (dense optical flow, the
-        paper's method).
+        Matcher (:data:`glacierflow.matching.METHODS`): ``"farneback"`` (dense optical flow, the paper's
+        method; the default: on the twin's guides it beat NCC on speed, direction and stable ground at
+        half the cost) or ``"ncc"`` (normalised cross-correlation of chips with a sub-pixel peak fit, the
+        autoRIFT way).
     images
         What is tracked: ``"guides"`` (the cube store's aligned per-scene guide images, pairs of
         acquisitions), ``"ndsi"`` (the ``ndsi`` periods of a cube or forecast store) or ``"auto"``
-        (guides where the store has them, else ``ndsi``; ``ncc`` on a store without guides is an error).
+        (guides where the store has them; the ``ndsi`` of a forecast store; a cube store built without
+        guides is an error naming both ways out).
     pairs
         ``"annual"`` (acquisitions 300-430 days apart), ``"consecutive"`` (each acquisition with the next
         one, on the same WRS path where there is one) or ``"MIN:MAX"`` days apart.
@@ -311,7 +313,7 @@ class FlowSpec(Spec):
         the same integer offset. ``0`` disables the check.
     """
 
-    method: str = "ncc"
+    method: str = "farneback"  # measured on the small twin: see benchmarks/README.md (flow)
     images: str = "auto"
     pairs: str = "annual"
     max_pairs_per_scene: int = 3

@@ -138,12 +138,12 @@ def _scene_times(table: xr.Dataset, ids: list[str]) -> np.ndarray:
 def _tracked(cube: xr.Dataset, guides: xr.DataArray | None, spec: FlowSpec) -> tuple[xr.DataArray, str]:
     """The images to pair, ``(scene, y, x)`` with ``time`` (and ``wrs_path``) coords, and their kind."""
     images = spec.images
-    if images == "auto":
+    if images == "auto":  # guides where there are; a forecast store's NDSI; a --no-guides cube: say so
         images = "guides" if guides is not None else "ndsi"
-        if guides is None and spec.method == "ncc":
+        if guides is None and "cube_spec" in cube.attrs:
             raise GlacierflowError(
-                "the store has no guides group (built with --no-guides, or a forecast store); rebuild the "
-                "cube with build-cube --guides --overwrite, or track the NDSI periods: --method farneback"
+                "the cube store has no guides group (built with --no-guides); rebuild it with build-cube "
+                "--guides --overwrite, or track its NDSI periods with --images ndsi"
             )
     if images == "guides":
         if guides is None:
@@ -515,12 +515,13 @@ def run_flow(
     if not overwrite and store.exists(out_url, storage_options):  # before any work
         raise GlacierflowError(f"store {out_url} already exists; pass --overwrite to replace it")
     cube, guides = open_cube(cube_url, storage_options)
-    specs = cube_specs(cube, f"cube store {cube_url!r}")
+    # a forecast store carries no cube specs (its source cube does): flow reads its NDSI all the same
+    specs = cube_specs(cube, f"cube store {cube_url!r}") if "cube_spec" in cube.attrs else None
     ice = read_ice_mask(ice_mask, cube) if ice_mask else None
     ds = velocity(cube, spec, guides=guides, ice_mask=ice)
     write_velocity(ds, out_url, overwrite=overwrite, source=cube_url, storage_options=storage_options,
                    cube_specs=specs)
-    return summarise(out_url, storage_options, period=specs[1].period)
+    return summarise(out_url, storage_options, period=specs[1].period if specs else cube.attrs.get("period", ""))
 
 
 def summarise(url: str, storage_options: dict[str, Any] | None = None, **extra: Any) -> dict[str, Any]:

@@ -283,7 +283,8 @@ def test_velocity_is_lazy_one_task_per_pair(tmp_path):
 def test_store_contract_and_summary(tmp_path):
     url = _two_scene_store(tmp_path)
     out_url = str(tmp_path / "velocity.zarr")
-    s = run_flow(url, out_url, FlowSpec(max_speed=100.0))
+    spec = FlowSpec(method="ncc", max_speed=100.0)
+    s = run_flow(url, out_url, spec)
     assert s["pairs"] == 2 and s["method"] == "ncc" and s["tracked"] == "guides"
     ds = xr.open_zarr(out_url, decode_coords="all")
     per_pair = {"u", "v", "speed", "offset_u", "offset_v", "pair_error", "valid_fraction"}
@@ -291,7 +292,7 @@ def test_store_contract_and_summary(tmp_path):
     assert set(ds.data_vars) == per_pair | comp
     assert {"time_start", "time_end", "dt_days", "spatial_ref"} <= set(ds.coords)
     assert not [k for k in ds.variables if k.endswith("_median")]
-    assert FlowSpec.from_json(ds.attrs["flow_spec"]) == FlowSpec(max_speed=100.0)
+    assert FlowSpec.from_json(ds.attrs["flow_spec"]) == spec
     assert PreprocessSpec.from_json(ds.attrs["preprocess_spec"]).period == "3MS"
     np.testing.assert_array_equal(ds["dt_days"].values, [353.0, 356.0])
     expected = 30.0 * 365.25 / np.array([353.0, 356.0])  # 1 px per pair, Δt from the acquisitions
@@ -301,7 +302,7 @@ def test_store_contract_and_summary(tmp_path):
     assert np.nanmedian(ds["speed_composite"].values[ice]) == pytest.approx(expected.mean(), abs=1.5)
     assert (ds["n_pairs"].values[ice][:, 20:-20] == 2).mean() > 0.9
     with pytest.raises(GlacierflowError, match="--overwrite"):
-        run_flow(url, out_url, FlowSpec(max_speed=100.0))
+        run_flow(url, out_url, spec)
 
 
 def test_no_guides_cube_and_ndsi_stores(tmp_path):
@@ -310,9 +311,13 @@ def test_no_guides_cube_and_ndsi_stores(tmp_path):
         run_flow(url, str(tmp_path / "v.zarr"))
     with pytest.raises(GlacierflowError, match="build-cube --guides"):
         run_flow(url, str(tmp_path / "v.zarr"), FlowSpec(images="guides", method="farneback"))
-    # Farnebäck still reads NDSI stores (a cube without guides, or a forecast store): periods 6 months apart
+    assert run_flow(url, str(tmp_path / "v.zarr"), FlowSpec(images="ndsi", pairs="consecutive"))["tracked"] == "ndsi"
+    # Farnebäck still reads NDSI stores (a forecast store: no cube specs, no guides): periods 6 months apart
     cube = synthetic_cube(n_periods=3, size=64, period="6MS", drift=(1.0, 0.0), seasonal=0.0)
+    cube.attrs = {"period": "6MS", "model": "unet"}
     nd_url = write_cube_store(tmp_path, cube, None, "nd.zarr")
+    s = run_flow(nd_url, str(tmp_path / "v2.zarr"), FlowSpec(pairs="consecutive"))
+    assert s["tracked"] == "ndsi" and s["method"] == "farneback" and s["pairs"] == 2 and s["period"] == "6MS"
     from glacierflow.flow import open_cube
 
     nd_cube, no_guides = open_cube(nd_url)
