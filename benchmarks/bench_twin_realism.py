@@ -41,7 +41,7 @@ from glacierflow.twin.serve import serve_twin
 
 
 def shift_figures(out: str, truth: xr.Dataset) -> dict[str, float]:
-    scenes = open_store(out, group="scenes").load()
+    scenes = xr.open_zarr(out, group="scenes", consolidated=False).load()
     ok = scenes["used"].values.astype(bool) & scenes["aligned"].values.astype(bool)
     ids = list(truth["item_id"].values)
     idx = np.array([ids.index(i) for i in scenes["item_id"].values[ok]])
@@ -86,7 +86,7 @@ def gapfill_figures(served: dict[str, Any], truth: xr.Dataset, start: str, end: 
 
 def period_figures(out: str, truth: xr.Dataset) -> dict[str, float]:
     ds = open_store(out).load()
-    scenes = open_store(out, group="scenes").load()
+    scenes = xr.open_zarr(out, group="scenes", consolidated=False).load()
     ids = list(truth["item_id"].values)
     used = scenes["used"].values.astype(bool)
     starts = list(ds["time"].values) + [np.datetime64("2100-01-01")]
