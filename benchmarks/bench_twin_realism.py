@@ -90,9 +90,11 @@ def period_figures(out: str, truth: xr.Dataset) -> dict[str, float]:
     ids = list(truth["item_id"].values)
     used = scenes["used"].values.astype(bool)
     starts = list(ds["time"].values) + [np.datetime64("2100-01-01")]
+    # scene times from the truth by item id (the store's scenes group may carry the period times instead)
+    when = truth["time"].values[[ids.index(str(i)) for i in scenes["item_id"].values]]
     errs = []
     for k in range(ds.sizes["time"]):
-        rows = [i for i in np.flatnonzero(used) if starts[k] <= scenes["time"].values[i] < starts[k + 1]]
+        rows = [i for i in np.flatnonzero(used) if starts[k] <= when[i] < starts[k + 1]]
         if not rows:
             continue
         js = [ids.index(str(scenes["item_id"].values[i])) for i in rows]
@@ -128,6 +130,10 @@ def measure(twin: Path, work: Path) -> dict[str, Any]:
     truth = xr.open_zarr(twin / "truth.zarr", consolidated=False)
     res: dict[str, Any] = {"twin": str(twin), "realism": meta.get("realism", "basic"), "items": meta["n_items"]}
     out = str(work / f"{twin.name}.zarr")
+    if Path(out).exists():  # a kept store from an earlier run (--work)
+        import shutil
+
+        shutil.rmtree(out)
     with serve_twin(twin, backend="rustac") as served, dask.config.set(scheduler="threads"):
         spec = CubeSpec(name=twin.name, bbox=tuple(meta["bbox"]), epsg=meta["epsg"], start=meta["start"],
                         end=meta["end"], catalog=served["stac_url"])
@@ -143,11 +149,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("twins", nargs="+", type=Path)
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--work", type=Path, default=None, help="keep the cube and velocity stores here")
     args = ap.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
+        work = args.work or Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
         for twin in args.twins:
-            rows.append(measure(twin, Path(tmp)))
+            rows.append(measure(twin, work))
             print(json.dumps(rows[-1]), flush=True)
     keys = [k for k in rows[0] if k != "twin"]
     print(f"{'figure':28s}" + "".join(f"{r['realism']:>14s}" for r in rows))
