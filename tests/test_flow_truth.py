@@ -1,44 +1,53 @@
-"""The flow stage against the offline twin's true velocity field (``small`` twin, 401 x 401 px, 2018-2021).
+"""The flow stage against the offline twin's true velocity field (``small`` basic twin, 377 x 377 px cube,
+2018-2021, 69 used scenes with guides; annual pairs: 81 pairs of acquisitions 300-430 days apart).
 
-The cube is built from the served twin exactly as ``build-cube`` builds it (3-month periods: moving
-texture is smeared within a period), then ``velocity`` runs with annual and consecutive pairs. Figures
-are measured on the twin's glacier pixels where the flow is valid (finite) and printed (``pytest -s``):
+The cube is built from the served twin exactly as ``build-cube`` builds it; ``velocity`` tracks the
+cube's guide images. Figures (printed with ``pytest -s``), on the twin's glacier pixels:
 
-* speed MAE: median over glacier pixels of ``|speed - true speed|`` (m/yr), and the same relative to the
-  true median glacier speed (the issue's target: below 20 % with annual pairs);
-* direction error: median angle between the measured and true velocity vectors on glacier pixels that
-  move at least a quarter of the median speed (slower pixels have no meaningful direction);
-* off-glacier speed: median speed on valid pixels outside the glacier (true value 0);
-* valid fraction: glacier pixels with a finite velocity.
+* ``rel``: median over glacier pixels of ``|speed - true speed|`` relative to the true median speed;
+* ``direction``: median angle between measured and true vectors where the truth moves >= 1/4 of the median;
+* ``ice_coverage``: glacier pixels with a composite value;
+* ``stable``: median composite speed on pixels at least 3 px from the glacier (true value 0), and
+  ``stable_valid``: the fraction of those pixels with a value;
+* ``error_ratio``: median stated ``speed_error`` over glacier pixels / the actual median ``|speed - truth|``.
 
-Measured (seed 0, defaults: winsize 9, forward-backward check 0.5 px), median composite of the annual
-pairs: MAE 11.2 m/yr = 21.0 % of the true median 53.4 m/yr, direction 3.8 deg, off-glacier 2.5 m/yr,
-valid 0.79 (after the twin's texture advection was made Lagrangian; 23 % before). The error is mostly
-systematic smoothing across the narrow glacier (margins too fast, centre too slow, by ~10 m/yr each;
-see FlowSpec.winsize), which a median over pairs cannot remove.
-The tolerances below are the measured values plus a margin, not the issue's 20 % target.
+Measured (seed 0; 2 cores; issue 11 targets in brackets):
+
+=========================  =====  =========  ========  ======  ============  ===========
+composite, annual pairs    rel    direction  ice cov.  stable  stable valid  error ratio
+=========================  =====  =========  ========  ======  ============  ===========
+farneback, guides          0.198  4.4 deg    0.85      0.84    0.83          0.16
+ncc chip 15, guides        0.25   5.7 deg    0.86      1.80    0.82          0.11
+ncc chip 11, guides        0.24   6.0 deg    0.90      3.23    0.87          0.16
+(target)                   0.10   5 deg      0.90      3       0.80          0.5-2
+=========================  =====  =========  ========  ======  ============  ===========
+
+Met: direction and stable ground (Farnebäck). Not met: speed error (systematic: both matchers
+average the displacement over a window comparable to the 20-36 px wide glacier, so the centre reads
+slow and the margins fast, bias -6 m/yr), ice coverage 0.85, and the stated error (from stable
+ground) is ~6x smaller than the actual on-ice error. The tolerances below are the measured values
+plus a margin, not the targets, where a target is not met.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import dask
 import numpy as np
 import pytest
 import xarray as xr
+from scipy import ndimage
 
 from glacierflow.build import build_cube_store
 from glacierflow.config import CubeSpec, PreprocessSpec
-from glacierflow.flow import FlowSpec, run_flow, velocity
-from glacierflow.store import open_store
+from glacierflow.flow import FlowSpec, open_cube, velocity
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def small_cube(served_small_twin: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> str:  # noqa: F811
+def small_cube(served_small_twin: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> str:
     m = served_small_twin["meta"]
     spec = CubeSpec(name="parvati-small", bbox=tuple(m["bbox"]), epsg=m["epsg"], start="2018-01-01",
                     end="2021-12-31", catalog=served_small_twin["stac_url"])
@@ -49,101 +58,79 @@ def small_cube(served_small_twin: dict[str, Any], tmp_path_factory: pytest.TempP
 
 
 @pytest.fixture(scope="module")
-def truth_on_cube(small_twin: Path, small_cube: str) -> dict[str, np.ndarray]:  # noqa: F811
-    cube = open_store(small_cube)
+def truth_on_cube(small_twin, small_cube: str) -> dict[str, np.ndarray]:
+    cube, _ = open_cube(small_cube)
     truth = xr.open_zarr(small_twin / "truth.zarr", decode_coords="all", consolidated=False)
     on = truth[["u", "v", "glacier_mask"]].sel(x=cube["x"], y=cube["y"])  # same UTM grid: exact labels
     u, v = on["u"].values.astype(np.float64), on["v"].values.astype(np.float64)
-    return {"u": u, "v": v, "speed": np.hypot(u, v), "glacier": on["glacier_mask"].values.astype(bool)}
+    glacier = on["glacier_mask"].values.astype(bool)
+    return {"u": u, "v": v, "speed": np.hypot(u, v), "glacier": glacier,
+            "far": ndimage.distance_transform_edt(~glacier) >= 3}
 
 
-def figures(u: np.ndarray, v: np.ndarray, truth: dict[str, np.ndarray]) -> dict[str, float]:
-    """Accuracy figures of one velocity field against the truth (see the module docstring)."""
-    gl = truth["glacier"]
+def figures(ds: xr.Dataset, truth: dict[str, np.ndarray]) -> dict[str, float]:
+    """The composite's figures against the truth (module docstring)."""
+    u, v = ds["u_composite"].values, ds["v_composite"].values
+    gl, far = truth["glacier"], truth["far"]
     speed = np.hypot(u, v)
     ok = gl & np.isfinite(speed)
     true_median = float(np.median(truth["speed"][gl]))
     mae = float(np.median(np.abs(speed[ok] - truth["speed"][ok])))
     moving = ok & (truth["speed"] >= 0.25 * true_median)
-    angle = np.angle(np.exp(1j * (np.arctan2(v[moving], u[moving])
-                                  - np.arctan2(truth["v"][moving], truth["u"][moving]))))
-    off = ~gl & np.isfinite(speed)
+    true_angle = np.arctan2(truth["v"][moving], truth["u"][moving])
+    angle = np.angle(np.exp(1j * (np.arctan2(v[moving], u[moving]) - true_angle)))
+    stable = far & np.isfinite(speed)
     return {
-        "true_median": true_median,
-        "mae": mae,
-        "rel": mae / true_median,
-        "bias": float(np.median(speed[ok] - truth["speed"][ok])),
-        "direction_deg": float(np.degrees(np.median(np.abs(angle)))),
-        "off_glacier": float(np.median(speed[off])),
-        "valid": float(ok.sum() / gl.sum()),
+        "true_median": true_median, "rel": mae / true_median,
+        "direction": float(np.degrees(np.median(np.abs(angle)))),
+        "ice_coverage": float(ok.sum() / gl.sum()),
+        "stable": float(np.median(speed[stable])), "stable_valid": float(stable.sum() / far.sum()),
+        "error_ratio": float(np.median(ds["speed_error"].values[ok]) / mae),
     }
 
 
-def _show(label: str, f: dict[str, float]) -> None:
-    print(f"{label:28s} speed MAE {f['mae']:5.1f} m/yr ({100 * f['rel']:4.1f} % of true median "
-          f"{f['true_median']:.1f}), bias {f['bias']:+5.1f}, direction {f['direction_deg']:4.1f} deg, "
-          f"off-glacier {f['off_glacier']:4.1f} m/yr, valid {f['valid']:.2f}")
+def _run(cube_url: str, spec: FlowSpec) -> xr.Dataset:
+    cube, guides = open_cube(cube_url)
+    with dask.config.set(scheduler="threads"):
+        return velocity(cube, spec, guides=guides).compute()
 
 
 @pytest.fixture(scope="module")
-def annual(small_cube: str) -> xr.Dataset:
-    with dask.config.set(scheduler="threads"):
-        return velocity(open_store(small_cube), FlowSpec(pairs="annual")).compute()
+def farneback(small_cube: str) -> xr.Dataset:
+    return _run(small_cube, FlowSpec())
 
 
-@pytest.fixture(scope="module")
-def consecutive(small_cube: str) -> xr.Dataset:
-    with dask.config.set(scheduler="threads"):
-        return velocity(open_store(small_cube), FlowSpec(pairs="consecutive")).compute()
-
-
-def test_annual_composite_against_truth(annual: xr.Dataset, truth_on_cube: dict) -> None:
-    assert annual.sizes["time"] == 12  # 16 quarterly periods 2018-2021: 12 same-season pairs
-    f = figures(annual["u_median"].values, annual["v_median"].values, truth_on_cube)
-    _show("annual, median composite", f)
+def test_default_farneback_on_guides_against_truth(farneback: xr.Dataset, truth_on_cube: dict) -> None:
+    f = figures(farneback, truth_on_cube)
+    print("farneback, guides, annual:", {k: round(x, 3) for k, x in f.items()})
+    assert farneback.sizes["time"] >= 60  # 69 scenes, <= 3 pairs each: measured 81 pairs
+    assert (farneback["dt_days"].values >= 300).all() and (farneback["dt_days"].values <= 430).all()
     assert 45 < f["true_median"] < 60  # the twin's glacier: up to 150 m/yr on the centre line
-    assert f["rel"] < 0.24  # measured 0.21 (target of the issue: 0.20; see the module docstring)
-    assert abs(f["bias"]) < 8.0  # measured -3.3 m/yr: errors are mostly not a global scale error
-    assert f["direction_deg"] < 7.0  # measured 4.0
-    assert f["off_glacier"] < 5.0  # measured 2.5 m/yr (true 0)
-    assert f["valid"] > 0.7  # measured 0.80
-    np.testing.assert_array_equal(
-        annual["n_pairs"].values, np.isfinite(annual["u"].values).sum(axis=0)
-    )
+    assert f["rel"] < 0.23  # measured 0.198 (target 0.10 not met: window smoothing, see the docstring)
+    assert f["direction"] < 5.0  # measured 4.4 deg (target 5)
+    assert f["ice_coverage"] > 0.8  # measured 0.85 (target 0.90 not met)
+    assert f["stable"] < 3.0 and f["stable_valid"] >= 0.8  # measured 0.84 m/yr over 0.83 (target met)
+    assert 0.08 < f["error_ratio"] < 0.5  # measured 0.16: stated error too small (target 0.5-2 not met)
+    pe = farneback["pair_error"].values
+    assert np.isfinite(pe).all() and 0.5 < np.median(pe) < 5.0  # measured median 2.0 m/yr (0.07 px/yr)
 
 
-def test_annual_pairs_against_truth(annual: xr.Dataset, truth_on_cube: dict) -> None:
-    """Each annual pair alone: snow-free seasons are good; snowy winter pairs keep few valid pixels."""
-    rels, valids = [], []
-    for k in range(annual.sizes["time"]):
-        f = figures(annual["u"].values[k], annual["v"].values[k], truth_on_cube)
-        _show(f"annual {str(annual['time_start'].values[k])[:10]}", f)
-        rels.append(f["rel"])
-        valids.append(f["valid"])
-    rels, valids = np.array(rels), np.array(valids)
-    assert np.median(rels) < 0.30  # measured 0.25 (per pair: 0.22 .. 0.32)
-    assert rels.max() < 0.45  # the forward-backward check keeps bad winter pairs in line (0.97 without)
-    summer = valids > 0.5  # the Jul/Oct pairs: the glacier is mostly free of seasonal snow
-    assert summer.sum() >= 4 and np.median(rels[summer]) < 0.30
+def test_ncc_on_guides_against_truth(small_cube: str, truth_on_cube: dict, farneback: xr.Dataset) -> None:
+    """NCC (chip 15, search from 150 m/yr), one pair per scene to bound the cost (~4x Farnebäck's per pair)."""
+    ds = _run(small_cube, FlowSpec(method="ncc", max_speed=150.0, max_pairs_per_scene=1))
+    f = figures(ds, truth_on_cube)
+    print("ncc chip 15, guides, annual, 1 pair/scene:", {k: round(x, 3) for k, x in f.items()})
+    assert f["rel"] < 0.32  # measured 0.25 with 3 pairs per scene
+    assert f["direction"] < 8.0  # measured 5.7
+    assert f["stable"] < 3.5 and f["stable_valid"] > 0.6  # measured 1.8 over 0.82 with 3 pairs per scene
+    assert figures(farneback, truth_on_cube)["rel"] < f["rel"]  # why farneback is the default
 
 
-def test_consecutive_pairs_are_worse_than_annual(consecutive: xr.Dataset, annual: xr.Dataset,
-                                                  truth_on_cube: dict) -> None:
-    """3-month pairs: ~0.4 px of motion against seasonal snow changes; the composite still helps."""
-    assert consecutive.sizes["time"] == 15
-    f = figures(consecutive["u_median"].values, consecutive["v_median"].values, truth_on_cube)
-    _show("consecutive, median composite", f)
-    fa = figures(annual["u_median"].values, annual["v_median"].values, truth_on_cube)
-    assert f["rel"] < 0.5  # measured 0.39
-    assert f["rel"] > fa["rel"]
-    assert f["off_glacier"] < 20.0  # measured 11.6 m/yr: seasonal snow edges read as motion
-    assert f["valid"] > 0.6  # measured 0.78
-
-
-def test_run_flow_summary_on_small_cube(small_cube: str, tmp_path: Path, truth_on_cube: dict) -> None:
-    out = str(tmp_path / "velocity.zarr")
-    s = run_flow(small_cube, out, FlowSpec(pairs="annual"))
-    assert s["pairs"] == 12 and s["pairs_interpolated"] == 0
-    ds = open_store(out, require=("u_median", "v_median", "speed_median", "n_pairs"))
-    f = figures(ds["u_median"].values, ds["v_median"].values, truth_on_cube)
-    assert f["rel"] < 0.24
+def test_guides_beat_ndsi_periods_off_the_ice(small_cube: str, truth_on_cube: dict, farneback: xr.Dataset) -> None:
+    """The first version's input (Farnebäck on quarterly NDSI period means) against the scene guides."""
+    ds = _run(small_cube, FlowSpec(images="ndsi"))
+    f = figures(ds, truth_on_cube)
+    print("farneback, NDSI periods, annual:", {k: round(x, 3) for k, x in f.items()})
+    g = figures(farneback, truth_on_cube)
+    assert 12 <= ds.sizes["time"] <= 16  # 16 quarterly periods, Δt from mean acquisition times: measured 13
+    assert g["stable_valid"] > f["stable_valid"]
