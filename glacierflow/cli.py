@@ -572,7 +572,8 @@ def evaluate_cmd(
         have = (run / "metrics.json").is_file() and split in evaluate.load_metrics(run)
         if not (table and have):
             evaluate.evaluate_run(run, split, cube)
-        metrics[str(run)] = evaluate.load_metrics(run)
+        label = run.name if [r.name for r in run_dirs].count(run.name) == 1 else str(run)
+        metrics[label] = evaluate.load_metrics(run)
     out.print(f"{split} set: MSE/MAE over observed pixels; skill = 1 - MSE / MSE_baseline")
     out.print(evaluate.markdown_table(evaluate.table_rows(metrics, split)))
     if not table:
