@@ -124,13 +124,13 @@ def _nodes(data: xr.Dataset | xr.DataTree) -> list[tuple[str | None, xr.Dataset]
     out: list[tuple[str | None, xr.Dataset]] = []
     for node in data.subtree:
         path = node.relative_to(data)
-        ds = node.to_dataset(inherit=True)
-        # each group stands on its own (readers open one group): keep the inherited coordinates it uses
-        used = {d for v in ds.data_vars.values() for d in v.dims}
-        own = node.to_dataset(inherit=False).coords
-        ds = ds.drop_vars([
-            c for c in ds.coords if c not in own and not set(ds[c].dims) <= used
-        ])
+        own = node.to_dataset(inherit=False)
+        # each group stands on its own (readers open one group): add the inherited coordinates it uses
+        used = {d for v in own.data_vars.values() for d in v.dims}
+        full = node.to_dataset(inherit=True)
+        extra = {c: full[c].variable for c in full.coords
+                 if c not in own.variables and set(full[c].dims) <= used}
+        ds = own.assign_coords(extra)
         out.append((None if path in ("", ".") else path, ds))
     return out
 
@@ -191,17 +191,25 @@ def write(
     try:
         nodes = [(g, ds.copy()) for g, ds in _nodes(data)]
         nodes[0][1].attrs[COMPLETE] = False
+        top = nodes[0][1]
+        # a group's own variable named like a different root variable (the scenes' time): written after
+        clash = {g: [n for n in ds.variables if n in top.variables and not ds[n].variable.equals(top[n].variable)]
+                 for g, ds in nodes[1:]}
         # One writer for every group (DataTree.to_zarr): a task shared by two groups (the per-scene table
         # and the cube computed with it) runs once; separate to_zarr calls would each rename (optimise) it.
-        tree = xr.DataTree.from_dict({("/" if g is None else g): ds for g, ds in nodes})
+        tree = xr.DataTree.from_dict(
+            {("/" if g is None else g): ds if g is None else ds.drop_vars(clash[g]) for g, ds in nodes}
+        )
         with dask.config.set({"optimization.fuse.active": False}):
             delayed = tree.to_zarr(tmp_url, mode="w", consolidated=False, compute=False, storage_options=so,
                                    write_inherited_coords=True)
             (compute or (lambda objs: dask.compute(*objs)))([delayed])
         root = zarr.open_group(tmp_url, mode="r+", storage_options=so)
-        for group, ds in nodes[1:]:  # inherited coordinates a group does not use
-            for name in [n for n in root[group].array_keys() if n not in ds.variables]:
+        for group, ds in nodes[1:]:  # inherited coordinates a group does not use, or its own under that name
+            for name in [n for n in root[group].array_keys() if n not in ds.variables or n in clash[group]]:
                 del root[group][name]
+            if clash[group]:
+                _rewrite(ds, clash[group], tmp_url, group, so)
         root.attrs.update(attrs() if attrs else {})
         root.attrs[COMPLETE] = True
         with warnings.catch_warnings():
@@ -214,6 +222,21 @@ def write(
         _remove_partial(fs, tmp_path)
         raise
     return url
+
+
+def _rewrite(ds: xr.Dataset, names: list[str], url: str, group: str, so: dict[str, Any] | None) -> None:
+    """Write variables ``names`` of ``ds`` (small, e.g. a table's time coordinate) into ``group`` again."""
+    part = ds[[n for n in names if n in ds.data_vars]] if any(n in ds.data_vars for n in names) else xr.Dataset()
+    part = part.assign_coords({n: ds[n].variable for n in names if n in ds.coords}).load()
+    part.attrs = {}
+    part.to_zarr(url, group=group, mode="a", consolidated=False, storage_options=so)
+    g = zarr.open_group(url, path=group, mode="r+", storage_options=so)
+    coords = [n for n in names if n in ds.coords]
+    for name in g.array_keys():  # every variable of the group names the rewritten coordinates again
+        arr = g[name]
+        if name not in ds.coords and coords and name in ds.data_vars:
+            have = str(arr.attrs.get("coordinates", "")).split()
+            arr.attrs["coordinates"] = " ".join(dict.fromkeys([*have, *coords]))
 
 
 def _replace(fs: fsspec.AbstractFileSystem, tmp_path: str, path: str) -> None:
