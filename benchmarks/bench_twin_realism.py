@@ -107,7 +107,7 @@ def period_figures(out: str, truth: xr.Dataset) -> dict[str, float]:
 
 
 def flow_figures(out: str, vel_out: str, truth: xr.Dataset) -> dict[str, float]:
-    summary = run_flow(out, vel_out)
+    summary = run_flow(out, vel_out, overwrite=True)
     vel = open_store(vel_out).load()
     on = truth[["u", "v", "glacier_mask"]].sel(x=vel["x"], y=vel["y"])
     tu, tv = on["u"].values.astype(float), on["v"].values.astype(float)

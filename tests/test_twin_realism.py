@@ -212,7 +212,7 @@ def test_texture_decorrelates_over_months(truth: xr.Dataset) -> None:
                 and bare[k] > 0.8]
         if short and year:
             c16, c365 = corr(a, short[0]), corr(a, year[0])
-            assert c16 > 0.8 and c365 < c16 - 0.3, (c16, c365)  # measured 0.89-0.94 vs 0.10-0.28
+            assert c16 > 0.8 and c365 < c16 - 0.3, (c16, c365)  # measured 0.89-0.95 vs 0.26-0.45
             checked += 1
     assert checked >= 1
 

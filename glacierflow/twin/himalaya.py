@@ -52,7 +52,7 @@ from glacierflow.twin.world import DEBRIS, ICE, PIXEL, ROCK, SNOW, VEG, WATER, G
 DIFFUSE = (0.20, 0.07)  # sky (diffuse) share of the irradiance in (green, swir16): bluish sky light
 DEM_ERROR_RMS = 110.0  # metres: DEM error behind the terrain parallax (larger on steep slopes)
 WALL_HEIGHT, RIDGE_HEIGHT = 800.0, 500.0  # metres above the basic valley (scaled by grid size / 400 px)
-TEXTURE_PERSISTENT = 0.55  # share (amplitude) of the ice texture that survives a year
+TEXTURE_PERSISTENT = 0.7  # amplitude share of the ice texture that never decorrelates (r ~ 0.49 a year apart)
 TEXTURE_GENERATION = 0.25  # years between independent texture generations
 
 
