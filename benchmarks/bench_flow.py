@@ -69,19 +69,23 @@ def main() -> None:
     cube, guides, ice = scenes(args.scenes)
     print(f"{args.scenes} scenes of {guides.sizes['y']}x{guides.sizes['x']} px, {args.scenes - 1} consecutive pairs")
     print(f"{'method':10s} {'s/pair':>7s} {'serial':>8s} {'parallel':>9s} {'ratio':>6s}")
+    specs = {m: FlowSpec(method=m, pairs="consecutive", max_speed=args.max_speed, max_pairs_per_scene=2)
+             for m in METHODS}
+    one, serial, parallel = {}, {}, {}
+    for method, spec in specs.items():  # serial first: graphs built under a Client would use P2P rechunks
+        one[method] = per_pair_seconds(guides.values[0], guides.values[1], spec, args.repeat)
+        t = time.perf_counter()
+        velocity(cube, spec, guides=guides, ice_mask=ice).compute(scheduler="sync")
+        serial[method] = time.perf_counter() - t
     cluster = LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True)
     with cluster, Client(cluster) as client:
-        for method in METHODS:
-            spec = FlowSpec(method=method, pairs="consecutive", max_speed=args.max_speed, max_pairs_per_scene=2)
-            one = per_pair_seconds(guides.values[0], guides.values[1], spec, args.repeat)
-            t = time.perf_counter()
-            velocity(cube, spec, guides=guides, ice_mask=ice).compute(scheduler="sync")
-            serial = time.perf_counter() - t
+        for method, spec in specs.items():
             t = time.perf_counter()
             velocity(cube, spec, guides=guides, ice_mask=ice).compute(scheduler=client)
-            parallel = time.perf_counter() - t
-            print(f"{method:10s} {one:7.2f} {serial:7.1f}s {parallel:8.1f}s {parallel / serial:6.2f}")
-
+            parallel[method] = time.perf_counter() - t
+    for method in specs:
+        print(f"{method:10s} {one[method]:7.2f} {serial[method]:7.1f}s {parallel[method]:8.1f}s "
+              f"{parallel[method] / serial[method]:6.2f}")
 
 if __name__ == "__main__":
     main()
