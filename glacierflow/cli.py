@@ -206,12 +206,13 @@ def twin_make(
     from rich.progress import Progress
 
     from glacierflow.glaciers import get_site
-    from glacierflow.twin.make import SIZES, make_twin, schedule
+    from glacierflow.twin.make import SIZES, check_realism, make_twin, schedule
     from glacierflow.twin.realism import DEFAULT_REALISM
 
     if size not in SIZES:
         raise GlacierflowError(f"unknown twin size {size!r}; choose one of: {', '.join(SIZES)}")
     realism = realism or DEFAULT_REALISM
+    check_realism(realism, max_speed, glacier_width)
     site = get_site(glacier)
     n = len(schedule(site, start or SIZES[size]["start"], end or SIZES[size]["end"], seed, realism, size))
     with Progress(console=console, transient=True) as bar:
