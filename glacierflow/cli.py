@@ -17,11 +17,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import inspect
 import json
 import signal
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -29,7 +33,7 @@ import click
 import typer
 from rich.console import Console
 
-from glacierflow.cluster import DEFAULT_CLUSTER, SPEC_FORMS
+from glacierflow.cluster import DEFAULT_CLUSTER, GATEWAY_WORKERS, SPEC_FORMS
 from glacierflow.config import (
     CATEGORIES,
     DEVICES,
@@ -130,6 +134,16 @@ ClusterOpt = Annotated[
         help=f"Where Dask runs: {SPEC_FORMS.replace(chr(39), '')}.",
     ),
 ]
+WorkersOpt = Annotated[
+    str | None,
+    typer.Option(metavar="N|MIN:MAX", help="Dask workers: N, or adaptive MIN:MAX (local, gateway; gateway "
+                 f"default {GATEWAY_WORKERS[0]}:{GATEWAY_WORKERS[1]}; threads: N threads)."),
+]
+ClusterOptionOpt = Annotated[
+    list[str] | None,
+    typer.Option(metavar="KEY=VALUE", help="Dask Gateway cluster option (repeatable), checked against the "
+                 "gateway's own, e.g. worker_memory=8."),
+]
 StorageOpt = Annotated[
     list[str] | None,
     typer.Option(metavar="KEY=VALUE", help="fsspec option for the stores (repeatable), e.g. account_name=..."),
@@ -149,16 +163,89 @@ def storage_options(pairs: list[str] | None) -> dict[str, Any] | None:
     return opts
 
 
-def runner(client: object) -> Callable[[list], list]:
+@dataclass(frozen=True)
+class Where:
+    """Where a command's Dask work runs: its ``--cluster``, ``--workers`` and ``--cluster-option``, parsed.
+
+    Commands get one from :func:`computes` and start the cluster late (after checking their own flags) with
+    ``with where.client() as client:``.
+    """
+
+    cluster: str = DEFAULT_CLUSTER
+    workers: int | tuple[int, int] | None = None
+    options: dict[str, Any] | None = None
+
+    @contextlib.contextmanager
+    def client(self) -> Iterator[Any]:
+        """Start/connect (:func:`glacierflow.cluster.get_client`), print the dashboard, shut down on exit.
+
+        SIGTERM is turned into Ctrl-C meanwhile, so a killed run also shuts its cluster down.
+        """
+        from glacierflow.cluster import dashboard, get_client
+
+        with _sigterm_interrupts(), get_client(self.cluster, workers=self.workers,
+                                               cluster_options=self.options) as client:
+            link = dashboard(client)
+            if link:
+                out.print(f"Dask dashboard: {link}")
+            yield client
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    def interrupt(*_: object) -> None:
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def computes(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Give a command the shared ``--cluster``/``--workers``/``--cluster-option`` flags, defined once here.
+
+    The command takes a keyword ``where: Where`` instead of the three flags (typer sees the flags in the
+    wrapper's signature).
+    """
+    sig = inspect.signature(command, eval_str=True)
+    keep = [p for p in sig.parameters.values() if p.name != "where"]
+    flags = {"cluster": (ClusterOpt, DEFAULT_CLUSTER), "workers": (WorkersOpt, None),
+             "cluster_option": (ClusterOptionOpt, None)}
+    added = [inspect.Parameter(k, inspect.Parameter.KEYWORD_ONLY, annotation=a, default=d)
+             for k, (a, d) in flags.items()]
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, cluster: str = DEFAULT_CLUSTER, workers: str | None = None,
+                cluster_option: list[str] | None = None, **kwargs: Any) -> Any:
+        from glacierflow.cluster import parse_cluster_options, parse_workers
+
+        where = Where(cluster, parse_workers(workers), parse_cluster_options(cluster_option))
+        return command(*args, where=where, **kwargs)
+
+    del wrapper.__wrapped__  # typer reads the signature below, not the command's
+    wrapper.__signature__ = sig.replace(parameters=keep + added)  # type: ignore[attr-defined]
+    wrapper.__annotations__ = {p.name: p.annotation for p in keep + added}
+    return wrapper
+
+
+def runner(client: object, progress_bar: bool = True) -> Callable[[list], list]:
     """A ``compute(list_of_dask_objects) -> results`` callable, with a progress bar on a terminal."""
     import dask
+
+    progress_bar = progress_bar and sys.stderr.isatty()
 
     if hasattr(client, "compute") and hasattr(client, "gather"):
         from distributed import progress
 
         def run(objs: list) -> list:
             futures = client.compute(objs)  # type: ignore[attr-defined]
-            if sys.stderr.isatty():
+            if progress_bar:
                 progress(futures)
             return client.gather(futures)  # type: ignore[attr-defined]
 
@@ -167,7 +254,7 @@ def runner(client: object) -> Callable[[list], list]:
     def run_local(objs: list) -> list:
         from dask.diagnostics import ProgressBar
 
-        if sys.stderr.isatty():
+        if progress_bar:
             with ProgressBar(out=sys.stderr):
                 return list(dask.compute(*objs))
         return list(dask.compute(*objs))
@@ -314,9 +401,23 @@ def search_cmd(
 
 
 # ------------------------------------------------------------------------------------------ build-cube
+GlaciersOpt = Annotated[
+    list[str] | None,
+    typer.Option(metavar=GLACIER_NAMES, help="Glacier from the registry (repeatable: several sites in one run; "
+                 "or --bbox W S E N, or --sites FILE)."),
+]
+SitesOpt = Annotated[
+    Path | None,
+    typer.Option(metavar="FILE", help="Sites file: one NAME (registry) or NAME W S E N [EPSG] per line, "
+                 "'#' comments; each site's store under --out-dir or --out TEMPLATE{name}."),
+]
+
+
 @app.command("build-cube")
+@computes
 def build_cube_cmd(
-    glacier: GlacierOpt = None,
+    glacier: GlaciersOpt = None,
+    sites: SitesOpt = None,
     bbox: BboxOpt = None,
     epsg: EpsgOpt = None,
     start: StartOpt = None,
@@ -349,39 +450,71 @@ def build_cube_cmd(
     guides: Annotated[
         bool, typer.Option("--guides/--no-guides", help="Store the aligned per-scene images flow can track.")
     ] = CubeSpec.guides,
+    strict: Annotated[
+        bool, typer.Option("--strict", help="Fail on a missing, unreadable or mis-declared asset instead of "
+                           "dropping its scene (the reason is in the scenes table).")
+    ] = False,
+    http_timeout: Annotated[
+        float, typer.Option(metavar="S", help="Seconds before a stalled HTTP request (STAC, COG) is retried.")
+    ] = CubeSpec.http_timeout,
+    http_retries: Annotated[
+        int, typer.Option(metavar="N", help="Retries of a failed or timed-out HTTP request.")
+    ] = CubeSpec.http_retries,
+    http_retry_delay: Annotated[
+        float, typer.Option(metavar="S", help="Seconds before the first retry (doubling after each).")
+    ] = CubeSpec.http_retry_delay,
     out_store: Annotated[
-        str | None, typer.Option("--out", metavar="STORE", help="Output store (path or fsspec URL).")
+        str | None, typer.Option("--out", metavar="STORE", help="Output store (path or fsspec URL; several "
+                                 "sites: a template with {name}).")
+    ] = None,
+    out_dir: Annotated[
+        str | None, typer.Option(metavar="DIR", help="Folder (or fsspec URL) of the stores, one <site>-<period>.zarr "
+                                 "per site.")
     ] = None,
     overwrite: OverwriteOpt = False,
-    cluster: ClusterOpt = DEFAULT_CLUSTER,
     storage_option: StorageOpt = None,
-) -> None:
-    """Search Landsat scenes, preprocess them with Dask and write the NDSI cube store (Zarr)."""
+    where: Where = Where(),
+) -> int:
+    """Search Landsat scenes, preprocess them with Dask and write the NDSI cube store (Zarr).
+
+    Several sites (--glacier repeated, --sites FILE) are built in one run on one cluster, their graphs
+    submitted together; one store per site, one summary table; a failed site is reported and the others go
+    on (exit status 1 if any failed).
+    """
     from glacierflow import catalog as cat
     from glacierflow.build import build_cube_store, default_store_name
-    from glacierflow.cluster import get_client
     from glacierflow.config import resolve_site
+    from glacierflow.glaciers import Site
 
-    site = resolve_site(glacier, bbox, epsg)
-    spec = CubeSpec(
-        name=site.name,
-        bbox=site.bbox,
-        epsg=site.epsg,
-        start=start or site.start,
-        end=end or site.end,
-        catalog=catalog or cat.PLANETARY_COMPUTER_URL,
-        collection=collection,
-        platforms=tuple(platform or CubeSpec.platforms),
-        max_cloud=max_cloud,
-        guides=guides,
-        **({"categories": tuple(category)} if category else {}),
-    )
+    def spec_for(site: Site) -> CubeSpec:
+        return CubeSpec(
+            name=site.name,
+            bbox=site.bbox,
+            epsg=site.epsg,
+            start=start or site.start,
+            end=end or site.end,
+            catalog=catalog or cat.PLANETARY_COMPUTER_URL,
+            collection=collection,
+            platforms=tuple(platform or CubeSpec.platforms),
+            max_cloud=max_cloud,
+            guides=guides,
+            http_timeout=http_timeout,
+            http_retries=http_retries,
+            http_retry_delay=http_retry_delay,
+            **({"categories": tuple(category)} if category else {}),
+        )
+
     pre = PreprocessSpec(
         max_missing=max_missing, mask_clouds=cloud_mask, ndsi_threshold=ndsi_threshold, motion=motion, period=period,
         min_ecc=min_ecc,
     )
-    target = out_store or default_store_name(site.name, period)
-    with get_client(cluster) as client:
+    if sites is not None or len(glacier or []) > 1:
+        return _build_sites(glacier or [], sites, bbox, epsg, spec_for, pre, out_store, out_dir, overwrite,
+                            storage_options(storage_option), where, strict)
+    site = resolve_site(glacier[0] if glacier else None, bbox, epsg)
+    spec = spec_for(site)
+    target = out_store or (f"{out_dir.rstrip('/')}/" if out_dir else "") + default_store_name(site.name, period)
+    with where.client() as client:
         summary = build_cube_store(
             spec,
             pre,
@@ -389,6 +522,7 @@ def build_cube_cmd(
             overwrite=overwrite,
             storage_options=storage_options(storage_option),
             compute=runner(client),
+            strict=strict,
         )
     s = summary
     out.print(f"scenes: {s.scenes_found} found, {s.scenes_stacked} stacked, {s.scenes_used} used")
@@ -400,10 +534,37 @@ def build_cube_cmd(
             f"alignment: {s.aligned} scenes aligned, RMS shift {s.shift_rms_px:.2f} px, median ECC {s.ecc_median:.3f}"
         )
     out.print(f"written: {s.store}  ({s.seconds:.1f} s)")
+    return 0
+
+
+def _build_sites(glaciers: list[str], sites_file: Path | None, bbox: Any, epsg: int | None,
+                 spec_for: Callable[[Any], CubeSpec], pre: PreprocessSpec, out_store: str | None,
+                 out_dir: str | None, overwrite: bool, storage: dict[str, Any] | None, where: Where,
+                 strict: bool = False) -> int:
+    """build-cube over several sites on one cluster (glacierflow.sites); the summary table; 1 if any failed."""
+    from glacierflow.build import build_cube_store, default_store_name
+    from glacierflow.sites import build_sites, resolve_sites, site_stores, summary_table
+
+    if bbox:
+        raise GlacierflowError("--bbox gives one site; for several, list NAME W S E N lines in --sites FILE")
+    chosen = resolve_sites(glaciers, sites_file, epsg)
+    stores = site_stores([s.name for s in chosen], out_store, out_dir, lambda n: default_store_name(n, pre.period))
+    specs = {s.name: spec_for(s) for s in chosen}  # every spec checked before a cluster starts
+    with where.client() as client:
+        run = runner(client, progress_bar=False)  # several sites at once: no interleaved bars
+        results = build_sites({
+            name: (stores[name], functools.partial(build_cube_store, spec, pre, overwrite=overwrite,
+                                                   storage_options=storage, compute=run, strict=strict))
+            for name, spec in specs.items()
+        })
+    for line in summary_table(results):
+        out.print(line)
+    return 1 if any(not r.ok for r in results) else 0
 
 
 # ------------------------------------------------------------------------------------------------ flow
 @app.command("flow")
+@computes
 def flow_cmd(
     cube: Annotated[str, typer.Argument(metavar="CUBE", help="Cube store written by build-cube.")],
     out_store: Annotated[str, typer.Option("--out", metavar="STORE", help="Velocity store to write.")],
@@ -437,11 +598,10 @@ def flow_cmd(
         float | None, typer.Option(help="Forward/backward check (px); 0: off.")
     ] = None,
     overwrite: OverwriteOpt = False,
-    cluster: ClusterOpt = DEFAULT_CLUSTER,
     storage_option: StorageOpt = None,
+    where: Where = Where(),
 ) -> None:
     """Surface velocity from pairs of scenes (or NDSI periods) of a cube -> velocity store (m/yr)."""
-    from glacierflow.cluster import get_client
     from glacierflow.config import FlowSpec
     from glacierflow.flow import run_flow
 
@@ -450,7 +610,7 @@ def flow_cmd(
              "ice_fraction": ice_fraction, "stable_margin": stable_margin, "levels": levels, "pyr_scale": pyr_scale,
              "iterations": iterations, "winsize": winsize, "min_texture": min_texture, "max_fb_error": max_fb_error}
     spec = FlowSpec(**{k: v for k, v in given.items() if v is not None})  # unset flags: the spec's defaults
-    with get_client(cluster):
+    with where.client():
         s = run_flow(cube, out_store, spec, overwrite=overwrite, storage_options=storage_options(storage_option),
                      ice_mask=ice_mask)
     out.print(f"{s['pairs']} {spec.pairs} pairs of {s['tracked']} ({s['method']}); median pair error "
@@ -486,6 +646,9 @@ Split = Literal[SPLITS]  # type: ignore[valid-type]
 Device = Literal[DEVICES]  # type: ignore[valid-type]
 EvalSet = Literal["test", "val", "train"]
 _TRAIN, _MODEL = TrainSpec(), ModelSpec()
+from glacierflow.config import OBJECTIVES  # noqa: E402  (train's --objective choices: the registry's keys)
+
+Objective = Literal[OBJECTIVES]  # type: ignore[valid-type]
 
 
 def _model_options(pairs: list[str] | None) -> dict[str, Any]:
@@ -513,6 +676,7 @@ def models_cmd() -> None:
 
 
 @app.command("train")
+@computes
 def train_cmd(
     cube: Annotated[str, typer.Argument(metavar="CUBE", help="Cube store written by build-cube.")],
     out_dir: Annotated[Path, typer.Option("--out", metavar="RUN_DIR", help="Run directory to write.")],
@@ -534,20 +698,34 @@ def train_cmd(
     ] = None,
     steps_per_epoch: Annotated[int | None, typer.Option(help="Batches per epoch (default: all).")] = None,
     val_samples: Annotated[int | None, typer.Option(help="Validation samples per epoch (default: all).")] = None,
+    objective: Annotated[
+        Objective, typer.Option(help="patch: MSE per patch sample; full-scene: MSE on scene windows of tiles "
+                                     "blended as predict does.")
+    ] = "patch",
+    scene_window: Annotated[
+        int | None, typer.Option(metavar="PX", help="full-scene: scene window side (default: three patches).")
+    ] = None,
     option: Annotated[
         list[str] | None, typer.Option(metavar="KEY=VALUE", help="Model option (repeatable), e.g. hidden_size=512.")
     ] = None,
+    where: Where = Where(),
 ) -> None:
-    """Train a model on patch sequences of a cube; writes best.pt, last.pt, loss.csv, run.json."""
+    """Train a model on patch sequences of a cube; writes best.pt, last.pt, loss.csv, run.json.
+
+    The cube is read through Dask (--cluster): its chunks are read and decoded by the workers, the patch
+    batches are cut in this process.
+    """
     from glacierflow.config import PatchSpec
     from glacierflow.train import fit
 
     given = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay, "seed": seed,
-             "patience": patience, "steps_per_epoch": steps_per_epoch, "val_samples": val_samples}
-    spec = TrainSpec(device=device, **{k: v for k, v in given.items() if v is not None})
-    s = fit(cube, out_dir, ModelSpec(model or _MODEL.name, _model_options(option)), PatchSpec(split=split), spec,
-            resume=resume,
-            progress=sys.stderr.isatty())
+             "patience": patience, "steps_per_epoch": steps_per_epoch, "val_samples": val_samples,
+             "scene_window": scene_window}
+    spec = TrainSpec(device=device, objective=objective, **{k: v for k, v in given.items() if v is not None})
+    model_spec = ModelSpec(model or _MODEL.name, _model_options(option))
+    with where.client():
+        s = fit(cube, out_dir, model_spec, PatchSpec(split=split), spec, resume=resume,
+                progress=sys.stderr.isatty())
     out.print(f"samples: {s['n_train']} train, {s['n_val']} val, {s['n_test']} test; {s['validation']}")
     out.print(f"{s['stopped']} after {s['epochs_run']} epochs: best validation MSE {s['best_val']:.5f} "
               f"(epoch {s['best_epoch']}); {s['throughput'] or 0:.0f} training sequences/s")
@@ -555,6 +733,7 @@ def train_cmd(
 
 
 @app.command("evaluate")
+@computes
 def evaluate_cmd(
     run_dirs: Annotated[list[Path], typer.Argument(metavar="RUN_DIR...", help="Run directories.")],
     split: Annotated[EvalSet, typer.Option(help="Which samples to score.")] = "test",
@@ -562,17 +741,23 @@ def evaluate_cmd(
     table: Annotated[
         bool, typer.Option("--table", help="One table for all runs (runs without metrics are evaluated).")
     ] = False,
+    where: Where = Where(),
 ) -> None:
-    """Score models and the persistence/seasonal baselines on the same samples; metrics.json and a table."""
+    """Score models and the persistence/seasonal baselines on the same samples; metrics.json and a table.
+
+    The cube is read through Dask (--cluster), as in train; started only when a run needs evaluating.
+    """
     from glacierflow import evaluate
 
     if len(run_dirs) > 1 and not table:
         raise GlacierflowError("several RUN_DIRs need --table; or evaluate one run at a time")
     metrics = {}
-    for run in run_dirs:
-        have = (run / "metrics.json").is_file() and split in evaluate.load_metrics(run)
-        if not (table and have):
+    todo = [run for run in run_dirs
+            if not (table and (run / "metrics.json").is_file() and split in evaluate.load_metrics(run))]
+    with where.client() if todo else contextlib.nullcontext():
+        for run in todo:
             evaluate.evaluate_run(run, split, cube)
+    for run in run_dirs:
         label = run.name if [r.name for r in run_dirs].count(run.name) == 1 else str(run)
         metrics[label] = evaluate.load_metrics(run)
     out.print(f"{split} set: MSE/MAE over observed pixels; skill = 1 - MSE / MSE_baseline")
@@ -589,6 +774,7 @@ from glacierflow.config import BLEND_WINDOWS, DEVICES  # noqa: E402  (this secti
 
 
 @app.command("predict")
+@computes
 def predict_cmd(
     run_dir: Annotated[Path, typer.Argument(metavar="RUN_DIR", help="Run directory written by `glacierflow train`.")],
     cube: Annotated[str, typer.Option(metavar="CUBE", help="Cube store to forecast from.")],
@@ -602,20 +788,17 @@ def predict_cmd(
     device: Annotated[Literal[DEVICES], typer.Option(help="auto: CUDA when present.")] = "auto",  # type: ignore[valid-type]
     checkpoint: Annotated[str, typer.Option(metavar="NAME", help="Checkpoint in RUN_DIR.")] = "best.pt",
     overwrite: OverwriteOpt = False,
-    cluster: Annotated[
-        str, typer.Option(metavar="WHERE", help="Dask for the row bands (default sync: in this process).")
-    ] = "sync",
     storage_option: StorageOpt = None,
+    where: Where = Where(),
 ) -> None:
     """Full-scene forecast (tiles blended, no seams) -> forecast store; scores when targets exist."""
-    from glacierflow.cluster import get_client
     from glacierflow.config import PredictSpec
     from glacierflow.predict import format_scores, load_forecaster, predict_cube
 
     spec = PredictSpec(overlap=-1 if overlap is None else overlap, window=window, batch_size=batch_size,
                        device=device, last_input=last_input or "")
     fc = load_forecaster(run_dir, checkpoint)
-    with get_client(cluster):
+    with where.client():
         s = predict_cube(fc, cube, out_store, spec, overwrite=overwrite,
                          storage_options=storage_options(storage_option))
     out.print(f"{s['model']}: inputs {', '.join(s['inputs'])} -> targets {', '.join(s['targets'])} "

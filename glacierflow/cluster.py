@@ -11,15 +11,26 @@ One string picks where the work runs (the CLI's ``--cluster`` flag):
 - ``"gateway://http://host:port"``: a new cluster from the Gateway at that address.
 - ``"threads"`` / ``"sync"``: no cluster, dask's threaded or synchronous scheduler (tests, debugging).
 
+``workers`` (the CLI's ``--workers N|MIN:MAX``, :func:`parse_workers`) sizes what is started: N workers, or
+adaptive scaling between MIN and MAX (LocalCluster and Gateway). A Gateway cluster without it scales adaptively
+over :data:`GATEWAY_WORKERS` (a Gateway's own default is no worker at all). ``cluster_options`` (the CLI's
+``--cluster-option KEY=VALUE``, :func:`parse_cluster_options`) are checked against the Gateway's own options.
+Authentication comes from Dask config / the environment (``gateway.auth``: a JupyterHub token on hubs,
+``DASK_GATEWAY__AUTH__TYPE=basic`` in the tests).
+
+Every distributed client gets :class:`glacierflow.workers.WorkerSetup` on its workers (GDAL HTTP settings,
+sequential OpenCV, the glacierflow version check) once the first worker is up.
+
 Everything :func:`get_client` starts it also stops: closing the returned object (or leaving its ``with``
-block) shuts down the LocalCluster or the Gateway cluster.
+block, also on Ctrl-C) shuts down the LocalCluster or the Gateway cluster.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import dask
@@ -31,6 +42,39 @@ logger = logging.getLogger(__name__)
 
 #: where every stage runs when ``--cluster`` is not given (one default for build-cube, flow, ...)
 DEFAULT_CLUSTER = "local"
+#: Gateway workers when ``workers`` is not given: adaptive between these (a Gateway starts with none)
+GATEWAY_WORKERS = (1, 4)
+#: seconds to wait for the first worker of a new cluster before giving up with a one-line error
+WORKER_TIMEOUT = 300.0
+
+Workers = int | tuple[int, int] | None
+
+
+def parse_workers(text: str | None) -> Workers:
+    """``--workers`` text: ``"N"`` -> N, ``"MIN:MAX"`` -> ``(MIN, MAX)`` (adaptive), None -> None."""
+    if text is None or not str(text).strip():
+        return None
+    lo, sep, hi = str(text).strip().partition(":")
+    ok = lo.isdigit() and (not sep or hi.isdigit())
+    if ok and not sep and int(lo) >= 1:
+        return int(lo)
+    if ok and sep and int(hi) >= 1 and int(lo) <= int(hi):
+        return int(lo), int(hi)
+    raise GlacierflowError(f"bad --workers {text!r}; use N (N >= 1) or MIN:MAX (adaptive, MIN <= MAX), e.g. 2:8")
+
+
+def parse_cluster_options(pairs: Iterable[str] | None) -> dict[str, Any] | None:
+    """``--cluster-option KEY=VALUE`` pairs; VALUE read as JSON where it parses (``4``, ``2.5``, ``true``)."""
+    opts: dict[str, Any] = {}
+    for pair in pairs or ():
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise GlacierflowError(f"bad --cluster-option {pair!r}; use KEY=VALUE, e.g. worker_memory=8")
+        try:
+            opts[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            opts[key.strip()] = value
+    return opts or None
 
 
 def local_mix(cores: int) -> tuple[int, int]:
@@ -78,9 +122,10 @@ class LocalScheduler:
     Mirrors the parts of :class:`distributed.Client` a caller uses here: ``close()`` and ``with``.
     """
 
-    def __init__(self, scheduler: str) -> None:
+    def __init__(self, scheduler: str, num_workers: int | None = None) -> None:
         self.scheduler = scheduler
-        self._config = dask.config.set(scheduler=scheduler)
+        self._config = dask.config.set(
+            {"scheduler": scheduler, **({"num_workers": num_workers} if num_workers else {})})
 
     def close(self) -> None:
         """Restore the previous Dask scheduler setting."""
@@ -105,8 +150,11 @@ def _cores() -> int:
         return os.cpu_count() or 1
 
 
-def _local(n_workers: int | None, threads: int | None = None) -> ManagedClient:
-    if n_workers is None and threads is None:
+def _local(n_workers: int | None, threads: int | None = None, adapt: tuple[int, int] | None = None
+           ) -> ManagedClient:
+    if adapt is not None:
+        n, threads = adapt[0], 1
+    elif n_workers is None and threads is None:
         n, threads = local_mix(_cores())
     else:
         n, threads = n_workers or _cores(), threads or 1
@@ -120,8 +168,10 @@ def _local(n_workers: int | None, threads: int | None = None) -> ManagedClient:
     }):
         cluster = _start_local(n, threads)
     try:
+        if adapt is not None:
+            cluster.adapt(minimum=adapt[0], maximum=adapt[1])
         client = ManagedClient(cluster)
-    except Exception:
+    except BaseException:
         cluster.close()
         raise
     client._add_cleanup(cluster.close)
@@ -172,6 +222,22 @@ def _shutdown_cluster(cluster: Any) -> None:
             vars(cluster.gateway).pop("_loop_runner", None)
 
 
+def _gateway_options(gateway: Any, given: Mapping[str, Any] | None) -> Any:
+    """The gateway's cluster options with ``given`` set, each checked by the gateway's own option types."""
+    options = gateway.cluster_options()
+    for key, value in (given or {}).items():
+        if key not in options:
+            known = ", ".join(sorted(options)) or "none"
+            raise GlacierflowError(
+                f"unknown Dask Gateway cluster option {key!r} (--cluster-option); this gateway has: {known}"
+            )
+        try:
+            options[key] = value
+        except (TypeError, ValueError) as err:
+            raise GlacierflowError(f"bad --cluster-option {key}={value!r}: {err}") from None
+    return options
+
+
 def _gateway(
     address: str | None,
     workers: int | tuple[int, int] | None,
@@ -194,14 +260,7 @@ def _gateway(
     cluster = None
     try:
         try:
-            options = gateway.cluster_options()
-            for key, value in (cluster_options or {}).items():
-                if key not in options:
-                    known = ", ".join(sorted(options)) or "none"
-                    raise GlacierflowError(
-                        f"unknown Dask Gateway cluster option {key!r}; this gateway has: {known}"
-                    )
-                options[key] = value
+            options = _gateway_options(gateway, cluster_options)
             cluster = gateway.new_cluster(cluster_options=options)
         except GlacierflowError:
             raise
@@ -212,11 +271,13 @@ def _gateway(
                 f"cannot reach Dask Gateway at {where!r} ({detail}); check the address and "
                 "DASK_GATEWAY__AUTH__* settings, or use --cluster local"
             ) from None
+        workers = GATEWAY_WORKERS if workers is None else workers
         if isinstance(workers, tuple):
             cluster.adapt(minimum=workers[0], maximum=workers[1])
-        elif workers:
+        else:
             cluster.scale(workers)
         client = ManagedClient(cluster.scheduler_address, security=cluster.security, set_as_default=True)
+        client.gateway_cluster_name = cluster.name  # type: ignore[attr-defined]
     except BaseException:
         if cluster is not None:
             _shutdown_cluster(cluster)
@@ -230,9 +291,11 @@ def _gateway(
 def get_client(
     spec: str | None = None,
     *,
-    workers: int | tuple[int, int] | None = None,
+    workers: Workers = None,
     cluster_options: Mapping[str, Any] | None = None,
     timeout: float = 10.0,
+    worker_timeout: float = WORKER_TIMEOUT,
+    setup_workers: bool = True,
 ) -> distributed.Client | LocalScheduler:
     """Connect to (or start) the Dask cluster named by ``spec``.
 
@@ -242,14 +305,18 @@ def get_client(
         Where to run, see the module docstring: ``None``/``"local"``, ``"local:N"``, ``"tcp://host:port"``,
         ``"gateway"``, ``"gateway://http://host:port"``, ``"threads"``, ``"sync"``.
     workers
-        Local: number of worker processes (default: one per core). Gateway: ``N`` scales to N workers,
-        ``(min, max)`` turns on adaptive scaling; ``None`` leaves the gateway's default (usually none, so
-        pass it).
+        ``N`` or ``(min, max)`` (adaptive), see :func:`parse_workers`. Local: N single-threaded worker
+        processes (default: :func:`local_mix`); threads: N threads; Gateway: N workers or adaptive (default
+        :data:`GATEWAY_WORKERS`). Not for ``sync`` or an existing scheduler (it has its own workers).
     cluster_options
         Gateway cluster options (e.g. ``{"worker_memory": 8, "image": "..."}`` on Planetary Computer);
         unknown names raise a :class:`GlacierflowError` listing the gateway's options.
     timeout
         Seconds to wait for a scheduler address to answer.
+    worker_timeout
+        Seconds to wait for the first worker of a Gateway cluster or scheduler (none: a one-line error).
+    setup_workers
+        Register :class:`glacierflow.workers.WorkerSetup` (GDAL settings, OpenCV threads, version check).
 
     Returns
     -------
@@ -259,21 +326,49 @@ def get_client(
     Raises
     ------
     GlacierflowError
-        Unknown spec, unreachable scheduler or gateway, missing gateway address.
+        Unknown spec, unreachable scheduler or gateway, missing gateway address, no worker in time, a worker
+        with another glacierflow version.
     """
     text = DEFAULT_CLUSTER if spec is None else spec.strip()
+    gateway = text == "gateway" or text.startswith("gateway://")
+    if cluster_options and not gateway:
+        raise GlacierflowError(f"--cluster-option is for a Dask Gateway cluster, not --cluster {text!r}")
+    client = _start(text, spec, workers, cluster_options, timeout)
+    if isinstance(client, LocalScheduler):
+        return client
+    try:
+        _ready(client, workers if not gateway or workers is not None else GATEWAY_WORKERS, worker_timeout,
+               setup_workers)
+    except BaseException:
+        client.close()
+        raise
+    return client
+
+
+def _start(text: str, spec: str | None, workers: Workers, cluster_options: Mapping[str, Any] | None,
+           timeout: float) -> ManagedClient | LocalScheduler:
+    """Start or connect (see :func:`get_client`); workers are not waited for here."""
     if text in ("threads", "sync", "synchronous", "single-threaded"):
-        return LocalScheduler("sync" if text != "threads" else "threads")
+        if workers is not None and (text != "threads" or isinstance(workers, tuple)):
+            raise GlacierflowError(f"--workers {_workers_text(workers)} does not apply to --cluster {text}; "
+                                   "use --cluster threads --workers N or --cluster local --workers N")
+        return LocalScheduler("sync" if text != "threads" else "threads", num_workers=workers)  # type: ignore[arg-type]
     if text == "local" or text.startswith("local:"):
-        n = workers if isinstance(workers, int) else None
-        threads = None
         if text.startswith("local:"):
+            if workers is not None:
+                raise GlacierflowError(f"--cluster {text} and --workers {_workers_text(workers)} both give the "
+                                       "worker count; use --cluster local --workers N")
             count, _, per = text.split(":", 1)[1].partition("x")
             if not count.isdigit() or int(count) < 1 or (per and (not per.isdigit() or int(per) < 1)):
                 raise GlacierflowError(f"bad worker count in --cluster {spec!r}; use e.g. local:4 or local:1x2")
-            n, threads = int(count), int(per) if per else 1
-        return _local(n, threads)
+            return _local(int(count), int(per) if per else 1)
+        if isinstance(workers, tuple):
+            return _local(None, None, adapt=workers)
+        return _local(workers, None)
     if text.startswith(("tcp://", "tls://", "ws://", "wss://", "inproc://", "ucx://")):
+        if workers is not None:
+            raise GlacierflowError(f"--workers does not apply to an existing scheduler ({text}): it has its own "
+                                   "workers; size it where it was started, or use --cluster gateway")
         return _scheduler(text, timeout)
     if text == "gateway":
         return _gateway(None, workers, cluster_options)
@@ -283,3 +378,34 @@ def get_client(
             raise GlacierflowError(f"bad gateway address in --cluster {spec!r}; use gateway://http://host:port")
         return _gateway(address, workers, cluster_options)
     raise GlacierflowError(f"unknown --cluster {spec!r}; use one of {SPEC_FORMS}")
+
+
+def _workers_text(workers: Workers) -> str:
+    return f"{workers[0]}:{workers[1]}" if isinstance(workers, tuple) else str(workers)
+
+
+def _ready(client: ManagedClient, workers: Workers, worker_timeout: float, setup: bool) -> None:
+    """Wait for the first worker (unless adaptive from 0), then set every worker up."""
+    minimum = workers[0] if isinstance(workers, tuple) else 1
+    if minimum >= 1:
+        try:
+            client.wait_for_workers(1, timeout=worker_timeout)
+        except TimeoutError:
+            where = getattr(client, "gateway_cluster_name", None)
+            raise GlacierflowError(
+                f"no Dask worker joined {'Gateway cluster ' + where if where else client.scheduler.address} "
+                f"within {worker_timeout:g} s; check the gateway's capacity and --cluster-option values "
+                "(worker_memory, worker_cores), or use --cluster local"
+            ) from None
+    if setup:
+        from glacierflow.workers import prepare_workers
+
+        prepare_workers(client)
+
+
+def dashboard(client: object) -> str | None:
+    """The dashboard URL of a distributed client (None for ``threads``/``sync``)."""
+    try:
+        return getattr(client, "dashboard_link", None)
+    except Exception:  # a scheduler without a dashboard (bokeh missing) raises from the property
+        return None

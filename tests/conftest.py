@@ -87,6 +87,8 @@ def stac_server(request: pytest.FixtureRequest) -> RustacMemoryServer | PgstacSe
 
 
 # offline twin fixtures (tiny/small twins on disk and served, the monthly tiny cube): tests/twin_fixtures.py
+# a real dask-gateway-server on 127.0.0.1 (deploy/gateway-config.py), once per session: tests/gateway_fixtures.py
+from .gateway_fixtures import gateway_server  # noqa: E402, F401
 from .twin_fixtures import (  # noqa: E402, F401
     served_small_twin,
     served_twin,

@@ -126,8 +126,10 @@ def test_version_is_the_package_metadata(capsys):
 
 
 def test_every_stage_defaults_to_the_one_cluster_default():
-    for path in [("build-cube",), ("flow",)]:
-        assert _options(_command(*path))["--cluster"].default == DEFAULT_CLUSTER, path
+    for path in [("build-cube",), ("flow",), ("predict",), ("train",), ("evaluate",)]:
+        opts = _options(_command(*path))
+        assert opts["--cluster"].default == DEFAULT_CLUSTER, path
+        assert "--workers" in opts and "--cluster-option" in opts, path
 
 
 # spec fields that no flag sets (the library's knobs, or set from another flag: name <- --glacier/--bbox)

@@ -2,12 +2,7 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import time
-import urllib.request
-from pathlib import Path
 
 import dask
 import dask.array as da
@@ -15,12 +10,11 @@ import distributed
 import numpy as np
 import pytest
 
-from glacierflow.cluster import LocalScheduler, _close_gateway, get_client
+from glacierflow import __version__
+from glacierflow.cluster import LocalScheduler, _close_gateway, get_client, parse_cluster_options, parse_workers
 from glacierflow.errors import GlacierflowError
 from glacierflow.twin.stac_servers import free_port
-
-REPO = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
+from glacierflow.workers import WorkerSetup, gdal_settings, prepare_workers, worker_report
 
 
 def _expected_sum() -> float:
@@ -70,63 +64,14 @@ def test_bad_specs():
         get_client("kubernetes")
     with pytest.raises(GlacierflowError, match="local:4"):
         get_client("local:zero")
+    with pytest.raises(GlacierflowError, match="existing scheduler"):
+        get_client("tcp://127.0.0.1:1", workers=2)
     with pytest.raises(GlacierflowError, match="gateway://http"):
         get_client("gateway://127.0.0.1:8000")
     pytest.importorskip("dask_gateway")  # load gateway.* defaults first, or leaving set() would drop them
     with dask.config.set({"gateway.address": None}):
         with pytest.raises(GlacierflowError, match="DASK_GATEWAY__ADDRESS"):
             get_client("gateway")
-
-
-@pytest.fixture(scope="module")
-def gateway_server(tmp_path_factory):
-    """A real dask-gateway-server (deploy/gateway-config.py) on 127.0.0.1 with basic auth."""
-    pytest.importorskip("dask_gateway_server")
-    pytest.importorskip("dask_gateway")  # registers the gateway.* config defaults before we set auth
-    if not (BIN / "dask-gateway-server").exists():
-        pytest.skip("dask-gateway-server not installed in this environment")
-    tmp = tmp_path_factory.mktemp("gateway")
-    port, api_port = free_port(), free_port()
-    env = dict(
-        os.environ,
-        GLACIERFLOW_GATEWAY_ADDRESS=f"127.0.0.1:{port}",
-        GLACIERFLOW_GATEWAY_API_ADDRESS=f"127.0.0.1:{api_port}",
-        GLACIERFLOW_GATEWAY_PASSWORD="test-password",
-        GLACIERFLOW_GATEWAY_DIR=str(tmp),
-        GLACIERFLOW_GATEWAY_BIN=str(BIN),
-    )
-    log = open(tmp / "server.log", "wb")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen(
-        [str(BIN / "dask-gateway-server"), "-f", str(REPO / "deploy" / "gateway-config.py")],
-        env=env, stdout=log, stderr=subprocess.STDOUT, cwd=tmp,
-    )  # fmt: skip
-    address = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                with urllib.request.urlopen(f"{address}/api/health", timeout=1) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"gateway did not start:\n{(tmp / 'server.log').read_text()[-3000:]}")
-            time.sleep(0.2)
-        auth = {
-            "gateway.auth.type": "basic",
-            "gateway.auth.kwargs": {"username": "alice", "password": "test-password"},
-        }
-        with dask.config.set(auth):
-            yield address
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
 
 
 def _list_clusters(address: str) -> list:
@@ -150,6 +95,18 @@ def test_gateway_cluster_computes_and_shuts_down(gateway_server):
         with pytest.warns(UserWarning, match="from a gateway worker"):
             client.submit(distributed.warn, "from a gateway worker", pure=False).result()
             time.sleep(0.5)
+        # every gateway worker was set up by glacierflow's worker plugin: asked on the workers themselves
+        reports = client.run(worker_report)
+        assert len(reports) == 2 and len({r["pid"] for r in reports.values()}) == 2
+        for r in reports.values():
+            assert r["version"] == __version__ and r["setup"]["version"] == __version__
+            assert r["gdal"] == gdal_settings() and r["gdal"]["GDAL_HTTP_MAX_RETRY"] == "5"  # unset by default
+            assert r["opencv_threads"] == 1  # cv2.setNumThreads(0): sequential (default: one per core)
+        # a client of another version: the workers refuse, and it is one line naming both versions
+        with pytest.raises(GlacierflowError) as err:
+            prepare_workers(client, WorkerSetup(version="0.0.1+other"))
+        msg = str(err.value)
+        assert "version mismatch" in msg and "0.0.1+other" in msg and __version__ in msg and "\n" not in msg
         assert len(_list_clusters(gateway_server)) == 1
     assert _list_clusters(gateway_server) == []  # get_client shut its cluster down
 
@@ -168,3 +125,33 @@ def test_gateway_from_dask_config_and_errors(gateway_server):
         get_client(f"gateway://{dead}")
     msg = str(err.value)
     assert dead in msg and "\n" not in msg and "--cluster local" in msg
+
+
+def test_workers_and_cluster_option_parsing():
+    assert parse_workers(None) is None and parse_workers("3") == 3 and parse_workers("2:20") == (2, 20)
+    assert parse_workers("0:4") == (0, 4)
+    for bad in ("0", "4:2", "x", "2:", "-1"):
+        with pytest.raises(GlacierflowError, match=f"bad --workers '{bad}'"):
+            parse_workers(bad)
+    assert parse_cluster_options(["worker_cores=2", "worker_memory=2.5", "image=pangeo/x:1", "gpu=true"]) == {
+        "worker_cores": 2, "worker_memory": 2.5, "image": "pangeo/x:1", "gpu": True}
+    with pytest.raises(GlacierflowError, match="bad --cluster-option 'cores'; use KEY=VALUE"):
+        parse_cluster_options(["cores"])
+    with pytest.raises(GlacierflowError, match="--cluster-option is for a Dask Gateway"):
+        get_client("local", cluster_options={"worker_cores": 2})
+    with pytest.raises(GlacierflowError, match="does not apply to --cluster sync"):
+        get_client("sync", workers=2)
+    with pytest.raises(GlacierflowError, match="both give the worker count"):
+        get_client("local:2", workers=2)
+
+
+def test_local_workers_fixed_and_adaptive():
+    with get_client("threads", workers=3):
+        assert dask.config.get("num_workers") == 3
+    with get_client("local", workers=(1, 2)) as client:
+        assert float(client.compute(_array().sum()).result()) == _expected_sum()
+        assert client.cluster._adaptive is not None  # adaptive between 1 and 2 workers
+        assert (client.cluster._adaptive.minimum, client.cluster._adaptive.maximum) == (1, 2)
+        # the local workers got the worker setup too
+        for r in client.run(worker_report).values():
+            assert r["setup"] is not None and r["gdal"]["GDAL_HTTP_TIMEOUT"] == "60"

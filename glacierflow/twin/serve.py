@@ -12,6 +12,7 @@ import contextlib
 import copy
 import errno
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -101,6 +102,44 @@ def served_items(twin_dir: Path, asset_url: str) -> tuple[list[dict[str, Any]], 
                 asset["href"] = f"{asset_url}/{asset['href'].lstrip('./')}"
         out.append(item)
     return out, collection
+
+
+@contextlib.contextmanager
+def serve_twins(twin_dirs: list[str | Path], port: int | None = None, backend: str = "rustac"
+                ) -> Iterator[dict[str, Any]]:
+    """Serve several twins (e.g. two glaciers) behind **one** STAC API and one asset server.
+
+    Yields ``{"stac_url", "asset_url", "metas"}`` with ``metas`` the twins' metadata by folder name. Item
+    ids must differ between the twins (twins of different glaciers do: their WRS path/row differ).
+    """
+    from glacierflow.twin import stac_servers
+
+    if backend not in BACKENDS:
+        raise GlacierflowError(f"unknown STAC backend {backend!r}; choose one of: {', '.join(BACKENDS)}")
+    dirs = [Path(d).resolve() for d in twin_dirs]
+    metas = {d.name: load_twin_meta(d) for d in dirs}
+    root = Path(os.path.commonpath(dirs)) if len(dirs) > 1 else dirs[0].parent
+    assets = AssetServer(root).start()
+    try:
+        items, collection = [], None
+        for d in dirs:
+            got, collection = served_items(d, f"{assets.url}/{d.relative_to(root).as_posix()}")
+            items += got
+        ids = [it["id"] for it in items]
+        if len(set(ids)) != len(ids):
+            raise GlacierflowError("the twins share item ids; serve twins of different glaciers or seeds apart")
+        work = root / f".twins.serve-{assets.port}"
+        work.mkdir(exist_ok=True)
+        try:
+            server = stac_servers.rustac_memory_server if backend == "rustac" else stac_servers.pgstac_server
+            with server(items, collection, work, port=port) as stac_url:
+                yield {"stac_url": stac_url.rstrip("/"), "asset_url": assets.url, "metas": metas}
+        finally:
+            import shutil
+
+            shutil.rmtree(work, ignore_errors=True)
+    finally:
+        assets.stop()
 
 
 @contextlib.contextmanager
