@@ -394,6 +394,7 @@ def spec_from_store(attrs: Mapping[str, Any], key: str, cls: type[S], where: str
 # ------------------------------------------------------------------------------------------------ learning
 SPLITS = ("temporal", "spatial")
 DEVICES = ("auto", "cpu", "cuda")
+OBJECTIVES = ("patch", "full-scene")  # training objectives: glacierflow.objectives.OBJECTIVES
 
 
 @dataclass(frozen=True)
@@ -456,7 +457,9 @@ class TrainSpec(Spec):
     ``teacher_forcing_epochs`` (independent of ``epochs``, so a resumed, longer run keeps the schedule;
     models without a decoder ignore it); the gradient norm is clipped at ``clip``; ``steps_per_epoch`` (0: all
     batches) bounds an epoch's work, ``val_samples`` (0: all) the validation set (a seeded subset);
-    ``amp``: bf16/fp16 autocast on CUDA.
+    ``amp``: bf16/fp16 autocast on CUDA. ``objective``: ``patch`` (masked MSE per patch sample) or
+    ``full-scene`` (each step forecasts all tiles of a ``scene_window`` px scene window, blends them as
+    ``predict`` does and takes the masked MSE on the window; 0: three patches, see ``glacierflow.objectives``).
     """
 
     epochs: int = 10
@@ -473,17 +476,20 @@ class TrainSpec(Spec):
     val_samples: int = 0
     num_workers: int = 0
     amp: bool = True
+    objective: str = "patch"
+    scene_window: int = 0
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "patience", "teacher_forcing_epochs"):
             self._integer(name, 1)
-        for name in ("steps_per_epoch", "val_samples", "num_workers"):
+        for name in ("steps_per_epoch", "val_samples", "num_workers", "scene_window"):
             self._integer(name, 0)
         self._between("lr", 1e-12, 10.0)
         self._between("weight_decay", 0.0, 10.0)
         self._between("clip", 1e-6, 1e6)
         self._between("teacher_forcing", 0.0, 1.0, "a probability")
         self._choice("device", DEVICES)
+        self._choice("objective", OBJECTIVES)
 
 
 # ------------------------------------------------------------------------------------------------ forecast

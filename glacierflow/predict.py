@@ -5,7 +5,8 @@ The scene is cut into ``patch x patch`` tiles whose starts step by ``patch - ove
 partial edge patches never happens here). Each tile's forecast is weighted by a smooth separable window
 (``sin^2``, a Hann window, floored so that no pixel gets zero weight) and the weighted tiles are summed and
 divided by the summed weights, so tile borders leave no seams. With ``overlap=0`` the tiling is the original
-code's non-overlapping one (each pixel from exactly one tile).
+code's non-overlapping one (each pixel from exactly one tile). The tiling and the blend live in
+:mod:`glacierflow.tiling`, shared with the ``full-scene`` training objective (``glacierflow.objectives``).
 
 Memory stays bounded: the forecast is built per row band (the store's spatial chunk height); a band reads only
 the input rows its tiles need, so a scene larger than memory never needs the whole forecast in memory. The
@@ -36,56 +37,23 @@ from glacierflow import __version__
 from glacierflow.config import PredictSpec
 from glacierflow.errors import GlacierflowError
 from glacierflow.patches import SEASON_LENGTH
+from glacierflow.tiling import (  # noqa: F401  (the tiling and blending are part of predict's API)
+    WINDOWS,
+    TileLayout,
+    band_rows,
+    blend_weights,
+    cut_tiles,
+    reflect_index,
+    stitch,
+    tile_layout,
+    tile_starts,
+)
 
 Model = Callable[[Any], Any]
 """Anything mapping a ``(B, t_in, 1, P, P)`` torch tensor to ``(B, t_out, 1, P, P)``."""
 
 
-# ------------------------------------------------------------------------------------------ blending windows
-def _hann(patch: int, floor: float) -> np.ndarray:
-    i = np.arange(patch, dtype=np.float64)
-    return np.maximum(np.sin(np.pi * (i + 0.5) / patch) ** 2, floor)
-
-
-def _uniform(patch: int, floor: float) -> np.ndarray:
-    return np.ones(patch, dtype=np.float64)
-
-
-WINDOWS: dict[str, Callable[[int, float], np.ndarray]] = {"hann": _hann, "uniform": _uniform}
-"""Blending windows (1-D; the 2-D weight is their outer product). ``uniform`` = plain averaging."""
-
-
-def blend_weights(patch: int, window: str = "hann", floor: float = 0.01) -> np.ndarray:
-    """The ``(patch, patch)`` float64 weight of one tile: outer product of a 1-D window with itself."""
-    if window not in WINDOWS:
-        raise GlacierflowError(f"unknown blending window {window!r}; choose one of: {', '.join(WINDOWS)}")
-    w = WINDOWS[window](patch, floor)
-    return np.outer(w, w)
-
-
-# ------------------------------------------------------------------------------------------------- tiling
-def tile_starts(n: int, patch: int, overlap: int) -> np.ndarray:
-    """Tile starts along one axis of length ``n`` (scene coordinates; the first is ``-overlap``).
-
-    The last tile reaches at least ``overlap`` pixels past the scene (or to its end when ``overlap`` is 0),
-    so every scene pixel lies under ``patch // stride`` tiles away from the borders.
-    """
-    if not 0 <= overlap < patch:
-        raise GlacierflowError(f"--overlap {overlap} must be >= 0 and below the patch size {patch}")
-    stride = patch - overlap
-    k = max(1, math.ceil((n + 2 * overlap - patch) / stride) + 1)
-    return -overlap + stride * np.arange(k)
-
-
-def reflect_index(idx: np.ndarray, n: int) -> np.ndarray:
-    """Map positions outside ``[0, n)`` back inside by reflection (numpy's ``reflect``: -1 -> 1)."""
-    if n == 1:
-        return np.zeros_like(idx)
-    period = 2 * (n - 1)
-    m = np.mod(idx, period)
-    return np.where(m < n, m, period - m)
-
-
+# ------------------------------------------------------------------------------------------------ inference
 def _run_tiles(model: Model, tiles: np.ndarray, batch_size: int, device: str) -> np.ndarray:
     """Model output for ``tiles`` (N, t_in, P, P) in batches -> (N, t_out, P, P) float32."""
     import torch
@@ -107,15 +75,6 @@ class _null:
 
     def __exit__(self, *args: object) -> None:
         return None
-
-
-def band_rows(height: int, rows: tuple[int, int], patch: int, overlap: int) -> tuple[int, int]:
-    """Scene rows ``[lo, hi)`` that the tiles of output rows ``rows`` read (before reflection padding)."""
-    a, b = rows
-    rs = tile_starts(height, patch, overlap)
-    rs = rs[(rs < b) & (rs + patch > a)]
-    ridx = reflect_index(np.arange(int(rs[0]), int(rs[-1]) + patch), height)
-    return int(ridx.min()), int(ridx.max()) + 1
 
 
 def forecast_rows(
@@ -157,27 +116,11 @@ def forecast_rows(
     numpy.ndarray
         ``(t_out, b - a, W)`` float32.
     """
-    w = frames.shape[2]
     h = frames.shape[1] if height is None else height
-    a, b = rows
-    rs = tile_starts(h, patch, overlap)
-    rs = rs[(rs < b) & (rs + patch > a)]
-    cs = tile_starts(w, patch, overlap)
-    lo, hi, c0 = int(rs[0]), int(rs[-1]) + patch, int(cs[0])
-    ridx = reflect_index(np.arange(lo, hi), h) - offset
-    cidx = reflect_index(np.arange(c0, int(cs[-1]) + patch), w)
-    inp = np.nan_to_num(np.asarray(frames, dtype=np.float32)[:, ridx][:, :, cidx], nan=0.0)
-    spots = [(r - lo, c - c0) for r in rs for c in cs]
-    tiles = np.stack([inp[:, r : r + patch, c : c + patch] for r, c in spots])
-    pred = _run_tiles(model, tiles, batch_size, device)
-    weight = blend_weights(patch, window, floor)
-    acc = np.zeros((pred.shape[1], hi - lo, inp.shape[2]), np.float64)
-    wsum = np.zeros((hi - lo, inp.shape[2]), np.float64)
-    for k, (r, c) in enumerate(spots):
-        acc[:, r : r + patch, c : c + patch] += pred[k] * weight
-        wsum[r : r + patch, c : c + patch] += weight
-    out = acc / wsum
-    return out[:, a - lo : b - lo, -c0 : -c0 + w].astype(np.float32)
+    layout = tile_layout(h, frames.shape[2], rows, patch, overlap, offset=offset, window=window, floor=floor)
+    inp = np.nan_to_num(np.asarray(frames, dtype=np.float32), nan=0.0)
+    pred = _run_tiles(model, cut_tiles(inp, layout), batch_size, device)
+    return stitch(pred, layout).astype(np.float32)
 
 
 def forecast_scene(model: Model, frames: Any, *, band: int | None = None, **kwargs: Any) -> np.ndarray:

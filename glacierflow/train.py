@@ -3,7 +3,8 @@
 The loop, top to bottom (:func:`fit`): open the cube and cut it into samples (``patches.prepare``), build
 the model from the registry, AdamW; per epoch: reseed (``seed``, ``epoch``) so that a resumed run draws
 exactly what an uninterrupted one would, train with the teacher-forcing probability of that epoch
-(linear from ``TrainSpec.teacher_forcing`` at the first epoch to 0 at ``teacher_forcing_epochs``), clip the
+(linear from ``TrainSpec.teacher_forcing`` at the first epoch to 0 at ``teacher_forcing_epochs``) on the
+loss of ``TrainSpec.objective`` (:mod:`glacierflow.objectives`: patch samples, or blended scene windows), clip the
 gradient norm, log every step to ``loss.csv``, score the validation set, keep ``best.pt`` (lowest validation loss) and
 ``last.pt`` (end of every epoch), stop after ``patience`` epochs without improvement. A NaN/inf loss
 stops the run with a one-line error; the checkpoints of the last good epoch stay untouched.
@@ -172,10 +173,7 @@ def _train_epoch(model: torch.nn.Module, loader: Any, opt: torch.optim.Optimizer
     for i, b in enumerate(loader):
         if i >= n_batches:
             break
-        x, y, m = (b[k].to(device) for k in ("x", "y", "mask"))
-        with _autocast(device, dtype):
-            pred = model(x, target=y, teacher_forcing=tf)
-        loss = masked_mse(pred, y, m)
+        loss, n_seq = ctx["step_loss"](model, b, tf, device, dtype)  # glacierflow.objectives
         if not torch.isfinite(loss):
             raise GlacierflowError(
                 f"training loss became {float(loss.detach())} at step {step + 1} (epoch {epoch + 1}); stopped, "
@@ -187,7 +185,7 @@ def _train_epoch(model: torch.nn.Module, loader: Any, opt: torch.optim.Optimizer
         torch.nn.utils.clip_grad_norm_(model.parameters(), spec.clip)
         scaler.step(opt)
         scaler.update()
-        step, seen = step + 1, seen + len(x)
+        step, seen = step + 1, seen + n_seq
         losses.append(float(loss.detach()))
         log.write(step, epoch + 1, losses[-1], None, opt.param_groups[0]["lr"])
         bar.update(task, advance=1, loss=losses[-1], rate=seen / max(time.perf_counter() - t0, 1e-9))
@@ -239,6 +237,7 @@ def fit(cube: str, out_dir: str | os.PathLike[str], model_spec: ModelSpec | None
         ``throughput`` (training sequences/s of the last epoch), the sample counts and the run directory.
     """
     from glacierflow.models import MODELS, build_model, count_parameters
+    from glacierflow.objectives import OBJECTIVES
 
     out = Path(out_dir)
     ck = None
@@ -279,13 +278,15 @@ def fit(cube: str, out_dir: str | os.PathLike[str], model_spec: ModelSpec | None
     ctx = {"train_spec": train_spec, "device": device, "dtype": dtype, "out": out, "model_name": model_spec.name,
            "cube": str(cube), "specs": {"patch_spec": patch_spec.to_dict(), "model_spec": model_spec.to_dict(),
                                         "train_spec": train_spec.to_dict(), **cube_specs}}
-    train_loader = _loader(samples, "train", train_spec, shuffle=True)
+    train_loader, ctx["step_loss"], objective = OBJECTIVES[train_spec.objective].build(samples, patch_spec,
+                                                                                       train_spec)
     val_loader = _loader(samples, "val", train_spec, shuffle=False)
     log = LossLog(out / "loss.csv", keep_until_step=state["step"] if ck is not None else None)
     run = {"cube": str(cube), "split": patch_spec.split, "seed": train_spec.seed, "device": str(device),
            "autocast": str(dtype).replace("torch.", "") if dtype else None, "model": model_spec.name,
            "parameters": count_parameters(model), "samples": samples.summary(), "versions": _versions(),
-           **ctx["specs"], "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "resumed": bool(ck)}
+           "objective": objective, **ctx["specs"], "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+           "resumed": bool(ck)}
     _write_json(out / "run.json", run)
     if ck is None:
         log.write(0, 0, None, validation_loss(model, val_loader, device, dtype), train_spec.lr)
