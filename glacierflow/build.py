@@ -72,29 +72,65 @@ class BuildSummary:
 # --- stages ---------------------------------------------------------------------------------------------
 
 
-def stack(items: list[dict[str, Any]], spec: CubeSpec, reader: type | None = None) -> xr.DataArray:
-    """The lazy ``(time, band, y, x)`` cube of the items on the site's Landsat grid."""
+def _env(spec: CubeSpec) -> Any:
+    return cube.gdal_env(spec.http_timeout, spec.http_retries, spec.http_retry_delay)
+
+
+def stack(items: list[dict[str, Any]], spec: CubeSpec, reader: type | None = None, *,
+          strict: bool = False) -> xr.DataArray:
+    """The lazy ``(time, band, y, x)`` cube of the items on the site's Landsat grid (``strict``: reads raise)."""
     return cube.build_cube(
         items, bbox_lonlat=spec.bbox, epsg=spec.epsg, resolution=spec.resolution, platforms=spec.platforms,
-        reader=reader or cube.ReportingRioReader,
+        reader=reader or cube.ReportingRioReader, env=_env(spec), on_read_error="raise" if strict else "nan",
     )
 
 
-def quality(raw: xr.DataArray, pre: PreprocessSpec) -> xr.Dataset:
-    """Per stacked scene, from ``qa_pixel`` alone (lazy): ``valid_fraction`` and ``qa_read_error``."""
+def asset_errors(items: list[dict[str, Any]], raw: xr.DataArray, spec: CubeSpec,
+                 reader: type | None = None) -> xr.DataArray:
+    """Per stacked scene (lazy): why its assets cannot be stacked as declared ('' if they can).
+
+    One task per scene opens the headers of its assets (:func:`glacierflow.cube.check_assets`): a missing
+    asset, an unreadable file, a CRS or size other than the item declares.
+    """
+    by_id = {str(it["id"]): it for it in cube.normalise_items(items, platforms=spec.platforms)}
+    sign = reader.sign_href if isinstance(reader, type) and issubclass(reader, cube.SigningRioReader) else None
+    env, bands = _env(spec), [str(b) for b in raw["band"].values]
+    check = dask.delayed(_check_scene, pure=True)
+    parts = [dsa.from_delayed(check(by_id[str(i)], bands, env, sign), shape=(1,), dtype=object)
+             for i in raw["id"].values]
+    data = dsa.concatenate(parts) if parts else np.empty(0, object)
+    return xr.DataArray(data, dims="time", coords={"time": raw["time"].values})
+
+
+def _check_scene(item: dict[str, Any], bands: list[str], env: Any, sign: Any) -> np.ndarray:
+    return np.array([cube.check_assets(item, bands, env, sign)], dtype=object)
+
+
+def quality(raw: xr.DataArray, pre: PreprocessSpec, asset_error: xr.DataArray | None = None) -> xr.Dataset:
+    """Per stacked scene (lazy): ``valid_fraction``, ``qa_read_error`` and ``asset_error``.
+
+    ``valid_fraction`` and ``qa_read_error`` come from ``qa_pixel`` alone; ``asset_error`` is
+    :func:`asset_errors` ('' for every scene when not given).
+    """
     qa = raw.sel(band=preprocess.QA_BAND, drop=True)
     frac = preprocess.qa_valid(qa, mask_clouds=pre.mask_clouds).mean(("y", "x")).astype(np.float32)
     unreadable = np.isneginf(qa).any(("y", "x"))
-    return xr.Dataset({"valid_fraction": frac, "qa_read_error": unreadable}).reset_coords(drop=True)
+    if asset_error is None:
+        asset_error = xr.DataArray(np.full(raw.sizes["time"], "", object), dims="time")
+    return xr.Dataset({"valid_fraction": frac, "qa_read_error": unreadable,
+                       "asset_error": asset_error.reset_coords(drop=True).assign_coords(time=raw["time"])
+                       }).reset_coords(drop=True)
 
 
-def _reasons(frac: np.ndarray, qa_err: np.ndarray, aligned: np.ndarray, ecc: np.ndarray, *band_err: np.ndarray,
-             need: float, min_ecc: float, bands: tuple[str, ...]) -> np.ndarray:
+def _reasons(frac: np.ndarray, qa_err: np.ndarray, asset_err: np.ndarray, aligned: np.ndarray, ecc: np.ndarray,
+             *band_err: np.ndarray, need: float, min_ecc: float, bands: tuple[str, ...]) -> np.ndarray:
     """Why each scene is not averaged ('' if it is): read error, missing, alignment (first that applies)."""
     out = np.empty(frac.shape, object)
     for i in range(frac.size):
         bad = [b for b, e in zip(bands, band_err, strict=True) if e[i]]
-        if qa_err[i] or bad:
+        if asset_err[i]:
+            out[i] = str(asset_err[i])
+        elif qa_err[i] or bad:
             out[i] = f"read error: unreadable {', '.join(bad or ['qa_pixel'])} asset"
         elif not frac[i] >= need:
             out[i] = f"missing: valid fraction {frac[i]:.2f} < {need:.2f}"
@@ -112,7 +148,8 @@ def _scenes_entering(
     """The scenes that enter the main pass: those over the quality threshold when ``q`` is computed."""
     if isinstance(q["valid_fraction"].data, dsa.Array):
         return raw, None  # one graph: every scene enters, the threshold applies inside it
-    keep = np.flatnonzero(q["valid_fraction"].values >= 1.0 - pre.max_missing)
+    keep = np.flatnonzero((q["valid_fraction"].values >= 1.0 - pre.max_missing)
+                          & (q["asset_error"].values == ""))
     return raw.isel(time=keep), keep
 
 
@@ -126,6 +163,7 @@ def cube_dataset(
     scratch: str | None = None,
     storage_options: dict[str, Any] | None = None,
     rejected: list[catalog.Rejection] = (),  # type: ignore[assignment]
+    strict: bool = False,
 ) -> xr.Dataset:
     """The lazy cube store content as one Dataset.
 
@@ -148,6 +186,8 @@ def cube_dataset(
         fsspec options for ``scratch``.
     rejected
         Search rejections, recorded as rows of the per-scene table.
+    strict
+        Unreadable pixels raise :class:`glacierflow.cube.AssetReadError` instead of dropping the scene.
 
     Returns
     -------
@@ -157,15 +197,16 @@ def cube_dataset(
         scene considered, by time); ``guide(guide_scene, y, x)`` for the scenes that entered the alignment
         (NaN for those not averaged) unless ``spec.guides`` is False. All lazy.
     """
-    raw = stack(items, spec, reader)
-    q = quality(raw, pre) if quality_figures is None else quality_figures
+    raw = stack(items, spec, reader, strict=strict)
+    q = quality(raw, pre, asset_errors(items, raw, spec, reader)) if quality_figures is None else quality_figures
     if q.sizes["time"] != raw.sizes["time"]:
         raise GlacierflowError("quality figures and cube disagree on the scenes; rerun build-cube")
     sel, keep = _scenes_entering(raw, q, pre)
     qsel = q if keep is None else q.isel(time=keep)
     masked = preprocess.mask_invalid(sel, mask_clouds=pre.mask_clouds)
+    ok_assets = qsel["asset_error"] == ""
     if keep is None:  # scenes under the threshold carry no weight anywhere (reference, means)
-        masked = masked.where(qsel["valid_fraction"] >= 1.0 - pre.max_missing)
+        masked = masked.where((qsel["valid_fraction"] >= 1.0 - pre.max_missing) & ok_assets)
     scenes = xr.Dataset({
         "ndsi": preprocess.ndsi(masked).reset_coords(drop=True),
         "guide": align.alignment_image(masked, highpass=pre.align_highpass).reset_coords(drop=True),
@@ -176,8 +217,8 @@ def cube_dataset(
     reg = align.co_register(source, pre.motion, min_ecc=pre.min_ecc)
     band_err = preprocess.read_errors(sel.sel(band=list(preprocess.REFLECTANCE_BANDS))).reset_coords(drop=True)
     ok_quality = qsel["valid_fraction"] >= 1.0 - pre.max_missing
-    averaged = (reg["aligned"] & ok_quality & ~band_err.any("band") & ~qsel["qa_read_error"]).reset_coords(
-        drop=True)
+    averaged = (reg["aligned"] & ok_quality & ok_assets & ~band_err.any("band")
+                & ~qsel["qa_read_error"]).reset_coords(drop=True)
     snow = preprocess.snow_mask(reg["ndsi"], pre.ndsi_threshold).assign_coords(time=sel["time"].values)
     periodic = preprocess.resample(snow, pre.period, start=spec.start, end=spec.end, use=averaged,
                                    max_iter=pre.gap_fill_max_iter)
@@ -244,7 +285,8 @@ def _table(items, raw, q, keep, reg, band_err, averaged, pre, rejected, dropped)
     ecc = entered(reg["ecc"], np.nan)
     berr = entered(band_err.transpose("time", "band"), False)
     used = entered(averaged, False)
-    inputs = [dsa.asarray(a).rechunk(-1) for a in (frac, q["qa_read_error"].data, aligned, ecc)]
+    inputs = [(a if isinstance(a, dsa.Array) else dsa.from_array(np.asarray(a), chunks=-1)).rechunk(-1)
+              for a in (frac, q["qa_read_error"].data, q["asset_error"].data, aligned, ecc)]
     inputs += [berr[:, b].rechunk(-1) for b in range(berr.shape[1])]
     reason = dsa.map_blocks(
         partial(_reasons, need=need, min_ecc=pre.min_ecc, bands=preprocess.REFLECTANCE_BANDS), *inputs,
@@ -358,6 +400,7 @@ def build_cube_store(
     storage_options: dict[str, Any] | None = None,
     signer: str | Callable[[dict[str, Any]], dict[str, Any]] | type | None = None,
     compute: Callable[[list[Any]], list[Any]] | None = None,
+    strict: bool = False,
 ) -> BuildSummary:
     """Search, assemble and write a cube store (see the module notes).
 
@@ -377,22 +420,29 @@ def build_cube_store(
     compute
         Runs a list of dask objects and returns their results (progress bars, distributed clients);
         default ``dask.compute``.
+    strict
+        Fail (one line naming the asset) on a scene whose assets are missing, unreadable, or not what the
+        item declares, instead of dropping it with the reason in the ``scenes`` table.
     """
     t0 = time.perf_counter()
     if not overwrite and store.exists(out, storage_options):
         raise GlacierflowError(f"store {out} already exists; pass --overwrite to replace it")
     found = catalog.search(spec.catalog, bbox=spec.bbox, start=spec.start, end=spec.end,
                            collection=spec.collection, platforms=spec.platforms, max_cloud=spec.max_cloud,
-                           categories=spec.categories)
+                           categories=spec.categories, retries=spec.http_retries, backoff=spec.http_retry_delay,
+                           timeout=spec.http_timeout)
     found.raise_if_empty()
     items, reader = _signing(found, signer, spec)
     run = compute or (lambda objs: list(dask.compute(*objs)))
-    (q,) = run([quality(stack(items, spec, reader), pre)])
+    raw = stack(items, spec, reader, strict=strict)
+    (q,) = run([quality(raw, pre, asset_errors(items, raw, spec, reader))])
+    if strict:
+        _raise_if_asset_errors(q, raw)
     _raise_if_unusable(q, pre)
     scratch = store.sibling(out, "scratch")
     try:
         ds = cube_dataset(items, spec, pre, reader=reader, quality_figures=q, scratch=scratch,
-                          storage_options=storage_options, rejected=found.rejected)
+                          storage_options=storage_options, rejected=found.rejected, strict=strict)
         ds.attrs = {
             "glacierflow_version": __version__,
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -406,6 +456,15 @@ def build_cube_store(
         store.remove(scratch, storage_options)
     return summarise(out, storage_options, scenes_found=len(found.items) + len(found.rejected),
                      server_filter=found.server_filter, seconds=time.perf_counter() - t0)
+
+
+def _raise_if_asset_errors(q: xr.Dataset, raw: xr.DataArray) -> None:
+    bad = [(str(i), str(e)) for i, e in zip(raw["id"].values, q["asset_error"].values, strict=True) if e]
+    if bad:
+        item, why = bad[0]
+        more = f" (and {len(bad) - 1} more scenes)" if len(bad) > 1 else ""
+        raise GlacierflowError(f"--strict: scene {item}: {why.removeprefix('read error: ')}{more}; fix the "
+                               "asset or run without --strict to drop such scenes; no store was written")
 
 
 def _raise_if_unusable(q: xr.Dataset, pre: PreprocessSpec) -> None:

@@ -174,6 +174,13 @@ class CubeSpec(Spec):
         Landsat collection categories kept (``landsat:collection_category``: T1, T2, RT).
     guides
         Also store the aligned per-scene guide images (group ``guides``).
+    http_timeout
+        Seconds one HTTP request (STAC page, COG range read) may take before it is retried
+        (``GDAL_HTTP_TIMEOUT`` on the workers, the STAC client's timeout).
+    http_retries
+        Retries of a failed or timed-out request (``GDAL_HTTP_MAX_RETRY``, urllib3 ``Retry``).
+    http_retry_delay
+        Seconds before the first retry, doubling after each (``GDAL_HTTP_RETRY_DELAY``, urllib3 backoff).
     """
 
     name: str
@@ -188,6 +195,9 @@ class CubeSpec(Spec):
     resolution: float = 30.0
     categories: tuple[str, ...] = ("T1", "T2")
     guides: bool = True
+    http_timeout: float = 60.0
+    http_retries: int = 5
+    http_retry_delay: float = 2.0
 
     def __post_init__(self) -> None:
         if _date(self, "start") >= _date(self, "end"):
@@ -202,6 +212,9 @@ class CubeSpec(Spec):
         self._require(self.resolution > 0, "resolution", f"{self.resolution} must be > 0 metres")
         self._require(bool(self.categories) and set(self.categories) <= set(CATEGORIES), "categories",
                       f"{' '.join(self.categories) or 'nothing'} must be some of: {', '.join(CATEGORIES)}")
+        self._between("http_timeout", 0.1, 3600, "seconds")
+        self._integer("http_retries", 0)
+        self._between("http_retry_delay", 0, 600, "seconds")
 
 
 @dataclass(frozen=True)

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Literal
 
@@ -54,6 +55,7 @@ from rasterio.enums import Resampling
 from rasterio.errors import RasterioIOError
 from rasterio.windows import Window
 from stackstac.nodata_reader import exception_matches, nodata_for_window
+from stackstac.rio_env import LayeredEnv
 from stackstac.rio_reader import AutoParallelRioReader
 
 from glacierflow import store
@@ -72,19 +74,32 @@ TIME_PROPERTIES: tuple[str, ...] = ("platform", "eo:cloud_cover")
 #: Landsat C2 UTM grids put pixel corners at 15 m + k * 30 m.
 LANDSAT_GRID_ANCHOR = 15.0
 
-#: GDAL options for every open/read, on every worker: a :class:`stackstac.rio_env.LayeredEnv` is part of
-#: each reader in the Dask graph, so it travels to the workers with the tasks.
-GDAL_ENV = stackstac.DEFAULT_GDAL_ENV.updated(
-    always=dict(
-        GDAL_HTTP_MAX_RETRY="5",
-        GDAL_HTTP_RETRY_DELAY="2",
-        GDAL_HTTP_TIMEOUT="60",
-        GDAL_HTTP_MULTIRANGE="YES",
-        GDAL_HTTP_MERGE_CONSECUTIVE_RANGES="YES",
-        GDAL_DISABLE_READDIR_ON_OPEN="EMPTY_DIR",
-        CPL_VSIL_CURL_ALLOWED_EXTENSIONS=".tif,.TIF,.tiff,.TIFF",
+
+
+def gdal_env(http_timeout: float = 60.0, http_retries: int = 5, http_retry_delay: float = 2.0) -> LayeredEnv:
+    """GDAL options for every open/read, on every worker, with the given HTTP timeout and retries.
+
+    A :class:`stackstac.rio_env.LayeredEnv` is part of each reader in the Dask graph, so the options travel
+    to the workers with the tasks and apply there (``rasterio.Env`` around each open and read). GDAL retries
+    HTTP 429/5xx and timed-out or reset connections ``http_retries`` times, the first after
+    ``http_retry_delay`` seconds, with exponential backoff; a request not done after ``http_timeout``
+    seconds (a stalled server) is abandoned and retried (``GDAL_HTTP_TIMEOUT``, whole seconds).
+    """
+    return stackstac.DEFAULT_GDAL_ENV.updated(
+        always=dict(
+            GDAL_HTTP_MAX_RETRY=str(int(http_retries)),
+            GDAL_HTTP_RETRY_DELAY=f"{float(http_retry_delay):g}",
+            GDAL_HTTP_TIMEOUT=str(max(1, round(float(http_timeout)))),  # GDAL takes whole seconds
+            GDAL_HTTP_MULTIRANGE="YES",
+            GDAL_HTTP_MERGE_CONSECUTIVE_RANGES="YES",
+            GDAL_DISABLE_READDIR_ON_OPEN="EMPTY_DIR",
+            CPL_VSIL_CURL_ALLOWED_EXTENSIONS=".tif,.TIF,.tiff,.TIFF",
+        )
     )
-)
+
+
+#: The default GDAL options (60 s timeout, 5 retries from 2 s): :func:`gdal_env` with its defaults.
+GDAL_ENV = gdal_env()
 
 #: What an unreadable asset window holds (NaN means "outside the footprint / nodata").
 READ_ERROR_VALUE = np.float32(-np.inf)
@@ -98,7 +113,12 @@ READ_ERRORS_AS_NODATA: tuple[Exception, ...] = (
     RasterioIOError(r"(?s).*HTTP response code: (404|5\d\d)"),
     RasterioIOError(r"(?s).*No such file or directory"),
     RasterioIOError(r"(?s).*(TIFFRead|IReadBlock failed|Read or write failed|Read failed|not recognized as)"),
+    RasterioIOError(r"(?s).*(timed out|Timeout was reached|Connection reset|Empty reply)"),  # retries spent
 )
+
+
+class AssetReadError(GlacierflowError, RuntimeError):
+    """An asset that cannot be read, named (query string redacted); raised where read errors are fatal."""
 
 
 def _pixel_offset(spec: Any, ds: Any) -> tuple[int, int] | None:
@@ -162,18 +182,18 @@ class ReportingRioReader(AutoParallelRioReader):
             return out
 
     def read(self, window: Any, **kwargs: Any) -> np.ndarray:
-        """Read one window; matching errors give ``fill_value`` and a warning naming the file."""
+        """Read one window; matching errors give ``fill_value`` and a warning naming the file.
+
+        Any other error (or every error, without ``errors_as_nodata``) raises :class:`AssetReadError`:
+        one line naming the asset, its query string (a signature) redacted.
+        """
         try:
             return self._read_plain(window, **kwargs)
         except Exception as err:
             cause = err.__cause__ if isinstance(err.__cause__, Exception) else err
+            plain_url, detail = redact(self.url, str(cause))
             if not self.report_patterns or not exception_matches(cause, self.report_patterns):
-                raise
-            # never print a SAS token: drop the query string of signed URLs, also inside GDAL's message
-            plain_url = self.url.split("?", 1)[0]
-            detail = str(cause).replace(self.url, plain_url)
-            if "?" in self.url:
-                detail = detail.replace(self.url.split("?", 1)[1], "<redacted>")
+                raise AssetReadError(f"cannot read asset {plain_url}: {_short(detail)}") from None
             logger.warning("glacierflow: unreadable asset %r (%s); reported as a read error", plain_url, detail)
             return nodata_for_window(window, READ_ERROR_VALUE, self.dtype)
 
@@ -181,6 +201,74 @@ class ReportingRioReader(AutoParallelRioReader):
         state = super().__getstate__()
         state["errors_as_nodata"] = self.report_patterns
         return state
+
+
+def redact(url: str, text: str = "") -> tuple[str, str]:
+    """``url`` without its query string (a SAS token), and ``text`` with the URL and query replaced."""
+    plain = url.split("?", 1)[0]
+    text = text.replace(url, plain)
+    if "?" in url:
+        text = text.replace(url.split("?", 1)[1], "<redacted>")
+    return plain, text
+
+
+def _short(text: str) -> str:
+    """A GDAL error message in a few words (HTTP status, timed out, missing, corrupt), else its first 160 chars."""
+    text = " ".join(text.split())
+    status = re.search(r"HTTP response code: (\d+)", text)
+    if status:
+        return f"HTTP {status.group(1)}"
+    if "No such file or directory" in text:
+        return "no such file"
+    if re.search(r"timed out|Timeout was reached", text):
+        return "timed out"
+    if re.search(r"not recognized as|TIFFRead|IReadBlock failed|Read failed", text):
+        return "not a readable GeoTIFF (truncated or corrupt)"
+    return text[:160]
+
+
+def check_assets(item: Mapping[str, Any], assets: Sequence[str] = DEFAULT_ASSETS, env: LayeredEnv = GDAL_ENV,
+                 sign: Any = None) -> str:
+    """Why an item's assets cannot be stacked as declared ('' if they can): opens each header (cheap).
+
+    Checks that each asset opens, and that its CRS and size are the item's ``proj:epsg`` / ``proj:shape``
+    (asset-level values first): a COG in another CRS than its item says would be warped from the wrong
+    place without an error. Returns e.g. ``"read error: swir16 HTTP 404"`` or ``"read error: green CRS
+    EPSG:32644, item says EPSG:32643"``. HTTP 401/403 (an expired or missing signature) raise
+    :class:`AssetReadError`: every other asset would fail the same way.
+
+    Parameters
+    ----------
+    item
+        A normalised item dict (:func:`normalise_items`).
+    assets
+        Asset keys to check.
+    env
+        GDAL options (:func:`gdal_env`).
+    sign
+        ``href -> signed href`` (e.g. :meth:`SigningRioReader.sign_href`), or None.
+    """
+    props = item.get("properties", {})
+    for key in assets:
+        asset = item["assets"][key]
+        url = sign(asset["href"]) if sign is not None else asset["href"]
+        try:
+            with env.open, rasterio.open(url) as ds:
+                crs, shape = ds.crs, (ds.height, ds.width)
+        except Exception as err:  # noqa: BLE001 - any open failure is the reason
+            plain, detail = redact(url, str(err))
+            if "HTTP response code: 401" in detail or "HTTP response code: 403" in detail:
+                raise AssetReadError(f"cannot read asset {plain}: {_short(detail)} (expired or missing "
+                                     "signature?)") from None
+            return f"read error: {key} {_short(detail)}"
+        epsg = asset.get("proj:epsg", props.get("proj:epsg"))
+        found = crs.to_epsg() if crs is not None else None
+        if epsg is not None and found != int(epsg):
+            return f"read error: {key} CRS {f'EPSG:{found}' if found else 'missing'}, item says EPSG:{int(epsg)}"
+        declared = asset.get("proj:shape", props.get("proj:shape"))
+        if declared and tuple(int(v) for v in declared) != shape:
+            return f"read error: {key} size {shape[0]}x{shape[1]} px, item says {declared[0]}x{declared[1]}"
+    return ""
 
 
 class SigningRioReader(ReportingRioReader):
@@ -376,6 +464,7 @@ def build_cube(
     anchor: float = LANDSAT_GRID_ANCHOR,
     on_read_error: Literal["nan", "raise"] = "nan",
     reader: type[ReportingRioReader] = ReportingRioReader,
+    env: LayeredEnv = GDAL_ENV,
 ) -> xr.DataArray:
     """Lazy float32 cube ``(time, band, y, x)`` of the items over ``bbox_lonlat`` on an explicit grid.
 
@@ -399,6 +488,8 @@ def build_cube(
         ``"nan"``: missing/corrupt files become NaN and are reported (see the module notes); ``"raise"``.
     reader
         stackstac reader class; :class:`SigningRioReader` signs hrefs at read time (pass unsigned items).
+    env
+        GDAL options of every open and read (:func:`gdal_env`: HTTP timeout and retries).
 
     Returns
     -------
@@ -438,7 +529,7 @@ def build_cube(
             xy_coords="center",
             properties=list(TIME_PROPERTIES),
             band_coords=False,
-            gdal_env=GDAL_ENV,
+            gdal_env=env,
             errors_as_nodata=READ_ERRORS_AS_NODATA if on_read_error == "nan" else (),
             reader=reader,
             resampling=Resampling[resampling],

@@ -1,0 +1,228 @@
+"""Injected faults, for real: a STAC server failing mid-pagination, broken assets, a stalling asset server.
+
+The faults come from :mod:`tests.fault_proxy`, an HTTP proxy in front of the real servers (rustac serving
+STAC, the twin's asset server serving real COGs read by GDAL); nothing in glacierflow or its libraries is
+patched. Settings are short (HTTP timeout 1 s, retry delay 0.1 s) so that each test takes seconds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import dask
+import numpy as np
+import pytest
+import rasterio
+
+from glacierflow import cli
+from glacierflow.build import build_cube_store
+from glacierflow.catalog import search
+from glacierflow.config import CubeSpec, PreprocessSpec
+from glacierflow.errors import GlacierflowError
+from glacierflow.store import is_complete, open_store
+from glacierflow.twin.make import load_twin_meta
+from glacierflow.twin.serve import AssetServer, served_items
+from glacierflow.twin.stac_servers import rustac_memory_server
+
+from .fault_proxy import FaultProxy
+from .test_catalog import ALL_AUS, AUS
+
+START, END = "2019-04-01", "2019-09-30"  # 6 months of the tiny twin: ~10 scenes, a build takes ~2 s
+FAST = {"http_timeout": 1.0, "http_retries": 2, "http_retry_delay": 0.1}
+
+
+# -- STAC API ----------------------------------------------------------------------------------------------
+
+def _aus(url: str, **kw: Any) -> Any:
+    return search(url, bbox=AUS, start="2023-01-01", end="2023-12-31", platforms=None, max_cloud=None, limit=3,
+                  backoff=0.01, **kw)
+
+
+def test_stac_500s_and_a_dropped_connection_mid_pagination_are_retried(rustac_server, tmp_path: Path) -> None:
+    direct = _aus(rustac_server.url)
+    # each page is a POST /search (pages 2 and 3 carry the `next` token in the body): page 1 passes, then
+    # two requests get HTTP 500 and one has its connection closed without an answer; then all pass
+    rules = [{"match": "^/search", "method": "POST", "action": "status", "status": 500, "skip": 1, "times": 2},
+             {"match": "^/search", "method": "POST", "action": "drop", "skip": 1, "times": 1}]
+    with FaultProxy(int(rustac_server.url.rstrip("/").rsplit(":", 1)[1]), rules, tmp_path / "log") as proxy:
+        flaky = _aus(proxy.url, retries=3)
+        actions = [e["action"] for e in proxy.events() if e["method"] == "POST"]
+    assert actions == ["pass", "status", "status", "drop", "pass", "pass"], actions  # page 2 retried 3 times
+    assert flaky.ids == direct.ids == ALL_AUS and flaky.pages == direct.pages == 3
+    strip = [{k: v for k, v in it.items() if k != "links"} for it in flaky.items]
+    assert strip == [{k: v for k, v in it.items() if k != "links"} for it in direct.items]  # identical items
+
+
+@pytest.mark.parametrize("action", ["status", "drop"])
+def test_stac_server_that_stays_down_mid_pagination_is_one_clear_line(rustac_server, tmp_path: Path,
+                                                                      action: str) -> None:
+    rules = [{"match": "^/search", "method": "POST", "action": action, "status": 500, "skip": 1, "times": -1}]
+    with FaultProxy(int(rustac_server.url.rstrip("/").rsplit(":", 1)[1]), rules, tmp_path / "log") as proxy:
+        with pytest.raises(GlacierflowError) as err:
+            _aus(proxy.url, retries=2)
+        faults = [e for e in proxy.events() if e["action"] == action]
+    assert len(faults) == 3, faults  # the first try and 2 retries of page 2, then it gives up
+    msg = str(err.value)
+    assert msg.startswith(f"search at {proxy.url} failed: ") and "\n" not in msg and "retry later" in msg
+    assert ("HTTP 500" in msg) if action == "status" else ("HTTP" not in msg), msg
+
+
+# -- assets ------------------------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def _served(twin: Path, rules: list[dict[str, Any]], log: Path) -> Iterator[tuple[str, FaultProxy]]:
+    """The twin's COGs behind the fault proxy, its items (hrefs through the proxy) behind rustac."""
+    assets = AssetServer(twin).start()
+    try:
+        with FaultProxy(assets.port, rules, log) as proxy:
+            items, collection = served_items(twin, proxy.url)
+            work = twin.parent / f"stac-{proxy.port}"
+            work.mkdir()
+            with rustac_memory_server(items, collection, work) as stac_url:
+                yield stac_url.rstrip("/"), proxy
+    finally:
+        assets.stop()
+
+
+def _spec(twin: Path, stac_url: str, **kw: Any) -> CubeSpec:
+    meta = load_twin_meta(twin)
+    return CubeSpec(name="t", bbox=tuple(meta["bbox"]), epsg=meta["epsg"], start=START, end=END, catalog=stac_url,
+                    **kw)
+
+
+def _victims(twin: Path, n: int) -> list[dict[str, Any]]:
+    """``n`` clear Landsat-8 scenes of the test window (each would be used)."""
+    items = json.loads((twin / "items.json").read_text())["features"]
+    ok = [i for i in items if i["properties"]["platform"] == "landsat-8" and START <= i["properties"]["datetime"]
+          <= END and i["properties"]["eo:cloud_cover"] < 5]
+    assert len(ok) >= n
+    return ok[:n]
+
+
+@pytest.fixture(scope="module")
+def reference(served_twin: dict, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The undisturbed build of the test window (threads), for comparison."""
+    m = served_twin["meta"]
+    spec = CubeSpec(name="t", bbox=tuple(m["bbox"]), epsg=m["epsg"], start=START, end=END,
+                    catalog=served_twin["stac_url"])
+    out = str(tmp_path_factory.mktemp("ref") / "ref.zarr")
+    with dask.config.set(scheduler="threads"):
+        build_cube_store(spec, PreprocessSpec(), out)
+    return {"out": out, "ndsi": open_store(out)["ndsi"].values,
+            "scenes": open_store(out, group="scenes").load()}
+
+
+def _damage(twin: Path) -> dict[str, tuple[str, str]]:
+    """Break three scenes' assets in three ways; returns {item id: (asset, damage)}."""
+    crs_v, trunc_v, gone_v = _victims(twin, 3)
+    cog = twin / crs_v["assets"]["green"]["href"]
+    with rasterio.open(cog) as src:  # the same pixels, declared in the neighbouring UTM zone
+        profile, data = src.profile, src.read()
+    profile.update(crs="EPSG:32644")
+    with rasterio.open(cog, "w", **profile) as dst:
+        dst.write(data)
+    tif = twin / trunc_v["assets"]["swir16"]["href"]
+    tif.write_bytes(tif.read_bytes()[:3000])  # header intact, tiles cut off
+    (twin / gone_v["assets"]["qa_pixel"]["href"]).unlink()  # HTTP 404
+    return {crs_v["id"]: ("green", "crs"), trunc_v["id"]: ("swir16", "truncated"),
+            gone_v["id"]: ("qa_pixel", "missing")}
+
+
+def test_missing_truncated_and_wrong_crs_assets_drop_their_scene_with_the_reason(
+        tiny_twin: Path, tmp_path: Path, reference: dict[str, Any]) -> None:
+    twin = tmp_path / "twin"
+    shutil.copytree(tiny_twin, twin)
+    broken = _damage(twin)
+    out = str(tmp_path / "cube.zarr")
+    with _served(twin, [], tmp_path / "log") as (stac_url, _), dask.config.set(scheduler="threads"):
+        summary = build_cube_store(_spec(twin, stac_url, **FAST), PreprocessSpec(), out)
+    assert is_complete(out)
+    scenes = open_store(out, group="scenes").load()
+    reasons = dict(zip(map(str, scenes["item_id"].values), map(str, scenes["reason"].values), strict=True))
+    used = dict(zip(map(str, scenes["item_id"].values), scenes["used"].values.astype(bool), strict=True))
+    expect = {"crs": "CRS EPSG:32644, item says EPSG:32643", "truncated": "unreadable swir16",
+              "missing": "qa_pixel HTTP 404"}
+    for item_id, (_, damage) in broken.items():
+        assert reasons[item_id].startswith("read error") and expect[damage] in reasons[item_id], reasons[item_id]
+        assert not used[item_id]
+    ref_used = dict(zip(map(str, reference["scenes"]["item_id"].values),
+                        reference["scenes"]["used"].values.astype(bool), strict=True))
+    assert all(ref_used[i] for i in broken), "each damaged scene is used when intact"
+    # every other scene is used exactly as in the undamaged build
+    assert {i: u for i, u in used.items() if i not in broken} == {i: u for i, u in ref_used.items()
+                                                                 if i not in broken}
+    assert summary.dropped.get("read error") == 3 and np.isfinite(open_store(out)["ndsi"].values).all()
+
+
+def _strict_cli(twin: Path, out: Path, log: Path) -> tuple[int, str]:
+    """build-cube --strict through the CLI, in-process (a new asset server URL each time: no GDAL cache)."""
+    import io
+    from contextlib import redirect_stderr
+
+    with _served(twin, [], log) as (stac_url, _):
+        spec = _spec(twin, stac_url)
+        argv = ["build-cube", "--bbox", *map(str, spec.bbox), "--epsg", str(spec.epsg), "--start", START,
+                "--end", END, "--catalog", stac_url, "--out", str(out), "--cluster", "threads", "--strict"]
+        err = io.StringIO()
+        with redirect_stderr(err):
+            code = cli.main(argv)
+    return code, err.getvalue().strip()
+
+
+def test_strict_fails_on_a_broken_asset_naming_it(tiny_twin: Path, tmp_path: Path) -> None:
+    twin = tmp_path / "twin"
+    shutil.copytree(tiny_twin, twin)
+    broken = _damage(twin)
+    out = tmp_path / "strict.zarr"
+    code, err = _strict_cli(twin, out, tmp_path / "log1")
+    assert code == 2 and err.count("\n") == 0 and "Traceback" not in err, err
+    # the first broken asset met names itself: by the header check (scene and asset) or by a read (file)
+    hrefs = {i: v["assets"][broken[i][0]]["href"] for i, v in ((v["id"], v) for v in _victims(twin, 3))}
+    named = [i for i in broken if (i in err and broken[i][0] in err) or Path(hrefs[i]).name in err]
+    assert len(named) == 1 and err.startswith(("error: --strict: scene ", "error: cannot read asset ")), err
+    assert not out.exists()
+    # repair the wrong-CRS and the missing asset: the truncated COG passes the header check, its tiles
+    # fail in the main pass, and --strict names the file
+    crs_v, trunc_v, gone_v = _victims(twin, 3)
+    for v, asset in ((crs_v, "green"), (gone_v, "qa_pixel")):
+        shutil.copy(tiny_twin / v["assets"][asset]["href"], twin / v["assets"][asset]["href"])
+    code, err = _strict_cli(twin, out, tmp_path / "log2")
+    assert code == 2 and err.count("\n") == 0 and "Traceback" not in err, err
+    assert err.startswith("error: cannot read asset ") and Path(trunc_v["assets"]["swir16"]["href"]).name in err
+    assert "truncated" in err, err
+    assert not out.exists() and not list(tmp_path.glob(".strict.zarr.*")), "no partial store left"
+
+
+# -- a stalling asset server -------------------------------------------------------------------------------
+
+def test_a_stalled_asset_read_times_out_and_is_retried(tiny_twin: Path, tmp_path: Path,
+                                                       reference: dict[str, Any]) -> None:
+    once, always = _victims(tiny_twin, 2)
+    a, b = (Path(v["assets"]["green"]["href"]).name for v in (once, always))
+    # the asset server sends no byte for 30 s, far beyond the 1 s HTTP timeout: once for one scene's green
+    # COG (the retry gets it), at every request for another's (every retry times out)
+    rules = [{"match": a, "action": "stall", "seconds": 30, "times": 1},
+             {"match": b, "action": "stall", "seconds": 30, "times": -1}]
+    out = str(tmp_path / "cube.zarr")
+    with _served(tiny_twin, rules, tmp_path / "log") as (stac_url, proxy), dask.config.set(scheduler="threads"):
+        build_cube_store(_spec(tiny_twin, stac_url, **FAST), PreprocessSpec(), out)
+        seen = {n: [e["action"] for e in proxy.events() if n in e["path"]] for n in (a, b)}
+    assert seen[a][0] == "stall" and seen[a][1:] and set(seen[a][1:]) == {"pass"}, seen  # retried, then served
+    assert seen[b] == ["stall"] * (1 + FAST["http_retries"]), seen  # each retry timed out too
+    scenes = open_store(out, group="scenes").load()
+    row = {str(i): k for k, i in enumerate(scenes["item_id"].values)}
+    assert bool(scenes["used"].values[row[once["id"]]])
+    assert str(scenes["reason"].values[row[always["id"]]]) == "read error: green timed out"
+    used = scenes["used"].values.astype(bool)
+    ref_used = reference["scenes"]["used"].values.astype(bool)
+    assert used.sum() == ref_used.sum() - 1 and not used[row[always["id"]]]
+    # every other scene is read as if nothing had happened: its table row is the undisturbed build's
+    keep = [k for k, i in enumerate(map(str, scenes["item_id"].values)) if i != always["id"]]
+    assert list(scenes["item_id"].values) == list(reference["scenes"]["item_id"].values)
+    np.testing.assert_array_equal(scenes["valid_fraction"].values, reference["scenes"]["valid_fraction"].values)
+    np.testing.assert_array_equal(used[keep], ref_used[keep])
