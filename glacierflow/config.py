@@ -28,7 +28,7 @@ from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from typing import Any, TypeVar
 
 from glacierflow.errors import GlacierflowError, SpecError
-from glacierflow.glaciers import Site, get_site, site_from_bbox
+from glacierflow.glaciers import Site, bbox_problem, get_site, site_from_bbox
 
 MOTIONS = ("translation", "euclidean", "affine", "homography")
 PERIODS = ("1MS", "3MS", "6MS")
@@ -134,6 +134,46 @@ class Spec:
 
 _Spec = Spec  # the name the learning specs below were written against
 
+#: A cube larger than this many pixels per scene needs ``--force``: about one Landsat scene (185 km square
+#: at 30 m is 38 Mpx). A glacier site is a few tens of km across; a bbox this large is most often a typo.
+MAX_PIXELS = 40_000_000
+
+
+def epsg_problem(epsg: int) -> str:
+    """Why ``EPSG:epsg`` cannot be a cube grid ('' if it can): unknown, or not projected in metres."""
+    from pyproj import CRS
+    from pyproj.exceptions import CRSError
+
+    try:
+        crs = CRS.from_epsg(int(epsg))
+    except (CRSError, ValueError, TypeError):
+        return "is not a known EPSG code; leave {epsg} out for the site's UTM zone (e.g. 32643)"
+    units = {a.unit_name for a in crs.axis_info}
+    if not crs.is_projected or not units <= {"metre", "meter"}:
+        return (f"({crs.name}) is not a projected CRS in metres; use a UTM zone (326xx north, 327xx south), "
+                "or leave {epsg} out")
+    return ""
+
+
+def grid_pixels(spec: CubeSpec) -> tuple[int, int]:
+    """Approximate ``(rows, columns)`` of the cube grid of ``spec`` (bbox projected to ``epsg``, densified)."""
+    from pyproj import Transformer
+
+    t = Transformer.from_crs(4326, spec.epsg, always_xy=True)
+    x0, y0, x1, y1 = t.transform_bounds(*spec.bbox, densify_pts=21)
+    return int(abs(y1 - y0) // spec.resolution) + 1, int(abs(x1 - x0) // spec.resolution) + 1
+
+
+def check_size(spec: CubeSpec, force: bool = False, limit: int = MAX_PIXELS) -> tuple[int, int]:
+    """The grid shape of ``spec``; a :class:`SpecError` on ``bbox`` above ``limit`` pixels, unless ``force``."""
+    rows, cols = grid_pixels(spec)
+    if rows * cols > limit and not force:
+        km = f"{rows * spec.resolution / 1000:.0f} x {cols * spec.resolution / 1000:.0f} km"
+        raise spec._fail("bbox", f"{' '.join(f'{v:g}' for v in spec.bbox)} covers about {km}: {rows} x {cols} = "
+                                 f"{rows * cols:.2g} pixels at {spec.resolution:g} m, more than one Landsat scene "
+                                 f"({limit:.2g}); pass a smaller {{bbox}}, or {{force}} to build it anyway")
+    return rows, cols
+
 
 def _date(spec: Spec, name: str) -> Any:
     import pandas as pd
@@ -203,10 +243,11 @@ class CubeSpec(Spec):
         if _date(self, "start") >= _date(self, "end"):
             raise self._fail("start", f"{self.start} must be before {{end}} {self.end}")
         self._require(len(self.bbox) == 4, "bbox", f"{self.bbox} must be 4 numbers: W S E N")
-        w, s, e, n = self.bbox
-        self._require(-180 <= w < e <= 180 and -90 <= s < n <= 90, "bbox",
-                      f"{' '.join(map(str, self.bbox))} must be W S E N degrees with W < E and S < N")
+        problem = bbox_problem(self.bbox)
+        self._require(not problem, "bbox",
+                      f"{' '.join(map(str, self.bbox))} must be W S E N degrees with W < E and S < N: {problem}")
         self._integer("epsg", 1024)
+        self._require(not epsg_problem(self.epsg), "epsg", f"{self.epsg} {epsg_problem(self.epsg)}")
         self._between("max_cloud", 0, 100, "a percentage")
         self._require(bool(self.platforms), "platforms", "is empty; name at least one platform, e.g. landsat-8")
         self._require(self.resolution > 0, "resolution", f"{self.resolution} must be > 0 metres")

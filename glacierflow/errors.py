@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 _FIELD_REF = re.compile(r"\{([a-z_][a-z0-9_]*)\}")
 
@@ -51,3 +51,20 @@ class SpecError(GlacierflowError):
     def render(self, name: Callable[[str], str]) -> str:
         """The message with each field written as ``name(field)`` (e.g. the command-line flag)."""
         return f"{name(self.field)} " + _FIELD_REF.sub(lambda m: name(m.group(1)), self.message)
+
+
+def did_you_mean(value: str, choices: Iterable[str]) -> str:
+    """``" (did you mean 'parvati'?)"`` for the choice closest to ``value`` (difflib), or ``""`` if none is close.
+
+    Examples
+    --------
+    >>> did_you_mean("parvatti", ["aletsch", "parvati"])
+    " (did you mean 'parvati'?)"
+    >>> did_you_mean("xyz", ["aletsch", "parvati"])
+    ''
+    """
+    import difflib
+
+    lowered = {str(c).lower(): str(c) for c in choices}
+    close = difflib.get_close_matches(str(value).strip().lower(), list(lowered), n=1, cutoff=0.6)
+    return f" (did you mean {lowered[close[0]]!r}?)" if close else ""

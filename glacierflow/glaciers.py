@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from glacierflow.errors import GlacierflowError, SpecError
+from glacierflow.errors import GlacierflowError, SpecError, did_you_mean
 
 BBox = tuple[float, float, float, float]
 
@@ -36,16 +36,43 @@ class Site:
     end: str = "2021-12-31"
 
     def __post_init__(self) -> None:
-        w, s, e, n = self.bbox
-        if not (-180 <= w < e <= 180 and -90 <= s < n <= 90):
+        problem = bbox_problem(self.bbox)
+        if problem:
             box = " ".join(f"{v:g}" for v in self.bbox)
-            raise SpecError("bbox", f"{box} of site {self.name!r} must be W S E N degrees with W < E and S < N")
+            raise SpecError("bbox", f"{box} of site {self.name!r} must be W S E N degrees with W < E and S < N: "
+                            f"{problem}")
 
     @property
     def centre(self) -> tuple[float, float]:
         """``(lon, lat)`` of the bbox centre."""
         w, s, e, n = self.bbox
         return (w + e) / 2, (s + n) / 2
+
+
+def bbox_problem(bbox: tuple[float, ...]) -> str:
+    """What is wrong with a ``(west, south, east, north)`` bbox in degrees, and how to fix it ('' if nothing).
+
+    Examples
+    --------
+    >>> bbox_problem((78, 32, 77, 33))
+    'west 78 is east of east 77; swap them (a bbox across the antimeridian: split it in two)'
+    >>> bbox_problem((77, -95, 78, 32))
+    'south -95 lies outside -90..90 degrees of latitude; give latitudes in degrees'
+    """
+    if len(bbox) != 4:
+        return f"{len(bbox)} numbers given; give 4: W S E N"
+    w, s, e, n = (float(v) for v in bbox)
+    for name, v, lim, what in (("west", w, 180, "longitude"), ("east", e, 180, "longitude"),
+                               ("south", s, 90, "latitude"), ("north", n, 90, "latitude")):
+        if not -lim <= v <= lim:
+            return f"{name} {v:g} lies outside -{lim}..{lim} degrees of {what}; give {what}s in degrees"
+    if w >= e:
+        return f"west {w:g} is east of east {e:g}; swap them (a bbox across the antimeridian: split it in two)" \
+            if w > e else f"west and east are both {w:g}; give a bbox with some width"
+    if s >= n:
+        return f"south {s:g} is north of north {n:g}; swap them" if s > n else \
+            f"south and north are both {s:g}; give a bbox with some height"
+    return ""
 
 
 GLACIERS: dict[str, Site] = {
@@ -79,13 +106,14 @@ def get_site(name: str) -> Site:
     key = name.strip().lower()
     if key not in GLACIERS:
         known = ", ".join(sorted(GLACIERS))
-        raise GlacierflowError(f"unknown glacier {name!r}; known: {known}; or pass --bbox W S E N")
+        raise GlacierflowError(f"unknown glacier {name!r}{did_you_mean(key, GLACIERS)}; known: {known}; "
+                               "or pass --bbox W S E N")
     return GLACIERS[key]
 
 
 def site_from_bbox(bbox: BBox, epsg: int | None = None, name: str = "custom") -> Site:
     """A site for an arbitrary bbox; the UTM EPSG is computed from the bbox centre if not given."""
-    w, s, e, n = bbox
-    if epsg is None:
-        epsg = utm_epsg((w + e) / 2, (s + n) / 2)
-    return Site(name, (float(w), float(s), float(e), float(n)), int(epsg))
+    box = tuple(float(v) for v in bbox)
+    if epsg is None and not bbox_problem(box):  # a bad bbox is reported as such, not as a missing UTM zone
+        epsg = utm_epsg((box[0] + box[2]) / 2, (box[1] + box[3]) / 2)
+    return Site(name, box, int(epsg or 0))  # type: ignore[arg-type]

@@ -87,7 +87,7 @@ BAD = [
     (["build-cube", "--bbox", "78", "32", "77", "33"],
      "error: --bbox 78 32 77 33 of site 'custom' must be W S E N degrees with W < E and S < N"),
     (["build-cube", "--glacier", "parvatti"],
-     "error: unknown glacier 'parvatti'; known: aletsch, parvati; or pass --bbox W S E N"),
+     "error: unknown glacier 'parvatti' (did you mean 'parvati'?); known: aletsch, parvati; or pass --bbox W S E N"),
     (["build-cube", "--period", "2MS"], "error: Invalid value for '--period': '2MS' is not one of '1MS', '3MS', '6MS'"),
     (["build-cube", "--glacier", "parvati", "--max-missing", "2"],
      "error: --max-missing 2.0 must be a fraction between 0 and 1"),

@@ -214,7 +214,8 @@ def test_unknown_glacier_is_one_line(tmp_path: Path) -> None:
     # through ``python -m glacierflow``: the exit status of main() reaches the shell
     r = _cli("twin", "make", str(tmp_path / "t"), "--glacier", "parvatti")
     assert r.returncode == 2
-    assert r.stderr == "error: unknown glacier 'parvatti'; known: aletsch, parvati; or pass --bbox W S E N\n"
+    assert r.stderr == ("error: unknown glacier 'parvatti' (did you mean 'parvati'?); known: aletsch, parvati; "
+                        "or pass --bbox W S E N\n")
     assert not (tmp_path / "t").exists()
 
 
