@@ -278,6 +278,7 @@ def _gateway(
             cluster.scale(workers)
         client = ManagedClient(cluster.scheduler_address, security=cluster.security, set_as_default=True)
         client.gateway_cluster_name = cluster.name  # type: ignore[attr-defined]
+        client.gateway_dashboard = cluster.dashboard_link  # type: ignore[attr-defined]  # proxied: reachable
     except BaseException:
         if cluster is not None:
             _shutdown_cluster(cluster)
@@ -404,8 +405,11 @@ def _ready(client: ManagedClient, workers: Workers, worker_timeout: float, setup
 
 
 def dashboard(client: object) -> str | None:
-    """The dashboard URL of a distributed client (None for ``threads``/``sync``)."""
+    """The dashboard URL of a distributed client (None for ``threads``/``sync``).
+
+    A Gateway cluster's is the gateway's proxied address (the scheduler's own is private to the gateway).
+    """
     try:
-        return getattr(client, "dashboard_link", None)
+        return getattr(client, "gateway_dashboard", None) or getattr(client, "dashboard_link", None)
     except Exception:  # a scheduler without a dashboard (bokeh missing) raises from the property
         return None
