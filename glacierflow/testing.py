@@ -296,3 +296,62 @@ def write_synthetic_cube(path: str, *, overwrite: bool = False, groups: bool = F
         warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
         zarr.consolidate_metadata(str(path))
     return str(path)
+
+
+@contextmanager
+def local_gateway(workdir: str, password: str = "test-password", max_workers: int = 8) -> Iterator[str]:
+    """A real dask-gateway-server on 127.0.0.1 (``deploy/gateway-config.py``, local backend); yields its URL.
+
+    Clusters are processes of this machine running this environment's ``dask`` (so this glacierflow);
+    clients authenticate with basic auth (user any name, ``password``): the ``gateway.auth`` Dask config is
+    set meanwhile. Used by the tests (``tests/gateway_fixtures.py``) and ``benchmarks/bench_scale.py``.
+    """
+    import os
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+    from pathlib import Path
+
+    import dask_gateway  # noqa: F401  (registers the gateway.* config defaults before auth is set)
+
+    from glacierflow.twin.stac_servers import free_port
+
+    bin_dir = Path(sys.executable).parent
+    config = Path(__file__).resolve().parents[1] / "deploy" / "gateway-config.py"
+    if not (bin_dir / "dask-gateway-server").exists() or not config.is_file():
+        raise GlacierflowError("dask-gateway-server or deploy/gateway-config.py missing; pip install "
+                               "'glacierflow[gateway]' dask-gateway-server in a source checkout")
+    port, api_port = free_port(), free_port()
+    env = dict(os.environ, GLACIERFLOW_GATEWAY_ADDRESS=f"127.0.0.1:{port}",
+               GLACIERFLOW_GATEWAY_API_ADDRESS=f"127.0.0.1:{api_port}", GLACIERFLOW_GATEWAY_PASSWORD=password,
+               GLACIERFLOW_GATEWAY_DIR=str(workdir), GLACIERFLOW_GATEWAY_BIN=str(bin_dir),
+               GLACIERFLOW_GATEWAY_MAX_WORKERS=str(max_workers))
+    log_path = Path(workdir) / "gateway-server.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([str(bin_dir / "dask-gateway-server"), "-f", str(config)], env=env, stdout=log,
+                                stderr=subprocess.STDOUT, cwd=workdir)
+        address = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    with urllib.request.urlopen(f"{address}/api/health", timeout=1) as r:
+                        if r.status == 200:
+                            break
+                except OSError:
+                    pass
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise GlacierflowError(f"dask-gateway-server did not start; see {log_path}")
+                time.sleep(0.2)
+            auth = {"gateway.auth.type": "basic",
+                    "gateway.auth.kwargs": {"username": "glacierflow", "password": password}}
+            with dask.config.set(auth):
+                yield address
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
