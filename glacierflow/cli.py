@@ -45,6 +45,7 @@ from glacierflow.config import (
     SPLITS,
     CubeSpec,
     ModelSpec,
+    PatchSpec,
     PreprocessSpec,
     TrainSpec,
 )
@@ -152,6 +153,8 @@ StorageOpt = Annotated[
 
 def storage_options(pairs: list[str] | None) -> dict[str, Any] | None:
     """``--storage-option KEY=VALUE`` pairs as fsspec options (``true``/``false``/numbers parsed)."""
+    from glacierflow.cloud import remember
+
     if not pairs:
         return None
     opts: dict[str, Any] = {}
@@ -160,6 +163,7 @@ def storage_options(pairs: list[str] | None) -> dict[str, Any] | None:
             raise GlacierflowError(f"bad --storage-option {p!r}; use KEY=VALUE")
         k, v = p.split("=", 1)
         opts[k] = json.loads(v) if v in ("true", "false") or v.replace(".", "", 1).isdigit() else v
+    remember(opts)  # its secrets are kept out of every error line and store attribute
     return opts
 
 
@@ -232,6 +236,13 @@ def computes(command: Callable[..., Any]) -> Callable[..., Any]:
     wrapper.__signature__ = sig.replace(parameters=keep + added)  # type: ignore[attr-defined]
     wrapper.__annotations__ = {p.name: p.annotation for p in keep + added}
     return wrapper
+
+
+def _check_writable(url: str, pairs: list[str] | None) -> None:
+    """One line, before any work, when the output ``url`` cannot be written (see :func:`store.check_writable`)."""
+    from glacierflow.store import check_writable
+
+    check_writable(url, storage_options(pairs))
 
 
 def runner(client: object, progress_bar: bool = True) -> Callable[[list], list]:
@@ -472,6 +483,9 @@ def build_cube_cmd(
                                  "per site.")
     ] = None,
     overwrite: OverwriteOpt = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Build a bbox larger than one Landsat scene (40 Mpx) anyway.")
+    ] = False,
     storage_option: StorageOpt = None,
     where: Where = Where(),
 ) -> int:
@@ -483,11 +497,12 @@ def build_cube_cmd(
     """
     from glacierflow import catalog as cat
     from glacierflow.build import build_cube_store, default_store_name
-    from glacierflow.config import resolve_site
+    from glacierflow.config import check_size, resolve_site
     from glacierflow.glaciers import Site
+    from glacierflow.store import check_writable
 
     def spec_for(site: Site) -> CubeSpec:
-        return CubeSpec(
+        spec = CubeSpec(
             name=site.name,
             bbox=site.bbox,
             epsg=site.epsg,
@@ -503,6 +518,8 @@ def build_cube_cmd(
             http_retry_delay=http_retry_delay,
             **({"categories": tuple(category)} if category else {}),
         )
+        check_size(spec, force)  # a bbox typo is refused before any search
+        return spec
 
     pre = PreprocessSpec(
         max_missing=max_missing, mask_clouds=cloud_mask, ndsi_threshold=ndsi_threshold, motion=motion, period=period,
@@ -514,6 +531,7 @@ def build_cube_cmd(
     site = resolve_site(glacier[0] if glacier else None, bbox, epsg)
     spec = spec_for(site)
     target = out_store or (f"{out_dir.rstrip('/')}/" if out_dir else "") + default_store_name(site.name, period)
+    check_writable(target, storage_options(storage_option))  # before hours of work, not after
     with where.client() as client:
         summary = build_cube_store(
             spec,
@@ -604,12 +622,17 @@ def flow_cmd(
     """Surface velocity from pairs of scenes (or NDSI periods) of a cube -> velocity store (m/yr)."""
     from glacierflow.config import FlowSpec
     from glacierflow.flow import run_flow
+    from glacierflow.forecast_flow import is_forecast_url
 
     given = {"method": method, "images": images, "pairs": pairs, "max_pairs_per_scene": max_pairs_per_scene,
              "chip": chip, "search": search, "max_speed": max_speed, "min_corr": min_corr,
              "ice_fraction": ice_fraction, "stable_margin": stable_margin, "levels": levels, "pyr_scale": pyr_scale,
              "iterations": iterations, "winsize": winsize, "min_texture": min_texture, "max_fb_error": max_fb_error}
     spec = FlowSpec(**{k: v for k, v in given.items() if v is not None})  # unset flags: the spec's defaults
+    _check_writable(out_store, storage_option)
+    if is_forecast_url(cube, storage_options(storage_option)):  # predict's output: the predicted frames
+        return _flow_forecast(cube, out_store, spec if pairs else spec.replace(pairs="consecutive"),
+                              overwrite=overwrite, storage_option=storage_option, ice_mask=ice_mask, where=where)
     with where.client():
         s = run_flow(cube, out_store, spec, overwrite=overwrite, storage_options=storage_options(storage_option),
                      ice_mask=ice_mask)
@@ -618,6 +641,20 @@ def flow_cmd(
     out.print(f"composite: median speed {s['composite_median_speed_m_per_yr']:.1f} m/yr over "
               f"{100 * s['composite_valid_fraction']:.0f}% of pixels, median speed error "
               f"{s['median_speed_error_m_per_yr']:.1f} m/yr")
+    out.print(f"written: {s['out']}")
+
+
+def _flow_forecast(fc: str, out_store: str, spec: Any, *, overwrite: bool, storage_option: list[str] | None,
+                   ice_mask: str | None, where: Any) -> None:
+    """``flow FORECAST``: flow of the predicted frames and of the cube's true frames of the same periods."""
+    from glacierflow.forecast_flow import format_comparison, ndsi_store_flow
+
+    with where.client():
+        s = ndsi_store_flow(fc, out_store, spec, overwrite=overwrite, storage_options=storage_options(storage_option),
+                            ice_mask=ice_mask)
+    out.print(f"forecast store: {s['pairs']} {spec.pairs} pairs of predicted NDSI periods ({s['method']}, Δt from "
+              f"the period starts); composite median speed {s['composite_median_speed_m_per_yr']:.1f} m/yr")
+    out.print(format_comparison(s))
     out.print(f"written: {s['out']}")
 
 
@@ -645,7 +682,7 @@ def plot_flow_cmd(
 Split = Literal[SPLITS]  # type: ignore[valid-type]
 Device = Literal[DEVICES]  # type: ignore[valid-type]
 EvalSet = Literal["test", "val", "train"]
-_TRAIN, _MODEL = TrainSpec(), ModelSpec()
+_TRAIN, _MODEL, _PATCH = TrainSpec(), ModelSpec(), PatchSpec()
 from glacierflow.config import OBJECTIVES  # noqa: E402  (train's --objective choices: the registry's keys)
 
 Objective = Literal[OBJECTIVES]  # type: ignore[valid-type]
@@ -689,7 +726,15 @@ def train_cmd(
     weight_decay: Annotated[
         float | None, typer.Option(help=f"AdamW weight decay (default {_TRAIN.weight_decay:g}).")
     ] = None,
-    split: Annotated[Split, typer.Option(help="How test/validation samples are held out.")] = "temporal",
+    split: Annotated[
+        Split | None, typer.Option(help=f"How test/validation samples are held out (default {_PATCH.split}).")
+    ] = None,
+    t_in: Annotated[int | None, typer.Option(metavar="N", help=f"Input periods per sample (default {_PATCH.t_in}).")
+                    ] = None,
+    t_out: Annotated[int | None, typer.Option(metavar="N", help=f"Periods forecast (default {_PATCH.t_out}).")
+                     ] = None,
+    patch_size: Annotated[int | None, typer.Option(metavar="PX", help=f"Patch side (default {_PATCH.size}).")
+                          ] = None,
     seed: Annotated[int | None, typer.Option(help=f"Seed (default {_TRAIN.seed}).")] = None,
     device: Annotated[Device, typer.Option(help="auto: CUDA with autocast when present, else CPU.")] = "auto",
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in RUN_DIR from last.pt.")] = False,
@@ -708,6 +753,7 @@ def train_cmd(
     option: Annotated[
         list[str] | None, typer.Option(metavar="KEY=VALUE", help="Model option (repeatable), e.g. hidden_size=512.")
     ] = None,
+    storage_option: StorageOpt = None,
     where: Where = Where(),
 ) -> None:
     """Train a model on patch sequences of a cube; writes best.pt, last.pt, loss.csv, run.json.
@@ -715,17 +761,24 @@ def train_cmd(
     The cube is read through Dask (--cluster): its chunks are read and decoded by the workers, the patch
     batches are cut in this process.
     """
-    from glacierflow.config import PatchSpec
-    from glacierflow.train import fit
+    from glacierflow.store import check_writable
+    from glacierflow.train import fit, resume_specs
 
     given = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay, "seed": seed,
              "patience": patience, "steps_per_epoch": steps_per_epoch, "val_samples": val_samples,
              "scene_window": scene_window}
     spec = TrainSpec(device=device, objective=objective, **{k: v for k, v in given.items() if v is not None})
-    model_spec = ModelSpec(model or _MODEL.name, _model_options(option))
+    patch = {k: v for k, v in {"split": split, "t_in": t_in, "t_out": t_out, "size": patch_size}.items()
+             if v is not None}
+    chosen = {**({"name": model} if model else {}), **({"kwargs": _model_options(option)} if option else {})}
+    if resume:  # the run's own specs; flags given must agree with them (fit names the ones that do not)
+        model_spec, patch_spec = resume_specs(out_dir, chosen, patch)
+    else:
+        model_spec, patch_spec = ModelSpec(**{"name": _MODEL.name, **chosen}), PatchSpec(**patch)
+    check_writable(str(out_dir))
     with where.client():
-        s = fit(cube, out_dir, model_spec, PatchSpec(split=split), spec, resume=resume,
-                progress=sys.stderr.isatty())
+        s = fit(cube, out_dir, model_spec, patch_spec, spec, resume=resume,
+                progress=sys.stderr.isatty(), storage_options=storage_options(storage_option))
     out.print(f"samples: {s['n_train']} train, {s['n_val']} val, {s['n_test']} test; {s['validation']}")
     out.print(f"{s['stopped']} after {s['epochs_run']} epochs: best validation MSE {s['best_val']:.5f} "
               f"(epoch {s['best_epoch']}); {s['throughput'] or 0:.0f} training sequences/s")
@@ -741,6 +794,7 @@ def evaluate_cmd(
     table: Annotated[
         bool, typer.Option("--table", help="One table for all runs (runs without metrics are evaluated).")
     ] = False,
+    storage_option: StorageOpt = None,
     where: Where = Where(),
 ) -> None:
     """Score models and the persistence/seasonal baselines on the same samples; metrics.json and a table.
@@ -756,7 +810,7 @@ def evaluate_cmd(
             if not (table and (run / "metrics.json").is_file() and split in evaluate.load_metrics(run))]
     with where.client() if todo else contextlib.nullcontext():
         for run in todo:
-            evaluate.evaluate_run(run, split, cube)
+            evaluate.evaluate_run(run, split, cube, storage_options=storage_options(storage_option))
     for run in run_dirs:
         label = run.name if [r.name for r in run_dirs].count(run.name) == 1 else str(run)
         metrics[label] = evaluate.load_metrics(run)
@@ -797,6 +851,7 @@ def predict_cmd(
 
     spec = PredictSpec(overlap=-1 if overlap is None else overlap, window=window, batch_size=batch_size,
                        device=device, last_input=last_input or "")
+    _check_writable(out_store, storage_option)
     fc = load_forecaster(run_dir, checkpoint)
     with where.client():
         s = predict_cube(fc, cube, out_store, spec, overwrite=overwrite,
@@ -838,11 +893,18 @@ def plot_forecast_cmd(
     cube: Annotated[
         str | None, typer.Option(metavar="CUBE", help="Cube store with the truth (default: the source).")
     ] = None,
+    flow: Annotated[
+        str | None, typer.Option(metavar="VELOCITY", help="`flow FORECAST` store: also draw predicted vs true-frame "
+                                 "movement (PNG-flow.png).")
+    ] = None,
+    step: Annotated[int, typer.Option(help="--flow: arrow spacing in pixels.")] = 40,
 ) -> None:
     """Forecast vs truth per lead, with the error maps of the model, persistence and seasonal."""
-    from glacierflow.plots import plot_forecast
+    from glacierflow.plots import plot_forecast, plot_forecast_flow
 
     out.print(f"written: {plot_forecast(store, cube, out_png)}")
+    if flow:
+        out.print(f"written: {plot_forecast_flow(flow, out_png.with_name(out_png.stem + '-flow.png'), step=step)}")
 
 
 @app.command("finetune")
@@ -872,26 +934,14 @@ def demo_cmd(
     fresh: Annotated[bool, typer.Option("--fresh", help="Start over (remove DIR first).")] = False,
     size: Annotated[Literal["tiny", "small"], typer.Option(help="Twin size (small: the README's demo).")] = "small",
     model: Annotated[str, typer.Option(metavar="NAME", help="Learned model to train briefly.")] = "convlstm",
-    cluster: ClusterOpt = DEFAULT_CLUSTER,
+    cluster: ClusterOpt = "threads",  # the demo's small cubes: dask's threaded scheduler has the least overhead
 ) -> None:
-    """The whole pipeline on the offline twin: twin, cube, flow, train, evaluate, forecast, figures."""
-    from glacierflow.demo import run_demo
-    from glacierflow.predict import format_scores
+    """The whole pipeline on the offline twins: twin, cube, flow, train, evaluate, forecast, fine-tune, figures."""
+    from glacierflow.demo import report_lines, run_demo
 
     r = run_demo(workdir, fresh=fresh, cluster=cluster, say=out.print, size=size, model=model)
-    out.print("\ntest split (patches), the model next to both baselines:")
-    for name, m in r["metrics"].items():
-        skill = "  ".join(f"skill vs {b} {v:+.3f}" for b, v in m.get("skill", {}).items())
-        out.print(f"  {name:12s} MSE {m['mse']:.4f}  MAE {m['mae']:.4f}  {skill}")
-    out.print("\nfull-scene forecast of the held-out last year:")
-    for line in format_scores(r["scores"]):
-        out.print("  " + line)
-    out.print("\noutputs:")
-    for key in ("twin", "cube", "velocity", "run", "forecast"):
-        out.print(f"  {key:18s} {r[key]}")
-    for key, path in r["figures"].items():
-        out.print(f"  {key:18s} {path}")
-    out.print(f"demo done in {r['seconds']:.0f} s")
+    for line in report_lines(r):
+        out.print(line)
 # --- end forecast
 
 
@@ -902,7 +952,9 @@ _ABORTS = (typer.Abort, click.exceptions.Abort, KeyboardInterrupt)
 
 
 def _error(message: str) -> int:
-    print(f"error: {message}", file=sys.stderr)
+    from glacierflow.cloud import redact
+
+    print(f"error: {redact(message)}", file=sys.stderr)  # never a credential seen in this process
     return 2
 
 

@@ -105,11 +105,12 @@ def baseline_models(t_in: int, t_out: int, size: int, season_length: int) -> dic
 
 
 def evaluate_run(run_dir: str | os.PathLike[str], split: str = "test", cube: str | None = None, *,
-                 checkpoint: str = "best.pt", batch_size: int = 64, device: str = "auto") -> dict[str, Any]:
+                 checkpoint: str = "best.pt", batch_size: int = 64, device: str = "auto",
+                 storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
     """Score a run's model and the baselines on one set (``train``/``val``/``test``); update ``metrics.json``.
 
     The samples are cut exactly as in training (the checkpoint's patch spec) from ``cube`` (default: the
-    cube the run was trained on).
+    cube the run was trained on), opened with ``storage_options`` (cloud credentials; never recorded).
     """
     from glacierflow import patches, train
     from glacierflow.config import PatchSpec
@@ -118,7 +119,7 @@ def evaluate_run(run_dir: str | os.PathLike[str], split: str = "test", cube: str
     run = Path(run_dir)
     model, specs, _ = train.load_checkpoint(run / checkpoint)
     spec = PatchSpec.from_dict(specs["patch_spec"])
-    samples = patches.prepare(open_store(cube or specs["cube"], require=("ndsi",)), spec)
+    samples = patches.prepare(open_store(cube or specs["cube"], storage_options, require=("ndsi",)), spec)
     models = {specs["model_name"]: model,
               **baseline_models(spec.t_in, spec.t_out, spec.size, samples.season_length)}
     results = evaluate_models(models, samples.dataset(split), batch_size=batch_size,

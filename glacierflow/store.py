@@ -22,9 +22,13 @@ import xarray as xr
 import zarr
 from pyproj import CRS
 
+from glacierflow import cloud
 from glacierflow.errors import GlacierflowError
 
 COMPLETE = "glacierflow_complete"
+#: Root attr holding the store layout's version; readers refuse a newer one (written by a later glacierflow).
+FORMAT = "glacierflow_format"
+STORE_FORMAT = 1
 
 
 def spatial_ref(epsg: int) -> xr.DataArray:
@@ -62,7 +66,9 @@ def epsg_of(ds: xr.Dataset | xr.DataArray) -> int:
 
 
 def _fs(url: str, storage_options: dict[str, Any] | None) -> tuple[fsspec.AbstractFileSystem, str]:
-    fs, path = fsspec.core.url_to_fs(str(url), **(storage_options or {}))
+    """The filesystem and path of ``url``, with the cloud credentials resolved (:func:`cloud.storage_options`)."""
+    with cloud.access(str(url)):
+        fs, path = fsspec.core.url_to_fs(str(url), **(cloud.storage_options(str(url), storage_options) or {}))
     return fs, path
 
 
@@ -77,8 +83,9 @@ def _is_local(fs: fsspec.AbstractFileSystem) -> bool:
 def is_complete(url: str, storage_options: dict[str, Any] | None = None) -> bool:
     """Whether a complete glacierflow store exists at ``url``."""
     fs, path = _fs(url, storage_options)
-    if not fs.exists(path):
-        return False
+    with cloud.access(url):
+        if not fs.exists(path):
+            return False
     try:
         g = zarr.open_group(_full_url(fs, path), mode="r", storage_options=_so(fs, storage_options))
     except Exception:  # noqa: BLE001 - any unreadable store counts as incomplete
@@ -104,11 +111,16 @@ def _remove_partial(fs: fsspec.AbstractFileSystem, tmp_path: str) -> None:
 def exists(url: str, storage_options: dict[str, Any] | None = None) -> bool:
     """Whether anything exists at ``url``."""
     fs, path = _fs(url, storage_options)
-    return bool(fs.exists(path))
+    with cloud.access(url):
+        return bool(fs.exists(path))
 
 
 def _so(fs: fsspec.AbstractFileSystem, storage_options: dict[str, Any] | None) -> dict[str, Any] | None:
-    return None if _is_local(fs) else storage_options
+    """The options Zarr is given for a store on ``fs`` (``None`` for local paths; cloud credentials resolved)."""
+    if _is_local(fs):
+        return None
+    proto = fs.protocol[0] if isinstance(fs.protocol, tuple) else fs.protocol
+    return cloud.storage_options(f"{proto}://", storage_options)
 
 
 def _tmp_sibling(path: str, kind: str) -> str:
@@ -179,7 +191,7 @@ def write(
 
     fs, path = _fs(url, storage_options)
     path = path.rstrip("/")
-    if fs.exists(path) and not overwrite:
+    if exists(url, storage_options) and not overwrite:
         state = "complete" if is_complete(url, storage_options) else "incomplete"
         raise GlacierflowError(f"store {url} already exists ({state}); pass --overwrite to replace it")
     parent = path.rsplit("/", 1)[0] if "/" in path else ""
@@ -191,6 +203,7 @@ def write(
     try:
         nodes = [(g, ds.copy()) for g, ds in _nodes(data)]
         nodes[0][1].attrs[COMPLETE] = False
+        nodes[0][1].attrs[FORMAT] = STORE_FORMAT
         top = nodes[0][1]
         # a group's own variable named like a different root variable (the scenes' time): written after
         clash = {g: [n for n in ds.variables if n in top.variables and not ds[n].variable.equals(top[n].variable)]
@@ -211,6 +224,9 @@ def write(
             if clash[group]:
                 _rewrite(ds, clash[group], tmp_url, group, so)
         root.attrs.update(attrs() if attrs else {})
+        for group in [None, *(g for g, _ in nodes[1:])]:  # no credential in any attribute, ever
+            node = root if group is None else root[group]
+            node.attrs.put(cloud.redact_attrs(dict(node.attrs)))
         root.attrs[COMPLETE] = True
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # zarr v3: "consolidated metadata is not part of the spec"
@@ -218,10 +234,26 @@ def write(
                 tmp_url if not so else zarr.storage.FsspecStore.from_url(tmp_url, storage_options=so)
             )
         _replace(fs, tmp_path, path)
-    except BaseException:
+    except BaseException as err:
         _remove_partial(fs, tmp_path)
+        if _disk_full(err):
+            raise GlacierflowError(f"no space left on the device while writing {url}; nothing was written and "
+                                   "an existing store there is untouched; free space or write elsewhere") from None
         raise
     return url
+
+
+def _disk_full(err: BaseException) -> bool:
+    """Whether ``err`` (or what it was raised from) is "no space left on device" (ENOSPC)."""
+    import errno
+
+    for _ in range(10):  # the chain of causes, not a cycle
+        if err is None:
+            return False
+        if (isinstance(err, OSError) and err.errno == errno.ENOSPC) or "No space left on device" in str(err):
+            return True
+        err = err.__cause__ or err.__context__  # type: ignore[assignment]
+    return False
 
 
 def _rewrite(ds: xr.Dataset, names: list[str], url: str, group: str, so: dict[str, Any] | None) -> None:
@@ -250,9 +282,7 @@ def _replace(fs: fsspec.AbstractFileSystem, tmp_path: str, path: str) -> None:
         else:
             os.rename(tmp_path, path)
         return
-    if fs.exists(path):
-        fs.rm(path, recursive=True)
-    _move_tree(fs, tmp_path, path)
+    _replace_remote(fs, tmp_path, path)
 
 
 def write_store(
@@ -361,17 +391,73 @@ def remove(url: str, storage_options: dict[str, Any] | None = None) -> None:
     _remove_partial(fs, path)
 
 
-def _move_tree(fs: fsspec.AbstractFileSystem, src: str, dst: str) -> None:
-    """Copy every object of ``src`` to ``dst``, then delete ``src``.
+def _root_meta(path: str) -> set[str]:
+    return {f"{path}/zarr.json", f"{path}/.zattrs", f"{path}/.zgroup", f"{path}/.zmetadata"}
 
-    The root metadata goes last, so the store turns complete last. Object stores have no rename, and
-    ``fs.mv(recursive=True)`` is unreliable across backends.
+
+def _copy_tree(fs: fsspec.AbstractFileSystem, src: str, dst: str) -> None:
+    """Copy every object of store ``src`` to ``dst``, the root metadata last (``dst`` turns complete last).
+
+    Object stores have no rename; the objects are copied in one batched call (concurrent on adlfs, s3fs,
+    gcsfs: server-side copies), as ``fs.mv(recursive=True)`` is unreliable across backends.
     """
     files = sorted(fs.find(src))
-    root_meta = {f"{src}/zarr.json", f"{src}/.zattrs", f"{src}/.zgroup"}
-    for f in [f for f in files if f not in root_meta] + [f for f in files if f in root_meta]:
+    root = _root_meta(src)
+    body = [f for f in files if f not in root]
+    if body:
+        fs.copy(body, [dst + f[len(src):] for f in body])
+    for f in [f for f in files if f in root]:
         fs.cp_file(f, dst + f[len(src):])
-    fs.rm(src, recursive=True)
+
+
+def _remove_tree(fs: fsspec.AbstractFileSystem, path: str) -> None:
+    """Remove store ``path``, its root metadata first (it turns incomplete at once, never half-readable)."""
+    for f in sorted(_root_meta(path)):
+        if fs.exists(f):
+            fs.rm_file(f)
+    if fs.exists(path):
+        fs.rm(path, recursive=True)
+
+
+def _replace_remote(fs: fsspec.AbstractFileSystem, tmp_path: str, path: str) -> None:
+    """Move the finished store ``tmp_path`` to ``path`` on an object store, the previous store kept readable.
+
+    A complete previous store is first copied to a hidden ``.<name>.old-<id>`` sibling, then removed and the
+    new one copied into place. A run killed at any point leaves a complete store readable: ``path`` itself
+    (old or new), or the copy, which :func:`open_store` reads while ``path`` is incomplete. Copies of the old
+    store left by earlier killed runs are removed once the new store is in place.
+    """
+    backup = None
+    if fs.exists(path):
+        if _complete_at(fs, path):
+            backup = _tmp_sibling(path, "old")
+            _copy_tree(fs, path, backup)
+        _remove_tree(fs, path)
+    _copy_tree(fs, tmp_path, path)
+    fs.rm(tmp_path, recursive=True)
+    for old in [*_previous(fs, path, complete=False), *([backup] if backup else [])]:
+        _remove_tree(fs, old)
+
+
+def _complete_at(fs: fsspec.AbstractFileSystem, path: str) -> bool:
+    """Whether the root metadata at ``path`` (zarr v3 ``zarr.json`` or v2 ``.zattrs``) marks it complete."""
+    for name in ("zarr.json", ".zattrs"):
+        f = f"{path}/{name}"
+        if fs.exists(f):
+            meta = json.loads(fs.cat_file(f))
+            return bool(meta.get("attributes", meta).get(COMPLETE, False))
+    return False
+
+
+def _previous(fs: fsspec.AbstractFileSystem, path: str, complete: bool = True) -> list[str]:
+    """Copies ``.<name>.old-<id>`` of the store at ``path`` kept by :func:`_replace_remote` (complete ones)."""
+    parent, _, name = path.rpartition("/")
+    try:
+        entries = fs.ls(parent or "", detail=False) if parent or not _is_local(fs) else []
+    except FileNotFoundError:
+        return []
+    found = [e.rstrip("/") for e in entries if e.rstrip("/").rpartition("/")[2].startswith(f".{name}.old-")]
+    return [e for e in found if not complete or _complete_at(fs, e)]
 
 
 def open_store(
@@ -379,21 +465,99 @@ def open_store(
 ) -> xr.Dataset:
     """Open a complete glacierflow store lazily (``decode_coords="all"``), with clear errors."""
     fs, path = _fs(url, storage_options)
-    if not fs.exists(path):
-        raise GlacierflowError(f"store {url} does not exist")
-    if not is_complete(url, storage_options):
-        raise GlacierflowError(f"store {url} is incomplete or not a glacierflow store; rebuild it with --overwrite")
-    ds = xr.open_zarr(
-        _full_url(fs, path),
-        group=group,
-        consolidated=False,
-        decode_coords="all",
-        storage_options=_so(fs, storage_options),
-    )
+    path = path.rstrip("/")
+    with cloud.access(url):
+        if not is_complete(url, storage_options):
+            path = _open_previous(fs, path, url, storage_options)
+    with cloud.access(url):
+        ds = xr.open_zarr(
+            _full_url(fs, path),
+            group=group,
+            consolidated=False,
+            decode_coords="all",
+            storage_options=_so(fs, storage_options),
+        )
+    check_format(ds if group is None else xr.Dataset(attrs=_root_attrs(fs, path) or {}), url)
     missing = [v for v in require if v not in ds.variables]
     if missing:
         raise GlacierflowError(f"store {url} lacks {', '.join(missing)}; is it the right kind of store?")
     return ds
+
+
+def _open_previous(fs: fsspec.AbstractFileSystem, path: str, url: str, so: dict[str, Any] | None) -> str:
+    """The path to read when ``url`` is missing or incomplete: the previous store kept by an interrupted write."""
+    previous = [] if _is_local(fs) else _previous(fs, path)
+    if previous:
+        warnings.warn(f"store {url} was being replaced when a write was interrupted; reading the previous "
+                      f"store kept at {_full_url(fs, previous[0])} (write it again to finish)", UserWarning,
+                      stacklevel=3)
+        return previous[0]
+    if not fs.exists(path):
+        raise GlacierflowError(f"store {url} does not exist{cloud.not_found_hint(url, so)}")
+    raise GlacierflowError(_why_unreadable(fs, path, url))
+
+
+def _root_attrs(fs: fsspec.AbstractFileSystem, path: str) -> dict[str, Any] | None:
+    """The root attributes of the Zarr store at ``path`` (v3 ``zarr.json`` or v2 ``.zattrs``); None if not Zarr."""
+    for name in ("zarr.json", ".zattrs", ".zgroup"):
+        f = f"{path}/{name}"
+        if not fs.exists(f):
+            continue
+        try:
+            meta = json.loads(fs.cat_file(f))
+        except (ValueError, OSError):
+            return None
+        return {} if name == ".zgroup" else dict(meta.get("attributes", {}) if name == "zarr.json" else meta)
+    return None
+
+
+def _why_unreadable(fs: fsspec.AbstractFileSystem, path: str, url: str) -> str:
+    """One line: why the existing ``url`` is not a complete glacierflow store, and what to do."""
+    attrs = _root_attrs(fs, path)
+    if attrs is None:
+        return f"{url} is not a Zarr store; pass a store written by glacierflow (build-cube, flow, predict)"
+    if COMPLETE not in attrs and "glacierflow_version" not in attrs:
+        return (f"store {url} is a Zarr store but not a glacierflow store (no glacierflow_version attr); pass a "
+                "store written by glacierflow (build-cube, flow, predict)")
+    return f"store {url} is incomplete (its write was interrupted or failed); rebuild it with --overwrite"
+
+
+def check_format(ds: xr.Dataset, url: str) -> None:
+    """Raise a one-line :class:`GlacierflowError` when ``ds`` (a store's root) has a newer layout than this reader."""
+    from glacierflow import __version__
+
+    fmt = ds.attrs.get(FORMAT, STORE_FORMAT)  # stores written before the attr existed have format 1
+    if not isinstance(fmt, int) or fmt > STORE_FORMAT:
+        raise GlacierflowError(
+            f"store {url} has layout {FORMAT}={fmt!r}, written by glacierflow "
+            f"{ds.attrs.get('glacierflow_version', '?')}; this glacierflow {__version__} reads layout "
+            f"{STORE_FORMAT}: upgrade glacierflow, or rebuild the store with this version (--overwrite)")
+
+
+def check_writable(url: str, storage_options: dict[str, Any] | None = None) -> None:
+    """Fail early, in one line, when a store (or run directory) cannot be written at ``url``.
+
+    Local paths: the nearest existing ancestor must be a directory this process can create entries in (a
+    probe directory is made and removed, so read-only file systems are caught too). Cloud URLs: the
+    credentials are resolved and the container reached (:func:`exists`); a write is not probed.
+    """
+    fs, path = _fs(url, storage_options)
+    if not _is_local(fs):
+        exists(url, storage_options)
+        return
+    import tempfile
+
+    target = os.path.abspath(path)
+    parent = os.path.dirname(target.rstrip("/")) or "/"
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise GlacierflowError(f"cannot write {url}: {parent} is a file, not a directory; choose another output path")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".glacierflow-probe-", dir=parent))
+    except OSError as err:
+        raise GlacierflowError(f"cannot write {url}: {parent} is not writable ({err.strerror}); choose another "
+                               "output path, or fix its permissions") from None
 
 
 def config_attr(ds: xr.Dataset, key: str) -> dict[str, Any]:

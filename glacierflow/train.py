@@ -18,10 +18,13 @@ outcome). Checkpoints are written to a temporary file and moved into place (``os
 from __future__ import annotations
 
 import csv
+import errno
 import json
 import math
 import os
 import platform
+import re
+import shutil
 import time
 from collections.abc import Iterable
 from contextlib import nullcontext
@@ -67,14 +70,71 @@ def teacher_forcing_at(epoch: int, spec: TrainSpec) -> float:
 
 
 def _atomic_save(obj: dict[str, Any], path: Path) -> None:
+    """Write a checkpoint to a temporary sibling, flush it to disk, then ``os.replace`` it into place.
+
+    A kill at any moment leaves the previous ``path`` whole (at worst a hidden ``.NAME.tmp-PID`` beside it,
+    removed by the next save); a failed write (disk full) removes the temporary file and raises a one-line
+    :class:`GlacierflowError`, the previous checkpoint untouched.
+    """
+    for stale in path.parent.glob(f".{path.name}.tmp-*"):  # left by a run killed while saving
+        stale.unlink(missing_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    try:
+        with tmp.open("wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as err:
+        # torch reports a full disk as RuntimeError "unexpected pos ...": look at the free space, then clean up
+        full = getattr(err, "errno", None) == errno.ENOSPC or shutil.disk_usage(path.parent).free < (1 << 20)
+        tmp.unlink(missing_ok=True)
+        why = "no space left on the device" if full else " ".join(str(err).split())[:120]
+        raise GlacierflowError(f"cannot write checkpoint {path} ({why}); the previous {path.name}, if any, is "
+                               "kept; free space or pass another --out, then --resume") from None
 
 
 def _plain(d: Any) -> Any:
     """JSON round trip: tuples -> lists, so that ``torch.load(weights_only=True)`` and JSON both read it."""
     return json.loads(json.dumps(d, default=str))
+
+
+CHECKPOINT_KEYS = ("model_name", "model_args", "state_dict")
+
+
+def _first_line(err: BaseException) -> str:
+    return " ".join(str(err).split())[:160] or type(err).__name__
+
+
+def read_checkpoint(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """The dict of a checkpoint file, loaded with ``torch.load(weights_only=True)`` (never unpickling code).
+
+    Raises
+    ------
+    GlacierflowError
+        One line when the file holds pickled objects other than tensors and plain values (refused), is not a
+        readable PyTorch file (truncated, another format), or is not a glacierflow checkpoint.
+    """
+    import pickle
+
+    p = Path(path)
+    try:
+        ck = torch.load(p, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+        what = f"e.g. {found.group(1)}" if found else _first_line(err)
+        raise GlacierflowError(
+            f"checkpoint {p} holds pickled objects other than tensors and plain values ({what}); refused: "
+            "glacierflow loads checkpoints with torch.load(weights_only=True) and never runs code from a file; "
+            "use a checkpoint written by 'glacierflow train'") from None
+    except (RuntimeError, EOFError, OSError, KeyError, ValueError) as err:
+        raise GlacierflowError(f"checkpoint {p} is not a readable PyTorch checkpoint ({_first_line(err)}); it may "
+                               "be truncated or another kind of file: use another checkpoint, or retrain") from None
+    missing = [k for k in CHECKPOINT_KEYS if not isinstance(ck, dict) or k not in ck]
+    if missing:
+        raise GlacierflowError(f"checkpoint {p} was not written by 'glacierflow train' (no {', '.join(missing)}); "
+                               "use best.pt or last.pt of a glacierflow run directory")
+    return ck
 
 
 def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.device = "cpu"
@@ -93,9 +153,16 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.devi
     p = Path(path)
     if not p.is_file():
         raise GlacierflowError(f"checkpoint {p} does not exist; train one with 'glacierflow train'")
-    ck = torch.load(p, map_location=map_location, weights_only=True)
-    model = build_model(ck["model_name"], **ck["model_args"])
-    model.load_state_dict(ck["state_dict"])
+    ck = read_checkpoint(p, map_location)
+    try:
+        model = build_model(ck["model_name"], **ck["model_args"])
+        model.load_state_dict(ck["state_dict"])
+    except (GlacierflowError, RuntimeError, TypeError, KeyError) as err:
+        shape = {k: ck["model_args"].get(k) for k in ("t_in", "t_out", "size")}
+        raise GlacierflowError(
+            f"checkpoint {p}: its weights do not fit model {ck['model_name']!r} with the stored arguments "
+            f"({', '.join(f'{k} {v}' for k, v in shape.items())}): {_first_line(err)}; it belongs to another "
+            "model or patch shape: use the run directory it was trained in, or retrain") from None
     model.eval()
     keys = (*SPEC_KEYS, "model_name", "model_args", "epoch", "step", "best_val", "cube")
     return model, {k: ck.get(k) for k in keys}, ck
@@ -110,10 +177,12 @@ class LossLog:
         if keep_until_step is not None and path.is_file():  # resume: drop rows after the checkpoint
             with path.open() as f:
                 rows = [r for r in csv.DictReader(f) if int(r["step"]) <= keep_until_step]
-        with path.open("w", newline="") as f:
+        tmp = path.with_name(f".{path.name}.tmp")  # rewritten whole, then moved: a kill keeps the old rows
+        with tmp.open("w", newline="") as f:
             w = csv.DictWriter(f, LOSS_COLUMNS)
             w.writeheader()
             w.writerows(rows)
+        os.replace(tmp, path)
 
     def write(self, step: int, epoch: int, train: float | None, val: float | None, lr: float) -> None:
         """Append one row (empty cells for the missing loss)."""
@@ -202,18 +271,45 @@ def _checkpoint(model: torch.nn.Module, opt: torch.optim.Optimizer, scaler: Any,
             **{k: _plain(v) for k, v in ctx["specs"].items()}, "cube": ctx["cube"], **state}
 
 
-def _open_samples(cube: str, patch_spec: PatchSpec) -> tuple[Any, Any, dict[str, Any]]:
+def _check_resumable(ck: dict[str, Any], out: Path, model_spec: ModelSpec | None,
+                     patch_spec: PatchSpec | None) -> None:
+    """``--resume`` with a model or patch spec other than the run's is a mistake (one line), not ignored."""
+    stored = {"model": ModelSpec.from_dict(ck["model_spec"]), "patch": PatchSpec.from_dict(ck["patch_spec"])}
+    for what, given in (("model", model_spec), ("patch", patch_spec)):
+        if given is not None and given != stored[what]:
+            diff = {k: (v, getattr(given, k)) for k, v in stored[what].to_dict().items() if getattr(given, k) != v}
+            text = ", ".join(f"{k} {b!r} (the run's: {a!r})" for k, (a, b) in diff.items())
+            raise GlacierflowError(f"--resume: run directory {out} holds a different {what} spec: {text}; drop "
+                                   "those flags to continue the run as it was, or train into another --out")
+
+
+def resume_specs(out_dir: str | os.PathLike[str], model: dict[str, Any], patch: dict[str, Any]
+                 ) -> tuple[ModelSpec | None, PatchSpec | None]:
+    """For ``--resume``: the run's stored specs with the fields a user gave (None where nothing was given).
+
+    :func:`fit` then refuses a resume whose specs differ from the run's, naming the fields.
+    """
+    last = Path(out_dir) / "last.pt"
+    if not (model or patch) or not last.is_file():
+        return None, None
+    ck = read_checkpoint(last)
+    stored_model, stored_patch = ModelSpec.from_dict(ck["model_spec"]), PatchSpec.from_dict(ck["patch_spec"])
+    return (stored_model.replace(**model) if model else None, stored_patch.replace(**patch) if patch else None)
+
+
+def _open_samples(cube: str, patch_spec: PatchSpec,
+                  storage_options: dict[str, Any] | None = None) -> tuple[Any, Any, dict[str, Any]]:
     from glacierflow import patches
     from glacierflow.store import config_attr, open_store
 
-    ds = open_store(cube, require=("ndsi",))
+    ds = open_store(cube, storage_options, require=("ndsi",))
     samples = patches.prepare(ds, patch_spec)
     return ds, samples, {k: config_attr(ds, k) for k in ("cube_spec", "preprocess_spec")}
 
 
 def fit(cube: str, out_dir: str | os.PathLike[str], model_spec: ModelSpec | None = None,
         patch_spec: PatchSpec | None = None, train_spec: TrainSpec | None = None, *, resume: bool = False,
-        progress: bool = True) -> dict[str, Any]:
+        progress: bool = True, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train a registered model on a cube store and write the run directory.
 
     Parameters
@@ -229,6 +325,8 @@ def fit(cube: str, out_dir: str | os.PathLike[str], model_spec: ModelSpec | None
         Continue from ``last.pt`` exactly where it ended (same next losses as an uninterrupted run).
     progress
         Show a progress bar (loss, sequences/s) on stderr.
+    storage_options
+        fsspec options for a cloud ``cube`` (credentials; used to open it, never written to the run directory).
 
     Returns
     -------
@@ -244,7 +342,8 @@ def fit(cube: str, out_dir: str | os.PathLike[str], model_spec: ModelSpec | None
     if resume:
         if not (out / "last.pt").is_file():
             raise GlacierflowError(f"--resume: no last.pt in {out}; start without --resume")
-        ck = torch.load(out / "last.pt", map_location="cpu", weights_only=True)
+        ck = read_checkpoint(out / "last.pt")
+        _check_resumable(ck, out, model_spec, patch_spec)
         given = train_spec or TrainSpec()
         stored = TrainSpec.from_dict(ck["train_spec"])
         train_spec = TrainSpec.from_dict({**stored.to_dict(), "epochs": given.epochs, "patience": given.patience})
@@ -259,7 +358,7 @@ def fit(cube: str, out_dir: str | os.PathLike[str], model_spec: ModelSpec | None
     if not entry.learned:
         raise GlacierflowError(f"{model_spec.name!r} is a baseline and is never trained; evaluate it with any run")
     device = resolve_device(train_spec.device)
-    _, samples, cube_specs = _open_samples(cube, patch_spec)
+    _, samples, cube_specs = _open_samples(cube, patch_spec, storage_options)
     out.mkdir(parents=True, exist_ok=True)
 
     torch.manual_seed(train_spec.seed)

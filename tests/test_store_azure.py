@@ -1,15 +1,17 @@
-"""Safe writes to az:// against Azurite, the real Azure Blob emulator (installed by scripts/setup-services.sh).
+"""Safe writes to az:// against Azurite, the real Azure Blob emulator (tests/azurite.py; no mocks).
 
-What is faked: only the cloud itself. Azurite speaks the Blob REST API on 127.0.0.1; adlfs and Zarr use it
-exactly as they would use Azure storage.
+What is faked: only the cloud itself (Azurite on 127.0.0.1 instead of Azure), and, in the interruption test, the
+moment a write is killed (a real SIGKILL of a real writer process, at a chosen blob operation).
 """
 
 from __future__ import annotations
 
-import shutil
+import base64
 import subprocess
-import time
-import weakref
+import sys
+import textwrap
+import uuid
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,87 +19,138 @@ import numpy as np
 import pytest
 import xarray as xr
 
+from glacierflow import cloud
 from glacierflow.errors import GlacierflowError
 from glacierflow.store import open_store, write_store
-from glacierflow.twin.stac_servers import free_port
 
+from .azurite import CONTAINER, KEY, leaks, start_azurite
 from .test_store import _ds
 
 pytest.importorskip("adlfs")
 REPO = Path(__file__).resolve().parents[1]
-AZURITE = REPO / ".services" / "node_modules" / ".bin" / "azurite-blob"
-# The emulator's documented development account (public, not a secret).
-KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
 
 
 @pytest.fixture(scope="module")
 def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
-    exe = AZURITE if AZURITE.exists() else shutil.which("azurite-blob")
-    if exe is None:
-        pytest.skip("Azurite not installed; run scripts/setup-services.sh")
-    port = free_port()
-    proc = subprocess.Popen(
-        [str(exe), "--blobHost", "127.0.0.1", "--blobPort", str(port), "--location",
-         str(tmp_path_factory.mktemp("azurite")), "--silent", "--skipApiVersionCheck", "--loose",
-         "--disableTelemetry"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    conn = (f"DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey={KEY};"
-            f"BlobEndpoint=http://127.0.0.1:{port}/devstoreaccount1;")
-    import adlfs
-
-    fs = adlfs.AzureBlobFileSystem(connection_string=conn, use_listings_cache=False)
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            fs.mkdir("glacierflow")
-            break
-        except Exception:  # noqa: BLE001 - Azurite still starting
-            if time.monotonic() > deadline or proc.poll() is not None:
-                proc.terminate()
-                pytest.fail("Azurite did not start")
-            time.sleep(0.2)
-    del fs
-    yield {"connection_string": conn, "use_listings_cache": False}
-    _close_filesystems(adlfs.AzureBlobFileSystem)
-    proc.terminate()
-    proc.wait(timeout=10)
+    yield from start_azurite(tmp_path_factory.mktemp("azurite"))
 
 
-def _close_filesystems(cls: type) -> None:
-    """Close every ``cls`` filesystem now, while the event loops that opened their clients still run.
-
-    adlfs closes its Azure clients in ``weakref.finalize(fs, sync, fs.loop, close_service_client, fs)``; the
-    finalizer holds ``fs`` itself, so it never runs before interpreter exit, when the loops have stopped
-    ("RuntimeError: Loop is not running" tracebacks, unclosed aiohttp sessions). Run those finalizers here:
-    on fsspec's loop for sync instances, on zarr's loop for the asynchronous ones zarr opened (``loop=None``).
-    """
-    from zarr.core.sync import sync as zarr_sync
-
-    cls.clear_instance_cache()
-    for finalizer in list(weakref.finalize._registry):  # the registry of live finalizers (stdlib, since 3.4)
-        info = finalizer.peek()
-        if info is None or not isinstance(info[0], cls) or len(info[2]) != 3:
-            continue
-        loop, close, fs = info[2]
-        if loop is not None and not loop.is_closed():
-            finalizer()
-        elif finalizer.detach() is not None:
-            zarr_sync(close(fs))
+def _url(name: str) -> str:
+    return f"az://{CONTAINER}/{name}-{uuid.uuid4().hex[:6]}.zarr"
 
 
 def test_az_store_write_overwrite_and_failed_write(azurite: dict) -> None:
-    url = "az://glacierflow/parvati-3ms.zarr"
-    write_store(_ds(1.0), url, storage_options=azurite)
-    ds = open_store(url, storage_options=azurite, require=("ndsi",))
+    so = azurite["options"]
+    url = _url("parvati-3ms")
+    write_store(_ds(1.0), url, storage_options=so)
+    ds = open_store(url, storage_options=so, require=("ndsi",))
     assert float(ds["ndsi"].mean()) == 1.0 and ds.spatial_ref.attrs["epsg"] == 32643
     with pytest.raises(GlacierflowError, match="--overwrite"):
-        write_store(_ds(2.0), url, storage_options=azurite)
+        write_store(_ds(2.0), url, storage_options=so)
 
     def boom(delayed: object) -> None:
         raise RuntimeError("connection lost")
 
     with pytest.raises(RuntimeError):
-        write_store(_ds(5.0), url, overwrite=True, storage_options=azurite, compute=boom)
-    assert float(open_store(url, storage_options=azurite)["ndsi"].mean()) == 1.0
-    write_store(_ds(2.0), url, overwrite=True, storage_options=azurite)
-    again = xr.open_zarr(url, storage_options=azurite, consolidated=False, decode_coords="all")
+        write_store(_ds(5.0), url, overwrite=True, storage_options=so, compute=boom)
+    assert float(open_store(url, storage_options=so)["ndsi"].mean()) == 1.0
+    write_store(_ds(2.0), url, overwrite=True, storage_options=so)
+    again = xr.open_zarr(url, storage_options=so, consolidated=False, decode_coords="all")
     np.testing.assert_array_equal(again["ndsi"].values, np.full((2, 4, 5), 2.0, np.float32))
+
+
+# A writer process that SIGKILLs itself at its N-th call of one adlfs operation: chunk uploads (_pipe_file, during
+# the computation) and blob copies (_cp_file: the previous store to its backup, then the new store into place).
+_KILLER = textwrap.dedent("""
+    import os, signal, sys
+    import adlfs
+    sys.path.insert(0, {repo!r})
+    from glacierflow.store import write_store
+    from tests.test_store import _ds
+
+    op, at, url, conn = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+    original, calls = getattr(adlfs.AzureBlobFileSystem, op), [0]
+
+    async def killing(self, *args, **kwargs):
+        calls[0] += 1
+        if calls[0] == at:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return await original(self, *args, **kwargs)
+
+    setattr(adlfs.AzureBlobFileSystem, op, killing)
+    write_store(_ds(5.0), url, overwrite=True, storage_options={{"connection_string": conn}})
+    print("not killed", calls[0])
+""")
+
+
+def test_killed_az_write_leaves_the_previous_store_readable(azurite: dict, tmp_path: Path) -> None:
+    so, fs = azurite["options"], azurite["fs"]
+    first = _url("killed")
+    write_store(_ds(1.0), first, storage_options=so)
+    n_objects = len(fs.find(first[len("az://"):]))
+    # kill points (before the N-th call runs): mid-computation, mid-backup of the old store, mid-copy of the new
+    # one (the old one removed: n_objects copies made the backup)
+    points = [("_pipe_file", 3), ("_cp_file", n_objects // 2), ("_cp_file", n_objects + 2)]
+    urls = [first] + [_url("killed") for _ in points[1:]]
+    for url in urls[1:]:
+        write_store(_ds(1.0), url, storage_options=so)
+    script = tmp_path / "killer.py"
+    script.write_text(_KILLER.format(repo=str(REPO)))
+    procs = [subprocess.Popen([sys.executable, str(script), op, str(at), url, azurite["connection_string"]],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for (op, at), url in zip(points, urls, strict=True)]
+    for proc, point in zip(procs, points, strict=True):
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == -9, (point, out, err[-2000:])  # killed where intended, not finished
+    for url, point in zip(urls, points, strict=True):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            ds = open_store(url, storage_options=so, require=("ndsi",))
+            assert float(ds["ndsi"].mean()) == 1.0, point  # the previous store, whole
+        replaced = [w for w in caught if "was being replaced" in str(w.message)]
+        # killed after the old store's root metadata went: read from the kept copy, and said so
+        assert bool(replaced) == (point[1] > n_objects), point
+        write_store(_ds(2.0), url, overwrite=True, storage_options=so)  # the next run finishes the job
+        assert float(open_store(url, storage_options=so)["ndsi"].mean()) == 2.0
+        name = url.rsplit("/", 1)[1]
+        assert not [p for p in fs.ls(CONTAINER, detail=False) if p.rsplit("/", 1)[1].startswith(f".{name}.old-")]
+
+
+def test_credentials_from_the_environment_and_errors_without_them(azurite: dict, monkeypatch) -> None:
+    url = _url("env")
+    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", azurite["connection_string"])
+    write_store(_ds(3.0), url)  # adlfs' own variable, no options given
+    assert float(open_store(url)["ndsi"].mean()) == 3.0
+    # the environment's credentials are passed on explicitly: they reach workers whose environment lacks them
+    assert cloud.storage_options(url, None)["connection_string"] == azurite["connection_string"]
+    for var in cloud.ENV["az"].values():
+        monkeypatch.delenv(var, raising=False)
+    with pytest.raises(GlacierflowError) as err:
+        open_store(url)
+    line = str(err.value)
+    assert "\n" not in line and url in line and "AZURE_STORAGE_CONNECTION_STRING" in line
+    assert "--storage-option" in line
+    other = base64.b64encode(b"some-other-account-key-0123456789").decode()
+    wrong = azurite["connection_string"].replace(KEY, other)
+    with pytest.raises(GlacierflowError, match=r"credentials refused: HTTP 403") as err:
+        write_store(_ds(3.0), _url("wrong"), storage_options={"connection_string": wrong})
+    assert not leaks([], str(err.value)) and other not in str(err.value)
+    with pytest.raises(GlacierflowError, match=r"credentials refused or missing: AzureSigningError"):
+        write_store(_ds(3.0), _url("wrong"), storage_options={"connection_string": wrong.replace(other, "x=")})
+
+
+def test_secrets_never_reach_store_attributes(azurite: dict) -> None:
+    url = _url("attrs")
+    ds = _ds(1.0)
+    ds.attrs["note"] = f"written with {azurite['connection_string']}"  # e.g. a URL or message quoting the key
+    write_store(ds, url, storage_options=azurite["options"])
+    stored = open_store(url, storage_options=azurite["options"])
+    assert stored.attrs["note"] == "written with <redacted>"
+    blobs = azurite["fs"].find(url[len("az://"):])
+    assert blobs and not leaks([], *(azurite["fs"].cat_file(b).decode("latin-1") for b in blobs))
+
+
+@pytest.mark.skipif(__import__("importlib").util.find_spec("s3fs") is not None, reason="s3fs installed here")
+def test_s3_without_its_package_is_one_line() -> None:
+    with pytest.raises(GlacierflowError, match=r"^store s3://bucket/c\.zarr needs the s3fs package: pip install s3fs$"):
+        open_store("s3://bucket/c.zarr")
