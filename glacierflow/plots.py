@@ -371,6 +371,68 @@ def _forecast_row(fig: Figure, axes: np.ndarray, panels: list[np.ndarray | None]
             ax.set_xlabel("easting (km, UTM)")
 
 
+def plot_forecast_flow(velocity_store: xr.Dataset | str | os.PathLike, out_png: str | os.PathLike,
+                       step: int = 40) -> Path:
+    """Predicted movement next to the true frames' (``flow FORECAST``): composite speeds with arrows, difference.
+
+    Panels: the composite of the flow between the predicted frames, the composite of the flow between the
+    cube's true frames of the same periods (same pairs, same colour scale), and predicted - true speed.
+    """
+    vel = _open(velocity_store, "velocity")
+    if "speed_composite_true" not in vel:
+        raise GlacierflowError("the velocity store has no true-frame flow; write it with `glacierflow flow "
+                               "FORECAST` from a forecast whose target periods lie in its cube")
+    get = {k: np.asarray(vel[k].values, np.float32) for k in
+           ("u_composite", "v_composite", "speed_composite", "u_composite_true", "v_composite_true",
+            "speed_composite_true")}
+    both = np.concatenate([get["speed_composite"].ravel(), get["speed_composite_true"].ravel()])
+    top = float(np.nanpercentile(both, 99)) if np.isfinite(both).any() else 1.0
+    diff = get["speed_composite"] - get["speed_composite_true"]
+    extent = _extent_km(vel)
+    fig = Figure(figsize=(17.0, 5.5), dpi=FLOW_DPI)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, 3, sharex=True, sharey=True)
+    c = {k: float(vel[f"composite_{k}"].values) for k in ("speed_diff_median", "direction_diff_median")}
+    for ax, key, title in ((axes[0], "", "predicted frames"), (axes[1], "_true", "true frames, same periods")):
+        im = ax.imshow(get[f"speed_composite{key}"], extent=extent, origin="upper", cmap="magma", vmin=0,
+                       vmax=top if top > 0 else 1.0, interpolation="nearest")
+        fig.colorbar(im, ax=ax, label="speed (m/yr)", shrink=0.85)
+        _same_scale_quivers(ax, vel, get[f"u_composite{key}"], get[f"v_composite{key}"], step, top)
+        ax.set_title(f"{title}: composite speed")
+    lim = _error_limit([diff])
+    im = axes[2].imshow(diff, extent=extent, origin="upper", cmap="RdBu_r", vmin=-lim, vmax=lim,
+                        interpolation="nearest")
+    fig.colorbar(im, ax=axes[2], label="predicted - true speed (m/yr)", shrink=0.85)
+    axes[2].set_title(f"difference: median |speed diff| on ice {c['speed_diff_median']:.1f} m/yr,\n"
+                      f"median direction difference {c['direction_diff_median']:.0f}°", fontsize=10)
+    for k, ax in enumerate(axes):
+        _km_axes(ax, left=k == 0)
+    start, end = (pd.Timestamp(vel[k].values.min() if k == "time_start" else vel[k].values.max())
+                  for k in ("time_start", "time_end"))
+    model, last = vel.attrs.get("model", "the model"), vel.attrs.get("last_input", "?")
+    fig.suptitle(f"movement predicted by {model} (after {last}) vs the true frames: {vel.sizes['time']} pairs "
+                 f"{start:%Y-%m-%d} → {end:%Y-%m-%d}, Δt from the "
+                 "period starts")
+    fig.tight_layout()
+    return _save(fig, out_png)
+
+
+def _same_scale_quivers(ax: Any, vel: xr.Dataset, u: np.ndarray, v: np.ndarray, step: int, top: float) -> None:
+    """Arrows every ``step`` px on one scale for several panels: a ``top`` m/yr arrow spans 0.9 spacings."""
+    x_km, y_km = (np.asarray(vel[k].values, np.float64) / 1000 for k in ("x", "y"))
+    rows, cols = np.arange(step // 2, len(y_km), step), np.arange(step // 2, len(x_km), step)
+    qu, qv = u[np.ix_(rows, cols)], v[np.ix_(rows, cols)]
+    ok = np.isfinite(qu) & np.isfinite(qv)
+    gx, gy = np.meshgrid(x_km[cols], y_km[rows])
+    spacing_km = step * abs(x_km[1] - x_km[0]) if len(x_km) > 1 else 1.0
+    top = top if top > 0 else 1.0
+    q = ax.quiver(gx[ok], gy[ok], qu[ok], qv[ok], color="crimson", angles="xy", scale_units="xy",
+                  scale=top / (0.9 * spacing_km), width=0.005)
+    ref = _nice(top)
+    ax.quiverkey(q, 0.72, 0.04, ref, f"{ref:g} m/yr", labelpos="E", coordinates="axes", color="crimson",
+                 labelcolor="black", fontproperties={"size": 9})
+
+
 def json_list(text: str) -> list[str]:
     """A JSON list attribute as a list of strings."""
     import json

@@ -388,3 +388,66 @@ def test_cli_predict_from_a_run_directory(trained_run, tmp_path, capsys):
     assert err.startswith("error: --last-input 1999-01-01 lies outside the cube") and err.count("\n") == 1
     assert main(["plot", "run", str(trained_run["run"]), "--out", str(tmp_path / "loss.png")]) == 0
     assert (tmp_path / "loss.png").stat().st_size > 10_000
+
+
+# ------------------------------------------------------------------------------------ predicted movement
+@pytest.fixture(scope="module")
+def twin_forecast(tiny_cube_1ms, tmp_path_factory):
+    """A persistence-like forecast store of the tiny twin's monthly cube, targets Jul-Oct 2020 inside it."""
+    out = str(tmp_path_factory.mktemp("fcflow") / "forecast.zarr")
+    fc = Forecaster(Repeat(), "repeat", 4, 4, 32)
+    predict_cube(fc, tiny_cube_1ms, out, PredictSpec(last_input="2020-06-01", device="cpu"))
+    return out
+
+
+def test_flow_of_a_forecast_store_writes_the_velocity_contract_and_the_comparison(twin_forecast, tiny_cube_1ms,
+                                                                                  tmp_path, capsys):
+    from glacierflow.cli import main
+
+    vel = str(tmp_path / "velocity.zarr")
+    assert main(["flow", twin_forecast, "--method", "farneback", "--out", vel, "--cluster", "sync"]) == 0
+    printed = capsys.readouterr().out
+    assert "3 consecutive pairs of predicted NDSI periods" in printed and "median |speed diff|" in printed
+    ds = xr.open_zarr(vel, decode_coords="all")
+    for name in ("u", "v", "speed", "offset_u", "offset_v", "pair_error", "valid_fraction", "u_composite",
+                 "v_composite", "speed_composite", "speed_error", "n_pairs", "u_true", "v_true", "speed_true",
+                 "speed_composite_true", "ice", "speed_diff_median", "composite_direction_diff_median"):
+        assert name in ds, name
+    assert "scene_start" not in ds.coords, "periods, not scenes"
+    assert ds.attrs["tracked"] == "forecast ndsi" and ds.attrs["truth_cube"] == tiny_cube_1ms
+    assert store.epsg_of(ds) == store.epsg_of(xr.open_zarr(tiny_cube_1ms, decode_coords="all"))
+    # consecutive target periods: leads 1->2, 2->3, 3->4; Δt = the period starts' spacing (Jul, Aug, Sep 31 days)
+    assert ds["lead_start"].values.tolist() == [1, 2, 3] and ds["lead_end"].values.tolist() == [2, 3, 4]
+    assert ds["dt_days"].values.tolist() == [31.0, 31.0, 30.0]
+    # every predicted frame is the last input frame: no predicted movement; OpenCV's Farneback on two identical
+    # frames is not exactly 0 (0.007 px at the 99th percentile on the small twin) but its median is
+    pred_median, true_median = float(ds["composite_speed_median"]), float(ds["composite_speed_true_median"])
+    print(f"persistence forecast: median speed {pred_median:.3g}, true frames {true_median:.3g} m/yr")
+    assert pred_median < 0.5 and true_median > 10 * max(pred_median, 0.5)
+    # the comparison, recomputed from the stored fields on the stored ice mask
+    ice = ds["ice"].values
+    for k in range(3):
+        sp, st = ds["speed"].values[k], ds["speed_true"].values[k]
+        ok = ice & np.isfinite(sp) & np.isfinite(st)
+        assert float(ds["speed_diff_median"][k]) == pytest.approx(float(np.median(np.abs(sp - st)[ok])), rel=1e-5)
+        assert float(ds["speed_true_median"][k]) == pytest.approx(float(np.median(st[ok])), rel=1e-5)
+    png = tmp_path / "forecast.png"
+    assert main(["plot", "forecast", twin_forecast, "--out", str(png), "--flow", vel, "--step", "16"]) == 0
+    from PIL import Image
+
+    with Image.open(tmp_path / "forecast-flow.png") as im:
+        assert float(np.asarray(im.convert("L"), np.float64).var()) > 100
+
+
+def test_true_frames_as_forecast_move_exactly_like_the_truth(twin_forecast, tiny_cube_1ms):
+    from glacierflow.config import FlowSpec
+    from glacierflow.forecast_flow import forecast_velocity
+
+    fc = xr.open_zarr(twin_forecast, decode_coords="all")
+    cube = xr.open_zarr(tiny_cube_1ms, decode_coords="all")
+    oracle = fc.assign(ndsi=cube["ndsi"].sel(time=fc["time"].values))  # a forecast that is the truth
+    ds = forecast_velocity(oracle, FlowSpec(pairs="consecutive"), cube).compute(scheduler="sync")
+    assert np.isfinite(ds["speed_true"].values).mean() > 0.2  # measured 0.43 (texture mask on monthly NDSI)
+    np.testing.assert_array_equal(ds["speed"].values, ds["speed_true"].values)
+    assert float(ds["composite_speed_diff_median"]) == 0.0 and float(ds["composite_direction_diff_median"]) == 0.0
+    assert float(ds["composite_speed_true_median"]) > 0
