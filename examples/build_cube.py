@@ -1,8 +1,9 @@
 """Build a cube from Python instead of the CLI (same library call the CLI makes).
 
-    python examples/build_cube.py STAC_URL W S E N START END OUT
+    python examples/build_cube.py [STAC_URL W S E N START END OUT [CLUSTER]]
 
-e.g. against a served twin: `glacierflow twin serve DIR --url-file url.txt`, bbox from DIR/twin.json.
+e.g. against a served twin: `glacierflow twin serve DIR --url-file url.txt`, bbox from DIR/twin.json. The UTM
+zone comes from the bbox centre; CLUSTER is any `--cluster` form (default `local:2`; `threads` for small cubes).
 Without a STAC URL argument this targets Planetary Computer for the parvati glacier.
 """
 
@@ -10,18 +11,21 @@ import sys
 
 from glacierflow.build import build_cube_store
 from glacierflow.catalog import PLANETARY_COMPUTER_URL
+from glacierflow.cli import runner
 from glacierflow.cluster import get_client
 from glacierflow.config import CubeSpec, PreprocessSpec
-from glacierflow.glaciers import get_site
+from glacierflow.glaciers import get_site, site_from_bbox
 
-if len(sys.argv) == 9:
-    url, *bbox, start, end, out = sys.argv[1:]
-    spec = CubeSpec(name="example", bbox=tuple(map(float, bbox)), epsg=32643, start=start, end=end, catalog=url)
+cluster = "local:2"
+if len(sys.argv) in (9, 10):
+    url, *bbox, start, end, out = sys.argv[1:9]
+    cluster = sys.argv[9] if len(sys.argv) == 10 else cluster
+    site = site_from_bbox(tuple(map(float, bbox)), name="example")
 else:
+    url, start, end, out = PLANETARY_COMPUTER_URL, "2019-01-01", "2019-12-31", "parvati-2019-3ms.zarr"
     site = get_site("parvati")
-    spec = CubeSpec(name=site.name, bbox=site.bbox, epsg=site.epsg, start="2019-01-01", end="2019-12-31",
-                    catalog=PLANETARY_COMPUTER_URL)
-    out = "parvati-2019-3ms.zarr"
+spec = CubeSpec(name=site.name, bbox=site.bbox, epsg=site.epsg, start=start, end=end, catalog=url)
 
-with get_client("local:2"):
-    print(build_cube_store(spec, PreprocessSpec(period="3MS"), out, overwrite=True))
+with get_client(cluster) as client:
+    summary = build_cube_store(spec, PreprocessSpec(period="3MS"), out, overwrite=True, compute=runner(client))
+print("\n".join(summary.lines()))
