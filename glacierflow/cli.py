@@ -916,12 +916,15 @@ def finetune_cmd(
     lr: Annotated[float | None, typer.Option(help="Learning rate (default: the run's).")] = None,
     patch_size: Annotated[int | None, typer.Option(metavar="PX", help="Expected patch size (checked).")] = None,
     device: Annotated[Literal[DEVICES], typer.Option(help="auto: CUDA when present.")] = "auto",  # type: ignore[valid-type]
+    objective: Annotated[
+        Objective | None, typer.Option(help="Training objective to continue with (default: the run's).")
+    ] = None,
 ) -> None:
     """Continue a trained model on another glacier; zero-shot vs fine-tuned on its test split."""
     from glacierflow.finetune import finetune, format_comparison
 
     r = finetune(run_dir, cube, out_dir, epochs=epochs, lr=lr, device=device, patch_size=patch_size,
-                 progress=sys.stderr.isatty())
+                 progress=sys.stderr.isatty(), objective=objective)
     out.print(f"test split of {cube}, the model before and after fine-tuning, next to both baselines:")
     for line in format_comparison(r):
         out.print(line)
@@ -989,6 +992,8 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     except _EXITS as e:
+        if isinstance(e.__cause__, KeyboardInterrupt):  # typer turns Ctrl-C into Exit(130), silently
+            print("interrupted", file=sys.stderr)
         return int(e.exit_code)
     except _USAGE_ERRORS as e:
         return _usage_error(e)

@@ -55,7 +55,7 @@ def score_on(model: Any, name: str, cube_url: str, patch_spec: dict[str, Any], s
 
 
 def finetune(run_dir: str | os.PathLike[str], cube_url: str, out_dir: str | os.PathLike[str], *, epochs: int = 5,
-             lr: float | None = None, device: str = "auto", progress: bool = True,
+             lr: float | None = None, device: str = "auto", progress: bool = True, objective: str | None = None,
              **shape: int | None) -> dict[str, Any]:
     """Continue a trained run on another cube; returns zero-shot and fine-tuned metrics on its test split.
 
@@ -71,6 +71,9 @@ def finetune(run_dir: str | os.PathLike[str], cube_url: str, out_dir: str | os.P
         Fine-tuning epochs; learning rate (default: the run's); device as in training.
     progress
         Progress bar.
+    objective
+        Training objective to continue with (default: the run's); ``full-scene`` fine-tunes a patch-trained
+        model on blended scene windows (the paper's experiment 3: retrained and fine-tuned for full scenes).
     **shape
         ``patch_size``, ``t_in``, ``t_out`` the caller expects; a mismatch with the checkpoint is an error.
 
@@ -96,7 +99,8 @@ def finetune(run_dir: str | os.PathLike[str], cube_url: str, out_dir: str | os.P
     name = str(specs["model_name"])
     zero_shot = score_on(model, name, cube_url, specs["patch_spec"], device=device)
     stored = TrainSpec.from_dict(specs["train_spec"])
-    tspec = stored.replace(epochs=epochs, device=device, **({"lr": lr} if lr else {}))
+    tspec = stored.replace(epochs=epochs, device=device, **({"lr": lr} if lr else {}),
+                           **({"objective": objective} if objective else {}))
     if lr:
         for group in ck["optimizer"].get("param_groups", []):
             group["lr"] = lr

@@ -236,3 +236,18 @@ def test_cli_objective_is_a_choice_and_a_bad_scene_window_one_line(syn_cube: str
     err = capsys.readouterr().err
     assert "--scene-window -3 must be an integer >= 0" in err and err.count("\n") == 1
     assert not Path(run).exists(), "nothing written"
+
+
+def test_finetune_continues_a_patch_run_with_the_full_scene_objective(syn16_cube: str, tmp_path: Path) -> None:
+    from glacierflow.finetune import finetune
+
+    torch.set_num_threads(1)
+    train.fit(syn16_cube, tmp_path / "p", CONV, SMALL, FULL.replace(objective="patch", epochs=1), progress=False)
+    r = finetune(tmp_path / "p", syn16_cube, tmp_path / "f", epochs=1, device="cpu", progress=False,
+                 objective="full-scene")
+    ck = torch.load(tmp_path / "f" / "last.pt", weights_only=True)
+    assert TrainSpec.from_dict(ck["train_spec"]).objective == "full-scene"
+    assert json.loads((tmp_path / "f" / "run.json").read_text())["objective"]["windows"] == 5
+    assert r["fit"]["epochs_run"] == 1 and {"convlstm", "persistence", "seasonal"} <= set(r["fine_tuned"])
+    before = torch.load(tmp_path / "p" / "best.pt", weights_only=True)["state_dict"]
+    assert any(not torch.equal(before[k], ck["state_dict"][k]) for k in before), "the weights moved"
