@@ -132,10 +132,14 @@ def build_sites(jobs: dict[str, tuple[str, Callable[[str], Any]]]) -> list[SiteR
     """
     if not jobs:
         return []
-    with ThreadPoolExecutor(max_workers=min(len(jobs), MAX_SITES_IN_FLIGHT),
-                            thread_name_prefix="glacierflow-site") as pool:
+    pool = ThreadPoolExecutor(max_workers=min(len(jobs), MAX_SITES_IN_FLIGHT), thread_name_prefix="glacierflow-site")
+    try:
         futures = {name: pool.submit(_one, name, store, build) for name, (store, build) in jobs.items()}
         return [futures[name].result() for name in jobs]
+    finally:
+        # Ctrl-C: return at once (the caller then closes the cluster, which ends the running builds; their
+        # safe writes leave no partial store) instead of waiting for every site to finish
+        pool.shutdown(wait=False, cancel_futures=True)
 
 
 def summary_table(results: list[SiteResult]) -> list[str]:

@@ -144,3 +144,38 @@ def test_sites_file_and_outputs_are_checked(tmp_path, capsys):
     rc, _, err = _run(capsys, "build-cube", "--glacier", "parvati", "--glacier", "parvati", "--cluster", "sync")
     assert rc == 2 and "'parvati' is given twice" in err
     assert not list(Path(tmp_path).glob("*.zarr"))
+
+
+def test_ctrl_c_shuts_the_gateway_cluster_down(two_twins, gateway_server, tmp_path):
+    """A real `glacierflow build-cube` process, authenticated from the environment, interrupted mid-run."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from dask_gateway import Gateway
+
+    from glacierflow.cluster import _close_gateway
+
+    env = dict(os.environ, DASK_GATEWAY__AUTH__TYPE="basic", DASK_GATEWAY__AUTH__KWARGS__USERNAME="glacierflow",
+               DASK_GATEWAY__AUTH__KWARGS__PASSWORD="test-password", DASK_GATEWAY__ADDRESS=gateway_server)
+    sites = tmp_path / "sites.txt"
+    sites.write_text("".join(f"{n} {' '.join(_bbox(two_twins[n]))}\n" for n in ("parvati", "aletsch")))
+    argv = [sys.executable, "-m", "glacierflow", "build-cube", "--sites", str(sites), *YEAR, "--catalog",
+            two_twins["url"], "--out-dir", str(tmp_path / "cubes"), "--cluster", "gateway", "--workers", "1"]
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()  # the dashboard line comes once the cluster is up, before any work
+        assert line.startswith("Dask dashboard: "), line + proc.stderr.read()
+        gateway = Gateway(gateway_server)  # the same user (the fixture's Dask config): sees its clusters
+        try:
+            assert len(gateway.list_clusters()) == 1
+            proc.send_signal(signal.SIGINT)
+            _, err = proc.communicate(timeout=120)
+            assert proc.returncode == 130 and err.strip().splitlines()[-1] == "interrupted"
+            assert gateway.list_clusters() == []  # shut down on the way out
+        finally:
+            _close_gateway(gateway)
+    finally:
+        proc.kill() if proc.poll() is None else None
+    assert not list((tmp_path / "cubes").glob("*-6ms.zarr"))  # no store under a final name: the run was stopped
