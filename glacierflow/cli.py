@@ -530,7 +530,11 @@ def build_cube_cmd(
                             storage_options(storage_option), where, strict)
     site = resolve_site(glacier[0] if glacier else None, bbox, epsg)
     spec = spec_for(site)
-    target = out_store or (f"{out_dir.rstrip('/')}/" if out_dir else "") + default_store_name(site.name, period)
+    if out_store and out_dir:
+        raise GlacierflowError("--out and --out-dir were both given; pass one of them")
+    name = default_store_name(site.name, period)
+    target = out_store.replace("{name}", site.name) if out_store else (
+        f"{out_dir.rstrip('/')}/{name}" if out_dir else name)
     check_writable(target, storage_options(storage_option))  # before hours of work, not after
     with where.client() as client:
         summary = build_cube_store(
@@ -992,9 +996,9 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     except _EXITS as e:
-        if isinstance(e.__cause__, KeyboardInterrupt):  # typer turns Ctrl-C into Exit(130), silently
-            print("interrupted", file=sys.stderr)
         return int(e.exit_code)
     except _USAGE_ERRORS as e:
         return _usage_error(e)
+    if result == 130:  # typer turns Ctrl-C into Exit(130), which click returns silently
+        print("interrupted", file=sys.stderr)
     return int(result) if isinstance(result, int) else 0

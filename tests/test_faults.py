@@ -226,3 +226,49 @@ def test_a_stalled_asset_read_times_out_and_is_retried(tiny_twin: Path, tmp_path
     assert list(scenes["item_id"].values) == list(reference["scenes"]["item_id"].values)
     np.testing.assert_array_equal(scenes["valid_fraction"].values, reference["scenes"]["valid_fraction"].values)
     np.testing.assert_array_equal(used[keep], ref_used[keep])
+
+
+# -- a Dask worker killed ----------------------------------------------------------------------------------
+
+def test_a_worker_killed_mid_build_leaves_the_result_unchanged(served_twin: dict, tmp_path: Path,
+                                                               reference: dict[str, Any]) -> None:
+    import os
+    import signal
+    import threading
+    import time
+
+    from distributed import Client, LocalCluster
+
+    m = served_twin["meta"]
+    spec = CubeSpec(name="t", bbox=tuple(m["bbox"]), epsg=m["epsg"], start=START, end=END,
+                    catalog=served_twin["stac_url"])
+    out = tmp_path / "cube.zarr"
+    killed: list[int] = []
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                      dashboard_address=None) as cluster, Client(cluster) as client:
+        pids = client.run(os.getpid)
+        done = threading.Event()
+
+        def kill_a_busy_worker() -> None:
+            # once the main pass runs (the partial store exists), SIGKILL a worker that is running tasks
+            while not done.is_set() and not killed:
+                if list(tmp_path.glob(".cube.zarr.partial-*")):
+                    busy = [a for a, keys in client.processing().items() if keys and a in pids]
+                    if busy:
+                        os.kill(pids[busy[0]], signal.SIGKILL)
+                        killed.append(pids[busy[0]])
+                time.sleep(0.01)
+
+        killer = threading.Thread(target=kill_a_busy_worker, daemon=True)
+        killer.start()
+        try:
+            build_cube_store(spec, PreprocessSpec(), str(out), compute=cli.runner(client))
+        finally:
+            done.set()
+            killer.join(10)
+        after = client.run(os.getpid)
+    assert len(killed) == 1 and killed[0] not in after.values(), (killed, after)  # a worker really died
+    np.testing.assert_array_equal(open_store(str(out))["ndsi"].values, reference["ndsi"])
+    scenes = open_store(str(out), group="scenes").load()
+    for name in ("used", "reason", "shift_x", "shift_y", "ecc"):
+        np.testing.assert_array_equal(scenes[name].values, reference["scenes"][name].values, err_msg=name)

@@ -1,0 +1,225 @@
+"""Interruptions, for real: ``python -m glacierflow`` killed (SIGINT, SIGKILL) mid-write, train killed
+mid-epoch, a disk that fills up. What must hold: the previous store or checkpoint is untouched and
+readable, nothing half-written looks complete, and running again gives what an uninterrupted run gives.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import dask
+import numpy as np
+import pytest
+import torch
+import xarray as xr
+
+from glacierflow import cli, store
+from glacierflow.build import build_cube_store
+from glacierflow.config import CubeSpec, FlowSpec, PredictSpec, PreprocessSpec
+from glacierflow.errors import GlacierflowError
+from glacierflow.testing import write_synthetic_cube
+
+from .test_faults import END, START, reference  # noqa: F401 - the undisturbed tiny-twin build (fixture)
+
+KILLS = {"SIGINT": (signal.SIGINT, 130), "SIGKILL": (signal.SIGKILL, -signal.SIGKILL)}
+
+
+def _interrupt(argv: list[str], ready: Any, sig: signal.Signals) -> tuple[int, str]:
+    """Run ``python -m glacierflow ARGV``, send ``sig`` as soon as ``ready()`` is true; (exit status, stderr)."""
+    proc = subprocess.Popen([sys.executable, "-m", "glacierflow", *argv], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while proc.poll() is None and not ready() and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert proc.poll() is None, f"finished before the moment to interrupt it: {proc.stderr.read()}"
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=120)
+    return proc.returncode, err
+
+
+def _writing(target: Path) -> Any:
+    """True once the safe writer has started writing the temporary sibling of ``target``."""
+    return lambda: any(target.parent.glob(f".{target.name}.partial-*/zarr.json"))
+
+
+def _values(url: str, group: str | None = None) -> dict[str, np.ndarray]:
+    ds = store.open_store(url, group=group)
+    return {k: ds[k].values for k in ds.data_vars}
+
+
+def _same(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+def _check_interrupted(code: int, err: str, kill: str, target: Path, before: dict[str, np.ndarray]) -> None:
+    sig, expect = KILLS[kill]
+    assert code == expect, (code, err)
+    if kill == "SIGINT":
+        assert err.strip() == "interrupted", err  # one line, no traceback
+        assert not list(target.parent.glob(f".{target.name}.partial-*")), "the partial store is removed"
+    assert store.is_complete(str(target)), "the previous store is still complete"
+    _same(_values(str(target)), before)  # ... and untouched
+
+
+# -- build-cube, flow, predict killed mid-write ------------------------------------------------------------
+
+@pytest.mark.parametrize("kill", list(KILLS))
+def test_build_cube_interrupted_mid_write_keeps_the_previous_store(served_twin: dict, tmp_path: Path,
+                                                                   reference: dict[str, Any],  # noqa: F811
+                                                                   kill: str) -> None:
+    target = tmp_path / "cube.zarr"
+    shutil.copytree(reference["out"], target)  # the previous store: a complete build of the same spec
+    before = _values(str(target))
+    m = served_twin["meta"]
+    argv = ["build-cube", "--bbox", *map(str, m["bbox"]), "--epsg", str(m["epsg"]), "--start", START, "--end", END,
+            "--catalog", served_twin["stac_url"], "--out", str(target), "--overwrite", "--cluster", "threads"]
+    code, err = _interrupt(argv, _writing(target), KILLS[kill][0])
+    _check_interrupted(code, err, kill, target, before)
+    # running again completes, and gives the uninterrupted result (a SIGKILL's hidden partial is ignored)
+    spec = CubeSpec(name="t", bbox=tuple(m["bbox"]), epsg=m["epsg"], start=START, end=END,
+                    catalog=served_twin["stac_url"])
+    with dask.config.set(scheduler="threads"):
+        build_cube_store(spec, PreprocessSpec(), str(target), overwrite=True)
+    _same(_values(str(target)), before)
+    _same(_values(str(target), "scenes"), _values(reference["out"], "scenes"))
+
+
+def test_flow_interrupted_mid_write_keeps_the_previous_store(reference: dict[str, Any],  # noqa: F811
+                                                            tmp_path: Path) -> None:
+    from glacierflow.flow import run_flow
+
+    target = tmp_path / "velocity.zarr"
+    spec = FlowSpec(pairs="consecutive")  # the 6-month cube has no annual pairs
+    run_flow(reference["out"], str(target), spec)
+    before = _values(str(target))
+    argv = ["flow", reference["out"], "--out", str(target), "--pairs", "consecutive", "--overwrite", "--cluster",
+            "threads"]
+    code, err = _interrupt(argv, _writing(target), signal.SIGINT)
+    _check_interrupted(code, err, "SIGINT", target, before)
+    run_flow(reference["out"], str(target), spec, overwrite=True)
+    _same(_values(str(target)), before)
+
+
+def _train_argv(cube: str, run: Path, epochs: int = 2) -> list[str]:
+    return ["train", cube, "--out", str(run), "--model", "lstm", "--option", "hidden_size=8", "--epochs",
+            str(epochs), "--device", "cpu", "--batch-size", "2", "--seed", "1", "--steps-per-epoch", "4",
+            "--val-samples", "2", "--cluster", "sync"]
+
+
+@pytest.fixture(scope="module")
+def learning(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A synthetic monthly cube (24 periods, 60 x 100 px) and a one-epoch LSTM run on it (CLI, in-process)."""
+    d = tmp_path_factory.mktemp("learn")
+    cube = write_synthetic_cube(str(d / "cube.zarr"), n_periods=24, size=(60, 100), period="1MS",
+                                drift=(0.5, 0.2), noise=0.02)
+    assert cli.main(_train_argv(cube, d / "run", epochs=1)) == 0
+    return {"cube": cube, "run": d / "run"}
+
+
+def test_predict_interrupted_mid_write_keeps_the_previous_store(learning: dict[str, Path], tmp_path: Path) -> None:
+    from glacierflow.predict import load_forecaster, predict_cube
+
+    run = learning["run"]
+    target = tmp_path / "forecast.zarr"
+    spec = PredictSpec(device="cpu", batch_size=4)
+    predict_cube(load_forecaster(run), str(learning["cube"]), str(target), spec)
+    before = _values(str(target))
+    argv = ["predict", str(run), "--cube", str(learning["cube"]), "--out", str(target), "--overwrite",
+            "--device", "cpu", "--batch-size", "4", "--cluster", "sync"]
+    code, err = _interrupt(argv, _writing(target), signal.SIGKILL)
+    _check_interrupted(code, err, "SIGKILL", target, before)
+    predict_cube(load_forecaster(run), str(learning["cube"]), str(target), spec, overwrite=True)
+    _same(_values(str(target)), before)
+
+
+# -- train killed mid-epoch, --resume ----------------------------------------------------------------------
+
+def _rows(run: Path) -> list[dict[str, str]]:
+    with (run / "loss.csv").open() as f:
+        return list(csv.DictReader(f))
+
+
+def test_train_killed_mid_epoch_resumes_from_last_pt(learning: dict[str, Path], tmp_path: Path) -> None:
+    full, part = tmp_path / "full", tmp_path / "part"
+    assert cli.main(_train_argv(str(learning["cube"]), full)) == 0
+
+    def mid_epoch_2() -> bool:  # a training step of the last epoch is logged, its validation row is not
+        if not (part / "last.pt").exists() or not (part / "loss.csv").exists():
+            return False
+        rows = _rows(part)
+        return any(r["epoch"] == "2" and r["train_loss"] for r in rows) and not any(
+            r["epoch"] == "2" and r["val_loss"] for r in rows)
+
+    code, _ = _interrupt(_train_argv(str(learning["cube"]), part), mid_epoch_2, signal.SIGKILL)
+    assert code == -signal.SIGKILL
+    ck = torch.load(part / "last.pt", weights_only=True)  # whole and loadable: the end of epoch 1
+    assert ck["epoch"] == 1
+    assert cli.main([*_train_argv(str(learning["cube"]), part), "--resume"]) == 0
+    a, b = _rows(full), _rows(part)
+    assert [r["step"] for r in a] == [r["step"] for r in b]  # the killed epoch's rows were dropped, then redone
+    for ra, rb in zip(a, b, strict=True):
+        for k in ("train_loss", "val_loss"):
+            # same process layout, same seeds: measured identical to the printed 8 digits
+            assert (ra[k] == rb[k]) or float(ra[k]) == pytest.approx(float(rb[k]), rel=1e-5), (ra, rb)
+    assert torch.load(part / "last.pt", weights_only=True)["epoch"] == 2
+    assert not list(part.glob(".*.tmp*")), "no temporary checkpoint left"
+
+
+# -- disk full ---------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Any:
+    """An 8 MiB tmpfs (needs root, as in CI's container); skipped where it cannot be mounted."""
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("mounting a small tmpfs needs root: cannot fill a disk safely here")
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mnt)], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({r.stderr.strip()}): no disk to fill")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_disk_full_while_writing_a_store_is_a_clear_error(small_disk: Path) -> None:
+    target = small_disk / "store.zarr"
+    small = xr.Dataset({"a": (("y", "x"), np.arange(100, dtype=np.float32).reshape(10, 10))})
+    store.write(small, str(target))
+    rng = np.random.default_rng(0)  # noise does not compress: 12 MiB > the 8 MiB disk
+    big = xr.Dataset({"a": (("y", "x"), rng.random((2048, 1536), dtype=np.float32))}).chunk({"y": 256})
+    with pytest.raises(GlacierflowError) as err:
+        store.write(big, str(target), overwrite=True)
+    msg = str(err.value)
+    assert "no space left" in msg and str(target) in msg and "\n" not in msg, msg
+    assert sorted(p.name for p in small_disk.iterdir()) == ["store.zarr"], "no partial store left"
+    assert store.is_complete(str(target))
+    np.testing.assert_array_equal(store.open_store(str(target))["a"].values, small["a"].values)
+
+
+def test_disk_full_while_saving_a_checkpoint_keeps_the_last_one(learning: dict[str, Path], small_disk: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    run = small_disk / "run"
+    shutil.copytree(learning["run"], run)  # a run after one epoch: best.pt + last.pt, 2 x 2.2 MB
+    before = (run / "last.pt").read_bytes()
+    free = shutil.disk_usage(small_disk).free
+    # leave 256 KiB: room for loss.csv and run.json, not for the next 2.2 MB checkpoint
+    (small_disk / "filler").write_bytes(b"\0" * max(free - (256 << 10), 0))
+    capsys.readouterr()
+    assert cli.main([*_train_argv(str(learning["cube"]), run, epochs=2), "--resume"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: cannot write checkpoint ") and "no space left" in err and "\n" not in err, err
+    assert (run / "last.pt").read_bytes() == before, "last.pt untouched"
+    assert torch.load(run / "last.pt", weights_only=True)["epoch"] == 1
+    assert not list(run.glob(".*.tmp*")), "no half-written checkpoint left"
