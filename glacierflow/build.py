@@ -451,7 +451,8 @@ def build_cube_store(
             "search": json.dumps(found.parameters(), default=str),
             "title": f"glacierflow NDSI cube: {spec.name}, {pre.period} periods",
         }
-        store.write(as_tree(ds), out, overwrite=overwrite, storage_options=storage_options, compute=run)
+        store.write(as_tree(ds), out, overwrite=overwrite, storage_options=storage_options,
+                    compute=_refusing_if_none_used(run, ds))
     finally:
         store.remove(scratch, storage_options)
     return summarise(out, storage_options, scenes_found=len(found.items) + len(found.rejected),
@@ -467,13 +468,46 @@ def _raise_if_asset_errors(q: xr.Dataset, raw: xr.DataArray) -> None:
                                "asset or run without --strict to drop such scenes; no store was written")
 
 
+#: The way out for each reason of the ``scenes`` table (the text before its first ``:``).
+REASON_FIXES = {"alignment": "lower --min-ecc", "missing": "raise --max-missing", "cloud": "raise --max-cloud",
+                "platform": "add a --platform", "category": "add a --category", "read error": "check the assets",
+                "datetime": "widen --start/--end", "bbox": "check --bbox"}
+
+
+def every_scene_dropped(reasons: Any) -> str:
+    """One line for a build in which no scene was used: counts per reason and the flags that change them."""
+    counts: dict[str, int] = {}
+    for r in np.asarray(reasons).ravel():
+        key = str(r).split(":")[0] or "unknown"
+        counts[key] = counts.get(key, 0) + 1
+    text = ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
+    fixes = ", ".join(dict.fromkeys(REASON_FIXES.get(k, k) for k in sorted(counts)))
+    return (f"every scene was dropped ({text}; {sum(counts.values())} considered); no store was written; "
+            f"{fixes}")
+
+
+def _refusing_if_none_used(run: Callable[[list[Any]], list[Any]], ds: xr.Dataset) -> Callable[[list[Any]], list]:
+    """``run`` that also computes the scenes' ``used`` and ``reason`` in the same pass and raises when none is used.
+
+    Raising inside :func:`glacierflow.store.write` abandons the partial store: nothing is left, and a previous
+    store at the same place is untouched.
+    """
+    def checked(objs: list[Any]) -> list[Any]:
+        *results, used, reasons = run([*objs, ds["used"].data, ds["reason"].data])
+        if not np.asarray(used).any():
+            raise GlacierflowError(every_scene_dropped(reasons))
+        return results
+
+    return checked
+
+
 def _raise_if_unusable(q: xr.Dataset, pre: PreprocessSpec) -> None:
     frac = q["valid_fraction"].values
     if not (frac >= 1.0 - pre.max_missing).any():
         best = float(np.nanmax(frac)) if frac.size else 0.0
         raise GlacierflowError(
             f"none of the {frac.size} scenes has enough valid pixels over the bbox (best valid fraction "
-            f"{best:.2f}, need {1 - pre.max_missing:.2f}); check the bbox against the scenes' footprints or "
+            f"{best:.3f}, need {1 - pre.max_missing:.3f}); check the bbox against the scenes' footprints or "
             "raise --max-missing; no store was written"
         )
 

@@ -24,8 +24,10 @@ from typing import Any
 from urllib.parse import urlparse
 
 import requests
+from pystac import STACTypeError
 from pystac_client import Client
 from pystac_client.conformance import ConformanceClasses
+from pystac_client.errors import ClientTypeError
 from pystac_client.exceptions import APIError
 from pystac_client.stac_api_io import StacApiIO
 from urllib3 import Retry
@@ -316,6 +318,12 @@ def _reason(err: BaseException) -> str:
 
 
 def _unreachable(url: str, err: BaseException) -> GlacierflowError:
+    status = getattr(err, "status_code", None)
+    if isinstance(status, int) and 400 <= status < 500 and status != 429:  # a server answered: not this API
+        return GlacierflowError(
+            f"{url} is not a STAC API root (it answered HTTP {status}); check --catalog, e.g. "
+            f"{PLANETARY_COMPUTER_URL}; {TWIN_HINT}"
+        )
     return GlacierflowError(
         f"cannot reach STAC API at {url}: {_reason(err)}; is the server running? {TWIN_HINT}"
     )
@@ -343,7 +351,7 @@ def open_client(url: str, *, retries: int = 3, backoff: float = 0.5, timeout: fl
         client = Client.open(url, stac_io=io)
     except (APIError, requests.RequestException, OSError) as err:
         raise _unreachable(url, err) from None
-    except ValueError as err:  # not STAC JSON at all
+    except (ValueError, STACTypeError, ClientTypeError) as err:  # not JSON, or JSON but not a STAC catalog
         raise GlacierflowError(f"{url} is not a STAC API ({' '.join(str(err).split())[:100]}); "
                                f"check the URL, {TWIN_HINT}") from None
     if not client.conforms_to(ConformanceClasses.ITEM_SEARCH):

@@ -244,9 +244,12 @@ def _train_epoch(model: torch.nn.Module, loader: Any, opt: torch.optim.Optimizer
             break
         loss, n_seq = ctx["step_loss"](model, b, tf, device, dtype)  # glacierflow.objectives
         if not torch.isfinite(loss):
+            bad_input = not _finite(b)
+            why = ("the samples hold NaN/inf (the cube's ndsi is not finite there): rebuild the cube store"
+                   if bad_input else "try a lower --lr")
             raise GlacierflowError(
                 f"training loss became {float(loss.detach())} at step {step + 1} (epoch {epoch + 1}); stopped, "
-                f"the last good checkpoints in {ctx['out']} are kept; try a lower --lr"
+                f"the last good checkpoints in {ctx['out']} are kept; {why}"
             )
         opt.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
@@ -261,6 +264,12 @@ def _train_epoch(model: torch.nn.Module, loader: Any, opt: torch.optim.Optimizer
     bar.remove_task(task)
     ctx["throughput"] = seen / max(time.perf_counter() - t0, 1e-9)
     return step, float(np.mean(losses)) if losses else float("nan")
+
+
+def _finite(batch: Any) -> bool:
+    """Whether every floating-point tensor of a batch (dict, sequence or tensor) is finite."""
+    parts = batch.values() if isinstance(batch, dict) else batch if isinstance(batch, (list, tuple)) else [batch]
+    return all(bool(torch.isfinite(v).all()) for v in parts if torch.is_tensor(v) and v.is_floating_point())
 
 
 def _checkpoint(model: torch.nn.Module, opt: torch.optim.Optimizer, scaler: Any, ctx: dict[str, Any],
