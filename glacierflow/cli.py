@@ -754,6 +754,10 @@ def train_cmd(
     scene_window: Annotated[
         int | None, typer.Option(metavar="PX", help="full-scene: scene window side (default: three patches).")
     ] = None,
+    scene_overlap: Annotated[
+        int | None, typer.Option(metavar="PX", help="full-scene: tile overlap (default: half a patch, as predict; "
+                                 "0: non-overlapping tiles, for predict --overlap 0).")
+    ] = None,
     option: Annotated[
         list[str] | None, typer.Option(metavar="KEY=VALUE", help="Model option (repeatable), e.g. hidden_size=512.")
     ] = None,
@@ -770,7 +774,7 @@ def train_cmd(
 
     given = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay, "seed": seed,
              "patience": patience, "steps_per_epoch": steps_per_epoch, "val_samples": val_samples,
-             "scene_window": scene_window}
+             "scene_window": scene_window, "scene_overlap": scene_overlap}
     spec = TrainSpec(device=device, objective=objective, **{k: v for k, v in given.items() if v is not None})
     patch = {k: v for k, v in {"split": split, "t_in": t_in, "t_out": t_out, "size": patch_size}.items()
              if v is not None}

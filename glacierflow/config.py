@@ -513,7 +513,9 @@ class TrainSpec(Spec):
     batches) bounds an epoch's work, ``val_samples`` (0: all) the validation set (a seeded subset);
     ``amp``: bf16/fp16 autocast on CUDA. ``objective``: ``patch`` (masked MSE per patch sample) or
     ``full-scene`` (each step forecasts all tiles of a ``scene_window`` px scene window, blends them as
-    ``predict`` does and takes the masked MSE on the window; 0: three patches, see ``glacierflow.objectives``).
+    ``predict`` does and takes the masked MSE on the window; 0: three patches, see ``glacierflow.objectives``),
+    the tiles overlapping by ``scene_overlap`` px (-1: half a patch, predict's default; 0: the paper's
+    non-overlapping tiles, for ``predict --overlap 0``).
     """
 
     epochs: int = 10
@@ -532,6 +534,7 @@ class TrainSpec(Spec):
     amp: bool = True
     objective: str = "patch"
     scene_window: int = 0
+    scene_overlap: int = -1
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "patience", "teacher_forcing_epochs"):
@@ -544,6 +547,7 @@ class TrainSpec(Spec):
         self._between("teacher_forcing", 0.0, 1.0, "a probability")
         self._choice("device", DEVICES)
         self._choice("objective", OBJECTIVES)
+        self._integer("scene_overlap", -1)
 
 
 # ------------------------------------------------------------------------------------------------ forecast

@@ -3,11 +3,15 @@
 * ``patch`` (default): a batch of patch samples (``patches.prepare``), the masked MSE per patch.
 * ``full-scene`` (the paper's experiment 3): each step takes a *scene window* (a spatial window of the scene,
   ``TrainSpec.scene_window`` px, 0: three patches, clipped to the scene), cuts it into the same overlapping
-  tiles ``predict`` uses (half a patch overlap, reflection padding, :data:`glacierflow.config.PredictSpec`'s
-  window and floor), forecasts every tile, blends the tiles with :func:`glacierflow.tiling.stitch` (the code
-  ``predict`` runs, here on torch tensors, so the loss back-propagates through the blend) and takes the masked
-  MSE on the whole window: the model is scored on the stitched scene, borders included, so it can learn
-  consistent borders.
+  tiles ``predict`` uses (reflection padding, :data:`glacierflow.config.PredictSpec`'s window and floor;
+  ``TrainSpec.scene_overlap`` px overlap, default half a patch as ``predict``; 0: the paper's non-overlapping
+  tiles, where every tile border carries full weight), forecasts every tile, blends the tiles with
+  :func:`glacierflow.tiling.stitch` (the code ``predict`` runs, here on torch tensors, so the loss
+  back-propagates through the blend) and takes the masked MSE on the whole window: the model is scored on
+  the stitched scene, borders included. What couples neighbouring tiles is the blend: with non-overlapping
+  tiles the window's MSE is the mean of its tiles' MSEs (MSE is per pixel), so the objective differs from
+  ``patch`` only in which tiles it sees (a grid, reflection-padded at the window edges); with overlap every
+  output pixel mixes several tiles, though a Hann-weighted tile's own border pixels carry almost no weight.
 
 Memory: a step holds ``windows_per_step x tiles_per_window`` tile sequences with their gradients
 (``windows_per_step = max(1, batch_size // tiles_per_window)``); a 150-px window of 50-px tiles with 25-px
@@ -68,6 +72,15 @@ def window_shape(shape: tuple[int, int], patch_spec: PatchSpec, spec: TrainSpec)
         raise GlacierflowError(f"--scene-window {side} px is smaller than one patch ({patch_spec.size} px); "
                                f"use at least {patch_spec.size} or 0 (three patches)")
     return min(side, shape[0]), min(side, shape[1])
+
+
+def scene_overlap(patch_spec: PatchSpec, spec: TrainSpec) -> int:
+    """Tile overlap of the scene windows: ``scene_overlap`` px, or predict's default (half a patch) for -1."""
+    overlap = PredictSpec(overlap=spec.scene_overlap).overlap_px(patch_spec.size)
+    if overlap >= patch_spec.size:
+        raise GlacierflowError(f"--scene-overlap {overlap} must be below the patch size {patch_spec.size}; use "
+                               f"-1 (half a patch, as predict) or 0 (non-overlapping tiles)")
+    return overlap
 
 
 def _positions(n: int, w: int) -> np.ndarray:
@@ -146,9 +159,9 @@ def _full_scene(samples: Any, patch_spec: PatchSpec, spec: TrainSpec) -> tuple[A
     from glacierflow.patches import BatchOrder
 
     size = window_shape(samples.cube.ndsi.shape[1:], patch_spec, spec)
+    overlap = scene_overlap(patch_spec, spec)
     blend = PredictSpec()
-    layout = tile_layout(*size, (0, size[0]), patch_spec.size, blend.overlap_px(patch_spec.size),
-                         window=blend.window, floor=blend.floor)
+    layout = tile_layout(*size, (0, size[0]), patch_spec.size, overlap, window=blend.window, floor=blend.floor)
     starts = scene_windows(samples, size, patch_spec.size)
     per_step = max(1, spec.batch_size // len(layout.spots))
     order = BatchOrder(len(starts), per_step, shuffle=True, seed=spec.seed)
@@ -156,7 +169,7 @@ def _full_scene(samples: Any, patch_spec: PatchSpec, spec: TrainSpec) -> tuple[A
                                          sampler=order, num_workers=spec.num_workers)
     info = {"name": "full-scene", "scene_window": list(size), "windows": len(starts),
             "tiles_per_window": len(layout.spots), "windows_per_step": per_step,
-            "overlap": blend.overlap_px(patch_spec.size), "blend": blend.window}
+            "overlap": overlap, "blend": blend.window}
     return loader, full_scene_loss(layout), info
 
 

@@ -103,7 +103,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(syn_cube: str, tmp_pa
 def test_user_mistakes_are_one_line_errors(syn_cube: str, tmp_path: Path) -> None:
     with pytest.raises(GlacierflowError, match="baseline and is never trained"):
         train.fit(syn_cube, tmp_path / "a", ModelSpec("persistence"), SMALL, progress=False)
-    with pytest.raises(GlacierflowError, match="unknown model 'lsmt'; known: .*lstm"):
+    with pytest.raises(GlacierflowError, match=r"unknown model 'lsmt' \(did you mean 'lstm'\?\); known: .*lstm"):
         train.fit(syn_cube, tmp_path / "b", ModelSpec("lsmt"), SMALL, progress=False)
     with pytest.raises(GlacierflowError, match="no last.pt"):
         train.fit(syn_cube, tmp_path / "c", resume=True, progress=False)
@@ -222,6 +222,14 @@ def test_full_scene_windows_stay_inside_the_training_samples(tmp_path: Path) -> 
     assert int(held_out[:, 2].min()) > right, "the held-out blocks lie beyond it"
     with pytest.raises(GlacierflowError, match="smaller --scene-window"):
         scene_windows(samples, (40, 120), spec.size)
+    from glacierflow.objectives import OBJECTIVES
+
+    # the paper's non-overlapping tiles: a 32-px window is 2 x 2 tiles of 16 px, 4 windows per batch of 16
+    *_, info = OBJECTIVES["full-scene"].build(samples, spec, FULL.replace(scene_window=32, scene_overlap=0,
+                                                                           batch_size=16))
+    assert (info["overlap"], info["tiles_per_window"], info["windows_per_step"]) == (0, 4, 4)
+    with pytest.raises(GlacierflowError, match="--scene-overlap 16 must be below the patch size 16"):
+        OBJECTIVES["full-scene"].build(samples, spec, FULL.replace(scene_overlap=16))
 
 
 def test_cli_objective_is_a_choice_and_a_bad_scene_window_one_line(syn_cube: str, tmp_path: Path,
