@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from glacierflow.config import ModelSpec, PatchSpec, TrainSpec
-from glacierflow.errors import GlacierflowError
+from glacierflow.errors import GlacierflowError, did_you_mean
 
 LOSS_COLUMNS = ("step", "epoch", "train_loss", "val_loss", "lr")
 SPEC_KEYS = ("patch_spec", "model_spec", "train_spec", "cube_spec", "preprocess_spec")
@@ -363,7 +363,8 @@ def fit(cube: str, out_dir: str | os.PathLike[str], model_spec: ModelSpec | None
     model_spec, patch_spec, train_spec = model_spec or ModelSpec(), patch_spec or PatchSpec(), train_spec or TrainSpec()
     entry = MODELS.get(model_spec.name)
     if entry is None:
-        raise GlacierflowError(f"unknown model {model_spec.name!r}; known: {', '.join(MODELS)}")
+        raise GlacierflowError(f"unknown model {model_spec.name!r}{did_you_mean(model_spec.name, MODELS)}; "
+                               f"known: {', '.join(MODELS)}")
     if not entry.learned:
         raise GlacierflowError(f"{model_spec.name!r} is a baseline and is never trained; evaluate it with any run")
     device = resolve_device(train_spec.device)

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from glacierflow.errors import GlacierflowError
+from glacierflow.errors import GlacierflowError, did_you_mean
 from glacierflow.models.baselines import Persistence, Seasonal
 from glacierflow.models.convlstm import ConvLSTMForecaster
 from glacierflow.models.lstm import LSTMForecaster
@@ -137,7 +137,7 @@ def build_model(
     """
     entry = MODELS.get(name)
     if entry is None:
-        raise GlacierflowError(f"unknown model {name!r}; known: {', '.join(MODELS)}")
+        raise GlacierflowError(f"unknown model {name!r}{did_you_mean(name, MODELS)}; known: {', '.join(MODELS)}")
     unknown = sorted(set(kwargs) - set(entry.defaults))
     if unknown:
         known = ", ".join(entry.defaults) or "none"
