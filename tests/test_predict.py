@@ -368,7 +368,7 @@ def test_cli_predict_from_a_run_directory(trained_run, tmp_path, capsys):
 
     out = str(tmp_path / "forecast.zarr")
     code = main(["predict", str(trained_run["run"]), "--cube", trained_run["cube"], "--out", out,
-                 "--last-input", "2023-01-01", "--device", "cpu", "--batch-size", "5"])
+                 "--last-input", "2023-01-01", "--device", "cpu", "--batch-size", "5", "--cluster", "sync"])
     printed = capsys.readouterr().out
     assert code == 0, printed
     assert "persistence" in printed and "seasonal" in printed and "written:" in printed
@@ -383,7 +383,7 @@ def test_cli_predict_from_a_run_directory(trained_run, tmp_path, capsys):
     assert set(scores) == {"model", "persistence", "seasonal"}
     # the same scene again, other flags: a bad date is one line on stderr and status 2
     assert main(["predict", str(trained_run["run"]), "--cube", trained_run["cube"], "--out", out,
-                 "--last-input", "1999-01-01", "--overwrite"]) == 2
+                 "--last-input", "1999-01-01", "--overwrite", "--cluster", "sync"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: --last-input 1999-01-01 lies outside the cube") and err.count("\n") == 1
     assert main(["plot", "run", str(trained_run["run"]), "--out", str(tmp_path / "loss.png")]) == 0
