@@ -185,7 +185,7 @@ def _start_local(n: int, threads: int = 1) -> distributed.LocalCluster:
         processes=True,
         memory_limit="auto",  # system memory / n_workers
         host="127.0.0.1",
-        dashboard_address=":0",  # a free port, never a clash with a notebook's 8787
+        dashboard_address="127.0.0.1:0",  # a free port (no clash with a notebook's 8787), this machine only
         silence_logs=logging.WARNING,
     )
 
