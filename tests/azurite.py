@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import os
 import shutil
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -43,17 +44,18 @@ def start_azurite(location: Path) -> Iterator[dict]:
         env={**os.environ, "AZURITE_ACCOUNTS": f"{ACCOUNT}:{KEY}"})
     conn = (f"DefaultEndpointsProtocol=http;AccountName={ACCOUNT};AccountKey={KEY};"
             f"BlobEndpoint=http://127.0.0.1:{port}/{ACCOUNT};")
-    fs = adlfs.AzureBlobFileSystem(connection_string=conn, use_listings_cache=False)
-    deadline = time.monotonic() + 20
-    while True:
+    deadline = time.monotonic() + 30
+    while True:  # wait for the port first: the Azure SDK's own retries back off for many seconds
         try:
-            fs.mkdir(CONTAINER)
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
             break
-        except Exception:  # noqa: BLE001 - Azurite still starting
+        except OSError:
             if time.monotonic() > deadline or proc.poll() is not None:
                 proc.terminate()
                 pytest.fail("Azurite did not start")
-            time.sleep(0.2)
+            time.sleep(0.1)
+    fs = adlfs.AzureBlobFileSystem(connection_string=conn, use_listings_cache=False)
+    fs.mkdir(CONTAINER)
     try:
         yield {"connection_string": conn, "port": port, "location": location,
                "options": {"connection_string": conn}, "fs": fs}
