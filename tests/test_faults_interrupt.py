@@ -34,8 +34,11 @@ KILLS = {"SIGINT": (signal.SIGINT, 130), "SIGKILL": (signal.SIGKILL, -signal.SIG
 
 def _interrupt(argv: list[str], ready: Any, sig: signal.Signals) -> tuple[int, str]:
     """Run ``python -m glacierflow ARGV``, send ``sig`` as soon as ``ready()`` is true; (exit status, stderr)."""
+    # SIGINT as a terminal delivers it: the default disposition, whatever this process (a test run that
+    # started Dask clusters, which may leave SIGINT ignored) would hand down
     proc = subprocess.Popen([sys.executable, "-m", "glacierflow", *argv], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 300
     while proc.poll() is None and not ready() and time.monotonic() < deadline:
         time.sleep(0.005)
