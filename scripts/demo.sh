@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole pipeline on the offline twin (`glacierflow demo`): make and serve an 8-year small twin, build the
 # NDSI cube with Dask, Farneback velocities, train one model briefly, evaluate it with both baselines,
-# forecast the held-out last year for the whole scene, and draw every figure.
+# forecast the held-out last year for the whole scene, fine-tune on an aletsch twin (zero-shot vs fine-tuned
+# next to both baselines), and draw every figure; each stage prints its wall and CPU seconds.
 # Outputs land in demo-out/ (DEMO_DIR); a second run reuses them (DEMO_FRESH=1 starts over).
 # Needs `glacierflow` on PATH (make demo sets it up). DEMO_SIZE=tiny for a quicker look.
 set -euo pipefail
