@@ -22,7 +22,6 @@ two velocities where the true speed exceeds twice the true pair's error), ``spee
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import numpy as np
@@ -173,6 +172,9 @@ def ndsi_store_flow(forecast_url: str, out_url: str, spec: FlowSpec | None = Non
         the per-pair ones (lists), empty without the truth.
     """
     spec = spec or FlowSpec(pairs="consecutive")
+    if spec.images == "guides":
+        raise GlacierflowError(f"{forecast_url} is a forecast store: it has no guides, flow tracks its NDSI "
+                               "periods; leave out --images or pass --images ndsi")
     if not overwrite and store.exists(out_url, storage_options):
         raise GlacierflowError(f"store {out_url} already exists; pass --overwrite to replace it")
     fc = store.open_store(forecast_url, storage_options, require=("ndsi", "lead"))
@@ -200,8 +202,3 @@ def format_comparison(s: dict[str, Any]) -> str:
     return (f"predicted vs true frames (composite, on the ice): median |speed diff| "
             f"{c['speed_diff_median']:.1f} m/yr (true median speed {c['speed_true_median']:.1f}, predicted "
             f"{c['speed_median']:.1f}), median direction difference {c['direction_diff_median']:.0f} deg")
-
-
-def comparison_json(s: dict[str, Any]) -> str:
-    """The comparison as JSON (for logs and reports)."""
-    return json.dumps(s.get("comparison") or {}, sort_keys=True)

@@ -451,3 +451,20 @@ def test_true_frames_as_forecast_move_exactly_like_the_truth(twin_forecast, tiny
     np.testing.assert_array_equal(ds["speed"].values, ds["speed_true"].values)
     assert float(ds["composite_speed_diff_median"]) == 0.0 and float(ds["composite_direction_diff_median"]) == 0.0
     assert float(ds["composite_speed_true_median"]) > 0
+
+
+def test_flow_of_a_forecast_beyond_the_cube_has_no_truth(tiny_cube_1ms, tmp_path, capsys):
+    from glacierflow.cli import main
+    from glacierflow.config import FlowSpec
+    from glacierflow.forecast_flow import ndsi_store_flow
+
+    fc = str(tmp_path / "future.zarr")
+    predict_cube(Forecaster(TinyConv(), "tinyconv", 4, 4, 32), tiny_cube_1ms, fc, PredictSpec(device="cpu"))
+    s = ndsi_store_flow(fc, str(tmp_path / "v.zarr"))  # targets 2021: not in the cube
+    assert s["comparison"] == {} and s["pairs"] == 3 and s["truth_cube"] == ""
+    ds = xr.open_zarr(str(tmp_path / "v.zarr"))
+    assert "speed_true" not in ds and "u_composite" in ds and ds.attrs["truth"].startswith("none")
+    assert main(["plot", "forecast", fc, "--out", str(tmp_path / "f.png"), "--flow", str(tmp_path / "v.zarr")]) == 2
+    assert "no true-frame flow" in capsys.readouterr().err
+    with pytest.raises(GlacierflowError, match="no guides.*--images ndsi"):
+        ndsi_store_flow(fc, str(tmp_path / "w.zarr"), FlowSpec(images="guides", pairs="consecutive"))
