@@ -212,6 +212,28 @@ def redact(url: str, text: str = "") -> tuple[str, str]:
     return plain, text
 
 
+_SIGNED = re.compile(r"((?:https?|az|abfss?)://[^\s'\"?]+)\?[^\s'\"]*")
+
+
+class RedactQueries(logging.Filter):
+    """Replaces the query string (a SAS token) of every URL in a log record's message with ``<redacted>``.
+
+    Installed on the loggers of rasterio, which name datasets by their signed URL in their DEBUG records.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Redact the record's message in place; always keep the record."""
+        message = record.getMessage()
+        if "?" in message:
+            record.msg, record.args = _SIGNED.sub(r"\1?<redacted>", message), ()
+        return True
+
+
+for _name in ("rasterio", "rasterio._base", "rasterio._env", "rasterio._io", "rasterio.env", "rasterio._filepath",
+              "rasterio.session"):
+    logging.getLogger(_name).addFilter(RedactQueries())  # a logger's filters see only its own records
+
+
 def _short(text: str) -> str:
     """A GDAL error message in a few words (HTTP status, timed out, missing, corrupt), else its first 160 chars."""
     text = " ".join(text.split())

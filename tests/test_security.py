@@ -1,0 +1,290 @@
+"""Security: no signed URL or token in any output; checkpoints load weights-only; every server binds 127.0.0.1.
+
+What is faked: only the internet. Planetary Computer signs asset hrefs with a SAS query string; here the signer
+(the IO seam build-cube takes: a :class:`glacierflow.cube.SigningRioReader` subclass, or a callable signing
+item dicts) appends a recognisable fake one, ``?st=...&sig=FAKE-SECRET-TOKEN-123``, which the twin's real asset
+server ignores, as blob storage checks it. Everything else is real: the twin's COGs read by GDAL over HTTP,
+its items served by rustac, real Zarr stores, a real training run, real forecasts.
+"""
+
+from __future__ import annotations
+
+import ast
+import copy
+import json
+import logging
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psutil
+import pytest
+import torch
+import zarr
+
+from glacierflow import cube
+from glacierflow.build import build_cube_store
+from glacierflow.cli import main
+from glacierflow.config import CubeSpec, PreprocessSpec
+from glacierflow.errors import GlacierflowError
+from glacierflow.train import read_checkpoint
+
+TOKEN = "FAKE-SECRET-TOKEN-123"
+QUERY = f"st=2026-12-02T08%3A00%3A00Z&se=2026-12-02T09%3A00%3A00Z&sp=rl&sig={TOKEN}"
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _sign_href(href: str, broken: str = "") -> str:
+    """``href`` with the fake SAS query; hrefs containing ``broken`` point at a file the server does not have."""
+    if broken and broken in href:
+        href = href.replace(".TIF", "-missing.TIF")
+    return f"{href}{'&' if '?' in href else '?'}{QUERY}"
+
+
+class FakeSigningReader(cube.SigningRioReader):
+    """Signs each href on the worker right before reading, as Planetary Computer's signer does (fake token)."""
+
+    broken = ""  # item id whose assets 404 (exercises the error paths with a signed URL)
+    calls: list[str] = []
+
+    @classmethod
+    def sign_href(cls, href: str) -> str:  # type: ignore[override]
+        cls.calls.append(href)
+        return _sign_href(href, cls.broken)
+
+
+def _sign_item(item: dict[str, Any]) -> dict[str, Any]:
+    """The callable signer: a signed copy of an item dict (every asset href)."""
+    out = copy.deepcopy(item)
+    for asset in out["assets"].values():
+        asset["href"] = _sign_href(asset["href"])
+    return out
+
+
+def _strings(obj: Any) -> list[str]:
+    """Every string inside nested dicts/lists/tuples (a loaded checkpoint)."""
+    if isinstance(obj, str):
+        return [obj]
+    if isinstance(obj, dict):
+        return [s for k, v in obj.items() for s in (*_strings(k), *_strings(v))]
+    if isinstance(obj, (list, tuple)):
+        return [s for v in obj for s in _strings(v)]
+    return []
+
+
+def _zarr_strings(path: Path) -> list[str]:
+    """Every attribute (as JSON) and every string-typed array value of every group of a Zarr store, decoded."""
+    out: list[str] = []
+
+    def walk(group: zarr.Group) -> None:
+        out.append(json.dumps(dict(group.attrs), default=str))
+        for _, arr in group.arrays():
+            out.append(json.dumps(dict(arr.attrs), default=str))
+            if arr.dtype.kind in "OUSTV" or "str" in str(arr.dtype).lower():
+                out.extend(str(v) for v in np.asarray(arr[...]).ravel())
+        for _, sub in group.groups():
+            walk(sub)
+
+    walk(zarr.open_group(str(path), mode="r"))
+    return out
+
+
+def _leaks(root: Path, texts: dict[str, str]) -> list[str]:
+    """Where the token appears: raw bytes of every file under ``root``, decoded stores and checkpoints, texts."""
+    found = [f"{p} (raw bytes)" for p in root.rglob("*") if p.is_file() and TOKEN.encode() in p.read_bytes()]
+    for store in [p for p in root.rglob("*.zarr") if p.is_dir() and not p.name.startswith(".")]:
+        found += [f"{store} (decoded)" for s in _zarr_strings(store) if TOKEN in s][:1]
+    for ck in root.rglob("*.pt"):
+        found += [f"{ck} (loaded)" for s in _strings(torch.load(ck, weights_only=True)) if TOKEN in s][:1]
+    found += [f"{name} (text)" for name, text in texts.items() if TOKEN in text]
+    return found
+
+
+@pytest.fixture
+def logs(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
+    caplog.set_level(logging.DEBUG)  # every logger, every level: GDAL/rasterio, urllib3, dask, glacierflow
+    return caplog
+
+
+def test_no_token_in_any_output_of_build_flow_train_predict(served_twin, tiny_twin, tmp_path, logs, capfd):
+    meta = served_twin["meta"]
+    spec = CubeSpec(name="parvati-tiny", bbox=tuple(meta["bbox"]), epsg=meta["epsg"], start="2019-01-01",
+                    end="2020-12-31", catalog=served_twin["stac_url"])  # 24 monthly periods: enough to train
+    items = json.loads((tiny_twin / "items.json").read_text())["features"]
+    in_year = [i for i in items if i["properties"]["datetime"].startswith("2019")
+               and i["properties"]["platform"] == "landsat-8" and i["properties"]["eo:cloud_cover"] <= 20]
+    reader = type("Reader", (FakeSigningReader,), {"broken": in_year[3]["id"], "calls": []})
+    texts: dict[str, str] = {}
+    # build-cube, signing at read time on the workers (as for Planetary Computer), one scene's assets 404
+    summary = build_cube_store(spec, PreprocessSpec(period="1MS"), str(tmp_path / "cube.zarr"), signer=reader)
+    texts["build summary"] = "\n".join(summary.lines())
+    assert reader.calls and all(TOKEN not in h for h in reader.calls), "the signer saw plain hrefs and was used"
+    scenes = zarr.open_group(str(tmp_path / "cube.zarr"), mode="r")["scenes"]
+    reasons = dict(zip(map(str, scenes["item_id"][...]), map(str, scenes["reason"][...]), strict=True))
+    assert reasons[reader.broken].startswith("read error"), reasons[reader.broken]  # the error path ran
+    # build-cube, items signed before stacking (signed hrefs inside the graph), and a --strict failure
+    short = spec.replace(end="2019-06-30")  # 6 months, 3-month periods: a few seconds
+    summary = build_cube_store(short, PreprocessSpec(), str(tmp_path / "cube-b.zarr"), signer=_sign_item)
+    texts["build summary b"] = "\n".join(summary.lines())
+    with pytest.raises(GlacierflowError) as err:
+        build_cube_store(short, PreprocessSpec(), str(tmp_path / "cube-c.zarr"), signer=reader, strict=True)
+    texts["strict error"] = str(err.value)
+    assert "-missing.TIF" in str(err.value), err.value  # it names the asset, without its signature
+    # flow, train, predict, evaluate through the command line
+    cubes = str(tmp_path / "cube.zarr")
+    argv = [["flow", cubes, "--out", str(tmp_path / "velocity.zarr"), "--pairs", "consecutive", "--cluster", "sync"],
+            ["train", cubes, "--out", str(tmp_path / "run"), "--model", "lstm", "--option", "hidden_size=8",
+             "--t-in", "2", "--t-out", "2", "--patch-size", "16", "--epochs", "1",
+             "--steps-per-epoch", "2", "--val-samples", "8",
+             "--cluster", "sync", "--device", "cpu"],
+            ["predict", str(tmp_path / "run"), "--cube", cubes, "--out", str(tmp_path / "forecast.zarr"),
+             "--last-input", "2020-08-01", "--cluster", "sync", "--device", "cpu"],
+            ["evaluate", str(tmp_path / "run"), "--cluster", "sync"]]
+    for a in argv:
+        assert main(a) == 0, (a, capfd.readouterr())
+    # an error message that names the store and the cube's search: a second write refused
+    assert main(argv[0]) == 2
+    cap = capfd.readouterr()
+    texts.update(stdout=cap.out, stderr=cap.err, logs=logs.text)
+    assert "unreadable asset" in logs.text and "-missing.TIF" in logs.text  # the warning was logged, redacted
+    outputs = {p.name for p in tmp_path.iterdir()}
+    assert {"cube.zarr", "cube-b.zarr", "velocity.zarr", "run", "forecast.zarr"} <= outputs, outputs
+    leaks = _leaks(tmp_path, texts)
+    assert not leaks, (leaks, sorted({(r.name, r.levelname) for r in logs.records if TOKEN in r.getMessage()}))
+
+
+def test_the_scan_finds_a_token_where_there_is_one(tmp_path):
+    # the scan above is only worth something if it sees a token in each kind of place it looks
+    root = tmp_path / "out"
+    (root / "s.zarr").mkdir(parents=True)
+    g = zarr.open_group(str(root / "s.zarr"), mode="w")
+    g.create_array("href", shape=(1,), dtype=str)[:] = np.array([f"http://x/a.TIF?{QUERY}"])
+    torch.save({"cube": f"http://x/c.zarr?{QUERY}"}, root / "best.pt")
+    found = _leaks(root, {"stderr": f"error: cannot read http://x/a.TIF?{QUERY}"})
+    assert any("(decoded)" in f for f in found) and any("best.pt" in f for f in found), found
+    assert any(f == "stderr (text)" for f in found), found
+
+
+# ------------------------------------------------------------------------------------------ checkpoints
+def test_every_torch_load_is_weights_only_and_nothing_unpickles():
+    calls, unsafe = [], []
+    for path in [*REPO.glob("glacierflow/**/*.py"), *REPO.glob("benchmarks/**/*.py"), *REPO.glob("examples/**/*.py")]:
+        tree = ast.parse(path.read_text(), str(path))
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.Call):
+                continue
+            name = ast.unparse(node.func)
+            kw = {k.arg: ast.unparse(k.value) for k in node.keywords}
+            if name.endswith("torch.load"):
+                calls.append(path)
+                if kw.get("weights_only") != "True":
+                    unsafe.append(f"{path}:{node.lineno} {ast.unparse(node)}")
+            if re.search(r"(^|\.)(pickle|cloudpickle|dill|joblib|marshal)\.loads?$", name) or (
+                    name.endswith("np.load") and kw.get("allow_pickle") == "True"):
+                unsafe.append(f"{path}:{node.lineno} {ast.unparse(node)}")
+    assert calls, "torch.load is used (in train.py) and was found"
+    assert not unsafe, unsafe
+
+
+class _Payload:
+    """Runs code when unpickled: creates a marker file (what a malicious checkpoint would do instead)."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_a_checkpoint_with_pickled_objects_is_refused_and_never_runs(tmp_path, capsys):
+    from glacierflow.testing import write_synthetic_cube
+
+    cube_url = write_synthetic_cube(str(tmp_path / "cube.zarr"), n_periods=12, size=40, period="3MS")
+    run = tmp_path / "run"
+    assert main(["train", cube_url, "--out", str(run), "--model", "lstm", "--option", "hidden_size=8", "--t-in",
+                 "2", "--t-out", "2", "--patch-size", "16", "--epochs", "1", "--steps-per-epoch", "1",
+                 "--cluster", "sync", "--device", "cpu"]) == 0
+    capsys.readouterr()
+    good = torch.load(run / "best.pt", weights_only=True)
+    marker = tmp_path / "payload-ran"
+    for name in ("best.pt", "last.pt"):
+        torch.save({**good, "extra": _Payload(marker)}, run / name)  # "a checkpoint from elsewhere"
+    refused = r"holds pickled objects other than tensors and plain values \(e\.g\. \S+\); refused"
+    with pytest.raises(GlacierflowError, match=refused):
+        read_checkpoint(run / "best.pt")
+    commands = [["predict", str(run), "--cube", cube_url, "--out", str(tmp_path / "f.zarr"), "--cluster", "sync"],
+                ["train", cube_url, "--out", str(run), "--resume", "--epochs", "2", "--cluster", "sync"],
+                ["evaluate", str(run), "--cluster", "sync"],
+                ["finetune", str(run), "--cube", cube_url, "--out", str(tmp_path / "ft"), "--epochs", "1"]]
+    for argv in commands:
+        rc = main(argv)
+        err = capsys.readouterr().err
+        assert rc == 2 and err.count("\n") == 1 and "Traceback" not in err, (argv, err[-1500:])
+        assert "holds pickled objects other than tensors and plain values" in err and "refused" in err, err
+    assert not marker.exists(), "the pickled payload ran"
+
+
+# ------------------------------------------------------------------------------------------ listening
+def _listening(procs: list[psutil.Process]) -> dict[tuple[str, int], str]:
+    """Every listening TCP socket of ``procs``: (address, port) -> process description."""
+    out = {}
+    for p in procs:
+        try:
+            for c in p.net_connections(kind="inet"):
+                if c.status == psutil.CONN_LISTEN:
+                    out[(c.laddr.ip, c.laddr.port)] = f"{p.pid} {' '.join(p.cmdline())[:100]}"
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return out
+
+
+def _mine() -> list[psutil.Process]:
+    me = psutil.Process()
+    return [me, *me.children(recursive=True)]
+
+
+def test_twin_and_test_servers_listen_on_127_0_0_1_only(served_twin, rustac_server, tmp_path, tiny_twin):
+    from glacierflow.cluster import get_client
+
+    # the session's servers (twin assets + rustac, the fixtures' rustac) and a local Dask cluster with its dashboard
+    with get_client("local:1"):
+        sockets = _listening(_mine())
+    # `glacierflow twin serve`, as a user starts it
+    url_file = tmp_path / "url"
+    proc = subprocess.Popen([sys.executable, "-m", "glacierflow", "twin", "serve", str(tiny_twin),
+                             "--url-file", str(url_file)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while not url_file.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert url_file.exists(), "twin serve did not start"
+        served = psutil.Process(proc.pid)
+        cli_sockets = _listening([served, *served.children(recursive=True)])
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    ports = {int(u.rsplit(":", 1)[1]) for u in (served_twin["stac_url"], served_twin["asset_url"],
+                                                 rustac_server.url.rstrip("/"))}
+    assert ports <= {port for _, port in sockets}, (ports, sockets)
+    assert len(cli_sockets) >= 2, cli_sockets  # the STAC API and the asset server
+    wide = {k: v for k, v in {**sockets, **cli_sockets}.items() if k[0] != "127.0.0.1"}
+    assert not wide, f"listening beyond this machine: {wide}"
+
+
+def test_in_process_test_servers_bind_loopback():
+    # servers written in the tests themselves (http.server handlers, fault proxies): their bind addresses
+    bad = []
+    for path in [*REPO.glob("tests/**/*.py"), *REPO.glob("glacierflow/**/*.py"), *REPO.glob("benchmarks/**/*.py")]:
+        if path.resolve() == Path(__file__).resolve():
+            continue  # this file names the patterns it looks for
+        text = path.read_text()
+        for m in re.finditer(r"(HTTPServer|TCPServer|create_server|\.bind|uvicorn\.run|serve)\((.{0,80})", text):
+            args = m.group(2)
+            if re.search(r"0\.0\.0\.0|[\"']::[\"']|\(\s*[\"'][\"']\s*,", args):
+                bad.append(f"{path}: {m.group(0)}")
+        bad += [f"{path}: {m.group(0)}" for m in re.finditer(r"[\"']0\.0\.0\.0[\"']|host\s*=\s*[\"'][\"']", text)]
+    assert not bad, bad
