@@ -91,7 +91,7 @@ BAD = [
     (["build-cube", "--period", "2MS"], "error: Invalid value for '--period': '2MS' is not one of '1MS', '3MS', '6MS'"),
     (["build-cube", "--glacier", "parvati", "--max-missing", "2"],
      "error: --max-missing 2.0 must be a fraction between 0 and 1"),
-    (["build-cube", "--nope"], "error: No such option: --nope; see glacierflow build-cube --help"),
+    (["build-cube", "--qqq"], "error: No such option: --qqq; see glacierflow build-cube --help"),
     (["nonsense"], "error: No such command 'nonsense'; see glacierflow --help"),
     (["flow", "c.zarr", "--out", "v.zarr", "--pyr-scale", "2"], "error: --pyr-scale 2.0 must be in (0, 1), e.g. 0.5"),
     (["flow", "c.zarr", "--out", "v.zarr", "--winsize", "1"], "error: --winsize 1 must be an integer >= 3"),
