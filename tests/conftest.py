@@ -94,5 +94,6 @@ from .twin_fixtures import (  # noqa: E402, F401
     served_twin,
     small_twin,
     tiny_cube_1ms,
+    tiny_cube_summer,
     tiny_twin,
 )

@@ -104,17 +104,10 @@ def _victims(twin: Path, n: int) -> list[dict[str, Any]]:
     return ok[:n]
 
 
-@pytest.fixture(scope="module")
-def reference(served_twin: dict, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """The undisturbed build of the test window (threads), for comparison."""
-    m = served_twin["meta"]
-    spec = CubeSpec(name="t", bbox=tuple(m["bbox"]), epsg=m["epsg"], start=START, end=END,
-                    catalog=served_twin["stac_url"])
-    out = str(tmp_path_factory.mktemp("ref") / "ref.zarr")
-    with dask.config.set(scheduler="threads"):
-        build_cube_store(spec, PreprocessSpec(), out)
-    return {"out": out, "ndsi": open_store(out)["ndsi"].values,
-            "scenes": open_store(out, group="scenes").load()}
+@pytest.fixture
+def reference(tiny_cube_summer: dict[str, Any]) -> dict[str, Any]:
+    """The undisturbed build of the test window (session fixture), for comparison."""
+    return tiny_cube_summer
 
 
 def _damage(twin: Path) -> dict[str, tuple[str, str]]:

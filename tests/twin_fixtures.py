@@ -59,3 +59,22 @@ def tiny_cube_1ms(served_twin: dict[str, Any], tmp_path_factory: pytest.TempPath
     with dask.config.set(scheduler="threads"):
         build_cube_store(spec, PreprocessSpec(period="1MS"), out)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_cube_summer(served_twin: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The 3-monthly cube of the served tiny twin over 2019-04-01..2019-09-30 (10 scenes used), built once with
+    threads: the undisturbed build the fault tests compare against. ``out``, ``ndsi`` and the ``scenes`` table."""
+    import dask
+
+    from glacierflow.build import build_cube_store
+    from glacierflow.config import CubeSpec, PreprocessSpec
+    from glacierflow.store import open_store
+
+    m = served_twin["meta"]
+    spec = CubeSpec(name="t", bbox=tuple(m["bbox"]), epsg=m["epsg"], start="2019-04-01", end="2019-09-30",
+                    catalog=served_twin["stac_url"])
+    out = str(tmp_path_factory.mktemp("cube-summer") / "summer.zarr")
+    with dask.config.set(scheduler="threads"):
+        build_cube_store(spec, PreprocessSpec(), out)
+    return {"out": out, "ndsi": open_store(out)["ndsi"].values, "scenes": open_store(out, group="scenes").load()}
