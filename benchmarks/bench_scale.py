@@ -24,8 +24,9 @@ What is measured, all in one run (one Python process; each twin served over HTTP
    per run: reported as well.
 
 The machine is shared: the load average is recorded before and after each measurement, and CPU seconds are
-reported next to wall times (less sensitive to other jobs). ``--profile`` writes a Dask performance report
-(HTML) of each local build to see where the time goes.
+reported next to wall times (less sensitive to other jobs). ``--profile`` adds where the workers' time went
+in each local build (Dask's task stream: busy fraction of the worker threads, transfer time, the task kinds
+that took longest); bokeh (performance_report) is not needed.
 """
 
 from __future__ import annotations
@@ -78,32 +79,57 @@ def spec_for(meta: dict[str, Any], url: str, years: float | None, name: str = "b
                     end=f"{end:%Y-%m-%d}", catalog=url)
 
 
-def timed_build(spec: Any, out: str, report: str | None = None) -> dict[str, Any]:
+def task_profile(records: list[dict[str, Any]], wall: float, threads: int) -> dict[str, Any]:
+    """Where the workers' time went, from Dask's task stream: busy fraction, transfers, top task kinds."""
+    from dask.utils import key_split
+
+    by: dict[str, list[float]] = {}
+    compute = transfer = 0.0
+    for r in records:
+        for ss in r.get("startstops", ()):
+            d = ss["stop"] - ss["start"]
+            if ss["action"] == "compute":
+                compute += d
+                by.setdefault(key_split(r["key"]), [0.0, 0])[0] += d
+                by[key_split(r["key"])][1] += 1
+            elif ss["action"] == "transfer":
+                transfer += d
+    top = sorted(by.items(), key=lambda kv: -kv[1][0])[:8]
+    return {"tasks": sum(n for _, n in by.values()), "task_compute_s": round(compute, 1),
+            "transfer_s": round(transfer, 1), "busy_fraction": round(compute / (wall * threads), 2) if wall else None,
+            "top": {k: [round(v, 1), n] for k, (v, n) in top}}
+
+
+def timed_build(spec: Any, out: str, profile: bool = False) -> dict[str, Any]:
     """build_cube_store on the current Dask client: wall, tree CPU, load before/after, scenes used."""
-    from distributed import performance_report
+    from distributed import get_client, get_task_stream
 
     from glacierflow.build import build_cube_store
     from glacierflow.config import PreprocessSpec
 
     l0, c0, t0 = load(), tree_cpu(), time.perf_counter()
-    with performance_report(filename=report) if report else nullcontext():
+    with get_task_stream() if profile else nullcontext() as ts:
         s = build_cube_store(spec, PreprocessSpec(), out, overwrite=True)
-    return {"wall_s": round(time.perf_counter() - t0, 2), "cpu_s": round(tree_cpu() - c0, 1),
-            "load": [l0, load()], "scenes_used": s.scenes_used, "periods": s.periods}
+    wall = time.perf_counter() - t0
+    out_ = {"wall_s": round(wall, 2), "cpu_s": round(tree_cpu() - c0, 1), "load": [l0, load()],
+            "scenes_used": s.scenes_used, "periods": s.periods}
+    if profile:
+        threads = sum(w["nthreads"] for w in get_client().scheduler_info()["workers"].values())
+        out_["profile"] = task_profile(ts.data, wall, threads)
+    return out_
 
 
-def local_workers(spec: Any, tmp: str, profile: str | None) -> dict[str, Any]:
-    """Part 1: the same build on 1 and 2 local single-threaded worker processes."""
+def local_workers(spec: Any, tmp: str, profile: bool, order: tuple[int, ...] = (1, 2)) -> dict[str, Any]:
+    """Part 1: the same build on 1 and 2 local single-threaded worker processes (in ``order``)."""
     from glacierflow.cluster import get_client
 
     out: dict[str, Any] = {}
-    for n in (1, 2):
+    for n in order:
         t0 = time.perf_counter()
         with get_client("local", workers=n) as client:
             start = round(time.perf_counter() - t0, 2)
             client.wait_for_workers(n)
-            rep = f"{profile}-local{n}.html" if profile else None
-            out[f"local_{n}"] = {"cluster_start_s": start, **timed_build(spec, f"{tmp}/local{n}.zarr", rep)}
+            out[f"local_{n}"] = {"cluster_start_s": start, **timed_build(spec, f"{tmp}/local{n}.zarr", profile)}
         print(f"  local, {n} worker(s): {out[f'local_{n}']}", flush=True)
     out["ratio_1_over_2"] = round(out["local_1"]["wall_s"] / out["local_2"]["wall_s"], 2)
     out["cpu_ratio_1_over_2"] = round(out["local_1"]["cpu_s"] / out["local_2"]["cpu_s"], 2)
@@ -192,7 +218,8 @@ def main() -> None:
     ap.add_argument("--site-years", type=float, default=None, help="limit part 3's date range to N years")
     ap.add_argument("--tasks", type=int, default=500, help="no-op tasks for the per-task overhead")
     ap.add_argument("--skip-gateway", action="store_true")
-    ap.add_argument("--profile", help="write Dask performance reports PREFIX-local{1,2}.html")
+    ap.add_argument("--order", default="1,2", help="order of the local runs (2,1 checks for drift in the load)")
+    ap.add_argument("--profile", action="store_true", help="task-stream profile of the local builds")
     ap.add_argument("--json", type=Path, help="write the figures here")
     args = ap.parse_args()
     res: dict[str, Any] = {"cores": len(os.sched_getaffinity(0)), "uptime_load": list(os.getloadavg()),
@@ -203,7 +230,7 @@ def main() -> None:
                 spec = spec_for(served["meta"], served["stac_url"], args.years)
                 res["twin"] = {"dir": str(args.twin), "shape": served["meta"].get("shape"),
                                "range": [spec.start, spec.end]}
-                res["local"] = local_workers(spec, tmp, args.profile)
+                res["local"] = local_workers(spec, tmp, args.profile, tuple(int(n) for n in args.order.split(",")))
                 if not args.skip_gateway:
                     res["gateway"] = gateway(spec, tmp, args.tasks)
         if args.sites:
