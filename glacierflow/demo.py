@@ -280,14 +280,19 @@ def _finetune(work: Path, run: Path, cube: str, stages: Stages, cfg: dict[str, A
 def _figures(work: Path, out: dict[str, Any], stages: Stages) -> dict[str, Path]:
     from glacierflow import plots
 
+    draw = {
+        "cube animation": (work / "cube.gif", lambda p: plots.plot_cube_gif(out["cube"], p)),
+        "flow": (work / "flow.png", lambda p: plots.plot_flow(out["velocity"], out["cube"], p, time_index=-1)),
+        "loss curves": (work / "loss.png", lambda p: plots.plot_run(out["run"], p)),
+        "forecast vs truth": (work / "forecast.png", lambda p: plots.plot_forecast(out["forecast"], out["cube"], p)),
+        "fine-tune loss curves": (work / "loss-finetune.png", lambda p: plots.plot_run(out["finetuned_run"], p)),
+    }
+    unchanged = all(t.get("reused") for t in stages.times.values())
     with stages("figures", "figures") as note:
-        figs = {
-            "cube animation": plots.plot_cube_gif(out["cube"], work / "cube.gif"),
-            "flow": plots.plot_flow(out["velocity"], out["cube"], work / "flow.png", time_index=-1),
-            "loss curves": plots.plot_run(out["run"], work / "loss.png"),
-            "forecast vs truth": plots.plot_forecast(out["forecast"], out["cube"], work / "forecast.png"),
-            "fine-tune loss curves": plots.plot_run(out["finetuned_run"], work / "loss-finetune.png"),
-        }
+        if unchanged and all(path.is_file() for path, _ in draw.values()):
+            note["done"] = f"reusing {len(draw)} figures (every stage's output was reused)"
+            return {name: path for name, (path, _) in draw.items()}
+        figs = {name: fn(path) for name, (path, fn) in draw.items()}
         note["done"] = f"{len(figs)} figures"
     return figs
 
