@@ -2,9 +2,9 @@
 
 For each training (same model, seed and epochs; ``train --objective patch``, ``--objective full-scene`` with
 half-patch and with no tile overlap (``--scene-overlap 0``), each seeing the same number of tile sequences,
-and the patch run fine-tuned with ``finetune --objective full-scene``), predict
-with ``--last-input DATE`` inside the cube (so the targets exist), with the default blending (half-patch
-overlap, Hann) and with plain non-overlapping tiles (``--overlap 0``). Table 1: full-scene MSE/MAE of the model
+full-scene with as many steps as the patch run, and the patch run fine-tuned with ``finetune --objective
+full-scene``), predict with ``--last-input DATE`` inside the cube (so the targets exist), with the default
+blending (half-patch overlap, Hann) and with plain non-overlapping tiles (``--overlap 0``). Table 1: full-scene MSE/MAE of the model
 and of persistence and seasonal on the same scene; the seam ratio (mean |difference| of adjacent pixels on
 the lines where non-overlapping tiles meet / on the tile-centre lines; the true frames give the reference).
 Table 2: ``flow FORECAST`` of each blended forecast (Farnebäck, consecutive predicted periods) against the
@@ -68,6 +68,8 @@ def trainings(args: argparse.Namespace, pspec: PatchSpec, per_step: dict[int, in
     for overlap, label in ((-1, "full-scene"), (0, "full-scene, non-overlapping tiles")):
         specs[label] = (base.replace(objective="full-scene", scene_window=args.scene_window, scene_overlap=overlap,
                                      steps_per_epoch=math.ceil(seqs / per_step[overlap])), per_step[overlap])
+    specs["full-scene, as many steps"] = (base.replace(objective="full-scene", scene_window=args.scene_window),
+                                          per_step[-1])
     out = {}
     for name, (spec, per) in specs.items():
         run = args.work / f"run-{args.model}-{name.replace(', ', '-').replace(' ', '-')}"
