@@ -1,15 +1,14 @@
 """Patch vs full-scene training objective, and the movement the forecasts predict, on a twin cube.
 
-For each training (same model, seed and epochs; ``train --objective patch``, ``--objective full-scene`` with
-half-patch and with no tile overlap (``--scene-overlap 0``), each seeing the same number of tile sequences,
-full-scene with as many steps as the patch run, and the patch run fine-tuned with ``finetune --objective
-full-scene``), predict with ``--last-input DATE`` inside the cube (so the targets exist), with the default
-blending (half-patch overlap, Hann) and with plain non-overlapping tiles (``--overlap 0``). Table 1: full-scene MSE/MAE of the model
-and of persistence and seasonal on the same scene; the seam ratio (mean |difference| of adjacent pixels on
-the lines where non-overlapping tiles meet / on the tile-centre lines; the true frames give the reference).
-Table 2: ``flow FORECAST`` of each blended forecast (Farnebäck, consecutive predicted periods) against the
-flow of the true frames of the same periods; with ``--twin`` also both against the twin's true velocity
-on its glacier mask.
+For each training (same model, seed and epochs; ``train --objective patch``, ``--objective full-scene`` with half-
+patch and with no tile overlap (``--scene-overlap 0``), each seeing the same number of tile sequences, full-scene
+with as many steps as the patch run, and the patch run fine-tuned with ``finetune --objective full-scene``),
+predict with ``--last-input DATE`` inside the cube (so the targets exist), with the default blending (half-patch
+overlap, Hann) and with plain non-overlapping tiles (``--overlap 0``). Table 1: full-scene MSE/MAE of the model
+and of persistence and seasonal on the same scene; the seam ratio (mean |difference| of adjacent pixels on the
+lines where non-overlapping tiles meet / on the tile-centre lines; the true frames give the reference). Table 2:
+``flow FORECAST`` of each blended forecast (Farnebäck, consecutive predicted periods) against the flow of the true
+frames of the same periods; with ``--twin`` also both against the twin's true velocity on its glacier mask.
 
     .venv/bin/python benchmarks/bench_objective.py --cube CUBE --work DIR [--twin TWIN_DIR] [--model convlstm]
         [--epochs 4] [--steps 25] [--ft-epochs 2] [--last-input 2019-10-01 --last-input 2020-10-01]
