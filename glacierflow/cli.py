@@ -328,7 +328,9 @@ def twin_make(
 
 @twin_app.command("serve")
 def twin_serve(
-    twin_dir: Annotated[Path, typer.Argument(help="Directory written by `glacierflow twin make`.")],
+    twin_dirs: Annotated[list[Path], typer.Argument(
+        metavar="TWIN_DIR...", help="Directory written by `glacierflow twin make`; several (e.g. two glaciers): "
+        "one STAC API for all.")],
     port: Annotated[int | None, typer.Option(help="STAC API port (default: a free one).")] = None,
     backend: Annotated[
         str,
@@ -342,15 +344,18 @@ def twin_serve(
     stop = threading.Event()
     previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
-        _serve(twin_dir, port, backend, url_file, stop)
+        _serve(twin_dirs, port, backend, url_file, stop)
     finally:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _serve(twin_dir: Path, port: int | None, backend: str, url_file: Path | None, stop: threading.Event) -> None:
-    from glacierflow.twin.serve import serve_twin
+def _serve(twin_dirs: list[Path], port: int | None, backend: str, url_file: Path | None,
+           stop: threading.Event) -> None:
+    from glacierflow.twin.serve import serve_twin, serve_twins
 
-    with serve_twin(twin_dir, port=port, backend=backend) as served:
+    serving = (serve_twin(twin_dirs[0], port=port, backend=backend) if len(twin_dirs) == 1
+               else serve_twins(twin_dirs, port=port, backend=backend))
+    with serving as served:
         out.print(f"STAC API: {served['stac_url']}  (assets: {served['asset_url']}, backend: {backend})")
         if url_file is not None:
             url_file.write_text(served["stac_url"] + "\n")
