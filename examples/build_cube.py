@@ -16,16 +16,22 @@ from glacierflow.cluster import get_client
 from glacierflow.config import CubeSpec, PreprocessSpec
 from glacierflow.glaciers import get_site, site_from_bbox
 
-cluster = "local:2"
-if len(sys.argv) in (9, 10):
-    url, *bbox, start, end, out = sys.argv[1:9]
-    cluster = sys.argv[9] if len(sys.argv) == 10 else cluster
-    site = site_from_bbox(tuple(map(float, bbox)), name="example")
-else:
-    url, start, end, out = PLANETARY_COMPUTER_URL, "2019-01-01", "2019-12-31", "parvati-2019-3ms.zarr"
-    site = get_site("parvati")
-spec = CubeSpec(name=site.name, bbox=site.bbox, epsg=site.epsg, start=start, end=end, catalog=url)
 
-with get_client(cluster) as client:
-    summary = build_cube_store(spec, PreprocessSpec(period="3MS"), out, overwrite=True, compute=runner(client))
-print("\n".join(summary.lines()))
+def main(argv: list[str]) -> None:
+    """Build the cube named by ``argv`` (see the module docstring)."""
+    cluster = "local:2"
+    if len(argv) in (8, 9):
+        url, *bbox, start, end, out = argv[:8]
+        cluster = argv[8] if len(argv) == 9 else cluster
+        site = site_from_bbox(tuple(map(float, bbox)), name="example")
+    else:
+        url, start, end, out = PLANETARY_COMPUTER_URL, "2019-01-01", "2019-12-31", "parvati-2019-3ms.zarr"
+        site = get_site("parvati")
+    spec = CubeSpec(name=site.name, bbox=site.bbox, epsg=site.epsg, start=start, end=end, catalog=url)
+    with get_client(cluster) as client:
+        summary = build_cube_store(spec, PreprocessSpec(period="3MS"), out, overwrite=True, compute=runner(client))
+    print("\n".join(summary.lines()))
+
+
+if __name__ == "__main__":  # needed: a local cluster starts worker processes that import this file
+    main(sys.argv[1:])

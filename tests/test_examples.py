@@ -26,8 +26,9 @@ def _run(script: str, *args: str) -> subprocess.CompletedProcess:
 def test_build_cube_and_open_lazily_examples_run(served_twin, tmp_path):
     m = served_twin["meta"]
     out = tmp_path / "example.zarr"
+    # a real local cluster (one worker process), as the example's default: worker processes re-import it
     done = _run("build_cube.py", served_twin["stac_url"], *map(str, m["bbox"]), m["start"], m["end"], str(out),
-                "threads")
+                "local:1")
     assert "written:" in done.stdout
     cube = xr.open_zarr(out, decode_coords="all")
     # the example derives the UTM zone from the bbox centre: it must land on the twin's own zone
