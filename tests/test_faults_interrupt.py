@@ -75,7 +75,8 @@ def _check_interrupted(code: int, err: str, kill: str, target: Path, before: dic
     sig, expect = KILLS[kill]
     assert code == expect, (code, err)
     if kill == "SIGINT":
-        assert err.strip() == "interrupted", err  # one line, no traceback
+        # the last line, no traceback (flow may print a warning of xarray's time encoding before it)
+        assert err.strip().splitlines()[-1] == "interrupted" and "Traceback" not in err, err
         assert not list(target.parent.glob(f".{target.name}.partial-*")), "the partial store is removed"
     assert store.is_complete(str(target)), "the previous store is still complete"
     _same(_values(str(target)), before)  # ... and untouched
