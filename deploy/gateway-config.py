@@ -43,7 +43,7 @@ c.SimpleAuthenticator.password = password
 
 # The `dask-scheduler` / `dask-worker` scripts are gone from recent distributed: use `dask scheduler`.
 c.ClusterConfig.scheduler_cmd = [str(bin_dir / "dask"), "scheduler"]
-c.ClusterConfig.worker_cmd = [str(bin_dir / "dask"), "worker"]
+c.ClusterConfig.worker_cmd = [str(bin_dir / "dask"), "worker", "--host", "127.0.0.1"]  # listen on this machine only
 # glacierflow's workers: one thread each (GDAL / OpenCV), GDAL settings travel with the graph (cube.GDAL_ENV).
 c.ClusterConfig.worker_threads = 1
 c.ClusterConfig.cluster_max_workers = int(env.get("GLACIERFLOW_GATEWAY_MAX_WORKERS", "8"))

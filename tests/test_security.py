@@ -275,6 +275,30 @@ def test_twin_and_test_servers_listen_on_127_0_0_1_only(served_twin, rustac_serv
     assert not wide, f"listening beyond this machine: {wide}"
 
 
+def test_gateway_and_azurite_listen_on_127_0_0_1_only(tmp_path):
+    pytest.importorskip("dask_gateway_server")
+    from glacierflow.cluster import get_client
+    from glacierflow.testing import local_gateway
+
+    from .azurite import start_azurite
+
+    before = set(_listening(_mine()))
+    with local_gateway(str(tmp_path)) as url, get_client(f"gateway://{url}", workers=1) as client:
+        client.wait_for_workers(1, timeout=60)
+        gateway = _listening(_mine())  # server, proxy, the cluster's scheduler, nanny and worker
+    azurite = start_azurite(tmp_path / "azurite")
+    try:
+        next(azurite)
+        blob = _listening(_mine())
+    finally:
+        azurite.close()
+    found = {k: v for k, v in {**gateway, **blob}.items() if k not in before}
+    assert any("dask worker" in v or "spawn_main" in v for v in found.values()), found  # the worker was seen
+    assert any("azurite" in v for v in found.values()), found
+    wide = {k: v for k, v in found.items() if k[0] != "127.0.0.1"}
+    assert not wide, f"listening beyond this machine: {wide}"
+
+
 def test_in_process_test_servers_bind_loopback():
     # servers written in the tests themselves (http.server handlers, fault proxies): their bind addresses
     bad = []
