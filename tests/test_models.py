@@ -292,7 +292,7 @@ def test_teacher_forcing_zero_ignores_target(name: str) -> None:
 
 
 def test_unknown_name_and_option_are_user_errors() -> None:
-    with pytest.raises(GlacierflowError, match="unknown model 'lstn'; known: persistence"):
+    with pytest.raises(GlacierflowError, match=r"unknown model 'lstn' \(did you mean 'lstm'\?\); known: persistence"):
         build_model("lstn")
     with pytest.raises(GlacierflowError, match="unknown option 'hiden_size' for model 'lstm'"):
         build_model("lstm", hiden_size=8)

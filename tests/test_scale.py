@@ -179,3 +179,20 @@ def test_ctrl_c_shuts_the_gateway_cluster_down(two_twins, gateway_server, tmp_pa
     finally:
         proc.kill() if proc.poll() is None else None
     assert not list((tmp_path / "cubes").glob("*-6ms.zarr"))  # no store under a final name: the run was stopped
+
+
+def test_sites_file_format(tmp_path):
+    from glacierflow.glaciers import GLACIERS
+    from glacierflow.sites import read_sites, resolve_sites
+
+    f = tmp_path / "sites.txt"
+    f.write_text("# comment\n\naletsch\nbox 86.9,27.95,87.0,28.02\nzoned 86.9 27.95 87.0 28.02 32644  # explicit\n")
+    a, box, zoned = read_sites(f)
+    assert a == GLACIERS["aletsch"]
+    assert box.bbox == (86.9, 27.95, 87.0, 28.02) and box.epsg == 32645  # UTM 45N from the bbox centre
+    assert zoned.epsg == 32644 and zoned.name == "zoned"
+    both = resolve_sites(["parvati"], f, epsg=None)
+    assert [s.name for s in both] == ["parvati", "aletsch", "box", "zoned"]
+    f.write_text("box 1 2 3\n")
+    with pytest.raises(Exception, match="line 1: expected NAME, or NAME W S E N"):
+        read_sites(f)

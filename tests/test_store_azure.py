@@ -154,3 +154,19 @@ def test_secrets_never_reach_store_attributes(azurite: dict) -> None:
 def test_s3_without_its_package_is_one_line() -> None:
     with pytest.raises(GlacierflowError, match=r"^store s3://bucket/c\.zarr needs the s3fs package: pip install s3fs$"):
         open_store("s3://bucket/c.zarr")
+
+
+def test_environment_credentials_reach_workers_without_them(azurite: dict, monkeypatch) -> None:
+    import distributed
+
+    for var in cloud.ENV["az"].values():
+        monkeypatch.delenv(var, raising=False)
+    # the worker process starts before the credentials are in the environment: it never sees them
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None,
+                                  host="127.0.0.1") as cluster, distributed.Client(cluster) as client:
+        monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", azurite["connection_string"])
+        assert client.run(lambda: __import__("os").environ.get("AZURE_STORAGE_CONNECTION_STRING")) == {
+            w: None for w in client.scheduler_info()["workers"]}
+        url = _url("worker-env")
+        write_store(_ds(4.0), url, compute=lambda d: client.compute(d, sync=True))  # chunks written by the worker
+        assert float(open_store(url)["ndsi"].mean()) == 4.0
