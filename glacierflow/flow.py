@@ -19,14 +19,21 @@ Per pair (one Dask task, :func:`_pair_task` through ``xr.apply_ufunc``)
    spread of the corrected stable-ground velocities (1.4826 MAD, RMS of the two components) is the
    pair's 1-sigma error ``pair_error`` (NaN with fewer than :data:`MIN_STABLE` stable pixels: then no
    correction);
-3. velocity in m/yr: ``u = cols * dx / years`` (east), ``v = rows * dy / years`` (north: ``dy`` < 0).
+3. velocity in m/yr: ``u = cols * dx / years`` (east), ``v = rows * dy / years`` (north: ``dy`` < 0);
+4. a per-pixel error (:func:`pixel_error`, not stored): the pair's stable-ground error plus, in
+   quadrature, the excess of the pixel's least-squares match error over the stable ground's
+   (:func:`glacierflow.matching.match_error`: residual variance x correlation area x inverse structure
+   tensor of the window: large where the ice decorrelated, along texture streaks, on wrong matches).
 
 Composite (:func:`composite`)
 -----------------------------
-Per pixel, pairs further than 3 sigma (the larger of the pair's error and the robust scatter of the
+Per pixel, pairs further than 3 sigma (the larger of the pixel's error and the robust scatter of the
 pairs there) from the per-pixel median are dropped; the rest are averaged with weights
-``1 / pair_error**2``. ``speed_error`` is the larger of the formal error of that mean and the weighted
-scatter of the pairs over ``sqrt(n)``; ``n_pairs`` counts the pairs used.
+``1 / error**2``. The random error is the larger of the formal error of that mean and the weighted
+scatter of one pair, both over ``sqrt(n_eff)``: ``n_eff`` = distinct scenes - 1 (capped at ``n``),
+because pairs sharing a scene share its noise. ``speed_error`` adds, in quadrature, the matcher's
+smoothing bias ``s2 / 2 * |laplacian(u, v)|`` (:func:`with_smoothing`, ``s2`` the variance of its
+window: :func:`window_variance`), an error common to all pairs. ``n_pairs`` counts the pairs used.
 """
 
 from __future__ import annotations
@@ -43,7 +50,7 @@ import xarray as xr
 from glacierflow import store
 from glacierflow.config import CubeSpec, FlowSpec, PreprocessSpec, spec_from_store
 from glacierflow.errors import GlacierflowError
-from glacierflow.matching import METHODS, prepare
+from glacierflow.matching import METHODS, match_error, prepare
 
 DAYS_PER_YEAR = 365.25
 MIN_STABLE = 50  # stable-ground pixels a pair needs for its offset and error
@@ -245,7 +252,7 @@ def stable_offset(cols: np.ndarray, rows: np.ndarray, stable: np.ndarray) -> tup
 
 def _pair_task(a: np.ndarray, b: np.ndarray, stable: np.ndarray, years: np.ndarray, search: np.ndarray,
                *, method: str, kind: str, spec: FlowSpec, dx: float, dy: float) -> tuple[np.ndarray, ...]:
-    """One block of pairs (one pair per block): u, v (m/yr) and the pair's scalars (see the module doc)."""
+    """One block of pairs (one pair per block): u, v, error (m/yr) and the pair's scalars (module doc)."""
     a = np.asarray(a)
     shape = a.shape
     lead = int(np.prod(shape[:-2]))
@@ -253,17 +260,37 @@ def _pair_task(a: np.ndarray, b: np.ndarray, stable: np.ndarray, years: np.ndarr
     st = np.broadcast_to(np.asarray(stable, bool), shape).reshape(lead, *shape[-2:])
     yrs = np.broadcast_to(np.asarray(years, np.float64), shape[:-2]).reshape(-1)
     srch = np.broadcast_to(np.asarray(search), shape[:-2]).reshape(-1)
-    u, v = np.empty(a.shape, np.float32), np.empty(a.shape, np.float32)
+    u, v, e = (np.empty(a.shape, np.float32) for _ in range(3))
     scalars = np.empty((4, lead), np.float32)
+    window = spec.chip if method == "ncc" else spec.texture_box
     for k in range(lead):
-        disp = METHODS[method](prepare(a[k], kind), prepare(b[k], kind), spec, int(srch[k]))
+        pa, pb = prepare(a[k], kind), prepare(b[k], kind)
+        disp = METHODS[method](pa, pb, spec, int(srch[k]))
         mc, mr, sc, sr, _ = stable_offset(disp[0], disp[1], st[k])
         fu, fv = dx / yrs[k], dy / yrs[k]
         u[k] = (disp[0] - mc) * fu
         v[k] = (disp[1] - mr) * fv
         err = math.sqrt(((sc * fu) ** 2 + (sr * fv) ** 2) / 2.0)
+        e[k] = pixel_error(match_error(pa, pb, disp, window), st[k], err, abs(fu), abs(fv))
         scalars[:, k] = (mc * fu, mr * fv, err, float(np.isfinite(disp[0]).mean()))
-    return (u.reshape(shape), v.reshape(shape), *(s.reshape(shape[:-2]) for s in scalars))
+    return (u.reshape(shape), v.reshape(shape), e.reshape(shape), *(s.reshape(shape[:-2]) for s in scalars))
+
+
+def pixel_error(px: np.ndarray, stable: np.ndarray, pair_error: float, fu: float, fv: float) -> np.ndarray:
+    """A pair's per-pixel 1-sigma velocity error per component (m/yr) from :func:`match_error`'s pixels.
+
+    The stable-ground spread ``pair_error`` measures the whole error where the ground is still (the
+    registration and the matcher on static texture); on top of it each pixel adds the part of its
+    least-squares error above the typical stable-ground one (decorrelated ice, the aperture problem,
+    wrong matches): ``sqrt(pair_error^2 + max(lk^2 - median_stable(lk)^2, 0))``. Without a
+    stable-ground error, the least-squares error alone.
+    """
+    lk2 = ((px[0] * fu) ** 2 + (px[1] * fv) ** 2) / 2.0
+    ref = lk2[stable & np.isfinite(lk2)]
+    if not math.isfinite(pair_error) or ref.size < MIN_STABLE:
+        return np.sqrt(lk2).astype(np.float32)
+    excess = np.clip(lk2 - float(np.median(ref)), 0.0, None)
+    return np.sqrt(pair_error**2 + excess).astype(np.float32)
 
 
 def _grid_step(coord: xr.DataArray, name: str) -> float:
@@ -346,9 +373,9 @@ def velocity(cube_ds: xr.Dataset, spec: FlowSpec | None = None, *, guides: xr.Da
     outs = xr.apply_ufunc(
         _pair_task, a, b, stable, *pp,
         input_core_dims=[["y", "x"]] * 3 + [[], []],
-        output_core_dims=[["y", "x"], ["y", "x"], [], [], [], []],
+        output_core_dims=[["y", "x"]] * 3 + [[]] * 4,
         kwargs={"method": spec.method, "kind": kind, "spec": spec, "dx": dx, "dy": dy},
-        dask="parallelized", output_dtypes=[np.float32] * 6,
+        dask="parallelized", output_dtypes=[np.float32] * 7,
     )
     has_crs = "spatial_ref" in cube_ds.coords or "spatial_ref" in cube_ds.variables
     grid = {"grid_mapping": "spatial_ref"} if has_crs else {}
@@ -364,10 +391,10 @@ def velocity(cube_ds: xr.Dataset, spec: FlowSpec | None = None, *, guides: xr.Da
         "pair_error": ("m yr-1", "1-sigma velocity error per component from the stable-ground spread"),
         "valid_fraction": ("1", "fraction of pixels with a valid match"),
     }
-    for name, out in zip(PAIR_VARS, outs[2:], strict=True):
+    for name, out in zip(PAIR_VARS, outs[3:], strict=True):
         data_vars[name] = out.assign_attrs(units=pair_attrs[name][0], long_name=pair_attrs[name][1])
     coords: dict[str, Any] = {
-        "time": ("time", np.asarray(start + (end - start) / 2, dtype="datetime64[ns]")),
+        "time": ("time", np.asarray((start + (end - start) / 2).round("s"), dtype="datetime64[ns]")),  # a label
         "time_start": ("time", np.asarray(start, dtype="datetime64[ns]")),
         "time_end": ("time", np.asarray(end, dtype="datetime64[ns]")),
         "dt_days": ("time", dt_days),
@@ -380,9 +407,13 @@ def velocity(cube_ds: xr.Dataset, spec: FlowSpec | None = None, *, guides: xr.Da
     if has_crs:
         coords["spatial_ref"] = cube_ds["spatial_ref"].variable
     out = xr.Dataset({k: v.reset_coords(drop=True) for k, v in data_vars.items()}, coords=coords)
-    out = out.assign(composite(out))
-    for name in ("time_start", "time_end"):
-        out[name].encoding.update(units="seconds since 1970-01-01", dtype="int64")
+    pixel = outs[2].transpose("time", "y", "x").reset_coords(drop=True)
+    comp = composite(out.assign(error=pixel), scenes=np.stack([i_idx, j_idx], axis=1))
+    comp["speed_error"] = with_smoothing(comp["speed_error"], comp["u_composite"], comp["v_composite"],
+                                         window_variance(spec))
+    out = out.assign(comp)
+    for name in ("time_start", "time_end"):  # acquisition times as the catalogue gives them (microseconds)
+        out[name].encoding.update(units="microseconds since 1970-01-01", dtype="int64")
     out["time"].encoding.update(units="seconds since 1970-01-01", dtype="int64")
     out.attrs["flow_spec"] = spec.to_json()
     out.attrs["tracked"] = "guides" if kind == "guide" else "ndsi"
@@ -390,14 +421,15 @@ def velocity(cube_ds: xr.Dataset, spec: FlowSpec | None = None, *, guides: xr.Da
 
 
 # ------------------------------------------------------------------------------------------ composite
-def _composite_block(u: np.ndarray, v: np.ndarray, err: np.ndarray) -> tuple[np.ndarray, ...]:
-    """Error-weighted composite over the last axis (pairs); see the module docstring."""
+def _composite_block(u: np.ndarray, v: np.ndarray, err: np.ndarray, *, scenes: np.ndarray | None = None
+                     ) -> tuple[np.ndarray, ...]:
+    """Error-weighted composite over the last axis (pairs); ``err`` per pixel or per pair (module doc)."""
     u, v = np.moveaxis(u, -1, 0).astype(np.float64), np.moveaxis(v, -1, 0).astype(np.float64)
     e = np.moveaxis(np.asarray(err, np.float64), -1, 0)
     sig = np.broadcast_to(e.reshape(e.shape + (1,) * (u.ndim - e.ndim)), u.shape)
     fin = np.isfinite(u) & np.isfinite(v)
     known = np.isfinite(sig) & (sig > 0)
-    if known.any():  # a pair without a stable-ground error counts as a typical pair
+    if known.any():  # a pixel without an error counts as a typical one
         sig = np.where(known, sig, np.median(sig[known]))
     else:  # no errors at all: equal weights, no rejection, the error from the scatter alone
         sig = np.full(u.shape, np.inf)
@@ -413,13 +445,32 @@ def _composite_block(u: np.ndarray, v: np.ndarray, err: np.ndarray) -> tuple[np.
         cu = (w * np.where(keep, u, 0)).sum(0) / sw
         cv = (w * np.where(keep, v, 0)).sum(0) / sw
         n = keep.sum(0)
-        scatter = np.sqrt((w * ((np.where(keep, u, 0) - cu) ** 2 + (np.where(keep, v, 0) - cv) ** 2) / 2).sum(0)
-                          / sw / np.maximum(n - 1, 1))
-        formal = np.sqrt(1.0 / sw) if known.any() else np.zeros(sw.shape)
+        n_eff = _independent_pairs(keep, n, scenes)
+        dev2 = (np.where(keep, u, 0) - cu) ** 2 + (np.where(keep, v, 0) - cv) ** 2
+        one_pair = (w * dev2 / 2).sum(0) / sw * n / np.maximum(n - 1, 1)  # a pair's variance (per component)
+        scatter = np.sqrt(one_pair / n_eff)
+        formal = np.sqrt(n / (sw * n_eff)) if known.any() else np.zeros(sw.shape)
         error = np.maximum(formal, np.where(n >= 2, scatter, np.nan if not known.any() else 0.0))
     empty = n == 0
     out = [np.where(empty, np.nan, x).astype(np.float32) for x in (cu, cv, np.hypot(cu, cv), error)]
     return (*out, n.astype(np.int16))
+
+
+def _independent_pairs(keep: np.ndarray, n: np.ndarray, scenes: np.ndarray | None) -> np.ndarray:
+    """Effective number of independent pairs per pixel: ``clip(distinct scenes - 1, 1, n)``.
+
+    Pairs that share a scene share its noise: ``k`` pairs among ``d`` distinct scenes carry at most
+    ``d - 1`` independent differences (the rank of the pairs' incidence matrix on a connected set).
+    Without ``scenes`` (pair -> two scene indices) every pair counts.
+    """
+    if scenes is None:
+        return np.maximum(n, 1).astype(np.float64)
+    scenes = np.asarray(scenes, np.int64)
+    incidence = np.zeros((scenes.shape[0], int(scenes.max()) + 1), np.float32)
+    incidence[np.arange(scenes.shape[0])[:, None], scenes] = 1.0
+    flat = keep.reshape(keep.shape[0], -1).T.astype(np.float32)
+    distinct = ((flat @ incidence) > 0).sum(1).reshape(n.shape)
+    return np.clip(distinct - 1, 1, np.maximum(n, 1)).astype(np.float64)
 
 
 def _nanmedian(a: np.ndarray) -> np.ndarray:
@@ -429,8 +480,16 @@ def _nanmedian(a: np.ndarray) -> np.ndarray:
     return np.where(empty, np.nan, out)
 
 
-def composite(vel: xr.Dataset) -> dict[str, xr.DataArray]:
+def composite(vel: xr.Dataset, scenes: np.ndarray | None = None) -> dict[str, xr.DataArray]:
     """Lazy error-weighted composite over the pairs (module docstring).
+
+    Parameters
+    ----------
+    vel
+        ``u``, ``v`` (``time``, ``y``, ``x``), ``pair_error`` (``time``) and, where there is one, the
+        per-pixel error ``error`` (``time``, ``y``, ``x``) that then weighs each pixel of each pair.
+    scenes
+        ``(pairs, 2)`` scene indices of each pair, for the effective number of independent pairs.
 
     Returns
     -------
@@ -439,11 +498,11 @@ def composite(vel: xr.Dataset) -> dict[str, xr.DataArray]:
         ``x``; NaN where no pair has a value) and ``n_pairs`` (int16).
     """
     chunks = {"time": -1, "y": COMPOSITE_CHUNK, "x": COMPOSITE_CHUNK}
-    u, v = (vel[k].chunk(chunks) if vel[k].chunks else vel[k] for k in ("u", "v"))
-    err = vel["pair_error"].chunk({"time": -1}) if vel["pair_error"].chunks else vel["pair_error"]
+    err = vel["error"] if "error" in vel else xr.broadcast(vel["pair_error"], vel["u"])[0]
+    u, v, err = (x.chunk(chunks) if vel["u"].chunks else x for x in (vel["u"], vel["v"], err))
     outs = xr.apply_ufunc(
         _composite_block, u, v, err, input_core_dims=[["time"]] * 3, output_core_dims=[[]] * 5,
-        dask="parallelized", output_dtypes=[np.float32] * 4 + [np.int16],
+        kwargs={"scenes": scenes}, dask="parallelized", output_dtypes=[np.float32] * 4 + [np.int16],
     )
     grid = {k: v for k, v in vel["u"].attrs.items() if k == "grid_mapping"}
     names = {
@@ -454,6 +513,52 @@ def composite(vel: xr.Dataset) -> dict[str, xr.DataArray]:
     out = {k: o.assign_attrs(units="m yr-1", long_name=names[k], **grid) for k, o in zip(names, outs, strict=False)}
     out["n_pairs"] = outs[4].assign_attrs(long_name="number of pairs in the composite")
     return {k: o.reset_coords(drop=True) for k, o in out.items()}
+
+
+def window_variance(spec: FlowSpec) -> float:
+    """Variance (px^2, per axis) of the window over which the matcher averages the displacement.
+
+    NCC: a uniform ``chip`` x ``chip`` box, ``(chip^2 - 1) / 12``. Farnebäck: OpenCV's Gaussian
+    averaging window (sigma ``0.3 * (winsize // 2)``) on top of the polynomial expansion's Gaussian
+    (``poly_sigma``): ``(0.3 * (winsize // 2))^2 + poly_sigma^2``.
+    """
+    if spec.method == "ncc":
+        return (spec.chip**2 - 1) / 12.0
+    return (0.3 * (spec.winsize // 2)) ** 2 + spec.poly_sigma**2
+
+
+def _smoothing_block(err: np.ndarray, u: np.ndarray, v: np.ndarray, s2: float) -> np.ndarray:
+    """``sqrt(err^2 + (s2 / 2 * |laplacian(u, v)|)^2)``; missing neighbours count as the pixel itself."""
+    def lap(x: np.ndarray) -> np.ndarray:
+        out = np.zeros(x.shape, np.float64)
+        for axis in (0, 1):
+            for step in (1, -1):
+                n = np.roll(x, step, axis)
+                edge = [slice(None)] * 2
+                edge[axis] = slice(0, 1) if step == 1 else slice(-1, None)
+                n[tuple(edge)] = np.nan  # no wrap-around
+                out += np.where(np.isfinite(n), n - x, 0.0)
+        return out
+
+    with np.errstate(invalid="ignore"):
+        bias = 0.5 * s2 * np.hypot(lap(u.astype(np.float64)), lap(v.astype(np.float64)))
+        return np.where(np.isfinite(err), np.hypot(err, bias), np.nan).astype(np.float32)
+
+
+def with_smoothing(err: xr.DataArray, u: xr.DataArray, v: xr.DataArray, s2: float) -> xr.DataArray:
+    """The composite error with the matcher's smoothing bias added (lazy; one pixel of overlap).
+
+    A matcher averages the displacement over its window (variance ``s2`` px^2 per axis,
+    :func:`window_variance`), which biases the velocity by ``s2 / 2 * laplacian(velocity)`` (second
+    order in the Taylor expansion): largest at the ice margins and on the centre line, common to
+    every pair, so the pairs' scatter cannot see it. Added in quadrature to the random error.
+    """
+    if not isinstance(err.data, da.Array):
+        data = _smoothing_block(np.asarray(err), np.asarray(u), np.asarray(v), s2)
+    else:
+        data = da.map_overlap(_smoothing_block, err.data, u.data, v.data, depth=1, boundary="none",
+                              dtype=np.float32, s2=s2)
+    return err.copy(data=data)
 
 
 # ------------------------------------------------------------------------------------------ store

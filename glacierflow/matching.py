@@ -207,6 +207,66 @@ def farneback_pixels(a: np.ndarray, b: np.ndarray, spec: FlowSpec, search: int =
     return out
 
 
+def correlation_area(residual: np.ndarray) -> float:
+    """Correlation area (px) of a residual image: the number of pixels one independent sample spans.
+
+    ``sum over lags of the autocorrelation`` (zero-padded FFT over the finite pixels), at least 1. A
+    window of ``N`` pixels then holds ``N / area`` independent residuals.
+    """
+    ok = np.isfinite(residual)
+    if ok.sum() < 16:
+        return 1.0
+    r = np.where(ok, residual - residual[ok].mean(), 0.0).astype(np.float64)
+    h, w = r.shape
+    f = np.fft.rfft2(r, s=(2 * h, 2 * w))
+    auto = np.fft.irfft2(np.abs(f) ** 2, s=(2 * h, 2 * w))
+    norm = np.fft.irfft2(np.abs(np.fft.rfft2(ok.astype(np.float64), s=(2 * h, 2 * w))) ** 2, s=(2 * h, 2 * w))
+    rho = np.where(norm > 0.25 * ok.sum(), auto / np.maximum(norm, 1.0), 0.0) / max(auto[0, 0] / ok.sum(), 1e-12)
+    lag = 8  # the central lags: beyond them the estimate is noise
+    core = np.roll(np.roll(rho, lag, 0), lag, 1)[: 2 * lag + 1, : 2 * lag + 1]
+    return float(max(core.sum(), 1.0))
+
+
+def match_error(a: np.ndarray, b: np.ndarray, disp: np.ndarray, window: int) -> np.ndarray:
+    """Per-pixel 1-sigma error (px) of a displacement field, ``(2, H, W)`` (columns, rows).
+
+    The least-squares (Lucas-Kanade) covariance of a displacement estimated on a ``window`` x
+    ``window`` window: ``Cov = s2 * area * inv(sum over the window of g g^T)``, with ``g`` the image
+    gradient of ``a``, ``s2`` the local variance of the match residual ``a(p) - b(p + d)`` (it grows
+    where the texture changed between the acquisitions or the match is wrong) and ``area``
+    (:func:`correlation_area`) the pixels one independent residual spans. Along a direction without
+    texture (streaks, edges: the aperture problem) the error is large. NaN where ``disp`` is NaN.
+    """
+    import cv2
+
+    h, w = a.shape
+    rows, cols = np.mgrid[0:h, 0:w].astype(np.float32)
+    ok = np.isfinite(disp[0]) & np.isfinite(disp[1])
+    dc, dr = (np.where(ok, d, 0).astype(np.float32) for d in disp)
+    b0 = np.asarray(b, np.float32)
+    bw = cv2.remap(np.nan_to_num(b0, nan=0.0), cols + dc, rows + dr, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    seen = cv2.remap(np.isfinite(b0).astype(np.float32), cols + dc, rows + dr, cv2.INTER_LINEAR,
+                     borderMode=cv2.BORDER_CONSTANT) > 0.99
+    a0 = np.asarray(a, np.float32)
+    use = ok & seen & np.isfinite(a0)
+    res = np.where(use, a0 - bw, np.nan)
+    area = correlation_area(res)
+    gr, gc = np.gradient(np.nan_to_num(a0, nan=0.0))
+    m = use.astype(np.float32)
+    n = window * window
+    wsum = _box(m, window) * n  # residual pixels in the window
+    s2 = _box(np.nan_to_num(res * res), window) * n / np.maximum(wsum, 1.0)
+    jcc, jcr, jrr = (_box((x * m).astype(np.float32), window) * n for x in (gc * gc, gc * gr, gr * gr))
+    det = jcc * jrr - jcr * jcr
+    with np.errstate(divide="ignore", invalid="ignore"):
+        var_c = s2 * area * jrr / det
+        var_r = s2 * area * jcc / det
+        out = np.sqrt(np.stack([var_c, var_r])).astype(np.float32)  # NaN where det <= 0: masked below
+    bad = ~ok | ~np.isfinite(out).all(0) | (det <= 0) | (wsum < 0.5 * n)
+    out[:, bad] = np.nan
+    return out
+
+
 #: name -> matcher ``(a, b, spec, search_px) -> (2, H, W)`` pixels (columns right, rows down).
 METHODS: dict[str, Callable[[np.ndarray, np.ndarray, FlowSpec, int], np.ndarray]] = {
     "ncc": ncc_pixels,

@@ -355,3 +355,55 @@ def local_gateway(workdir: str, password: str = "test-password", max_workers: in
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+def flow_truth(cube: xr.Dataset, truth_store: str, margin_px: int = 3) -> dict[str, np.ndarray]:
+    """A twin's true velocity on a cube's grid, for :func:`flow_figures`.
+
+    Parameters
+    ----------
+    cube
+        The cube the velocity was measured on (its ``x``/``y`` labels select the truth: same UTM grid).
+    truth_store
+        The twin's ``truth.zarr``.
+    margin_px
+        Stable-ground pixels are those at least this far from the true glacier outline.
+    """
+    truth = xr.open_zarr(truth_store, decode_coords="all", consolidated=False)
+    on = truth[["u", "v", "glacier_mask"]].sel(x=cube["x"], y=cube["y"])  # same UTM grid: exact labels
+    u, v = on["u"].values.astype(np.float64), on["v"].values.astype(np.float64)
+    glacier = on["glacier_mask"].values.astype(bool)
+    return {"u": u, "v": v, "speed": np.hypot(u, v), "glacier": glacier,
+            "far": ndimage.distance_transform_edt(~glacier) >= margin_px}
+
+
+def flow_figures(ds: xr.Dataset, truth: dict[str, np.ndarray]) -> dict[str, float]:
+    """A velocity store's composite against the truth (:func:`flow_truth`), the figures of issue 11.
+
+    Returns
+    -------
+    dict
+        ``true_median`` (m/yr over glacier pixels); ``rel``: median ``|speed - true speed|`` over glacier
+        pixels with a value / ``true_median``; ``direction``: median angle (deg) between measured and true
+        vectors where the truth moves at least a quarter of the median; ``ice_coverage``: glacier pixels
+        with a value; ``stable``: median speed (m/yr) on pixels ``margin_px`` or more from the ice and
+        ``stable_valid`` the fraction of those with a value; ``error_ratio``: median stated
+        ``speed_error`` over glacier pixels / the actual median ``|speed - true speed|``.
+    """
+    u, v = ds["u_composite"].values, ds["v_composite"].values
+    gl, far = truth["glacier"], truth["far"]
+    speed = np.hypot(u, v)
+    ok = gl & np.isfinite(speed)
+    true_median = float(np.median(truth["speed"][gl]))
+    mae = float(np.median(np.abs(speed[ok] - truth["speed"][ok])))
+    moving = ok & (truth["speed"] >= 0.25 * true_median)
+    true_angle = np.arctan2(truth["v"][moving], truth["u"][moving])
+    angle = np.angle(np.exp(1j * (np.arctan2(v[moving], u[moving]) - true_angle)))
+    stable = far & np.isfinite(speed)
+    return {
+        "true_median": true_median, "rel": mae / true_median,
+        "direction": float(np.degrees(np.median(np.abs(angle)))),
+        "ice_coverage": float(ok.sum() / gl.sum()),
+        "stable": float(np.median(speed[stable])), "stable_valid": float(stable.sum() / far.sum()),
+        "error_ratio": float(np.median(ds["speed_error"].values[ok]) / mae),
+    }

@@ -1,8 +1,10 @@
-"""The flow stage against the offline twin's true velocity field (``small`` basic twin, 377 x 377 px cube,
-2018-2021, 69 used scenes with guides; annual pairs: 81 pairs of acquisitions 300-430 days apart).
+"""The flow stage against the offline twin's true velocity field.
 
-The cube is built from the served twin exactly as ``build-cube`` builds it; ``velocity`` tracks the
-cube's guide images. Figures (printed with ``pytest -s``), on the twin's glacier pixels:
+One ``small`` basic twin (401 x 401 px) over two years (2019-2020), made, served and built into a cube
+store **once per test session** exactly as ``twin make`` + ``build-cube`` do (a shorter span than the
+twin's default 2018-2021 halves the twin and cube cost; annual pairs still cover every season).
+``velocity`` tracks the cube's guide images. Figures (printed with ``pytest -s``), on the twin's
+glacier pixels:
 
 * ``rel``: median over glacier pixels of ``|speed - true speed|`` relative to the true median speed;
 * ``direction``: median angle between measured and true vectors where the truth moves >= 1/4 of the median;
@@ -11,82 +13,63 @@ cube's guide images. Figures (printed with ``pytest -s``), on the twin's glacier
   ``stable_valid``: the fraction of those pixels with a value;
 * ``error_ratio``: median stated ``speed_error`` over glacier pixels / the actual median ``|speed - truth|``.
 
-Measured (seed 0; 2 cores; issue 11 targets in brackets):
+Measured (seed 0; issue 11 targets in brackets), farneback on guides, annual pairs, 57 pairs: speed
+error 0.183 (0.10: not met: the matcher averages the displacement over a window comparable to the
+20-36 px wide glacier, so the centre reads slow and the margins fast), direction 4.4 deg (5: met), ice
+coverage 0.82 (0.90: not met), stable ground 1.33 m/yr over 0.83 of the pixels (3 m/yr over 0.80: met),
+stated error / actual 1.03 (0.5-2: met, since the per-pixel error model and the smoothing bias). The
+tolerances below are the measured values plus a margin where a target is not met, the target where it is.
 
-=========================  =====  =========  ========  ======  ============  ===========
-composite, annual pairs    rel    direction  ice cov.  stable  stable valid  error ratio
-=========================  =====  =========  ========  ======  ============  ===========
-farneback, guides          0.198  4.4 deg    0.85      0.84    0.83          0.16
-ncc chip 15, guides        0.25   5.7 deg    0.86      1.80    0.82          0.11
-ncc chip 11, guides        0.24   6.0 deg    0.90      3.23    0.87          0.16
-(target)                   0.10   5 deg      0.90      3       0.80          0.5-2
-=========================  =====  =========  ========  ======  ============  ===========
-
-Met: direction and stable ground (Farnebäck). Not met: speed error (systematic: both matchers
-average the displacement over a window comparable to the 20-36 px wide glacier, so the centre reads
-slow and the margins fast, bias -6 m/yr), ice coverage 0.85, and the stated error (from stable
-ground) is ~6x smaller than the actual on-ice error. The tolerances below are the measured values
-plus a margin, not the targets, where a target is not met.
+The full-size figures (4-year small twins, basic and himalaya, the slow narrow glacier, NCC) are in
+benchmarks/README.md (flow): they take minutes each, too long for the test run.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import dask
 import numpy as np
 import pytest
 import xarray as xr
-from scipy import ndimage
 
 from glacierflow.build import build_cube_store
 from glacierflow.config import CubeSpec, PreprocessSpec
 from glacierflow.flow import FlowSpec, open_cube, velocity
+from glacierflow.testing import flow_figures, flow_truth
+from glacierflow.twin.make import make_twin
+from glacierflow.twin.serve import serve_twin
 
 pytestmark = pytest.mark.slow
+START, END = "2019-01-01", "2020-12-31"
 
 
-@pytest.fixture(scope="module")
-def small_cube(served_small_twin: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> str:
-    m = served_small_twin["meta"]
-    spec = CubeSpec(name="parvati-small", bbox=tuple(m["bbox"]), epsg=m["epsg"], start="2018-01-01",
-                    end="2021-12-31", catalog=served_small_twin["stac_url"])
-    out = str(tmp_path_factory.mktemp("cube-small") / "parvati-small.zarr")
+@pytest.fixture(scope="session")
+def flow_twin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """The two-year small basic twin, served (STAC API + assets) while the session needs it."""
+    out = tmp_path_factory.mktemp("twin-flow") / "parvati-small"
+    make_twin(out, glacier="parvati", size="small", start=START, end=END, seed=0, realism="basic")
+    with serve_twin(out, backend="rustac") as served:
+        yield {**served, "dir": out}
+
+
+@pytest.fixture(scope="session")
+def flow_cube(flow_twin: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> str:
+    m = flow_twin["meta"]
+    spec = CubeSpec(name="parvati-small", bbox=tuple(m["bbox"]), epsg=m["epsg"], start=START, end=END,
+                    catalog=flow_twin["stac_url"])
+    out = str(tmp_path_factory.mktemp("cube-flow") / "parvati-small.zarr")
     with dask.config.set(scheduler="threads"):
         build_cube_store(spec, PreprocessSpec(), out)
     return out
 
 
-@pytest.fixture(scope="module")
-def truth_on_cube(small_twin, small_cube: str) -> dict[str, np.ndarray]:
-    cube, _ = open_cube(small_cube)
-    truth = xr.open_zarr(small_twin / "truth.zarr", decode_coords="all", consolidated=False)
-    on = truth[["u", "v", "glacier_mask"]].sel(x=cube["x"], y=cube["y"])  # same UTM grid: exact labels
-    u, v = on["u"].values.astype(np.float64), on["v"].values.astype(np.float64)
-    glacier = on["glacier_mask"].values.astype(bool)
-    return {"u": u, "v": v, "speed": np.hypot(u, v), "glacier": glacier,
-            "far": ndimage.distance_transform_edt(~glacier) >= 3}
-
-
-def figures(ds: xr.Dataset, truth: dict[str, np.ndarray]) -> dict[str, float]:
-    """The composite's figures against the truth (module docstring)."""
-    u, v = ds["u_composite"].values, ds["v_composite"].values
-    gl, far = truth["glacier"], truth["far"]
-    speed = np.hypot(u, v)
-    ok = gl & np.isfinite(speed)
-    true_median = float(np.median(truth["speed"][gl]))
-    mae = float(np.median(np.abs(speed[ok] - truth["speed"][ok])))
-    moving = ok & (truth["speed"] >= 0.25 * true_median)
-    true_angle = np.arctan2(truth["v"][moving], truth["u"][moving])
-    angle = np.angle(np.exp(1j * (np.arctan2(v[moving], u[moving]) - true_angle)))
-    stable = far & np.isfinite(speed)
-    return {
-        "true_median": true_median, "rel": mae / true_median,
-        "direction": float(np.degrees(np.median(np.abs(angle)))),
-        "ice_coverage": float(ok.sum() / gl.sum()),
-        "stable": float(np.median(speed[stable])), "stable_valid": float(stable.sum() / far.sum()),
-        "error_ratio": float(np.median(ds["speed_error"].values[ok]) / mae),
-    }
+@pytest.fixture(scope="session")
+def truth_on_cube(flow_twin: dict[str, Any], flow_cube: str) -> dict[str, np.ndarray]:
+    cube, _ = open_cube(flow_cube)
+    return flow_truth(cube, str(Path(flow_twin["dir"]) / "truth.zarr"))
 
 
 def _run(cube_url: str, spec: FlowSpec) -> xr.Dataset:
@@ -95,42 +78,31 @@ def _run(cube_url: str, spec: FlowSpec) -> xr.Dataset:
         return velocity(cube, spec, guides=guides).compute()
 
 
-@pytest.fixture(scope="module")
-def farneback(small_cube: str) -> xr.Dataset:
-    return _run(small_cube, FlowSpec())
+@pytest.fixture(scope="session")
+def farneback(flow_cube: str) -> xr.Dataset:
+    return _run(flow_cube, FlowSpec())
 
 
 def test_default_farneback_on_guides_against_truth(farneback: xr.Dataset, truth_on_cube: dict) -> None:
-    f = figures(farneback, truth_on_cube)
-    print("farneback, guides, annual:", {k: round(x, 3) for k, x in f.items()})
-    assert farneback.sizes["time"] >= 60  # 69 scenes, <= 3 pairs each: measured 81 pairs
-    assert (farneback["dt_days"].values >= 300).all() and (farneback["dt_days"].values <= 430).all()
+    f = flow_figures(farneback, truth_on_cube)
+    print("farneback, guides, annual:", {k: round(x, 3) for k, x in f.items()}, farneback.sizes["time"], "pairs")
+    dt = farneback["dt_days"].values
+    assert farneback.sizes["time"] >= 40 and (dt >= 300).all() and (dt <= 430).all()  # measured 57 pairs
     assert 45 < f["true_median"] < 60  # the twin's glacier: up to 150 m/yr on the centre line
-    assert f["rel"] < 0.23  # measured 0.198 (target 0.10 not met: window smoothing, see the docstring)
+    assert f["rel"] < 0.21  # measured 0.183 (target 0.10 not met: window smoothing, see the docstring)
     assert f["direction"] < 5.0  # measured 4.4 deg (target 5)
-    assert f["ice_coverage"] > 0.8  # measured 0.85 (target 0.90 not met)
-    assert f["stable"] < 3.0 and f["stable_valid"] >= 0.8  # measured 0.84 m/yr over 0.83 (target met)
-    assert 0.08 < f["error_ratio"] < 0.5  # measured 0.16: stated error too small (target 0.5-2 not met)
+    assert f["ice_coverage"] > 0.78  # measured 0.817 (target 0.90 not met)
+    assert f["stable"] < 3.0 and f["stable_valid"] >= 0.8  # measured 1.33 m/yr over 0.827 (target met)
+    assert 0.5 < f["error_ratio"] < 2.0  # measured 1.03 (target: within a factor 2; was 0.16)
     pe = farneback["pair_error"].values
-    assert np.isfinite(pe).all() and 0.5 < np.median(pe) < 5.0  # measured median 2.0 m/yr (0.07 px/yr)
+    assert np.isfinite(pe).all() and 0.5 < np.median(pe) < 5.0  # pair errors of a few m/yr (0.07 px/yr)
 
 
-def test_ncc_on_guides_against_truth(small_cube: str, truth_on_cube: dict, farneback: xr.Dataset) -> None:
-    """NCC (chip 15, search from 150 m/yr), one pair per scene to bound the cost (~4x Farnebäck's per pair)."""
-    ds = _run(small_cube, FlowSpec(method="ncc", max_speed=150.0, max_pairs_per_scene=1))
-    f = figures(ds, truth_on_cube)
-    print("ncc chip 15, guides, annual, 1 pair/scene:", {k: round(x, 3) for k, x in f.items()})
-    assert f["rel"] < 0.32  # measured 0.25 with 3 pairs per scene
-    assert f["direction"] < 8.0  # measured 5.7
-    assert f["stable"] < 3.5 and f["stable_valid"] > 0.6  # measured 1.8 over 0.82 with 3 pairs per scene
-    assert figures(farneback, truth_on_cube)["rel"] < f["rel"]  # why farneback is the default
-
-
-def test_guides_beat_ndsi_periods_off_the_ice(small_cube: str, truth_on_cube: dict, farneback: xr.Dataset) -> None:
+def test_guides_beat_ndsi_periods_off_the_ice(flow_cube: str, truth_on_cube: dict, farneback: xr.Dataset) -> None:
     """The first version's input (Farnebäck on quarterly NDSI period means) against the scene guides."""
-    ds = _run(small_cube, FlowSpec(images="ndsi"))
-    f = figures(ds, truth_on_cube)
-    print("farneback, NDSI periods, annual:", {k: round(x, 3) for k, x in f.items()})
-    g = figures(farneback, truth_on_cube)
-    assert 12 <= ds.sizes["time"] <= 16  # 16 quarterly periods, Δt from mean acquisition times: measured 13
+    ds = _run(flow_cube, FlowSpec(images="ndsi"))
+    f = flow_figures(ds, truth_on_cube)
+    print("farneback, NDSI periods, annual:", {k: round(x, 3) for k, x in f.items()}, ds.sizes["time"], "pairs")
+    g = flow_figures(farneback, truth_on_cube)
+    assert 4 <= ds.sizes["time"] <= 8  # 8 quarterly periods, Δt from mean acquisition times
     assert g["stable_valid"] > f["stable_valid"]
