@@ -282,7 +282,7 @@ def _figures(work: Path, out: dict[str, Any], stages: Stages) -> dict[str, Path]
 
     draw = {
         "cube animation": (work / "cube.gif", lambda p: plots.plot_cube_gif(out["cube"], p)),
-        "flow": (work / "flow.png", lambda p: plots.plot_flow(out["velocity"], out["cube"], p, time_index=-1)),
+        "flow": (work / "flow.png", lambda p: plots.plot_flow(out["velocity"], out["cube"], p, time_index=None)),
         "loss curves": (work / "loss.png", lambda p: plots.plot_run(out["run"], p)),
         "forecast vs truth": (work / "forecast.png", lambda p: plots.plot_forecast(out["forecast"], out["cube"], p)),
         "fine-tune loss curves": (work / "loss-finetune.png", lambda p: plots.plot_run(out["finetuned_run"], p)),

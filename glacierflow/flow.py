@@ -33,7 +33,8 @@ pairs there) from the per-pixel median are dropped; the rest are averaged with w
 scatter of one pair, both over ``sqrt(n_eff)``: ``n_eff`` = distinct scenes - 1 (capped at ``n``),
 because pairs sharing a scene share its noise. ``speed_error`` adds, in quadrature, the matcher's
 smoothing bias ``s2 / 2 * |laplacian(u, v)|`` (:func:`with_smoothing`, ``s2`` the variance of its
-window: :func:`window_variance`), an error common to all pairs. ``n_pairs`` counts the pairs used.
+window: :func:`window_variance`; the Laplacian of the composite smoothed at the window's scale), an
+error common to all pairs. ``n_pairs`` counts the pairs used.
 """
 
 from __future__ import annotations
@@ -518,17 +519,45 @@ def composite(vel: xr.Dataset, scenes: np.ndarray | None = None) -> dict[str, xr
 def window_variance(spec: FlowSpec) -> float:
     """Variance (px^2, per axis) of the window over which the matcher averages the displacement.
 
-    NCC: a uniform ``chip`` x ``chip`` box, ``(chip^2 - 1) / 12``. Farnebäck: OpenCV's Gaussian
-    averaging window (sigma ``0.3 * (winsize // 2)``) on top of the polynomial expansion's Gaussian
-    (``poly_sigma``): ``(0.3 * (winsize // 2))^2 + poly_sigma^2``.
+    NCC: a uniform ``chip`` x ``chip`` box, ``(chip^2 - 1) / 12``. Farnebäck (``flags=0``, as
+    :func:`glacierflow.matching.farneback_pixels` calls it): OpenCV averages the polynomial
+    coefficients over a ``winsize`` box (``FarnebackUpdateFlow_Blur``; the Gaussian window is only used
+    with ``OPTFLOW_FARNEBACK_GAUSSIAN``), on top of the polynomial expansion's Gaussian
+    (``poly_sigma``): ``(winsize^2 - 1) / 12 + poly_sigma^2``.
     """
     if spec.method == "ncc":
         return (spec.chip**2 - 1) / 12.0
-    return (0.3 * (spec.winsize // 2)) ** 2 + spec.poly_sigma**2
+    return (spec.winsize**2 - 1) / 12.0 + spec.poly_sigma**2
+
+
+def _curvature_scale(s2: float) -> float:
+    """Sigma (px) of the Gaussian the composite is smoothed with before its Laplacian.
+
+    The window's own standard deviation, ``sqrt(s2)``: the composite carries no information finer than
+    the matcher's window; finer, the 5-point Laplacian measures pixel noise, not the field's curvature.
+    """
+    return math.sqrt(max(s2, 0.0))
+
+
+def _smooth_valid(x: np.ndarray, sigma: float) -> np.ndarray:
+    """Gaussian of ``sigma`` px over the finite pixels only (normalised convolution); NaN stays NaN."""
+    import cv2
+
+    if sigma <= 0:
+        return x
+    ok = np.isfinite(x)
+    k = 2 * math.ceil(3 * sigma) + 1
+    num = cv2.GaussianBlur(np.where(ok, x, 0.0), (k, k), sigma, borderType=cv2.BORDER_CONSTANT)
+    den = cv2.GaussianBlur(ok.astype(np.float64), (k, k), sigma, borderType=cv2.BORDER_CONSTANT)
+    return np.where(ok, num / np.maximum(den, 1e-9), np.nan)
 
 
 def _smoothing_block(err: np.ndarray, u: np.ndarray, v: np.ndarray, s2: float) -> np.ndarray:
-    """``sqrt(err^2 + (s2 / 2 * |laplacian(u, v)|)^2)``; missing neighbours count as the pixel itself."""
+    """``sqrt(err^2 + (s2 / 2 * |laplacian(u, v)|)^2)``.
+
+    The Laplacian of ``u``, ``v`` smoothed at the window's scale (:func:`_curvature_scale`); missing
+    neighbours count as the pixel itself.
+    """
     def lap(x: np.ndarray) -> np.ndarray:
         out = np.zeros(x.shape, np.float64)
         for axis in (0, 1):
@@ -540,23 +569,27 @@ def _smoothing_block(err: np.ndarray, u: np.ndarray, v: np.ndarray, s2: float) -
                 out += np.where(np.isfinite(n), n - x, 0.0)
         return out
 
+    sigma = _curvature_scale(s2)
     with np.errstate(invalid="ignore"):
-        bias = 0.5 * s2 * np.hypot(lap(u.astype(np.float64)), lap(v.astype(np.float64)))
+        lu, lv = (lap(_smooth_valid(x.astype(np.float64), sigma)) for x in (u, v))
+        bias = 0.5 * s2 * np.hypot(lu, lv)
         return np.where(np.isfinite(err), np.hypot(err, bias), np.nan).astype(np.float32)
 
 
 def with_smoothing(err: xr.DataArray, u: xr.DataArray, v: xr.DataArray, s2: float) -> xr.DataArray:
-    """The composite error with the matcher's smoothing bias added (lazy; one pixel of overlap).
+    """The composite error with the matcher's smoothing bias added (lazy, with the overlap it needs).
 
     A matcher averages the displacement over its window (variance ``s2`` px^2 per axis,
     :func:`window_variance`), which biases the velocity by ``s2 / 2 * laplacian(velocity)`` (second
     order in the Taylor expansion): largest at the ice margins and on the centre line, common to
-    every pair, so the pairs' scatter cannot see it. Added in quadrature to the random error.
+    every pair, so the pairs' scatter cannot see it. The curvature is taken on the composite smoothed
+    at the window's own scale (:func:`_curvature_scale`). Added in quadrature to the random error.
     """
     if not isinstance(err.data, da.Array):
         data = _smoothing_block(np.asarray(err), np.asarray(u), np.asarray(v), s2)
     else:
-        data = da.map_overlap(_smoothing_block, err.data, u.data, v.data, depth=1, boundary="none",
+        depth = math.ceil(3 * _curvature_scale(s2)) + 2
+        data = da.map_overlap(_smoothing_block, err.data, u.data, v.data, depth=depth, boundary="none",
                               dtype=np.float32, s2=s2)
     return err.copy(data=data)
 
