@@ -9,10 +9,12 @@ The synthetic scenes are guide-like images (smooth random texture, a glacier ban
 scene east, the rest still), 30 days apart, written to a temporary Zarr store and read back lazily as
 ``flow`` reads a cube store's guides (a graph that embeds in-memory arrays ships them with every
 task). Per-pair seconds: the matcher alone on one pair, in this process (1 thread), best of
-``--repeat``. Serial: ``velocity(...).compute(scheduler="sync")``; parallel: the same graph on
+``--repeat``. Serial: the store written with dask's ``sync`` scheduler; parallel: the same graph on
 ``--cluster`` (:func:`glacierflow.cluster.get_client`; default ``local``: one worker process with a
-thread per core, as ``flow`` runs by default). Both compute the whole velocity store content (per-pair
-fields, stable-ground statistics, composite); the ratio is parallel / serial, measured in the same run.
+thread per core, as ``flow`` runs by default). Both compute and write the whole velocity store
+(per-pair fields, stable-ground statistics, composite) with :func:`glacierflow.flow.write_velocity`, as
+``flow`` does: the workers write the chunks, nothing is gathered to this process. The ratio is
+parallel / serial, measured in the same run.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import dask
 import numpy as np
 import pandas as pd
 import xarray as xr
@@ -29,7 +32,7 @@ from scipy import ndimage
 
 from glacierflow.cluster import get_client
 from glacierflow.config import FlowSpec
-from glacierflow.flow import DAYS_PER_YEAR, search_px, velocity
+from glacierflow.flow import DAYS_PER_YEAR, search_px, velocity, write_velocity
 from glacierflow.matching import METHODS, prepare
 from glacierflow.testing import synthetic_cube
 
@@ -82,19 +85,22 @@ def main() -> None:
                  for m in args.methods.split(",")}
         first = guides.isel(scene=[0, 1]).values
         one, serial, parallel = {}, {}, {}
+
+        def run(spec: FlowSpec, name: str, sub: xr.DataArray | None = None) -> float:
+            """Compute and write the velocity store, as ``flow`` does (the chunks go to disk, not to us)."""
+            t = time.perf_counter()
+            ds = velocity(cube, spec, guides=guides if sub is None else sub, ice_mask=ice)
+            write_velocity(ds, str(Path(tmp) / f"{name}.zarr"), overwrite=True)
+            return time.perf_counter() - t
+
         for method, spec in specs.items():  # serial first: graphs built under a Client would use P2P rechunks
             one[method] = per_pair_seconds(first[0], first[1], spec, args.repeat)
-            t = time.perf_counter()
-            velocity(cube, spec, guides=guides, ice_mask=ice).compute(scheduler="sync")
-            serial[method] = time.perf_counter() - t
-        with get_client(args.cluster) as client:
-            scheduler = client if hasattr(client, "submit") else client.scheduler
-            velocity(cube, specs[next(iter(specs))], guides=guides.isel(scene=slice(0, 3)),
-                     ice_mask=ice).compute(scheduler=scheduler)  # warm-up: imports on the workers
+            with dask.config.set(scheduler="sync"):
+                serial[method] = run(spec, f"serial-{method}")
+        with get_client(args.cluster):  # the default scheduler until closed, as in every CLI stage
+            run(specs[next(iter(specs))], "warm-up", guides.isel(scene=slice(0, 3)))  # imports on the workers
             for method, spec in specs.items():
-                t = time.perf_counter()
-                velocity(cube, spec, guides=guides, ice_mask=ice).compute(scheduler=scheduler)
-                parallel[method] = time.perf_counter() - t
+                parallel[method] = run(spec, f"parallel-{method}")
     print(f"{'method':10s} {'s/pair':>7s} {'serial':>8s} {'parallel':>9s} {'ratio':>6s}")
     for method in specs:
         print(f"{method:10s} {one[method]:7.2f} {serial[method]:7.1f}s {parallel[method]:8.1f}s "

@@ -207,22 +207,27 @@ def farneback_pixels(a: np.ndarray, b: np.ndarray, spec: FlowSpec, search: int =
     return out
 
 
+CORRELATION_LAG = 8  # the central lags of the residual's autocorrelation: beyond them the estimate is noise
+
+
 def correlation_area(residual: np.ndarray) -> float:
     """Correlation area (px) of a residual image: the number of pixels one independent sample spans.
 
-    ``sum over lags of the autocorrelation`` (zero-padded FFT over the finite pixels), at least 1. A
-    window of ``N`` pixels then holds ``N / area`` independent residuals.
+    ``sum over lags of the autocorrelation`` (FFT over the finite pixels, zero-padded by the largest
+    lag, :data:`CORRELATION_LAG`, so that no lag wraps around), at least 1. A window of ``N`` pixels then
+    holds ``N / area`` independent residuals.
     """
+    from scipy import fft
+
     ok = np.isfinite(residual)
     if ok.sum() < 16:
         return 1.0
     r = np.where(ok, residual - residual[ok].mean(), 0.0).astype(np.float64)
-    h, w = r.shape
-    f = np.fft.rfft2(r, s=(2 * h, 2 * w))
-    auto = np.fft.irfft2(np.abs(f) ** 2, s=(2 * h, 2 * w))
-    norm = np.fft.irfft2(np.abs(np.fft.rfft2(ok.astype(np.float64), s=(2 * h, 2 * w))) ** 2, s=(2 * h, 2 * w))
+    lag = CORRELATION_LAG
+    shape = tuple(fft.next_fast_len(n + lag + 1, real=True) for n in r.shape)
+    auto = fft.irfft2(np.abs(fft.rfft2(r, s=shape)) ** 2, s=shape)
+    norm = fft.irfft2(np.abs(fft.rfft2(ok.astype(np.float64), s=shape)) ** 2, s=shape)
     rho = np.where(norm > 0.25 * ok.sum(), auto / np.maximum(norm, 1.0), 0.0) / max(auto[0, 0] / ok.sum(), 1e-12)
-    lag = 8  # the central lags: beyond them the estimate is noise
     core = np.roll(np.roll(rho, lag, 0), lag, 1)[: 2 * lag + 1, : 2 * lag + 1]
     return float(max(core.sum(), 1.0))
 

@@ -454,3 +454,16 @@ def test_smoothing_bias_is_half_the_window_variance_times_the_laplacian():
     np.testing.assert_allclose(float(np.median(out.values[5:35, 10:30])), true_bias, rtol=1e-3)
     lazy = with_smoothing(da_.chunk(13), da_.copy(data=u).chunk(13), da_.copy(data=zeros).chunk(13), s2)
     np.testing.assert_allclose(lazy.values, out.values, rtol=1e-6)  # one pixel of overlap: same as in memory
+
+
+@pytest.mark.parametrize("sigma", [1.0, 2.0])
+def test_correlation_area_of_smoothed_noise_is_4_pi_sigma2(sigma):
+    """White noise smoothed by a Gaussian of ``sigma`` has an autocorrelation ``exp(-r^2 / 4 sigma^2)``,
+    whose integral is ``4 pi sigma^2``. Measured on 800 x 1000 px with a masked hole, seeds 0-2: 12.40-12.86
+    for 12.57 and 49.8-51.0 for 50.27 (within 2.4 %: the sampling noise of the lag sum; the sum stops at
+    lag 8, which cuts the tail at sigma 2 by < 1 %). Tolerance 5 %."""
+    from glacierflow.matching import correlation_area
+
+    x = ndimage.gaussian_filter(np.random.default_rng(0).standard_normal((800, 1000)), sigma)
+    x[100:150, 200:300] = np.nan
+    assert correlation_area(x) == pytest.approx(4 * np.pi * sigma**2, rel=0.05)
