@@ -647,7 +647,8 @@ def flow_cmd(
                      ice_mask=ice_mask)
     out.print(f"{s['pairs']} {spec.pairs} pairs of {s['tracked']} ({s['method']}); median pair error "
               f"{s['median_pair_error_m_per_yr']:.1f} m/yr, median valid fraction {s['median_valid_fraction']:.2f}")
-    out.print(f"composite: median speed {s['composite_median_speed_m_per_yr']:.1f} m/yr over "
+    out.print(f"composite: median speed {s['composite_median_speed_m_per_yr']:.1f} m/yr (95th percentile "
+              f"{s['composite_p95_speed_m_per_yr']:.0f} m/yr) over "
               f"{100 * s['composite_valid_fraction']:.0f}% of pixels, median speed error "
               f"{s['median_speed_error_m_per_yr']:.1f} m/yr")
     out.print(f"written: {s['out']}")

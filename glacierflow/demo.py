@@ -193,7 +193,9 @@ def _flow(work: Path, cube: str, stages: Stages) -> str:
         with _dask_progress(stages.say):
             s = run_flow(cube, out, FlowSpec(pairs="annual"), overwrite=True)
         speed = s.get("composite_median_speed_m_per_yr", float("nan"))
-        note["done"] = f"{s['pairs']} pairs, median composite speed {speed:.1f} m/yr -> {out}"
+        fast = s.get("composite_p95_speed_m_per_yr", float("nan"))
+        note["done"] = (f"{s['pairs']} pairs, composite speed median {speed:.1f} m/yr (mostly still ground), "
+                        f"95th percentile {fast:.0f} m/yr (the moving ice) -> {out}")
     return out
 
 

@@ -675,6 +675,8 @@ def summarise(url: str, storage_options: dict[str, Any] | None = None, **extra: 
         "median_pair_error_m_per_yr": float(np.nanmedian(err)) if np.isfinite(err).any() else float("nan"),
         "median_valid_fraction": float(np.median(ds["valid_fraction"].values)),
         "composite_median_speed_m_per_yr": float(np.median(comp[ok])) if ok.any() else float("nan"),
+        # the scene's median is mostly still ground; the upper tail is the moving ice
+        "composite_p95_speed_m_per_yr": float(np.percentile(comp[ok], 95)) if ok.any() else float("nan"),
         "composite_valid_fraction": float(ok.mean()),
         "median_speed_error_m_per_yr": float(np.median(serr[ok])) if ok.any() else float("nan"),
     }

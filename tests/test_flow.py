@@ -301,6 +301,9 @@ def test_store_contract_and_summary(tmp_path):
     assert np.nanmedian(ds["speed"].values[0][50:]) < 3.0  # stable ground
     assert np.nanmedian(ds["speed_composite"].values[ice]) == pytest.approx(expected.mean(), abs=1.5)
     assert (ds["n_pairs"].values[ice][:, 20:-20] == 2).mean() > 0.9
+    comp_speed = ds["speed_composite"].values
+    assert s["composite_p95_speed_m_per_yr"] == pytest.approx(np.nanpercentile(comp_speed, 95), rel=1e-6)
+    assert s["composite_median_speed_m_per_yr"] < 0.5 * s["composite_p95_speed_m_per_yr"]  # still ground vs ice
     with pytest.raises(GlacierflowError, match="--overwrite"):
         run_flow(url, out_url, spec)
 
