@@ -461,6 +461,12 @@ def snapped_bounds(
 # ---------------------------------------------------------------------------------------------- cube
 
 
+def _odd(dn: np.ndarray) -> np.ndarray:
+    """``fmod(dn, 2) == 1`` (a QA fill bit), quiet for the -inf of unreadable pixels (False there)."""
+    with np.errstate(invalid="ignore"):
+        return np.fmod(dn, 2) == 1
+
+
 def _scale_offset(items: Sequence[Mapping[str, Any]], assets: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     """``(time, band)`` float32 scale and offset from each asset's ``raster:bands`` (1, 0 for bit fields)."""
     scale = np.ones((len(items), len(assets)), dtype=np.float32)
@@ -583,7 +589,7 @@ def build_cube(
     dn = raw.data
     reflectance = dn * scale[:, :, None, None] + offset[:, :, None, None]
     # NaN and -inf (unreadable) compare False here and stay what they are below
-    fill = da.where(is_bits, da.fmod(dn, 2) == 1, dn == 0)
+    fill = da.where(is_bits, da.map_blocks(_odd, dn, dtype=bool), dn == 0)
     data = da.where(fill, np.float32(np.nan), da.where(is_bits, dn, reflectance)).astype(np.float32)
 
     cube = xr.DataArray(data, coords=raw.coords, dims=raw.dims, name="reflectance")
