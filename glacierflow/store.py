@@ -25,6 +25,12 @@ from pyproj import CRS
 from glacierflow import cloud
 from glacierflow.errors import GlacierflowError
 
+# Every complete store carries consolidated metadata (one read opens it, also on object stores); zarr v3 warns
+# on each write that consolidation is not in its spec yet. A process-wide filter for that one message, not
+# ``warnings.catch_warnings()``: that is not thread-safe, and several sites write at once in a multi-site run
+# (its warning leaked from there).
+warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part", category=UserWarning)
+
 COMPLETE = "glacierflow_complete"
 #: Root attr holding the store layout's version; readers refuse a newer one (written by a later glacierflow).
 FORMAT = "glacierflow_format"
@@ -228,11 +234,9 @@ def write(
             node = root if group is None else root[group]
             node.attrs.put(cloud.redact_attrs(dict(node.attrs)))
         root.attrs[COMPLETE] = True
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # zarr v3: "consolidated metadata is not part of the spec"
-            zarr.consolidate_metadata(
-                tmp_url if not so else zarr.storage.FsspecStore.from_url(tmp_url, storage_options=so)
-            )
+        zarr.consolidate_metadata(  # zarr v3's warning about it is filtered at import (below the imports)
+            tmp_url if not so else zarr.storage.FsspecStore.from_url(tmp_url, storage_options=so)
+        )
         _replace(fs, tmp_path, path)
     except BaseException as err:
         _remove_partial(fs, tmp_path)
