@@ -571,12 +571,15 @@ def _build_sites(glaciers: list[str], sites_file: Path | None, bbox: Any, epsg: 
     """build-cube over several sites on one cluster (glacierflow.sites); the summary table; 1 if any failed."""
     from glacierflow.build import build_cube_store, default_store_name
     from glacierflow.sites import build_sites, resolve_sites, site_stores, summary_table
+    from glacierflow.store import check_writable
 
     if bbox:
         raise GlacierflowError("--bbox gives one site; for several, list NAME W S E N lines in --sites FILE")
     chosen = resolve_sites(glaciers, sites_file, epsg)
     stores = site_stores([s.name for s in chosen], out_store, out_dir, lambda n: default_store_name(n, pre.period))
     specs = {s.name: spec_for(s) for s in chosen}  # every spec checked before a cluster starts
+    for url in stores.values():  # and every output: one line before hours of work, not a failed site after
+        check_writable(url, storage)
     with where.client() as client:
         run = runner(client, progress_bar=False)  # several sites at once: no interleaved bars
         results = build_sites({

@@ -212,6 +212,9 @@ def test_outputs_that_exist_or_cannot_be_written(work, capsys, tmp_path):
         (["build-cube", "--glacier", "parvati", "--out", below_file, "--cluster", "sync"],
          [f"cannot write {below_file}", "is a file, not a directory"]),
         (["train", cube, "--out", str(work["file"] / "run"), *QUICK], ["is a file, not a directory"]),
+        # several sites: every output is checked before any cluster starts or any site is built
+        (["build-cube", "--glacier", "parvati", "--glacier", "aletsch", "--out-dir", str(work["file"]),
+          "--cluster", "sync"], [f"cannot write {work['file']}/", "is a file, not a directory"]),
     ]
     for argv, fragments in cases:
         _in_order(_one_line_error(capsys, argv), fragments)
