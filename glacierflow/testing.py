@@ -407,3 +407,40 @@ def flow_figures(ds: xr.Dataset, truth: dict[str, np.ndarray]) -> dict[str, floa
         "stable": float(np.median(speed[stable])), "stable_valid": float(stable.sum() / far.sum()),
         "error_ratio": float(np.median(ds["speed_error"].values[ok]) / mae),
     }
+
+
+def oracle_guides(guides: xr.DataArray, truth_store: str, variable: str = "ndsi") -> xr.DataArray:
+    """The cube's guides replaced by a twin's noise-free truth images: the input-side bound of ``flow``.
+
+    Each guide scene takes the truth store's ``variable`` (``ndsi``: the clean illuminated NDSI on the
+    truth grid, without clouds, QA errors, sensor noise or misregistration; ``ndsi_surface`` on the
+    ``himalaya`` world: the same without the terrain illumination) at its acquisition time, on the
+    cube's grid. What ``velocity`` then gets wrong is the matcher's and the world's (texture
+    decorrelation, snow), not the preprocessing's: it bounds what any better guide could achieve.
+
+    Parameters
+    ----------
+    guides
+        ``guide(scene, y, x)`` with a ``time`` coordinate (:func:`glacierflow.flow.scene_guides`).
+    truth_store
+        The twin's ``truth.zarr`` (same UTM grid as the cube).
+    variable
+        A ``(time, y, x)`` variable of the truth store.
+
+    Returns
+    -------
+    xarray.DataArray
+        Like ``guides`` (same coordinates), float32, one chunk per scene; read eagerly (a twin is small).
+    """
+    truth = xr.open_zarr(truth_store, consolidated=False)
+    if variable not in truth or truth[variable].dims != ("time", "y", "x"):
+        raise GlacierflowError(f"truth store {truth_store!r} has no (time, y, x) variable {variable!r}")
+    times = pd.DatetimeIndex(truth["time"].values)
+    want = pd.DatetimeIndex(guides["time"].values)
+    at = times.get_indexer(want, method="nearest")
+    gap = np.abs((times[at] - want) / pd.Timedelta(seconds=1))
+    if (gap > 1).any():
+        raise GlacierflowError(f"truth store {truth_store!r} has no image at {want[int(np.argmax(gap))]}")
+    clean = truth[variable].isel(time=xr.DataArray(at, dims="scene")).sel(x=guides["x"], y=guides["y"])
+    data = np.asarray(clean.transpose("scene", "y", "x").values, np.float32)
+    return guides.copy(data=data).chunk({"scene": 1})
