@@ -149,8 +149,8 @@ def ensure_twin(path: Path, size: str) -> dict[str, Any]:
 
 def scene_plan(stac_url: str, meta: dict[str, Any], start: str, end: str) -> dict[str, Any]:
     """Items and grid exactly as build-cube gets them (search + stackstac metadata; no pixel read)."""
-    from glacierflow import catalog, cube
-    from glacierflow.config import CubeSpec
+    from glacierflow.ingest import catalog, cube
+    from glacierflow.specs import CubeSpec
 
     spec = CubeSpec(name="bench", bbox=tuple(meta["bbox"]), epsg=int(meta["epsg"]), start=start, end=end,
                     catalog=stac_url)
@@ -183,7 +183,7 @@ def read_window(href: str, epsg: int, transform: list[float], shape: tuple[int, 
     from rasterio.vrt import WarpedVRT
     from rasterio.windows import from_bounds
 
-    from glacierflow.cube import GDAL_ENV
+    from glacierflow.ingest.cube import GDAL_ENV
 
     res, _, minx, _, _, maxy = transform
     h, w = shape
@@ -217,7 +217,7 @@ def read_floor(plan: dict[str, Any], workers: int) -> float:
 def _noop(_: int) -> None:
     import rasterio  # noqa: F401
 
-    import glacierflow.cube  # noqa: F401
+    import glacierflow.ingest.cube  # noqa: F401
 
 
 # --------------------------------------------------------------------------------------------- serial
@@ -260,7 +260,7 @@ def seed_fill(image: np.ndarray, budget_s: float = np.inf) -> tuple[np.ndarray, 
 
     Returns (image, pixel visits, seconds, finished); stops early once ``budget_s`` is spent.
     """
-    from glacierflow.gapfill import GAP_FILL_WEIGHTS as w
+    from glacierflow.preprocess.gapfill import GAP_FILL_WEIGHTS as w
 
     img = image.astype(np.float64).copy()
     h, wd = img.shape
@@ -289,10 +289,10 @@ def serial_main(cfg: dict[str, Any]) -> dict[str, Any]:
     import cv2
     import xarray as xr
 
-    from glacierflow.align import _highpass, find_warp, warp_image
-    from glacierflow.config import PreprocessSpec
-    from glacierflow.gapfill import gap_fill_2d
-    from glacierflow.preprocess import QA_CLOUD, QA_CLOUD_SHADOW, QA_DILATED_CLOUD, QA_FILL, period_starts
+    from glacierflow.preprocess.align import _highpass, find_warp, warp_image
+    from glacierflow.preprocess.gapfill import gap_fill_2d
+    from glacierflow.preprocess.qa import QA_CLOUD, QA_CLOUD_SHADOW, QA_DILATED_CLOUD, QA_FILL, period_starts
+    from glacierflow.specs import PreprocessSpec
 
     cv2.setNumThreads(0)
     pre = PreprocessSpec()
@@ -424,7 +424,7 @@ _ECC_CHILD = """
 import json, os, sys, time
 import numpy as np
 os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[-1]})
-from glacierflow.align import align_scene
+from glacierflow.preprocess.align import align_scene
 scene, ref = np.load(sys.argv[1]), np.load(sys.argv[2])
 t0 = time.perf_counter()
 _, sx, sy, ecc, ok = align_scene(scene, ref, **json.loads(sys.argv[3]))
@@ -452,7 +452,7 @@ def seed_ecc(scene: np.ndarray, ref: np.ndarray, timeout: float) -> tuple[float,
 
 def seed_reference(cfg, grey, ref, visits, plan, used, shape, pre) -> dict[str, Any]:  # noqa: ANN001
     """Seed-style gap-fill (bounded, extrapolated) and homography ECC (complete) on a few scenes."""
-    from glacierflow.gapfill import gap_fill_2d
+    from glacierflow.preprocess.gapfill import gap_fill_2d
 
     order = np.argsort(visits)
     n = min(cfg["seed_scenes"], len(order))
@@ -472,7 +472,7 @@ def seed_reference(cfg, grey, ref, visits, plan, used, shape, pre) -> dict[str, 
         g_dn, s_dn, qa = read_scene(sc, plan["epsg"], plan["transform"], shape)
         a = sc["assets"]["green"]
         img = np.where(g_dn == 0, np.nan, g_dn * a["scale"] + a["offset"]).astype(np.float32)
-        from glacierflow.preprocess import QA_CLOUD, QA_CLOUD_SHADOW, QA_DILATED_CLOUD, QA_FILL
+        from glacierflow.preprocess.qa import QA_CLOUD, QA_CLOUD_SHADOW, QA_DILATED_CLOUD, QA_FILL
 
         bad = (1 << QA_FILL) | (1 << QA_DILATED_CLOUD) | (1 << QA_CLOUD) | (1 << QA_CLOUD_SHADOW)
         img[((qa & bad) != 0) | (s_dn == 0)] = np.nan

@@ -10,9 +10,9 @@ scene east, the rest still), 30 days apart, written to a temporary Zarr store an
 ``flow`` reads a cube store's guides (a graph that embeds in-memory arrays ships them with every
 task). Per-pair seconds: the matcher alone on one pair, in this process (1 thread), best of
 ``--repeat``. Serial: the store written with dask's ``sync`` scheduler; parallel: the same graph on
-``--cluster`` (:func:`glacierflow.cluster.get_client`; default ``local``: one worker process with a
+``--cluster`` (:func:`glacierflow.compute.cluster.get_client`; default ``local``: one worker process with a
 thread per core, as ``flow`` runs by default). Both compute and write the whole velocity store
-(per-pair fields, stable-ground statistics, composite) with :func:`glacierflow.flow.write_velocity`, as
+(per-pair fields, stable-ground statistics, composite) with :func:`glacierflow.motion.velocity.write_velocity`, as
 ``flow`` does: the workers write the chunks, nothing is gathered to this process. The ratio is
 parallel / serial, measured in the same run.
 """
@@ -30,10 +30,10 @@ import pandas as pd
 import xarray as xr
 from scipy import ndimage
 
-from glacierflow.cluster import get_client
-from glacierflow.config import FlowSpec
-from glacierflow.flow import DAYS_PER_YEAR, search_px, velocity, write_velocity
-from glacierflow.matching import METHODS, prepare
+from glacierflow.compute.cluster import get_client
+from glacierflow.motion.matching import METHODS, prepare
+from glacierflow.motion.velocity import DAYS_PER_YEAR, search_px, velocity, write_velocity
+from glacierflow.specs import FlowSpec
 from glacierflow.testing import synthetic_cube
 
 

@@ -29,9 +29,9 @@ from pathlib import Path
 
 import dask
 
-from glacierflow.build import build_cube_store
-from glacierflow.config import CubeSpec, FlowSpec, PreprocessSpec
-from glacierflow.flow import open_cube, velocity
+from glacierflow.motion.velocity import open_cube, velocity
+from glacierflow.preprocess.build import build_cube_store
+from glacierflow.specs import CubeSpec, FlowSpec, PreprocessSpec
 from glacierflow.testing import flow_figures, flow_truth, oracle_guides
 from glacierflow.twin.make import make_twin
 from glacierflow.twin.serve import serve_twin

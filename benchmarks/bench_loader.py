@@ -24,8 +24,8 @@ import torch
 import xbatcher
 from numpy.lib.stride_tricks import sliding_window_view
 
-from glacierflow import patches
-from glacierflow.config import PatchSpec
+from glacierflow.learn import patches
+from glacierflow.specs import PatchSpec
 from glacierflow.testing import synthetic_cube
 
 

@@ -27,13 +27,14 @@ import pandas as pd
 import torch
 import xarray as xr
 
-from glacierflow import predict, train
-from glacierflow.config import ModelSpec, PatchSpec, PredictSpec, TrainSpec
-from glacierflow.finetune import finetune
-from glacierflow.forecast_flow import ndsi_store_flow
-from glacierflow.objectives import window_shape
-from glacierflow.store import open_store
-from glacierflow.tiling import tile_layout
+from glacierflow.forecast import predict
+from glacierflow.geo.tiling import tile_layout
+from glacierflow.learn import train
+from glacierflow.learn.finetune import finetune
+from glacierflow.learn.objectives import window_shape
+from glacierflow.motion.forecast_flow import ndsi_store_flow
+from glacierflow.specs import ModelSpec, PatchSpec, PredictSpec, TrainSpec
+from glacierflow.storage.store import open_store
 
 
 def seam_ratio(f: np.ndarray, patch: int) -> float:

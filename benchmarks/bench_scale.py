@@ -10,7 +10,7 @@ Usage::
 
 What is measured, all in one run (one Python process; each twin served over HTTP as ``twin serve`` does):
 
-1. **Local workers**: :func:`glacierflow.build.build_cube_store` on ``--twin`` with ``get_client("local",
+1. **Local workers**: :func:`glacierflow.preprocess.build.build_cube_store` on ``--twin`` with ``get_client("local",
    workers=N)`` for N = 1 and 2 (single-threaded worker processes, i.e. ``--cluster local --workers N``):
    cluster start, build wall time, CPU seconds of the whole process tree (user + system of this process and
    every child: nannies, workers) and the ratio 1-worker / 2-workers (issue target >= 1.6).
@@ -19,7 +19,7 @@ What is measured, all in one run (one Python process; each twin served over HTTP
    included); per-task overhead (``--tasks`` no-op tasks, ``client.map`` + ``gather``) on the gateway
    cluster vs a LocalCluster of 2 workers; and the same build-cube on the gateway with 2 workers.
 3. **Two glaciers**: the ``--sites`` twins behind one STAC server; on one LocalCluster (the ``local``
-   default), one site after the other vs both at once (:func:`glacierflow.sites.build_sites`, what
+   default), one site after the other vs both at once (:func:`glacierflow.geo.sites.build_sites`, what
    ``build-cube --sites`` does). A CLI user running the sites one after the other also pays a cluster start
    per run: reported as well.
 
@@ -70,7 +70,7 @@ def load() -> float:
 
 def spec_for(meta: dict[str, Any], url: str, years: float | None, name: str = "bench") -> Any:
     """The CubeSpec of a served twin, its date range cut to ``years`` from its start."""
-    from glacierflow.config import CubeSpec
+    from glacierflow.specs import CubeSpec
 
     start, end = pd.Timestamp(meta["start"]), pd.Timestamp(meta["end"])
     if years:
@@ -104,8 +104,8 @@ def timed_build(spec: Any, out: str, profile: bool = False) -> dict[str, Any]:
     """build_cube_store on the current Dask client: wall, tree CPU, load before/after, scenes used."""
     from distributed import get_client, get_task_stream
 
-    from glacierflow.build import build_cube_store
-    from glacierflow.config import PreprocessSpec
+    from glacierflow.preprocess.build import build_cube_store
+    from glacierflow.specs import PreprocessSpec
 
     l0, c0, t0 = load(), tree_cpu(), time.perf_counter()
     with get_task_stream() if profile else nullcontext() as ts:
@@ -121,7 +121,7 @@ def timed_build(spec: Any, out: str, profile: bool = False) -> dict[str, Any]:
 
 def local_workers(spec: Any, tmp: str, profile: bool, order: tuple[int, ...] = (1, 2)) -> dict[str, Any]:
     """Part 1: the same build on 1 and 2 local single-threaded worker processes (in ``order``)."""
-    from glacierflow.cluster import get_client
+    from glacierflow.compute.cluster import get_client
 
     out: dict[str, Any] = {}
     for n in order:
@@ -152,7 +152,7 @@ def per_task_overhead(client: Any, n: int) -> float:
 
 def gateway(spec: Any, tmp: str, tasks: int) -> dict[str, Any]:
     """Part 2: time to a ready gateway cluster, per-task overhead vs LocalCluster, build-cube on the gateway."""
-    from glacierflow.cluster import get_client
+    from glacierflow.compute.cluster import get_client
     from glacierflow.testing import local_gateway
 
     out: dict[str, Any] = {}
@@ -176,10 +176,10 @@ def gateway(spec: Any, tmp: str, tasks: int) -> dict[str, Any]:
 
 def two_glaciers(site_dirs: list[Path], years: float | None, tmp: str) -> dict[str, Any]:
     """Part 3: two sites one after the other vs both at once, on one LocalCluster (``local`` default)."""
-    from glacierflow.build import build_cube_store
-    from glacierflow.cluster import get_client
-    from glacierflow.config import PreprocessSpec
-    from glacierflow.sites import build_sites
+    from glacierflow.compute.cluster import get_client
+    from glacierflow.geo.sites import build_sites
+    from glacierflow.preprocess.build import build_cube_store
+    from glacierflow.specs import PreprocessSpec
     from glacierflow.twin.serve import serve_twins
 
     out: dict[str, Any] = {}

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from glacierflow.models import BASELINES, MODELS, build_model, count_parameters
+from glacierflow.learn.models import BASELINES, MODELS, build_model, count_parameters
 
 ROLLOUT = {"lstm", "convlstm", "unet", "transformer"}
 

@@ -31,11 +31,13 @@ import numpy as np
 import xarray as xr
 from scipy import ndimage
 
-from glacierflow import catalog, cube, gapfill, preprocess
-from glacierflow.build import build_cube_store
-from glacierflow.config import CubeSpec, PreprocessSpec
-from glacierflow.flow import run_flow
-from glacierflow.store import open_store
+from glacierflow.ingest import catalog, cube
+from glacierflow.motion.velocity import run_flow
+from glacierflow.preprocess.build import build_cube_store
+from glacierflow.preprocess import gapfill
+from glacierflow.preprocess import qa as preprocess
+from glacierflow.specs import CubeSpec, PreprocessSpec
+from glacierflow.storage.store import open_store
 from glacierflow.twin.make import load_twin_meta
 from glacierflow.twin.serve import serve_twin
 

@@ -9,12 +9,12 @@ Without a STAC URL argument this targets Planetary Computer for the parvati glac
 
 import sys
 
-from glacierflow.build import build_cube_store
-from glacierflow.catalog import PLANETARY_COMPUTER_URL
-from glacierflow.cli import runner
-from glacierflow.cluster import get_client
-from glacierflow.config import CubeSpec, PreprocessSpec
-from glacierflow.glaciers import get_site, site_from_bbox
+from glacierflow.cli.main import runner
+from glacierflow.compute.cluster import get_client
+from glacierflow.geo.glaciers import get_site, site_from_bbox
+from glacierflow.ingest.catalog import PLANETARY_COMPUTER_URL
+from glacierflow.preprocess.build import build_cube_store
+from glacierflow.specs import CubeSpec, PreprocessSpec
 
 
 def main(argv: list[str]) -> None:

@@ -3,7 +3,7 @@
 from importlib.metadata import PackageNotFoundError, version
 
 from glacierflow.errors import GlacierflowError, SpecError
-from glacierflow.glaciers import GLACIERS, Site, get_site
+from glacierflow.geo.glaciers import GLACIERS, Site, get_site
 
 try:
     __version__ = version("glacierflow")  # one source of truth: pyproject.toml, via the installed metadata

@@ -1,5 +1,5 @@
 """``python -m glacierflow``."""
 
-from glacierflow.cli import main
+from glacierflow.cli.main import main
 
 raise SystemExit(main())

@@ -128,7 +128,7 @@ class Stages:
 
 def _twin(work: Path, stages: Stages, cfg: dict[str, Any], glacier: str, start: str, end: str, seed: int = 0
           ) -> Path:
-    from glacierflow.glaciers import get_site
+    from glacierflow.geo.glaciers import get_site
     from glacierflow.twin.make import make_twin, schedule
 
     twin = work / f"twin-{glacier}-{cfg['size']}"
@@ -155,11 +155,11 @@ def _twin(work: Path, stages: Stages, cfg: dict[str, Any], glacier: str, start: 
 
 
 def _cube(work: Path, twin: Path, stages: Stages, cfg: dict[str, Any], cluster: str, name: str) -> str:
-    from glacierflow import store
-    from glacierflow.build import build_cube_store
-    from glacierflow.cli import runner
-    from glacierflow.cluster import get_client
-    from glacierflow.config import CubeSpec, PreprocessSpec
+    from glacierflow.cli.main import runner
+    from glacierflow.compute.cluster import get_client
+    from glacierflow.preprocess.build import build_cube_store
+    from glacierflow.specs import CubeSpec, PreprocessSpec
+    from glacierflow.storage import store
     from glacierflow.twin.serve import serve_twin
 
     out = str(work / f"cube-{name}.zarr")
@@ -181,9 +181,9 @@ def _cube(work: Path, twin: Path, stages: Stages, cfg: dict[str, Any], cluster: 
 
 
 def _flow(work: Path, cube: str, stages: Stages) -> str:
-    from glacierflow import store
-    from glacierflow.config import FlowSpec
-    from glacierflow.flow import run_flow
+    from glacierflow.motion.velocity import run_flow
+    from glacierflow.specs import FlowSpec
+    from glacierflow.storage import store
 
     out = str(work / "velocity.zarr")
     with stages("flow", "flow: Farneback velocity between acquisitions about a year apart") as note:
@@ -204,8 +204,8 @@ def _finished(run: Path) -> bool:
 
 
 def _train(work: Path, cube: str, stages: Stages, cfg: dict[str, Any]) -> Path:
-    from glacierflow import train
-    from glacierflow.config import ModelSpec, PatchSpec, TrainSpec
+    from glacierflow.learn import train
+    from glacierflow.specs import ModelSpec, PatchSpec, TrainSpec
 
     run = work / f"run-{cfg['model']}"
     with stages("train", f"train {cfg['model']} briefly ({cfg['epochs']} epochs x {cfg['steps_per_epoch']} "
@@ -225,7 +225,7 @@ def _train(work: Path, cube: str, stages: Stages, cfg: dict[str, Any]) -> Path:
 
 
 def _evaluate(run: Path, stages: Stages) -> dict[str, Any]:
-    from glacierflow import evaluate
+    from glacierflow.learn import evaluate
 
     with stages("evaluate", "evaluate on the test split, next to persistence and seasonal") as note:
         metrics = evaluate.load_metrics(run) if (run / "metrics.json").is_file() else {}
@@ -240,9 +240,9 @@ def _evaluate(run: Path, stages: Stages) -> dict[str, Any]:
 def _predict(work: Path, run: Path, cube: str, stages: Stages) -> tuple[str, dict[str, Any]]:
     import pandas as pd
 
-    from glacierflow import store
-    from glacierflow.config import PredictSpec
-    from glacierflow.predict import load_forecaster, predict_cube
+    from glacierflow.forecast.predict import load_forecaster, predict_cube
+    from glacierflow.specs import PredictSpec
+    from glacierflow.storage import store
 
     out = str(work / "forecast.zarr")
     fc = load_forecaster(run)
@@ -262,7 +262,7 @@ def _predict(work: Path, run: Path, cube: str, stages: Stages) -> tuple[str, dic
 
 
 def _finetune(work: Path, run: Path, cube: str, stages: Stages, cfg: dict[str, Any]) -> dict[str, Any]:
-    from glacierflow.finetune import finetune
+    from glacierflow.learn.finetune import finetune
 
     glacier = cfg["other_glacier"]
     out = work / f"run-{cfg['model']}-{glacier}"
@@ -280,7 +280,7 @@ def _finetune(work: Path, run: Path, cube: str, stages: Stages, cfg: dict[str, A
 
 
 def _figures(work: Path, out: dict[str, Any], stages: Stages) -> dict[str, Path]:
-    from glacierflow import plots
+    from glacierflow.plots import figures as plots
 
     draw = {
         "cube animation": (work / "cube.gif", lambda p: plots.plot_cube_gif(out["cube"], p)),
@@ -371,8 +371,8 @@ def run_demo(workdir: str | Path = "demo-out", *, fresh: bool = False, cluster: 
 
 def report_lines(r: dict[str, Any]) -> list[str]:
     """What the demo prints at the end: metrics, the forecast's scores, zero-shot vs fine-tuned, outputs, times."""
-    from glacierflow.finetune import format_comparison
-    from glacierflow.predict import format_scores
+    from glacierflow.forecast.predict import format_scores
+    from glacierflow.learn.finetune import format_comparison
 
     lines = ["", f"test split of {Path(r['cube']).name} (patches), the model next to both baselines:"]
     for name, m in r["metrics"].items():

@@ -60,7 +60,7 @@ def start_azurite(location: Path) -> Iterator[dict]:
         yield {"connection_string": conn, "port": port, "location": location,
                "options": {"connection_string": conn}, "fs": fs}
     finally:
-        from glacierflow.cloud import close_filesystems
+        from glacierflow.storage.cloud import close_filesystems
 
         close_filesystems()
         proc.terminate()

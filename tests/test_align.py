@@ -1,4 +1,4 @@
-"""Tests for glacierflow.align: ECC shifts against known truth, sign convention, failures, laziness."""
+"""Tests for glacierflow.preprocess.align: ECC shifts against known truth, sign convention, failures, laziness."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import pytest
 import scipy.ndimage as ndi
 import xarray as xr
 
-from glacierflow.align import align, align_scene, reference_image
 from glacierflow.errors import GlacierflowError
+from glacierflow.preprocess.align import align, align_scene, reference_image
 from glacierflow.testing import raise_if_computes
 
 SIZE = 128
@@ -221,7 +221,7 @@ def test_bad_arguments_name_the_value():
 
 
 def test_full_chain_builds_without_computing():
-    from glacierflow.preprocess import mask_invalid, ndsi, resample, snow_mask
+    from glacierflow.preprocess.qa import mask_invalid, ndsi, resample, snow_mask
 
     ref = textured(10, 64)
     green = 0.5 + 0.25 * (np.stack([shifted(ref, dy, dx) for dy, dx in SHIFTS]) - 0.5)  # > 0.2
@@ -247,7 +247,7 @@ def test_full_chain_builds_without_computing():
 
 
 def test_guide_highpass_is_normalised_convolution_without_halo():
-    from glacierflow.align import _highpass
+    from glacierflow.preprocess.align import _highpass
 
     rng = np.random.default_rng(11)
     y, x = np.mgrid[0:96, 0:96]
@@ -275,7 +275,7 @@ def test_guide_highpass_is_normalised_convolution_without_halo():
 
 
 def test_co_register_two_passes_and_fresh_reads():
-    from glacierflow.align import co_register
+    from glacierflow.preprocess.align import co_register
 
     ref = textured(12)
     shifts = [(0.6, -1.1), (-0.9, 0.4), (1.5, 1.2), (-0.3, -0.8), (0.2, 0.9), (-1.4, -0.2)]

@@ -1,6 +1,6 @@
 """Bad input through the command line, in-process: one line naming the value and the way out, exit 2, no traceback.
 
-Every case runs ``glacierflow.cli.main(argv)`` as a user types it. The catalog cases use the tiny twin served by
+Every case runs ``glacierflow.cli.main.main(argv)`` as a user types it. The catalog cases use the tiny twin served by
 real STAC server software (``served_twin``); the store and learning cases use small synthetic cube stores
 (:mod:`glacierflow.testing`) and one run directory trained here in a few seconds. Nothing is faked except
 the internet: the "cloud URL without credentials" case is refused before any request leaves the machine.
@@ -21,7 +21,7 @@ import pytest
 import torch
 import zarr
 
-from glacierflow.cli import main
+from glacierflow.cli.main import main
 from glacierflow.testing import write_synthetic_cube
 from glacierflow.twin.stac_servers import free_port
 

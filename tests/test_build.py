@@ -14,11 +14,13 @@ import rasterio
 import xarray as xr
 from scipy import ndimage
 
-from glacierflow import catalog, cube, gapfill, preprocess
-from glacierflow.build import as_tree, build_cube_store, cube_dataset
-from glacierflow.config import CubeSpec, PreprocessSpec
 from glacierflow.errors import GlacierflowError
-from glacierflow.store import open_store, write_store
+from glacierflow.ingest import catalog, cube
+from glacierflow.preprocess.build import as_tree, build_cube_store, cube_dataset
+from glacierflow.preprocess import gapfill
+from glacierflow.preprocess import qa as preprocess
+from glacierflow.specs import CubeSpec, PreprocessSpec
+from glacierflow.storage.store import open_store, write_store
 from glacierflow.testing import raise_if_computes
 from glacierflow.twin.world import ndsi_snow
 

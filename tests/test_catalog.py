@@ -11,8 +11,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import httpx
 import pytest
 
-from glacierflow import catalog
-from glacierflow.catalog import (
+from glacierflow.errors import GlacierflowError
+from glacierflow.ingest import catalog
+from glacierflow.ingest.catalog import (
     PLANETARY_COMPUTER_URL,
     SIGNERS,
     Criteria,
@@ -22,7 +23,6 @@ from glacierflow.catalog import (
     search,
     sign_items,
 )
-from glacierflow.errors import GlacierflowError
 from glacierflow.twin.stac_servers import PgstacServer, free_port
 
 from .conftest import load_pc_fixture, varied_items

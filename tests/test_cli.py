@@ -11,10 +11,10 @@ import pytest
 import typer
 import xarray as xr
 
-from glacierflow import catalog
-from glacierflow.cli import app, flag_for, main
-from glacierflow.cluster import DEFAULT_CLUSTER
-from glacierflow.config import CubeSpec, FlowSpec, PreprocessSpec
+from glacierflow.cli.main import app, flag_for, main
+from glacierflow.compute.cluster import DEFAULT_CLUSTER
+from glacierflow.ingest import catalog
+from glacierflow.specs import CubeSpec, FlowSpec, PreprocessSpec
 from glacierflow.testing import synthetic_cube, write_synthetic_cube
 
 AUS = (150.0, -36.0, 154.0, -28.0)  # the bbox of the real PC items served by the rustac_server fixture

@@ -14,8 +14,8 @@ import dask.array as da
 import pytest
 import xarray as xr
 
-from glacierflow.cli import main
-from glacierflow.store import open_store, write_store
+from glacierflow.cli.main import main
+from glacierflow.storage.store import open_store, write_store
 from glacierflow.testing import write_synthetic_cube
 
 from .azurite import CONTAINER, leaks, start_azurite
@@ -86,8 +86,8 @@ def test_build_cube_and_flow_on_az_equal_local(served_twin, azurite, tmp_path, c
 
 
 def test_train_evaluate_predict_read_az_cubes(azurite, tmp_path, capsys) -> None:
-    from glacierflow import train
-    from glacierflow.config import ModelSpec, PatchSpec, TrainSpec
+    from glacierflow.learn import train
+    from glacierflow.specs import ModelSpec, PatchSpec, TrainSpec
 
     opts = {"connection_string": azurite["connection_string"]}
     so = ["--storage-option", f"connection_string={azurite['connection_string']}"]

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 from glacierflow import __version__
-from glacierflow.cluster import LocalScheduler, _close_gateway, get_client, parse_cluster_options, parse_workers
+from glacierflow.compute.cluster import LocalScheduler, _close_gateway, get_client, parse_cluster_options, parse_workers
+from glacierflow.compute.workers import WorkerSetup, gdal_settings, prepare_workers, worker_report
 from glacierflow.errors import GlacierflowError
 from glacierflow.twin.stac_servers import free_port
-from glacierflow.workers import WorkerSetup, gdal_settings, prepare_workers, worker_report
 
 
 def _expected_sum() -> float:

@@ -1,4 +1,4 @@
-"""Tests for glacierflow.config: the Spec base (JSON round trip, unknown keys), field-level errors."""
+"""Tests for glacierflow.specs: the Spec base (JSON round trip, unknown keys), field-level errors."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import warnings
 
 import pytest
 
-from glacierflow import config
-from glacierflow.config import CubeSpec, FlowSpec, PreprocessSpec, Spec, SpecWarning, spec_from_store
+from glacierflow import specs as config
 from glacierflow.errors import GlacierflowError, SpecError
+from glacierflow.specs import CubeSpec, FlowSpec, PreprocessSpec, Spec, SpecWarning, spec_from_store
 
 
 def _cube(**kw) -> CubeSpec:

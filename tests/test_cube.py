@@ -12,9 +12,9 @@ import rasterio
 from pyproj import CRS, Transformer
 from rasterio.transform import from_origin
 
-from glacierflow.cube import build_cube, normalise_items, normalise_items_with_report, snapped_bounds
 from glacierflow.errors import GlacierflowError
-from glacierflow.preprocess import read_errors
+from glacierflow.ingest.cube import build_cube, normalise_items, normalise_items_with_report, snapped_bounds
+from glacierflow.preprocess.qa import read_errors
 from glacierflow.testing import raise_if_computes
 
 # stackstac 0.5.1 and rasterio use ``affine * tuple``, which affine >= 2.4 flags as pending deprecation
@@ -248,7 +248,7 @@ def test_missing_file_becomes_a_read_error_in_the_data(tmp_path, caplog):
     bbox = _inner_bbox()
 
     cube = build_cube([good, bad], bbox_lonlat=bbox, epsg=EPSG)
-    with caplog.at_level("WARNING", logger="glacierflow.cube"):
+    with caplog.at_level("WARNING", logger="glacierflow.ingest.cube"):
         values = cube.compute(scheduler="sync")
     assert any("gone.tif" in r.getMessage() for r in caplog.records)
     assert not any("SECRET" in r.getMessage() for r in caplog.records)  # tokens never reach the logs

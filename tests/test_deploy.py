@@ -66,7 +66,7 @@ def test_cluster_options_run_on_gateway_classes_and_match_the_client_checks() ->
     from dask_gateway.options import Options as ClientOptions
 
     from glacierflow import __version__
-    from glacierflow.cluster import _gateway_options
+    from glacierflow.compute.cluster import _gateway_options
     from glacierflow.errors import GlacierflowError
 
     values = _values()

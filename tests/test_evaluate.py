@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from glacierflow import evaluate, patches, train
-from glacierflow.cli import main
-from glacierflow.config import ModelSpec, PatchSpec, TrainSpec
+from glacierflow.cli.main import main
 from glacierflow.errors import GlacierflowError
-from glacierflow.models import BASELINES, MODELS
-from glacierflow.store import open_store
+from glacierflow.learn import evaluate, patches, train
+from glacierflow.learn.models import BASELINES, MODELS
+from glacierflow.specs import ModelSpec, PatchSpec, TrainSpec
+from glacierflow.storage.store import open_store
 from glacierflow.testing import synthetic_cube, write_synthetic_cube
 
 SMALL = PatchSpec(t_in=2, t_out=2, size=16, stride=8, test_periods=4)

@@ -19,12 +19,12 @@ import numpy as np
 import pytest
 import rasterio
 
-from glacierflow import cli
-from glacierflow.build import build_cube_store
-from glacierflow.catalog import search
-from glacierflow.config import CubeSpec, PreprocessSpec
+from glacierflow.cli.main import main as cli
 from glacierflow.errors import GlacierflowError
-from glacierflow.store import is_complete, open_store
+from glacierflow.ingest.catalog import search
+from glacierflow.preprocess.build import build_cube_store
+from glacierflow.specs import CubeSpec, PreprocessSpec
+from glacierflow.storage.store import is_complete, open_store
 from glacierflow.twin.make import load_twin_meta
 from glacierflow.twin.serve import AssetServer, served_items
 from glacierflow.twin.stac_servers import rustac_memory_server

@@ -21,10 +21,11 @@ import pytest
 import torch
 import xarray as xr
 
-from glacierflow import cli, store
-from glacierflow.build import build_cube_store
-from glacierflow.config import CubeSpec, FlowSpec, PredictSpec, PreprocessSpec
+from glacierflow.cli.main import main as cli
 from glacierflow.errors import GlacierflowError
+from glacierflow.preprocess.build import build_cube_store
+from glacierflow.specs import CubeSpec, FlowSpec, PredictSpec, PreprocessSpec
+from glacierflow.storage import store
 from glacierflow.testing import write_synthetic_cube
 
 from .test_faults import END, START, reference  # noqa: F401 - the undisturbed tiny-twin build (fixture)
@@ -107,7 +108,7 @@ def test_build_cube_interrupted_mid_write_keeps_the_previous_store(served_twin: 
 
 def test_flow_interrupted_mid_write_keeps_the_previous_store(reference: dict[str, Any],  # noqa: F811
                                                             tmp_path: Path) -> None:
-    from glacierflow.flow import run_flow
+    from glacierflow.motion.velocity import run_flow
 
     target = tmp_path / "velocity.zarr"
     spec = FlowSpec(pairs="consecutive")  # the 6-month cube has no annual pairs
@@ -138,7 +139,7 @@ def learning(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def test_predict_interrupted_mid_write_keeps_the_previous_store(learning: dict[str, Path], tmp_path: Path) -> None:
-    from glacierflow.predict import load_forecaster, predict_cube
+    from glacierflow.forecast.predict import load_forecaster, predict_cube
 
     run = learning["run"]
     target = tmp_path / "forecast.zarr"

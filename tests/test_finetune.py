@@ -1,4 +1,4 @@
-"""Tests for glacierflow.finetune: continue a run on another glacier's cube; zero-shot vs fine-tuned."""
+"""Tests for glacierflow.learn.finetune: continue a run on another glacier's cube; zero-shot vs fine-tuned."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ torch.set_num_threads(1)
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    from glacierflow import train
-    from glacierflow.config import ModelSpec, PatchSpec, TrainSpec
+    from glacierflow.learn import train
+    from glacierflow.specs import ModelSpec, PatchSpec, TrainSpec
 
     d = tmp_path_factory.mktemp("finetune")
     home = write_synthetic_cube(str(d / "home.zarr"), n_periods=24, size=(48, 64), drift=(0.5, 0.0), seed=0)
@@ -29,8 +29,8 @@ def runs(tmp_path_factory):
 
 
 def test_finetune_continues_the_weights_on_the_other_cube(runs, capsys):
-    from glacierflow import train
-    from glacierflow.cli import main
+    from glacierflow.cli.main import main
+    from glacierflow.learn import train
 
     out = runs["dir"] / "run2"
     code = main(["finetune", str(runs["run"]), "--cube", runs["other"], "--out", str(out), "--epochs", "2",
@@ -52,7 +52,7 @@ def test_finetune_continues_the_weights_on_the_other_cube(runs, capsys):
 
 
 def test_finetune_refuses_mismatched_shapes_and_periods(runs, tmp_path):
-    from glacierflow.finetune import finetune
+    from glacierflow.learn.finetune import finetune
 
     with pytest.raises(GlacierflowError, match="patch size 16, not 50"):
         finetune(runs["run"], runs["other"], tmp_path / "a", patch_size=50)

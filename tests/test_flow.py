@@ -1,4 +1,4 @@
-"""Tests for glacierflow.flow and glacierflow.matching: pairs, signs, sub-pixel accuracy against OpenCV,
+"""Tests for glacierflow.motion: pairs, signs, sub-pixel accuracy against OpenCV,
 stable-ground correction, validity, the composite against a numpy reference, laziness, the store.
 
 Accuracy against the offline twin's true velocity field: tests/test_flow_truth.py.
@@ -14,10 +14,10 @@ import pytest
 import xarray as xr
 from scipy import ndimage
 
-from glacierflow import GlacierflowError, store
-from glacierflow.config import FlowSpec, PreprocessSpec
+from glacierflow import GlacierflowError
 from glacierflow.errors import SpecError
-from glacierflow.flow import (
+from glacierflow.motion.matching import METHODS, ncc_pixels, prepare
+from glacierflow.motion.velocity import (
     _composite_block,
     read_ice_mask,
     run_flow,
@@ -25,7 +25,8 @@ from glacierflow.flow import (
     velocity,
     write_velocity,
 )
-from glacierflow.matching import METHODS, ncc_pixels, prepare
+from glacierflow.specs import FlowSpec, PreprocessSpec
+from glacierflow.storage import store
 from glacierflow.testing import raise_if_computes, synthetic_cube
 
 PIXEL = 30.0
@@ -267,7 +268,7 @@ def _two_scene_store(tmp_path, n: int = 64, shift: float = 1.0, guides: bool = T
 def test_velocity_is_lazy_one_task_per_pair(tmp_path):
     url = _two_scene_store(tmp_path)
     ds = store.open_store(url)
-    from glacierflow.flow import open_cube
+    from glacierflow.motion.velocity import open_cube
 
     with raise_if_computes():
         cube, guides = open_cube(url)
@@ -321,7 +322,7 @@ def test_no_guides_cube_and_ndsi_stores(tmp_path):
     nd_url = write_cube_store(tmp_path, cube, None, "nd.zarr")
     s = run_flow(nd_url, str(tmp_path / "v2.zarr"), FlowSpec(pairs="consecutive"))
     assert s["tracked"] == "ndsi" and s["method"] == "farneback" and s["pairs"] == 2 and s["period"] == "6MS"
-    from glacierflow.flow import open_cube
+    from glacierflow.motion.velocity import open_cube
 
     nd_cube, no_guides = open_cube(nd_url)
     assert no_guides is None
@@ -334,7 +335,7 @@ def test_no_guides_cube_and_ndsi_stores(tmp_path):
 
 def test_interrupted_write_keeps_previous_store(tmp_path):
     url = _two_scene_store(tmp_path)
-    from glacierflow.flow import open_cube
+    from glacierflow.motion.velocity import open_cube
 
     cube, guides = open_cube(url)
     out_url = str(tmp_path / "velocity.zarr")
@@ -380,7 +381,7 @@ def test_ice_mask_from_geotiff_and_geojson(tmp_path):
 def test_plot_flow_composite_and_pair(tmp_path):
     from PIL import Image
 
-    from glacierflow.plots import FLOW_DPI, FLOW_FIGSIZE, plot_flow
+    from glacierflow.plots.figures import FLOW_DPI, FLOW_FIGSIZE, plot_flow
 
     url = _two_scene_store(tmp_path)
     out_url = str(tmp_path / "velocity.zarr")
@@ -403,7 +404,7 @@ def test_match_error_predicts_the_actual_farneback_error(noise):
     0.43-0.66 of its actual error: its sub-pixel peak fit adds pixel-locking error the least-squares
     model does not see. Tolerance: the issue's factor 2.
     """
-    from glacierflow.matching import farneback_pixels, match_error
+    from glacierflow.motion.matching import farneback_pixels, match_error
 
     rng = np.random.default_rng(1)
     n = 200
@@ -427,7 +428,7 @@ def test_match_error_predicts_the_actual_farneback_error(noise):
 def test_pixel_error_adds_the_excess_over_stable_ground():
     """``pixel_error``: the stable-ground pair error where the match is as good as on stable ground, and
     the least-squares excess in quadrature where it is worse (numpy reference)."""
-    from glacierflow.flow import pixel_error
+    from glacierflow.motion.velocity import pixel_error
 
     px = np.full((2, 20, 20), 0.1, np.float32)
     px[:, :5] = 0.5  # a decorrelated strip
@@ -443,7 +444,7 @@ def test_pixel_error_adds_the_excess_over_stable_ground():
 def test_smoothing_bias_is_half_the_window_variance_times_the_laplacian():
     """``with_smoothing``: on a parabolic velocity profile u = c * x^2 (laplacian 2c), a box filter of
     the window biases u by s2 / 2 * laplacian exactly; the added error must equal that bias."""
-    from glacierflow.flow import window_variance, with_smoothing
+    from glacierflow.motion.velocity import window_variance, with_smoothing
 
     spec = FlowSpec(method="ncc", chip=11)
     s2 = window_variance(spec)
@@ -465,7 +466,7 @@ def test_correlation_area_of_smoothed_noise_is_4_pi_sigma2(sigma):
     whose integral is ``4 pi sigma^2``. Measured on 800 x 1000 px with a masked hole, seeds 0-2: 12.40-12.86
     for 12.57 and 49.8-51.0 for 50.27 (within 2.4 %: the sampling noise of the lag sum; the sum stops at
     lag 8, which cuts the tail at sigma 2 by < 1 %). Tolerance 5 %."""
-    from glacierflow.matching import correlation_area
+    from glacierflow.motion.matching import correlation_area
 
     x = ndimage.gaussian_filter(np.random.default_rng(0).standard_normal((800, 1000)), sigma)
     x[100:150, 200:300] = np.nan

@@ -39,10 +39,10 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from glacierflow.build import build_cube_store
-from glacierflow.config import CubeSpec, PreprocessSpec
 from glacierflow.errors import GlacierflowError
-from glacierflow.flow import FlowSpec, open_cube, velocity
+from glacierflow.motion.velocity import FlowSpec, open_cube, velocity
+from glacierflow.preprocess.build import build_cube_store
+from glacierflow.specs import CubeSpec, PreprocessSpec
 from glacierflow.testing import flow_figures, flow_truth, oracle_guides
 from glacierflow.twin.make import make_twin
 from glacierflow.twin.serve import serve_twin

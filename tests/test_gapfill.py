@@ -1,4 +1,4 @@
-"""Tests for glacierflow.gapfill: the paper's 5x5 gap-fill against its per-pixel loop, termination, laziness."""
+"""Tests for glacierflow.preprocess.gapfill: the 5x5 gap-fill against its per-pixel loop, termination, laziness."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import scipy.ndimage as ndi
 import xarray as xr
 
 from glacierflow.errors import GlacierflowError
-from glacierflow.gapfill import GAP_FILL_WEIGHTS, gap_fill, gap_fill_2d
+from glacierflow.preprocess.gapfill import GAP_FILL_WEIGHTS, gap_fill, gap_fill_2d
 from glacierflow.testing import raise_if_computes
 
 

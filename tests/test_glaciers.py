@@ -2,9 +2,9 @@ from __future__ import annotations
 
 import pytest
 
-from glacierflow.config import resolve_site
 from glacierflow.errors import GlacierflowError, SpecError
-from glacierflow.glaciers import GLACIERS, get_site, site_from_bbox, utm_epsg
+from glacierflow.geo.glaciers import GLACIERS, get_site, site_from_bbox, utm_epsg
+from glacierflow.specs import resolve_site
 
 
 def test_registry_epsg_is_the_utm_zone_of_the_bbox_centre() -> None:

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from glacierflow.errors import GlacierflowError
-from glacierflow.models import BASELINES, MODELS, build_model, count_parameters
+from glacierflow.learn.models import BASELINES, MODELS, build_model, count_parameters
 
 LEARNED = [name for name, entry in MODELS.items() if entry.learned]
 # models that roll out step by step and take teacher forcing (the contract)

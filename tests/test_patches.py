@@ -9,10 +9,10 @@ import xarray as xr
 import xbatcher
 from numpy.lib.stride_tricks import sliding_window_view
 
-from glacierflow import patches
-from glacierflow.config import PatchSpec
 from glacierflow.errors import GlacierflowError
-from glacierflow.store import open_store
+from glacierflow.learn import patches
+from glacierflow.specs import PatchSpec
+from glacierflow.storage.store import open_store
 from glacierflow.testing import synthetic_cube
 
 

@@ -7,10 +7,10 @@ import pytest
 import torch
 from PIL import Image
 
-from glacierflow.config import PredictSpec
 from glacierflow.errors import GlacierflowError
-from glacierflow.plots import plot_cube_gif, plot_forecast, plot_run
-from glacierflow.predict import Forecaster, predict_cube
+from glacierflow.forecast.predict import Forecaster, predict_cube
+from glacierflow.plots.figures import plot_cube_gif, plot_forecast, plot_run
+from glacierflow.specs import PredictSpec
 from glacierflow.testing import write_synthetic_cube
 
 torch.set_num_threads(1)
@@ -76,7 +76,7 @@ def test_forecast_beyond_the_cube_is_drawn_without_truth(stores, tmp_path):
 
 
 def test_loss_curves(tmp_path):
-    from glacierflow.train import LossLog
+    from glacierflow.learn.train import LossLog
 
     log = LossLog(tmp_path / "loss.csv", keep_until_step=None)
     rng = np.random.default_rng(0)

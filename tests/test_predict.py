@@ -1,4 +1,4 @@
-"""Tests for glacierflow.predict: tiling, blending, row bands, the forecast store, scores, lazy reads, seams."""
+"""Tests for glacierflow.forecast: tiling, blending, row bands, the forecast store, scores, lazy reads, seams."""
 
 from __future__ import annotations
 
@@ -11,10 +11,8 @@ import torch
 import xarray as xr
 import zarr
 
-from glacierflow import store
-from glacierflow.config import PredictSpec
 from glacierflow.errors import GlacierflowError
-from glacierflow.predict import (
+from glacierflow.forecast.predict import (
     Forecaster,
     blend_weights,
     forecast_scene,
@@ -22,6 +20,8 @@ from glacierflow.predict import (
     seasonal_sources,
     tile_starts,
 )
+from glacierflow.specs import PredictSpec
+from glacierflow.storage import store
 from glacierflow.testing import write_synthetic_cube
 
 torch.set_num_threads(1)
@@ -121,7 +121,7 @@ def test_blend_equals_independent_reference_for_any_band(overlap):
 def test_row_bands_read_bounded_input_rows():
     import dask.array as da
 
-    from glacierflow.predict import band_rows, forecast_lazy
+    from glacierflow.forecast.predict import band_rows, forecast_lazy
 
     h, band, patch, overlap = 1000, 100, 50, 25
     spans = [band_rows(h, (a, min(a + band, h)), patch, overlap) for a in range(0, h, band)]
@@ -136,7 +136,7 @@ def test_row_bands_read_bounded_input_rows():
 
 
 def test_seasonal_sources_match_the_model_zoo():
-    from glacierflow.models.baselines import seasonal_indices
+    from glacierflow.learn.models.baselines import seasonal_indices
 
     for last, t_out, s in [(7, 4, 4), (20, 4, 12), (11, 6, 4), (3, 4, 2)]:
         t_ctx = max(4, s)
@@ -350,8 +350,8 @@ def test_query_forecast_example_runs(scored, tmp_path):
 # ------------------------------------------------------------------------------------------- run directory
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory):
-    from glacierflow import train
-    from glacierflow.config import ModelSpec, PatchSpec, TrainSpec
+    from glacierflow.learn import train
+    from glacierflow.specs import ModelSpec, PatchSpec, TrainSpec
 
     d = tmp_path_factory.mktemp("run")
     cube = write_synthetic_cube(str(d / "cube.zarr"), n_periods=24, size=(48, 64), drift=(0.5, 0.0))
@@ -364,7 +364,7 @@ def trained_run(tmp_path_factory):
 def test_cli_predict_from_a_run_directory(trained_run, tmp_path, capsys):
     import hashlib
 
-    from glacierflow.cli import main
+    from glacierflow.cli.main import main
 
     out = str(tmp_path / "forecast.zarr")
     code = main(["predict", str(trained_run["run"]), "--cube", trained_run["cube"], "--out", out,
@@ -402,7 +402,7 @@ def twin_forecast(tiny_cube_1ms, tmp_path_factory):
 
 def test_flow_of_a_forecast_store_writes_the_velocity_contract_and_the_comparison(twin_forecast, tiny_cube_1ms,
                                                                                   tmp_path, capsys):
-    from glacierflow.cli import main
+    from glacierflow.cli.main import main
 
     vel = str(tmp_path / "velocity.zarr")
     assert main(["flow", twin_forecast, "--method", "farneback", "--out", vel, "--cluster", "sync"]) == 0
@@ -440,8 +440,8 @@ def test_flow_of_a_forecast_store_writes_the_velocity_contract_and_the_compariso
 
 
 def test_true_frames_as_forecast_move_exactly_like_the_truth(twin_forecast, tiny_cube_1ms):
-    from glacierflow.config import FlowSpec
-    from glacierflow.forecast_flow import forecast_velocity
+    from glacierflow.motion.forecast_flow import forecast_velocity
+    from glacierflow.specs import FlowSpec
 
     fc = xr.open_zarr(twin_forecast, decode_coords="all")
     cube = xr.open_zarr(tiny_cube_1ms, decode_coords="all")
@@ -454,9 +454,9 @@ def test_true_frames_as_forecast_move_exactly_like_the_truth(twin_forecast, tiny
 
 
 def test_flow_of_a_forecast_beyond_the_cube_has_no_truth(tiny_cube_1ms, tmp_path, capsys):
-    from glacierflow.cli import main
-    from glacierflow.config import FlowSpec
-    from glacierflow.forecast_flow import ndsi_store_flow
+    from glacierflow.cli.main import main
+    from glacierflow.motion.forecast_flow import ndsi_store_flow
+    from glacierflow.specs import FlowSpec
 
     fc = str(tmp_path / "future.zarr")
     predict_cube(Forecaster(TinyConv(), "tinyconv", 4, 4, 32), tiny_cube_1ms, fc, PredictSpec(device="cpu"))

@@ -1,4 +1,4 @@
-"""Tests for glacierflow.preprocess: QA mask, read errors, NDSI, period means from observations."""
+"""Tests for glacierflow.preprocess.qa: QA mask, read errors, NDSI, period means from observations."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import xarray as xr
 
 from glacierflow.errors import GlacierflowError
-from glacierflow.preprocess import (
+from glacierflow.preprocess.qa import (
     QA_CIRRUS,
     QA_CLEAR,
     QA_CLOUD,
@@ -283,7 +283,7 @@ def test_resample_empty_time_axis():
 
 
 def test_period_means_count_only_real_observations_and_fill_only_the_unobserved():
-    from glacierflow.gapfill import gap_fill_2d
+    from glacierflow.preprocess.gapfill import gap_fill_2d
 
     times = ["2020-01-05", "2020-02-10", "2020-03-30", "2020-04-20", "2020-05-25", "2020-11-02"]
     da = _series(times, ny=12, nx=10, seed=7)
@@ -326,7 +326,7 @@ def test_period_means_count_only_real_observations_and_fill_only_the_unobserved(
 
 
 def test_qa_valid_and_read_errors():
-    from glacierflow.preprocess import qa_valid, read_errors
+    from glacierflow.preprocess.qa import qa_valid, read_errors
 
     qa = xr.DataArray(np.array([[1 << QA_CLEAR, 1 << QA_CLOUD, np.nan, -np.inf, 1 << QA_FILL,
                                  (1 << QA_CIRRUS) | (1 << QA_CLEAR)]], np.float32), dims=("y", "x"))

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from glacierflow.cli import main
+from glacierflow.cli.main import main
 
 pytest.importorskip("dask_gateway")
 YEAR = ["--start", "2019-01-01", "--end", "2019-12-31", "--period", "6MS"]  # 2 periods: a short tiny run
@@ -60,8 +60,8 @@ def cubes(two_twins, tmp_path_factory):
 
 
 def test_flow_and_predict_on_the_gateway_write_the_local_stores(cubes, gateway_server, tmp_path, capsys):
-    from glacierflow import train
-    from glacierflow.config import ModelSpec, PatchSpec, TrainSpec
+    from glacierflow.learn import train
+    from glacierflow.specs import ModelSpec, PatchSpec, TrainSpec
     from glacierflow.testing import write_synthetic_cube
 
     gw = ["--cluster", f"gateway://{gateway_server}", "--workers", "2"]
@@ -155,7 +155,7 @@ def test_ctrl_c_shuts_the_gateway_cluster_down(two_twins, gateway_server, tmp_pa
 
     from dask_gateway import Gateway
 
-    from glacierflow.cluster import _close_gateway
+    from glacierflow.compute.cluster import _close_gateway
 
     env = dict(os.environ, DASK_GATEWAY__AUTH__TYPE="basic", DASK_GATEWAY__AUTH__KWARGS__USERNAME="glacierflow",
                DASK_GATEWAY__AUTH__KWARGS__PASSWORD="test-password", DASK_GATEWAY__ADDRESS=gateway_server)
@@ -182,8 +182,8 @@ def test_ctrl_c_shuts_the_gateway_cluster_down(two_twins, gateway_server, tmp_pa
 
 
 def test_sites_file_format(tmp_path):
-    from glacierflow.glaciers import GLACIERS
-    from glacierflow.sites import read_sites, resolve_sites
+    from glacierflow.geo.glaciers import GLACIERS
+    from glacierflow.geo.sites import read_sites, resolve_sites
 
     f = tmp_path / "sites.txt"
     f.write_text("# comment\n\naletsch\nbox 86.9,27.95,87.0,28.02\nzoned 86.9 27.95 87.0 28.02 32644  # explicit\n")

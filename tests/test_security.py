@@ -1,7 +1,7 @@
 """Security: no signed URL or token in any output; checkpoints load weights-only; every server binds 127.0.0.1.
 
 What is faked: only the internet. Planetary Computer signs asset hrefs with a SAS query string; here the signer
-(the IO seam build-cube takes: a :class:`glacierflow.cube.SigningRioReader` subclass, or a callable signing
+(the IO seam build-cube takes: a :class:`glacierflow.ingest.cube.SigningRioReader` subclass, or a callable signing
 item dicts) appends a recognisable fake one, ``?st=...&sig=FAKE-SECRET-TOKEN-123``, which the twin's real asset
 server ignores, as blob storage checks it. Everything else is real: the twin's COGs read by GDAL over HTTP,
 its items served by rustac, real Zarr stores, a real training run, real forecasts.
@@ -26,12 +26,12 @@ import pytest
 import torch
 import zarr
 
-from glacierflow import cube
-from glacierflow.build import build_cube_store
-from glacierflow.cli import main
-from glacierflow.config import CubeSpec, PreprocessSpec
+from glacierflow.cli.main import main
 from glacierflow.errors import GlacierflowError
-from glacierflow.train import read_checkpoint
+from glacierflow.ingest import cube
+from glacierflow.learn.train import read_checkpoint
+from glacierflow.preprocess.build import build_cube_store
+from glacierflow.specs import CubeSpec, PreprocessSpec
 
 TOKEN = "FAKE-SECRET-TOKEN-123"
 QUERY = f"st=2026-12-02T08%3A00%3A00Z&se=2026-12-02T09%3A00%3A00Z&sp=rl&sig={TOKEN}"
@@ -248,7 +248,7 @@ def _mine() -> list[psutil.Process]:
 
 
 def test_twin_and_test_servers_listen_on_127_0_0_1_only(served_twin, rustac_server, tmp_path, tiny_twin):
-    from glacierflow.cluster import get_client
+    from glacierflow.compute.cluster import get_client
 
     # the session's servers (twin assets + rustac, the fixtures' rustac) and a local Dask cluster with its dashboard
     with get_client("local:1"):
@@ -277,7 +277,7 @@ def test_twin_and_test_servers_listen_on_127_0_0_1_only(served_twin, rustac_serv
 
 def test_gateway_and_azurite_listen_on_127_0_0_1_only(tmp_path):
     pytest.importorskip("dask_gateway_server")
-    from glacierflow.cluster import get_client
+    from glacierflow.compute.cluster import get_client
     from glacierflow.testing import local_gateway
 
     from .azurite import start_azurite

@@ -10,7 +10,16 @@ import pytest
 import xarray as xr
 
 from glacierflow.errors import GlacierflowError
-from glacierflow.store import add_spatial_ref, epsg_of, is_complete, open_store, remove, spill, write, write_store
+from glacierflow.storage.store import (
+    add_spatial_ref,
+    epsg_of,
+    is_complete,
+    open_store,
+    remove,
+    spill,
+    write,
+    write_store,
+)
 
 
 def _ds(value: float) -> xr.Dataset:
@@ -84,7 +93,7 @@ def test_concurrent_writes_print_no_zarr_warning(tmp_path: Path) -> None:
         "import sys\n"
         "from concurrent.futures import ThreadPoolExecutor\n"
         "import numpy as np, xarray as xr\n"
-        "from glacierflow.store import write\n"
+        "from glacierflow.storage.store import write\n"
         "ds = xr.Dataset({'ndsi': (('time', 'y', 'x'), np.ones((2, 8, 8), np.float32))}).chunk({'time': 1})\n"
         "with ThreadPoolExecutor(4) as pool:\n"
         "    list(pool.map(lambda k: write(ds, f'{sys.argv[1]}/s{k}.zarr'), range(8)))\n"

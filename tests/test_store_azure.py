@@ -19,9 +19,9 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from glacierflow import cloud
 from glacierflow.errors import GlacierflowError
-from glacierflow.store import open_store, write_store
+from glacierflow.storage import cloud
+from glacierflow.storage.store import open_store, write_store
 
 from .azurite import CONTAINER, KEY, leaks, start_azurite
 from .test_store import _ds
@@ -65,7 +65,7 @@ _KILLER = textwrap.dedent("""
     import os, signal, sys
     import adlfs
     sys.path.insert(0, {repo!r})
-    from glacierflow.store import write_store
+    from glacierflow.storage.store import write_store
     from tests.test_store import _ds
 
     op, at, url, conn = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]

@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 import xarray as xr
 
-from glacierflow import store
-from glacierflow.config import CubeSpec, PreprocessSpec
 from glacierflow.errors import GlacierflowError
+from glacierflow.specs import CubeSpec, PreprocessSpec
+from glacierflow.storage import store
 from glacierflow.testing import ComputeRefused, raise_if_computes, synthetic_cube, write_synthetic_cube
 
 

@@ -11,9 +11,9 @@ import pytest
 import torch
 import zarr
 
-from glacierflow import train
-from glacierflow.config import ModelSpec, PatchSpec, TrainSpec
 from glacierflow.errors import GlacierflowError
+from glacierflow.learn import train
+from glacierflow.specs import ModelSpec, PatchSpec, TrainSpec
 from glacierflow.testing import write_synthetic_cube
 
 SMALL = PatchSpec(t_in=2, t_out=2, size=16, stride=8, test_periods=4)
@@ -75,7 +75,7 @@ def test_checkpoints_load_with_weights_only_and_rebuild_the_model(syn_cube: str,
     model, specs, ck = train.load_checkpoint(tmp_path / "r" / "best.pt")
     assert specs["model_name"] == "lstm" and specs["model_args"]["hidden_size"] == 32 and not model.training
     x = torch.rand(3, 2, 1, 16, 16)
-    from glacierflow.models import build_model
+    from glacierflow.learn.models import build_model
 
     again = build_model("lstm", **specs["model_args"])
     again.load_state_dict(ck["state_dict"])
@@ -136,7 +136,7 @@ def syn16_cube(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 def test_stitching_is_predicts_blend_and_passes_gradients() -> None:
-    from glacierflow.predict import stitch, tile_layout
+    from glacierflow.forecast.predict import stitch, tile_layout
 
     layout = tile_layout(37, 29, (0, 37), 16, 8)
     rng = np.random.default_rng(0)
@@ -159,9 +159,9 @@ def test_stitching_is_predicts_blend_and_passes_gradients() -> None:
 
 
 def test_full_scene_loss_is_the_mse_of_predicts_forecast(syn16_cube: str) -> None:
-    from glacierflow.models import build_model
-    from glacierflow.objectives import full_scene_loss
-    from glacierflow.predict import forecast_scene, tile_layout
+    from glacierflow.forecast.predict import forecast_scene, tile_layout
+    from glacierflow.learn.models import build_model
+    from glacierflow.learn.objectives import full_scene_loss
 
     torch.manual_seed(1)
     model = build_model("convlstm", t_in=2, t_out=2, size=16, season_length=4, **CONV.kwargs).eval()
@@ -176,10 +176,10 @@ def test_full_scene_loss_is_the_mse_of_predicts_forecast(syn16_cube: str) -> Non
 
 
 def test_full_scene_objective_lowers_its_loss_and_is_recorded(syn16_cube: str, tmp_path: Path) -> None:
-    from glacierflow import patches
-    from glacierflow.models import build_model
-    from glacierflow.objectives import OBJECTIVES
-    from glacierflow.store import open_store
+    from glacierflow.learn import patches
+    from glacierflow.learn.models import build_model
+    from glacierflow.learn.objectives import OBJECTIVES
+    from glacierflow.storage.store import open_store
 
     torch.set_num_threads(1)
     train.fit(syn16_cube, tmp_path / "r", CONV, SMALL, FULL, progress=False)
@@ -207,9 +207,9 @@ def test_full_scene_objective_lowers_its_loss_and_is_recorded(syn16_cube: str, t
 
 
 def test_full_scene_windows_stay_inside_the_training_samples(tmp_path: Path) -> None:
-    from glacierflow import patches
-    from glacierflow.objectives import scene_windows
-    from glacierflow.store import open_store
+    from glacierflow.learn import patches
+    from glacierflow.learn.objectives import scene_windows
+    from glacierflow.storage.store import open_store
 
     cube = write_synthetic_cube(str(tmp_path / "wide.zarr"), n_periods=12, size=(40, 200), period="3MS")
     spec = SMALL.replace(split="spatial")
@@ -222,7 +222,7 @@ def test_full_scene_windows_stay_inside_the_training_samples(tmp_path: Path) -> 
     assert int(held_out[:, 2].min()) > right, "the held-out blocks lie beyond it"
     with pytest.raises(GlacierflowError, match="smaller --scene-window"):
         scene_windows(samples, (40, 120), spec.size)
-    from glacierflow.objectives import OBJECTIVES
+    from glacierflow.learn.objectives import OBJECTIVES
 
     # the paper's non-overlapping tiles: a 32-px window is 2 x 2 tiles of 16 px, 4 windows per batch of 16
     *_, info = OBJECTIVES["full-scene"].build(samples, spec, FULL.replace(scene_window=32, scene_overlap=0,
@@ -234,7 +234,7 @@ def test_full_scene_windows_stay_inside_the_training_samples(tmp_path: Path) -> 
 
 def test_cli_objective_is_a_choice_and_a_bad_scene_window_one_line(syn_cube: str, tmp_path: Path,
                                                                    capsys: pytest.CaptureFixture[str]) -> None:
-    from glacierflow.cli import main
+    from glacierflow.cli.main import main
 
     run = str(tmp_path / "r")
     assert main(["train", syn_cube, "--out", run, "--objective", "fullscene"]) == 2
@@ -247,7 +247,7 @@ def test_cli_objective_is_a_choice_and_a_bad_scene_window_one_line(syn_cube: str
 
 
 def test_finetune_continues_a_patch_run_with_the_full_scene_objective(syn16_cube: str, tmp_path: Path) -> None:
-    from glacierflow.finetune import finetune
+    from glacierflow.learn.finetune import finetune
 
     torch.set_num_threads(1)
     train.fit(syn16_cube, tmp_path / "p", CONV, SMALL, FULL.replace(objective="patch", epochs=1), progress=False)

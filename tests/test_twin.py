@@ -15,9 +15,9 @@ import rasterio
 import xarray as xr
 from scipy import ndimage
 
-from glacierflow import catalog
-from glacierflow.cli import main
+from glacierflow.cli.main import main
 from glacierflow.errors import GlacierflowError
+from glacierflow.ingest import catalog
 from glacierflow.twin.make import load_twin_meta, make_twin
 from glacierflow.twin.serve import serve_twin
 from glacierflow.twin.world import ndsi_snow

@@ -18,8 +18,8 @@ import rasterio
 import xarray as xr
 from scipy import ndimage
 
-from glacierflow.cli import main
-from glacierflow.glaciers import get_site
+from glacierflow.cli.main import main
+from glacierflow.geo.glaciers import get_site
 from glacierflow.twin.himalaya import HimalayaWorld
 from glacierflow.twin.make import _init_worker, deliver_in_zone, load_twin_meta, make_grid, make_twin, schedule
 from glacierflow.twin.realism import DEFAULT_REALISM, REALISMS

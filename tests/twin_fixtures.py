@@ -49,8 +49,8 @@ def tiny_cube_1ms(served_twin: dict[str, Any], tmp_path_factory: pytest.TempPath
     """A monthly cube store (24 periods, 129 x 129 px) built by build-cube from the served tiny twin (learning)."""
     import dask
 
-    from glacierflow.build import build_cube_store
-    from glacierflow.config import CubeSpec, PreprocessSpec
+    from glacierflow.preprocess.build import build_cube_store
+    from glacierflow.specs import CubeSpec, PreprocessSpec
 
     m = served_twin["meta"]
     spec = CubeSpec(name="parvati-tiny", bbox=tuple(m["bbox"]), epsg=m["epsg"], start=m["start"], end=m["end"],
@@ -67,9 +67,9 @@ def tiny_cube_summer(served_twin: dict[str, Any], tmp_path_factory: pytest.TempP
     threads: the undisturbed build the fault tests compare against. ``out``, ``ndsi`` and the ``scenes`` table."""
     import dask
 
-    from glacierflow.build import build_cube_store
-    from glacierflow.config import CubeSpec, PreprocessSpec
-    from glacierflow.store import open_store
+    from glacierflow.preprocess.build import build_cube_store
+    from glacierflow.specs import CubeSpec, PreprocessSpec
+    from glacierflow.storage.store import open_store
 
     m = served_twin["meta"]
     spec = CubeSpec(name="t", bbox=tuple(m["bbox"]), epsg=m["epsg"], start="2019-04-01", end="2019-09-30",

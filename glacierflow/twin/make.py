@@ -35,7 +35,7 @@ from rasterio.transform import Affine
 
 from glacierflow import __version__
 from glacierflow.errors import GlacierflowError
-from glacierflow.glaciers import Site, get_site
+from glacierflow.geo.glaciers import Site, get_site
 from glacierflow.twin import stac_items
 from glacierflow.twin.realism import DEFAULT_REALISM, REALISMS, ScheduleContext
 from glacierflow.twin.scene import Acquisition, sun_angles
@@ -346,7 +346,7 @@ def _truth_template(world: World, grid: Grid, acqs: list[Acquisition], layers: t
     ds["glacier_mask"].attrs.update(description=f"ice extent at decimal year {world.t_ref}")
     if layers:
         ds = _realistic_truth(ds, world, acqs, layers)
-    from glacierflow.store import add_spatial_ref
+    from glacierflow.storage.store import add_spatial_ref
 
     ds = add_spatial_ref(ds, grid.epsg)
     return ds

@@ -1,0 +1,472 @@
+"""Full-scene forecasts: pad, tile with overlap, infer in batches, blend, crop, write Zarr by regions.
+
+The scene is cut into ``patch x patch`` tiles whose starts step by ``patch - overlap``; the first tile starts
+``overlap`` pixels before the scene (the scene is padded by reflection, so xbatcher's silent dropping of
+partial edge patches never happens here). Each tile's forecast is weighted by a smooth separable window
+(``sin^2``, a Hann window, floored so that no pixel gets zero weight) and the weighted tiles are summed and
+divided by the summed weights, so tile borders leave no seams. With ``overlap=0`` the tiling is the original
+code's non-overlapping one (each pixel from exactly one tile). The tiling and the blend live in
+:mod:`glacierflow.geo.tiling`, shared with the ``full-scene`` training objective (``glacierflow.learn.objectives``).
+
+Memory stays bounded: the forecast is built per row band (the store's spatial chunk height); a band reads only
+the input rows its tiles need, so a scene larger than memory never needs the whole forecast in memory. The
+bands are dask tasks behind a lazy ``(t_out, y, x)`` array that :func:`glacierflow.storage.store.write` writes
+chunk by chunk (template metadata first, then one region per chunk).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import dask
+import dask.array as da
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from glacierflow import __version__
+from glacierflow.errors import GlacierflowError
+from glacierflow.geo.tiling import (  # noqa: F401  (the tiling and blending are part of predict's API)
+    WINDOWS,
+    TileLayout,
+    band_rows,
+    blend_weights,
+    cut_tiles,
+    reflect_index,
+    stitch,
+    tile_layout,
+    tile_starts,
+)
+from glacierflow.learn.patches import SEASON_LENGTH
+from glacierflow.specs import PredictSpec
+
+Model = Callable[[Any], Any]
+"""Anything mapping a ``(B, t_in, 1, P, P)`` torch tensor to ``(B, t_out, 1, P, P)``."""
+
+
+# ------------------------------------------------------------------------------------------------ inference
+def _run_tiles(model: Model, tiles: np.ndarray, batch_size: int, device: str) -> np.ndarray:
+    """Model output for ``tiles`` (N, t_in, P, P) in batches -> (N, t_out, P, P) float32."""
+    import torch
+
+    outs = []
+    dev = torch.device(device)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else _null()
+    with torch.inference_mode(), autocast:
+        for i in range(0, len(tiles), batch_size):
+            x = torch.from_numpy(np.ascontiguousarray(tiles[i : i + batch_size, :, None])).to(dev)
+            y = model(x)
+            outs.append(y.float().clamp(0.0, 1.0)[:, :, 0].cpu().numpy())
+    return np.concatenate(outs).astype(np.float32)
+
+
+class _null:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *args: object) -> None:
+        return None
+
+
+def forecast_rows(
+    model: Model,
+    frames: Any,
+    rows: tuple[int, int],
+    *,
+    patch: int,
+    overlap: int,
+    height: int | None = None,
+    offset: int = 0,
+    batch_size: int = 16,
+    device: str = "cpu",
+    window: str = "hann",
+    floor: float = 0.01,
+) -> np.ndarray:
+    """Blended forecast of output rows ``rows = (a, b)`` of the whole scene width.
+
+    Parameters
+    ----------
+    model
+        Maps ``(B, t_in, 1, P, P)`` tensors to ``(B, t_out, 1, P, P)`` in [0, 1].
+    frames
+        ``(t_in, h, W)`` input frames (numpy): scene rows ``offset .. offset + h``, which must hold
+        :func:`band_rows`; the whole scene by default.
+    rows
+        First and one-past-last output row (scene coordinates).
+    patch, overlap
+        Tile size and overlap in pixels.
+    height, offset
+        Scene height (default: ``frames``' height) and the scene row of ``frames[:, 0]``.
+    batch_size, device
+        Inference batches and torch device.
+    window, floor
+        Blending window (:data:`WINDOWS`) and its floor.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(t_out, b - a, W)`` float32.
+    """
+    h = frames.shape[1] if height is None else height
+    layout = tile_layout(h, frames.shape[2], rows, patch, overlap, offset=offset, window=window, floor=floor)
+    inp = np.nan_to_num(np.asarray(frames, dtype=np.float32), nan=0.0)
+    pred = _run_tiles(model, cut_tiles(inp, layout), batch_size, device)
+    return stitch(pred, layout).astype(np.float32)
+
+
+def forecast_scene(model: Model, frames: Any, *, band: int | None = None, **kwargs: Any) -> np.ndarray:
+    """Whole-scene blended forecast in memory, band by band (:func:`forecast_rows` arguments)."""
+    h = frames.shape[1]
+    band = band or h
+    parts = [forecast_rows(model, frames, (a, min(a + band, h)), **kwargs) for a in range(0, h, band)]
+    return np.concatenate(parts, axis=1)
+
+
+def forecast_lazy(model: Model, frames: da.Array, *, t_out: int, band: int, patch: int, overlap: int,
+                  **kwargs: Any) -> da.Array:
+    """Lazy ``(t_out, H, W)`` forecast: one dask task per row band of height ``band``.
+
+    Each task receives only the input rows its tiles read (:func:`band_rows`), so a band's memory is
+    ``t_in x (band + 2 patch) x W`` input values and ``t_out x (band + 2 patch) x W`` sums.
+    """
+    h, w = frames.shape[1:]
+    tag = uuid.uuid4().hex[:8]
+    blocks = []
+    for j, a in enumerate(range(0, h, band)):
+        b = min(a + band, h)
+        lo, hi = band_rows(h, (a, b), patch, overlap)
+        task = dask.delayed(forecast_rows, pure=True)(
+            model, frames[:, lo:hi], (a, b), patch=patch, overlap=overlap, height=h, offset=lo,
+            dask_key_name=f"forecast-band-{tag}-{j}", **kwargs,
+        )
+        blocks.append(da.from_delayed(task, shape=(t_out, b - a, w), dtype=np.float32, name=f"forecast-{tag}-{j}"))
+    return da.concatenate(blocks, axis=1)
+
+
+# ------------------------------------------------------------------------------------------------ baselines
+def seasonal_sources(last: int, t_out: int, season_length: int) -> list[int]:
+    """Cube index feeding each lead in the ``seasonal`` baseline (most recent same-season known period).
+
+    Lead ``h`` (target index ``last + h``) gets ``last + h - season_length * ceil(h / season_length)``: an
+    input frame or an earlier period, never a target (as ``glacierflow.learn.models.baselines.seasonal_indices``).
+    A negative index means the cube's history is too short for that lead.
+    """
+    return [last + h - season_length * math.ceil(h / season_length) for h in range(1, t_out + 1)]
+
+
+def baseline_frames(cube_ndsi: xr.DataArray, last: int, t_out: int, season_length: int) -> dict[str, xr.DataArray]:
+    """Lazy ``(t_out, y, x)`` forecasts of ``persistence`` and (where the cube reaches back) ``seasonal``."""
+    out = {"persistence": cube_ndsi.isel(time=[last] * t_out)}
+    src = seasonal_sources(last, t_out, season_length)
+    if min(src) >= 0:
+        out["seasonal"] = cube_ndsi.isel(time=src)
+    return out
+
+
+def observed_mask(cube: xr.Dataset, index: list[int]) -> xr.DataArray:
+    """Pixels that score: ``n_valid > 0`` where the cube has it, else periods not ``interpolated``."""
+    sub = cube.isel(time=index)
+    if "n_valid" in cube:
+        mask = sub["n_valid"] > 0
+    elif "interpolated" in cube:
+        mask = ~sub["interpolated"].astype(bool) & xr.ones_like(sub["ndsi"], dtype=bool)
+    else:
+        mask = xr.ones_like(sub["ndsi"], dtype=bool)
+    return mask & np.isfinite(sub["ndsi"])
+
+
+def score_sums(pred: Any, truth: Any, mask: Any) -> dict[str, Any]:
+    """Lazy per-lead sums (squared error, absolute error, count) over masked pixels; numpy or dask."""
+    err = (pred - truth) * mask
+    return {
+        "se": (err**2).sum(axis=(1, 2)),
+        "ae": abs(err).sum(axis=(1, 2)),
+        "n": mask.sum(axis=(1, 2)),
+    }
+
+
+def finish_scores(sums: dict[str, np.ndarray]) -> dict[str, Any]:
+    """``{"mse", "mae", "per_lead": {"mse", "mae", "n"}}`` from :func:`score_sums` results."""
+    se, ae, n = (np.asarray(sums[k], np.float64) for k in ("se", "ae", "n"))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        per_mse, per_mae = se / n, ae / n
+    total = n.sum()
+    return {
+        "mse": float(se.sum() / total) if total else float("nan"),
+        "mae": float(ae.sum() / total) if total else float("nan"),
+        "per_lead": {"mse": [float(v) for v in per_mse], "mae": [float(v) for v in per_mae],
+                     "n": [int(v) for v in n]},
+    }
+
+
+# ------------------------------------------------------------------------------------------------- periods
+def resolve_last_input(times: pd.DatetimeIndex, last_input: str | None, t_in: int) -> int:
+    """Index of the last input period: the cube's last, or the period containing ``last_input``."""
+    n = len(times)
+    if last_input is None:
+        idx = n - 1
+    else:
+        try:
+            when = pd.Timestamp(last_input)
+        except ValueError:
+            raise GlacierflowError(f"bad --last-input {last_input!r}; use YYYY-MM-DD") from None
+        step = times[-1] - times[-2] if n > 1 else pd.Timedelta(days=92)
+        if when < times[0] or when >= times[-1] + step:
+            raise GlacierflowError(
+                f"--last-input {when:%Y-%m-%d} lies outside the cube ({times[0]:%Y-%m-%d} .. "
+                f"{times[-1]:%Y-%m-%d}); pick a date inside it or leave it out for the last period"
+            )
+        idx = int(np.searchsorted(times.values, when.to_datetime64(), side="right") - 1)
+    if idx + 1 < t_in:
+        raise GlacierflowError(
+            f"--last-input {times[idx]:%Y-%m-%d} leaves {idx + 1} input period(s) in the cube; the model needs "
+            f"{t_in}: pick a period from {times[t_in - 1]:%Y-%m-%d} on"
+        )
+    return idx
+
+
+def target_times(times: pd.DatetimeIndex, last: int, t_out: int, period: str) -> pd.DatetimeIndex:
+    """The ``t_out`` period starts after index ``last`` (from the cube where it has them)."""
+    offset = pd.tseries.frequencies.to_offset(period)
+    out = [times[last + h] if last + h < len(times) else times[last] + h * offset for h in range(1, t_out + 1)]
+    return pd.DatetimeIndex(out)
+
+
+# ---------------------------------------------------------------------------------------------- the model
+@dataclass(frozen=True)
+class Forecaster:
+    """A model and the sample shape it was trained on; ``info`` goes into the store's attrs.
+
+    ``model`` is any callable on ``(B, t_in, 1, patch, patch)`` tensors (a ``torch.nn.Module`` is put in
+    eval mode and moved to the device by :func:`predict_cube`).
+    """
+
+    model: Model
+    name: str
+    t_in: int
+    t_out: int
+    patch: int
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def choose_device(name: str) -> str:
+    """The torch device as training chooses it (``auto`` -> CUDA when present; ``cuda`` absent -> error)."""
+    from glacierflow.learn.train import resolve_device
+
+    return str(resolve_device(name))
+
+
+def load_forecaster(run_dir: str | os.PathLike[str], checkpoint: str = "best.pt") -> Forecaster:
+    """The model of a run directory (``train``'s ``best.pt``) with its sample shape and provenance."""
+    from glacierflow.learn import train
+
+    path = Path(run_dir) / checkpoint
+    if not path.is_file():
+        raise GlacierflowError(f"no {checkpoint} in run directory {run_dir}; train one with 'glacierflow train'")
+    model, specs, _ = train.load_checkpoint(path)
+    args = dict(specs["model_args"])
+    info: dict[str, Any] = {
+        "model_args": json.dumps(args, sort_keys=True),
+        "checkpoint": path.name,
+        "run_dir": str(run_dir),
+        "checkpoint_sha256": file_sha256(path),
+        "epoch": int(specs.get("epoch") or 0),
+        "trained_on": str(specs.get("cube") or ""),
+    }
+    for key in train.SPEC_KEYS:
+        if specs.get(key) is not None:
+            info[key] = json.dumps(specs[key], sort_keys=True, default=str)
+    return Forecaster(model, str(specs["model_name"]), int(args["t_in"]), int(args["t_out"]), int(args["size"]),
+                      info)
+
+
+# ------------------------------------------------------------------------------------------------ the store
+def spatial_chunks(cube: xr.Dataset, patch: int) -> tuple[int, int]:
+    """The cube's spatial chunks (y, x), each rounded up to a multiple of ``patch`` (DESIGN's store contract)."""
+    var = cube["ndsi"]
+    preferred = var.encoding.get("preferred_chunks", {})
+    out = []
+    for k, dim in enumerate(("y", "x")):
+        size = preferred.get(dim) or (var.chunks[k + 1][0] if var.chunks else 250)
+        out.append(int(math.ceil(min(int(size), var.sizes[dim]) / patch) * patch))
+    return out[0], out[1]
+
+
+def cube_period(cube: xr.Dataset) -> str:
+    """The cube's period (``preprocess_spec``), else inferred from the time axis."""
+    from glacierflow.storage.store import config_attr
+
+    period = config_attr(cube, "preprocess_spec").get("period")
+    if period:
+        return str(period)
+    guess = pd.infer_freq(pd.DatetimeIndex(cube["time"].values)) if cube.sizes["time"] > 2 else None
+    for known in SEASON_LENGTH:
+        if guess and pd.tseries.frequencies.to_offset(guess) == pd.tseries.frequencies.to_offset(known):
+            return known
+    raise GlacierflowError("cannot tell the cube's period (no preprocess_spec attr); rebuild it with build-cube")
+
+
+def _as_dask(var: xr.DataArray) -> da.Array:
+    return var.data if isinstance(var.data, da.Array) else da.from_array(np.asarray(var.data))
+
+
+def _scores_lazy(cube: xr.Dataset, fc: da.Array, last: int, t_out: int, season_length: int) -> dict[str, Any]:
+    """Lazy per-lead sums for the model and both baselines over the leads whose targets lie in the cube."""
+    idx = [last + h for h in range(1, t_out + 1) if last + h < cube.sizes["time"]]
+    if not idx:
+        return {}
+    truth = _as_dask(cube["ndsi"].isel(time=idx))
+    mask = _as_dask(observed_mask(cube, idx)).astype(np.float32)
+    sums = {"model": score_sums(fc[: len(idx)], truth, mask)}
+    for name, frames in baseline_frames(cube["ndsi"], last, t_out, season_length).items():
+        sums[name] = score_sums(_as_dask(frames)[: len(idx)], truth, mask)
+    return sums
+
+
+def forecast_dataset(
+    fc: Forecaster, cube: xr.Dataset, spec: PredictSpec, cube_url: str
+) -> tuple[xr.Dataset, dict[str, Any], dict[str, Any]]:
+    """The lazy forecast dataset (store layout), its lazy score sums and facts for the summary."""
+    times = pd.DatetimeIndex(cube["time"].values)
+    period = cube_period(cube)
+    last = resolve_last_input(times, spec.last_input or None, fc.t_in)
+    device = choose_device(spec.device)
+    model = fc.model
+    if hasattr(model, "eval") and hasattr(model, "to"):
+        model = model.to(device).eval()
+    overlap, (chunk_y, chunk_x) = spec.overlap_px(fc.patch), spatial_chunks(cube, fc.patch)
+    frames = _as_dask(cube["ndsi"].isel(time=slice(last - fc.t_in + 1, last + 1)))
+    arr = forecast_lazy(model, frames.astype(np.float32), t_out=fc.t_out, band=chunk_y, patch=fc.patch,
+                        overlap=overlap, batch_size=spec.batch_size, device=device, window=spec.window,
+                        floor=spec.floor)
+    targets = target_times(times, last, fc.t_out, period)
+    inputs = [f"{t:%Y-%m-%d}" for t in times[last - fc.t_in + 1 : last + 1]]
+    ds = xr.Dataset(
+        {"ndsi": (("time", "y", "x"), arr.rechunk((1, chunk_y, chunk_x)), {
+            "long_name": f"forecast snow-mask NDSI ({fc.name}), blended full scene",
+            "grid_mapping": "spatial_ref", "units": "1"})},
+        coords={"time": targets, "lead": ("time", np.arange(1, fc.t_out + 1, dtype=np.int16)),
+                "y": cube["y"], "x": cube["x"], "spatial_ref": cube["spatial_ref"]},
+    )
+    ds["lead"].attrs["long_name"] = f"lead time in periods ({period}) after the last input"
+    ds["time"].encoding.update(units="days since 1970-01-01", dtype="int64")
+    ds.attrs.update({k: v for k, v in fc.info.items() if isinstance(v, str | int | float)})
+    ds.attrs.update(
+        glacierflow_version=__version__, created=pd.Timestamp.now(tz="UTC").isoformat(timespec="seconds"),
+        title=f"glacierflow forecast: {fc.name}, {fc.t_out} x {period} after {inputs[-1]}",
+        model=fc.name, source_cube=str(cube_url), input_periods=json.dumps(inputs), last_input=inputs[-1],
+        period=period, predict_spec=spec.to_json(), overlap_px=overlap, patch_px=fc.patch,
+    )
+    sums = _scores_lazy(cube, arr, last, fc.t_out, SEASON_LENGTH[period])
+    facts = {"last_index": last, "inputs": inputs, "targets": [f"{t:%Y-%m-%d}" for t in targets],
+             "device": device, "overlap": overlap, "chunks": (chunk_y, chunk_x), "period": period}
+    return ds, sums, facts
+
+
+def predict_cube(
+    fc: Forecaster,
+    cube_url: str,
+    out_url: str,
+    spec: PredictSpec | None = None,
+    *,
+    overwrite: bool = False,
+    storage_options: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Forecast the ``t_out`` periods after the last input for the whole scene; write the forecast store.
+
+    Parameters
+    ----------
+    fc
+        The model (:func:`load_forecaster`, or any callable wrapped in :class:`Forecaster`).
+    cube_url
+        Cube store (build-cube).
+    out_url
+        Forecast store to write (local path or fsspec URL); safe write (temporary sibling, completion marker).
+    spec
+        Tiling, blending, device, ``last_input``.
+    overwrite, storage_options
+        Replace an existing store; fsspec options for both stores.
+
+    Returns
+    -------
+    dict
+        ``out``, ``inputs``, ``targets``, ``device``, ``overlap``, ``seconds`` and ``scores``
+        (``{name: {"mse", "mae", "per_lead": {...}}}`` for the model and both baselines; empty when the
+        targets lie beyond the cube). The scores are also in the store's attrs (``scores``, JSON) and its
+        ``scores`` group.
+    """
+    from glacierflow.storage import store
+
+    t0 = time.perf_counter()
+    spec = spec or PredictSpec()
+    if not overwrite and store.exists(out_url, storage_options):
+        raise GlacierflowError(f"store {out_url} already exists; pass --overwrite to replace it")
+    if not store.exists(cube_url, storage_options):
+        raise GlacierflowError(f"cube store {cube_url!r} not found; build one with 'glacierflow build-cube'")
+    cube = store.open_store(cube_url, storage_options, require=("ndsi",))
+    ds, sums, facts = forecast_dataset(fc, cube, spec, cube_url)
+    scores: dict[str, Any] = {}
+
+    def _compute(writes: list[Any]) -> None:
+        # one graph: the score sums share the band tasks with the region writes (each band inferred once)
+        *_, got = dask.compute(*writes, sums)
+        scores.update({name: finish_scores(s) for name, s in got.items()})
+
+    tree = xr.DataTree.from_dict({"/": ds, **({"scores": _scores_group(sums)} if sums else {})})
+    store.write(tree, out_url, overwrite=overwrite, storage_options=storage_options, compute=_compute,
+                **_final_attrs(lambda: {"scores": json.dumps(scores, sort_keys=True)}))
+    return {"out": out_url, **facts, "scores": scores, "seconds": round(time.perf_counter() - t0, 2),
+            "model": fc.name}
+
+
+def _final_attrs(attrs: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """``attrs=`` for :func:`glacierflow.storage.store.write`: root attrs known only once the data is computed."""
+    return {"attrs": attrs}
+
+
+def _scores_group(sums: dict[str, Any]) -> xr.Dataset:
+    """Lazy ``mse``, ``mae``, ``n`` per (name, lead): the ``scores`` group, computed with the write."""
+    names = list(sums)
+    stack = {k: da.stack([da.asarray(sums[n][k]) for n in names]) for k in ("se", "ae", "n")}
+    n = stack["n"].astype(np.float64)
+    per = {k: da.where(n > 0, stack[k] / da.maximum(n, 1.0), np.nan) for k in ("se", "ae")}
+    return xr.Dataset(
+        {"mse": (("name", "lead"), per["se"], {"long_name": "mean squared error over observed pixels"}),
+         "mae": (("name", "lead"), per["ae"], {"long_name": "mean absolute error over observed pixels"}),
+         "n": (("name", "lead"), stack["n"].astype(np.int64), {"long_name": "pixels scored"})},
+        coords={"name": np.array(names, dtype=object), "lead": np.arange(1, stack["n"].shape[1] + 1)},
+    )
+
+
+def format_scores(scores: dict[str, Any]) -> list[str]:
+    """Lines of a table: name, MSE, MAE overall and MSE per lead, with skill against each baseline."""
+    if not scores:
+        return ["no targets in the cube after the last input: nothing to score (pass --last-input inside it)"]
+    n_lead = len(next(iter(scores.values()))["per_lead"]["mse"])
+    head = f"{'':14s} {'MSE':>8s} {'MAE':>8s}  " + " ".join(f"{'lead ' + str(h):>8s}" for h in range(1, n_lead + 1))
+    lines = [head]
+    for name, s in scores.items():
+        per = " ".join(f"{v:8.4f}" for v in s["per_lead"]["mse"])
+        lines.append(f"{name:14s} {s['mse']:8.4f} {s['mae']:8.4f}  {per}")
+    for base in ("persistence", "seasonal"):
+        if base in scores and "model" in scores and scores[base]["mse"] > 0:
+            lines.append(f"skill vs {base}: {1 - scores['model']['mse'] / scores[base]['mse']:+.3f} (1 - MSE ratio)")
+    return lines

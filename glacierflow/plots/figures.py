@@ -1,0 +1,482 @@
+"""Figures people would rather look at than read.
+
+Every function draws on its own :class:`matplotlib.figure.Figure` with the Agg canvas (no pyplot
+state, no display needed) and a fixed size and dpi, so the PNG's pixel size is known in advance.
+Plot functions compute what they draw (one pair, one frame); they are not lazy stages.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from glacierflow.errors import GlacierflowError
+
+FLOW_FIGSIZE = (12.0, 5.5)
+FLOW_DPI = 100
+
+
+def _open(store: xr.Dataset | str | os.PathLike, what: str) -> xr.Dataset:
+    if isinstance(store, xr.Dataset):
+        return store
+    from glacierflow.storage import store as stores
+
+    url = os.fspath(store)
+    if not stores.exists(url):
+        raise GlacierflowError(f"{what} store {url!r} not found; check the path")
+    return stores.open_store(url)
+
+
+def _extent_km(ds: xr.Dataset) -> tuple[float, float, float, float]:
+    """Image extent (left, right, bottom, top) in km from pixel-centre coordinates."""
+    x = np.asarray(ds["x"].values, dtype=np.float64)
+    y = np.asarray(ds["y"].values, dtype=np.float64)
+    hx = abs(x[1] - x[0]) / 2 if x.size > 1 else 15.0
+    hy = abs(y[1] - y[0]) / 2 if y.size > 1 else 15.0
+    return (
+        (x.min() - hx) / 1000, (x.max() + hx) / 1000,
+        (y.min() - hy) / 1000, (y.max() + hy) / 1000,
+    )
+
+
+def _nice(value: float) -> float:
+    """The largest round number (1, 2, 5 x 10^k) not above ``value``, for the arrow key."""
+    if not np.isfinite(value) or value <= 0:
+        return 1.0
+    exp = np.floor(np.log10(value))
+    for m in (5.0, 2.0, 1.0):
+        if m * 10**exp <= value:
+            return float(m * 10**exp)
+    return float(10**exp)
+
+
+def plot_flow(
+    velocity_store: xr.Dataset | str | os.PathLike,
+    cube: xr.Dataset | str | os.PathLike | None,
+    out_png: str | os.PathLike,
+    time_index: int | None = 0,
+    step: int = 40,
+) -> Path:
+    """Two-panel figure: one velocity pair (NDSI with arrows, speed map), or the composite.
+
+    With ``time_index=None`` the composite is drawn: ``speed_composite`` with the composite's arrows,
+    and the per-pixel ``speed_error`` beside it.
+
+    Parameters
+    ----------
+    velocity_store
+        Velocity store URL/path or dataset (``u``, ``v``, ``speed``, ``time_start``, ``time_end``).
+    cube
+        Cube store URL/path or dataset for the NDSI background (the pair's start period). ``None``:
+        the cube named in the velocity store's ``source_cube`` attribute, if it exists; otherwise
+        the arrows are drawn over the speed map.
+    out_png
+        Output PNG path.
+    time_index
+        Which pair (position along ``time``); ``None``: the composite over the pairs.
+    step
+        Arrow spacing in pixels (the paper: every 40 px = 1 200 m).
+
+    Returns
+    -------
+    pathlib.Path
+        ``out_png``. The image is ``FLOW_FIGSIZE * FLOW_DPI`` pixels.
+    """
+    vel = _open(velocity_store, "velocity")
+    n = vel.sizes.get("time", 0)
+    if time_index is not None and not -n <= time_index < n:
+        raise GlacierflowError(f"time_index {time_index} out of range; the velocity store has {n} pair(s)")
+    if step < 1:
+        raise GlacierflowError(f"step {step} must be >= 1 pixel")
+    if time_index is None:
+        if "speed_composite" not in vel:
+            raise GlacierflowError("the velocity store has no composite; pass a pair index (--pair)")
+        return _plot_composite(vel, out_png, step)
+    pair = vel.isel(time=time_index)
+    start = pd.Timestamp(pair["time_start"].values)
+    end = pd.Timestamp(pair["time_end"].values)
+    u = np.asarray(pair["u"].values, dtype=np.float32)
+    v = np.asarray(pair["v"].values, dtype=np.float32)
+    speed = np.asarray(pair["speed"].values, dtype=np.float32)
+
+    if cube is None:
+        source = vel.attrs.get("source_cube", "")
+        if source and ("://" in source or os.path.exists(source)):
+            cube = source
+    background = None
+    if cube is not None:
+        cube_ds = _open(cube, "cube")
+        if "ndsi" not in cube_ds:
+            raise GlacierflowError("cube has no 'ndsi' variable; pass a glacierflow cube store")
+        frame = cube_ds["ndsi"].sel(time=start, method="nearest")
+        background = np.asarray(frame.values, dtype=np.float32)
+
+    extent = _extent_km(vel)
+    fig = Figure(figsize=FLOW_FIGSIZE, dpi=FLOW_DPI)
+    FigureCanvasAgg(fig)
+    ax_q, ax_s = fig.subplots(1, 2, sharex=True, sharey=True)
+    finite = speed[np.isfinite(speed)]
+    vmax = float(np.percentile(finite, 99)) if finite.size else 1.0
+    vmax = vmax if vmax > 0 else 1.0
+
+    if background is not None:
+        im = ax_q.imshow(background, extent=extent, origin="upper", cmap="Blues_r", vmin=0, vmax=1,
+                         interpolation="nearest")
+        fig.colorbar(im, ax=ax_q, label="NDSI (snow mask)", shrink=0.85)
+        ax_q.set_title(f"NDSI {start:%Y-%m-%d} with velocity arrows")
+    else:
+        ax_q.imshow(speed, extent=extent, origin="upper", cmap="Greys", vmin=0, vmax=vmax,
+                    interpolation="nearest")
+        ax_q.set_title("speed (grey) with velocity arrows")
+
+    _quivers(ax_q, vel, u, v, step)
+    im_s = ax_s.imshow(speed, extent=extent, origin="upper", cmap="magma", vmin=0, vmax=vmax,
+                       interpolation="nearest")
+    fig.colorbar(im_s, ax=ax_s, label="speed (m/yr)", shrink=0.85)
+    ax_s.set_title("speed")
+    _axes(ax_q, ax_s)
+    method = json.loads(vel.attrs.get("flow_spec", "{}")).get("method", "farneback")
+    fig.suptitle(f"{method} velocity {start:%Y-%m-%d} → {end:%Y-%m-%d} ({(end - start).days} days)")
+    return _save(fig, out_png)
+
+
+def _plot_composite(vel: xr.Dataset, out_png: str | os.PathLike, step: int) -> Path:
+    """The composite: speed with arrows, and the per-pixel 1-sigma speed error."""
+    u, v, speed, err = (np.asarray(vel[k].values, dtype=np.float32)
+                        for k in ("u_composite", "v_composite", "speed_composite", "speed_error"))
+    extent = _extent_km(vel)
+    fig = Figure(figsize=FLOW_FIGSIZE, dpi=FLOW_DPI)
+    FigureCanvasAgg(fig)
+    ax_q, ax_s = fig.subplots(1, 2, sharex=True, sharey=True)
+    panels = [(ax_q, speed, "magma", "speed (m/yr)", "composite speed with velocity arrows"),
+              (ax_s, err, "viridis", "1-sigma speed error (m/yr)", "speed error")]
+    for ax, data, cmap, label, title in panels:
+        finite = data[np.isfinite(data)]
+        top = float(np.percentile(finite, 99)) if finite.size else 1.0
+        im = ax.imshow(data, extent=extent, origin="upper", cmap=cmap, vmin=0, vmax=top if top > 0 else 1.0,
+                       interpolation="nearest")
+        fig.colorbar(im, ax=ax, label=label, shrink=0.85)
+        ax.set_title(title)
+    _quivers(ax_q, vel, u, v, step)
+    _axes(ax_q, ax_s)
+    start, end = (pd.Timestamp(vel[k].values.min() if k == "time_start" else vel[k].values.max())
+                  for k in ("time_start", "time_end"))
+    fig.suptitle(f"composite of {vel.sizes.get('time', 0)} pairs, {start:%Y-%m-%d} → {end:%Y-%m-%d}")
+    return _save(fig, out_png)
+
+
+def _axes(ax_q: Any, ax_s: Any) -> None:
+    for ax in (ax_q, ax_s):
+        ax.set_xlabel("easting (km, UTM)")
+        ax.set_aspect("equal")
+    ax_q.set_ylabel("northing (km, UTM)")
+
+
+def _save(fig: Figure, out_png: str | os.PathLike) -> Path:
+    out = Path(out_png)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=FLOW_DPI, format="png")
+    return out
+
+
+def _quivers(ax_q: Any, vel: xr.Dataset, u: np.ndarray, v: np.ndarray, step: int) -> None:
+    """Velocity arrows every ``step`` pixels; the 99th-percentile arrow spans 0.9 spacings."""
+    x_km = np.asarray(vel["x"].values, dtype=np.float64) / 1000
+    y_km = np.asarray(vel["y"].values, dtype=np.float64) / 1000
+    off = step // 2
+    rows = np.arange(off, len(y_km), step)
+    cols = np.arange(off, len(x_km), step)
+    qu = u[np.ix_(rows, cols)]
+    qv = v[np.ix_(rows, cols)]
+    ok = np.isfinite(qu) & np.isfinite(qv)
+    gx, gy = np.meshgrid(x_km[cols], y_km[rows])
+    if ok.any():
+        top = float(np.percentile(np.hypot(qu[ok], qv[ok]), 99))
+        top = top if top > 0 else 1.0
+        # the 99th-percentile arrow spans 0.9 arrow spacings; the key shows a round speed
+        spacing_km = step * abs(x_km[1] - x_km[0]) if len(x_km) > 1 else 1.0
+        q = ax_q.quiver(gx[ok], gy[ok], qu[ok], qv[ok], color="crimson", angles="xy",
+                        scale_units="xy", scale=top / (0.9 * spacing_km), width=0.005)
+        ref = _nice(top)
+        ax_q.quiverkey(q, 0.72, 0.04, ref, f"{ref:g} m/yr", labelpos="E", coordinates="axes",
+                       color="crimson", labelcolor="black",
+                       fontproperties={"size": 9})
+
+
+# ------------------------------------------------------------------------------------------------ the cube
+CUBE_DPI = 80
+FORECAST_DPI = 80
+RUN_FIGSIZE = (8.0, 4.5)
+RUN_DPI = 100
+
+
+def _render(fig: Figure) -> np.ndarray:
+    """The figure drawn by Agg as an RGB uint8 array."""
+    canvas = fig.canvas
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
+
+
+def _km_axes(ax: object, left: bool = True) -> None:
+    ax.set_xlabel("easting (km, UTM)")  # type: ignore[attr-defined]
+    if left:
+        ax.set_ylabel("northing (km, UTM)")  # type: ignore[attr-defined]
+    ax.set_aspect("equal")  # type: ignore[attr-defined]
+
+
+def plot_cube_gif(
+    cube: xr.Dataset | str | os.PathLike,
+    out_gif: str | os.PathLike,
+    *,
+    seconds_per_frame: float = 0.6,
+    max_frames: int = 120,
+) -> Path:
+    """Animated GIF of the cube's snow-mask NDSI, one frame per period, its date in the title.
+
+    Parameters
+    ----------
+    cube
+        Cube store URL/path or dataset (``ndsi``; ``n_scenes`` and ``interpolated`` when present).
+    out_gif
+        Output GIF path.
+    seconds_per_frame
+        Display time of each frame.
+    max_frames
+        At most this many periods (evenly spaced) are drawn.
+
+    Returns
+    -------
+    pathlib.Path
+        ``out_gif``. Frames are read one period at a time.
+    """
+    from PIL import Image
+
+    ds = _open(cube, "cube")
+    if "ndsi" not in ds:
+        raise GlacierflowError("cube has no 'ndsi' variable; pass a glacierflow cube store")
+    n = ds.sizes["time"]
+    if n == 0:
+        raise GlacierflowError("cube has no periods to animate")
+    index = np.unique(np.linspace(0, n - 1, min(n, max_frames)).round().astype(int))
+    extent = _extent_km(ds)
+    aspect = (extent[3] - extent[2]) / max(extent[1] - extent[0], 1e-9)
+    frames = []
+    for i in index:
+        period = ds.isel(time=int(i))
+        fig = Figure(figsize=(6.4, 0.9 + 5.0 * min(max(aspect, 0.4), 2.0)), dpi=CUBE_DPI)
+        FigureCanvasAgg(fig)
+        ax = fig.subplots()
+        im = ax.imshow(np.asarray(period["ndsi"].values, np.float32), extent=extent, origin="upper",
+                       cmap="Blues_r", vmin=0, vmax=1, interpolation="nearest")
+        fig.colorbar(im, ax=ax, label="snow-mask NDSI (1)", shrink=0.85)
+        note = []
+        if "n_scenes" in period:
+            note.append(f"{int(period['n_scenes'])} scene(s)")
+        if "interpolated" in period and bool(period["interpolated"]):
+            note.append("interpolated")
+        when = pd.Timestamp(period["time"].values)
+        ax.set_title(f"period {when:%Y-%m-%d}  ({i + 1}/{n})" + (f"  {', '.join(note)}" if note else ""))
+        _km_axes(ax)
+        fig.tight_layout()
+        frames.append(Image.fromarray(_render(fig)))
+    out = Path(out_gif)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    frames[0].save(out, save_all=True, append_images=frames[1:], duration=int(seconds_per_frame * 1000), loop=0,
+                   format="GIF")
+    return out
+
+
+# --------------------------------------------------------------------------------------------- the forecast
+def _error_limit(errors: list[np.ndarray]) -> float:
+    finite = np.concatenate([np.abs(e[np.isfinite(e)]).ravel() for e in errors]) if errors else np.array([])
+    top = float(np.percentile(finite, 99)) if finite.size else 1.0
+    return top if top > 0 else 1.0
+
+
+def plot_forecast(
+    forecast: xr.Dataset | str | os.PathLike,
+    cube: xr.Dataset | str | os.PathLike | None,
+    out_png: str | os.PathLike,
+) -> Path:
+    """Forecast vs truth per lead: truth, forecast, its error, and the errors of persistence and seasonal.
+
+    Parameters
+    ----------
+    forecast
+        Forecast store (``glacierflow predict``) URL/path or dataset.
+    cube
+        Cube store for truth and baselines; ``None``: the forecast's ``source_cube``.
+    out_png
+        Output PNG. One row per lead; where a target lies beyond the cube its row shows the forecast only.
+
+    Returns
+    -------
+    pathlib.Path
+        ``out_png``.
+    """
+    from glacierflow.forecast.predict import baseline_frames
+    from glacierflow.learn.patches import SEASON_LENGTH
+
+    fc = _open(forecast, "forecast")
+    cube_ds = _open(cube if cube is not None else fc.attrs.get("source_cube", ""), "cube")
+    times = pd.DatetimeIndex(cube_ds["time"].values)
+    last = int(times.get_loc(pd.Timestamp(fc.attrs["last_input"])))
+    t_out = fc.sizes["time"]
+    season = SEASON_LENGTH.get(str(fc.attrs.get("period", "3MS")), 4)
+    base = baseline_frames(cube_ds["ndsi"], last, t_out, season)
+    cols = ["truth", "forecast", "forecast - truth", *[f"{name} - truth" for name in base]]
+    fig = Figure(figsize=(3.3 * len(cols), 3.0 * t_out + 0.8), dpi=FORECAST_DPI)
+    FigureCanvasAgg(fig)
+    axes = np.atleast_2d(fig.subplots(t_out, len(cols), sharex=True, sharey=True))
+    for h in range(t_out):
+        target = pd.Timestamp(fc["time"].values[h])
+        pred = np.asarray(fc["ndsi"].isel(time=h).values, np.float32)
+        truth = np.asarray(cube_ds["ndsi"].sel(time=target).values, np.float32) if target in times else None
+        errs = [] if truth is None else [pred - truth, *[np.asarray(b.isel(time=h).values) - truth
+                                                         for b in base.values()]]
+        panels = [truth, pred, *errs] + [None] * (len(cols) - 2 - len(errs))
+        _forecast_row(fig, axes[h], panels, cols, _extent_km(fc), _error_limit(errs), last_row=h == t_out - 1)
+        axes[h, 0].set_ylabel(f"lead {h + 1}: {target:%Y-%m-%d}\nnorthing (km, UTM)")
+    fig.suptitle(f"{fc.attrs.get('model', 'model')} forecast after {fc.attrs['last_input']} "
+                 f"(inputs {', '.join(json_list(fc.attrs.get('input_periods', '[]')))})")
+    fig.tight_layout()
+    out = Path(out_png)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=FORECAST_DPI, format="png")
+    return out
+
+
+def _forecast_row(fig: Figure, axes: np.ndarray, panels: list[np.ndarray | None], titles: list[str],
+                  extent: tuple[float, float, float, float], lim: float, last_row: bool) -> None:
+    """One lead: NDSI panels (truth, forecast) then error panels on one symmetric scale."""
+    for j, (ax, img) in enumerate(zip(axes, panels, strict=True)):
+        if img is None:
+            ax.text(0.5, 0.5, "target beyond the cube", ha="center", va="center", transform=ax.transAxes)
+            ax.set_axis_off()
+            continue
+        is_error = j >= 2
+        cmap, lo, hi = ("RdBu_r", -lim, lim) if is_error else ("Blues_r", 0.0, 1.0)
+        im = ax.imshow(img, extent=extent, origin="upper", cmap=cmap, vmin=lo, vmax=hi, interpolation="nearest")
+        fig.colorbar(im, ax=ax, label="error (NDSI, 1)" if is_error else "snow-mask NDSI (1)", shrink=0.8)
+        ax.set_title(titles[j] + (f"\nMSE {np.nanmean(img ** 2):.4f} (all px)" if is_error else ""), fontsize=9)
+        if last_row:
+            ax.set_xlabel("easting (km, UTM)")
+
+
+def plot_forecast_flow(velocity_store: xr.Dataset | str | os.PathLike, out_png: str | os.PathLike,
+                       step: int = 40) -> Path:
+    """Predicted movement next to the true frames' (``flow FORECAST``): composite speeds with arrows, difference.
+
+    Panels: the composite of the flow between the predicted frames, the composite of the flow between the
+    cube's true frames of the same periods (same pairs, same colour scale), and predicted - true speed.
+    """
+    vel = _open(velocity_store, "velocity")
+    if "speed_composite_true" not in vel:
+        raise GlacierflowError("the velocity store has no true-frame flow; write it with `glacierflow flow "
+                               "FORECAST` from a forecast whose target periods lie in its cube")
+    get = {k: np.asarray(vel[k].values, np.float32) for k in
+           ("u_composite", "v_composite", "speed_composite", "u_composite_true", "v_composite_true",
+            "speed_composite_true")}
+    both = np.concatenate([get["speed_composite"].ravel(), get["speed_composite_true"].ravel()])
+    top = float(np.nanpercentile(both, 99)) if np.isfinite(both).any() else 1.0
+    diff = get["speed_composite"] - get["speed_composite_true"]
+    extent = _extent_km(vel)
+    fig = Figure(figsize=(17.0, 5.5), dpi=FLOW_DPI)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, 3, sharex=True, sharey=True)
+    c = {k: float(vel[f"composite_{k}"].values) for k in ("speed_diff_median", "direction_diff_median")}
+    for ax, key, title in ((axes[0], "", "predicted frames"), (axes[1], "_true", "true frames, same periods")):
+        im = ax.imshow(get[f"speed_composite{key}"], extent=extent, origin="upper", cmap="magma", vmin=0,
+                       vmax=top if top > 0 else 1.0, interpolation="nearest")
+        fig.colorbar(im, ax=ax, label="speed (m/yr)", shrink=0.85)
+        _same_scale_quivers(ax, vel, get[f"u_composite{key}"], get[f"v_composite{key}"], step, top)
+        ax.set_title(f"{title}: composite speed")
+    lim = _error_limit([diff])
+    im = axes[2].imshow(diff, extent=extent, origin="upper", cmap="RdBu_r", vmin=-lim, vmax=lim,
+                        interpolation="nearest")
+    fig.colorbar(im, ax=axes[2], label="predicted - true speed (m/yr)", shrink=0.85)
+    axes[2].set_title(f"difference: median |speed diff| on ice {c['speed_diff_median']:.1f} m/yr,\n"
+                      f"median direction difference {c['direction_diff_median']:.0f}°", fontsize=10)
+    for k, ax in enumerate(axes):
+        _km_axes(ax, left=k == 0)
+    start, end = (pd.Timestamp(vel[k].values.min() if k == "time_start" else vel[k].values.max())
+                  for k in ("time_start", "time_end"))
+    model, last = vel.attrs.get("model", "the model"), vel.attrs.get("last_input", "?")
+    fig.suptitle(f"movement predicted by {model} (after {last}) vs the true frames: {vel.sizes['time']} pairs "
+                 f"{start:%Y-%m-%d} → {end:%Y-%m-%d}, Δt from the "
+                 "period starts")
+    fig.tight_layout()
+    return _save(fig, out_png)
+
+
+def _same_scale_quivers(ax: Any, vel: xr.Dataset, u: np.ndarray, v: np.ndarray, step: int, top: float) -> None:
+    """Arrows every ``step`` px on one scale for several panels: a ``top`` m/yr arrow spans 0.9 spacings."""
+    x_km, y_km = (np.asarray(vel[k].values, np.float64) / 1000 for k in ("x", "y"))
+    rows, cols = np.arange(step // 2, len(y_km), step), np.arange(step // 2, len(x_km), step)
+    qu, qv = u[np.ix_(rows, cols)], v[np.ix_(rows, cols)]
+    ok = np.isfinite(qu) & np.isfinite(qv)
+    gx, gy = np.meshgrid(x_km[cols], y_km[rows])
+    spacing_km = step * abs(x_km[1] - x_km[0]) if len(x_km) > 1 else 1.0
+    top = top if top > 0 else 1.0
+    q = ax.quiver(gx[ok], gy[ok], qu[ok], qv[ok], color="crimson", angles="xy", scale_units="xy",
+                  scale=top / (0.9 * spacing_km), width=0.005)
+    ref = _nice(top)
+    ax.quiverkey(q, 0.72, 0.04, ref, f"{ref:g} m/yr", labelpos="E", coordinates="axes", color="crimson",
+                 labelcolor="black", fontproperties={"size": 9})
+
+
+def json_list(text: str) -> list[str]:
+    """A JSON list attribute as a list of strings."""
+    import json
+
+    value = json.loads(text) if isinstance(text, str) else list(text)
+    return [str(v) for v in value]
+
+
+# ---------------------------------------------------------------------------------------------- the run
+def plot_run(run_dir: str | os.PathLike, out_png: str | os.PathLike) -> Path:
+    """Loss curves of a training run (``loss.csv``): train per step, validation per epoch, the best epoch.
+
+    The best validation epoch is the early-stopping point (``best.pt``): marked with a star, and a dashed
+    line where training stopped.
+    """
+    path = Path(run_dir) / "loss.csv"
+    if not path.is_file():
+        raise GlacierflowError(f"no loss.csv in {run_dir}; is it a run directory of 'glacierflow train'?")
+    log = pd.read_csv(path)
+    train = log.dropna(subset=["train_loss"])
+    val = log.dropna(subset=["val_loss"])
+    if train.empty and val.empty:
+        raise GlacierflowError(f"{path} has no losses yet")
+    fig = Figure(figsize=RUN_FIGSIZE, dpi=RUN_DPI)
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    if not train.empty:
+        ax.plot(train["step"], train["train_loss"], color="tab:blue", alpha=0.35, lw=0.8, label="train (per step)")
+        smooth = train["train_loss"].rolling(max(1, len(train) // 20), min_periods=1).mean()
+        ax.plot(train["step"], smooth, color="tab:blue", lw=1.8, label="train (running mean)")
+    if not val.empty:
+        ax.plot(val["step"], val["val_loss"], "o-", color="tab:orange", lw=1.8, label="validation (per epoch)")
+        best = val.loc[val["val_loss"].idxmin()]
+        ax.plot([best["step"]], [best["val_loss"]], marker="*", ms=16, color="crimson", ls="none",
+                label=f"best: epoch {int(best['epoch'])} (best.pt)")
+        ax.axvline(float(val["step"].max()), color="grey", ls="--", lw=1, label="training stopped")
+    ax.set_yscale("log")
+    ax.set_xlabel("training step")
+    ax.set_ylabel("masked MSE (NDSI²)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(f"training run {Path(run_dir).name}")
+    fig.tight_layout()
+    out = Path(out_png)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=RUN_DPI, format="png")
+    return out
