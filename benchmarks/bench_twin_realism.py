@@ -33,9 +33,9 @@ from scipy import ndimage
 
 from glacierflow.ingest import catalog, cube
 from glacierflow.motion.velocity import run_flow
-from glacierflow.preprocess.build import build_cube_store
 from glacierflow.preprocess import gapfill
 from glacierflow.preprocess import qa as preprocess
+from glacierflow.preprocess.build import build_cube_store
 from glacierflow.specs import CubeSpec, PreprocessSpec
 from glacierflow.storage.store import open_store
 from glacierflow.twin.make import load_twin_meta

@@ -9,8 +9,8 @@ Without a STAC URL argument this targets Planetary Computer for the parvati glac
 
 import sys
 
-from glacierflow.cli.main import runner
 from glacierflow.compute.cluster import get_client
+from glacierflow.compute.runner import runner
 from glacierflow.geo.glaciers import get_site, site_from_bbox
 from glacierflow.ingest.catalog import PLANETARY_COMPUTER_URL
 from glacierflow.preprocess.build import build_cube_store

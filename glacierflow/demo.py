@@ -155,8 +155,8 @@ def _twin(work: Path, stages: Stages, cfg: dict[str, Any], glacier: str, start: 
 
 
 def _cube(work: Path, twin: Path, stages: Stages, cfg: dict[str, Any], cluster: str, name: str) -> str:
-    from glacierflow.cli.main import runner
     from glacierflow.compute.cluster import get_client
+    from glacierflow.compute.runner import runner
     from glacierflow.preprocess.build import build_cube_store
     from glacierflow.specs import CubeSpec, PreprocessSpec
     from glacierflow.storage import store

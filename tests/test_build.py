@@ -16,9 +16,9 @@ from scipy import ndimage
 
 from glacierflow.errors import GlacierflowError
 from glacierflow.ingest import catalog, cube
-from glacierflow.preprocess.build import as_tree, build_cube_store, cube_dataset
 from glacierflow.preprocess import gapfill
 from glacierflow.preprocess import qa as preprocess
+from glacierflow.preprocess.build import as_tree, build_cube_store, cube_dataset
 from glacierflow.specs import CubeSpec, PreprocessSpec
 from glacierflow.storage.store import open_store, write_store
 from glacierflow.testing import raise_if_computes

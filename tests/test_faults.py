@@ -19,7 +19,8 @@ import numpy as np
 import pytest
 import rasterio
 
-from glacierflow.cli.main import main as cli
+from glacierflow import cli
+from glacierflow.compute.runner import runner
 from glacierflow.errors import GlacierflowError
 from glacierflow.ingest.catalog import search
 from glacierflow.preprocess.build import build_cube_store
@@ -255,7 +256,7 @@ def test_a_worker_killed_mid_build_leaves_the_result_unchanged(served_twin: dict
         killer = threading.Thread(target=kill_a_busy_worker, daemon=True)
         killer.start()
         try:
-            build_cube_store(spec, PreprocessSpec(), str(out), compute=cli.runner(client))
+            build_cube_store(spec, PreprocessSpec(), str(out), compute=runner(client))
         finally:
             done.set()
             killer.join(10)

@@ -21,7 +21,7 @@ import pytest
 import torch
 import xarray as xr
 
-from glacierflow.cli.main import main as cli
+from glacierflow import cli
 from glacierflow.errors import GlacierflowError
 from glacierflow.preprocess.build import build_cube_store
 from glacierflow.specs import CubeSpec, FlowSpec, PredictSpec, PreprocessSpec

@@ -34,6 +34,7 @@ import typer
 from rich.console import Console
 
 from glacierflow.compute.cluster import DEFAULT_CLUSTER, GATEWAY_WORKERS, SPEC_FORMS
+from glacierflow.compute.runner import runner
 from glacierflow.errors import GlacierflowError, SpecError
 from glacierflow.geo.glaciers import GLACIERS
 from glacierflow.specs import (
@@ -243,34 +244,6 @@ def _check_writable(url: str, pairs: list[str] | None) -> None:
     from glacierflow.storage.store import check_writable
 
     check_writable(url, storage_options(pairs))
-
-
-def runner(client: object, progress_bar: bool = True) -> Callable[[list], list]:
-    """A ``compute(list_of_dask_objects) -> results`` callable, with a progress bar on a terminal."""
-    import dask
-
-    progress_bar = progress_bar and sys.stderr.isatty()
-
-    if hasattr(client, "compute") and hasattr(client, "gather"):
-        from distributed import progress
-
-        def run(objs: list) -> list:
-            futures = client.compute(objs)  # type: ignore[attr-defined]
-            if progress_bar:
-                progress(futures)
-            return client.gather(futures)  # type: ignore[attr-defined]
-
-        return run
-
-    def run_local(objs: list) -> list:
-        from dask.diagnostics import ProgressBar
-
-        if progress_bar:
-            with ProgressBar(out=sys.stderr):
-                return list(dask.compute(*objs))
-        return list(dask.compute(*objs))
-
-    return run_local
 
 
 # ------------------------------------------------------------------------------------------------ twin
