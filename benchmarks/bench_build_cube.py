@@ -291,7 +291,8 @@ def serial_main(cfg: dict[str, Any]) -> dict[str, Any]:
 
     from glacierflow.preprocess.align import _highpass, find_warp, warp_image
     from glacierflow.preprocess.gapfill import gap_fill_2d
-    from glacierflow.preprocess.qa import QA_CLOUD, QA_CLOUD_SHADOW, QA_DILATED_CLOUD, QA_FILL, period_starts
+    from glacierflow.preprocess.periods import period_starts
+    from glacierflow.preprocess.qa import QA_CLOUD, QA_CLOUD_SHADOW, QA_DILATED_CLOUD, QA_FILL
     from glacierflow.specs import PreprocessSpec
 
     cv2.setNumThreads(0)

@@ -27,16 +27,21 @@ from collections.abc import Iterable, Mapping
 from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from typing import Any, TypeVar
 
+from glacierflow.choices import (
+    BLEND_WINDOWS,
+    CATEGORIES,
+    DEVICES,
+    FLOW_IMAGES,
+    FLOW_METHODS,
+    MOTIONS,
+    OBJECTIVES,
+    PAIR_DAYS,
+    PAIR_KINDS,
+    PERIODS,
+    SPLITS,
+)
 from glacierflow.errors import GlacierflowError, SpecError
 from glacierflow.geo.glaciers import Site, bbox_problem, get_site, site_from_bbox
-
-MOTIONS = ("translation", "euclidean", "affine", "homography")
-PERIODS = ("1MS", "3MS", "6MS")
-CATEGORIES = ("T1", "T2", "RT")  # Landsat Collection 2 tiers (landsat:collection_category)
-PAIR_KINDS = ("annual", "consecutive")  # or MIN:MAX days (FlowSpec.pairs)
-PAIR_DAYS = {"annual": (300.0, 430.0), "consecutive": (0.5, 1e9)}  # days between the acquisitions
-FLOW_METHODS = ("ncc", "farneback")  # glacierflow.motion.matching.METHODS (tested to agree)
-FLOW_IMAGES = ("auto", "guides", "ndsi")
 
 S = TypeVar("S", bound="Spec")
 
@@ -446,9 +451,6 @@ def spec_from_store(attrs: Mapping[str, Any], key: str, cls: type[S], where: str
 
 
 # ------------------------------------------------------------------------------------------------ learning
-SPLITS = ("temporal", "spatial")
-DEVICES = ("auto", "cpu", "cuda")
-OBJECTIVES = ("patch", "full-scene")  # training objectives: glacierflow.learn.objectives.OBJECTIVES
 
 
 @dataclass(frozen=True)
@@ -551,7 +553,6 @@ class TrainSpec(Spec):
 
 
 # ------------------------------------------------------------------------------------------------ forecast
-BLEND_WINDOWS = ("hann", "uniform")
 
 
 @dataclass(frozen=True)

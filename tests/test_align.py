@@ -221,7 +221,8 @@ def test_bad_arguments_name_the_value():
 
 
 def test_full_chain_builds_without_computing():
-    from glacierflow.preprocess.qa import mask_invalid, ndsi, resample, snow_mask
+    from glacierflow.preprocess.periods import resample
+    from glacierflow.preprocess.qa import mask_invalid, ndsi, snow_mask
 
     ref = textured(10, 64)
     green = 0.5 + 0.25 * (np.stack([shifted(ref, dy, dx) for dy, dx in SHIFTS]) - 0.5)  # > 0.2

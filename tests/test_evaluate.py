@@ -11,7 +11,8 @@ import torch
 
 from glacierflow.cli.main import main
 from glacierflow.errors import GlacierflowError
-from glacierflow.learn import evaluate, patches, train
+from glacierflow.learn import evaluate, metrics, patches, train
+from glacierflow.learn.checkpoint import load_checkpoint
 from glacierflow.learn.models import BASELINES, MODELS
 from glacierflow.specs import ModelSpec, PatchSpec, TrainSpec
 from glacierflow.storage.store import open_store
@@ -25,7 +26,7 @@ def test_metrics_equal_a_numpy_reference_on_fixed_samples() -> None:
     target = rng.random((5, 3, 1, 6, 6))
     pred = {"m": rng.random(target.shape), "persistence": rng.random(target.shape), "seasonal": target + 0.1}
     mask = (rng.random(target.shape) > 0.3).astype(np.float32)
-    res = evaluate.score(pred, target, mask)
+    res = metrics.score(pred, target, mask)
     for name, p in pred.items():
         sel = mask.astype(bool)
         assert res[name]["mse"] == pytest.approx(np.mean((p[sel] - target[sel]) ** 2), rel=1e-12)
@@ -40,9 +41,9 @@ def test_metrics_equal_a_numpy_reference_on_fixed_samples() -> None:
     # batches accumulate to the same figures as one pass (torch tensors work too)
     sums = None
     for i in range(0, 5, 2):
-        sums = evaluate.add_sums(sums, evaluate.metric_sums(torch.tensor(pred["m"][i:i + 2]),
+        sums = metrics.add_sums(sums, metrics.metric_sums(torch.tensor(pred["m"][i:i + 2]),
                                                              torch.tensor(target[i:i + 2]), mask[i:i + 2]))
-    assert evaluate.finish(sums)["mse"] == pytest.approx(res["m"]["mse"], rel=1e-6)
+    assert metrics.finish(sums)["mse"] == pytest.approx(res["m"]["mse"], rel=1e-6)
 
 
 @pytest.mark.parametrize("period", ["3MS", "1MS"])
@@ -78,7 +79,7 @@ def test_evaluate_run_writes_the_schema_and_matches_a_direct_computation(run_dir
         assert set(r) == {"mse", "mae", "per_lead", "skill"} and set(r["skill"]) == set(BASELINES)
         assert set(r["per_lead"]) == {"mse", "mae"} and len(r["per_lead"]["mse"]) == 2
     # independent: gather the test samples by slicing, predict with the reloaded model, numpy means
-    model, specs, _ = train.load_checkpoint(run / "best.pt")
+    model, specs, _ = load_checkpoint(run / "best.pt")
     samples = patches.prepare(open_store(cube), PatchSpec.from_dict(specs["patch_spec"]))
     nd = open_store(cube)["ndsi"].values
     starts = samples.starts[samples.sets["test"]]

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from glacierflow.errors import GlacierflowError
+from glacierflow.learn.checkpoint import load_checkpoint
 from glacierflow.testing import write_synthetic_cube
 
 torch.set_num_threads(1)
@@ -30,7 +31,6 @@ def runs(tmp_path_factory):
 
 def test_finetune_continues_the_weights_on_the_other_cube(runs, capsys):
     from glacierflow.cli.main import main
-    from glacierflow.learn import train
 
     out = runs["dir"] / "run2"
     code = main(["finetune", str(runs["run"]), "--cube", runs["other"], "--out", str(out), "--epochs", "2",
@@ -38,8 +38,8 @@ def test_finetune_continues_the_weights_on_the_other_cube(runs, capsys):
     printed = capsys.readouterr().out
     assert code == 0, printed
     assert "lstm zero-shot" in printed and "lstm fine-tuned" in printed and "seasonal" in printed
-    src, _, src_ck = train.load_checkpoint(runs["run"] / "best.pt")
-    _, specs, ck = train.load_checkpoint(out / "last.pt")
+    src, _, src_ck = load_checkpoint(runs["run"] / "best.pt")
+    _, specs, ck = load_checkpoint(out / "last.pt")
     assert specs["cube"] == runs["other"] and ck["epoch"] == 2 and specs["patch_spec"]["size"] == 16
     record = json.loads((out / "finetune.json").read_text())
     assert record["source"].endswith("best.pt") and len(record["source_sha256"]) == 64

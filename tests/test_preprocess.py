@@ -1,4 +1,4 @@
-"""Tests for glacierflow.preprocess.qa: QA mask, read errors, NDSI, period means from observations."""
+"""Tests for glacierflow.preprocess.qa and .periods: QA mask, read errors, NDSI, period means from observations."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import pytest
 import xarray as xr
 
 from glacierflow.errors import GlacierflowError
+from glacierflow.preprocess.periods import period_starts, resample
 from glacierflow.preprocess.qa import (
     QA_CIRRUS,
     QA_CLEAR,
@@ -19,8 +20,6 @@ from glacierflow.preprocess.qa import (
     QA_SNOW,
     mask_invalid,
     ndsi,
-    period_starts,
-    resample,
     snow_mask,
     valid_fraction,
 )

@@ -29,7 +29,7 @@ import zarr
 from glacierflow.cli.main import main
 from glacierflow.errors import GlacierflowError
 from glacierflow.ingest import cube
-from glacierflow.learn.train import read_checkpoint
+from glacierflow.learn.checkpoint import read_checkpoint
 from glacierflow.preprocess.build import build_cube_store
 from glacierflow.specs import CubeSpec, PreprocessSpec
 

@@ -13,6 +13,9 @@ import zarr
 
 from glacierflow.errors import GlacierflowError
 from glacierflow.learn import train
+from glacierflow.learn.checkpoint import load_checkpoint
+from glacierflow.learn.objectives import masked_mse
+from glacierflow.learn.runtime import resolve_device
 from glacierflow.specs import ModelSpec, PatchSpec, TrainSpec
 from glacierflow.testing import write_synthetic_cube
 
@@ -72,7 +75,7 @@ def test_checkpoints_load_with_weights_only_and_rebuild_the_model(syn_cube: str,
         assert ck["model_name"] == "lstm" and ck["epoch"] == 1 and ck["step"] > 0 and "optimizer" in ck
         assert PatchSpec.from_dict(ck["patch_spec"]) == SMALL
         assert json.loads(json.dumps(ck["cube_spec"]))["name"] == "synthetic"
-    model, specs, ck = train.load_checkpoint(tmp_path / "r" / "best.pt")
+    model, specs, ck = load_checkpoint(tmp_path / "r" / "best.pt")
     assert specs["model_name"] == "lstm" and specs["model_args"]["hidden_size"] == 32 and not model.training
     x = torch.rand(3, 2, 1, 16, 16)
     from glacierflow.learn.models import build_model
@@ -109,8 +112,8 @@ def test_user_mistakes_are_one_line_errors(syn_cube: str, tmp_path: Path) -> Non
         train.fit(syn_cube, tmp_path / "c", resume=True, progress=False)
     if not torch.cuda.is_available():
         with pytest.raises(GlacierflowError, match="no CUDA GPU; use --device cpu or auto"):
-            train.resolve_device("cuda")
-    assert train.resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+            resolve_device("cuda")
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def test_masked_mse_and_teacher_forcing_schedule() -> None:
@@ -118,8 +121,8 @@ def test_masked_mse_and_teacher_forcing_schedule() -> None:
     target[:, 0] = 3.0
     mask = torch.ones_like(target)
     mask[:, 0] = 0  # unobserved frame: its error of 9 must not count
-    assert float(train.masked_mse(pred, target, mask)) == pytest.approx(1.0)
-    assert float(train.masked_mse(pred, target, torch.ones_like(target))) == pytest.approx((9 + 1 + 1) / 3)
+    assert float(masked_mse(pred, target, mask)) == pytest.approx(1.0)
+    assert float(masked_mse(pred, target, torch.ones_like(target))) == pytest.approx((9 + 1 + 1) / 3)
     spec = TrainSpec(epochs=9, teacher_forcing=0.8, teacher_forcing_epochs=4)
     assert [train.teacher_forcing_at(e, spec) for e in range(6)] == pytest.approx([0.8, 0.6, 0.4, 0.2, 0.0, 0.0])
 
@@ -200,7 +203,7 @@ def test_full_scene_objective_lowers_its_loss_and_is_recorded(syn16_cube: str, t
 
     torch.manual_seed(FULL.seed)  # the initial weights fit() started from
     before = objective(build_model(ck["model_name"], **ck["model_args"]))
-    after = objective(train.load_checkpoint(tmp_path / "r" / "last.pt")[0])
+    after = objective(load_checkpoint(tmp_path / "r" / "last.pt")[0])
     # measured: 0.1220 -> 0.1065 on these windows after 50 steps (-12.7 %); demand 5 %
     assert after < 0.95 * before, (before, after)
     assert len(_rows(tmp_path / "r")) == 1 + 10 * (5 + 1), "5 steps (one per window) and a validation row per epoch"

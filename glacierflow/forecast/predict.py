@@ -16,7 +16,6 @@ chunk by chunk (template metadata first, then one region per chunk).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -34,6 +33,7 @@ import pandas as pd
 import xarray as xr
 
 from glacierflow import __version__
+from glacierflow.choices import season_length
 from glacierflow.errors import GlacierflowError
 from glacierflow.geo.tiling import (  # noqa: F401  (the tiling and blending are part of predict's API)
     WINDOWS,
@@ -46,8 +46,10 @@ from glacierflow.geo.tiling import (  # noqa: F401  (the tiling and blending are
     tile_layout,
     tile_starts,
 )
-from glacierflow.learn.patches import SEASON_LENGTH
+from glacierflow.learn.metrics import finish, lead_sums, observed_mask
 from glacierflow.specs import PredictSpec
+from glacierflow.storage.cubes import cube_period, stored_chunks
+from glacierflow.storage.runfiles import file_sha256
 
 Model = Callable[[Any], Any]
 """Anything mapping a ``(B, t_in, 1, P, P)`` torch tensor to ``(B, t_out, 1, P, P)``."""
@@ -58,23 +60,16 @@ def _run_tiles(model: Model, tiles: np.ndarray, batch_size: int, device: str) ->
     """Model output for ``tiles`` (N, t_in, P, P) in batches -> (N, t_out, P, P) float32."""
     import torch
 
+    from glacierflow.learn.runtime import autocast, autocast_dtype  # deferred: torch
+
     outs = []
     dev = torch.device(device)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else _null()
-    with torch.inference_mode(), autocast:
+    with torch.inference_mode(), autocast(dev, autocast_dtype(dev)):
         for i in range(0, len(tiles), batch_size):
             x = torch.from_numpy(np.ascontiguousarray(tiles[i : i + batch_size, :, None])).to(dev)
             y = model(x)
             outs.append(y.float().clamp(0.0, 1.0)[:, :, 0].cpu().numpy())
     return np.concatenate(outs).astype(np.float32)
-
-
-class _null:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *args: object) -> None:
-        return None
 
 
 def forecast_rows(
@@ -172,42 +167,6 @@ def baseline_frames(cube_ndsi: xr.DataArray, last: int, t_out: int, season_lengt
     return out
 
 
-def observed_mask(cube: xr.Dataset, index: list[int]) -> xr.DataArray:
-    """Pixels that score: ``n_valid > 0`` where the cube has it, else periods not ``interpolated``."""
-    sub = cube.isel(time=index)
-    if "n_valid" in cube:
-        mask = sub["n_valid"] > 0
-    elif "interpolated" in cube:
-        mask = ~sub["interpolated"].astype(bool) & xr.ones_like(sub["ndsi"], dtype=bool)
-    else:
-        mask = xr.ones_like(sub["ndsi"], dtype=bool)
-    return mask & np.isfinite(sub["ndsi"])
-
-
-def score_sums(pred: Any, truth: Any, mask: Any) -> dict[str, Any]:
-    """Lazy per-lead sums (squared error, absolute error, count) over masked pixels; numpy or dask."""
-    err = (pred - truth) * mask
-    return {
-        "se": (err**2).sum(axis=(1, 2)),
-        "ae": abs(err).sum(axis=(1, 2)),
-        "n": mask.sum(axis=(1, 2)),
-    }
-
-
-def finish_scores(sums: dict[str, np.ndarray]) -> dict[str, Any]:
-    """``{"mse", "mae", "per_lead": {"mse", "mae", "n"}}`` from :func:`score_sums` results."""
-    se, ae, n = (np.asarray(sums[k], np.float64) for k in ("se", "ae", "n"))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        per_mse, per_mae = se / n, ae / n
-    total = n.sum()
-    return {
-        "mse": float(se.sum() / total) if total else float("nan"),
-        "mae": float(ae.sum() / total) if total else float("nan"),
-        "per_lead": {"mse": [float(v) for v in per_mse], "mae": [float(v) for v in per_mae],
-                     "n": [int(v) for v in n]},
-    }
-
-
 # ------------------------------------------------------------------------------------------------- periods
 def resolve_last_input(times: pd.DatetimeIndex, last_input: str | None, t_in: int) -> int:
     """Index of the last input period: the cube's last, or the period containing ``last_input``."""
@@ -258,30 +217,14 @@ class Forecaster:
     info: dict[str, Any] = field(default_factory=dict)
 
 
-def file_sha256(path: str | os.PathLike[str]) -> str:
-    """Hex sha256 of a file, read in 1 MiB blocks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def choose_device(name: str) -> str:
-    """The torch device as training chooses it (``auto`` -> CUDA when present; ``cuda`` absent -> error)."""
-    from glacierflow.learn.train import resolve_device
-
-    return str(resolve_device(name))
-
-
 def load_forecaster(run_dir: str | os.PathLike[str], checkpoint: str = "best.pt") -> Forecaster:
     """The model of a run directory (``train``'s ``best.pt``) with its sample shape and provenance."""
-    from glacierflow.learn import train
+    from glacierflow.learn import checkpoint as checkpoints  # deferred: torch
 
     path = Path(run_dir) / checkpoint
     if not path.is_file():
         raise GlacierflowError(f"no {checkpoint} in run directory {run_dir}; train one with 'glacierflow train'")
-    model, specs, _ = train.load_checkpoint(path)
+    model, specs, _ = checkpoints.load_checkpoint(path)
     args = dict(specs["model_args"])
     info: dict[str, Any] = {
         "model_args": json.dumps(args, sort_keys=True),
@@ -291,7 +234,7 @@ def load_forecaster(run_dir: str | os.PathLike[str], checkpoint: str = "best.pt"
         "epoch": int(specs.get("epoch") or 0),
         "trained_on": str(specs.get("cube") or ""),
     }
-    for key in train.SPEC_KEYS:
+    for key in checkpoints.SPEC_KEYS:
         if specs.get(key) is not None:
             info[key] = json.dumps(specs[key], sort_keys=True, default=str)
     return Forecaster(model, str(specs["model_name"]), int(args["t_in"]), int(args["t_out"]), int(args["size"]),
@@ -299,29 +242,17 @@ def load_forecaster(run_dir: str | os.PathLike[str], checkpoint: str = "best.pt"
 
 
 # ------------------------------------------------------------------------------------------------ the store
-def spatial_chunks(cube: xr.Dataset, patch: int) -> tuple[int, int]:
+def device_name(name: str) -> str:
+    """The torch device as training chooses it (:func:`glacierflow.learn.runtime.resolve_device`)."""
+    from glacierflow.learn.runtime import resolve_device  # deferred: torch
+
+    return str(resolve_device(name))
+
+
+def patch_chunks(cube: xr.Dataset, patch: int) -> tuple[int, int]:
     """The cube's spatial chunks (y, x), each rounded up to a multiple of ``patch`` (DESIGN's store contract)."""
-    var = cube["ndsi"]
-    preferred = var.encoding.get("preferred_chunks", {})
-    out = []
-    for k, dim in enumerate(("y", "x")):
-        size = preferred.get(dim) or (var.chunks[k + 1][0] if var.chunks else 250)
-        out.append(int(math.ceil(min(int(size), var.sizes[dim]) / patch) * patch))
-    return out[0], out[1]
-
-
-def cube_period(cube: xr.Dataset) -> str:
-    """The cube's period (``preprocess_spec``), else inferred from the time axis."""
-    from glacierflow.storage.store import config_attr
-
-    period = config_attr(cube, "preprocess_spec").get("period")
-    if period:
-        return str(period)
-    guess = pd.infer_freq(pd.DatetimeIndex(cube["time"].values)) if cube.sizes["time"] > 2 else None
-    for known in SEASON_LENGTH:
-        if guess and pd.tseries.frequencies.to_offset(guess) == pd.tseries.frequencies.to_offset(known):
-            return known
-    raise GlacierflowError("cannot tell the cube's period (no preprocess_spec attr); rebuild it with build-cube")
+    cy, cx = stored_chunks(cube)
+    return int(math.ceil(cy / patch) * patch), int(math.ceil(cx / patch) * patch)
 
 
 def _as_dask(var: xr.DataArray) -> da.Array:
@@ -335,9 +266,9 @@ def _scores_lazy(cube: xr.Dataset, fc: da.Array, last: int, t_out: int, season_l
         return {}
     truth = _as_dask(cube["ndsi"].isel(time=idx))
     mask = _as_dask(observed_mask(cube, idx)).astype(np.float32)
-    sums = {"model": score_sums(fc[: len(idx)], truth, mask)}
+    sums = {"model": lead_sums(fc[: len(idx)], truth, mask, lead_axis=0)}
     for name, frames in baseline_frames(cube["ndsi"], last, t_out, season_length).items():
-        sums[name] = score_sums(_as_dask(frames)[: len(idx)], truth, mask)
+        sums[name] = lead_sums(_as_dask(frames)[: len(idx)], truth, mask, lead_axis=0)
     return sums
 
 
@@ -348,11 +279,11 @@ def forecast_dataset(
     times = pd.DatetimeIndex(cube["time"].values)
     period = cube_period(cube)
     last = resolve_last_input(times, spec.last_input or None, fc.t_in)
-    device = choose_device(spec.device)
+    device = device_name(spec.device)
     model = fc.model
     if hasattr(model, "eval") and hasattr(model, "to"):
         model = model.to(device).eval()
-    overlap, (chunk_y, chunk_x) = spec.overlap_px(fc.patch), spatial_chunks(cube, fc.patch)
+    overlap, (chunk_y, chunk_x) = spec.overlap_px(fc.patch), patch_chunks(cube, fc.patch)
     frames = _as_dask(cube["ndsi"].isel(time=slice(last - fc.t_in + 1, last + 1)))
     arr = forecast_lazy(model, frames.astype(np.float32), t_out=fc.t_out, band=chunk_y, patch=fc.patch,
                         overlap=overlap, batch_size=spec.batch_size, device=device, window=spec.window,
@@ -375,7 +306,7 @@ def forecast_dataset(
         model=fc.name, source_cube=str(cube_url), input_periods=json.dumps(inputs), last_input=inputs[-1],
         period=period, predict_spec=spec.to_json(), overlap_px=overlap, patch_px=fc.patch,
     )
-    sums = _scores_lazy(cube, arr, last, fc.t_out, SEASON_LENGTH[period])
+    sums = _scores_lazy(cube, arr, last, fc.t_out, season_length(period))
     facts = {"last_index": last, "inputs": inputs, "targets": [f"{t:%Y-%m-%d}" for t in targets],
              "device": device, "overlap": overlap, "chunks": (chunk_y, chunk_x), "period": period}
     return ds, sums, facts
@@ -428,7 +359,7 @@ def predict_cube(
     def _compute(writes: list[Any]) -> None:
         # one graph: the score sums share the band tasks with the region writes (each band inferred once)
         *_, got = dask.compute(*writes, sums)
-        scores.update({name: finish_scores(s) for name, s in got.items()})
+        scores.update({name: finish(s, counts=True) for name, s in got.items()})
 
     tree = xr.DataTree.from_dict({"/": ds, **({"scores": _scores_group(sums)} if sums else {})})
     store.write(tree, out_url, overwrite=overwrite, storage_options=storage_options, compute=_compute,

@@ -2,8 +2,7 @@
 
 Every figure is a masked mean over observed target pixels (``mask == 1``, see ``patches``): MSE and MAE
 per lead (1..t_out) and over all leads; skill against a baseline ``b`` is ``1 - MSE_model / MSE_b``.
-The array functions (:func:`metric_sums`, :func:`finish`, :func:`score`) work on any numpy or torch
-arrays shaped ``(B, t_out, ...)``, so predict and notebooks reuse them.
+The figures come from :mod:`glacierflow.learn.metrics`, the implementation ``predict`` scores with too.
 
 ``metrics.json`` (in the run directory): ``{split: {name: {"mse", "mae", "per_lead": {"mse": [...],
 "mae": [...]}, "skill": {baseline: float}}}}`` with ``name`` the model and each baseline.
@@ -20,59 +19,14 @@ import numpy as np
 import torch
 
 from glacierflow.errors import GlacierflowError
-
-
-# ---------------------------------------------------------------------------------------- array metrics
-def _np(a: Any) -> np.ndarray:
-    return a.detach().float().cpu().numpy() if isinstance(a, torch.Tensor) else np.asarray(a, np.float64)
-
-
-def metric_sums(pred: Any, target: Any, mask: Any | None = None) -> dict[str, np.ndarray]:
-    """Per-lead sums ``se``, ``ae`` (masked squared / absolute errors) and ``n`` (observed pixels).
-
-    ``pred``, ``target``, ``mask`` (optional, 1 = observed) are shaped ``(B, t_out, ...)``.
-    """
-    p, t = _np(pred).astype(np.float64), _np(target).astype(np.float64)
-    m = np.ones_like(t) if mask is None else np.broadcast_to(_np(mask), t.shape).astype(np.float64)
-    if p.shape != t.shape:
-        raise GlacierflowError(f"prediction shape {p.shape} differs from target shape {t.shape}")
-    axes = (0, *range(2, t.ndim))
-    err = p - t
-    return {"se": (err**2 * m).sum(axis=axes), "ae": (np.abs(err) * m).sum(axis=axes), "n": m.sum(axis=axes)}
-
-
-def add_sums(a: dict[str, np.ndarray] | None, b: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Accumulate :func:`metric_sums` over batches."""
-    return dict(b) if a is None else {k: a[k] + b[k] for k in b}
-
-
-def finish(sums: dict[str, np.ndarray]) -> dict[str, Any]:
-    """``{"mse", "mae", "per_lead": {"mse": [...], "mae": [...]}}`` from accumulated sums (NaN if nothing observed)."""
-    n = sums["n"]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        per_mse, per_mae = sums["se"] / n, sums["ae"] / n
-        total = n.sum()
-        mse = float(sums["se"].sum() / total) if total else float("nan")
-        mae = float(sums["ae"].sum() / total) if total else float("nan")
-    per_lead = {"mse": [float(v) for v in per_mse], "mae": [float(v) for v in per_mae]}
-    return {"mse": mse, "mae": mae, "per_lead": per_lead}
-
-
-def skill(mse: float, baseline_mse: float) -> float:
-    """``1 - mse / baseline_mse`` (positive: better than the baseline)."""
-    return float(1.0 - mse / baseline_mse) if baseline_mse > 0 else float("nan")
-
-
-def with_skill(results: dict[str, dict[str, Any]], baselines: tuple[str, ...]) -> dict[str, dict[str, Any]]:
-    """Add ``skill`` against each baseline present in ``results`` to every entry."""
-    return {name: {**r, "skill": {b: skill(r["mse"], results[b]["mse"]) for b in baselines if b in results}}
-            for name, r in results.items()}
-
-
-def score(predictions: dict[str, Any], target: Any, mask: Any | None = None,
-          baselines: tuple[str, ...] = ("persistence", "seasonal")) -> dict[str, dict[str, Any]]:
-    """Metrics and skill of several predictions of the same ``target`` (all arrays ``(B, t_out, ...)``)."""
-    return with_skill({k: finish(metric_sums(p, target, mask)) for k, p in predictions.items()}, baselines)
+from glacierflow.learn import patches
+from glacierflow.learn.checkpoint import load_checkpoint
+from glacierflow.learn.metrics import add_sums, finish, metric_sums, with_skill
+from glacierflow.learn.models import BASELINES, build_model
+from glacierflow.learn.runtime import resolve_device
+from glacierflow.specs import PatchSpec
+from glacierflow.storage.runfiles import write_json
+from glacierflow.storage.store import open_store
 
 
 # ------------------------------------------------------------------------------------------ on a run
@@ -80,9 +34,6 @@ def score(predictions: dict[str, Any], target: Any, mask: Any | None = None,
 def evaluate_models(models: dict[str, torch.nn.Module], dataset: Any, *, batch_size: int = 64,
                     device: torch.device | None = None) -> dict[str, dict[str, Any]]:
     """Metrics of each model over all samples of ``dataset`` (a ``patches.PatchDataset`` with context)."""
-    from glacierflow.learn import patches
-    from glacierflow.learn.models import BASELINES
-
     device = device or torch.device("cpu")
     sums: dict[str, dict[str, np.ndarray] | None] = dict.fromkeys(models)
     for m in models.values():
@@ -99,8 +50,6 @@ def evaluate_models(models: dict[str, torch.nn.Module], dataset: Any, *, batch_s
 
 def baseline_models(t_in: int, t_out: int, size: int, season_length: int) -> dict[str, torch.nn.Module]:
     """Every registered baseline, built for this sample shape."""
-    from glacierflow.learn.models import BASELINES, build_model
-
     return {b: build_model(b, t_in=t_in, t_out=t_out, size=size, season_length=season_length) for b in BASELINES}
 
 
@@ -112,21 +61,17 @@ def evaluate_run(run_dir: str | os.PathLike[str], split: str = "test", cube: str
     The samples are cut exactly as in training (the checkpoint's patch spec) from ``cube`` (default: the
     cube the run was trained on), opened with ``storage_options`` (cloud credentials; never recorded).
     """
-    from glacierflow.learn import patches, train
-    from glacierflow.specs import PatchSpec
-    from glacierflow.storage.store import open_store
-
     run = Path(run_dir)
-    model, specs, _ = train.load_checkpoint(run / checkpoint)
+    model, specs, _ = load_checkpoint(run / checkpoint)
     spec = PatchSpec.from_dict(specs["patch_spec"])
     samples = patches.prepare(open_store(cube or specs["cube"], storage_options, require=("ndsi",)), spec)
     models = {specs["model_name"]: model,
               **baseline_models(spec.t_in, spec.t_out, spec.size, samples.season_length)}
     results = evaluate_models(models, samples.dataset(split), batch_size=batch_size,
-                              device=train.resolve_device(device))
+                              device=resolve_device(device))
     metrics = load_metrics(run) if (run / "metrics.json").is_file() else {}
     metrics[split] = results
-    _write_json(run / "metrics.json", metrics)
+    write_json(run / "metrics.json", metrics)
     return results
 
 
@@ -138,20 +83,12 @@ def load_metrics(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
-def _write_json(path: Path, obj: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True))
-    os.replace(tmp, path)
-
-
 # ------------------------------------------------------------------------------------------------ tables
 def table_rows(runs: dict[str, dict[str, Any]], split: str = "test") -> list[dict[str, Any]]:
     """Rows (run, model, mse, mae, skill, per-lead MSE) for several runs.
 
     Each run's model, and the baselines once per distinct result (baselines on other samples are other rows).
     """
-    from glacierflow.learn.models import BASELINES
-
     rows, seen = [], set()
     for label, metrics in runs.items():
         res = metrics.get(split)
@@ -170,8 +107,6 @@ def render_table(rows: list[dict[str, Any]], title: str = "") -> Any:
     """A rich Table in the paper's shape (model, MSE, MAE) plus skill against each baseline and per lead."""
     from rich.table import Table
 
-    from glacierflow.learn.models import BASELINES
-
     leads = max(len(r["per_lead"]["mse"]) for r in rows)
     t = Table(title=title or None)
     for col in ("Model", "Run", "MSE", "MAE", *(f"skill vs {b}" for b in BASELINES),
@@ -186,8 +121,6 @@ def render_table(rows: list[dict[str, Any]], title: str = "") -> Any:
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
     """The same table as Markdown (for reports)."""
-    from glacierflow.learn.models import BASELINES
-
     leads = max(len(r["per_lead"]["mse"]) for r in rows)
     head = ["model", "run", "MSE", "MAE", *(f"skill vs {b}" for b in BASELINES),
             *(f"MSE t+{k + 1}" for k in range(leads))]

@@ -10,19 +10,22 @@ after, the model is scored on the other glacier's test split next to both baseli
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
 
 from glacierflow.errors import GlacierflowError
+from glacierflow.learn import evaluate, patches, train
+from glacierflow.learn.checkpoint import load_checkpoint, save_checkpoint
+from glacierflow.learn.runtime import resolve_device
+from glacierflow.specs import PatchSpec, TrainSpec
+from glacierflow.storage.runfiles import file_sha256, write_json
+from glacierflow.storage.store import config_attr, open_store
 
 
 def check_compatible(specs: dict[str, Any], cube: Any, cube_url: str, run_dir: str, *,
                      patch_size: int | None = None, t_in: int | None = None, t_out: int | None = None) -> None:
     """One-line errors when the checkpoint cannot be used on ``cube`` as asked (naming both values)."""
-    from glacierflow.storage.store import config_attr
-
     ps = specs["patch_spec"]
     asked = {"patch size": (patch_size, ps["size"]), "t_in": (t_in, ps["t_in"]), "t_out": (t_out, ps["t_out"])}
     for what, (given, stored) in asked.items():
@@ -44,14 +47,10 @@ def check_compatible(specs: dict[str, Any], cube: Any, cube_url: str, run_dir: s
 def score_on(model: Any, name: str, cube_url: str, patch_spec: dict[str, Any], split: str = "test",
              device: str = "cpu") -> dict[str, Any]:
     """Metrics of ``model`` and both baselines on ``split`` of ``cube_url``, cut with ``patch_spec``."""
-    from glacierflow.learn import evaluate, patches, train
-    from glacierflow.specs import PatchSpec
-    from glacierflow.storage.store import open_store
-
     spec = PatchSpec.from_dict(patch_spec)
     samples = patches.prepare(open_store(cube_url, require=("ndsi",)), spec)
     models = {name: model, **evaluate.baseline_models(spec.t_in, spec.t_out, spec.size, samples.season_length)}
-    return evaluate.evaluate_models(models, samples.dataset(split), device=train.resolve_device(device))
+    return evaluate.evaluate_models(models, samples.dataset(split), device=resolve_device(device))
 
 
 def finetune(run_dir: str | os.PathLike[str], cube_url: str, out_dir: str | os.PathLike[str], *, epochs: int = 5,
@@ -83,18 +82,11 @@ def finetune(run_dir: str | os.PathLike[str], cube_url: str, out_dir: str | os.P
         ``zero_shot`` and ``fine_tuned`` (``{name: metrics}`` for the model and both baselines on the other
         cube's test split), ``fit`` (the fine-tuning summary) and ``out``.
     """
-    import torch
-
-    from glacierflow.forecast.predict import file_sha256
-    from glacierflow.learn import evaluate, train
-    from glacierflow.specs import TrainSpec
-    from glacierflow.storage.store import open_store
-
     src = Path(run_dir) / "best.pt"
     out = Path(out_dir)
     if (out / "last.pt").exists():
         raise GlacierflowError(f"run directory {out} already holds a run; pass another --out")
-    model, specs, ck = train.load_checkpoint(src)
+    model, specs, ck = load_checkpoint(src)
     check_compatible(specs, open_store(cube_url, require=("ndsi",)), cube_url, str(run_dir), **shape)
     name = str(specs["model_name"])
     zero_shot = score_on(model, name, cube_url, specs["patch_spec"], device=device)
@@ -107,12 +99,12 @@ def finetune(run_dir: str | os.PathLike[str], cube_url: str, out_dir: str | os.P
     out.mkdir(parents=True, exist_ok=True)
     seed = {**ck, "train_spec": tspec.to_dict(), "epoch": 0, "step": 0, "best_val": float("inf"),
             "best_epoch": 0, "bad_epochs": 0, "cube": str(cube_url)}
-    torch.save(seed, out / "last.pt")
+    save_checkpoint(seed, out / "last.pt")
     summary = train.fit(cube_url, out, train_spec=tspec, resume=True, progress=progress)
     fine_tuned = evaluate.evaluate_run(out, "test", cube_url, device=device)
     result = {"zero_shot": zero_shot, "fine_tuned": fine_tuned, "fit": summary, "out": str(out)}
     record = {"source": str(src), "source_sha256": file_sha256(src), "cube": str(cube_url), **result}
-    (out / "finetune.json").write_text(json.dumps(record, indent=1, default=str))
+    write_json(out / "finetune.json", record)
     return result
 
 

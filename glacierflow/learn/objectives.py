@@ -32,6 +32,8 @@ import torch
 
 from glacierflow.errors import GlacierflowError
 from glacierflow.geo.tiling import TileLayout, cut_tiles, stitch, tile_layout
+from glacierflow.learn.patches import BatchOrder, set_loader
+from glacierflow.learn.runtime import autocast
 from glacierflow.specs import PatchSpec, PredictSpec, TrainSpec
 
 StepLoss = Callable[[torch.nn.Module, dict[str, torch.Tensor], float, torch.device, Any], tuple[torch.Tensor, int]]
@@ -41,27 +43,23 @@ SCENE_WINDOW_PATCHES = 3  # default scene window: three patches a side
 
 
 # ------------------------------------------------------------------------------------------------ patch
-def _autocast(device: torch.device, dtype: Any) -> Any:
-    from glacierflow.learn.train import _autocast as autocast
-
-    return autocast(device, dtype)
+def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean squared error over all predicted frames where ``mask`` is 1 (the paper's eq. 1, observed pixels)."""
+    se = (pred.float() - target.float()) ** 2 * mask
+    return se.sum() / mask.sum().clamp_min(1.0)
 
 
 def patch_loss(model: torch.nn.Module, b: dict[str, torch.Tensor], tf: float, device: torch.device,
                dtype: Any) -> tuple[torch.Tensor, int]:
     """Masked MSE of a batch of patch samples."""
-    from glacierflow.learn.train import masked_mse
-
     x, y, m = (b[k].to(device) for k in ("x", "y", "mask"))
-    with _autocast(device, dtype):
+    with autocast(device, dtype):
         pred = model(x, target=y, teacher_forcing=tf)
     return masked_mse(pred, y, m), len(x)
 
 
 def _patch(samples: Any, patch_spec: PatchSpec, spec: TrainSpec) -> tuple[Any, StepLoss, dict[str, Any]]:
-    from glacierflow.learn.train import _loader
-
-    return _loader(samples, "train", spec, shuffle=True), patch_loss, {"name": "patch"}
+    return set_loader(samples, "train", spec, shuffle=True), patch_loss, {"name": "patch"}
 
 
 # ------------------------------------------------------------------------------------------- full scene
@@ -139,15 +137,13 @@ class SceneWindows(torch.utils.data.Dataset):
 
 def full_scene_loss(layout: TileLayout) -> StepLoss:
     """The step loss of ``full-scene``: tile, forecast, blend (:func:`~glacierflow.geo.tiling.stitch`), masked MSE."""
-    from glacierflow.learn.train import masked_mse
-
     def loss(model: torch.nn.Module, b: dict[str, torch.Tensor], tf: float, device: torch.device,
              dtype: Any) -> tuple[torch.Tensor, int]:
         x, y, m = (b[k].to(device) for k in ("x", "y", "mask"))
         xt = cut_tiles(torch.nan_to_num(x[:, :, 0]), layout)  # (tiles, windows, t_in, P, P)
         yt = cut_tiles(y[:, :, 0], layout)
         n, nb = xt.shape[:2]
-        with _autocast(device, dtype):
+        with autocast(device, dtype):
             pred = model(xt.flatten(0, 1)[:, :, None], target=yt.flatten(0, 1)[:, :, None], teacher_forcing=tf)
         scene = stitch(pred.float()[:, :, 0].unflatten(0, (n, nb)), layout)  # (windows, t_out, h, w)
         return masked_mse(scene[:, :, None], y, m), n * nb
@@ -156,8 +152,6 @@ def full_scene_loss(layout: TileLayout) -> StepLoss:
 
 
 def _full_scene(samples: Any, patch_spec: PatchSpec, spec: TrainSpec) -> tuple[Any, StepLoss, dict[str, Any]]:
-    from glacierflow.learn.patches import BatchOrder
-
     size = window_shape(samples.cube.ndsi.shape[1:], patch_spec, spec)
     overlap = scene_overlap(patch_spec, spec)
     blend = PredictSpec()

@@ -41,25 +41,13 @@ import xarray as xr
 import xbatcher
 from numpy.lib.stride_tricks import sliding_window_view
 
+from glacierflow.choices import season_length
 from glacierflow.errors import GlacierflowError
-from glacierflow.specs import PatchSpec
+from glacierflow.learn.metrics import observed
+from glacierflow.specs import PatchSpec, TrainSpec
+from glacierflow.storage.cubes import SPATIAL_CHUNK, cube_period
 
-#: periods per year for each cube period (the seasonal baseline's season length)
-SEASON_LENGTH = {"1MS": 12, "3MS": 4, "6MS": 2}
 SETS = ("train", "val", "test")
-
-
-def season_length(cube: xr.Dataset) -> int:
-    """Periods per year of a cube store, from its ``preprocess_spec`` attrs (else from the time axis)."""
-    from glacierflow.storage.store import config_attr
-
-    period = config_attr(cube, "preprocess_spec").get("period")
-    if period is None and cube.sizes.get("time", 0) > 1:
-        months = int(round((cube["time"].values[1] - cube["time"].values[0]) / np.timedelta64(1, "D") / 30.4))
-        period = f"{months}MS"
-    if period not in SEASON_LENGTH:
-        raise GlacierflowError(f"cube period {period!r} unknown; expected one of: {', '.join(SEASON_LENGTH)}")
-    return SEASON_LENGTH[period]
 
 
 def window_starts(ndsi: xr.DataArray, spec: PatchSpec) -> np.ndarray:
@@ -242,13 +230,8 @@ def open_patch_cube(cube: xr.Dataset, spec: PatchSpec) -> PatchCube:
     if "ndsi" not in cube:
         raise GlacierflowError("cube has no 'ndsi' variable; pass a store written by build-cube")
     ndsi = cube["ndsi"].transpose("time", "y", "x")
-    if "n_valid" in cube:
-        valid = cube["n_valid"].transpose("time", "y", "x") > 0
-    elif "interpolated" in cube:
-        valid = ~cube["interpolated"].astype(bool)
-    else:
-        valid = xr.ones_like(cube["time"], dtype=bool)
-    ctx = max(spec.t_in, season_length(cube))
+    valid = observed(cube)
+    ctx = max(spec.t_in, season_length(cube_period(cube)))
     per_pixel = "y" in valid.dims
     nbytes = ndsi.size * (4 + (1 if per_pixel else 0))
     if nbytes <= spec.max_memory_gb * 2**30:
@@ -256,7 +239,7 @@ def open_patch_cube(cube: xr.Dataset, spec: PatchSpec) -> PatchCube:
         va = valid.values.astype(np.uint8)
         return PatchCube(nd, va if per_pixel else va[:, None, None], spec, ctx)
     enc = cube["ndsi"].encoding.get("chunks")
-    chunk = enc[-1] if enc else (ndsi.chunks[-1][0] if ndsi.chunks else 250)
+    chunk = enc[-1] if enc else (ndsi.chunks[-1][0] if ndsi.chunks else SPATIAL_CHUNK)
     tile = max(chunk, spec.size) // spec.stride * spec.stride or spec.stride
     return PatchCube(ndsi, valid, spec, ctx, tile=int(tile))
 
@@ -352,4 +335,13 @@ def prepare(cube: xr.Dataset, spec: PatchSpec) -> Samples:
     pc = open_patch_cube(cube, spec)
     shape = tuple(cube.sizes[d] for d in ("time", "y", "x"))
     sets, how = split_windows(starts, shape, spec, pc.context)  # type: ignore[arg-type]
-    return Samples(pc, starts, sets, how, season_length(cube))
+    return Samples(pc, starts, sets, how, season_length(cube_period(cube)))
+
+
+def set_loader(samples: Samples, name: str, spec: TrainSpec, *, shuffle: bool) -> Any:
+    """Loader of one set; validation limited to a seeded subset of ``val_samples`` when that is set."""
+    ds = samples.dataset(name)
+    if name == "val" and 0 < spec.val_samples < len(ds):
+        keep = np.sort(np.random.default_rng(spec.seed).choice(len(ds), spec.val_samples, replace=False))
+        ds = PatchDataset(ds.cube, ds.starts[keep], with_context=ds.with_context)
+    return make_loader(ds, spec.batch_size, shuffle=shuffle, seed=spec.seed, num_workers=spec.num_workers)

@@ -18,6 +18,7 @@ import xarray as xr
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from glacierflow.choices import season_length
 from glacierflow.errors import GlacierflowError
 
 FLOW_FIGSIZE = (12.0, 5.5)
@@ -323,14 +324,13 @@ def plot_forecast(
         ``out_png``.
     """
     from glacierflow.forecast.predict import baseline_frames
-    from glacierflow.learn.patches import SEASON_LENGTH
 
     fc = _open(forecast, "forecast")
     cube_ds = _open(cube if cube is not None else fc.attrs.get("source_cube", ""), "cube")
     times = pd.DatetimeIndex(cube_ds["time"].values)
     last = int(times.get_loc(pd.Timestamp(fc.attrs["last_input"])))
     t_out = fc.sizes["time"]
-    season = SEASON_LENGTH.get(str(fc.attrs.get("period", "3MS")), 4)
+    season = season_length(str(fc.attrs.get("period", "3MS")))
     base = baseline_frames(cube_ds["ndsi"], last, t_out, season)
     cols = ["truth", "forecast", "forecast - truth", *[f"{name} - truth" for name in base]]
     fig = Figure(figsize=(3.3 * len(cols), 3.0 * t_out + 0.8), dpi=FORECAST_DPI)

@@ -31,12 +31,12 @@ import xarray as xr
 from glacierflow import __version__
 from glacierflow.errors import GlacierflowError
 from glacierflow.ingest import catalog, cube
-from glacierflow.preprocess import align
+from glacierflow.preprocess import align, periods
 from glacierflow.preprocess import qa as preprocess
 from glacierflow.specs import CubeSpec, PreprocessSpec
 from glacierflow.storage import store
+from glacierflow.storage.cubes import SPATIAL_CHUNK
 
-SPATIAL_CHUNK = 250  # store chunk side in pixels: 5 x the 50-px patch of the learning stage
 #: Per-scene table variables (dim ``scene``; ``scene_time`` becomes ``time`` in the ``scenes`` group).
 TABLE = ("item_id", "platform", "cloud_cover", "valid_fraction", "used", "reason", "aligned", "shift_x",
          "shift_y", "ecc", "wrs_path", "wrs_row", "collection_category")
@@ -224,7 +224,7 @@ def cube_dataset(
     averaged = (reg["aligned"] & ok_quality & ok_assets & ~band_err.any("band")
                 & ~qsel["qa_read_error"]).reset_coords(drop=True)
     snow = preprocess.snow_mask(reg["ndsi"], pre.ndsi_threshold).assign_coords(time=sel["time"].values)
-    periodic = preprocess.resample(snow, pre.period, start=spec.start, end=spec.end, use=averaged,
+    periodic = periods.resample(snow, pre.period, start=spec.start, end=spec.end, use=averaged,
                                    max_iter=pre.gap_fill_max_iter)
     periodic = periodic.assign_coords(x=raw.x, y=raw.y, spatial_ref=raw.coords["spatial_ref"])
     periodic = periodic.chunk({"time": 1, "y": SPATIAL_CHUNK, "x": SPATIAL_CHUNK})
