@@ -16,9 +16,9 @@ from scipy import ndimage
 
 from glacierflow import GlacierflowError
 from glacierflow.errors import SpecError
+from glacierflow.motion.composite import composite_block
 from glacierflow.motion.matching import METHODS, ncc_pixels, prepare
 from glacierflow.motion.velocity import (
-    _composite_block,
     read_ice_mask,
     run_flow,
     select_pairs,
@@ -241,7 +241,7 @@ def test_composite_matches_numpy_reference_and_drops_outliers():
     v = -20 + rng.standard_normal((t, n, n)) * err[:, None, None]
     u[0, :3] = 400.0  # a mismatched pair on some pixels
     u[1:4, 5] = np.nan  # pixels some pairs did not see
-    cu, cv, cs, ce, cn = _composite_block(np.moveaxis(u, 0, -1), np.moveaxis(v, 0, -1), err)
+    cu, cv, cs, ce, cn = composite_block(np.moveaxis(u, 0, -1), np.moveaxis(v, 0, -1), err)
     for r, c in [(0, 0), (2, 7), (5, 5), (9, 3)]:
         ref = _composite_reference(u[:, r, c], v[:, r, c], err)
         np.testing.assert_allclose([cu[r, c], cv[r, c], ce[r, c], cn[r, c]], ref, rtol=1e-5)
