@@ -183,7 +183,7 @@ def read_window(href: str, epsg: int, transform: list[float], shape: tuple[int, 
     from rasterio.vrt import WarpedVRT
     from rasterio.windows import from_bounds
 
-    from glacierflow.ingest.cube import GDAL_ENV
+    from glacierflow.ingest.readers import GDAL_ENV
 
     res, _, minx, _, _, maxy = transform
     h, w = shape

@@ -15,7 +15,7 @@ import xarray as xr
 from scipy import ndimage
 
 from glacierflow.errors import GlacierflowError
-from glacierflow.ingest import catalog, cube
+from glacierflow.ingest import catalog, cube, readers
 from glacierflow.preprocess import gapfill
 from glacierflow.preprocess import qa as preprocess
 from glacierflow.preprocess.build import as_tree, build_cube_store, cube_dataset
@@ -352,7 +352,7 @@ def test_corrupt_or_missing_raster_is_reported_not_fatal(tiny_twin: Path, tmp_pa
     assert np.isfinite(open_store(out)["ndsi"].values).all()
 
 
-class _TestSigner(cube.SigningRioReader):
+class _TestSigner(readers.SigningRioReader):
     """Signs like a SAS token would (query string), recording when: the asset server ignores queries."""
 
     calls: list[str] = []

@@ -13,7 +13,8 @@ from pyproj import CRS, Transformer
 from rasterio.transform import from_origin
 
 from glacierflow.errors import GlacierflowError
-from glacierflow.ingest.cube import build_cube, normalise_items, normalise_items_with_report, snapped_bounds
+from glacierflow.ingest.cube import build_cube, snapped_bounds
+from glacierflow.ingest.items import normalise_items, normalise_items_with_report
 from glacierflow.preprocess.qa import read_errors
 from glacierflow.testing import raise_if_computes
 

@@ -1,7 +1,7 @@
 """Security: no signed URL or token in any output; checkpoints load weights-only; every server binds 127.0.0.1.
 
 What is faked: only the internet. Planetary Computer signs asset hrefs with a SAS query string; here the signer
-(the IO seam build-cube takes: a :class:`glacierflow.ingest.cube.SigningRioReader` subclass, or a callable signing
+(the IO seam build-cube takes: a :class:`glacierflow.ingest.readers.SigningRioReader` subclass, or a callable signing
 item dicts) appends a recognisable fake one, ``?st=...&sig=FAKE-SECRET-TOKEN-123``, which the twin's real asset
 server ignores, as blob storage checks it. Everything else is real: the twin's COGs read by GDAL over HTTP,
 its items served by rustac, real Zarr stores, a real training run, real forecasts.
@@ -28,7 +28,7 @@ import zarr
 
 from glacierflow.cli.main import main
 from glacierflow.errors import GlacierflowError
-from glacierflow.ingest import cube
+from glacierflow.ingest import readers
 from glacierflow.learn.checkpoint import read_checkpoint
 from glacierflow.preprocess.build import build_cube_store
 from glacierflow.specs import CubeSpec, PreprocessSpec
@@ -45,7 +45,7 @@ def _sign_href(href: str, broken: str = "") -> str:
     return f"{href}{'&' if '?' in href else '?'}{QUERY}"
 
 
-class FakeSigningReader(cube.SigningRioReader):
+class FakeSigningReader(readers.SigningRioReader):
     """Signs each href on the worker right before reading, as Planetary Computer's signer does (fake token)."""
 
     broken = ""  # item id whose assets 404 (exercises the error paths with a signed URL)

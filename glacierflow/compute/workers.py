@@ -4,7 +4,7 @@
 (:func:`prepare_workers`, called by :func:`glacierflow.compute.cluster.get_client`), it runs on every worker present
 and on every worker that joins later (adaptive scaling) and
 
-- sets the GDAL HTTP settings of :data:`glacierflow.ingest.cube.GDAL_ENV` in the worker's environment (GDAL reads
+- sets the GDAL HTTP settings of :data:`glacierflow.ingest.readers.GDAL_ENV` in the worker's environment (GDAL reads
   its configuration from the environment; stackstac also applies them per read),
 - makes OpenCV sequential (``cv2.setNumThreads(0)``: Dask's threads are the parallelism; OpenCV's own pool
   on top oversubscribes the cores),
@@ -37,8 +37,8 @@ class WorkerVersionError(RuntimeError):
 
 
 def gdal_settings() -> dict[str, str]:
-    """The GDAL configuration options every worker gets (from :data:`glacierflow.ingest.cube.GDAL_ENV`)."""
-    from glacierflow.ingest.cube import GDAL_ENV
+    """The GDAL configuration options every worker gets (from :data:`glacierflow.ingest.readers.GDAL_ENV`)."""
+    from glacierflow.ingest.readers import GDAL_ENV
 
     return {str(k): str(v) for k, v in GDAL_ENV.always.options.items()}
 

@@ -30,7 +30,8 @@ import xarray as xr
 
 from glacierflow import __version__
 from glacierflow.errors import GlacierflowError
-from glacierflow.ingest import catalog, cube
+from glacierflow.ingest import catalog, cube, readers
+from glacierflow.ingest import items as items_mod
 from glacierflow.preprocess import align, periods
 from glacierflow.preprocess import qa as preprocess
 from glacierflow.specs import CubeSpec, PreprocessSpec
@@ -77,7 +78,7 @@ class BuildSummary:
 
 
 def _env(spec: CubeSpec) -> Any:
-    return cube.gdal_env(spec.http_timeout, spec.http_retries, spec.http_retry_delay)
+    return readers.gdal_env(spec.http_timeout, spec.http_retries, spec.http_retry_delay)
 
 
 def stack(items: list[dict[str, Any]], spec: CubeSpec, reader: type | None = None, *,
@@ -85,7 +86,7 @@ def stack(items: list[dict[str, Any]], spec: CubeSpec, reader: type | None = Non
     """The lazy ``(time, band, y, x)`` cube of the items on the site's Landsat grid (``strict``: reads raise)."""
     return cube.build_cube(
         items, bbox_lonlat=spec.bbox, epsg=spec.epsg, resolution=spec.resolution, platforms=spec.platforms,
-        reader=reader or cube.ReportingRioReader, env=_env(spec), on_read_error="raise" if strict else "nan",
+        reader=reader or readers.ReportingRioReader, env=_env(spec), on_read_error="raise" if strict else "nan",
     )
 
 
@@ -93,11 +94,11 @@ def asset_errors(items: list[dict[str, Any]], raw: xr.DataArray, spec: CubeSpec,
                  reader: type | None = None) -> xr.DataArray:
     """Per stacked scene (lazy): why its assets cannot be stacked as declared ('' if they can).
 
-    One task per scene opens the headers of its assets (:func:`glacierflow.ingest.cube.check_assets`): a missing
+    One task per scene opens the headers of its assets (:func:`glacierflow.ingest.readers.check_assets`): a missing
     asset, an unreadable file, a CRS or size other than the item declares.
     """
-    by_id = {str(it["id"]): it for it in cube.normalise_items(items, platforms=spec.platforms)}
-    sign = reader.sign_href if isinstance(reader, type) and issubclass(reader, cube.SigningRioReader) else None
+    by_id = {str(it["id"]): it for it in items_mod.normalise_items(items, platforms=spec.platforms)}
+    sign = reader.sign_href if isinstance(reader, type) and issubclass(reader, readers.SigningRioReader) else None
     env, bands = _env(spec), [str(b) for b in raw["band"].values]
     check = dask.delayed(_check_scene, pure=True)
     parts = [dsa.from_delayed(check(by_id[str(i)], bands, env, sign), shape=(1,), dtype=object)
@@ -107,7 +108,7 @@ def asset_errors(items: list[dict[str, Any]], raw: xr.DataArray, spec: CubeSpec,
 
 
 def _check_scene(item: dict[str, Any], bands: list[str], env: Any, sign: Any) -> np.ndarray:
-    return np.array([cube.check_assets(item, bands, env, sign)], dtype=object)
+    return np.array([readers.check_assets(item, bands, env, sign)], dtype=object)
 
 
 def quality(raw: xr.DataArray, pre: PreprocessSpec, asset_error: xr.DataArray | None = None) -> xr.Dataset:
@@ -178,8 +179,8 @@ def cube_dataset(
     spec, pre
         What to stack and how to preprocess.
     reader
-        stackstac reader class (default :class:`glacierflow.ingest.cube.ReportingRioReader`;
-        :class:`glacierflow.ingest.cube.SigningRioReader` signs each href on the worker right before reading).
+        stackstac reader class (default :class:`glacierflow.ingest.readers.ReportingRioReader`;
+        :class:`glacierflow.ingest.readers.SigningRioReader` signs each href on the worker right before reading).
     quality_figures
         Computed :func:`quality` of the stacked scenes: only the scenes over ``max_missing`` enter the
         graph. Without it every scene enters and the threshold is applied inside the one lazy graph.
@@ -191,7 +192,7 @@ def cube_dataset(
     rejected
         Search rejections, recorded as rows of the per-scene table.
     strict
-        Unreadable pixels raise :class:`glacierflow.ingest.cube.AssetReadError` instead of dropping the scene.
+        Unreadable pixels raise :class:`glacierflow.ingest.readers.AssetReadError` instead of dropping the scene.
 
     Returns
     -------
@@ -388,10 +389,10 @@ def _signing(
 ) -> tuple[list[dict[str, Any]], type | None]:
     """Items to stack and the reader class: Planetary Computer hrefs are signed on the workers at read time."""
     signer = signer or catalog.default_signer(spec.catalog)
-    if isinstance(signer, type) and issubclass(signer, cube.SigningRioReader):
+    if isinstance(signer, type) and issubclass(signer, readers.SigningRioReader):
         return list(found.items), signer
     if signer == "planetary-computer":
-        return list(found.items), cube.SigningRioReader
+        return list(found.items), readers.SigningRioReader
     return catalog.sign_items(found.items, signer), None
 
 
@@ -420,7 +421,7 @@ def build_cube_store(
         fsspec options for ``out`` (and its scratch sibling).
     signer
         Signing hook: a name in :data:`glacierflow.ingest.catalog.SIGNERS`, a callable signing item dicts, or a
-        :class:`glacierflow.ingest.cube.SigningRioReader` subclass (signs at read time); default by catalog URL.
+        :class:`glacierflow.ingest.readers.SigningRioReader` subclass (signs at read time); default by catalog URL.
     compute
         Runs a list of dask objects and returns their results (progress bars, distributed clients);
         default ``dask.compute``.

@@ -126,8 +126,16 @@ def close_filesystems() -> None:
             pass
 
 
-def redact(text: str) -> str:
-    """``text`` without any secret seen by :func:`storage_options` (or written inline: ``AccountKey=...``)."""
+def redact(text: str, url: str | None = None) -> str:
+    """``text`` without any secret: those seen by :func:`storage_options`, inline ones, a ``url``'s query.
+
+    Inline secrets are ``AccountKey=...`` and the like; with ``url``, that URL's query string (a SAS token) is
+    replaced and the URL shown without it. The one redactor of glacierflow: errors, logs and store
+    attributes all pass through it.
+    """
+    if url and "?" in url:
+        plain, query = url.split("?", 1)
+        text = text.replace(url, plain).replace(query, REDACTED)
     for secret in sorted(_SECRETS, key=len, reverse=True):
         text = text.replace(secret, REDACTED)
     return _INLINE.sub(lambda m: m.group(1) + REDACTED, text)

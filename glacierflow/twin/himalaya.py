@@ -24,6 +24,7 @@ Geometry: ``scene[r, c] = ground[r - shift_y - terrain_dy[r, c], c - shift_x - t
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -37,17 +38,15 @@ from glacierflow.twin.scene import (
     DEFECT_QA_OMISSION,
     DEFECT_SHADOW,
     DEFECT_TERRAIN_SHADOW,
-    QA_CLEAR,
-    QA_CLOUD,
-    QA_DILATED,
-    QA_FILL,
-    QA_SHADOW,
-    QA_SNOW,
-    QA_WATER,
     Acquisition,
+    cloud_cover,
+    cloud_layer,
+    footprint_gaps,
+    qa_band,
+    through_cloud,
     to_dn,
 )
-from glacierflow.twin.world import DEBRIS, ICE, PIXEL, ROCK, SNOW, VEG, WATER, GlacierShape, World, _noise, ndsi_snow
+from glacierflow.twin.world import DEBRIS, ICE, PIXEL, ROCK, SNOW, VEG, WATER, GlacierShape, World, ndsi_snow, noise
 
 DIFFUSE = (0.20, 0.07)  # sky (diffuse) share of the irradiance in (green, swir16): bluish sky light
 DEM_ERROR_RMS = 110.0  # metres: DEM error behind the terrain parallax (larger on steep slopes)
@@ -112,11 +111,11 @@ class HimalayaWorld(World):
         rng = np.random.default_rng([seed, 101])
         self.seed = seed
         rat = np.minimum(self.ratio, 8.0)
-        ridged = 1.0 - np.abs(_noise(shape, size / 12, rng))  # sharp crests
+        ridged = 1.0 - np.abs(noise(shape, size / 12, rng))  # sharp crests
         walls = np.clip((rat - 1.0) / 2.5, 0, 1) ** 0.7
         relief = float(np.clip(size / 400.0, 0.3, 1.5))  # the valley scales with the grid: so do its walls
         rise = WALL_HEIGHT * walls + RIDGE_HEIGHT * ridged * np.clip(rat - 1.2, 0, 1)
-        rise = ndimage.gaussian_filter(rise, 1.5) + 40.0 * _noise(shape, max(size / 60, 5.0), rng)  # no facets
+        rise = ndimage.gaussian_filter(rise, 1.5) + 40.0 * noise(shape, max(size / 60, 5.0), rng)  # no facets
         self.elevation = (5000.0 + (self.elevation - 5000.0) * relief + relief * (rise - 500.0)).astype(np.float32)
         gy, gx = np.gradient(self.elevation.astype(np.float64), PIXEL)  # per row (south), per col (east)
         norm = np.sqrt(gx**2 + gy**2 + 1.0)
@@ -125,14 +124,14 @@ class HimalayaWorld(World):
         self.sky_view = ((1.0 + self.normal[2]) / 2.0).astype(np.float32)
         steep = np.clip((np.degrees(np.arctan(self.tan_slope)) - 48.0) / 15.0, 0, 1)
         self.steep = np.maximum(self.outcrop, steep).astype(np.float32)
-        err = _noise(shape, size / 30, rng) * (0.4 + np.clip(self.tan_slope, 0, 1.5))
+        err = noise(shape, size / 30, rng) * (0.4 + np.clip(self.tan_slope, 0, 1.5))
         self.dem_error = (err * DEM_ERROR_RMS / np.sqrt(np.mean(err**2))).astype(np.float32)
         # debris-covered lower tongue of the main glacier (at t_ref), clean ice above
         tongue = np.clip((self.along / np.maximum(self.term, 1.0) - 0.52) / 0.08, 0, 1)
         self.tongue = np.where((self.glacier_id == 0) & np.isfinite(self.along), tongue, 0).astype(np.float32)
         self.debris_mask = self.glacier_mask & (self.tongue >= 0.99)
         ogive = np.sin(2 * np.pi * self.along / max(12.0, size / 18)) * 0.5
-        self.texture_persistent = (_noise(shape, 4.0, rng) + np.where(np.isfinite(ogive), ogive, 0)).astype(np.float32)
+        self.texture_persistent = (noise(shape, 4.0, rng) + np.where(np.isfinite(ogive), ogive, 0)).astype(np.float32)
         self.snow_climate = SnowClimate(seed)
         self.speed_season = SpeedSeason()
         self._generations: dict[int, np.ndarray] = {}
@@ -141,7 +140,7 @@ class HimalayaWorld(World):
         if k not in self._generations:
             if len(self._generations) > 4:
                 self._generations.pop(next(iter(self._generations)))
-            self._generations[k] = _noise(self.shape, 2.2, np.random.default_rng([self.seed, 500, k]))
+            self._generations[k] = noise(self.shape, 2.2, np.random.default_rng([self.seed, 500, k]))
         return self._generations[k]
 
     def ice_texture(self, t: float, src_r: np.ndarray, src_c: np.ndarray) -> np.ndarray:
@@ -214,81 +213,99 @@ def _lit(green: np.ndarray, swir: np.ndarray, direct: np.ndarray, sky: np.ndarra
 
 def _clouds(world: HimalayaWorld, acq: Acquisition, rng: np.random.Generator) -> tuple[np.ndarray, ...]:
     """True cloud, its opacity, and its shadow cast away from the sun."""
-    h, w = world.shape
-    size = min(h, w)
-    cloud = np.zeros((h, w), bool)
-    alpha = np.zeros((h, w), np.float32)
-    if acq.cloud_target > 0.002:
-        n = _noise(world.shape, size / 14, rng)
-        thr = np.quantile(n, 1 - acq.cloud_target)
-        cloud = n > thr
-        alpha = np.clip((n - thr) / 0.5 + 0.6, 0, 1) * (n > thr - 0.3)
+    size = min(world.shape)
+    cloud, alpha = cloud_layer(world.shape, acq.cloud_target, rng)
     dist = min(0.15 * size, (0.04 * size + 2) / np.tan(np.radians(acq.sun_elevation)))
     az = np.radians(acq.sun_azimuth)
     shadow = ndimage.shift(cloud.astype(np.uint8), (dist * np.cos(az), -dist * np.sin(az)), order=0, cval=0) > 0
     return cloud, alpha, shadow & ~cloud
 
 
+@dataclass(frozen=True)
+class QaFlags:
+    """The cloud masks the QA band carries, and where they are wrong."""
+
+    flagged: np.ndarray  # flagged cloud: true cloud less the omissions, plus the commissions
+    dilated: np.ndarray  # dilated-cloud ring around the flagged cloud
+    shadow: np.ndarray  # flagged cloud shadow
+    omission: np.ndarray  # cloud the QA leaves clear
+    commission: np.ndarray  # clear (snow) pixels the QA flags as cloud
+
+
+def qa_flags(cloud: np.ndarray, snow: np.ndarray, cloud_shadow: np.ndarray, rng: np.random.Generator) -> QaFlags:
+    """QA omission (cloud over snow left clear) and commission (bright snow flagged as cloud)."""
+    size = min(cloud.shape)
+    n_om = noise(cloud.shape, size / 40, rng)
+    omission = cloud & (n_om > np.where(snow, 1.0, 1.8))
+    n_cm = noise(cloud.shape, size / 50, rng)
+    commission = ~cloud & snow & (n_cm > 1.3) & (rng.random() < 0.5)
+    flagged = (cloud & ~omission) | commission
+    dilated = ndimage.binary_dilation(flagged, iterations=3) & ~flagged
+    omission &= ~dilated  # the dilation caught those: an omission is cloud the QA leaves clear
+    return QaFlags(flagged=flagged, dilated=dilated, shadow=cloud_shadow & ~flagged & ~dilated,
+                   omission=omission, commission=commission)
+
+
+def misregistration_coords(acq: Acquisition, tdx: np.ndarray, tdy: np.ndarray) -> list[np.ndarray]:
+    """Where each scene pixel samples the ground: the scene's translation plus the terrain parallax."""
+    h, w = tdx.shape
+    rr, cc = np.mgrid[0:h, 0:w].astype(np.float32)
+    return [rr - np.float32(acq.shift_y) - tdy, cc - np.float32(acq.shift_x) - tdx]
+
+
+def resample_masks(
+    masks: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray], coords: list[np.ndarray]
+) -> tuple[np.ndarray, ...]:
+    """Four boolean masks sampled at ``coords`` (nearest neighbour), packed as bits for one resampling."""
+    a, b, c, d = masks
+    bits = (a * 1 | b * 2 | c * 4 | d * 8).astype(np.uint8)
+    bits = ndimage.map_coordinates(bits, coords, order=0, mode="nearest")
+    return tuple((bits & bit) > 0 for bit in (1, 2, 4, 8))
+
+
+def himalaya_defects(gap: np.ndarray, cloud: np.ndarray, cloud_shadow: np.ndarray, shade: np.ndarray,
+                     flags: QaFlags) -> np.ndarray:
+    """Truth ``defects`` bits of a scene: gaps, cloud, shadows and the QA's errors inside the footprint."""
+    valid = ~gap
+    return (gap * DEFECT_GAP | (cloud | flags.dilated) * DEFECT_CLOUD | cloud_shadow * DEFECT_SHADOW
+            | shade * DEFECT_TERRAIN_SHADOW | (flags.omission & valid) * DEFECT_QA_OMISSION
+            | (flags.commission & valid) * DEFECT_QA_COMMISSION).astype(np.uint8)
+
+
 def render_himalaya(world: HimalayaWorld, acq: Acquisition) -> dict[str, Any]:
     """DN arrays, QA band, defects and the truth layers for one acquisition of the ``himalaya`` world."""
     rng = np.random.default_rng(acq.seed)
-    h, w = world.shape
-    size = min(h, w)
-    jitter = (40.0 * _noise(world.shape, size / 25, rng)).astype(np.float32)
+    jitter = (40.0 * noise(world.shape, min(world.shape) / 25, rng)).astype(np.float32)
     g_surf, s_surf, cls = world.surface(acq.year, jitter)
     direct, terrain_shadow = world.illumination(acq.sun_elevation, acq.sun_azimuth)
     g_lit, s_lit = _lit(g_surf, s_surf, direct, world.sky_view)
     cloud, alpha, cloud_shadow = _clouds(world, acq, rng)
     # cloud shadow: only the (bluish) sky light is left, so its NDSI is biased too
-    g_sky, s_sky = _lit(g_surf, s_surf, np.zeros((h, w), np.float32), world.sky_view)
+    g_sky, s_sky = _lit(g_surf, s_surf, np.zeros(world.shape, np.float32), world.sky_view)
     g_obs, s_obs = np.where(cloud_shadow, g_sky, g_lit), np.where(cloud_shadow, s_sky, s_lit)
     # misregistration: translation + terrain parallax; the ground is resampled with a cubic spline
     tdx, tdy = world.parallax(acq.view_tan)
-    rr, cc = np.mgrid[0:h, 0:w].astype(np.float32)
-    coords = [rr - np.float32(acq.shift_y) - tdy, cc - np.float32(acq.shift_x) - tdx]
+    coords = misregistration_coords(acq, tdx, tdy)
     green = ndimage.map_coordinates(g_obs, coords, order=3, mode="nearest")
     swir = ndimage.map_coordinates(s_obs, coords, order=3, mode="nearest")
-    bits = (cls["snow"] * 1 | cls["water"] * 2 | terrain_shadow * 4 | cloud_shadow * 8).astype(np.uint8)
-    bits = ndimage.map_coordinates(bits, coords, order=0, mode="nearest")
-    snow, water, shade, cloud_shadow = ((bits & b) > 0 for b in (1, 2, 4, 8))
+    snow, water, shade, cloud_shadow = resample_masks((cls["snow"], cls["water"], terrain_shadow, cloud_shadow),
+                                                      coords)
     cloud_shadow &= ~cloud
-    green = (1 - alpha) * green + alpha * 0.75
-    swir = (1 - alpha) * swir + alpha * 0.45
-    green = np.maximum(green + rng.normal(0, 0.003, (h, w)).astype(np.float32), 0.001)
-    swir = np.maximum(swir + rng.normal(0, 0.003, (h, w)).astype(np.float32), 0.001)
+    green, swir = through_cloud(green, swir, alpha, rng)
+    green, swir = np.maximum(green, 0.001), np.maximum(swir, 0.001)
 
-    gap = _footprint_gaps(acq, (h, w), rng)
-    # QA: omission (cloud over snow left clear) and commission (bright snow flagged as cloud)
-    n_om = _noise(world.shape, size / 40, rng)
-    omission = cloud & (n_om > np.where(snow, 1.0, 1.8))
-    n_cm = _noise(world.shape, size / 50, rng)
-    commission = ~cloud & snow & (n_cm > 1.3) & (rng.random() < 0.5)
-    flagged = (cloud & ~omission) | commission
-    dilated = ndimage.binary_dilation(flagged, iterations=3) & ~flagged
-    omission &= ~dilated  # the dilation caught those: an omission is cloud the QA leaves clear
-    shadow_flag = cloud_shadow & ~flagged & ~dilated
-    qa = np.full((h, w), QA_CLEAR | (1 << 8) | (1 << 10) | (1 << 12) | (1 << 14), np.uint16)
-    qa = np.where(snow, (qa | QA_SNOW | (3 << 12)) & ~np.uint16(1 << 12), qa).astype(np.uint16)
-    qa = np.where(water, qa | QA_WATER, qa).astype(np.uint16)
-    notclear = ~np.uint16(QA_CLEAR)
-    qa = np.where(flagged, (qa & notclear) | QA_CLOUD | (3 << 8), qa).astype(np.uint16)
-    qa = np.where(dilated, (qa & notclear) | QA_DILATED, qa).astype(np.uint16)
-    qa = np.where(shadow_flag, (qa & notclear) | QA_SHADOW | (3 << 10), qa).astype(np.uint16)
-    qa[gap] = QA_FILL
+    gap = footprint_gaps(acq, world.shape, rng)
+    flags = qa_flags(cloud, snow, cloud_shadow, rng)
     valid = ~gap
-    cloud_cover = 100.0 * float((flagged & valid).sum()) / max(1, int(valid.sum()))
-    defects = (gap * DEFECT_GAP | (cloud | dilated) * DEFECT_CLOUD | cloud_shadow * DEFECT_SHADOW
-               | shade * DEFECT_TERRAIN_SHADOW | (omission & valid) * DEFECT_QA_OMISSION
-               | (commission & valid) * DEFECT_QA_COMMISSION).astype(np.uint8)
     factor = world.speed_season.factor(acq.year)
     return {
         "green": to_dn(green, gap),
         "swir16": to_dn(swir, gap),
-        "qa_pixel": qa,
+        "qa_pixel": qa_band(snow, water, flags.flagged, flags.dilated, flags.shadow, gap),
         "truth": _quantised(ndsi_snow(g_lit, s_lit)),
-        "defects": defects,
+        "defects": himalaya_defects(gap, cloud, cloud_shadow, shade, flags),
         "valid": valid,
-        "cloud_cover": round(cloud_cover, 2),
+        "cloud_cover": cloud_cover(flags.flagged, valid),
         "valid_fraction": float(valid.mean()),
         "extra": {
             "ndsi_surface": _quantised(ndsi_snow(g_surf, s_surf)),
@@ -304,20 +321,3 @@ def _quantised(a: np.ndarray, steps: int = 4096) -> np.ndarray:
     """Round to multiples of 1/steps (exact in float32): far below the DN quantisation, compresses well."""
     return (np.round(a * steps) / steps).astype(np.float32)
 
-
-def _footprint_gaps(acq: Acquisition, shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
-    """Scene edge, scattered missing pixels, stripes and Landsat-7 SLC-off wedges (as the basic world)."""
-    h, w = shape
-    rr, cc = np.mgrid[0:h, 0:w].astype(np.float32)
-    gap = np.zeros((h, w), bool)
-    if acq.valid_target < 1.0:
-        theta = rng.uniform(0, 2 * np.pi)
-        proj = (cc - w / 2) * np.cos(theta) + (rr - h / 2) * np.sin(theta)
-        gap |= proj > np.quantile(proj, acq.valid_target)
-    gap |= rng.random((h, w)) < 0.002
-    for _ in range(acq.stripes):
-        r0 = int(rng.integers(0, h))
-        gap[r0 : r0 + int(rng.integers(1, 4))] = True
-    if acq.platform == "landsat-7":
-        gap |= ((rr * 0.2 + cc) % 37) < 2.5
-    return gap

@@ -392,6 +392,20 @@ def _realistic_truth(ds: xr.Dataset, world: Any, acqs: list[Acquisition], layers
     return ds
 
 
+@dataclass(frozen=True)
+class TwinSpec:
+    """What a twin is made of: the checked arguments of :func:`make_twin`."""
+
+    site: Site
+    size: str
+    start: str
+    end: str
+    seed: int
+    realism: str
+    max_speed: float | None
+    glacier_width: float | None
+
+
 def make_twin(
     out_dir: str | os.PathLike[str],
     glacier: str = "parvati",
@@ -424,6 +438,38 @@ def make_twin(
         raise GlacierflowError(f"unknown twin size {size!r}; choose one of: {', '.join(SIZES)}")
     level = check_realism(realism, max_speed, glacier_width)
     site = get_site(glacier)
+    start, end = _date_range(size, start, end)
+    spec = TwinSpec(site, size, start, end, seed, realism, max_speed, glacier_width)
+    out = Path(out_dir)
+    _check_out_dir(out, overwrite)
+    t_start = time.perf_counter()
+    grid = make_grid(site, size)
+    acqs = schedule(site, start, end, seed, realism, size)
+    if not acqs:
+        raise GlacierflowError(f"no Landsat acquisitions between {start} and {end}; widen the date range")
+    tmp = _partial_dir(out)
+    try:
+        world = level.world(grid.shape, seed, max_speed, glacier_width)
+        template = _truth_template(world, grid, acqs, level.truth_layers)
+        template.to_zarr(tmp / "truth.zarr", compute=False, consolidated=False)
+        results = _render_scenes(spec, grid, acqs, tmp, workers, progress)
+        _write_scene_stats(tmp / "truth.zarr", results)
+        items = _write_catalog(tmp, spec, acqs, results)
+        meta = _twin_meta(spec, grid, acqs, n_items=len(items), seconds=time.perf_counter() - t_start)
+        if level.options:
+            meta["max_speed"] = 150.0 if max_speed is None else float(max_speed)
+            meta["glacier_width"] = glacier_width
+        meta["bytes"] = sum(f.stat().st_size for f in tmp.rglob("*") if f.is_file())
+        (tmp / "twin.json").write_text(json.dumps(meta, indent=1))
+        _move_into_place(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return meta
+
+
+def _date_range(size: str, start: str | None, end: str | None) -> tuple[str, str]:
+    """``(start, end)``: the size's default span where not given; errors for bad or reversed dates."""
     start = start or SIZES[size]["start"]
     end = end or SIZES[size]["end"]
     try:
@@ -431,121 +477,138 @@ def make_twin(
             raise GlacierflowError(f"--start {start} must be before --end {end}")
     except ValueError as e:
         raise GlacierflowError(f"bad date ({e}); use YYYY-MM-DD") from None
-    out = Path(out_dir)
+    return start, end
+
+
+def _check_out_dir(out: Path, overwrite: bool) -> None:
+    """Refuse a non-empty output without ``overwrite``, and never overwrite a directory that is not a twin."""
     if out.exists() and any(out.iterdir()):
         if not overwrite:
             raise GlacierflowError(f"{out} already exists and is not empty; pass --overwrite to replace it")
         if not (out / "twin.json").exists() and not (out / "items.json").exists():
             raise GlacierflowError(f"refusing to overwrite {out}: it is not a glacierflow twin directory")
-    t_start = time.perf_counter()
-    grid = make_grid(site, size)
-    acqs = schedule(site, start, end, seed, realism, size)
-    if not acqs:
-        raise GlacierflowError(f"no Landsat acquisitions between {start} and {end}; widen the date range")
+
+
+def _partial_dir(out: Path) -> Path:
+    """A fresh, empty temporary sibling of ``out`` to build the twin in."""
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
-    try:
-        world = level.world(grid.shape, seed, max_speed, glacier_width)
-        template = _truth_template(world, grid, acqs, level.truth_layers)
-        template.to_zarr(tmp / "truth.zarr", compute=False, consolidated=False)
-        n_workers = workers or min(2, os.cpu_count() or 1)
-        jobs = [(a, grid, str(tmp)) for a in acqs]
-        results: list[dict[str, Any]] = [{}] * len(acqs)
-        with ProcessPoolExecutor(n_workers, initializer=_init_worker,
-                                 initargs=(grid.shape, seed, realism, max_speed, glacier_width)) as pool:
-            for res in pool.map(_render_and_write, jobs, chunksize=2):
-                results[res["index"]] = res
-                if progress is not None:
-                    progress()
-        xr.Dataset(
-            {
-                "cloud_cover": ("time", np.array([r["cloud_cover"] for r in results])),
-                "valid_fraction": ("time", np.array([r["valid_fraction"] for r in results])),
-            }
-        ).to_zarr(tmp / "truth.zarr", mode="a", consolidated=False)
-        created = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-        items = []
-        for a, r in zip(acqs, results, strict=True):
-            wrs_path, wrs_row = a.wrs_path, a.wrs_row
-            doy = (a.year % 1) * 365.25  # scene_id's day of year
-            items.append(
-                stac_items.make_item(
-                    item_id=a.item_id,
-                    platform=a.platform,
-                    datetime=a.datetime,
-                    created=created,
-                    epsg=r["grid"].epsg,
-                    shape=r["grid"].shape,
-                    transform=list(r["grid"].transform),
-                    geometry=r["geometry"],
-                    bbox=r["bbox"],
-                    cloud_cover=r["cloud_cover"],
-                    wrs_path=wrs_path,
-                    wrs_row=wrs_row,
-                    scene_id=f"{a.item_id[:2]}{a.item_id[3]}{wrs_path:03d}{wrs_row:03d}{a.datetime[:4]}"
-                    f"{int(doy) + 1:03d}LGN00",
-                    sun_azimuth=a.sun_azimuth,
-                    sun_elevation=a.sun_elevation,
-                    hrefs=r["hrefs"],
-                    category=a.category,
-                )
-            )
-        full_bbox = [
-            min(i["bbox"][0] for i in items),
-            min(i["bbox"][1] for i in items),
-            max(i["bbox"][2] for i in items),
-            max(i["bbox"][3] for i in items),
-        ]
-        collection = stac_items.make_collection(
-            full_bbox,
-            acqs[0].datetime,
-            acqs[-1].datetime,
-            f"Synthetic Landsat-8/7 Collection 2 Level-2 scenes of the {site.name} glacier written by "
-            f"glacierflow {__version__} (seed {seed}); ground truth in truth.zarr.",
-        )
-        (tmp / "collection.json").write_text(json.dumps(collection, indent=1))
-        (tmp / "items.json").write_text(json.dumps({"type": "FeatureCollection", "features": items}))
-        meta = {
-            "format_version": FORMAT_VERSION,
-            "glacierflow_version": __version__,
-            "glacier": site.name,
-            "size": size,
-            "seed": seed,
-            "start": start,
-            "end": end,
-            "epsg": grid.epsg,
-            "shape": list(grid.shape),
-            "transform": list(grid.transform),
-            "bbox": list(grid.aoi),
-            "n_items": len(items),
-            "n_landsat8": sum(a.platform == "landsat-8" for a in acqs),
-            "n_landsat7": sum(a.platform == "landsat-7" for a in acqs),
-            "realism": realism,
-            "wrs_paths": sorted({a.wrs_path for a in acqs}),
-            "n_t2": sum(a.category == "T2" for a in acqs),
-            "n_other_zone": sum(a.epsg not in (None, grid.epsg) for a in acqs),
-            "generation_seconds": round(time.perf_counter() - t_start, 1),
-            "grid": asdict(grid),
+    return tmp
+
+
+def _render_scenes(spec: TwinSpec, grid: Grid, acqs: list[Acquisition], tmp: Path, workers: int | None,
+                   progress: Any) -> list[dict[str, Any]]:
+    """Render and write every acquisition in worker processes; their results in acquisition order."""
+    n_workers = workers or min(2, os.cpu_count() or 1)
+    jobs = [(a, grid, str(tmp)) for a in acqs]
+    results: list[dict[str, Any]] = [{}] * len(acqs)
+    with ProcessPoolExecutor(n_workers, initializer=_init_worker,
+                             initargs=(grid.shape, spec.seed, spec.realism, spec.max_speed,
+                                       spec.glacier_width)) as pool:
+        for res in pool.map(_render_and_write, jobs, chunksize=2):
+            results[res["index"]] = res
+            if progress is not None:
+                progress()
+    return results
+
+
+def _write_scene_stats(truth: Path, results: list[dict[str, Any]]) -> None:
+    """Add each scene's cloud cover and valid fraction to the truth store."""
+    xr.Dataset(
+        {
+            "cloud_cover": ("time", np.array([r["cloud_cover"] for r in results])),
+            "valid_fraction": ("time", np.array([r["valid_fraction"] for r in results])),
         }
-        if level.options:
-            meta["max_speed"] = 150.0 if max_speed is None else float(max_speed)
-            meta["glacier_width"] = glacier_width
-        meta["bytes"] = sum(f.stat().st_size for f in tmp.rglob("*") if f.is_file())
-        (tmp / "twin.json").write_text(json.dumps(meta, indent=1))
-        if out.exists():
-            old = out.parent / f".{out.name}.old-{os.getpid()}"
-            out.rename(old)
-            tmp.rename(out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return meta
+    ).to_zarr(truth, mode="a", consolidated=False)
+
+
+def _stac_item(a: Acquisition, r: dict[str, Any], created: str) -> dict[str, Any]:
+    """The STAC item of acquisition ``a`` from its render result ``r``."""
+    wrs_path, wrs_row = a.wrs_path, a.wrs_row
+    doy = (a.year % 1) * 365.25  # scene_id's day of year
+    return stac_items.make_item(
+        item_id=a.item_id,
+        platform=a.platform,
+        datetime=a.datetime,
+        created=created,
+        epsg=r["grid"].epsg,
+        shape=r["grid"].shape,
+        transform=list(r["grid"].transform),
+        geometry=r["geometry"],
+        bbox=r["bbox"],
+        cloud_cover=r["cloud_cover"],
+        wrs_path=wrs_path,
+        wrs_row=wrs_row,
+        scene_id=f"{a.item_id[:2]}{a.item_id[3]}{wrs_path:03d}{wrs_row:03d}{a.datetime[:4]}"
+        f"{int(doy) + 1:03d}LGN00",
+        sun_azimuth=a.sun_azimuth,
+        sun_elevation=a.sun_elevation,
+        hrefs=r["hrefs"],
+        category=a.category,
+    )
+
+
+def _write_catalog(tmp: Path, spec: TwinSpec, acqs: list[Acquisition],
+                   results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Write ``collection.json`` and ``items.json``; returns the items."""
+    created = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    items = [_stac_item(a, r, created) for a, r in zip(acqs, results, strict=True)]
+    full_bbox = [
+        min(i["bbox"][0] for i in items),
+        min(i["bbox"][1] for i in items),
+        max(i["bbox"][2] for i in items),
+        max(i["bbox"][3] for i in items),
+    ]
+    collection = stac_items.make_collection(
+        full_bbox,
+        acqs[0].datetime,
+        acqs[-1].datetime,
+        f"Synthetic Landsat-8/7 Collection 2 Level-2 scenes of the {spec.site.name} glacier written by "
+        f"glacierflow {__version__} (seed {spec.seed}); ground truth in truth.zarr.",
+    )
+    (tmp / "collection.json").write_text(json.dumps(collection, indent=1))
+    (tmp / "items.json").write_text(json.dumps({"type": "FeatureCollection", "features": items}))
+    return items
+
+
+def _twin_meta(spec: TwinSpec, grid: Grid, acqs: list[Acquisition], n_items: int, seconds: float) -> dict[str, Any]:
+    """The ``twin.json`` content (less the realism's options and the byte count)."""
+    return {
+        "format_version": FORMAT_VERSION,
+        "glacierflow_version": __version__,
+        "glacier": spec.site.name,
+        "size": spec.size,
+        "seed": spec.seed,
+        "start": spec.start,
+        "end": spec.end,
+        "epsg": grid.epsg,
+        "shape": list(grid.shape),
+        "transform": list(grid.transform),
+        "bbox": list(grid.aoi),
+        "n_items": n_items,
+        "n_landsat8": sum(a.platform == "landsat-8" for a in acqs),
+        "n_landsat7": sum(a.platform == "landsat-7" for a in acqs),
+        "realism": spec.realism,
+        "wrs_paths": sorted({a.wrs_path for a in acqs}),
+        "n_t2": sum(a.category == "T2" for a in acqs),
+        "n_other_zone": sum(a.epsg not in (None, grid.epsg) for a in acqs),
+        "generation_seconds": round(seconds, 1),
+        "grid": asdict(grid),
+    }
+
+
+def _move_into_place(tmp: Path, out: Path) -> None:
+    """Replace ``out`` (if any) with the finished twin in ``tmp``."""
+    if out.exists():
+        old = out.parent / f".{out.name}.old-{os.getpid()}"
+        out.rename(old)
+        tmp.rename(out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        tmp.rename(out)
 
 
 def load_twin_meta(twin_dir: str | os.PathLike[str]) -> dict[str, Any]:

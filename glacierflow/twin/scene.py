@@ -1,7 +1,8 @@
 """One acquisition of the twin: what is drawn for it up front, QA/defect bits, and the ``basic`` renderer.
 
 The ``basic`` renderer is today's world kept bit for bit (quick unit tests rely on its tolerances);
-the ``himalaya`` renderer lives in :mod:`glacierflow.twin.himalaya`.
+the ``himalaya`` renderer lives in :mod:`glacierflow.twin.himalaya` and shares this module's scene steps
+(footprint gaps, cloud layer, cloud blend and sensor noise, QA band, cloud cover).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import numpy as np
 from scipy import ndimage
 
 from glacierflow.twin import stac_items
-from glacierflow.twin.world import World, _noise, ndsi_snow
+from glacierflow.twin.world import World, ndsi_snow, noise
 
 QA_FILL, QA_DILATED, QA_CIRRUS, QA_CLOUD, QA_SHADOW, QA_SNOW, QA_CLEAR, QA_WATER = (1 << i for i in range(8))
 # truth ``defects`` bits; 8, 16 and 32 occur only in the realistic worlds
@@ -61,68 +62,103 @@ def to_dn(refl: np.ndarray, gap: np.ndarray) -> np.ndarray:
     return d
 
 
-def render_basic(world: World, acq: Acquisition) -> dict[str, Any]:
-    """The ``basic`` world: DN arrays, QA band, defects and the clean truth NDSI for one acquisition."""
-    rng = np.random.default_rng(acq.seed)
-    h, w = world.shape
-    size = min(h, w)
-    jitter = (40.0 * _noise(world.shape, size / 25, rng)).astype(np.float32)
-    g0, s0, _ = world.reflectance(acq.year, (0.0, 0.0), jitter)
-    truth = ndsi_snow(g0, s0)
-    green, swir, cls = world.reflectance(acq.year, (acq.shift_x, acq.shift_y), jitter)
+def footprint_gaps(acq: Acquisition, shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
+    """Missing pixels: the scene edge, scattered pixels, stripes and Landsat-7 SLC-off wedges.
 
-    # footprint: a straight scene edge leaving valid_target of the tile inside
+    The scene edge is a straight line leaving ``acq.valid_target`` of the tile inside.
+    """
+    h, w = shape
     rr, cc = np.mgrid[0:h, 0:w].astype(np.float32)
     gap = np.zeros((h, w), bool)
     if acq.valid_target < 1.0:
         theta = rng.uniform(0, 2 * np.pi)
         proj = (cc - w / 2) * np.cos(theta) + (rr - h / 2) * np.sin(theta)
         gap |= proj > np.quantile(proj, acq.valid_target)
-    # scattered missing pixels and stripes (SLC-off-like wedges on Landsat-7)
     gap |= rng.random((h, w)) < 0.002
     for _ in range(acq.stripes):
         r0 = int(rng.integers(0, h))
         gap[r0 : r0 + int(rng.integers(1, 4))] = True
     if acq.platform == "landsat-7":
         gap |= ((rr * 0.2 + cc) % 37) < 2.5
+    return gap
 
-    # clouds with soft edges, their dilation and shadows
+
+def cloud_layer(shape: tuple[int, int], cloud_target: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Cloud mask covering ``cloud_target`` of the scene and its opacity (soft edges reaching past the mask).
+
+    No cloud (and no random draw) when ``cloud_target`` is at most 0.002.
+    """
+    h, w = shape
     cloud = np.zeros((h, w), bool)
     alpha = np.zeros((h, w), np.float32)
-    if acq.cloud_target > 0.002:
-        n = _noise(world.shape, size / 14, rng)
-        thr = np.quantile(n, 1 - acq.cloud_target)
+    if cloud_target > 0.002:
+        n = noise(shape, min(h, w) / 14, rng)
+        thr = np.quantile(n, 1 - cloud_target)
         cloud = n > thr
         alpha = np.clip((n - thr) / 0.5 + 0.6, 0, 1) * (n > thr - 0.3)
-    dilated = ndimage.binary_dilation(cloud, iterations=3) & ~cloud
-    sdr, sdc = int(size * 0.03) + 2, -(int(size * 0.04) + 2)
-    shadow = np.roll(np.roll(cloud, sdr, 0), sdc, 1) & ~cloud & ~dilated
-    green = np.where(shadow, green * 0.45, green)
-    swir = np.where(shadow, swir * 0.45, swir)
+    return cloud, alpha
+
+
+def through_cloud(
+    green: np.ndarray, swir: np.ndarray, alpha: np.ndarray, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Blend the ground with the cloud's own brightness by its opacity ``alpha``, then add sensor noise."""
+    h, w = green.shape
     green = (1 - alpha) * green + alpha * 0.75
     swir = (1 - alpha) * swir + alpha * 0.45
-    # sensor noise
     green = green + rng.normal(0, 0.003, (h, w)).astype(np.float32)
     swir = swir + rng.normal(0, 0.003, (h, w)).astype(np.float32)
+    return green, swir
 
-    qa = np.full((h, w), QA_CLEAR | (1 << 8) | (1 << 10) | (1 << 12) | (1 << 14), np.uint16)
-    qa = np.where(cls["snow"], (qa | QA_SNOW | (3 << 12)) & ~np.uint16(1 << 12), qa).astype(np.uint16)
-    qa = np.where(cls["water"], qa | QA_WATER, qa).astype(np.uint16)
+
+def qa_band(
+    snow: np.ndarray, water: np.ndarray, cloud: np.ndarray, dilated: np.ndarray, shadow: np.ndarray, gap: np.ndarray
+) -> np.ndarray:
+    """The ``qa_pixel`` band (uint16) from the masks the QA flags: cloud, dilated cloud and shadow clear a pixel."""
+    qa = np.full(snow.shape, QA_CLEAR | (1 << 8) | (1 << 10) | (1 << 12) | (1 << 14), np.uint16)
+    qa = np.where(snow, (qa | QA_SNOW | (3 << 12)) & ~np.uint16(1 << 12), qa).astype(np.uint16)
+    qa = np.where(water, qa | QA_WATER, qa).astype(np.uint16)
     notclear = ~np.uint16(QA_CLEAR)
     qa = np.where(cloud, (qa & notclear) | QA_CLOUD | (3 << 8), qa).astype(np.uint16)
     qa = np.where(dilated, (qa & notclear) | QA_DILATED, qa).astype(np.uint16)
     qa = np.where(shadow, (qa & notclear) | QA_SHADOW | (3 << 10), qa).astype(np.uint16)
     qa[gap] = QA_FILL
+    return qa
+
+
+def cloud_cover(flagged: np.ndarray, valid: np.ndarray) -> float:
+    """Percentage of the valid pixels that the QA flags as cloud (``eo:cloud_cover``), to 2 decimals."""
+    return round(100.0 * float((flagged & valid).sum()) / max(1, int(valid.sum())), 2)
+
+
+def render_basic(world: World, acq: Acquisition) -> dict[str, Any]:
+    """The ``basic`` world: DN arrays, QA band, defects and the clean truth NDSI for one acquisition."""
+    rng = np.random.default_rng(acq.seed)
+    size = min(world.shape)
+    jitter = (40.0 * noise(world.shape, size / 25, rng)).astype(np.float32)
+    g0, s0, _ = world.reflectance(acq.year, (0.0, 0.0), jitter)
+    truth = ndsi_snow(g0, s0)
+    green, swir, cls = world.reflectance(acq.year, (acq.shift_x, acq.shift_y), jitter)
+    gap = footprint_gaps(acq, world.shape, rng)
+
+    # clouds with soft edges, their dilation and shadows
+    cloud, alpha = cloud_layer(world.shape, acq.cloud_target, rng)
+    dilated = ndimage.binary_dilation(cloud, iterations=3) & ~cloud
+    sdr, sdc = int(size * 0.03) + 2, -(int(size * 0.04) + 2)
+    shadow = np.roll(np.roll(cloud, sdr, 0), sdc, 1) & ~cloud & ~dilated
+    green = np.where(shadow, green * 0.45, green)
+    swir = np.where(shadow, swir * 0.45, swir)
+    green, swir = through_cloud(green, swir, alpha, rng)
+
     valid = ~gap
-    cloud_cover = 100.0 * float((cloud & valid).sum()) / max(1, int(valid.sum()))
     defects = (gap * DEFECT_GAP | (cloud | dilated) * DEFECT_CLOUD | shadow * DEFECT_SHADOW).astype(np.uint8)
     return {
         "green": to_dn(green, gap),
         "swir16": to_dn(swir, gap),
-        "qa_pixel": qa,
+        "qa_pixel": qa_band(cls["snow"], cls["water"], cloud, dilated, shadow, gap),
         "truth": truth,
         "defects": defects,
         "valid": valid,
-        "cloud_cover": round(cloud_cover, 2),
+        "cloud_cover": cloud_cover(cloud, valid),
         "valid_fraction": float(valid.mean()),
     }

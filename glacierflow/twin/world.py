@@ -29,7 +29,7 @@ VEG = (0.07, 0.15)
 WATER = (0.06, 0.012)
 
 
-def _noise(shape: tuple[int, int], sigma: float, rng: np.random.Generator) -> np.ndarray:
+def noise(shape: tuple[int, int], sigma: float, rng: np.random.Generator) -> np.ndarray:
     """Smooth Gaussian noise with unit standard deviation and correlation length ``sigma`` pixels."""
     if sigma >= 4:
         # generate at a coarser resolution and zoom: same look, a fraction of the cost
@@ -57,6 +57,94 @@ GLACIER_SHAPES = (
     GlacierShape(rows=(0.06, 0.86), cols=(0.30, 0.55, 0.47), half_width=0.045, vmax=150.0, terminus=0.95),
     GlacierShape(rows=(0.12, 0.52), cols=(0.86, 0.78, 0.62), half_width=0.028, vmax=70.0, terminus=0.9),
 )
+
+
+@dataclass(frozen=True)
+class GlacierFields:
+    """Where each grid pixel sits relative to its nearest glacier, and how that glacier flows there.
+
+    Speed and flow direction are set on the ice only (``ratio < 1``) and are 0 elsewhere.
+    """
+
+    along: np.ndarray  # s: pixels along the centreline from the head (inf where no glacier is nearest)
+    ratio: np.ndarray  # distance from the centreline / local half-width
+    term: np.ndarray  # terminus position (pixels along) at t_ref
+    speed: np.ndarray  # m/yr
+    dir_r: np.ndarray  # unit flow direction: rows component
+    dir_c: np.ndarray  # unit flow direction: cols component
+    glacier_id: np.ndarray  # int8 index into the shapes of the nearest glacier
+
+
+@dataclass(frozen=True)
+class Centreline:
+    """One glacier's coordinates and flow at every grid pixel, as if it were the only glacier."""
+
+    along: np.ndarray  # pixels along the centreline from the head, at the nearest centreline point
+    ratio: np.ndarray  # distance from the centreline / local half-width
+    length: float  # centreline length in pixels
+    speed: np.ndarray  # m/yr: parabolic across, rising from the head, slowing towards the terminus
+    dir_r: np.ndarray  # unit tangent of the centreline at the nearest point: rows component
+    dir_c: np.ndarray  # unit tangent: cols component
+
+
+def centreline(
+    g: GlacierShape, shape: tuple[int, int], pts: np.ndarray, min_half_width: float
+) -> Centreline:
+    """Project every pixel ``pts`` (``(row, col)`` pairs) onto the quadratic centreline of glacier ``g``."""
+    h, w = shape
+    size = float(min(h, w))
+    s = np.linspace(0, 1, 800)
+    cr = (g.rows[0] + (g.rows[1] - g.rows[0]) * s) * h
+    cc_ = (1 - s) ** 2 * g.cols[0] + 2 * s * (1 - s) * g.cols[1] + s**2 * g.cols[2]
+    cc_ = cc_ * w
+    seg = np.hypot(np.diff(cr), np.diff(cc_))
+    arclen = np.concatenate([[0], np.cumsum(seg)])
+    tr = np.gradient(cr)
+    tc = np.gradient(cc_)
+    tn = np.hypot(tr, tc)
+    dist, idx = cKDTree(np.stack([cr, cc_], axis=1)).query(pts, workers=1)
+    dist = dist.reshape(shape).astype(np.float32)
+    idx = idx.reshape(shape)
+    hw = np.maximum(g.half_width * size * (1 - 0.4 * s[idx]), min_half_width)
+    rat = dist / hw
+    frac = s[idx]
+    prof = np.clip(np.sin(np.pi * np.clip(frac / g.terminus, 0, 1)) ** 0.6, 0, 1)
+    return Centreline(
+        along=arclen[idx].astype(np.float32),
+        ratio=rat,
+        length=arclen[-1],
+        speed=g.vmax * prof * np.clip(1 - rat**2, 0, 1),
+        dir_r=tr[idx] / tn[idx],
+        dir_c=tc[idx] / tn[idx],
+    )
+
+
+def glacier_fields(
+    shape: tuple[int, int], shapes: tuple[GlacierShape, ...], min_half_width: float
+) -> GlacierFields:
+    """Each pixel takes the coordinates of the glacier whose centreline is nearest (relative to its width)."""
+    h, w = shape
+    rr, cc = np.mgrid[0:h, 0:w].astype(np.float32)
+    pts = np.stack([rr.ravel(), cc.ravel()], axis=1)
+    along = np.full(shape, np.inf, np.float32)
+    ratio = np.full(shape, np.inf, np.float32)
+    term = np.zeros(shape, np.float32)
+    speed = np.zeros(shape, np.float32)
+    dir_r = np.zeros(shape, np.float32)
+    dir_c = np.zeros(shape, np.float32)
+    gid = np.zeros(shape, np.int8)
+    for k, g in enumerate(shapes):
+        line = centreline(g, shape, pts, min_half_width)
+        closer = line.ratio < ratio
+        on = closer & (line.ratio < 1)
+        along = np.where(closer, line.along, along)
+        ratio = np.where(closer, line.ratio, ratio)
+        term = np.where(closer, g.terminus * line.length, term)
+        speed = np.where(on, line.speed, speed)
+        gid = np.where(closer, k, gid).astype(np.int8)
+        dir_r = np.where(on, line.dir_r, dir_r)
+        dir_c = np.where(on, line.dir_c, dir_c)
+    return GlacierFields(along, ratio, term, speed, dir_r, dir_c, gid)
 
 
 class World:
@@ -96,54 +184,15 @@ class World:
         size = float(min(h, w))
 
         # --- glaciers: along-flow coordinate s (pixels from head), transverse ratio, flow direction
-        along = np.full(shape, np.inf, np.float32)  # s in pixels along the centreline
-        ratio = np.full(shape, np.inf, np.float32)  # |d| / half-width
-        length = np.zeros(shape, np.float32)
-        term = np.zeros(shape, np.float32)
-        speed = np.zeros(shape, np.float32)
-        dir_r = np.zeros(shape, np.float32)
-        dir_c = np.zeros(shape, np.float32)
-        gid = np.zeros(shape, np.int8)
-        pts = np.stack([rr.ravel(), cc.ravel()], axis=1)
-        for k, g in enumerate(shapes):
-            s = np.linspace(0, 1, 800)
-            cr = (g.rows[0] + (g.rows[1] - g.rows[0]) * s) * h
-            cc_ = (1 - s) ** 2 * g.cols[0] + 2 * s * (1 - s) * g.cols[1] + s**2 * g.cols[2]
-            cc_ = cc_ * w
-            seg = np.hypot(np.diff(cr), np.diff(cc_))
-            arclen = np.concatenate([[0], np.cumsum(seg)])
-            glen = arclen[-1]
-            tr = np.gradient(cr)
-            tc = np.gradient(cc_)
-            tn = np.hypot(tr, tc)
-            dist, idx = cKDTree(np.stack([cr, cc_], axis=1)).query(pts, workers=1)
-            dist = dist.reshape(shape).astype(np.float32)
-            idx = idx.reshape(shape)
-            hw = np.maximum(g.half_width * size * (1 - 0.4 * s[idx]), min_half_width)
-            rat = dist / hw
-            closer = rat < ratio
-            sl = arclen[idx].astype(np.float32)
-            frac = s[idx]
-            # speed: parabolic across, rising from the head, slowing towards the terminus
-            prof = np.clip(np.sin(np.pi * np.clip(frac / g.terminus, 0, 1)) ** 0.6, 0, 1)
-            sp = g.vmax * prof * np.clip(1 - rat**2, 0, 1)
-            on = closer & (rat < 1)
-            along = np.where(closer, sl, along)
-            ratio = np.where(closer, rat, ratio)
-            length = np.where(closer, glen, length)
-            term = np.where(closer, g.terminus * glen, term)
-            speed = np.where(on, sp, speed)
-            gid = np.where(closer, k, gid).astype(np.int8)
-            dir_r = np.where(on, tr[idx] / tn[idx], dir_r)
-            dir_c = np.where(on, tc[idx] / tn[idx], dir_c)
-        self.along = along
-        self.ratio = ratio
-        self.term = term  # terminus position (pixels along) at t_ref
-        self.glacier_id = gid  # index into ``shapes`` of the nearest glacier
+        glaciers = glacier_fields(shape, shapes, min_half_width)
+        self.along = glaciers.along
+        self.ratio = glaciers.ratio
+        self.term = glaciers.term  # terminus position (pixels along) at t_ref
+        self.glacier_id = glaciers.glacier_id  # index into ``shapes`` of the nearest glacier
         # true velocity: m/yr, +u east (+col), +v north (-row); zero off the ice at t_ref
-        ice_ref = (ratio < 1) & (along <= term)
-        self.u = np.where(ice_ref, speed * dir_c, 0).astype(np.float32)
-        self.v = np.where(ice_ref, -speed * dir_r, 0).astype(np.float32)
+        ice_ref = (self.ratio < 1) & (self.along <= self.term)
+        self.u = np.where(ice_ref, glaciers.speed * glaciers.dir_c, 0).astype(np.float32)
+        self.v = np.where(ice_ref, -glaciers.speed * glaciers.dir_r, 0).astype(np.float32)
         self.glacier_mask = ice_ref
         # displacement in pixels per year along rows / cols
         self.d_row = (-self.v / PIXEL).astype(np.float32)
@@ -151,29 +200,29 @@ class World:
         self._moving = ndimage.binary_dilation(self.u**2 + self.v**2 > 0, iterations=2)
 
         # --- terrain: a valley along the main glacier, ridges away from it, height falling downstream
-        main_rat = np.minimum(ratio, 6.0)
+        main_rat = np.minimum(self.ratio, 6.0)
         downstream = rr / h
         self.elevation = (
-            5600.0 - 1700.0 * downstream + 140.0 * main_rat + 120.0 * _noise(shape, size / 16, rng)
+            5600.0 - 1700.0 * downstream + 140.0 * main_rat + 120.0 * noise(shape, size / 16, rng)
         ).astype(np.float32)
-        self.snow_noise = (90.0 * _noise(shape, size / 40, rng) + 40 * _noise(shape, 2.0, rng)).astype(
+        self.snow_noise = (90.0 * noise(shape, size / 40, rng) + 40 * noise(shape, 2.0, rng)).astype(
             np.float32
         )
         # --- surface texture of the ice: debris patches and transverse ogive bands (advected)
-        blobs = _noise(shape, 2.2, rng) + 0.6 * _noise(shape, 5.0, rng)
-        ogive = np.sin(2 * np.pi * along / max(12.0, size / 18)) * 0.5
+        blobs = noise(shape, 2.2, rng) + 0.6 * noise(shape, 5.0, rng)
+        ogive = np.sin(2 * np.pi * self.along / max(12.0, size / 18)) * 0.5
         ogive = np.where(np.isfinite(ogive), ogive, 0)
         self.debris = np.clip(0.35 + 0.28 * blobs + 0.12 * ogive, 0, 1).astype(np.float32)
         # --- off-ice land cover
-        self.rock = _noise(shape, 3.0, rng)
-        self.veg = _noise(shape, size / 20, rng)
+        self.rock = noise(shape, 3.0, rng)
+        self.veg = noise(shape, size / 20, rng)
         # steep rock outcrops (cliffs, ridges) where snow does not stick: static texture all year
         self.outcrop = np.clip(
-            (_noise(shape, size / 30, rng) + 0.6 * _noise(shape, 2.5, rng) - 0.9) * 2.0, 0, 1
-        ).astype(np.float32) * (ratio >= 1.3)
+            (noise(shape, size / 30, rng) + 0.6 * noise(shape, 2.5, rng) - 0.9) * 2.0, 0, 1
+        ).astype(np.float32) * (self.ratio >= 1.3)
         lake_r, lake_c = 0.93 * h, 0.50 * w
         self.lake = (np.hypot((rr - lake_r) / (0.03 * size + 2), (cc - lake_c) / (0.06 * size + 3)) < 1) & ~(
-            ratio < 1
+            self.ratio < 1
         )
 
     # ------------------------------------------------------------------------------------------
