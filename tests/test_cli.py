@@ -11,7 +11,8 @@ import pytest
 import typer
 import xarray as xr
 
-from glacierflow.cli.main import app, flag_for, main
+from glacierflow.cli.app import app, flag_for
+from glacierflow.cli.main import main
 from glacierflow.compute.cluster import DEFAULT_CLUSTER
 from glacierflow.ingest import catalog
 from glacierflow.specs import CubeSpec, FlowSpec, PreprocessSpec

@@ -1,0 +1,35 @@
+"""Stage 5, transfer: ``finetune``, a trained model continued on another glacier, before and after compared."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from glacierflow.cli.app import Device, Objective, app, out
+
+
+@app.command("finetune")
+def finetune_cmd(
+    run_dir: Annotated[Path, typer.Argument(metavar="RUN_DIR", help="Trained run to start from (its best.pt).")],
+    cube: Annotated[str, typer.Option(metavar="CUBE", help="The other glacier's cube store.")],
+    out_dir: Annotated[Path, typer.Option("--out", metavar="RUN_DIR2", help="New run directory.")],
+    epochs: Annotated[int, typer.Option(metavar="N", help="Fine-tuning epochs.")] = 5,
+    lr: Annotated[float | None, typer.Option(help="Learning rate (default: the run's).")] = None,
+    patch_size: Annotated[int | None, typer.Option(metavar="PX", help="Expected patch size (checked).")] = None,
+    device: Annotated[Device, typer.Option(help="auto: CUDA when present.")] = "auto",
+    objective: Annotated[
+        Objective | None, typer.Option(help="Training objective to continue with (default: the run's).")
+    ] = None,
+) -> None:
+    """Continue a trained model on another glacier; zero-shot vs fine-tuned on its test split."""
+    from glacierflow.learn.finetune import finetune, format_comparison  # deferred: torch
+
+    r = finetune(run_dir, cube, out_dir, epochs=epochs, lr=lr, device=device, patch_size=patch_size,
+                 progress=sys.stderr.isatty(), objective=objective)
+    out.print(f"test split of {cube}, the model before and after fine-tuning, next to both baselines:")
+    for line in format_comparison(r):
+        out.print(line)
+    out.print(f"written: {r['out']}")

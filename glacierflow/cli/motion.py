@@ -1,0 +1,97 @@
+"""Stage 2, motion: ``flow``, surface velocity from a cube's scene pairs (or from a forecast's predicted frames)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+
+from glacierflow.cli.app import (
+    DEFAULT_WHERE,
+    OverwriteOpt,
+    StorageOpt,
+    Where,
+    app,
+    check_writable_output,
+    computes,
+    out,
+    storage_options,
+)
+from glacierflow.specs import FLOW_IMAGES, FLOW_METHODS, PAIR_KINDS, FlowSpec
+
+
+@app.command("flow")
+@computes
+def flow_cmd(
+    cube: Annotated[str, typer.Argument(metavar="CUBE", help="Cube store written by build-cube.")],
+    out_store: Annotated[str, typer.Option("--out", metavar="STORE", help="Velocity store to write.")],
+    method: Annotated[
+        str | None, typer.Option(metavar="|".join(FLOW_METHODS), help="Matcher (default farneback).")
+    ] = None,
+    images: Annotated[
+        str | None, typer.Option(metavar="|".join(FLOW_IMAGES), help="Track scene guides or NDSI periods.")
+    ] = None,
+    pairs: Annotated[
+        str | None, typer.Option(metavar="|".join(PAIR_KINDS) + "|MIN:MAX", help="Which acquisitions are paired.")
+    ] = None,
+    max_pairs_per_scene: Annotated[int | None, typer.Option(help="At most this many pairs per scene.")] = None,
+    chip: Annotated[int | None, typer.Option(help="NCC chip side, px (odd).")] = None,
+    search: Annotated[int | None, typer.Option(help="NCC search range, px; 0: from --max-speed.")] = None,
+    max_speed: Annotated[float | None, typer.Option(help="Fastest expected speed, m/yr.")] = None,
+    min_corr: Annotated[float | None, typer.Option(help="NCC: mask peaks below this correlation.")] = None,
+    ice_mask: Annotated[
+        str | None, typer.Option(metavar="FILE", help="Ice mask GeoTIFF or GeoJSON (default: NDSI climatology).")
+    ] = None,
+    ice_fraction: Annotated[float | None, typer.Option(help="Climatology: ice if snowy this often.")] = None,
+    stable_margin: Annotated[int | None, typer.Option(help="Stable ground: px away from the ice.")] = None,
+    levels: Annotated[int | None, typer.Option(help="Farneback pyramid levels (paper: 6).")] = None,
+    pyr_scale: Annotated[float | None, typer.Option(help="Farneback pyramid scale (paper: 0.5).")] = None,
+    iterations: Annotated[int | None, typer.Option(help="Farneback iterations per level (paper: 10).")] = None,
+    winsize: Annotated[int | None, typer.Option(help="Farneback averaging window, px (default 9).")] = None,
+    min_texture: Annotated[
+        float | None, typer.Option(help="Mask pixels whose local std (image in [0, 1]) is below this.")
+    ] = None,
+    max_fb_error: Annotated[
+        float | None, typer.Option(help="Forward/backward check (px); 0: off.")
+    ] = None,
+    overwrite: OverwriteOpt = False,
+    storage_option: StorageOpt = None,
+    where: Where = DEFAULT_WHERE,
+) -> None:
+    """Surface velocity from pairs of scenes (or NDSI periods) of a cube -> velocity store (m/yr)."""
+    from glacierflow.motion.forecast_flow import is_forecast_url  # deferred: scipy
+    from glacierflow.motion.velocity import run_flow  # deferred: scipy
+
+    given = {"method": method, "images": images, "pairs": pairs, "max_pairs_per_scene": max_pairs_per_scene,
+             "chip": chip, "search": search, "max_speed": max_speed, "min_corr": min_corr,
+             "ice_fraction": ice_fraction, "stable_margin": stable_margin, "levels": levels, "pyr_scale": pyr_scale,
+             "iterations": iterations, "winsize": winsize, "min_texture": min_texture, "max_fb_error": max_fb_error}
+    spec = FlowSpec(**{k: v for k, v in given.items() if v is not None})  # unset flags: the spec's defaults
+    check_writable_output(out_store, storage_option)
+    if is_forecast_url(cube, storage_options(storage_option)):  # predict's output: the predicted frames
+        return _flow_forecast(cube, out_store, spec if pairs else spec.replace(pairs="consecutive"),
+                              overwrite=overwrite, storage_option=storage_option, ice_mask=ice_mask, where=where)
+    with where.client():
+        s = run_flow(cube, out_store, spec, overwrite=overwrite, storage_options=storage_options(storage_option),
+                     ice_mask=ice_mask)
+    out.print(f"{s['pairs']} {spec.pairs} pairs of {s['tracked']} ({s['method']}); median pair error "
+              f"{s['median_pair_error_m_per_yr']:.1f} m/yr, median valid fraction {s['median_valid_fraction']:.2f}")
+    out.print(f"composite: median speed {s['composite_median_speed_m_per_yr']:.1f} m/yr (95th percentile "
+              f"{s['composite_p95_speed_m_per_yr']:.0f} m/yr) over "
+              f"{100 * s['composite_valid_fraction']:.0f}% of pixels, median speed error "
+              f"{s['median_speed_error_m_per_yr']:.1f} m/yr")
+    out.print(f"written: {s['out']}")
+
+
+def _flow_forecast(fc: str, out_store: str, spec: Any, *, overwrite: bool, storage_option: list[str] | None,
+                   ice_mask: str | None, where: Any) -> None:
+    """``flow FORECAST``: flow of the predicted frames and of the cube's true frames of the same periods."""
+    from glacierflow.motion.forecast_flow import format_comparison, ndsi_store_flow  # deferred: scipy
+
+    with where.client():
+        s = ndsi_store_flow(fc, out_store, spec, overwrite=overwrite, storage_options=storage_options(storage_option),
+                            ice_mask=ice_mask)
+    out.print(f"forecast store: {s['pairs']} {spec.pairs} pairs of predicted NDSI periods ({s['method']}, Δt from "
+              f"the period starts); composite median speed {s['composite_median_speed_m_per_yr']:.1f} m/yr")
+    out.print(format_comparison(s))
+    out.print(f"written: {s['out']}")

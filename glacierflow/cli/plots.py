@@ -1,0 +1,73 @@
+"""``plot``: the figures of every stage (velocity, cube, training run, forecast), one PNG or GIF each."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from glacierflow.cli.app import out, plot_app
+
+
+@plot_app.command("flow")
+def plot_flow_cmd(
+    store: Annotated[str, typer.Argument(metavar="STORE", help="Velocity store written by `glacierflow flow`.")],
+    out_png: Annotated[Path, typer.Option("--out", metavar="PNG", help="PNG file to write.")] = Path("flow.png"),
+    cube: Annotated[
+        str | None, typer.Option(metavar="CUBE", help="Cube store for the NDSI background (default: the source).")
+    ] = None,
+    pair: Annotated[
+        int | None, typer.Option(help="One pair (index along time; negative: from the end); default: the composite.")
+    ] = None,
+    step: Annotated[int, typer.Option(help="Arrow spacing in pixels (paper: 40 px = 1200 m).")] = 40,
+) -> None:
+    """Figure: composite speed with arrows and its error, or one pair (NDSI with arrows, speed)."""
+    from glacierflow.plots.figures import plot_flow  # deferred: matplotlib
+
+    path = plot_flow(store, cube, out_png, time_index=pair, step=step)
+    out.print(f"written: {path}")
+
+
+@plot_app.command("cube")
+def plot_cube_cmd(
+    cube: Annotated[str, typer.Argument(metavar="CUBE", help="Cube store written by build-cube.")],
+    out_gif: Annotated[Path, typer.Option("--out", metavar="GIF", help="GIF file to write.")] = Path("cube.gif"),
+    seconds: Annotated[float, typer.Option(help="Seconds per frame.")] = 0.6,
+) -> None:
+    """Animated GIF of the cube's snow-mask NDSI, one dated frame per period."""
+    from glacierflow.plots.figures import plot_cube_gif  # deferred: matplotlib
+
+    out.print(f"written: {plot_cube_gif(cube, out_gif, seconds_per_frame=seconds)}")
+
+
+@plot_app.command("run")
+def plot_run_cmd(
+    run_dir: Annotated[Path, typer.Argument(metavar="RUN_DIR", help="Run directory written by `glacierflow train`.")],
+    out_png: Annotated[Path, typer.Option("--out", metavar="PNG", help="PNG file to write.")] = Path("loss.png"),
+) -> None:
+    """Loss curves (train per step, validation per epoch) with the early-stopping point."""
+    from glacierflow.plots.figures import plot_run  # deferred: matplotlib
+
+    out.print(f"written: {plot_run(run_dir, out_png)}")
+
+
+@plot_app.command("forecast")
+def plot_forecast_cmd(
+    store: Annotated[str, typer.Argument(metavar="STORE", help="Forecast store written by `glacierflow predict`.")],
+    out_png: Annotated[Path, typer.Option("--out", metavar="PNG", help="PNG file to write.")] = Path("forecast.png"),
+    cube: Annotated[
+        str | None, typer.Option(metavar="CUBE", help="Cube store with the truth (default: the source).")
+    ] = None,
+    flow: Annotated[
+        str | None, typer.Option(metavar="VELOCITY", help="`flow FORECAST` store: also draw predicted vs true-frame "
+                                 "movement (PNG-flow.png).")
+    ] = None,
+    step: Annotated[int, typer.Option(help="--flow: arrow spacing in pixels.")] = 40,
+) -> None:
+    """Forecast vs truth per lead, with the error maps of the model, persistence and seasonal."""
+    from glacierflow.plots.figures import plot_forecast, plot_forecast_flow  # deferred: matplotlib
+
+    out.print(f"written: {plot_forecast(store, cube, out_png)}")
+    if flow:
+        out.print(f"written: {plot_forecast_flow(flow, out_png.with_name(out_png.stem + '-flow.png'), step=step)}")
