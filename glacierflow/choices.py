@@ -13,6 +13,7 @@ year.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 
 from glacierflow.errors import GlacierflowError
 
@@ -62,7 +63,8 @@ def season_length(period: str) -> int:
     return 12 // period_months(period)
 
 
-def check_registry(name: str, keys: object, expected: tuple[str, ...]) -> None:
+def check_registry(name: str, keys: Iterable[str], expected: tuple[str, ...]) -> None:
     """Raise when a registry's keys differ from its tuple here (called where each registry is built)."""
-    if tuple(keys) != expected:  # type: ignore[call-overload]
-        raise AssertionError(f"registry {name} has keys {tuple(keys)}; glacierflow.choices says {expected}")  # type: ignore[call-overload]
+    found = tuple(keys)
+    if found != expected:
+        raise AssertionError(f"registry {name} has keys {found}; glacierflow.choices says {expected}")

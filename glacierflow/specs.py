@@ -9,7 +9,7 @@ Policies
 * **Validation** happens in ``__post_init__``; a bad value raises :class:`~glacierflow.errors.SpecError`
   whose ``field`` is the field at fault and whose message names fields (``start 2020-01-01 must be
   before end 2019-01-01``), never command-line flags: the CLI translates fields into its flags in one
-  place (:func:`glacierflow.cli.main.flag_for`).
+  place (:func:`glacierflow.cli.app.flag_for`).
 * **Unknown keys** in :meth:`Spec.from_dict` (a store written by a newer glacierflow, or by one that
   had a field since removed) are **ignored with a** :class:`SpecWarning` naming them: stores stay
   readable across versions, and nothing is silently dropped. Missing keys take the field's default;

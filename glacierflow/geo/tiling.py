@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from glacierflow.choices import BLEND_WINDOWS, check_registry
 from glacierflow.errors import GlacierflowError
 
 
@@ -33,6 +34,7 @@ def _uniform(patch: int, floor: float) -> np.ndarray:
 
 WINDOWS: dict[str, Callable[[int, float], np.ndarray]] = {"hann": _hann, "uniform": _uniform}
 """Blending windows (1-D; the 2-D weight is their outer product). ``uniform`` = plain averaging."""
+check_registry("geo.tiling.WINDOWS", WINDOWS, BLEND_WINDOWS)
 
 
 def blend_weights(patch: int, window: str = "hann", floor: float = 0.01) -> np.ndarray:

@@ -140,6 +140,8 @@ def _scale_offset(items: Sequence[Mapping[str, Any]], assets: Sequence[str]) -> 
     return scale, offset
 
 
+# One piece on purpose (one of three): the stackstac call, the grid it is built on and the per-asset
+# scale/offset/nodata fix-ups share a dozen local facts; split, each helper would take most of them back.
 def build_cube(
     items: Iterable[Any],
     *,

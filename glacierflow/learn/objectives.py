@@ -30,6 +30,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from glacierflow import choices
+from glacierflow.choices import check_registry
 from glacierflow.errors import GlacierflowError
 from glacierflow.geo.tiling import TileLayout, cut_tiles, stitch, tile_layout
 from glacierflow.learn.patches import BatchOrder, set_loader
@@ -179,4 +181,5 @@ OBJECTIVES: dict[str, Objective] = {
     "patch": Objective("masked MSE per patch sample", _patch),
     "full-scene": Objective("masked MSE on blended scene windows (predict's tiling)", _full_scene),
 }
-"""The registry; its keys are :data:`glacierflow.specs.OBJECTIVES` (the specs' and the CLI's choices)."""
+"""The registry; its keys are :data:`glacierflow.choices.OBJECTIVES` (the specs' and the CLI's choices)."""
+check_registry("learn.objectives.OBJECTIVES", OBJECTIVES, choices.OBJECTIVES)

@@ -27,6 +27,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from glacierflow.choices import FLOW_METHODS, check_registry
 from glacierflow.specs import FlowSpec
 
 IMAGE_KINDS = ("guide", "ndsi")
@@ -73,6 +74,8 @@ def peak_offset(minus: np.ndarray, peak: np.ndarray, plus: np.ndarray) -> np.nda
     return np.clip(np.nan_to_num(d), -0.5, 0.5).astype(np.float32)
 
 
+# One piece on purpose (one of three): the numpy kernel of one chip search (candidates, sub-pixel peak,
+# validity tests) runs per pixel window; helpers would pass the same half-dozen arrays around in a hot loop.
 def ncc_pixels(a: np.ndarray, b: np.ndarray, spec: FlowSpec, search: int) -> np.ndarray:
     """Dense chip NCC displacement in pixels, ``(2, H, W)`` float32 (columns, rows), NaN where invalid.
 
@@ -277,3 +280,4 @@ METHODS: dict[str, Callable[[np.ndarray, np.ndarray, FlowSpec, int], np.ndarray]
     "ncc": ncc_pixels,
     "farneback": farneback_pixels,
 }
+check_registry("motion.matching.METHODS", METHODS, FLOW_METHODS)

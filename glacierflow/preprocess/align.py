@@ -25,6 +25,8 @@ import dask.array as dsa
 import numpy as np
 import xarray as xr
 
+from glacierflow import choices
+from glacierflow.choices import check_registry
 from glacierflow.errors import GlacierflowError
 
 MOTIONS: dict[str, int] = {
@@ -33,6 +35,7 @@ MOTIONS: dict[str, int] = {
     "affine": cv2.MOTION_AFFINE,
     "homography": cv2.MOTION_HOMOGRAPHY,  # the research code's choice
 }
+check_registry("preprocess.align.MOTIONS", MOTIONS, choices.MOTIONS)
 
 DIAGNOSTICS = ("shift_x", "shift_y", "ecc", "aligned")
 

@@ -273,6 +273,8 @@ def _naive(value: str | None) -> np.datetime64:
     return (t if t.tz is None else t.tz_convert(None)).to_datetime64().astype("datetime64[ns]")
 
 
+# One piece on purpose (one of three): the scenes table is one column per line, each a lazy expression over
+# the same per-scene arrays; the columns read best side by side.
 def _table(items, raw, q, keep, reg, band_err, averaged, pre, rejected, dropped) -> xr.Dataset:  # noqa: ANN001
     """One row per scene considered (stacked, dropped by the cube builder, rejected by the search)."""
     props = {str(it["id"]): it.get("properties", {}) for it in items}
