@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from glacierflow import __version__
-from glacierflow.compute.cluster import LocalScheduler, _close_gateway, get_client, parse_cluster_options, parse_workers
+from glacierflow.compute.cluster import LocalScheduler, close_gateway, get_client, parse_cluster_options, parse_workers
 from glacierflow.compute.workers import WorkerSetup, gdal_settings, prepare_workers, worker_report
 from glacierflow.errors import GlacierflowError
 from glacierflow.twin.stac_servers import free_port
@@ -81,7 +81,7 @@ def _list_clusters(address: str) -> list:
     try:
         return gateway.list_clusters()
     finally:
-        _close_gateway(gateway)
+        close_gateway(gateway)
 
 
 def test_gateway_cluster_computes_and_shuts_down(gateway_server):

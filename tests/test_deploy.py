@@ -66,7 +66,7 @@ def test_cluster_options_run_on_gateway_classes_and_match_the_client_checks() ->
     from dask_gateway.options import Options as ClientOptions
 
     from glacierflow import __version__
-    from glacierflow.compute.cluster import _gateway_options
+    from glacierflow.compute.cluster import gateway_options
     from glacierflow.errors import GlacierflowError
 
     values = _values()
@@ -88,12 +88,12 @@ def test_cluster_options_run_on_gateway_classes_and_match_the_client_checks() ->
         def cluster_options(self) -> ClientOptions:
             return ClientOptions._from_spec(spec)
 
-    chosen = _gateway_options(FromSpec(), {"worker_cores": 4, "worker_memory": 16.0, "image": "r/glacierflow:x"})
+    chosen = gateway_options(FromSpec(), {"worker_cores": 4, "worker_memory": 16.0, "image": "r/glacierflow:x"})
     assert dict(chosen) == {"worker_cores": 4, "worker_memory": 16.0, "image": "r/glacierflow:x"}
     with pytest.raises(GlacierflowError, match="worker_cores"):
-        _gateway_options(FromSpec(), {"worker_cores": 99})
+        gateway_options(FromSpec(), {"worker_cores": 99})
     with pytest.raises(GlacierflowError, match="this gateway has: image, worker_cores, worker_memory"):
-        _gateway_options(FromSpec(), {"worker_gpus": 1})
+        gateway_options(FromSpec(), {"worker_gpus": 1})
 
 
 def test_local_gateway_config_offers_a_subset_of_the_helm_options(monkeypatch) -> None:

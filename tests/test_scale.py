@@ -155,7 +155,7 @@ def test_ctrl_c_shuts_the_gateway_cluster_down(two_twins, gateway_server, tmp_pa
 
     from dask_gateway import Gateway
 
-    from glacierflow.compute.cluster import _close_gateway
+    from glacierflow.compute.cluster import close_gateway
 
     env = dict(os.environ, DASK_GATEWAY__AUTH__TYPE="basic", DASK_GATEWAY__AUTH__KWARGS__USERNAME="glacierflow",
                DASK_GATEWAY__AUTH__KWARGS__PASSWORD="test-password", DASK_GATEWAY__ADDRESS=gateway_server)
@@ -175,7 +175,7 @@ def test_ctrl_c_shuts_the_gateway_cluster_down(two_twins, gateway_server, tmp_pa
             assert proc.returncode == 130 and err.strip().splitlines()[-1] == "interrupted"
             assert gateway.list_clusters() == []  # shut down on the way out
         finally:
-            _close_gateway(gateway)
+            close_gateway(gateway)
     finally:
         proc.kill() if proc.poll() is None else None
     assert not list((tmp_path / "cubes").glob("*-6ms.zarr"))  # no store under a final name: the run was stopped

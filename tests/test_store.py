@@ -11,7 +11,6 @@ import xarray as xr
 
 from glacierflow.errors import GlacierflowError
 from glacierflow.storage.store import (
-    add_spatial_ref,
     epsg_of,
     is_complete,
     open_store,
@@ -20,32 +19,24 @@ from glacierflow.storage.store import (
     write,
     write_store,
 )
-
-
-def _ds(value: float) -> xr.Dataset:
-    ds = xr.Dataset(
-        {"ndsi": (("time", "y", "x"), da.full((2, 4, 5), value, chunks=(1, 4, 5), dtype=np.float32))},
-        coords={"time": np.array(["2020-01-01", "2020-04-01"], "datetime64[ns]"),
-                "y": 3.5e6 - 30 * np.arange(4) - 15, "x": 7e5 + 30 * np.arange(5) + 15},
-    )
-    return add_spatial_ref(ds, 32643)
+from glacierflow.testing import tiny_store_dataset
 
 
 @pytest.mark.parametrize("where", ["local", "memory"])
 def test_write_reopen_overwrite(where: str, tmp_path: Path) -> None:
     url = str(tmp_path / "s.zarr") if where == "local" else f"memory://gf-test-{tmp_path.name}/s.zarr"
-    write_store(_ds(1.0), url)
+    write_store(tiny_store_dataset(1.0), url)
     assert is_complete(url)
     ds = open_store(url, require=("ndsi",))
     assert isinstance(ds["ndsi"].data, da.Array) and epsg_of(ds) == 32643
     assert float(ds["ndsi"].mean()) == 1.0
     with pytest.raises(GlacierflowError, match="--overwrite"):
-        write_store(_ds(2.0), url)
+        write_store(tiny_store_dataset(2.0), url)
     scenes = xr.Dataset({"used": ("scene", da.from_array(np.array([True, False]), chunks=1))})
-    image = _ds(5.0)["ndsi"].isel(time=0, drop=True).rename("image").to_dataset()
-    write(xr.DataTree.from_dict({"/": _ds(2.0), "scenes": scenes, "images": image}), url, overwrite=True)
+    image = tiny_store_dataset(5.0)["ndsi"].isel(time=0, drop=True).rename("image").to_dataset()
+    write(xr.DataTree.from_dict({"/": tiny_store_dataset(2.0), "scenes": scenes, "images": image}), url, overwrite=True)
     images = open_store(url, group="images")
-    np.testing.assert_array_equal(images["x"].values, _ds(2.0)["x"].values)  # inherited coords kept
+    np.testing.assert_array_equal(images["x"].values, tiny_store_dataset(2.0)["x"].values)  # inherited coords kept
     assert "time" not in images.coords and epsg_of(images) == 32643 and float(images["image"].max()) == 5.0
     assert "x" not in open_store(url, group="scenes").coords
     assert float(open_store(url)["ndsi"].mean()) == 2.0
@@ -55,7 +46,7 @@ def test_write_reopen_overwrite(where: str, tmp_path: Path) -> None:
         raise RuntimeError("disk full")
 
     with pytest.raises(RuntimeError, match="disk full"):
-        write(_ds(3.0), url, overwrite=True, compute=boom)
+        write(tiny_store_dataset(3.0), url, overwrite=True, compute=boom)
     assert float(open_store(url)["ndsi"].mean()) == 2.0, "the previous store survives a failed write"
     with pytest.raises(GlacierflowError, match="lacks nope"):
         open_store(url, require=("nope",))
@@ -63,7 +54,7 @@ def test_write_reopen_overwrite(where: str, tmp_path: Path) -> None:
 
 def test_incomplete_store_is_refused(tmp_path: Path) -> None:
     url = str(tmp_path / "half.zarr")
-    _ds(1.0).to_zarr(url, consolidated=False)  # written without the completion marker
+    tiny_store_dataset(1.0).to_zarr(url, consolidated=False)  # written without the completion marker
     assert not is_complete(url)
     with pytest.raises(GlacierflowError, match="incomplete"):
         open_store(url)
@@ -75,7 +66,7 @@ def test_consolidated_metadata_opens_without_warning(tmp_path: Path) -> None:
     import warnings
 
     url = str(tmp_path / "c.zarr")
-    write(_ds(4.0), url)
+    write(tiny_store_dataset(4.0), url)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # "Failed to open Zarr store with consolidated metadata" would raise
         ds = xr.open_zarr(url, decode_coords="all")

@@ -22,9 +22,9 @@ import xarray as xr
 from glacierflow.errors import GlacierflowError
 from glacierflow.storage import cloud
 from glacierflow.storage.store import open_store, write_store
+from glacierflow.testing import tiny_store_dataset
 
 from .azurite import CONTAINER, KEY, leaks, start_azurite
-from .test_store import _ds
 
 pytest.importorskip("adlfs")
 REPO = Path(__file__).resolve().parents[1]
@@ -42,19 +42,19 @@ def _url(name: str) -> str:
 def test_az_store_write_overwrite_and_failed_write(azurite: dict) -> None:
     so = azurite["options"]
     url = _url("parvati-3ms")
-    write_store(_ds(1.0), url, storage_options=so)
+    write_store(tiny_store_dataset(1.0), url, storage_options=so)
     ds = open_store(url, storage_options=so, require=("ndsi",))
     assert float(ds["ndsi"].mean()) == 1.0 and ds.spatial_ref.attrs["epsg"] == 32643
     with pytest.raises(GlacierflowError, match="--overwrite"):
-        write_store(_ds(2.0), url, storage_options=so)
+        write_store(tiny_store_dataset(2.0), url, storage_options=so)
 
     def boom(delayed: object) -> None:
         raise RuntimeError("connection lost")
 
     with pytest.raises(RuntimeError):
-        write_store(_ds(5.0), url, overwrite=True, storage_options=so, compute=boom)
+        write_store(tiny_store_dataset(5.0), url, overwrite=True, storage_options=so, compute=boom)
     assert float(open_store(url, storage_options=so)["ndsi"].mean()) == 1.0
-    write_store(_ds(2.0), url, overwrite=True, storage_options=so)
+    write_store(tiny_store_dataset(2.0), url, overwrite=True, storage_options=so)
     again = xr.open_zarr(url, storage_options=so, consolidated=False, decode_coords="all")
     np.testing.assert_array_equal(again["ndsi"].values, np.full((2, 4, 5), 2.0, np.float32))
 
@@ -66,7 +66,6 @@ _KILLER = textwrap.dedent("""
     import adlfs
     sys.path.insert(0, {repo!r})
     from glacierflow.storage.store import write_store
-    from tests.test_store import _ds
 
     op, at, url, conn = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
     original, calls = getattr(adlfs.AzureBlobFileSystem, op), [0]
@@ -78,7 +77,7 @@ _KILLER = textwrap.dedent("""
         return await original(self, *args, **kwargs)
 
     setattr(adlfs.AzureBlobFileSystem, op, killing)
-    write_store(_ds(5.0), url, overwrite=True, storage_options={{"connection_string": conn}})
+    write_store(tiny_store_dataset(5.0), url, overwrite=True, storage_options={{"connection_string": conn}})
     print("not killed", calls[0])
 """)
 
@@ -86,14 +85,14 @@ _KILLER = textwrap.dedent("""
 def test_killed_az_write_leaves_the_previous_store_readable(azurite: dict, tmp_path: Path) -> None:
     so, fs = azurite["options"], azurite["fs"]
     first = _url("killed")
-    write_store(_ds(1.0), first, storage_options=so)
+    write_store(tiny_store_dataset(1.0), first, storage_options=so)
     n_objects = len(fs.find(first[len("az://"):]))
     # kill points (before the N-th call runs): mid-computation, mid-backup of the old store, mid-copy of the new
     # one (the old one removed: n_objects copies made the backup)
     points = [("_pipe_file", 3), ("_cp_file", n_objects // 2), ("_cp_file", n_objects + 2)]
     urls = [first] + [_url("killed") for _ in points[1:]]
     for url in urls[1:]:
-        write_store(_ds(1.0), url, storage_options=so)
+        write_store(tiny_store_dataset(1.0), url, storage_options=so)
     script = tmp_path / "killer.py"
     script.write_text(_KILLER.format(repo=str(REPO)))
     procs = [subprocess.Popen([sys.executable, str(script), op, str(at), url, azurite["connection_string"]],
@@ -110,7 +109,7 @@ def test_killed_az_write_leaves_the_previous_store_readable(azurite: dict, tmp_p
         replaced = [w for w in caught if "was being replaced" in str(w.message)]
         # killed after the old store's root metadata went: read from the kept copy, and said so
         assert bool(replaced) == (point[1] > n_objects), point
-        write_store(_ds(2.0), url, overwrite=True, storage_options=so)  # the next run finishes the job
+        write_store(tiny_store_dataset(2.0), url, overwrite=True, storage_options=so)  # the next run finishes the job
         assert float(open_store(url, storage_options=so)["ndsi"].mean()) == 2.0
         name = url.rsplit("/", 1)[1]
         assert not [p for p in fs.ls(CONTAINER, detail=False) if p.rsplit("/", 1)[1].startswith(f".{name}.old-")]
@@ -119,7 +118,7 @@ def test_killed_az_write_leaves_the_previous_store_readable(azurite: dict, tmp_p
 def test_credentials_from_the_environment_and_errors_without_them(azurite: dict, monkeypatch) -> None:
     url = _url("env")
     monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", azurite["connection_string"])
-    write_store(_ds(3.0), url)  # adlfs' own variable, no options given
+    write_store(tiny_store_dataset(3.0), url)  # adlfs' own variable, no options given
     assert float(open_store(url)["ndsi"].mean()) == 3.0
     # the environment's credentials are passed on explicitly: they reach workers whose environment lacks them
     assert cloud.storage_options(url, None)["connection_string"] == azurite["connection_string"]
@@ -133,15 +132,16 @@ def test_credentials_from_the_environment_and_errors_without_them(azurite: dict,
     other = base64.b64encode(b"some-other-account-key-0123456789").decode()
     wrong = azurite["connection_string"].replace(KEY, other)
     with pytest.raises(GlacierflowError, match=r"credentials refused: HTTP 403") as err:
-        write_store(_ds(3.0), _url("wrong"), storage_options={"connection_string": wrong})
+        write_store(tiny_store_dataset(3.0), _url("wrong"), storage_options={"connection_string": wrong})
     assert not leaks([], str(err.value)) and other not in str(err.value)
     with pytest.raises(GlacierflowError, match=r"credentials refused or missing: AzureSigningError"):
-        write_store(_ds(3.0), _url("wrong"), storage_options={"connection_string": wrong.replace(other, "x=")})
+        write_store(tiny_store_dataset(3.0), _url("wrong"),
+                    storage_options={"connection_string": wrong.replace(other, "x=")})
 
 
 def test_secrets_never_reach_store_attributes(azurite: dict) -> None:
     url = _url("attrs")
-    ds = _ds(1.0)
+    ds = tiny_store_dataset(1.0)
     ds.attrs["note"] = f"written with {azurite['connection_string']}"  # e.g. a URL or message quoting the key
     write_store(ds, url, storage_options=azurite["options"])
     stored = open_store(url, storage_options=azurite["options"])
@@ -168,5 +168,6 @@ def test_environment_credentials_reach_workers_without_them(azurite: dict, monke
         assert client.run(lambda: __import__("os").environ.get("AZURE_STORAGE_CONNECTION_STRING")) == {
             w: None for w in client.scheduler_info()["workers"]}
         url = _url("worker-env")
-        write_store(_ds(4.0), url, compute=lambda d: client.compute(d, sync=True))  # chunks written by the worker
+        # chunks written by the worker
+        write_store(tiny_store_dataset(4.0), url, compute=lambda d: client.compute(d, sync=True))
         assert float(open_store(url)["ndsi"].mean()) == 4.0

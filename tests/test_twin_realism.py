@@ -21,7 +21,7 @@ from scipy import ndimage
 from glacierflow.cli.main import main
 from glacierflow.geo.glaciers import get_site
 from glacierflow.twin.himalaya import HimalayaWorld
-from glacierflow.twin.make import _init_worker, deliver_in_zone, load_twin_meta, make_grid, make_twin, schedule
+from glacierflow.twin.make import deliver_in_zone, init_worker, load_twin_meta, make_grid, make_twin, schedule
 from glacierflow.twin.realism import DEFAULT_REALISM, REALISMS
 from glacierflow.twin.world import ndsi_snow
 
@@ -271,7 +271,7 @@ def test_neighbouring_utm_zone_delivery() -> None:
     assert acq.epsg is None, "only the full size delivers in the neighbouring zone"
     from glacierflow.twin import make
 
-    _init_worker(grid.shape, 0, "himalaya")
+    init_worker(grid.shape, 0, "himalaya")
     res = make._RENDER(make._WORLD, acq)
     out, dst = deliver_in_zone(res, grid, grid.epsg + 1)
     assert dst.epsg == 32644 and (dst.transform[2] - 15) % 30 == 0 and (dst.transform[5] - 15) % 30 == 0

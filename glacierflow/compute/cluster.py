@@ -200,7 +200,7 @@ def _scheduler(address: str, timeout: float) -> ManagedClient:
         ) from None
 
 
-def _close_gateway(gateway: Any) -> None:
+def close_gateway(gateway: Any) -> None:
     """Close a dask-gateway ``Gateway`` once, for good.
 
     dask-gateway 2026.3 with distributed 2026.8: ``Gateway.__del__`` closes again and fails on the stopped
@@ -214,7 +214,7 @@ def _close_gateway(gateway: Any) -> None:
 
 
 def _shutdown_cluster(cluster: Any) -> None:
-    """Stop a Gateway cluster and close its own ``Gateway`` client (see :func:`_close_gateway`)."""
+    """Stop a Gateway cluster and close its own ``Gateway`` client (see :func:`close_gateway`)."""
     try:
         cluster.shutdown()
     finally:
@@ -222,7 +222,7 @@ def _shutdown_cluster(cluster: Any) -> None:
             vars(cluster.gateway).pop("_loop_runner", None)
 
 
-def _gateway_options(gateway: Any, given: Mapping[str, Any] | None) -> Any:
+def gateway_options(gateway: Any, given: Mapping[str, Any] | None) -> Any:
     """The gateway's cluster options with ``given`` set, each checked by the gateway's own option types."""
     options = gateway.cluster_options()
     for key, value in (given or {}).items():
@@ -260,7 +260,7 @@ def _gateway(
     cluster = None
     try:
         try:
-            options = _gateway_options(gateway, cluster_options)
+            options = gateway_options(gateway, cluster_options)
             cluster = gateway.new_cluster(cluster_options=options)
         except GlacierflowError:
             raise
@@ -282,9 +282,9 @@ def _gateway(
     except BaseException:
         if cluster is not None:
             _shutdown_cluster(cluster)
-        _close_gateway(gateway)
+        close_gateway(gateway)
         raise
-    client._add_cleanup(lambda: _close_gateway(gateway))
+    client._add_cleanup(lambda: close_gateway(gateway))
     client._add_cleanup(lambda: _shutdown_cluster(cluster))
     return client
 

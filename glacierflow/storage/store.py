@@ -28,8 +28,17 @@ from glacierflow.storage import cloud
 # Every complete store carries consolidated metadata (one read opens it, also on object stores); zarr v3 warns
 # on each write that consolidation is not in its spec yet. A process-wide filter for that one message, not
 # ``warnings.catch_warnings()``: that is not thread-safe, and several sites write at once in a multi-site run
-# (its warning leaked from there).
-warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part", category=UserWarning)
+# (its warning leaked from there). Installed when glacierflow first writes or opens a store, not at import.
+_CONSOLIDATED_WARNING = "Consolidated metadata is currently not part"
+_quieted = False
+
+
+def quiet_consolidated_warning() -> None:
+    """Ignore zarr v3's consolidated-metadata warning from here on (once per process; idempotent)."""
+    global _quieted
+    if not _quieted:
+        warnings.filterwarnings("ignore", message=_CONSOLIDATED_WARNING, category=UserWarning)
+        _quieted = True
 
 COMPLETE = "glacierflow_complete"
 #: Root attr holding the store layout's version; readers refuse a newer one (written by a later glacierflow).
@@ -193,6 +202,7 @@ def write(
     str
         The store URL.
     """
+    quiet_consolidated_warning()
     import dask
 
     fs, path = _fs(url, storage_options)
@@ -468,6 +478,7 @@ def open_store(
     url: str, storage_options: dict[str, Any] | None = None, group: str | None = None, require: tuple[str, ...] = ()
 ) -> xr.Dataset:
     """Open a complete glacierflow store lazily (``decode_coords="all"``), with clear errors."""
+    quiet_consolidated_warning()
     fs, path = _fs(url, storage_options)
     path = path.rstrip("/")
     with cloud.access(url):

@@ -15,9 +15,11 @@
 from __future__ import annotations
 
 import json
+import os
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import dask
@@ -26,11 +28,13 @@ import pandas as pd
 import xarray as xr
 from scipy import ndimage
 
+from glacierflow.choices import PERIODS, period_months
 from glacierflow.errors import GlacierflowError
-from glacierflow.specs import PERIODS
 
-#: months per period, for the periods the cube builder supports (``config.PERIODS``)
-PERIOD_MONTHS = {p: int(p[:-2]) for p in PERIODS}
+#: months per period, for the periods the cube builder supports (:data:`glacierflow.choices.PERIODS`)
+PERIOD_MONTHS = {p: period_months(p) for p in PERIODS}
+#: the source checkout this package runs from (``deploy/`` lives there)
+SOURCE_ROOT = Path(__file__).resolve().parents[2]
 #: attribute that marks a store as completely written (the cube store contract)
 COMPLETE_ATTR = "glacierflow_complete"
 PIXEL_M = 30.0
@@ -299,29 +303,31 @@ def write_synthetic_cube(path: str, *, overwrite: bool = False, groups: bool = F
 
 
 @contextmanager
-def local_gateway(workdir: str, password: str = "test-password", max_workers: int = 8) -> Iterator[str]:
+def local_gateway(workdir: str, password: str = "test-password", max_workers: int = 8,
+                  config: str | os.PathLike[str] | None = None) -> Iterator[str]:
     """A real dask-gateway-server on 127.0.0.1 (``deploy/gateway-config.py``, local backend); yields its URL.
+
+    ``config`` is the gateway configuration file; default: ``deploy/gateway-config.py`` of the source
+    checkout this package runs from (an installed package passes its own copy).
 
     Clusters are processes of this machine running this environment's ``dask`` (so this glacierflow);
     clients authenticate with basic auth (user any name, ``password``): the ``gateway.auth`` Dask config is
     set meanwhile. Used by the tests (``tests/gateway_fixtures.py``) and ``benchmarks/bench_scale.py``.
     """
-    import os
     import subprocess
     import sys
     import time
     import urllib.request
-    from pathlib import Path
 
     import dask_gateway  # noqa: F401  (registers the gateway.* config defaults before auth is set)
 
     from glacierflow.twin.stac_servers import free_port
 
     bin_dir = Path(sys.executable).parent
-    config = Path(__file__).resolve().parents[2] / "deploy" / "gateway-config.py"
+    config = Path(config) if config is not None else SOURCE_ROOT / "deploy" / "gateway-config.py"
     if not (bin_dir / "dask-gateway-server").exists() or not config.is_file():
-        raise GlacierflowError("dask-gateway-server or deploy/gateway-config.py missing; pip install "
-                               "'glacierflow[gateway]' dask-gateway-server in a source checkout")
+        raise GlacierflowError(f"dask-gateway-server or the gateway config {config} missing; pip install "
+                               "'glacierflow[gateway]' dask-gateway-server, and pass config= outside a source checkout")
     port, api_port = free_port(), free_port()
     env = dict(os.environ, GLACIERFLOW_GATEWAY_ADDRESS=f"127.0.0.1:{port}",
                GLACIERFLOW_GATEWAY_API_ADDRESS=f"127.0.0.1:{api_port}", GLACIERFLOW_GATEWAY_PASSWORD=password,
@@ -444,3 +450,17 @@ def oracle_guides(guides: xr.DataArray, truth_store: str, variable: str = "ndsi"
     clean = truth[variable].isel(time=xr.DataArray(at, dims="scene")).sel(x=guides["x"], y=guides["y"])
     data = np.asarray(clean.transpose("scene", "y", "x").values, np.float32)
     return guides.copy(data=data).chunk({"scene": 1})
+
+
+def tiny_store_dataset(value: float) -> xr.Dataset:
+    """A 2 x 4 x 5 dask-backed ``ndsi`` filled with ``value`` on a UTM 43N grid: the smallest store to write."""
+    import dask.array as darr
+
+    from glacierflow.storage.store import add_spatial_ref
+
+    ds = xr.Dataset(
+        {"ndsi": (("time", "y", "x"), darr.full((2, 4, 5), value, chunks=(1, 4, 5), dtype=np.float32))},
+        coords={"time": np.array(["2020-01-01", "2020-04-01"], "datetime64[ns]"),
+                "y": 3.5e6 - 30 * np.arange(4) - 15, "x": 7e5 + 30 * np.arange(5) + 15},
+    )
+    return add_spatial_ref(ds, DEFAULT_EPSG)

@@ -133,8 +133,9 @@ _WORLD: World | None = None
 _RENDER: Any = None
 
 
-def _init_worker(shape: tuple[int, int], seed: int, realism: str = "basic", max_speed: float | None = None,
+def init_worker(shape: tuple[int, int], seed: int, realism: str = "basic", max_speed: float | None = None,
                  glacier_width: float | None = None) -> None:
+    """Set up a render worker process: build the world of ``realism`` once (the renderers read it)."""
     global _WORLD, _RENDER
     level = _realism(realism)
     _WORLD = level.world(shape, seed, max_speed, glacier_width)
@@ -370,7 +371,7 @@ def _render_scenes(spec: TwinSpec, grid: Grid, acqs: list[Acquisition], tmp: Pat
     n_workers = workers or min(2, os.cpu_count() or 1)
     jobs = [(a, grid, str(tmp)) for a in acqs]
     results: list[dict[str, Any]] = [{}] * len(acqs)
-    with ProcessPoolExecutor(n_workers, initializer=_init_worker,
+    with ProcessPoolExecutor(n_workers, initializer=init_worker,
                              initargs=(grid.shape, spec.seed, spec.realism, spec.max_speed,
                                        spec.glacier_width)) as pool:
         for res in pool.map(_render_and_write, jobs, chunksize=2):
