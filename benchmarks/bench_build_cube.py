@@ -289,7 +289,7 @@ def serial_main(cfg: dict[str, Any]) -> dict[str, Any]:
     import cv2
     import xarray as xr
 
-    from glacierflow.preprocess.align import find_warp, highpass, warp_image
+    from glacierflow.preprocess.align import find_warp, highpass_filter, warp_image
     from glacierflow.preprocess.gapfill import gap_fill_2d
     from glacierflow.preprocess.periods import period_starts
     from glacierflow.preprocess.qa import QA_CLOUD, QA_CLOUD_SHADOW, QA_DILATED_CLOUD, QA_FILL
@@ -335,7 +335,7 @@ def serial_main(cfg: dict[str, Any]) -> dict[str, Any]:
         nd = np.clip((g - s) / np.where(np.abs(den) <= 1e-6, np.inf, den), -1, 1).astype(np.float32)
         index.append(nd)
         t = tick("ndsi", t)
-        guides.append(highpass((0.114 * g + 0.886 * s).astype(np.float32)[None], pre.align_highpass)[0])
+        guides.append(highpass_filter((0.114 * g + 0.886 * s).astype(np.float32)[None], pre.align_highpass)[0])
         t = tick("guide image", t)
         used.append(len(fracs) - 1)
         ids.append(sc["id"])

@@ -248,7 +248,7 @@ def test_full_chain_builds_without_computing():
 
 
 def test_guide_highpass_is_normalised_convolution_without_halo():
-    from glacierflow.preprocess.align import highpass
+    from glacierflow.preprocess.align import highpass_filter
 
     rng = np.random.default_rng(11)
     y, x = np.mgrid[0:96, 0:96]
@@ -257,7 +257,7 @@ def test_guide_highpass_is_normalised_convolution_without_halo():
     img = full.copy()
     img[30:60, 10:40] = np.nan  # a cloud over the snow
     sigma = 6.0
-    got = highpass(img[None], sigma)[0]
+    got = highpass_filter(img[None], sigma)[0]
     # independent reference: scipy's Gaussian (same +-4 sigma support) as a normalised convolution
     valid = np.isfinite(img)
     num = ndi.gaussian_filter(np.where(valid, img, 0.0).astype(np.float64), sigma, mode="constant", truncate=4.0)

@@ -6,7 +6,7 @@ import functools
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
 
@@ -38,6 +38,9 @@ from glacierflow.geo.sites import build_sites, resolve_sites, site_stores, summa
 from glacierflow.ingest import catalog as cat
 from glacierflow.specs import CATEGORIES, MOTIONS, PERIODS, CubeSpec, PreprocessSpec, check_size, resolve_site
 from glacierflow.storage.store import check_writable
+
+if TYPE_CHECKING:
+    from glacierflow.preprocess.build import BuildSummary
 
 Period = Literal[PERIODS]  # type: ignore[valid-type]
 Motion = Literal[MOTIONS]  # type: ignore[valid-type]
@@ -253,17 +256,10 @@ def cube_spec_maker(*, start: str | None, end: str | None, catalog: str | None, 
     return spec_for
 
 
-def _print_summary(s: Any) -> None:
+def _print_summary(s: BuildSummary) -> None:
     """build-cube's report of one site: scenes found, stacked and used, periods, alignment, the store written."""
-    out.print(f"scenes: {s.scenes_found} found, {s.scenes_stacked} stacked, {s.scenes_used} used")
-    for reason, n in sorted(s.dropped.items()):
-        out.print(f"  not used / flagged {n:4d}: {reason}")
-    out.print(f"periods: {s.periods} ({s.periods_interpolated} interpolated)")
-    if s.aligned and s.shift_rms_px is not None and s.ecc_median is not None:
-        out.print(
-            f"alignment: {s.aligned} scenes aligned, RMS shift {s.shift_rms_px:.2f} px, median ECC {s.ecc_median:.3f}"
-        )
-    out.print(f"written: {s.store}  ({s.seconds:.1f} s)")
+    for line in s.lines():
+        out.print(line)
 
 
 def _build_sites(glaciers: list[str], sites_file: Path | None, bbox: Any, epsg: int | None,

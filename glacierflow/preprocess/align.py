@@ -84,12 +84,12 @@ def alignment_image(bands: xr.DataArray, highpass: float = 0.0) -> xr.DataArray:
     if grey.chunks is not None:
         grey = grey.chunk({"y": -1, "x": -1})
     return xr.apply_ufunc(
-        highpass, grey, input_core_dims=[["y", "x"]], output_core_dims=[["y", "x"]],
+        highpass_filter, grey, input_core_dims=[["y", "x"]], output_core_dims=[["y", "x"]],
         kwargs={"sigma": float(highpass)}, dask="parallelized", output_dtypes=[np.float32],
     ).transpose(*grey.dims)
 
 
-def highpass(image: np.ndarray, sigma: float) -> np.ndarray:
+def highpass_filter(image: np.ndarray, sigma: float) -> np.ndarray:
     """``image - local mean`` over the last two axes, the local mean by normalised convolution.
 
     The Gaussian local mean uses only valid pixels (``blur(image * valid) / blur(valid)``, zero outside

@@ -63,11 +63,11 @@ class BuildSummary:
     seconds: float = 0.0
 
     def lines(self) -> list[str]:
-        """The summary as the CLI prints it."""
+        """The summary as the CLI prints it (the one wording of build-cube's report)."""
         out = [f"scenes: {self.scenes_found} found, {self.scenes_stacked} stacked, {self.scenes_used} used"]
-        out += [f"  not used {n:4d}: {reason}" for reason, n in sorted(self.dropped.items())]
+        out += [f"  not used / flagged {n:4d}: {reason}" for reason, n in sorted(self.dropped.items())]
         out.append(f"periods: {self.periods} ({self.periods_interpolated} interpolated)")
-        if self.aligned:
+        if self.aligned and self.shift_rms_px is not None and self.ecc_median is not None:
             out.append(f"alignment: {self.aligned} scenes aligned, RMS shift {self.shift_rms_px:.2f} px, "
                        f"median ECC {self.ecc_median:.3f}")
         out.append(f"written: {self.store}  ({self.seconds:.1f} s)")
