@@ -66,6 +66,7 @@ _KILLER = textwrap.dedent("""
     import adlfs
     sys.path.insert(0, {repo!r})
     from glacierflow.storage.store import write_store
+    from glacierflow.testing import tiny_store_dataset
 
     op, at, url, conn = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
     original, calls = getattr(adlfs.AzureBlobFileSystem, op), [0]
