@@ -29,7 +29,7 @@ import glacierflow.cli.demo as demo
 
 # isort: on
 from glacierflow.cli.app import app, flag_for
-from glacierflow.errors import GlacierflowError, SpecError
+from glacierflow.errors import GlacierflowError, SpecError, missing_extra
 from glacierflow.storage.cloud import redact
 
 STAGES = (twin, cube, motion, learn, forecast, finetune, plots, demo)
@@ -90,6 +90,11 @@ def main(argv: list[str] | None = None) -> int:
         return int(e.exit_code)
     except _USAGE_ERRORS as e:
         return _usage_error(e)
+    except ModuleNotFoundError as e:  # an optional role (torch, the twin's server, ...) not installed
+        extra = missing_extra(e)
+        if extra is None:
+            raise
+        return _error(str(extra))
     if result == 130:  # typer turns Ctrl-C into Exit(130), which click returns silently
         print("interrupted", file=sys.stderr)
     return int(result) if isinstance(result, int) else 0
