@@ -1,8 +1,17 @@
-"""glacierflow: glacier movement prediction from Landsat-8, STAC -> Dask -> Zarr -> PyTorch."""
+"""glacierflow: glacier velocity and snow-cover forecasts from Landsat 8/9, STAC -> Dask -> Zarr -> PyTorch.
 
+The Python API (:mod:`glacierflow.api`) is imported on first use, so ``import glacierflow`` is light and works in
+a core install (without torch)::
+
+    import glacierflow as gf
+    cube = gf.build_cube("parvati", start="2021-01-01", end="2022-12-31")   # a lazy xarray.Dataset
+"""
+
+from importlib import import_module
 from importlib.metadata import PackageNotFoundError, version
+from typing import Any
 
-from glacierflow.errors import GlacierflowError, SpecError
+from glacierflow.errors import GlacierflowError, MissingExtraError, SpecError
 from glacierflow.geo.glaciers import GLACIERS, Site, get_site
 
 try:
@@ -10,4 +19,18 @@ try:
 except PackageNotFoundError:  # a source tree that was never installed (pip install -e .)
     __version__ = "0+unknown"
 
-__all__ = ["GLACIERS", "GlacierflowError", "Site", "SpecError", "__version__", "get_site"]
+API = ("Run", "build_cube", "open_cube", "predict", "search", "train", "velocity", "write")
+"""The notebook API's names, resolved lazily from :mod:`glacierflow.api`."""
+
+__all__ = ["GLACIERS", "GlacierflowError", "MissingExtraError", "Site", "SpecError", "__version__", "get_site", *API]
+
+
+def __getattr__(name: str) -> Any:
+    """The API's functions on first use (PEP 562): ``glacierflow.build_cube`` imports :mod:`glacierflow.api`."""
+    if name in API:
+        return getattr(import_module("glacierflow.api"), name)
+    raise AttributeError(f"module 'glacierflow' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(API))

@@ -68,3 +68,54 @@ def did_you_mean(value: str, choices: Iterable[str]) -> str:
     lowered = {str(c).lower(): str(c) for c in choices}
     close = difflib.get_close_matches(str(value).strip().lower(), list(lowered), n=1, cutoff=0.6)
     return f" (did you mean {lowered[close[0]]!r}?)" if close else ""
+
+
+# The optional roles of pyproject.toml: the top-level module a role brings -> the extra that installs it.
+EXTRAS: dict[str, str] = {
+    "torch": "learn",
+    "xbatcher": "learn",
+    "rustac": "twin",
+    "starlette": "twin",
+    "uvicorn": "twin",
+    "httpx": "twin",
+    "dask_gateway": "gateway",
+    "adlfs": "azure",
+    "s3fs": "s3",
+    "gcsfs": "gcs",
+    "pypgstac": "pgstac",
+    "psycopg": "pgstac",
+}
+
+
+class MissingExtraError(GlacierflowError):
+    """An optional part of glacierflow is not installed: the message names the extra that installs it.
+
+    Examples
+    --------
+    >>> print(MissingExtraError("torch"))
+    this needs torch, from glacierflow's "learn" extra: pip install "glacierflow[learn]"
+    """
+
+    def __init__(self, module: str) -> None:
+        self.module = module
+        self.extra = EXTRAS[module]
+        super().__init__(f'this needs {module}, from glacierflow\'s "{self.extra}" extra: '
+                         f'pip install "glacierflow[{self.extra}]"')
+
+
+def missing_extra(error: BaseException) -> MissingExtraError | None:
+    """The :class:`MissingExtraError` for an import error of an optional role's module, else None.
+
+    Parameters
+    ----------
+    error
+        Any exception (typically ``ModuleNotFoundError`` from a deferred import).
+
+    Returns
+    -------
+    MissingExtraError or None
+        None when ``error`` is not about a module of :data:`EXTRAS` (a genuine bug stays a traceback).
+    """
+    name = getattr(error, "name", None) if isinstance(error, ModuleNotFoundError) else None
+    top = (name or "").split(".")[0]
+    return MissingExtraError(top) if top in EXTRAS else None

@@ -8,11 +8,10 @@ import re
 from importlib.metadata import version
 
 import pytest
-import typer
 import xarray as xr
 
-from glacierflow.cli.app import app, flag_for
-from glacierflow.cli.main import main
+from glacierflow.cli.app import flag_for
+from glacierflow.cli.main import command, main
 from glacierflow.compute.cluster import DEFAULT_CLUSTER
 from glacierflow.ingest import catalog
 from glacierflow.specs import CubeSpec, FlowSpec, PreprocessSpec
@@ -23,7 +22,7 @@ AUS = (150.0, -36.0, 154.0, -28.0)  # the bbox of the real PC items served by th
 
 def _commands(group=None, path=()):
     """Every (path, command) of the CLI, sub-commands included."""
-    group = group or typer.main.get_command(app)
+    group = group or command()
     yield path, group
     for name, cmd in getattr(group, "commands", {}).items():
         yield from _commands(cmd, (*path, name))

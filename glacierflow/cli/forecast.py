@@ -40,7 +40,10 @@ def predict_cmd(
     storage_option: StorageOpt = None,
     where: Where = DEFAULT_WHERE,
 ) -> None:
-    """Full-scene forecast (tiles blended, no seams) -> forecast store; scores when targets exist."""
+    """Forecast the next periods of a whole scene -> forecast store.
+
+    Tiles are blended (no seams); scores are written when the targets exist.
+    """
     from glacierflow.forecast.predict import format_scores, load_forecaster, predict_cube  # deferred: torch
 
     spec = PredictSpec(overlap=-1 if overlap is None else overlap, window=window, batch_size=batch_size,

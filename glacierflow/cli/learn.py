@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import json
-import sys
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import typer
 
 from glacierflow.cli.app import DEFAULT_WHERE, Device, Objective, StorageOpt, Where, app, computes, out, storage_options
+from glacierflow.cli.common import progress_enabled
 from glacierflow.errors import GlacierflowError
 from glacierflow.specs import SPLITS, ModelSpec, PatchSpec, TrainSpec
 from glacierflow.storage.store import check_writable
@@ -36,7 +36,7 @@ def _model_options(pairs: list[str] | None) -> dict[str, Any]:
 
 @app.command("models")
 def models_cmd() -> None:
-    """List the registered models: name, parameters at default size, what it is."""
+    """List the forecast models: name, size, what it is."""
     from glacierflow.learn.models import MODELS, build_model, count_parameters  # deferred: torch
 
     for name, entry in MODELS.items():
@@ -92,7 +92,9 @@ def train_cmd(
     storage_option: StorageOpt = None,
     where: Where = DEFAULT_WHERE,
 ) -> None:
-    """Train a model on patch sequences of a cube; writes best.pt, last.pt, loss.csv, run.json.
+    """Train a forecast model on a cube -> run directory.
+
+    Writes best.pt, last.pt, loss.csv and run.json.
 
     The cube is read through Dask (--cluster): its chunks are read and decoded by the workers, the patch
     batches are cut in this process.
@@ -114,7 +116,7 @@ def train_cmd(
     check_writable(str(out_dir))
     with where.client():
         s = fit(cube, out_dir, model_spec, patch_spec, spec, resume=resume,
-                progress=sys.stderr.isatty(), storage_options=storage_options(storage_option))
+                progress=progress_enabled(), storage_options=storage_options(storage_option))
     out.print(f"samples: {s['n_train']} train, {s['n_val']} val, {s['n_test']} test; {s['validation']}")
     out.print(f"{s['stopped']} after {s['epochs_run']} epochs: best validation MSE {s['best_val']:.5f} "
               f"(epoch {s['best_epoch']}); {s['throughput'] or 0:.0f} training sequences/s")
@@ -133,7 +135,9 @@ def evaluate_cmd(
     storage_option: StorageOpt = None,
     where: Where = DEFAULT_WHERE,
 ) -> None:
-    """Score models and the persistence/seasonal baselines on the same samples; metrics.json and a table.
+    """Score runs against the baselines -> metrics.json, a table.
+
+    Models and baselines are scored on the same samples.
 
     The cube is read through Dask (--cluster), as in train; started only when a run needs evaluating.
     """

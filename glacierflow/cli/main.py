@@ -29,11 +29,22 @@ import glacierflow.cli.demo as demo
 
 # isort: on
 from glacierflow.cli.app import app, flag_for
-from glacierflow.errors import GlacierflowError, SpecError
+from glacierflow.cli.common import apply_shared, with_common_options
+from glacierflow.errors import GlacierflowError, SpecError, missing_extra
 from glacierflow.storage.cloud import redact
 
 STAGES = (twin, cube, motion, learn, forecast, finetune, plots, demo)
 """The command modules, in pipeline order: twin, cube, flow, train/evaluate, predict, finetune, figures, demo."""
+
+_COMMAND: list[click.Command] = []
+
+
+def command() -> click.Command:
+    """The click command tree of the ``app``, with the shared options on every command (built once)."""
+    if not _COMMAND:
+        _COMMAND.append(with_common_options(typer.main.get_command(app)))
+    return _COMMAND[0]
+
 
 # typer >= 0.20 vendors click (typer._click); older typer raises click's own exceptions: accept both
 _USAGE_ERRORS = (typer.TyperException, click.exceptions.ClickException)
@@ -77,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
         The exit status: 0 done, 1 a site of several failed (``build-cube``), 2 a user mistake, 130 interrupted.
     """
     try:
-        result = app(args=argv, prog_name="glacierflow", standalone_mode=False)
+        args, defaults = apply_shared(command(), list(sys.argv[1:] if argv is None else argv))
+        result = command().main(args=args, prog_name="glacierflow", standalone_mode=False, default_map=defaults)
     except SpecError as e:
         spec = e.spec
         return _error(e.render(lambda name: flag_for(name, spec)))
@@ -90,6 +102,11 @@ def main(argv: list[str] | None = None) -> int:
         return int(e.exit_code)
     except _USAGE_ERRORS as e:
         return _usage_error(e)
+    except ModuleNotFoundError as e:  # an optional role (torch, the twin's server, ...) not installed
+        extra = missing_extra(e)
+        if extra is None:
+            raise
+        return _error(str(extra))
     if result == 130:  # typer turns Ctrl-C into Exit(130), which click returns silently
         print("interrupted", file=sys.stderr)
     return int(result) if isinstance(result, int) else 0

@@ -58,7 +58,10 @@ def flow_cmd(
     storage_option: StorageOpt = None,
     where: Where = DEFAULT_WHERE,
 ) -> None:
-    """Surface velocity from pairs of scenes (or NDSI periods) of a cube -> velocity store (m/yr)."""
+    """Surface velocity (m/yr) of a cube -> velocity store.
+
+    From pairs of scenes (or of NDSI periods) of the cube.
+    """
     from glacierflow.motion.forecast_flow import is_forecast_url  # deferred: scipy
     from glacierflow.motion.velocity import run_flow  # deferred: scipy
 

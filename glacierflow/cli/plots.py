@@ -22,7 +22,10 @@ def plot_flow_cmd(
     ] = None,
     step: Annotated[int, typer.Option(help="Arrow spacing in pixels (paper: 40 px = 1200 m).")] = 40,
 ) -> None:
-    """Figure: composite speed with arrows and its error, or one pair (NDSI with arrows, speed)."""
+    """Velocity map: speed with arrows and its error, or one pair.
+
+    One pair: its NDSI with arrows, and its speed.
+    """
     from glacierflow.plots.figures import plot_flow  # deferred: matplotlib
 
     path = plot_flow(store, cube, out_png, time_index=pair, step=step)
@@ -35,7 +38,7 @@ def plot_cube_cmd(
     out_gif: Annotated[Path, typer.Option("--out", metavar="GIF", help="GIF file to write.")] = Path("cube.gif"),
     seconds: Annotated[float, typer.Option(help="Seconds per frame.")] = 0.6,
 ) -> None:
-    """Animated GIF of the cube's snow-mask NDSI, one dated frame per period."""
+    """Animated GIF of the cube's NDSI, one frame per period."""
     from glacierflow.plots.figures import plot_cube_gif  # deferred: matplotlib
 
     out.print(f"written: {plot_cube_gif(cube, out_gif, seconds_per_frame=seconds)}")
@@ -46,7 +49,10 @@ def plot_run_cmd(
     run_dir: Annotated[Path, typer.Argument(metavar="RUN_DIR", help="Run directory written by `glacierflow train`.")],
     out_png: Annotated[Path, typer.Option("--out", metavar="PNG", help="PNG file to write.")] = Path("loss.png"),
 ) -> None:
-    """Loss curves (train per step, validation per epoch) with the early-stopping point."""
+    """Loss curves of a training run, with the early-stopping point.
+
+    Training loss per step, validation loss per epoch.
+    """
     from glacierflow.plots.figures import plot_run  # deferred: matplotlib
 
     out.print(f"written: {plot_run(run_dir, out_png)}")
@@ -65,7 +71,10 @@ def plot_forecast_cmd(
     ] = None,
     step: Annotated[int, typer.Option(help="--flow: arrow spacing in pixels.")] = 40,
 ) -> None:
-    """Forecast vs truth per lead, with the error maps of the model, persistence and seasonal."""
+    """Forecast vs truth per lead, with the error maps.
+
+    Error maps of the model and of the baselines.
+    """
     from glacierflow.plots.figures import plot_forecast, plot_forecast_flow  # deferred: matplotlib
 
     out.print(f"written: {plot_forecast(store, cube, out_png)}")

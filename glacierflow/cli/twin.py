@@ -41,7 +41,10 @@ def twin_make(
         float | None, typer.Option(metavar="PX", help="Main glacier's width at its head (himalaya).")
     ] = None,
 ) -> None:
-    """Write a synthetic Landsat-8 C2-L2 world (COGs, STAC items, truth.zarr)."""
+    """Write a synthetic Landsat world with its ground truth.
+
+    Landsat C2-L2 COGs, STAC items and truth.zarr.
+    """
     from glacierflow.twin.make import SIZES, check_realism, make_twin, schedule  # deferred: rasterio
     from glacierflow.twin.realism import DEFAULT_REALISM  # deferred: scipy
 

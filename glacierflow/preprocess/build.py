@@ -398,6 +398,47 @@ def _signing(
     return catalog.sign_items(found.items, signer), None
 
 
+def cube_attrs(spec: CubeSpec, pre: PreprocessSpec, found: catalog.SearchResult) -> dict[str, Any]:
+    """The cube store's root attributes: version, creation time, the specs and the search that found its scenes."""
+    return {
+        "glacierflow_version": __version__,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "cube_spec": spec.to_json(),
+        "preprocess_spec": pre.to_json(),
+        "search": json.dumps(found.parameters(), default=str),
+        "title": f"glacierflow NDSI cube: {spec.name}, {pre.period} periods",
+    }
+
+
+def lazy_cube(spec: CubeSpec, pre: PreprocessSpec, *, signer: Any = None, strict: bool = False) -> xr.Dataset:
+    """The cube store's content for ``spec``, lazy: only the search runs now (the Python API's ``build_cube``).
+
+    Parameters
+    ----------
+    spec, pre
+        What to search and stack, and how to preprocess.
+    signer
+        As :func:`build_cube_store`.
+    strict
+        As :func:`build_cube_store`.
+
+    Returns
+    -------
+    xarray.Dataset
+        As :func:`cube_dataset`, with :func:`cube_attrs`; every scene enters the graph (the ``max_missing``
+        threshold is applied inside it) and the scenes stay in worker memory between the alignment passes.
+    """
+    found = catalog.search(spec.catalog, bbox=spec.bbox, start=spec.start, end=spec.end,
+                           collection=spec.collection, platforms=spec.platforms, max_cloud=spec.max_cloud,
+                           categories=spec.categories, retries=spec.http_retries, backoff=spec.http_retry_delay,
+                           timeout=spec.http_timeout)
+    found.raise_if_empty()
+    items, reader = _signing(found, signer, spec)
+    ds = cube_dataset(items, spec, pre, reader=reader, rejected=found.rejected, strict=strict)
+    ds.attrs = cube_attrs(spec, pre, found)
+    return ds
+
+
 def build_cube_store(
     spec: CubeSpec,
     pre: PreprocessSpec,
@@ -450,14 +491,7 @@ def build_cube_store(
     try:
         ds = cube_dataset(items, spec, pre, reader=reader, quality_figures=q, scratch=scratch,
                           storage_options=storage_options, rejected=found.rejected, strict=strict)
-        ds.attrs = {
-            "glacierflow_version": __version__,
-            "created": datetime.now(UTC).isoformat(timespec="seconds"),
-            "cube_spec": spec.to_json(),
-            "preprocess_spec": pre.to_json(),
-            "search": json.dumps(found.parameters(), default=str),
-            "title": f"glacierflow NDSI cube: {spec.name}, {pre.period} periods",
-        }
+        ds.attrs = cube_attrs(spec, pre, found)
         store.write(as_tree(ds), out, overwrite=overwrite, storage_options=storage_options,
                     compute=_refusing_if_none_used(run, ds))
     finally:

@@ -170,7 +170,7 @@ def _rustac_command() -> list[str]:
     beside = Path(sys.executable).parent / "rustac"
     found = str(beside) if beside.exists() else shutil.which("rustac")
     if found is None:
-        raise GlacierflowError("the rustac CLI is not installed; pip install rustac (it ships `rustac`)")
+        raise GlacierflowError("the rustac CLI is not installed; pip install \"glacierflow[twin]\" (rustac ships it)")
     return [found]
 
 

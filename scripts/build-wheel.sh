@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Build glacierflow's wheel from a clean export of the committed tree (`git archive HEAD`), never from the working
+# directory: a stale build/ tree or an untracked module cannot leak into it. Usage: scripts/build-wheel.sh [OUT_DIR]
+# (default dist/). Prints the wheel's path. Needs git and a Python with pip (PYTHON, default python3).
+set -euo pipefail
+PYTHON=${PYTHON:-python3}
+OUT=${1:-dist}
+REF=${GLACIERFLOW_REF:-HEAD}
+mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)
+SRC=$(mktemp -d)
+trap 'rm -rf "$SRC"' EXIT
+git archive --format=tar "$REF" | tar -x -C "$SRC"
+"$PYTHON" -m pip wheel -q --no-deps --no-build-isolation --wheel-dir "$OUT" "$SRC" >&2 \
+  || "$PYTHON" -m pip wheel -q --no-deps --wheel-dir "$OUT" "$SRC" >&2
+ls -t "$OUT"/glacierflow-*.whl | head -1
