@@ -13,7 +13,9 @@ import os
 import subprocess
 import sys
 import time
+import uuid
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +26,15 @@ from glacierflow import cli
 from glacierflow.errors import GlacierflowError
 from glacierflow.storage import store
 from glacierflow.testing import tiny_store_dataset, write_synthetic_cube
+
+from .azurite import CONTAINER, start_azurite
+
+
+@pytest.fixture(scope="module")
+def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
+    """Azurite, the real Azure Blob emulator (tests/azurite.py)."""
+    pytest.importorskip("adlfs")
+    yield from start_azurite(tmp_path_factory.mktemp("azurite"))
 
 
 class Killed(BaseException):
@@ -94,6 +105,16 @@ def test_overwrite_refuses_a_non_store_prefix_on_an_object_store() -> None:
     with pytest.raises(GlacierflowError, match=r"refusing to replace memory://gf-prefix/out.zarr: it holds 2 entries"):
         store.write(tiny_store_dataset(1.0), "memory://gf-prefix/out.zarr", overwrite=True)
     assert sorted(fs.find("/gf-prefix")) == ["/gf-prefix/out.zarr/notes/a.txt", "/gf-prefix/out.zarr/report.pdf"]
+
+
+def test_overwrite_refuses_a_non_store_prefix_on_azurite(azurite: dict) -> None:
+    so, fs = azurite["options"], azurite["fs"]
+    prefix = f"{CONTAINER}/user-{uuid.uuid4().hex[:6]}.zarr"
+    fs.pipe({f"{prefix}/report.pdf": b"%PDF", f"{prefix}/zarr.json": b'{"attributes": {"owner": "me"}}'})
+    with pytest.raises(GlacierflowError, match=r"refusing to replace az://.*: it holds a Zarr store not written by"):
+        store.write(tiny_store_dataset(1.0), f"az://{prefix}", overwrite=True, storage_options=so)
+    assert sorted(p.rsplit("/", 1)[1] for p in fs.find(prefix)) == ["report.pdf", "zarr.json"]
+    assert fs.cat_file(f"{prefix}/report.pdf") == b"%PDF"
 
 
 def test_overwrite_replaces_an_incomplete_glacierflow_store(tmp_path: Path) -> None:
@@ -192,6 +213,13 @@ def test_object_store_replace_stopped_at_each_step_keeps_a_complete_store(tmp_pa
     url = f"memory://gf-replace-{tmp_path.name}/s.zarr"
     trees = stop_replace_at(step, url)
     check_never_neither(url, step, REMOTE_EXPECT[step], trees)
+
+
+@pytest.mark.parametrize("step", store.REMOTE_STEPS)
+def test_azure_replace_stopped_at_each_step_keeps_a_complete_store(azurite: dict, step: str) -> None:
+    url, so = f"az://{CONTAINER}/replace-{uuid.uuid4().hex[:6]}.zarr", azurite["options"]
+    trees = stop_replace_at(step, url, so)
+    check_never_neither(url, step, REMOTE_EXPECT[step], trees, so)
 
 
 def test_the_next_write_recovers_first_and_says_so(tmp_path: Path) -> None:

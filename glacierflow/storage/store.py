@@ -790,11 +790,14 @@ def _try_lock(fs: fsspec.AbstractFileSystem, lock: str, me: dict[str, Any]) -> b
     """Create ``lock`` holding ``me`` unless it exists (atomic on local disks; write-then-read-back on objects)."""
     body = json.dumps(me).encode()
     if _is_local(fs):
-        os.makedirs(os.path.dirname(lock) or ".", exist_ok=True)
         try:
+            os.makedirs(os.path.dirname(lock) or ".", exist_ok=True)
             fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
             return False
+        except OSError as err:
+            raise GlacierflowError(f"cannot write next to {os.path.dirname(lock)} ({err.strerror}); choose another "
+                                   "output path, or fix its permissions") from None
         with os.fdopen(fd, "wb") as f:
             f.write(body)
         return True
