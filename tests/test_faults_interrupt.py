@@ -255,6 +255,7 @@ def test_disk_full_while_writing_a_store_is_a_clear_error(small_disk: Path) -> N
     target = small_disk / "store.zarr"
     small = xr.Dataset({"a": (("y", "x"), np.arange(100, dtype=np.float32).reshape(10, 10))})
     store.write(small, str(target))
+    files = {p: p.read_bytes() for p in sorted(target.rglob("*")) if p.is_file()}
     rng = np.random.default_rng(0)  # noise does not compress: 12 MiB > the 8 MiB disk
     big = xr.Dataset({"a": (("y", "x"), rng.random((2048, 1536), dtype=np.float32))}).chunk({"y": 256})
     with pytest.raises(GlacierflowError) as err:
@@ -263,6 +264,7 @@ def test_disk_full_while_writing_a_store_is_a_clear_error(small_disk: Path) -> N
     assert "no space left" in msg and str(target) in msg and "\n" not in msg, msg
     assert sorted(p.name for p in small_disk.iterdir()) == ["store.zarr"], "no partial store left"
     assert store.is_complete(str(target))
+    assert {p: p.read_bytes() for p in sorted(target.rglob("*")) if p.is_file()} == files, "byte-identical"
     np.testing.assert_array_equal(store.open_store(str(target))["a"].values, small["a"].values)
 
 
