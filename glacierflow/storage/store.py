@@ -22,6 +22,7 @@ import numpy as np
 import xarray as xr
 import zarr
 from pyproj import CRS
+from xarray.backends.zarr import ZarrArrayWrapper
 
 from glacierflow.errors import GlacierflowError
 from glacierflow.storage import cloud
@@ -555,14 +556,19 @@ def open_store(
     with cloud.access(url):
         if not is_complete(url, storage_options):
             path = _open_previous(fs, path, url, storage_options)
-    with cloud.access(url):
-        ds = xr.open_zarr(
-            _full_url(fs, path),
-            group=group,
-            consolidated=False,
-            decode_coords="all",
-            storage_options=_so(fs, storage_options),
-        )
+    try:
+        with cloud.access(url):
+            ds = xr.open_zarr(
+                _full_url(fs, path),
+                group=group,
+                consolidated=False,
+                decode_coords="all",
+                storage_options=_so(fs, storage_options),
+            )
+    except (ValueError, TypeError) as err:  # a metadata document that is not JSON, or not Zarr's
+        raise GlacierflowError(f"store {url} is corrupt: its metadata cannot be read ({_first_line(err)}); rebuild "
+                               "it with --overwrite, or restore it from a copy") from None
+    name_corrupt_chunks(ds)
     check_format(ds if group is None else xr.Dataset(attrs=_root_attrs(fs, path) or {}), url, format)
     missing = [v for v in require if v not in ds.variables]
     if missing:
@@ -597,8 +603,28 @@ def _root_attrs(fs: fsspec.AbstractFileSystem, path: str) -> dict[str, Any] | No
     return None
 
 
+def _first_line(err: BaseException) -> str:
+    return " ".join(str(err).split())[:160] or type(err).__name__
+
+
+def _corrupt_root(fs: fsspec.AbstractFileSystem, path: str) -> str | None:
+    """The root metadata file of ``path`` when it exists but is not JSON (a corrupt store), else None."""
+    for name in ("zarr.json", ".zattrs", ".zgroup"):
+        f = f"{path}/{name}"
+        if fs.exists(f):
+            try:
+                json.loads(fs.cat_file(f))
+            except (ValueError, UnicodeDecodeError):
+                return name
+            return None
+    return None
+
+
 def _why_unreadable(fs: fsspec.AbstractFileSystem, path: str, url: str) -> str:
     """One line: why the existing ``url`` is not a complete glacierflow store, and what to do."""
+    bad = _corrupt_root(fs, path)
+    if bad:
+        return f"store {url} is corrupt: its {bad} is not valid JSON; rebuild it with --overwrite, or restore it"
     attrs = _root_attrs(fs, path)
     if attrs is None:
         return f"{url} is not a Zarr store; pass a store written by glacierflow (build-cube, flow, predict)"
@@ -880,3 +906,47 @@ def _recover(fs: fsspec.AbstractFileSystem, path: str, url: str) -> str | None:
             f"cop{'y' if len(olds) + len(partials) == 1 else 'ies'} of it")
     warnings.warn(line, UserWarning, stacklevel=3)
     return line
+
+
+# -- a corrupt chunk: one line naming the store and the variable, from whichever worker reads it -----------------
+
+class _NamingZarrArray(ZarrArrayWrapper):
+    """xarray's Zarr array wrapper whose reads turn a chunk that cannot be decoded into one line naming it."""
+
+    __slots__ = ()
+
+    def __getitem__(self, key: Any) -> Any:
+        try:
+            return super().__getitem__(key)
+        except (RuntimeError, ValueError) as err:  # zstd/blosc "decompression error", a buffer of the wrong size
+            where = self._array.store_path
+            root = getattr(where.store, "root", None)
+            if root is None:
+                fs = getattr(where.store, "fs", None)
+                root = fs.unstrip_protocol(where.store.path) if fs is not None else str(where.store)
+            raise GlacierflowError(f"store {root} is corrupt: a chunk of {where.path} cannot be decoded "
+                                   f"({_first_line(err)}); rebuild it with --overwrite, or restore it") from None
+
+
+def name_corrupt_chunks(ds: xr.Dataset) -> None:
+    """Make the reads of every lazily opened variable of ``ds`` name their store when a chunk is corrupt.
+
+    The arrays are the ones :func:`xarray.open_zarr` put in the graph (its ``original-`` layers); their
+    wrapper is switched to :class:`_NamingZarrArray` in place (same slots, nothing else changes, the graph and
+    its task names stay as they were).
+    """
+    import dask.array as dsa
+
+    for var in ds.variables.values():
+        data = var._data
+        if not isinstance(data, dsa.Array):
+            continue
+        for name, layer in data.dask.layers.items():
+            if not str(name).startswith("original-"):
+                continue
+            for obj in layer.values():
+                for _ in range(8):  # adapters wrap adapters (lazy indexing, copy-on-write, caching)
+                    if isinstance(obj, ZarrArrayWrapper):
+                        obj.__class__ = _NamingZarrArray
+                        break
+                    obj = getattr(obj, "array", None)
