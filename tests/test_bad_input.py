@@ -204,7 +204,10 @@ def test_unknown_collection_lists_the_available_ones(served_twin, capsys, tmp_pa
 def test_outputs_that_exist_or_cannot_be_written(work, capsys, tmp_path):
     cube, below_file = work["cube"], str(work["file"] / "out.zarr")
     cases = [
-        (["flow", cube, "--out", cube, "--cluster", "sync"], [f"store {cube} already exists", "--overwrite"]),
+        (["flow", cube, "--out", cube, "--cluster", "sync"], [f"output {cube} is the input {cube}",
+                                                               "choose another output path"]),
+        (["flow", cube, "--out", work["short"], "--cluster", "sync"],
+         [f"store {work['short']} already exists", "--overwrite"]),
         (["build-cube", "--glacier", "parvati", "--out", cube, "--cluster", "sync"],
          [f"store {cube} already exists", "pass --overwrite"]),
         (["flow", cube, "--out", below_file, "--cluster", "sync"],

@@ -192,6 +192,46 @@ def test_strict_fails_on_a_broken_asset_naming_it(tiny_twin: Path, tmp_path: Pat
     assert not out.exists() and not list(tmp_path.glob(".strict.zarr.*")), "no partial store left"
 
 
+# -- an asset server that refuses (401/403) or fails (5xx) -------------------------------------------------------
+
+@pytest.mark.parametrize("status", [401, 403])
+def test_an_asset_refused_for_credentials_is_one_line_saying_so(tiny_twin: Path, tmp_path: Path,
+                                                                 status: int) -> None:
+    (victim,) = _victims(tiny_twin, 1)
+    cog = Path(victim["assets"]["green"]["href"]).name
+    rules = [{"match": cog, "action": "status", "status": status, "times": -1}]
+    out = tmp_path / "cube.zarr"
+    with _served(tiny_twin, rules, tmp_path / "log") as (stac_url, proxy), dask.config.set(scheduler="threads"):
+        with pytest.raises(GlacierflowError) as err:
+            build_cube_store(_spec(tiny_twin, stac_url, **FAST), PreprocessSpec(), str(out))
+        assert any(cog in e["path"] and e["action"] == "status" for e in proxy.events())  # the fault happened
+    msg = str(err.value)
+    assert msg.startswith("cannot read asset ") and cog in msg and f"HTTP {status}" in msg, msg
+    assert "signature" in msg and "\n" not in msg, msg  # the way out: credentials or signing
+    assert not out.exists() and not list(tmp_path.glob(".cube.zarr.*")), "nothing written"
+
+
+def test_an_asset_server_error_is_retried_then_a_read_error_row(tiny_twin: Path, tmp_path: Path,
+                                                                 reference: dict[str, Any]) -> None:
+    flaky, down = _victims(tiny_twin, 2)
+    a, b = (Path(v["assets"]["green"]["href"]).name for v in (flaky, down))
+    rules = [{"match": a, "action": "status", "status": 503, "times": 1},  # once: the retry gets it
+             {"match": b, "action": "status", "status": 500, "times": -1}]  # always
+    out = str(tmp_path / "cube.zarr")
+    with _served(tiny_twin, rules, tmp_path / "log") as (stac_url, proxy), dask.config.set(scheduler="threads"):
+        build_cube_store(_spec(tiny_twin, stac_url, **FAST), PreprocessSpec(), out)
+        seen = {n: [e["action"] for e in proxy.events() if n in e["path"]] for n in (a, b)}
+    assert seen[a][0] == "status" and "pass" in seen[a][1:], seen  # retried, then served
+    assert len(seen[b]) >= 1 + FAST["http_retries"] and set(seen[b]) == {"status"}, seen  # retried, every time 500
+    scenes = open_store(out, group="scenes").load()
+    row = {str(i): k for k, i in enumerate(scenes["item_id"].values)}
+    assert bool(scenes["used"].values[row[flaky["id"]]])
+    reason = str(scenes["reason"].values[row[down["id"]]])
+    assert reason.startswith("read error: green") and "500" in reason and not scenes["used"].values[row[down["id"]]]
+    used, ref_used = scenes["used"].values.astype(bool), reference["scenes"]["used"].values.astype(bool)
+    assert used.sum() == ref_used.sum() - 1
+
+
 # -- a stalling asset server -------------------------------------------------------------------------------
 
 def test_a_stalled_asset_read_times_out_and_is_retried(tiny_twin: Path, tmp_path: Path,
