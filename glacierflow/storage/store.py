@@ -236,7 +236,7 @@ def _write_locked(data: xr.Dataset | xr.DataTree, url: str, fs: fsspec.AbstractF
     try:
         nodes = [(g, ds.copy()) for g, ds in _nodes(data)]
         nodes[0][1].attrs[COMPLETE] = False
-        nodes[0][1].attrs[FORMAT] = int(nodes[0][1].attrs.get(FORMAT, STORE_FORMAT))  # a stage may declare its own
+        nodes[0][1].attrs[FORMAT] = int(nodes[0][1].attrs.get(FORMAT, layout_for(nodes[0][1].attrs)))
         top = nodes[0][1]
         # a group's own variable named like a different root variable (the scenes' time): written after
         clash = {g: [n for n in ds.variables if n in top.variables and not ds[n].variable.equals(top[n].variable)]
@@ -640,6 +640,18 @@ REBUILD = (("predict_spec", "glacierflow predict RUN_DIR --cube CUBE --out {url}
            ("cube_spec", "glacierflow build-cube ... --out {url} --overwrite (with the flags it was built with)"))
 
 
+#: The layout version of each kind of store, by the spec attribute that marks the kind (a key of :data:`REBUILD`):
+#: a stage that changes its store's layout bumps its entry (``FORMATS["flow_spec"] = 2``); the writer stamps it in
+#: the store's root attribute :data:`FORMAT`, and every reader compares the two. Kinds not listed: STORE_FORMAT.
+FORMATS: dict[str, int] = {}
+
+
+def layout_for(attrs: dict[str, Any]) -> int:
+    """The layout version this glacierflow writes and reads for a store with root attributes ``attrs``."""
+    kind = next((key for key, _ in REBUILD if key in attrs), None)
+    return int(FORMATS.get(kind, STORE_FORMAT)) if kind else STORE_FORMAT
+
+
 def rebuild_command(attrs: dict[str, Any], url: str) -> str:
     """The command that writes the store ``url`` again, from the spec attributes it carries."""
     for key, command in REBUILD:
@@ -652,20 +664,20 @@ def check_format(ds: xr.Dataset, url: str, format: int | None = None) -> None:
     """One :class:`GlacierflowError` line when the layout of store ``url`` (root ``ds``) is not the reader's.
 
     The layout version is read from the store's own root attribute :data:`FORMAT` (stores written before it
-    existed have layout 1). ``format`` is the layout the reading stage needs for this kind of store (default
-    :data:`STORE_FORMAT`): a newer store asks for a newer glacierflow; an older one (only checked when the stage
-    states ``format``) names both versions and the command that rebuilds it.
+    existed have layout 1). ``format`` is the layout the reading stage needs (default: this glacierflow's layout
+    for the store's kind, :func:`layout_for`): a newer store asks for a newer glacierflow; an older one names both
+    versions and the command that rebuilds it.
     """
     from glacierflow import __version__
 
     fmt = ds.attrs.get(FORMAT, 1)
-    want = STORE_FORMAT if format is None else int(format)
+    want = layout_for(dict(ds.attrs)) if format is None else int(format)
     written = f"written by glacierflow {ds.attrs.get('glacierflow_version', '?')}"
     if not isinstance(fmt, int) or fmt > want:
         raise GlacierflowError(
             f"store {url} has layout {FORMAT}={fmt!r}, {written}; this glacierflow {__version__} reads layout "
             f"{want}: upgrade glacierflow, or rebuild the store with this version (--overwrite)")
-    if format is not None and fmt < want:
+    if fmt < want:
         raise GlacierflowError(
             f"store {url} has the older layout {FORMAT}={fmt} ({written}); this glacierflow {__version__} needs "
             f"layout {want}: rebuild it with `{rebuild_command(dict(ds.attrs), url)}`")
