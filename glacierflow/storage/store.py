@@ -914,8 +914,9 @@ def _recover(fs: fsspec.AbstractFileSystem, path: str, url: str) -> str | None:
             said = f"restored the previous store from {_full_url(fs, good[0])}; "
     for leftover in [*olds, *partials]:
         _remove_tree(fs, leftover)
-    line = (f"store {url}: a write was killed here before; {said}removed {len(olds) + len(partials)} leftover "
-            f"cop{'y' if len(olds) + len(partials) == 1 else 'ies'} of it")
+    n = len(olds) + len(partials)
+    removed = f"removed {n} leftover cop{'y' if n == 1 else 'ies'} of it" if n else ""
+    line = f"store {url}: a write was killed here before; {said}{removed}".rstrip("; ")
     warnings.warn(line, UserWarning, stacklevel=3)
     return line
 
