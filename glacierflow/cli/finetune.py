@@ -9,7 +9,6 @@ from typing import Annotated
 import typer
 
 from glacierflow.cli.app import Device, Objective, app, out
-from glacierflow.storage.store import check_writable
 
 
 @app.command("finetune")
@@ -27,8 +26,9 @@ def finetune_cmd(
 ) -> None:
     """Continue a trained model on another glacier; zero-shot vs fine-tuned on its test split."""
     from glacierflow.learn.finetune import finetune, format_comparison  # deferred: torch
+    from glacierflow.storage.store import check_writable
+    check_writable(str(out_dir), inputs=(cube, str(run_dir)))  # before any work: not an input, writable
 
-    check_writable(str(out_dir), inputs=(cube, str(run_dir)))
     r = finetune(run_dir, cube, out_dir, epochs=epochs, lr=lr, device=device, patch_size=patch_size,
                  progress=sys.stderr.isatty(), objective=objective)
     out.print(f"test split of {cube}, the model before and after fine-tuning, next to both baselines:")
