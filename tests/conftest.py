@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -12,6 +13,43 @@ from typing import Any
 import pytest
 
 from glacierflow.twin.stac_servers import PgstacServer, RustacMemoryServer, pgstac_available
+
+#: With CI=true a skipped test fails: a service a test needs (pgstac, Azurite, dask-gateway, a tmpfs mount, a package)
+#: must be there in CI. Only skips whose reason starts with this say the test cannot apply on this machine.
+NOT_APPLICABLE = "not applicable here:"
+
+
+def ci() -> bool:
+    """Whether this is a CI run (``CI=true``, as GitHub Actions, GitLab and .ci/run set it)."""
+    return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[None]:
+    """Under CI=true, turn a skip into a failure unless its reason starts with :data:`NOT_APPLICABLE`."""
+    outcome = yield
+    report = outcome.get_result()
+    if not (ci() and report.skipped) or hasattr(report, "wasxfail"):
+        return
+    reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+    _fail_in_ci(report, reason.removeprefix("Skipped: "))
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector: pytest.Collector) -> Iterator[None]:
+    """... and a module skipped as a whole (``pytest.importorskip`` at import) likewise."""
+    outcome = yield
+    report = outcome.get_result()
+    if ci() and report.skipped:
+        _fail_in_ci(report, report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr))
+
+
+def _fail_in_ci(report: pytest.TestReport | pytest.CollectReport, reason: str) -> None:
+    reason = reason.removeprefix("Skipped: ")
+    if not reason.startswith(NOT_APPLICABLE):
+        report.outcome = "failed"
+        report.longrepr = f"CI=true and this was skipped ({reason}): CI must run it; install or start what it needs"
+
 
 # Real, unmodified Planetary Computer responses (see tests/data/planetary-computer/README.md for sources)
 PC_FIXTURES = Path(__file__).resolve().parent / "data" / "planetary-computer"

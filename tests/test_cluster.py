@@ -92,9 +92,11 @@ def test_gateway_cluster_computes_and_shuts_down(gateway_server):
         assert len(workers) == 2
         assert all(w["memory_limit"] == 2**30 for w in workers)  # our cluster option reached the workers
         # worker-side warnings reach the client (how cube.py reports unreadable files)
-        with pytest.warns(UserWarning, match="from a gateway worker"):
+        with pytest.warns(UserWarning, match="from a gateway worker") as seen:
             client.submit(distributed.warn, "from a gateway worker", pure=False).result()
-            time.sleep(0.5)
+            deadline = time.monotonic() + 30  # it arrives asynchronously: wait for it, with a timeout
+            while not any("from a gateway worker" in str(w.message) for w in seen) and time.monotonic() < deadline:
+                time.sleep(0.01)
         # every gateway worker was set up by glacierflow's worker plugin: asked on the workers themselves
         reports = client.run(worker_report)
         assert len(reports) == 2 and len({r["pid"] for r in reports.values()}) == 2

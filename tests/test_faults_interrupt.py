@@ -1,6 +1,11 @@
 """Interruptions, for real: ``python -m glacierflow`` killed (SIGINT, SIGKILL) mid-write, train killed
 mid-epoch, a disk that fills up. What must hold: the previous store or checkpoint is untouched and
-readable, nothing half-written looks complete, and running again gives what an uninterrupted run gives.
+readable (the whole store: every group, variable, coordinate and attribute), nothing half-written looks
+complete, and running again gives what an uninterrupted run gives.
+
+No race with the machine's speed: the killed writer runs the real CLI with one extra task in its write's
+computation (:data:`HELD`) that touches a marker file and then waits for the signal (with a timeout), so the
+signal always lands mid-computation, the partial store in place, however fast the rest of the work is.
 """
 
 from __future__ import annotations
@@ -26,61 +31,91 @@ from glacierflow.errors import GlacierflowError
 from glacierflow.preprocess.build import build_cube_store
 from glacierflow.specs import CubeSpec, FlowSpec, PredictSpec, PreprocessSpec
 from glacierflow.storage import store
-from glacierflow.testing import write_synthetic_cube
+from glacierflow.testing import assert_stores_identical, open_tree, write_synthetic_cube
 
 from .test_faults import END, START, reference  # noqa: F401 - the undisturbed tiny-twin build (fixture)
 
-KILLS = {"SIGINT": (signal.SIGINT, 130), "SIGKILL": (signal.SIGKILL, -signal.SIGKILL)}
+# SIGTERM (what a scheduler or `kill` sends) behaves as SIGINT: exit 130, "interrupted", the partial store removed
+KILLS = {"SIGINT": (signal.SIGINT, 130), "SIGTERM": (signal.SIGTERM, 130), "SIGKILL": (signal.SIGKILL, -signal.SIGKILL)}
+
+
+#: ``python -c HELD MARKER ARGV...``: the CLI, its store write computing one more task that touches MARKER and
+#: waits until the partial store is gone (the signal handled) or 120 s, so the signal lands mid-computation.
+HELD = """
+import sys, time
+from pathlib import Path
+import dask
+from glacierflow.storage import store
+from glacierflow.cli.main import main
+
+marker, original = Path(sys.argv[1]), store.write
+
+def held(data, url, *args, compute=None, **kwargs):
+    target = Path(url)
+
+    def wait():  # until the signal's handling has removed the partial store (or 120 s)
+        marker.touch()
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and any(target.parent.glob(f".{target.name}.partial-*")):
+            time.sleep(0.01)
+
+    def run(objs):
+        return (compute or (lambda o: dask.compute(*o)))([*objs, dask.delayed(wait, pure=False)()])
+    return original(data, url, *args, compute=run, **kwargs)
+
+store.write = held
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def _start(cmd: list[str]) -> subprocess.Popen:
+    # SIGINT as a terminal delivers it: the default disposition, whatever this process (a test run that
+    # started Dask clusters, which may leave SIGINT ignored) would hand down
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+
+
+def _signal_when(proc: subprocess.Popen, ready: Any, sig: signal.Signals) -> tuple[int, str]:
+    deadline = time.monotonic() + 300
+    while proc.poll() is None and not ready() and time.monotonic() < deadline:
+        time.sleep(0.005)
+    if proc.poll() is None:
+        proc.send_signal(sig)
+    _, err = proc.communicate(timeout=120)
+    return proc.returncode, err
+
+
+def _interrupt_write(argv: list[str], sig: signal.Signals, tmp: Path) -> tuple[int, str]:
+    """Run the CLI on ``argv``, send ``sig`` mid-computation of its store write (:data:`HELD`); (status, stderr)."""
+    marker = tmp / f"writing-{time.monotonic_ns()}"
+    proc = _start([sys.executable, "-c", HELD, str(marker), *argv])
+    code, err = _signal_when(proc, marker.exists, sig)
+    assert marker.exists(), f"{argv[0]} ended before its write computed: {code} {err[-2000:]}"
+    return code, err
 
 
 def _interrupt(argv: list[str], ready: Any, sig: signal.Signals, attempts: int = 3) -> tuple[int, str]:
     """Run ``python -m glacierflow ARGV``, send ``sig`` as soon as ``ready()`` is true; (exit status, stderr).
 
-    On a loaded machine a short write may be over before the signal lands (exit status 0): that attempt proves
-    nothing, so it is run again, up to ``attempts`` times.
+    For train (no store write to hold): on a loaded machine the last epoch may be over before the signal lands
+    (exit status 0); that attempt proves nothing, so it is run again, up to ``attempts`` times.
     """
     for _ in range(attempts):
-        # SIGINT as a terminal delivers it: the default disposition, whatever this process (a test run that
-        # started Dask clusters, which may leave SIGINT ignored) would hand down
-        proc = subprocess.Popen([sys.executable, "-m", "glacierflow", *argv], stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE, text=True,
-                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-        deadline = time.monotonic() + 300
-        while proc.poll() is None and not ready() and time.monotonic() < deadline:
-            time.sleep(0.005)
-        if proc.poll() is None:
-            proc.send_signal(sig)
-        _, err = proc.communicate(timeout=120)
-        if proc.returncode != 0:
-            return proc.returncode, err
+        code, err = _signal_when(_start([sys.executable, "-m", "glacierflow", *argv]), ready, sig)
+        if code != 0:
+            return code, err
     pytest.fail(f"{argv[0]} finished every time before it could be interrupted ({attempts} attempts)")
 
 
-def _writing(target: Path) -> Any:
-    """True once the safe writer has started writing the temporary sibling of ``target``."""
-    return lambda: any(target.parent.glob(f".{target.name}.partial-*/zarr.json"))
-
-
-def _values(url: str, group: str | None = None) -> dict[str, np.ndarray]:
-    ds = store.open_store(url, group=group)
-    return {k: ds[k].values for k in ds.data_vars}
-
-
-def _same(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> None:
-    assert a.keys() == b.keys()
-    for k in a:
-        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
-
-
-def _check_interrupted(code: int, err: str, kill: str, target: Path, before: dict[str, np.ndarray]) -> None:
+def _check_interrupted(code: int, err: str, kill: str, target: Path, before: Any) -> None:
     sig, expect = KILLS[kill]
     assert code == expect, (code, err)
-    if kill == "SIGINT":
+    if kill in ("SIGINT", "SIGTERM"):
         # the last line, no traceback (flow may print a warning of xarray's time encoding before it)
         assert err.strip().splitlines()[-1] == "interrupted" and "Traceback" not in err, err
         assert not list(target.parent.glob(f".{target.name}.partial-*")), "the partial store is removed"
     assert store.is_complete(str(target)), "the previous store is still complete"
-    _same(_values(str(target)), before)  # ... and untouched
+    assert_stores_identical(str(target), before, ignore_attrs=())  # ... and untouched, every group and attr
 
 
 # -- build-cube, flow, predict killed mid-write ------------------------------------------------------------
@@ -91,35 +126,35 @@ def test_build_cube_interrupted_mid_write_keeps_the_previous_store(served_twin: 
                                                                    kill: str) -> None:
     target = tmp_path / "cube.zarr"
     shutil.copytree(reference["out"], target)  # the previous store: a complete build of the same spec
-    before = _values(str(target))
+    before = open_tree(str(target))
     m = served_twin["meta"]
     argv = ["build-cube", "--bbox", *map(str, m["bbox"]), "--epsg", str(m["epsg"]), "--start", START, "--end", END,
             "--catalog", served_twin["stac_url"], "--out", str(target), "--overwrite", "--cluster", "threads"]
-    code, err = _interrupt(argv, _writing(target), KILLS[kill][0])
+    code, err = _interrupt_write(argv, KILLS[kill][0], tmp_path)
     _check_interrupted(code, err, kill, target, before)
     # running again completes, and gives the uninterrupted result (a SIGKILL's hidden partial is ignored)
     spec = CubeSpec(name="t", bbox=tuple(m["bbox"]), epsg=m["epsg"], start=START, end=END,
                     catalog=served_twin["stac_url"])
     with dask.config.set(scheduler="threads"):
         build_cube_store(spec, PreprocessSpec(), str(target), overwrite=True)
-    _same(_values(str(target)), before)
-    _same(_values(str(target), "scenes"), _values(reference["out"], "scenes"))
+    assert_stores_identical(str(target), before)  # every group: cube, scenes, guides
 
 
+@pytest.mark.parametrize("kill", ["SIGINT", "SIGTERM"])
 def test_flow_interrupted_mid_write_keeps_the_previous_store(reference: dict[str, Any],  # noqa: F811
-                                                            tmp_path: Path) -> None:
+                                                            tmp_path: Path, kill: str) -> None:
     from glacierflow.motion.velocity import run_flow
 
     target = tmp_path / "velocity.zarr"
     spec = FlowSpec(pairs="consecutive")  # the 6-month cube has no annual pairs
     run_flow(reference["out"], str(target), spec)
-    before = _values(str(target))
+    before = open_tree(str(target))
     argv = ["flow", reference["out"], "--out", str(target), "--pairs", "consecutive", "--overwrite", "--cluster",
             "threads"]
-    code, err = _interrupt(argv, _writing(target), signal.SIGINT)
-    _check_interrupted(code, err, "SIGINT", target, before)
+    code, err = _interrupt_write(argv, KILLS[kill][0], tmp_path)
+    _check_interrupted(code, err, kill, target, before)
     run_flow(reference["out"], str(target), spec, overwrite=True)
-    _same(_values(str(target)), before)
+    assert_stores_identical(str(target), before)
 
 
 def _train_argv(cube: str, run: Path, epochs: int = 2) -> list[str]:
@@ -138,20 +173,22 @@ def learning(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {"cube": cube, "run": d / "run"}
 
 
-def test_predict_interrupted_mid_write_keeps_the_previous_store(learning: dict[str, Path], tmp_path: Path) -> None:
+@pytest.mark.parametrize("kill", ["SIGKILL", "SIGTERM"])
+def test_predict_interrupted_mid_write_keeps_the_previous_store(learning: dict[str, Path], tmp_path: Path,
+                                                               kill: str) -> None:
     from glacierflow.forecast.predict import load_forecaster, predict_cube
 
     run = learning["run"]
     target = tmp_path / "forecast.zarr"
     spec = PredictSpec(device="cpu", batch_size=4)
     predict_cube(load_forecaster(run), str(learning["cube"]), str(target), spec)
-    before = _values(str(target))
+    before = open_tree(str(target))
     argv = ["predict", str(run), "--cube", str(learning["cube"]), "--out", str(target), "--overwrite",
             "--device", "cpu", "--batch-size", "4", "--cluster", "sync"]
-    code, err = _interrupt(argv, _writing(target), signal.SIGKILL)
-    _check_interrupted(code, err, "SIGKILL", target, before)
+    code, err = _interrupt_write(argv, KILLS[kill][0], tmp_path)
+    _check_interrupted(code, err, kill, target, before)
     predict_cube(load_forecaster(run), str(learning["cube"]), str(target), spec, overwrite=True)
-    _same(_values(str(target)), before)
+    assert_stores_identical(str(target), before)
 
 
 # -- train killed mid-epoch, --resume ----------------------------------------------------------------------
@@ -187,6 +224,15 @@ def test_train_killed_mid_epoch_resumes_from_last_pt(learning: dict[str, Path], 
     assert not list(part.glob(".*.tmp*")), "no temporary checkpoint left"
 
 
+def test_train_sigterm_is_ctrl_c(learning: dict[str, Path], tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    code, err = _interrupt(_train_argv(str(learning["cube"]), run, epochs=3), (run / "last.pt").exists,
+                           signal.SIGTERM)
+    assert code == 130 and err.strip().splitlines()[-1] == "interrupted" and "Traceback" not in err, (code, err)
+    assert torch.load(run / "last.pt", weights_only=True)["epoch"] >= 1  # whole and loadable
+    assert not list(run.glob(".*.tmp*")), "no temporary checkpoint left"
+
+
 # -- disk full ---------------------------------------------------------------------------------------------
 
 @pytest.fixture
@@ -209,6 +255,7 @@ def test_disk_full_while_writing_a_store_is_a_clear_error(small_disk: Path) -> N
     target = small_disk / "store.zarr"
     small = xr.Dataset({"a": (("y", "x"), np.arange(100, dtype=np.float32).reshape(10, 10))})
     store.write(small, str(target))
+    files = {p: p.read_bytes() for p in sorted(target.rglob("*")) if p.is_file()}
     rng = np.random.default_rng(0)  # noise does not compress: 12 MiB > the 8 MiB disk
     big = xr.Dataset({"a": (("y", "x"), rng.random((2048, 1536), dtype=np.float32))}).chunk({"y": 256})
     with pytest.raises(GlacierflowError) as err:
@@ -217,6 +264,7 @@ def test_disk_full_while_writing_a_store_is_a_clear_error(small_disk: Path) -> N
     assert "no space left" in msg and str(target) in msg and "\n" not in msg, msg
     assert sorted(p.name for p in small_disk.iterdir()) == ["store.zarr"], "no partial store left"
     assert store.is_complete(str(target))
+    assert {p: p.read_bytes() for p in sorted(target.rglob("*")) if p.is_file()} == files, "byte-identical"
     np.testing.assert_array_equal(store.open_store(str(target))["a"].values, small["a"].values)
 
 

@@ -312,3 +312,65 @@ def test_in_process_test_servers_bind_loopback():
                 bad.append(f"{path}: {m.group(0)}")
         bad += [f"{path}: {m.group(0)}" for m in re.finditer(r"[\"']0\.0\.0\.0[\"']|host\s*=\s*[\"'][\"']", text)]
     assert not bad, bad
+
+
+# ------------------------------------------------------------------------------------------ credentials, az:// and s3://
+def _sas(account: str, key: str) -> str:
+    """A real account SAS (read/write/list/delete/create, one hour), signed with ``key``, as Azure issues them."""
+    from datetime import UTC, datetime, timedelta
+
+    from azure.storage.blob import AccountSasPermissions, ResourceTypes, generate_account_sas
+
+    return generate_account_sas(account, key, ResourceTypes(service=True, container=True, object=True),
+                                AccountSasPermissions(read=True, write=True, list=True, delete=True, create=True,
+                                                      add=True), expiry=datetime.now(UTC) + timedelta(hours=1))
+
+
+def test_no_credential_in_any_output_on_azurite_with_the_default_cluster(served_twin, tmp_path):
+    """build-cube and flow on az:// (Azurite) under the default --cluster: worker processes, their logs on stderr.
+
+    Every credential form travels with the options: ``connection_string`` with ``AccountKey``, a real account SAS
+    in a connection string (``SharedAccessSignature``, what authenticates flow), ``account_key`` and ``sas_token``
+    options; S3 ``key``/``secret``/``token`` on an s3:// output. None may appear in stdout, stderr (worker logs
+    included), any blob written, or an error line.
+    """
+    from .azurite import ACCOUNT, CONTAINER, KEY, KEY_TEXT, start_azurite
+    from .test_faults import END, START
+
+    pytest.importorskip("adlfs")
+    azurite = start_azurite(tmp_path / "azurite")
+    az = next(azurite)
+    try:
+        sas = _sas(ACCOUNT, KEY)
+        sas_conn = f"BlobEndpoint=http://127.0.0.1:{az['port']}/{ACCOUNT};SharedAccessSignature={sas}"
+        sig = re.search(r"sig=([^&]+)", sas).group(1)
+        s3 = {"key": "AKIAFAKEGLACIERFLOW01", "secret": "fake/S3/secret+glacierflow/0123456789abcdefghij",
+              "token": "FAKE-S3-SESSION-TOKEN-glacierflow-0123"}
+        secrets = [KEY, KEY_TEXT.decode(), sas, sig, *s3.values()]
+        meta, cube, vel = served_twin["meta"], f"az://{CONTAINER}/cube.zarr", f"az://{CONTAINER}/velocity.zarr"
+        key_opts = ["--storage-option", f"connection_string={az['connection_string']}",
+                    "--storage-option", f"account_key={KEY}", "--storage-option", f"sas_token={sas}"]
+        runs = [["build-cube", "--bbox", *map(str, meta["bbox"]), "--epsg", str(meta["epsg"]), "--start", START,
+                 "--end", END, "--catalog", served_twin["stac_url"], "--out", cube, *key_opts],
+                ["flow", cube, "--out", vel, "--pairs", "consecutive", "--storage-option",
+                 f"connection_string={sas_conn}"],
+                ["flow", cube, "--out", vel, "--pairs", "consecutive", *key_opts],  # exists: an error line
+                ["flow", cube, "--out", "s3://glacierflow-test/v.zarr", "--storage-option",
+                 f"connection_string={az['connection_string']}", *(a for k, v in s3.items()
+                                                                    for a in ("--storage-option", f"{k}={v}")),
+                 "--storage-option", "endpoint_url=http://127.0.0.1:9"]]
+        texts, codes = {}, []
+        for n, argv in enumerate(runs):  # default --cluster: nothing passed
+            r = subprocess.run([sys.executable, "-m", "glacierflow", *argv], capture_output=True, text=True,
+                               timeout=600)
+            codes.append(r.returncode)
+            texts[f"{argv[0]} #{n} stdout"], texts[f"{argv[0]} #{n} stderr"] = r.stdout, r.stderr
+        assert codes[:2] == [0, 0], texts
+        assert codes[2:] == [2, 2] and "already exists" in texts["flow #2 stderr"], texts
+        blobs = az["fs"].find(CONTAINER)
+        assert any(b.endswith("velocity.zarr/zarr.json") for b in blobs), blobs
+        texts.update({b: az["fs"].cat_file(b).decode("latin-1") for b in blobs})
+        found = [(name, s[:12]) for name, text in texts.items() for s in secrets if s in text]
+        assert not found, found
+    finally:
+        next(azurite, None)

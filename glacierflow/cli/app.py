@@ -183,7 +183,7 @@ def storage_options(pairs: list[str] | None) -> dict[str, Any] | None:
     return opts
 
 
-def check_writable_output(url: str, pairs: list[str] | None) -> None:
+def check_writable_output(url: str, pairs: list[str] | None, inputs: tuple[str | None, ...] = ()) -> None:
     """One line, before any work, when the output ``url`` cannot be written (see :func:`store.check_writable`).
 
     Parameters
@@ -192,8 +192,10 @@ def check_writable_output(url: str, pairs: list[str] | None) -> None:
         The output store (path or fsspec URL).
     pairs
         The command's ``--storage-option`` values.
+    inputs
+        What the run reads: an output equal to one of them, inside one or holding one is refused.
     """
-    check_writable(url, storage_options(pairs))
+    check_writable(url, storage_options(pairs), inputs)
 
 
 @dataclass(frozen=True)

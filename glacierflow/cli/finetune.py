@@ -29,6 +29,8 @@ def finetune_cmd(
     Scores it zero-shot and fine-tuned on the new glacier's test split.
     """
     from glacierflow.learn.finetune import finetune, format_comparison  # deferred: torch
+    from glacierflow.storage.store import check_writable
+    check_writable(str(out_dir), inputs=(cube, str(run_dir)))  # before any work: not an input, writable
 
     r = finetune(run_dir, cube, out_dir, epochs=epochs, lr=lr, device=device, patch_size=patch_size,
                  progress=progress_enabled(), objective=objective)

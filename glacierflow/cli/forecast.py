@@ -48,7 +48,7 @@ def predict_cmd(
 
     spec = PredictSpec(overlap=-1 if overlap is None else overlap, window=window, batch_size=batch_size,
                        device=device, last_input=last_input or "")
-    check_writable_output(out_store, storage_option)
+    check_writable_output(out_store, storage_option, inputs=(cube, str(run_dir)))
     fc = load_forecaster(run_dir, checkpoint)
     with where.client():
         s = predict_cube(fc, cube, out_store, spec, overwrite=overwrite,

@@ -113,7 +113,7 @@ def train_cmd(
         model_spec, patch_spec = resume_specs(out_dir, chosen, patch)
     else:
         model_spec, patch_spec = ModelSpec(**{"name": _MODEL.name, **chosen}), PatchSpec(**patch)
-    check_writable(str(out_dir))
+    check_writable(str(out_dir), inputs=(cube,))
     with where.client():
         s = fit(cube, out_dir, model_spec, patch_spec, spec, resume=resume,
                 progress=progress_enabled(), storage_options=storage_options(storage_option))

@@ -71,6 +71,12 @@ def _usage_error(e: Exception) -> int:
     return code if isinstance(code, int) else 2
 
 
+def _one_line_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                      line: str | None = None) -> str:
+    """A warning as the user reads it: ``warning: ...`` on one line, redacted (no source file, no code line)."""
+    return f"warning: {redact(' '.join(str(message).split()))}\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command line on ``argv`` (default: ``sys.argv[1:]``) and return the exit status.
 
@@ -87,6 +93,9 @@ def main(argv: list[str] | None = None) -> int:
     int
         The exit status: 0 done, 1 a site of several failed (``build-cube``), 2 a user mistake, 130 interrupted.
     """
+    import warnings
+
+    warnings.formatwarning = _one_line_warning  # type: ignore[assignment]
     try:
         args, defaults = apply_shared(command(), list(sys.argv[1:] if argv is None else argv))
         result = command().main(args=args, prog_name="glacierflow", standalone_mode=False, default_map=defaults)

@@ -70,7 +70,7 @@ def flow_cmd(
              "ice_fraction": ice_fraction, "stable_margin": stable_margin, "levels": levels, "pyr_scale": pyr_scale,
              "iterations": iterations, "winsize": winsize, "min_texture": min_texture, "max_fb_error": max_fb_error}
     spec = FlowSpec(**{k: v for k, v in given.items() if v is not None})  # unset flags: the spec's defaults
-    check_writable_output(out_store, storage_option)
+    check_writable_output(out_store, storage_option, inputs=(cube, ice_mask))
     if is_forecast_url(cube, storage_options(storage_option)):  # predict's output: the predicted frames
         return _flow_forecast(cube, out_store, spec if pairs else spec.replace(pairs="consecutive"),
                               overwrite=overwrite, storage_option=storage_option, ice_mask=ice_mask, where=where)

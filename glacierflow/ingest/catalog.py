@@ -33,6 +33,7 @@ from pystac_client.stac_api_io import StacApiIO
 from urllib3 import Retry
 
 from glacierflow.errors import GlacierflowError
+from glacierflow.ingest.items import refused_href
 
 __all__ = [
     "PLANETARY_COMPUTER_URL",
@@ -186,7 +187,7 @@ class Rejection:
     """An item the search returned but glacierflow did not keep, and why."""
 
     item_id: str
-    reason: str  # "duplicate", "collection", "datetime", "bbox", "platform", "cloud", "category"
+    reason: str  # "duplicate", "collection", "datetime", "bbox", "platform", "cloud", "category", "href"
     detail: str
     properties: dict[str, Any] = field(default_factory=dict, compare=False)  # the item's, for reports
 
@@ -252,7 +253,8 @@ def _check(item: dict[str, Any], crit: Criteria) -> tuple[str, str] | None:
     category = p.get("landsat:collection_category")
     if crit.categories is not None and category is not None and category not in crit.categories:
         return "category", f"landsat:collection_category {category!r} not in {list(crit.categories)}"
-    return None
+    href = refused_href(item)  # before any signing or GDAL open
+    return ("href", href) if href else None
 
 
 def filter_items(

@@ -119,3 +119,21 @@ def normalise_items(
         :func:`normalise_items_with_report` to get them as a dict.
     """
     return normalise_items_with_report(items, assets=assets, platforms=platforms)[0]
+
+
+#: URL schemes an asset href may have (plain paths too); anything else never reaches GDAL: ``/vsi...`` paths (GDAL's
+#: virtual file systems: another server, an archive member, a subfile), ``ftp:``, ``data:``, ``file`` URLs of hosts.
+HREF_SCHEMES = ("http", "https", "file", "s3", "gs", "az", "abfs", "abfss")
+
+
+def refused_href(item: Mapping[str, Any]) -> str | None:
+    """Why one of an item's asset hrefs is refused (scheme not in :data:`HREF_SCHEMES`, or ``/vsi``), else None."""
+    from urllib.parse import urlparse
+
+    for key, asset in (item.get("assets") or {}).items():
+        href = str((asset or {}).get("href", "")) if isinstance(asset, Mapping) else ""
+        scheme = urlparse(href).scheme.lower()
+        if href.lstrip().lower().startswith("/vsi") or (len(scheme) > 1 and scheme not in HREF_SCHEMES):
+            return (f"asset {key} href {href[:80]!r}: scheme not allowed (allowed: {', '.join(HREF_SCHEMES)} "
+                    "or a path)")
+    return None

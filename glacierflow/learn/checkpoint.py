@@ -70,6 +70,41 @@ def read_checkpoint(path: str | os.PathLike[str], map_location: str | torch.devi
     return ck
 
 
+#: A checkpoint's model arguments are plain values of at most this magnitude (a layer width, a patch side).
+MAX_MODEL_ARG = 1 << 16
+
+
+def check_model_args(p: Path, ck: dict[str, Any]) -> None:
+    """One line unless ``model_args`` are few plain bounded values whose model has the checkpoint's weights' size.
+
+    A file is data, not a recipe: ``hidden_size=10**9`` would allocate terabytes before any weight is read. The
+    model is built on the ``meta`` device (no memory) and refused when it has far more parameters (64x + 1 M)
+    than the stored weights.
+    """
+    args = ck.get("model_args")
+    bad = None if isinstance(args, dict) and len(args) <= 64 else f"model_args {type(args).__name__}"
+    for k, v in (args if bad is None else {}).items():
+        for x in v if isinstance(v, list | tuple) and len(v) <= 16 else [v]:
+            if not (x is None or isinstance(x, bool) or (isinstance(x, str) and len(x) <= 256)
+                    or (isinstance(x, int | float) and abs(x) <= MAX_MODEL_ARG)):
+                bad = bad or f"{k}={first_line(ValueError(repr(v)), 60)}"
+    if bad is None:
+        try:
+            with torch.device("meta"):
+                n = sum(t.numel() for t in build_model(ck["model_name"], **args).parameters())
+        except Exception:  # noqa: BLE001 - a model that cannot be built is reported by the real build below
+            n = None
+        weights = ck["state_dict"].values() if isinstance(ck["state_dict"], dict) else []
+        stored = sum(t.numel() for t in weights if isinstance(t, torch.Tensor) and t.is_floating_point())
+        # far larger than its weights: a strict load could never fill it (a shape mismatch is reported below)
+        if n is not None and n > 64 * stored + (1 << 20):
+            bad = f"a model of {n} parameters for {stored} stored weights"
+    if bad is not None:
+        raise GlacierflowError(f"checkpoint {p}: model arguments out of bounds ({bad}; plain values up to "
+                               f"{MAX_MODEL_ARG}, a model the size of its weights); refused: use a checkpoint "
+                               "written by 'glacierflow train'")
+
+
 def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.device = "cpu"
                     ) -> tuple[torch.nn.Module, dict[str, Any], dict[str, Any]]:
     """Rebuild the model of a checkpoint (``best.pt``/``last.pt``) with its weights, in eval mode.
@@ -85,6 +120,7 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.devi
     if not p.is_file():
         raise GlacierflowError(f"checkpoint {p} does not exist; train one with 'glacierflow train'")
     ck = read_checkpoint(p, map_location)
+    check_model_args(p, ck)
     try:
         model = build_model(ck["model_name"], **ck["model_args"])
         model.load_state_dict(ck["state_dict"])

@@ -9,11 +9,12 @@ run therefore never leaves a corrupt store where a good one was, and readers ref
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import uuid
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import fsspec
@@ -21,6 +22,7 @@ import numpy as np
 import xarray as xr
 import zarr
 from pyproj import CRS
+from xarray.backends.zarr import ZarrArrayWrapper
 
 from glacierflow.errors import GlacierflowError
 from glacierflow.storage import cloud
@@ -170,6 +172,7 @@ def write(
     storage_options: dict[str, Any] | None = None,
     compute: Callable[[list[Any]], Any] | None = None,
     attrs: Callable[[], dict[str, Any]] | None = None,
+    step: Callable[[str], None] | None = None,
 ) -> str:
     """Write a Dataset (or a DataTree: root + groups) as a Zarr store at ``url``, safely.
 
@@ -196,6 +199,12 @@ def write(
     compute
         Runs the list of delayed region writes (progress bars, a distributed client); default
         ``dask.compute``.
+    step
+        Called with the name of each step of the replace (:func:`replace_store`); tests stop a run there.
+
+    The writer holds :func:`writer_lock` throughout (a second writer of the same store gets one line), first
+    recovers what a killed run left next to the store (:func:`recover`), and replaces an existing store only
+    with ``overwrite`` and only when it is a glacierflow store (:func:`check_replaceable`).
 
     Returns
     -------
@@ -203,13 +212,21 @@ def write(
         The store URL.
     """
     quiet_consolidated_warning()
-    import dask
-
     fs, path = _fs(url, storage_options)
     path = path.rstrip("/")
-    if exists(url, storage_options) and not overwrite:
-        state = "complete" if is_complete(url, storage_options) else "incomplete"
-        raise GlacierflowError(f"store {url} already exists ({state}); pass --overwrite to replace it")
+    with writer_lock(url, storage_options):
+        _recover(fs, path, url)  # a killed run's leftovers first: the previous store restored, or removed
+        if exists(url, storage_options):
+            check_replaceable(url, storage_options, overwrite=overwrite)
+        return _write_locked(data, url, fs, path, storage_options, compute, attrs, step)
+
+
+def _write_locked(data: xr.Dataset | xr.DataTree, url: str, fs: fsspec.AbstractFileSystem, path: str,
+                  storage_options: dict[str, Any] | None, compute: Callable[[list[Any]], Any] | None,
+                  attrs: Callable[[], dict[str, Any]] | None, step: Callable[[str], None] | None) -> str:
+    """:func:`write` once the writer lock is held and the target checked."""
+    import dask
+
     parent = path.rsplit("/", 1)[0] if "/" in path else ""
     tmp_path = _tmp_sibling(path, "partial")
     if _is_local(fs):
@@ -219,7 +236,7 @@ def write(
     try:
         nodes = [(g, ds.copy()) for g, ds in _nodes(data)]
         nodes[0][1].attrs[COMPLETE] = False
-        nodes[0][1].attrs[FORMAT] = STORE_FORMAT
+        nodes[0][1].attrs[FORMAT] = int(nodes[0][1].attrs.get(FORMAT, layout_for(nodes[0][1].attrs)))
         top = nodes[0][1]
         # a group's own variable named like a different root variable (the scenes' time): written after
         clash = {g: [n for n in ds.variables if n in top.variables and not ds[n].variable.equals(top[n].variable)]
@@ -247,7 +264,7 @@ def write(
         zarr.consolidate_metadata(  # zarr v3's warning about it is filtered at import (below the imports)
             tmp_url if not so else zarr.storage.FsspecStore.from_url(tmp_url, storage_options=so)
         )
-        _replace(fs, tmp_path, path)
+        _replace(fs, tmp_path, path, step or _no_step)
     except BaseException as err:
         _remove_partial(fs, tmp_path)
         if _disk_full(err):
@@ -285,18 +302,54 @@ def _rewrite(ds: xr.Dataset, names: list[str], url: str, group: str, so: dict[st
             arr.attrs["coordinates"] = " ".join(dict.fromkeys([*have, *coords]))
 
 
-def _replace(fs: fsspec.AbstractFileSystem, tmp_path: str, path: str) -> None:
-    """Move the finished temporary store into place (the old one, if any, removed only then)."""
-    if _is_local(fs):
-        if os.path.exists(path):
-            old = _tmp_sibling(path, "old")
-            os.rename(path, old)
-            os.rename(tmp_path, path)
-            fs.rm(old, recursive=True)
-        else:
-            os.rename(tmp_path, path)
+def _no_step(name: str) -> None:
+    """The default ``step`` of a replace: nothing."""
+
+
+#: The steps of a local replace, in order, as :func:`replace_store` names them to its ``step`` callback.
+LOCAL_STEPS = ("start", "old-moved", "new-moved", "done")
+#: ... and of an object-store replace (no rename there: copies, root metadata last; removals, root metadata first).
+REMOTE_STEPS = ("start", "old-copied", "old-removed", "new-body-copied", "new-copied", "partial-removed", "done")
+
+
+def _replace(fs: fsspec.AbstractFileSystem, tmp_path: str, path: str, step: Callable[[str], None]) -> None:
+    """Move the finished temporary store into place (the old one, if any, removed only then).
+
+    A run killed between two steps leaves a complete store readable (the target, or the previous store kept
+    in a ``.<name>.old-<id>`` sibling, which :func:`open_store` reads), and the next writer recovers it first.
+    """
+    step("start")
+    if not _is_local(fs):
+        _replace_remote(fs, tmp_path, path, step)
         return
-    _replace_remote(fs, tmp_path, path)
+    if os.path.exists(path):
+        old = _tmp_sibling(path, "old")
+        os.rename(path, old)
+        step("old-moved")  # the window: no store at the target; the previous one is the .old- sibling
+        os.rename(tmp_path, path)
+        step("new-moved")
+        fs.rm(old, recursive=True)
+    else:
+        os.rename(tmp_path, path)
+    step("done")
+
+
+def replace_store(tmp_url: str, url: str, storage_options: dict[str, Any] | None = None,
+                  step: Callable[[str], None] | None = None) -> None:
+    """Move the complete store ``tmp_url`` (a sibling of ``url``) into place, as :func:`write` does last.
+
+    Parameters
+    ----------
+    tmp_url, url
+        The finished store and where it goes (same directory or bucket).
+    storage_options
+        fsspec options of both.
+    step
+        Called with each step's name (:data:`LOCAL_STEPS`, :data:`REMOTE_STEPS`) once it is done; an exception
+        raised there stops the replace at that point, as a killed run would stop (no cleanup runs).
+    """
+    fs, path = _fs(url, storage_options)
+    _replace(fs, _fs(tmp_url, storage_options)[1].rstrip("/"), path.rstrip("/"), step or _no_step)
 
 
 def write_store(
@@ -409,7 +462,8 @@ def _root_meta(path: str) -> set[str]:
     return {f"{path}/zarr.json", f"{path}/.zattrs", f"{path}/.zgroup", f"{path}/.zmetadata"}
 
 
-def _copy_tree(fs: fsspec.AbstractFileSystem, src: str, dst: str) -> None:
+def _copy_tree(fs: fsspec.AbstractFileSystem, src: str, dst: str,
+               step: Callable[[str], None] | None = None) -> None:
     """Copy every object of store ``src`` to ``dst``, the root metadata last (``dst`` turns complete last).
 
     Object stores have no rename; the objects are copied in one batched call (concurrent on adlfs, s3fs,
@@ -420,6 +474,8 @@ def _copy_tree(fs: fsspec.AbstractFileSystem, src: str, dst: str) -> None:
     body = [f for f in files if f not in root]
     if body:
         fs.copy(body, [dst + f[len(src):] for f in body])
+    if step:
+        step("new-body-copied")
     for f in [f for f in files if f in root]:
         fs.cp_file(f, dst + f[len(src):])
 
@@ -433,7 +489,7 @@ def _remove_tree(fs: fsspec.AbstractFileSystem, path: str) -> None:
         fs.rm(path, recursive=True)
 
 
-def _replace_remote(fs: fsspec.AbstractFileSystem, tmp_path: str, path: str) -> None:
+def _replace_remote(fs: fsspec.AbstractFileSystem, tmp_path: str, path: str, step: Callable[[str], None]) -> None:
     """Move the finished store ``tmp_path`` to ``path`` on an object store, the previous store kept readable.
 
     A complete previous store is first copied to a hidden ``.<name>.old-<id>`` sibling, then removed and the
@@ -446,11 +502,16 @@ def _replace_remote(fs: fsspec.AbstractFileSystem, tmp_path: str, path: str) -> 
         if _complete_at(fs, path):
             backup = _tmp_sibling(path, "old")
             _copy_tree(fs, path, backup)
+            step("old-copied")
         _remove_tree(fs, path)
-    _copy_tree(fs, tmp_path, path)
+        step("old-removed")
+    _copy_tree(fs, tmp_path, path, step)
+    step("new-copied")
     fs.rm(tmp_path, recursive=True)
+    step("partial-removed")
     for old in [*_previous(fs, path, complete=False), *([backup] if backup else [])]:
         _remove_tree(fs, old)
+    step("done")
 
 
 def _complete_at(fs: fsspec.AbstractFileSystem, path: str) -> bool:
@@ -463,36 +524,52 @@ def _complete_at(fs: fsspec.AbstractFileSystem, path: str) -> bool:
     return False
 
 
-def _previous(fs: fsspec.AbstractFileSystem, path: str, complete: bool = True) -> list[str]:
-    """Copies ``.<name>.old-<id>`` of the store at ``path`` kept by :func:`_replace_remote` (complete ones)."""
+def _siblings(fs: fsspec.AbstractFileSystem, path: str, kind: str) -> list[str]:
+    """The hidden siblings ``.<name>.<kind>-<id>`` of ``path`` (sorted)."""
     parent, _, name = path.rpartition("/")
+    if not parent and _is_local(fs):
+        parent = os.getcwd()
     try:
-        entries = fs.ls(parent or "", detail=False) if parent or not _is_local(fs) else []
-    except FileNotFoundError:
+        entries = fs.ls(parent, detail=False)
+    except (FileNotFoundError, NotADirectoryError):
         return []
-    found = [e.rstrip("/") for e in entries if e.rstrip("/").rpartition("/")[2].startswith(f".{name}.old-")]
-    return [e for e in found if not complete or _complete_at(fs, e)]
+    return sorted(e.rstrip("/") for e in entries if e.rstrip("/").rpartition("/")[2].startswith(f".{name}.{kind}-"))
+
+
+def _previous(fs: fsspec.AbstractFileSystem, path: str, complete: bool = True) -> list[str]:
+    """Copies ``.<name>.old-<id>`` of the store at ``path`` kept by :func:`_replace` (complete ones)."""
+    return [e for e in _siblings(fs, path, "old") if not complete or _complete_at(fs, e)]
 
 
 def open_store(
-    url: str, storage_options: dict[str, Any] | None = None, group: str | None = None, require: tuple[str, ...] = ()
+    url: str, storage_options: dict[str, Any] | None = None, group: str | None = None, require: tuple[str, ...] = (),
+    format: int | None = None,
 ) -> xr.Dataset:
-    """Open a complete glacierflow store lazily (``decode_coords="all"``), with clear errors."""
+    """Open a complete glacierflow store lazily (``decode_coords="all"``), with clear errors.
+
+    ``format``: the layout version this reader needs (:func:`check_format`); a corrupt store (unreadable
+    metadata or chunk) is one line naming it when opened or computed later.
+    """
     quiet_consolidated_warning()
     fs, path = _fs(url, storage_options)
     path = path.rstrip("/")
     with cloud.access(url):
         if not is_complete(url, storage_options):
             path = _open_previous(fs, path, url, storage_options)
-    with cloud.access(url):
-        ds = xr.open_zarr(
-            _full_url(fs, path),
-            group=group,
-            consolidated=False,
-            decode_coords="all",
-            storage_options=_so(fs, storage_options),
-        )
-    check_format(ds if group is None else xr.Dataset(attrs=_root_attrs(fs, path) or {}), url)
+    try:
+        with cloud.access(url):
+            ds = xr.open_zarr(
+                _full_url(fs, path),
+                group=group,
+                consolidated=False,
+                decode_coords="all",
+                storage_options=_so(fs, storage_options),
+            )
+    except (ValueError, TypeError) as err:  # a metadata document that is not JSON, or not Zarr's
+        raise GlacierflowError(f"store {url} is corrupt: its metadata cannot be read ({_first_line(err)}); rebuild "
+                               "it with --overwrite, or restore it from a copy") from None
+    name_corrupt_chunks(ds)
+    check_format(ds if group is None else xr.Dataset(attrs=_root_attrs(fs, path) or {}), url, format)
     missing = [v for v in require if v not in ds.variables]
     if missing:
         raise GlacierflowError(f"store {url} lacks {', '.join(missing)}; is it the right kind of store?")
@@ -501,7 +578,7 @@ def open_store(
 
 def _open_previous(fs: fsspec.AbstractFileSystem, path: str, url: str, so: dict[str, Any] | None) -> str:
     """The path to read when ``url`` is missing or incomplete: the previous store kept by an interrupted write."""
-    previous = [] if _is_local(fs) else _previous(fs, path)
+    previous = _previous(fs, path)
     if previous:
         warnings.warn(f"store {url} was being replaced when a write was interrupted; reading the previous "
                       f"store kept at {_full_url(fs, previous[0])} (write it again to finish)", UserWarning,
@@ -526,8 +603,28 @@ def _root_attrs(fs: fsspec.AbstractFileSystem, path: str) -> dict[str, Any] | No
     return None
 
 
+def _first_line(err: BaseException) -> str:
+    return " ".join(str(err).split())[:160] or type(err).__name__
+
+
+def _corrupt_root(fs: fsspec.AbstractFileSystem, path: str) -> str | None:
+    """The root metadata file of ``path`` when it exists but is not JSON (a corrupt store), else None."""
+    for name in ("zarr.json", ".zattrs", ".zgroup"):
+        f = f"{path}/{name}"
+        if fs.exists(f):
+            try:
+                json.loads(fs.cat_file(f))
+            except (ValueError, UnicodeDecodeError):
+                return name
+            return None
+    return None
+
+
 def _why_unreadable(fs: fsspec.AbstractFileSystem, path: str, url: str) -> str:
     """One line: why the existing ``url`` is not a complete glacierflow store, and what to do."""
+    bad = _corrupt_root(fs, path)
+    if bad:
+        return f"store {url} is corrupt: its {bad} is not valid JSON; rebuild it with --overwrite, or restore it"
     attrs = _root_attrs(fs, path)
     if attrs is None:
         return f"{url} is not a Zarr store; pass a store written by glacierflow (build-cube, flow, predict)"
@@ -537,25 +634,67 @@ def _why_unreadable(fs: fsspec.AbstractFileSystem, path: str, url: str) -> str:
     return f"store {url} is incomplete (its write was interrupted or failed); rebuild it with --overwrite"
 
 
-def check_format(ds: xr.Dataset, url: str) -> None:
-    """Raise a one-line :class:`GlacierflowError` when ``ds`` (a store's root) has a newer layout than this reader."""
+#: The command that rebuilds a store, by the spec attribute that marks its kind (the most derived first).
+REBUILD = (("predict_spec", "glacierflow predict RUN_DIR --cube CUBE --out {url} --overwrite"),
+           ("flow_spec", "glacierflow flow CUBE --out {url} --overwrite"),
+           ("cube_spec", "glacierflow build-cube ... --out {url} --overwrite (with the flags it was built with)"))
+
+
+#: The layout version of each kind of store, by the spec attribute that marks the kind (a key of :data:`REBUILD`):
+#: a stage that changes its store's layout bumps its entry (``FORMATS["flow_spec"] = 2``); the writer stamps it in
+#: the store's root attribute :data:`FORMAT`, and every reader compares the two. Kinds not listed: STORE_FORMAT.
+FORMATS: dict[str, int] = {}
+
+
+def layout_for(attrs: dict[str, Any]) -> int:
+    """The layout version this glacierflow writes and reads for a store with root attributes ``attrs``."""
+    kind = next((key for key, _ in REBUILD if key in attrs), None)
+    return int(FORMATS.get(kind, STORE_FORMAT)) if kind else STORE_FORMAT
+
+
+def rebuild_command(attrs: dict[str, Any], url: str) -> str:
+    """The command that writes the store ``url`` again, from the spec attributes it carries."""
+    for key, command in REBUILD:
+        if key in attrs:
+            return command.format(url=url)
+    return f"the glacierflow command that wrote it, with --out {url} --overwrite"
+
+
+def check_format(ds: xr.Dataset, url: str, format: int | None = None) -> None:
+    """One :class:`GlacierflowError` line when the layout of store ``url`` (root ``ds``) is not the reader's.
+
+    The layout version is read from the store's own root attribute :data:`FORMAT` (stores written before it
+    existed have layout 1). ``format`` is the layout the reading stage needs (default: this glacierflow's layout
+    for the store's kind, :func:`layout_for`): a newer store asks for a newer glacierflow; an older one names both
+    versions and the command that rebuilds it.
+    """
     from glacierflow import __version__
 
-    fmt = ds.attrs.get(FORMAT, STORE_FORMAT)  # stores written before the attr existed have format 1
-    if not isinstance(fmt, int) or fmt > STORE_FORMAT:
+    fmt = ds.attrs.get(FORMAT, 1)
+    want = layout_for(dict(ds.attrs)) if format is None else int(format)
+    written = f"written by glacierflow {ds.attrs.get('glacierflow_version', '?')}"
+    if not isinstance(fmt, int) or fmt > want:
         raise GlacierflowError(
-            f"store {url} has layout {FORMAT}={fmt!r}, written by glacierflow "
-            f"{ds.attrs.get('glacierflow_version', '?')}; this glacierflow {__version__} reads layout "
-            f"{STORE_FORMAT}: upgrade glacierflow, or rebuild the store with this version (--overwrite)")
+            f"store {url} has layout {FORMAT}={fmt!r}, {written}; this glacierflow {__version__} reads layout "
+            f"{want}: upgrade glacierflow, or rebuild the store with this version (--overwrite)")
+    if fmt < want:
+        raise GlacierflowError(
+            f"store {url} has the older layout {FORMAT}={fmt} ({written}); this glacierflow {__version__} needs "
+            f"layout {want}: rebuild it with `{rebuild_command(dict(ds.attrs), url)}`")
 
 
-def check_writable(url: str, storage_options: dict[str, Any] | None = None) -> None:
+def check_writable(url: str, storage_options: dict[str, Any] | None = None, inputs: tuple[str | None, ...] = ()
+                   ) -> None:
     """Fail early, in one line, when a store (or run directory) cannot be written at ``url``.
+
+    ``inputs``: the paths or URLs the run reads; ``url`` equal to one (or inside one) is refused
+    (:func:`check_not_input`).
 
     Local paths: the nearest existing ancestor must be a directory this process can create entries in (a
     probe directory is made and removed, so read-only file systems are caught too). Cloud URLs: the
     credentials are resolved and the container reached (:func:`exists`); a write is not probed.
     """
+    check_not_input(url, inputs, storage_options)
     fs, path = _fs(url, storage_options)
     if not _is_local(fs):
         exists(url, storage_options)
@@ -579,3 +718,248 @@ def config_attr(ds: xr.Dataset, key: str) -> dict[str, Any]:
     """A JSON config recorded in the store attrs."""
     raw = ds.attrs.get(key)
     return json.loads(raw) if isinstance(raw, str) else dict(raw or {})
+
+
+# -- what --overwrite may replace, and what it must not ------------------------------------------------------
+
+def _holds(fs: fsspec.AbstractFileSystem, path: str) -> str | None:
+    """What ``path`` holds when it is not a glacierflow store ``--overwrite`` may replace (None when it is one)."""
+    if fs.isfile(path):
+        return "a file"
+    attrs = _root_attrs(fs, path)
+    if attrs is None:
+        try:
+            names = sorted(e.rstrip("/").rpartition("/")[2] for e in fs.ls(path, detail=False))
+        except (FileNotFoundError, NotADirectoryError):
+            names = []
+        if not names:
+            return None  # an empty directory: nothing to lose
+        shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+        return f"{len(names)} entries ({shown}) and no Zarr metadata"
+    if COMPLETE not in attrs:
+        return "a Zarr store not written by glacierflow (no glacierflow_complete attribute)"
+    if not isinstance(attrs.get(FORMAT, STORE_FORMAT), int):
+        return f"a store of an unknown layout ({FORMAT}={attrs.get(FORMAT)!r})"
+    return None
+
+
+def check_replaceable(url: str, storage_options: dict[str, Any] | None = None, *, overwrite: bool = True) -> None:
+    """One line unless the existing ``url`` may be replaced: ``overwrite`` given and a glacierflow store there.
+
+    A glacierflow store is a Zarr group whose root carries the completion marker (``glacierflow_complete``,
+    true or false: an interrupted write is replaceable too) and an integer layout version. Anything else (a
+    directory of the user's files, a file, another program's Zarr store, a non-store object prefix) is never
+    removed by ``--overwrite``.
+    """
+    fs, path = _fs(url, storage_options)
+    with cloud.access(url):
+        what = _holds(fs, path.rstrip("/"))
+    if what is not None:
+        raise GlacierflowError(f"refusing to replace {url}: it holds {what}, not a glacierflow store; "
+                               "--overwrite only replaces stores glacierflow wrote: choose another output path")
+    if not overwrite:
+        state = "complete" if is_complete(url, storage_options) else "incomplete"
+        raise GlacierflowError(f"store {url} already exists ({state}); pass --overwrite to replace it")
+
+
+def _canonical(url: str, storage_options: dict[str, Any] | None) -> tuple[str, str]:
+    """(protocol, absolute path with links resolved) of a path or URL, for comparing an output with inputs."""
+    fs, path = _fs(url, storage_options)
+    proto = fs.protocol[0] if isinstance(fs.protocol, tuple) else fs.protocol
+    if _is_local(fs):
+        return "file", os.path.realpath(path)
+    return str(proto), path.rstrip("/")
+
+
+def check_not_input(url: str, inputs: tuple[str | None, ...], storage_options: dict[str, Any] | None = None) -> None:
+    """One line when the output ``url`` is an input of the same run, or holds one (a directory above it).
+
+    ``flow CUBE --out CUBE --overwrite`` would replace the cube it reads with its own result. An output inside
+    an input (``predict RUN --out RUN/forecast.zarr``) replaces nothing of it and is allowed.
+    """
+    proto, out = _canonical(url, storage_options)
+    for given in [i for i in inputs if i]:
+        p, inp = _canonical(str(given), storage_options)
+        if p != proto:
+            continue
+        if out == inp or inp.startswith(out + "/"):
+            relation = "is" if out == inp else "contains"
+            raise GlacierflowError(f"output {url} {relation} the input {given} of this run; choose another "
+                                   "output path (the input would be replaced by the output)")
+
+
+# -- one writer per store ------------------------------------------------------------------------------------
+
+#: A lock whose owner is on another host and older than this is stale (a local owner: stale once its pid is gone).
+STALE_LOCK_S = 24 * 3600
+
+
+def _lock_path(path: str) -> str:
+    parent, sep, name = path.rpartition("/")
+    return f"{parent}{sep}.{name}.lock"
+
+
+def _stale(owner: dict[str, Any]) -> bool:
+    """Whether a lock's owner is gone: same host and no such process, or another host and too old."""
+    import socket
+    import time
+
+    if owner.get("host") == socket.gethostname():
+        try:
+            os.kill(int(owner.get("pid", -1)), 0)
+        except ProcessLookupError:
+            return True
+        except (PermissionError, OverflowError, ValueError):
+            return False
+        return False
+    return time.time() - float(owner.get("since", 0)) > STALE_LOCK_S
+
+
+def _read_lock(fs: fsspec.AbstractFileSystem, lock: str) -> dict[str, Any] | None:
+    try:
+        return dict(json.loads(fs.cat_file(lock)))
+    except FileNotFoundError:
+        return None
+    except (ValueError, TypeError, OSError):
+        return {}  # half-written by a killed run: stale
+
+
+def _try_lock(fs: fsspec.AbstractFileSystem, lock: str, me: dict[str, Any]) -> bool:
+    """Create ``lock`` holding ``me`` unless it exists (atomic on local disks; write-then-read-back on objects)."""
+    body = json.dumps(me).encode()
+    if _is_local(fs):
+        try:
+            os.makedirs(os.path.dirname(lock) or ".", exist_ok=True)
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            return False
+        except OSError as err:
+            raise GlacierflowError(f"cannot write next to {os.path.dirname(lock)} ({err.strerror}); choose another "
+                                   "output path, or fix its permissions") from None
+        with os.fdopen(fd, "wb") as f:
+            f.write(body)
+        return True
+    if fs.exists(lock):
+        return False
+    fs.pipe_file(lock, body)
+    return (_read_lock(fs, lock) or {}).get("token") == me["token"]  # the last of two racing writers wins
+
+
+@contextlib.contextmanager
+def writer_lock(url: str, storage_options: dict[str, Any] | None = None) -> Iterator[None]:
+    """Hold the writer lock of store ``url``: a ``.<name>.lock`` object next to it naming the owner.
+
+    The lock holds the owner's host, pid and start time. A second writer gets one line naming the owner; a
+    stale lock (its process gone on this host, or older than :data:`STALE_LOCK_S` from another host) is taken
+    over with a warning saying so. On object stores the lock is written, then read back (no atomic create).
+    """
+    import socket
+    import time
+
+    fs, path = _fs(url, storage_options)
+    lock = _lock_path(path.rstrip("/"))
+    me = {"host": socket.gethostname(), "pid": os.getpid(), "since": time.time(), "token": uuid.uuid4().hex}
+    with cloud.access(url):
+        for _ in range(3):
+            if _try_lock(fs, lock, me):
+                break
+            owner = _read_lock(fs, lock)
+            if owner is None:
+                continue  # released meanwhile
+            if not _stale(owner):
+                since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(owner.get("since", 0))))
+                raise GlacierflowError(
+                    f"store {url} is being written by another run (pid {owner.get('pid')} on {owner.get('host')}, "
+                    f"since {since}); wait for it, or remove {_full_url(fs, lock)} if that run is gone")
+            warnings.warn(f"store {url}: taking over the stale writer lock of pid {owner.get('pid')} on "
+                          f"{owner.get('host')} (that run is gone)", UserWarning, stacklevel=3)
+            fs.rm_file(lock)
+        else:
+            raise GlacierflowError(f"store {url}: could not take the writer lock {_full_url(fs, lock)}; try again")
+    try:
+        yield
+    finally:
+        if (_read_lock(fs, lock) or {}).get("token") == me["token"]:
+            fs.rm_file(lock)
+
+
+# -- recovery after a killed run ----------------------------------------------------------------------------
+
+def recover(url: str, storage_options: dict[str, Any] | None = None) -> str | None:
+    """Restore or clean what a killed write left next to store ``url`` (under the writer lock).
+
+    Returns the one line said (also warned), or None when there was nothing to do.
+    """
+    fs, path = _fs(url, storage_options)
+    with writer_lock(url, storage_options):
+        return _recover(fs, path.rstrip("/"), url)
+
+
+def _recover(fs: fsspec.AbstractFileSystem, path: str, url: str) -> str | None:
+    """:func:`recover` with the lock held: a complete target wins; else the previous store is put back."""
+    olds, partials = _siblings(fs, path, "old"), _siblings(fs, path, "partial")
+    if not olds and not partials:
+        return None
+    said = ""
+    if not _complete_at(fs, path):
+        good = [o for o in olds if _complete_at(fs, o)]
+        if good:
+            if fs.exists(path):
+                _remove_tree(fs, path)
+            if _is_local(fs):
+                os.rename(good[0], path)
+                olds.remove(good[0])
+            else:
+                _copy_tree(fs, good[0], path)
+            said = f"restored the previous store from {_full_url(fs, good[0])}; "
+    for leftover in [*olds, *partials]:
+        _remove_tree(fs, leftover)
+    n = len(olds) + len(partials)
+    removed = f"removed {n} leftover cop{'y' if n == 1 else 'ies'} of it" if n else ""
+    line = f"store {url}: a write was killed here before; {said}{removed}".rstrip("; ")
+    warnings.warn(line, UserWarning, stacklevel=3)
+    return line
+
+
+# -- a corrupt chunk: one line naming the store and the variable, from whichever worker reads it -----------------
+
+class _NamingZarrArray(ZarrArrayWrapper):
+    """xarray's Zarr array wrapper whose reads turn a chunk that cannot be decoded into one line naming it."""
+
+    __slots__ = ()
+
+    def __getitem__(self, key: Any) -> Any:
+        try:
+            return super().__getitem__(key)
+        except (RuntimeError, ValueError) as err:  # zstd/blosc "decompression error", a buffer of the wrong size
+            where = self._array.store_path
+            root = getattr(where.store, "root", None)
+            if root is None:
+                fs = getattr(where.store, "fs", None)
+                root = fs.unstrip_protocol(where.store.path) if fs is not None else str(where.store)
+            raise GlacierflowError(f"store {root} is corrupt: a chunk of {where.path} cannot be decoded "
+                                   f"({_first_line(err)}); rebuild it with --overwrite, or restore it") from None
+
+
+def name_corrupt_chunks(ds: xr.Dataset) -> None:
+    """Make the reads of every lazily opened variable of ``ds`` name their store when a chunk is corrupt.
+
+    The arrays are the ones :func:`xarray.open_zarr` put in the graph (its ``original-`` layers); their
+    wrapper is switched to :class:`_NamingZarrArray` in place (same slots, nothing else changes, the graph and
+    its task names stay as they were).
+    """
+    import dask.array as dsa
+
+    for var in ds.variables.values():
+        data = var._data
+        if not isinstance(data, dsa.Array):
+            continue
+        for name, layer in data.dask.layers.items():
+            if not str(name).startswith("original-"):
+                continue
+            for obj in layer.values():
+                for _ in range(8):  # adapters wrap adapters (lazy indexing, copy-on-write, caching)
+                    if isinstance(obj, ZarrArrayWrapper):
+                        obj.__class__ = _NamingZarrArray
+                        break
+                    obj = getattr(obj, "array", None)

@@ -464,3 +464,31 @@ def tiny_store_dataset(value: float) -> xr.Dataset:
                 "y": 3.5e6 - 30 * np.arange(4) - 15, "x": 7e5 + 30 * np.arange(5) + 15},
     )
     return add_spatial_ref(ds, DEFAULT_EPSG)
+
+
+#: Root attributes that differ between two runs of the same work: when it ran (``created``).
+RUN_ATTRS = ("created",)
+
+
+def open_tree(url: str, storage_options: dict[str, Any] | None = None) -> xr.DataTree:
+    """A whole store, loaded: every group, variable, coordinate and attribute (``decode_coords="all"``)."""
+    return xr.open_datatree(url, engine="zarr", consolidated=False, decode_coords="all",
+                            storage_options=storage_options).load()
+
+
+def assert_stores_identical(a: str | xr.DataTree, b: str | xr.DataTree, ignore_attrs: tuple[str, ...] = RUN_ATTRS
+                            ) -> None:
+    """Two stores (URLs or loaded trees) are the same, bit for bit: every group, variable, coordinate, attribute.
+
+    ``xarray.testing.assert_identical`` on the whole trees (names, dims, attrs, values; NaN where NaN), then the
+    bytes of every array, so that ``-0.0`` against ``0.0`` or two NaN payloads also count. Root attributes named in
+    ``ignore_attrs`` (when it ran) are left out.
+    """
+    trees = [open_tree(t) if isinstance(t, str) else t.copy() for t in (a, b)]
+    for tree in trees:
+        tree.attrs = {k: v for k, v in tree.attrs.items() if k not in ignore_attrs}
+    xr.testing.assert_identical(trees[0], trees[1])
+    for path, node in trees[0].subtree_with_keys:
+        other = trees[1][path] if path not in ("", ".") else trees[1]
+        for name, var in node.to_dataset(inherit=False).variables.items():
+            assert np.asarray(var.values).tobytes() == np.asarray(other[name].values).tobytes(), f"{path}/{name}"
