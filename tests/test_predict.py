@@ -174,7 +174,7 @@ def test_forecast_store_contract(scored, cube_url):
     assert fc["lead"].values.tolist() == [1, 2, 3, 4]
     assert json.loads(fc.attrs["input_periods"]) == ["2019-04-01", "2019-07-01", "2019-10-01", "2020-01-01"]
     assert fc.attrs["model"] == "tinyconv" and fc.attrs["checkpoint_sha256"] == "0" * 64
-    assert fc.attrs["source_cube"] == cube_url and fc.attrs[store.COMPLETE] is True
+    assert fc.attrs["source_cube"] == cube_url and fc.attrs[store.COMPLETE] == 1
     # one period x 100 px: the cube's 100-px chunk is a multiple of the 50-px patch
     assert fc["ndsi"].encoding["chunks"] == (1, 100, 100)
     values = fc["ndsi"].values

@@ -344,7 +344,7 @@ def predict_cube(
         targets lie beyond the cube). The scores are also in the store's attrs (``scores``, JSON) and its
         ``scores`` group.
     """
-    from glacierflow.storage import store
+    from glacierflow.storage import cf, store
 
     t0 = time.perf_counter()
     spec = spec or PredictSpec()
@@ -362,7 +362,8 @@ def predict_cube(
         scores.update({name: finish(s, counts=True) for name, s in got.items()})
 
     tree = xr.DataTree.from_dict({"/": ds, **({"scores": _scores_group(sums)} if sums else {})})
-    store.write(tree, out_url, overwrite=overwrite, storage_options=storage_options, compute=_compute,
+    store.write(cf.conform(tree, period_means=True), out_url, overwrite=overwrite,
+                storage_options=storage_options, compute=_compute,
                 **_final_attrs(lambda: {"scores": json.dumps(scores, sort_keys=True)}))
     return {"out": out_url, **facts, "scores": scores, "seconds": round(time.perf_counter() - t0, 2),
             "model": fc.name}
