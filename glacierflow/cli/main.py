@@ -26,13 +26,14 @@ import glacierflow.cli.forecast as forecast
 import glacierflow.cli.finetune as finetune
 import glacierflow.cli.plots as plots
 import glacierflow.cli.demo as demo
+import glacierflow.cli.outputs as outputs
 
 # isort: on
 from glacierflow.cli.app import app, flag_for
 from glacierflow.errors import GlacierflowError, SpecError
 from glacierflow.storage.cloud import redact
 
-STAGES = (twin, cube, motion, learn, forecast, finetune, plots, demo)
+STAGES = (twin, cube, motion, learn, forecast, finetune, plots, demo, outputs)
 """The command modules, in pipeline order: twin, cube, flow, train/evaluate, predict, finetune, figures, demo."""
 
 # typer >= 0.20 vendors click (typer._click); older typer raises click's own exceptions: accept both

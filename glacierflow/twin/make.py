@@ -384,12 +384,12 @@ def _render_scenes(spec: TwinSpec, grid: Grid, acqs: list[Acquisition], tmp: Pat
 
 def _write_scene_stats(truth: Path, results: list[dict[str, Any]]) -> None:
     """Add each scene's cloud cover and valid fraction to the truth store."""
-    xr.Dataset(
+    cf.conform(xr.Dataset(  # conform: an append replaces the root attributes (Conventions)
         {
             "cloud_cover": ("time", np.array([r["cloud_cover"] for r in results])),
             "valid_fraction": ("time", np.array([r["valid_fraction"] for r in results])),
         }
-    ).to_zarr(truth, mode="a", consolidated=False)
+    )).to_zarr(truth, mode="a", consolidated=False)
 
 
 def _stac_item(a: Acquisition, r: dict[str, Any], created: str) -> dict[str, Any]:
