@@ -41,7 +41,8 @@ STYLE = """body{font-family:system-ui,sans-serif;margin:1.5em auto;max-width:110
 h1{font-size:1.5em}h2{border-bottom:1px solid #ccc;margin-top:1.6em}table{border-collapse:collapse;font-size:.85em}
 td,th{border:1px solid #ddd;padding:2px 6px;text-align:right}th{background:#f3f3f3}td.t{text-align:left}
 tr.unused{color:#999}img{max-width:100%;height:auto}.note{color:#666;font-style:italic}
-.scroll{max-height:420px;overflow:auto;display:inline-block}"""
+.scroll{max-height:420px;overflow:auto;display:inline-block}td.d{white-space:nowrap;text-align:left}
+table+table{margin-top:.8em}"""
 
 
 @dataclass
@@ -81,7 +82,7 @@ def discover(folder: Path, depth: int = 3) -> Found:
                 continue
             if p.is_dir() and p.suffix == ".zarr":
                 try:
-                    kind = store_kind(stores.open_store(str(p)))
+                    kind = store_kind(open_any(p))
                 except (GlacierflowError, OSError, ValueError, KeyError):
                     continue  # an incomplete or foreign store: not part of the report
                 found.stores.setdefault(kind, []).append(p)
@@ -91,7 +92,18 @@ def discover(folder: Path, depth: int = 3) -> Found:
                 found.outlines.append(p)
             elif p.is_dir() and level + 1 < depth:
                 todo.append((p, level + 1))
+    main = str(found.demo.get("cube", ""))  # the demo's own cube first (the other glacier's after it)
+    if "cube" in found.stores:
+        found.stores["cube"].sort(key=lambda p: str(p) != main)
     return found
+
+
+def open_any(path: Path) -> xr.Dataset:
+    """A glacierflow store (:func:`~glacierflow.storage.store.open_store`), or a plain Zarr store (the twin's truth)."""
+    try:
+        return stores.open_store(str(path))
+    except GlacierflowError:
+        return xr.open_zarr(str(path), decode_coords="all", consolidated=False)
 
 
 def write_report(folder: str | os.PathLike, out: str | os.PathLike | None = None) -> Path:
@@ -158,8 +170,8 @@ def _summary(folder: Path, found: Found) -> str:
     rows = []
     for kind, paths in sorted(found.stores.items()):
         for p in paths:
-            ds = stores.open_store(str(p))
-            dims = " × ".join(f"{d} {n}" for d, n in ds.sizes.items())
+            ds = open_any(p)
+            dims = " × ".join(f"{d} {n}" for d, n in ds.sizes.items() if d != "bnds")
             t = ds["time"].values if "time" in ds.coords else None
             span = f"{pd.Timestamp(t.min()):%Y-%m-%d} .. {pd.Timestamp(t.max()):%Y-%m-%d}" if t is not None else ""
             rows.append(f"<tr><td class='t'>{_e(kind)}</td><td class='t'>{_e(p.relative_to(folder))}</td>"
@@ -180,7 +192,7 @@ def _summary(folder: Path, found: Found) -> str:
 
 def _seconds(v: Any) -> float | None:
     if isinstance(v, dict):
-        v = v.get("wall", v.get("seconds"))
+        v = next((v[k] for k in ("wall_s", "wall", "seconds") if k in v), None)
     if isinstance(v, list | tuple):
         v = v[0] if v else None
     return float(v) if isinstance(v, int | float) else None
@@ -205,7 +217,9 @@ def _scenes(found: Found) -> str:
         head = "".join(f"<th>{_e(c)}</th>" for c in cols)
         rows = "".join(_scene_row(r, cols) for _, r in table.iterrows())
         used = table["used"].astype(bool) if "used" in table else pd.Series(True, index=table.index)
-        why = table.loc[~used, "reason"].value_counts() if "reason" in table else pd.Series(dtype=int)
+        # reasons read "<kind>: <detail>" (cloud: eo:cloud_cover 60 > 20): counted by kind, the detail per row
+        why = (table.loc[~used, "reason"].astype(str).str.split(":").str[0].value_counts() if "reason" in table
+               else pd.Series(dtype=int))
         reasons = ", ".join(f"{_e(k)}: {v}" for k, v in why.items()) or "none"
         parts.append(f"<h3>{_e(cube.name)}: {int(used.sum())} of {len(table)} scenes used</h3>"
                      f"<p>not used: {reasons}</p>{_shift_stats(table, used)}"
@@ -218,7 +232,7 @@ def _scene_row(r: pd.Series, cols: list[str]) -> str:
     for c in cols:
         v = r[c]
         if c == "time":
-            cells.append(f"<td class='t'>{pd.Timestamp(v):%Y-%m-%d %H:%M}</td>")
+            cells.append(f"<td class='d'>{pd.Timestamp(v):%Y-%m-%d %H:%M}</td>")
         elif isinstance(v, float | np.floating):
             cells.append(_num(v, 3))
         else:
@@ -259,7 +273,7 @@ def nice_length(value: float) -> float:
     return float(next(m * exp for m in (5, 2, 1, 0.5) if m * exp <= max(value, exp / 2)))
 
 
-def _geo_frame(ax: Any, ds: xr.Dataset, outlines: list[Path]) -> None:
+def _geo_frame(ax: Any, ds: xr.Dataset, found: Found) -> None:
     """Longitude ticks along the bottom edge, latitude ticks along the left edge, a scale bar, outlines."""
     from pyproj import CRS, Transformer
 
@@ -284,8 +298,25 @@ def _geo_frame(ax: Any, ds: xr.Dataset, outlines: list[Path]) -> None:
         label = f"{length / 1000:g} km" if length >= 1000 else f"{length:g} m"
         ax.text(x0 + length / 2, y0 + (top - bottom) * 0.025, label, ha="center", fontsize=7,
                 bbox={"facecolor": "white", "alpha": 0.7, "lw": 0, "pad": 1})
-    for path in outlines:
+    for path in found.outlines:
         _draw_outline(ax, path, Transformer.from_crs("EPSG:4326", crs, always_xy=True))
+    mask = _glacier_mask(found, ds)
+    if mask is not None:
+        ax.contour(ds["x"].values, ds["y"].values, mask.astype(float), levels=[0.5], colors="magenta",
+                   linewidths=0.8)
+
+
+def _glacier_mask(found: Found, ds: xr.Dataset) -> np.ndarray | None:
+    """The truth store's ``glacier_mask`` where one lies on exactly this grid (the twin's known outline)."""
+    for path in found.stores.get("truth", []):
+        truth = open_any(path)
+        if "glacier_mask" not in truth:
+            continue
+        try:
+            return truth["glacier_mask"].sel(x=ds["x"].values, y=ds["y"].values).values
+        except KeyError:
+            continue
+    return None
 
 
 def _draw_outline(ax: Any, path: Path, to_map: Any) -> None:
@@ -307,7 +338,7 @@ def _draw_outline(ax: Any, path: Path, to_map: Any) -> None:
 
 
 def _map_figure(panels: list[tuple[np.ndarray, str, str, dict[str, Any]]], ds: xr.Dataset,
-                outlines: list[Path]) -> bytes:
+                found: Found) -> bytes:
     """One row of maps on the store's grid: ``(image, title, colourbar label, imshow options)`` each."""
     fig = Figure(figsize=(3.6 * len(panels), 3.6), dpi=DPI)
     FigureCanvasAgg(fig)
@@ -316,7 +347,7 @@ def _map_figure(panels: list[tuple[np.ndarray, str, str, dict[str, Any]]], ds: x
     flip = ds["y"].values[0] < ds["y"].values[-1]
     for ax, (img, title, label, opts) in zip(axes, panels, strict=True):
         shown = ax.imshow(img[::-1] if flip else img, extent=ext, origin="upper", **opts)
-        _geo_frame(ax, ds, outlines)
+        _geo_frame(ax, ds, found)
         ax.set_title(title, fontsize=9)
         fig.colorbar(shown, ax=ax, shrink=0.8, label=label)
     fig.tight_layout()
@@ -331,7 +362,7 @@ def _cube_maps(found: Found) -> str:
     idx = np.unique(np.linspace(0, ds.sizes["time"] - 1, min(4, ds.sizes["time"])).astype(int))
     panels = [(ds["ndsi"].isel(time=int(i)).values, f"{pd.Timestamp(ds['time'].values[i]):%Y-%m-%d}",
                "snow-mask NDSI", {"vmin": 0, "vmax": 1, "cmap": "Blues_r"}) for i in idx]
-    return _section(f"Snow-mask NDSI ({cubes[0].name})", _img(_map_figure(panels, ds, found.outlines),
+    return _section(f"Snow-mask NDSI ({cubes[0].name})", _img(_map_figure(panels, ds, found),
                     "snow-mask NDSI of the cube"), "cube")
 
 
@@ -354,7 +385,7 @@ def _velocity(found: Found) -> str:
     med = float(np.nanmedian(s)) if np.isfinite(s).any() else float("nan")
     body = (f"<p>{_e(vels[0].name)}: median speed {med:.1f} m/yr, 95th percentile "
             f"{float(np.nanpercentile(s, 95)) if np.isfinite(s).any() else float('nan'):.1f} m/yr</p>"
-            + _img(_map_figure(panels, ds, found.outlines), "velocity map and its error"))
+            + _img(_map_figure(panels, ds, found), "velocity map and its error"))
     return _section("Velocity map and error", body, "velocity")
 
 
@@ -383,7 +414,7 @@ def _forecasts(found: Found) -> str:
             ds = stores.open_store(str(fc))
             panels = [(ds["ndsi"].isel(time=i).values, f"{pd.Timestamp(t):%Y-%m-%d}", "NDSI",
                        {"vmin": 0, "vmax": 1, "cmap": "Blues_r"}) for i, t in enumerate(ds["time"].values[:4])]
-            imgs.append(_img(_map_figure(panels, ds, found.outlines), f"forecast {fc.name}"))
+            imgs.append(_img(_map_figure(panels, ds, found), f"forecast {fc.name}"))
     return _section("Forecast panels", "".join(imgs), "forecasts")
 
 
