@@ -33,6 +33,21 @@ def export_cmd(
     out.print(f"{len(paths)} COGs written to {cog}")
 
 
+@app.command("stac")
+def stac_cmd(
+    store_url: Annotated[str, typer.Argument(metavar="STORE", help="Cube, velocity or forecast store.")],
+    stac_out: Annotated[
+        str | None, typer.Option("--stac-out", metavar="DIR", help="Folder for item.json + collection.json "
+                                 "(default: STORE.stac beside the store).")
+    ] = None,
+    storage_option: StorageOpt = None,
+) -> None:
+    """STAC Item + Collection of a store (build-cube, flow and predict write them beside their stores)."""
+    from glacierflow.storage.stac_out import write_stac
+
+    out.print(f"written: {write_stac(store_url, stac_out, storage_options(storage_option))}")
+
+
 @app.command("report")
 def report_cmd(
     folder: Annotated[Path, typer.Argument(metavar="DIR", help="Demo folder, or any folder of stores and runs.")],

@@ -35,7 +35,7 @@ from glacierflow.ingest import items as items_mod
 from glacierflow.preprocess import align, periods
 from glacierflow.preprocess import qa as preprocess
 from glacierflow.specs import CubeSpec, PreprocessSpec
-from glacierflow.storage import cf, store
+from glacierflow.storage import cf, stac_out, store
 from glacierflow.storage.cubes import SPATIAL_CHUNK
 
 #: Per-scene table variables (dim ``scene``; ``scene_time`` becomes ``time`` in the ``scenes`` group).
@@ -458,9 +458,9 @@ def build_cube_store(
             "search": json.dumps(found.parameters(), default=str),
             "title": f"glacierflow NDSI cube: {spec.name}, {pre.period} periods",
         }
-        store.write(cf.conform(as_tree(ds), period_means=True), out, overwrite=overwrite,
-                    storage_options=storage_options,
-                    compute=_refusing_if_none_used(run, ds))
+        stac_out.beside(store.write(cf.conform(as_tree(ds), period_means=True), out, overwrite=overwrite,
+                                    storage_options=storage_options,
+                                    compute=_refusing_if_none_used(run, ds)), storage_options)
     finally:
         store.remove(scratch, storage_options)
     return summarise(out, storage_options, scenes_found=len(found.items) + len(found.rejected),
