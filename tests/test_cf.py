@@ -44,7 +44,7 @@ PERIOD_MEANS = {"cube", "forecast"}
 
 
 def _open(url: str) -> xr.Dataset:
-    return xr.open_zarr(url, decode_coords="all")
+    return xr.open_zarr(url, decode_coords="all", consolidated=False)  # the twin writes truth unconsolidated
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -128,3 +128,14 @@ def test_non_scalar_attributes_become_json_and_writer_attributes_win():
                                   np.array(["2020-04-01", "2020-07-01"], "datetime64[ns]"))
     assert "grid_mapping" not in attrs  # no grid mapping variable: none is invented
     assert cf.conform(out, period_means=True).identical(out)  # idempotent
+
+
+@pytest.mark.parametrize("kind", ["cube", "velocity", "forecast"])
+def test_build_cube_flow_and_predict_write_a_valid_stac_item_beside_the_store(stores, kind):
+    from glacierflow.storage import stac_out
+
+    folder = Path(stac_out.stac_dir(stores[kind]))
+    item = json.loads((folder / "item.json").read_text())
+    assert len(stac_out.validate(item)) == 5  # the core schema and four extensions, offline
+    assert stac_out.validate(json.loads((folder / "collection.json").read_text()))
+    assert item["id"].startswith(f"{kind}-")
