@@ -170,10 +170,12 @@ def _coordinate_attrs(ds: xr.Dataset) -> None:
             ds[name].attrs.setdefault("standard_name", standard)
             ds[name].attrs.setdefault("axis", axis)
             ds[name].attrs.setdefault("long_name", long_name)
-    if "time" in ds.coords and np.issubdtype(ds["time"].dtype, np.datetime64):
-        ds["time"].attrs.setdefault("standard_name", "time")
-        ds["time"].attrs.setdefault("axis", "T")
-        ds["time"].attrs.setdefault("long_name", "time")
+    times = [str(d) for d in ds.dims if d in ds.coords and np.issubdtype(ds[d].dtype, np.datetime64)]
+    for name in times:  # `time`, or another time dimension (the velocity store's `mid_date`)
+        ds[name].attrs.setdefault("standard_name", "time")
+        ds[name].attrs.setdefault("long_name", name.replace("_", " "))
+        if name == "time" or "time" not in times:
+            ds[name].attrs.setdefault("axis", "T")
 
 
 def _fill_value(var: xr.Variable, is_coord: bool) -> None:
