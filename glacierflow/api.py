@@ -178,7 +178,10 @@ def velocity(cube: xr.Dataset | str | os.PathLike[str], *, storage_options: dict
 
 def write(ds: xr.Dataset, url: str | os.PathLike[str], *, overwrite: bool = False,
           storage_options: dict[str, Any] | None = None) -> str:
-    """Compute ``ds`` and write it as a Zarr store, atomically (a failed write leaves no partial store).
+    """Compute ``ds`` and write it as a Zarr store (CF-1.10, STAC beside it), atomically.
+
+    As the command line writes its stores: a failed write leaves no partial store, and never touches an
+    existing one unless ``overwrite``.
 
     Parameters
     ----------
@@ -197,10 +200,12 @@ def write(ds: xr.Dataset, url: str | os.PathLike[str], *, overwrite: bool = Fals
         ``url``; open it with ``xarray.open_zarr`` or :func:`open_cube`.
     """
     from glacierflow.preprocess.build import as_tree  # deferred: the preprocessing stack
-    from glacierflow.storage import store  # deferred: zarr
+    from glacierflow.storage import cf, stac_out, store  # deferred: zarr, pystac
 
-    data: Any = as_tree(ds) if "scene" in ds.dims else ds
-    store.write(data, str(url), overwrite=overwrite, storage_options=storage_options)
+    cube = "scene" in ds.dims  # a cube: its per-scene table goes to the `scenes` group, as build-cube writes it
+    data: Any = cf.conform(as_tree(ds) if cube else ds, period_means=cube or "lead" in ds.dims)
+    stac_out.beside(store.write(data, str(url), overwrite=overwrite, storage_options=storage_options),
+                    storage_options)
     return str(url)
 
 

@@ -63,3 +63,17 @@ if [ -x "$venv_bin/python" ]; then
     done
     echo "setup-services: dask-gateway-server, hadolint ready"
 fi
+
+# --- browser for the HTML report test (tests/test_report.py): Debian's headless-capable Chromium -----------
+if [ -x /usr/bin/chromium ]; then
+    echo "setup-services: $(/usr/bin/chromium --version 2>/dev/null) ready for the report test"
+else
+    SUDO=""
+    if [ "$(id -u)" -ne 0 ]; then
+        command -v sudo >/dev/null || { echo "setup-services: need root or sudo to install chromium" >&2; exit 1; }
+        SUDO="sudo"
+    fi
+    echo "setup-services: installing chromium (the report's browser test)"
+    $SUDO apt-get update
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y --no-install-recommends chromium
+fi

@@ -70,7 +70,7 @@ def test_consolidated_metadata_opens_without_warning(tmp_path: Path) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # "Failed to open Zarr store with consolidated metadata" would raise
         ds = xr.open_zarr(url, decode_coords="all")
-    assert ds.attrs["glacierflow_complete"] is True and float(ds["ndsi"].max()) == 4.0
+    assert ds.attrs["glacierflow_complete"] == 1 and float(ds["ndsi"].max()) == 4.0
 
 
 def test_concurrent_writes_print_no_zarr_warning(tmp_path: Path) -> None:

@@ -26,3 +26,6 @@ def demo_cmd(
     r = run_demo(workdir, fresh=fresh, cluster=cluster, say=out.print, size=size, model=model)
     for line in report_lines(r):
         out.print(line)
+    from glacierflow.plots.report import write_report  # deferred: matplotlib
+
+    out.print(f"report: {write_report(workdir)}")

@@ -344,7 +344,7 @@ def predict_cube(
         targets lie beyond the cube). The scores are also in the store's attrs (``scores``, JSON) and its
         ``scores`` group.
     """
-    from glacierflow.storage import store
+    from glacierflow.storage import cf, stac_out, store
 
     t0 = time.perf_counter()
     spec = spec or PredictSpec()
@@ -362,8 +362,10 @@ def predict_cube(
         scores.update({name: finish(s, counts=True) for name, s in got.items()})
 
     tree = xr.DataTree.from_dict({"/": ds, **({"scores": _scores_group(sums)} if sums else {})})
-    store.write(tree, out_url, overwrite=overwrite, storage_options=storage_options, compute=_compute,
-                **_final_attrs(lambda: {"scores": json.dumps(scores, sort_keys=True)}))
+    stac_out.beside(store.write(cf.conform(tree, period_means=True), out_url, overwrite=overwrite,
+                                storage_options=storage_options, compute=_compute,
+                                **_final_attrs(lambda: {"scores": json.dumps(scores, sort_keys=True)})),
+                    storage_options)
     return {"out": out_url, **facts, "scores": scores, "seconds": round(time.perf_counter() - t0, 2),
             "model": fc.name}
 

@@ -58,7 +58,7 @@ from glacierflow.motion.masks import (
 from glacierflow.motion.matching import METHODS, match_error, prepare
 from glacierflow.motion.pairs import check_cube, grid_step, scene_guides, search_px, select_pairs, tracked_images
 from glacierflow.specs import CubeSpec, FlowSpec, PreprocessSpec, spec_from_store
-from glacierflow.storage import store
+from glacierflow.storage import cf, stac_out, store
 
 DAYS_PER_YEAR = 365.25
 PAIR_VARS = ("offset_u", "offset_v", "pair_error", "valid_fraction")
@@ -292,7 +292,8 @@ def write_velocity(
         ds.attrs.update(cube_spec=cube_specs[0].to_json(), preprocess_spec=cube_specs[1].to_json())
     ds.attrs.update(glacierflow_version=__version__, source_cube=source or "",
                     created=pd.Timestamp.now(tz="UTC").isoformat())
-    return store.write(ds, url, overwrite=overwrite, storage_options=storage_options)
+    return stac_out.beside(store.write(cf.conform(ds), url, overwrite=overwrite, storage_options=storage_options),
+                           storage_options)
 
 
 def open_cube(cube_url: str, storage_options: dict[str, Any] | None = None) -> tuple[xr.Dataset, xr.DataArray | None]:

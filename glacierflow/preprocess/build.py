@@ -35,7 +35,7 @@ from glacierflow.ingest import items as items_mod
 from glacierflow.preprocess import align, periods
 from glacierflow.preprocess import qa as preprocess
 from glacierflow.specs import CubeSpec, PreprocessSpec
-from glacierflow.storage import store
+from glacierflow.storage import cf, stac_out, store
 from glacierflow.storage.cubes import SPATIAL_CHUNK
 
 #: Per-scene table variables (dim ``scene``; ``scene_time`` becomes ``time`` in the ``scenes`` group).
@@ -492,8 +492,9 @@ def build_cube_store(
         ds = cube_dataset(items, spec, pre, reader=reader, quality_figures=q, scratch=scratch,
                           storage_options=storage_options, rejected=found.rejected, strict=strict)
         ds.attrs = cube_attrs(spec, pre, found)
-        store.write(as_tree(ds), out, overwrite=overwrite, storage_options=storage_options,
-                    compute=_refusing_if_none_used(run, ds))
+        stac_out.beside(store.write(cf.conform(as_tree(ds), period_means=True), out, overwrite=overwrite,
+                                    storage_options=storage_options,
+                                    compute=_refusing_if_none_used(run, ds)), storage_options)
     finally:
         store.remove(scratch, storage_options)
     return summarise(out, storage_options, scenes_found=len(found.items) + len(found.rejected),

@@ -235,7 +235,7 @@ def _write_locked(data: xr.Dataset | xr.DataTree, url: str, fs: fsspec.AbstractF
     so = _so(fs, storage_options)
     try:
         nodes = [(g, ds.copy()) for g, ds in _nodes(data)]
-        nodes[0][1].attrs[COMPLETE] = False
+        nodes[0][1].attrs[COMPLETE] = 0  # 0/1, not a bool: netCDF has no boolean attribute
         nodes[0][1].attrs[FORMAT] = int(nodes[0][1].attrs.get(FORMAT, layout_for(nodes[0][1].attrs)))
         top = nodes[0][1]
         # a group's own variable named like a different root variable (the scenes' time): written after
@@ -260,7 +260,7 @@ def _write_locked(data: xr.Dataset | xr.DataTree, url: str, fs: fsspec.AbstractF
         for group in [None, *(g for g, _ in nodes[1:])]:  # no credential in any attribute, ever
             node = root if group is None else root[group]
             node.attrs.put(cloud.redact_attrs(dict(node.attrs)))
-        root.attrs[COMPLETE] = True
+        root.attrs[COMPLETE] = 1
         zarr.consolidate_metadata(  # zarr v3's warning about it is filtered at import (below the imports)
             tmp_url if not so else zarr.storage.FsspecStore.from_url(tmp_url, storage_options=so)
         )

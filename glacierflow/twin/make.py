@@ -33,6 +33,7 @@ import zarr
 from glacierflow import __version__
 from glacierflow.errors import GlacierflowError
 from glacierflow.geo.glaciers import Site, get_site
+from glacierflow.storage import cf
 from glacierflow.twin import stac_items
 from glacierflow.twin.grid import SIZES, Grid, deliver_in_zone, footprint, make_grid, write_cog
 from glacierflow.twin.realism import DEFAULT_REALISM, REALISMS, ScheduleContext
@@ -317,7 +318,7 @@ def make_twin(
     try:
         world = level.world(grid.shape, seed, max_speed, glacier_width)
         template = _truth_template(world, grid, acqs, level.truth_layers)
-        template.to_zarr(tmp / "truth.zarr", compute=False, consolidated=False)
+        cf.conform(template).to_zarr(tmp / "truth.zarr", compute=False, consolidated=False)
         results = _render_scenes(spec, grid, acqs, tmp, workers, progress)
         _write_scene_stats(tmp / "truth.zarr", results)
         items = _write_catalog(tmp, spec, acqs, results)
@@ -383,12 +384,12 @@ def _render_scenes(spec: TwinSpec, grid: Grid, acqs: list[Acquisition], tmp: Pat
 
 def _write_scene_stats(truth: Path, results: list[dict[str, Any]]) -> None:
     """Add each scene's cloud cover and valid fraction to the truth store."""
-    xr.Dataset(
+    cf.conform(xr.Dataset(  # conform: an append replaces the root attributes (Conventions)
         {
             "cloud_cover": ("time", np.array([r["cloud_cover"] for r in results])),
             "valid_fraction": ("time", np.array([r["valid_fraction"] for r in results])),
         }
-    ).to_zarr(truth, mode="a", consolidated=False)
+    )).to_zarr(truth, mode="a", consolidated=False)
 
 
 def _stac_item(a: Acquisition, r: dict[str, Any], created: str) -> dict[str, Any]:
