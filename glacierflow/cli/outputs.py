@@ -24,7 +24,10 @@ def export_cmd(
     ] = None,
     storage_option: StorageOpt = None,
 ) -> None:
-    """One COG per variable and time step, with CRS, nodata, units and time tags."""
+    """Export a store as Cloud-Optimised GeoTIFFs (COGs).
+
+    One COG per variable and time step, with CRS, nodata, units and time tags.
+    """
     from glacierflow.storage import store
     from glacierflow.storage.cog import export_cogs
 
@@ -42,7 +45,10 @@ def stac_cmd(
     ] = None,
     storage_option: StorageOpt = None,
 ) -> None:
-    """STAC Item + Collection of a store (build-cube, flow and predict write them beside their stores)."""
+    """Write the STAC Item + Collection of a store.
+
+    build-cube, flow and predict write them beside their stores already.
+    """
     from glacierflow.storage.stac_out import write_stac
 
     out.print(f"written: {write_stac(store_url, stac_out, storage_options(storage_option))}")
@@ -55,7 +61,10 @@ def report_cmd(
         Path | None, typer.Option("--out", metavar="HTML", help="Page to write (default: DIR/report.html).")
     ] = None,
 ) -> None:
-    """One self-contained HTML page: scenes, shifts, velocity, loss curves, skill per lead, forecasts."""
+    """One HTML page of a run: scenes, velocity, skill, forecasts.
+
+    Self-contained (figures inline): scenes, shifts, velocity, loss curves, skill per lead, forecasts.
+    """
     from glacierflow.plots.report import write_report  # deferred: matplotlib
 
     path = write_report(folder, html)
