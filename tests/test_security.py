@@ -374,3 +374,41 @@ def test_no_credential_in_any_output_on_azurite_with_the_default_cluster(served_
         assert not found, found
     finally:
         next(azurite, None)
+
+
+def test_no_credential_from_the_environment_in_train_and_predict_on_azurite(tmp_path, monkeypatch):
+    """train and predict under the default --cluster, the cube and the forecast on Azurite, the credentials only in
+    the environment (``AZURE_STORAGE_CONNECTION_STRING``, ``AZURE_STORAGE_ACCOUNT_KEY``): nothing of them in
+    stdout, stderr (worker logs included), the run directory or any blob."""
+    from glacierflow.testing import write_synthetic_cube
+
+    from .azurite import CONTAINER, KEY, KEY_TEXT, start_azurite
+
+    pytest.importorskip("adlfs")
+    azurite = start_azurite(tmp_path / "azurite")
+    az = next(azurite)
+    try:
+        monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", az["connection_string"])
+        monkeypatch.setenv("AZURE_STORAGE_ACCOUNT_KEY", KEY)
+        cube = write_synthetic_cube(f"az://{CONTAINER}/syn.zarr", n_periods=12, size=40, period="3MS")
+        run = tmp_path / "run"
+        runs = [["train", cube, "--out", str(run), "--model", "lstm", "--option", "hidden_size=8", "--t-in", "2",
+                 "--t-out", "2", "--patch-size", "16", "--epochs", "1", "--steps-per-epoch", "2", "--val-samples",
+                 "4", "--device", "cpu"],
+                ["predict", str(run), "--cube", cube, "--out", f"az://{CONTAINER}/forecast.zarr", "--device", "cpu"]]
+        texts = {}
+        for argv in runs:  # default --cluster
+            r = subprocess.run([sys.executable, "-m", "glacierflow", *argv], capture_output=True, text=True,
+                               timeout=600)
+            assert r.returncode == 0, (argv[0], r.stderr[-3000:])
+            texts[f"{argv[0]} stdout"], texts[f"{argv[0]} stderr"] = r.stdout, r.stderr
+        blobs = az["fs"].find(CONTAINER)
+        assert any(b.endswith("forecast.zarr/zarr.json") for b in blobs), blobs
+        texts.update({b: az["fs"].cat_file(b).decode("latin-1") for b in blobs})
+        found = [name for name, text in texts.items() for s in (KEY, KEY_TEXT.decode()) if s in text]
+        found += [f"{p} (raw bytes)" for p in run.rglob("*") if p.is_file() and KEY.encode() in p.read_bytes()]
+        found += [f"{ck} (loaded)" for ck in run.rglob("*.pt")
+                  for s in _strings(torch.load(ck, weights_only=True)) if KEY in s or KEY_TEXT.decode() in s]
+        assert not found, found
+    finally:
+        next(azurite, None)
