@@ -57,6 +57,17 @@ class FakeSigningReader(readers.SigningRioReader):
         return _sign_href(href, cls.broken)
 
 
+class EnvSigningReader(FakeSigningReader):
+    """:class:`FakeSigningReader` for worker processes: the item whose assets 404 comes from the environment
+    (``GF_TEST_BROKEN``), which worker processes inherit (a class attribute set here would not reach them)."""
+
+    @classmethod
+    def sign_href(cls, href: str) -> str:  # type: ignore[override]
+        import os
+
+        return _sign_href(href, os.environ.get("GF_TEST_BROKEN", ""))
+
+
 def _sign_item(item: dict[str, Any]) -> dict[str, Any]:
     """The callable signer: a signed copy of an item dict (every asset href)."""
     out = copy.deepcopy(item)
@@ -412,3 +423,34 @@ def test_no_credential_from_the_environment_in_train_and_predict_on_azurite(tmp_
         assert not found, found
     finally:
         next(azurite, None)
+
+
+def test_no_token_from_signed_hrefs_in_worker_processes(served_twin, tiny_twin, tmp_path, logs, capfd,
+                                                        monkeypatch):
+    """build-cube signing at read time in worker processes (a local cluster, as the default --cluster runs it), one
+    scene's assets 404: the workers' own logs (on this process's stderr) and everything written hold no token."""
+    from distributed import Client, LocalCluster
+
+    from glacierflow.compute.runner import runner
+
+    meta = served_twin["meta"]
+    spec = CubeSpec(name="parvati-tiny", bbox=tuple(meta["bbox"]), epsg=meta["epsg"], start="2019-01-01",
+                    end="2019-06-30", catalog=served_twin["stac_url"])
+    items = json.loads((tiny_twin / "items.json").read_text())["features"]
+    first = [i for i in items if i["properties"]["datetime"].startswith("2019-0")
+             and i["properties"]["platform"] == "landsat-8" and i["properties"]["eo:cloud_cover"] <= 20]
+    reader = EnvSigningReader  # a module-level class: the worker processes import it by name
+    monkeypatch.setenv("GF_TEST_BROKEN", first[1]["id"])
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                      dashboard_address=None) as cluster, Client(cluster) as client:
+        signed = client.submit(reader.sign_href, f"http://x/{first[1]['id']}.TIF", pure=False).result()
+        assert TOKEN in signed and "-missing.TIF" in signed  # the workers sign with the fake token, and break one
+        summary = build_cube_store(spec, PreprocessSpec(), str(tmp_path / "cube.zarr"), signer=reader,
+                                   compute=runner(client, progress_bar=False))
+    scenes = zarr.open_group(str(tmp_path / "cube.zarr"), mode="r")["scenes"]
+    reasons = dict(zip(map(str, scenes["item_id"][...]), map(str, scenes["reason"][...]), strict=True))
+    assert reasons[first[1]["id"]].startswith("read error"), reasons  # the error path ran, on a worker
+    cap = capfd.readouterr()
+    leaks = _leaks(tmp_path, {"summary": "\n".join(summary.lines()), "stdout": cap.out, "stderr": cap.err,
+                              "logs": logs.text})
+    assert not leaks, leaks
