@@ -5,7 +5,8 @@ complete, and running again gives what an uninterrupted run gives.
 
 No race with the machine's speed: the killed writer runs the real CLI with one extra task in its write's
 computation (:data:`HELD`) that touches a marker file and then waits for the signal (with a timeout), so the
-signal always lands mid-computation, the partial store in place, however fast the rest of the work is.
+signal always lands mid-computation, the partial store in place, however fast the rest of the work is; train
+is held likewise right after logging its first step of epoch 2 (:data:`HELD_TRAIN`).
 """
 
 from __future__ import annotations
@@ -94,17 +95,35 @@ def _interrupt_write(argv: list[str], sig: signal.Signals, tmp: Path) -> tuple[i
     return code, err
 
 
-def _interrupt(argv: list[str], ready: Any, sig: signal.Signals, attempts: int = 3) -> tuple[int, str]:
-    """Run ``python -m glacierflow ARGV``, send ``sig`` as soon as ``ready()`` is true; (exit status, stderr).
+#: ``python -c HELD_TRAIN MARKER ARGV...``: train, held right after it logs the first training step of epoch 2
+#: (the row is in loss.csv, epoch 1's checkpoints are written) until the test's signal lands (120 s at most).
+HELD_TRAIN = """
+import sys, time
+from pathlib import Path
+from glacierflow.learn import train
+from glacierflow.cli.main import main
 
-    For train (no store write to hold): on a loaded machine the last epoch may be over before the signal lands
-    (exit status 0); that attempt proves nothing, so it is run again, up to ``attempts`` times.
-    """
-    for _ in range(attempts):
-        code, err = _signal_when(_start([sys.executable, "-m", "glacierflow", *argv]), ready, sig)
-        if code != 0:
-            return code, err
-    pytest.fail(f"{argv[0]} finished every time before it could be interrupted ({attempts} attempts)")
+marker, original = Path(sys.argv[1]), train.LossLog.write
+
+def held(self, step, epoch, tr, val, lr):
+    original(self, step, epoch, tr, val, lr)
+    if epoch == 2 and tr is not None and not marker.exists():
+        marker.touch()
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            time.sleep(0.01)
+
+train.LossLog.write = held
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def _interrupt_train(argv: list[str], sig: signal.Signals, tmp: Path) -> tuple[int, str]:
+    """Run ``train`` (:data:`HELD_TRAIN`), send ``sig`` mid-epoch 2; (exit status, stderr)."""
+    marker = tmp / f"epoch-2-{time.monotonic_ns()}"
+    code, err = _signal_when(_start([sys.executable, "-c", HELD_TRAIN, str(marker), *argv]), marker.exists, sig)
+    assert marker.exists(), f"train ended before epoch 2: {code} {err[-2000:]}"
+    return code, err
 
 
 def _check_interrupted(code: int, err: str, kill: str, target: Path, before: Any) -> None:
@@ -202,15 +221,11 @@ def test_train_killed_mid_epoch_resumes_from_last_pt(learning: dict[str, Path], 
     full, part = tmp_path / "full", tmp_path / "part"
     assert cli.main(_train_argv(str(learning["cube"]), full)) == 0
 
-    def mid_epoch_2() -> bool:  # a training step of the last epoch is logged, its validation row is not
-        if not (part / "last.pt").exists() or not (part / "loss.csv").exists():
-            return False
-        rows = _rows(part)
-        return any(r["epoch"] == "2" and r["train_loss"] for r in rows) and not any(
-            r["epoch"] == "2" and r["val_loss"] for r in rows)
-
-    code, _ = _interrupt(_train_argv(str(learning["cube"]), part), mid_epoch_2, signal.SIGKILL)
+    code, _ = _interrupt_train(_train_argv(str(learning["cube"]), part), signal.SIGKILL, tmp_path)
     assert code == -signal.SIGKILL
+    rows = _rows(part)  # killed mid-epoch 2: a training row of it logged, its validation row not
+    assert any(r["epoch"] == "2" and r["train_loss"] for r in rows) and not any(
+        r["epoch"] == "2" and r["val_loss"] for r in rows), rows
     ck = torch.load(part / "last.pt", weights_only=True)  # whole and loadable: the end of epoch 1
     assert ck["epoch"] == 1
     assert cli.main([*_train_argv(str(learning["cube"]), part), "--resume"]) == 0
@@ -226,8 +241,7 @@ def test_train_killed_mid_epoch_resumes_from_last_pt(learning: dict[str, Path], 
 
 def test_train_sigterm_is_ctrl_c(learning: dict[str, Path], tmp_path: Path) -> None:
     run = tmp_path / "run"
-    code, err = _interrupt(_train_argv(str(learning["cube"]), run, epochs=3), (run / "last.pt").exists,
-                           signal.SIGTERM)
+    code, err = _interrupt_train(_train_argv(str(learning["cube"]), run, epochs=3), signal.SIGTERM, tmp_path)
     assert code == 130 and err.strip().splitlines()[-1] == "interrupted" and "Traceback" not in err, (code, err)
     assert torch.load(run / "last.pt", weights_only=True)["epoch"] >= 1  # whole and loadable
     assert not list(run.glob(".*.tmp*")), "no temporary checkpoint left"

@@ -57,6 +57,17 @@ class FakeSigningReader(readers.SigningRioReader):
         return _sign_href(href, cls.broken)
 
 
+class EnvSigningReader(FakeSigningReader):
+    """:class:`FakeSigningReader` for worker processes: the item whose assets 404 comes from the environment
+    (``GF_TEST_BROKEN``), which worker processes inherit (a class attribute set here would not reach them)."""
+
+    @classmethod
+    def sign_href(cls, href: str) -> str:  # type: ignore[override]
+        import os
+
+        return _sign_href(href, os.environ.get("GF_TEST_BROKEN", ""))
+
+
 def _sign_item(item: dict[str, Any]) -> dict[str, Any]:
     """The callable signer: a signed copy of an item dict (every asset href)."""
     out = copy.deepcopy(item)
@@ -374,3 +385,72 @@ def test_no_credential_in_any_output_on_azurite_with_the_default_cluster(served_
         assert not found, found
     finally:
         next(azurite, None)
+
+
+def test_no_credential_from_the_environment_in_train_and_predict_on_azurite(tmp_path, monkeypatch):
+    """train and predict under the default --cluster, the cube and the forecast on Azurite, the credentials only in
+    the environment (``AZURE_STORAGE_CONNECTION_STRING``, ``AZURE_STORAGE_ACCOUNT_KEY``): nothing of them in
+    stdout, stderr (worker logs included), the run directory or any blob."""
+    from glacierflow.testing import write_synthetic_cube
+
+    from .azurite import CONTAINER, KEY, KEY_TEXT, start_azurite
+
+    pytest.importorskip("adlfs")
+    azurite = start_azurite(tmp_path / "azurite")
+    az = next(azurite)
+    try:
+        monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", az["connection_string"])
+        monkeypatch.setenv("AZURE_STORAGE_ACCOUNT_KEY", KEY)
+        cube = write_synthetic_cube(f"az://{CONTAINER}/syn.zarr", n_periods=12, size=40, period="3MS")
+        run = tmp_path / "run"
+        runs = [["train", cube, "--out", str(run), "--model", "lstm", "--option", "hidden_size=8", "--t-in", "2",
+                 "--t-out", "2", "--patch-size", "16", "--epochs", "1", "--steps-per-epoch", "2", "--val-samples",
+                 "4", "--device", "cpu"],
+                ["predict", str(run), "--cube", cube, "--out", f"az://{CONTAINER}/forecast.zarr", "--device", "cpu"]]
+        texts = {}
+        for argv in runs:  # default --cluster
+            r = subprocess.run([sys.executable, "-m", "glacierflow", *argv], capture_output=True, text=True,
+                               timeout=600)
+            assert r.returncode == 0, (argv[0], r.stderr[-3000:])
+            texts[f"{argv[0]} stdout"], texts[f"{argv[0]} stderr"] = r.stdout, r.stderr
+        blobs = az["fs"].find(CONTAINER)
+        assert any(b.endswith("forecast.zarr/zarr.json") for b in blobs), blobs
+        texts.update({b: az["fs"].cat_file(b).decode("latin-1") for b in blobs})
+        found = [name for name, text in texts.items() for s in (KEY, KEY_TEXT.decode()) if s in text]
+        found += [f"{p} (raw bytes)" for p in run.rglob("*") if p.is_file() and KEY.encode() in p.read_bytes()]
+        found += [f"{ck} (loaded)" for ck in run.rglob("*.pt")
+                  for s in _strings(torch.load(ck, weights_only=True)) if KEY in s or KEY_TEXT.decode() in s]
+        assert not found, found
+    finally:
+        next(azurite, None)
+
+
+def test_no_token_from_signed_hrefs_in_worker_processes(served_twin, tiny_twin, tmp_path, logs, capfd,
+                                                        monkeypatch):
+    """build-cube signing at read time in worker processes (a local cluster, as the default --cluster runs it), one
+    scene's assets 404: the workers' own logs (on this process's stderr) and everything written hold no token."""
+    from distributed import Client, LocalCluster
+
+    from glacierflow.compute.runner import runner
+
+    meta = served_twin["meta"]
+    spec = CubeSpec(name="parvati-tiny", bbox=tuple(meta["bbox"]), epsg=meta["epsg"], start="2019-01-01",
+                    end="2019-06-30", catalog=served_twin["stac_url"])
+    items = json.loads((tiny_twin / "items.json").read_text())["features"]
+    first = [i for i in items if i["properties"]["datetime"].startswith("2019-0")
+             and i["properties"]["platform"] == "landsat-8" and i["properties"]["eo:cloud_cover"] <= 20]
+    reader = EnvSigningReader  # a module-level class: the worker processes import it by name
+    monkeypatch.setenv("GF_TEST_BROKEN", first[1]["id"])
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                      dashboard_address=None) as cluster, Client(cluster) as client:
+        signed = client.submit(reader.sign_href, f"http://x/{first[1]['id']}.TIF", pure=False).result()
+        assert TOKEN in signed and "-missing.TIF" in signed  # the workers sign with the fake token, and break one
+        summary = build_cube_store(spec, PreprocessSpec(), str(tmp_path / "cube.zarr"), signer=reader,
+                                   compute=runner(client, progress_bar=False))
+    scenes = zarr.open_group(str(tmp_path / "cube.zarr"), mode="r")["scenes"]
+    reasons = dict(zip(map(str, scenes["item_id"][...]), map(str, scenes["reason"][...]), strict=True))
+    assert reasons[first[1]["id"]].startswith("read error"), reasons  # the error path ran, on a worker
+    cap = capfd.readouterr()
+    leaks = _leaks(tmp_path, {"summary": "\n".join(summary.lines()), "stdout": cap.out, "stderr": cap.err,
+                              "logs": logs.text})
+    assert not leaks, leaks

@@ -324,3 +324,18 @@ def test_a_bumped_layout_of_one_kind_of_store_is_read_from_its_attributes(tmp_pa
     assert float(store.open_store(cube)["ndsi"].mean()) == 1.0  # other kinds unaffected
     store.write(tiny_store_dataset(2.0).assign_attrs(flow_spec="{}"), velocity, overwrite=True)  # rebuilt: stamped
     assert store.open_store(velocity).attrs[store.FORMAT] == store.STORE_FORMAT + 1
+
+
+def test_a_lock_from_another_host_is_stale_only_after_a_day(tmp_path: Path) -> None:
+    import json
+
+    url, lock = str(tmp_path / "s.zarr"), tmp_path / ".s.zarr.lock"
+    lock.write_text(json.dumps({"host": "other-host", "pid": 1, "since": time.time() - 3600, "token": "x"}))
+    with pytest.raises(GlacierflowError, match=r"being written by another run \(pid 1 on other-host, since "):
+        store.write(tiny_store_dataset(1.0), url)  # an hour old: that run may still be going
+    assert lock.exists() and not (tmp_path / "s.zarr").exists()
+    lock.write_text(json.dumps({"host": "other-host", "pid": 1, "since": time.time() - store.STALE_LOCK_S - 60,
+                                "token": "x"}))
+    with pytest.warns(UserWarning, match="taking over the stale writer lock of pid 1 on other-host"):
+        store.write(tiny_store_dataset(1.0), url)
+    assert not lock.exists() and store.is_complete(url)

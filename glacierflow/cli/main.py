@@ -96,7 +96,15 @@ def main(argv: list[str] | None = None) -> int:
     """
     import warnings
 
-    warnings.formatwarning = _one_line_warning  # type: ignore[assignment]
+    previous, warnings.formatwarning = warnings.formatwarning, _one_line_warning  # type: ignore[assignment]
+    try:
+        return _run(argv)
+    finally:
+        warnings.formatwarning = previous  # in-process callers (tests, notebooks) keep their own
+
+
+def _run(argv: list[str] | None) -> int:
+    """:func:`main` without the warning format."""
     try:
         args, defaults = apply_shared(command(), list(sys.argv[1:] if argv is None else argv))
         result = command().main(args=args, prog_name="glacierflow", standalone_mode=False, default_map=defaults)

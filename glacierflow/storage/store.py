@@ -4,6 +4,10 @@ Safe writes (:func:`write`): any Dataset, or a DataTree of groups, is written to
 (``.<name>.partial-<uuid>``) as a template plus chunk regions in one computation, marked complete
 (``glacierflow_complete``), its metadata consolidated, and moved into place only then. An interrupted
 run therefore never leaves a corrupt store where a good one was, and readers refuse incomplete stores.
+A run stopped between the steps of the replace leaves the previous store in a ``.<name>.old-<id>`` sibling,
+which readers use and the next writer restores (:func:`recover`); one writer at a time (:func:`writer_lock`);
+``--overwrite`` replaces only a glacierflow store (:func:`check_replaceable`), never an input of the run
+(:func:`check_not_input`); each kind of store carries its layout version (:data:`FORMATS`, :func:`check_format`).
 :func:`spill` routes a lazy Dataset through a scratch store inside a graph (read-once pipelines).
 """
 
