@@ -5,7 +5,7 @@ real STAC server software (``served_twin``); the store and learning cases use sm
 (:mod:`glacierflow.testing`) and one run directory trained here in a few seconds. Nothing is faked except
 the internet: the "cloud URL without credentials" case is refused before any request leaves the machine.
 
-The README lists these cases ("Bad input and security").
+docs/reliability.md lists these cases ("Bad input and security").
 """
 
 from __future__ import annotations
