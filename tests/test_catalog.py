@@ -136,8 +136,14 @@ def test_server_down_is_one_line():
 def test_unknown_host_and_refused_connection_are_not_retried():
     """One attempt, however many retries are allowed: nothing answers there, retrying only delays the error
     (62 s with 5 retries at 2 s before). Timeouts, resets and HTTP 5xx keep their retries."""
-    from urllib3.exceptions import (ConnectTimeoutError, MaxRetryError, NameResolutionError, NewConnectionError,
-                                    ProtocolError, ReadTimeoutError)
+    from urllib3.exceptions import (
+        ConnectTimeoutError,
+        MaxRetryError,
+        NameResolutionError,
+        NewConnectionError,
+        ProtocolError,
+        ReadTimeoutError,
+    )
 
     policy = catalog.retry_policy(retries=5, backoff=30.0)
     for dead in (NameResolutionError("nonexistent.invalid", None, OSError("Name or service not known")),
