@@ -61,6 +61,9 @@ ASSETS = ("green", "swir16", "qa_pixel")
 #: build-cube and the serial reference must agree this closely on every pixel of ``ndsi`` (measured: 0 to 6e-8,
 #: float32 rounding of the same arithmetic; a difference in what is read or averaged shows as 1e-2 .. 0.5)
 AGREE = 1e-5
+#: tasks run per stacked scene by build-cube before the fused graph (main at issue #21, 1-year full twin,
+#: threads; benchmarks/README.md): the reference for the graph size printed here
+GRAPH_BEFORE = float("nan")
 SEED_ECC = {"motion": "homography", "max_iter": 10_000, "eps": 1e-10, "gauss_filt_size": 5}
 
 
@@ -230,6 +233,29 @@ def _noop(_: int) -> None:
     import rasterio  # noqa: F401
 
     import glacierflow.ingest.cube  # noqa: F401
+
+
+def graph_size(stac_url: str, meta: dict[str, Any], start: str, end: str, tmp: str) -> dict[str, Any]:
+    """Tasks of build-cube's whole graph (the store write, as ``storage.store.write`` builds it), per scene.
+
+    Built in this process from the same plan as the CLI's (search + grid, no pixel read); only the store's
+    metadata is written (to ``tmp``).
+    """
+    import dask
+
+    from glacierflow.preprocess import build
+    from glacierflow.specs import CubeSpec, PreprocessSpec
+
+    spec = CubeSpec(name="bench", bbox=tuple(meta["bbox"]), epsg=int(meta["epsg"]), start=start, end=end,
+                    catalog=stac_url)
+    pre = PreprocessSpec()
+    plan = build.plan_build(spec, pre, f"{tmp}/graph.zarr")
+    ds = build.cube_dataset(plan.items, spec, pre, reader=plan.reader, raw=plan.raw, rejected=plan.found.rejected)
+    with dask.config.set({"optimization.fuse.active": False}):
+        write = build.as_tree(ds).to_zarr(f"{tmp}/graph.zarr", mode="w", consolidated=False, compute=False)
+    n_tasks = len(dict(write.__dask_graph__()))
+    n = plan.raw.sizes["time"]
+    return {"tasks": n_tasks, "scenes": n, "per_scene": round(n_tasks / n, 1)}
 
 
 # --------------------------------------------------------------------------------------------- serial
@@ -578,6 +604,7 @@ def main(argv: list[str] | None = None) -> None:
         print("read floor ...", flush=True)
         plan = scene_plan(url, meta, start, end)
         floor = read_floor(plan, args.workers)
+        res["graph"] = graph_size(url, meta, start, end, tmp)
     report(args, res, full, half, ser, serial, floor, len(plan["scenes"]))
 
 
@@ -600,6 +627,8 @@ def report(args, res, full, half, ser, serial, floor, n_scenes) -> None:  # noqa
         *[f"{f'  --cluster {k}: CPU time of the process tree (s)':58s} {v['cpu']:12.1f}"
           for k, v in res.get("mixes", {}).items()],
         f"{'build-cube library seconds (search..write) (s)':58s} {_summary_seconds(full['stdout']):12.1f}",
+        f"{'graph: tasks per stacked scene (whole store write)':58s} {res['graph']['per_scene']:12.1f}",
+        f"{'  (before the fused graph, issue #21: tasks run per scene)':58s} {GRAPH_BEFORE:12.1f}",
         f"{'build-cube CPU time, process tree (s)':58s} {full['cpu']:12.1f}",
         f"{'build-cube peak RSS, process tree (MiB)':58s} {full['peak'] / mb:12.0f}",
         f"{'  largest single process (MiB)':58s} {full['peak_single'] / mb:12.0f}",

@@ -220,6 +220,22 @@ def _short(text: str) -> str:
     return text[:160]
 
 
+def _header(url: str, env: LayeredEnv) -> tuple[Any, tuple[int, int]]:
+    """CRS and size of a raster.
+
+    A failed open of an HTTP file is tried once more uncached, so the error is this file's own (a read that
+    timed out before leaves an empty header in GDAL's cache: "not a GeoTIFF" instead of the time-out).
+    """
+    try:
+        with env.open, rasterio.open(url) as ds:
+            return ds.crs, (ds.height, ds.width)
+    except Exception:
+        if not url.startswith(("http://", "https://")):
+            raise
+    with env.open, rasterio.Env(CPL_VSIL_CURL_NON_CACHED=f"/vsicurl/{url}"), rasterio.open(url) as ds:
+        return ds.crs, (ds.height, ds.width)
+
+
 def check_assets(item: Mapping[str, Any], assets: Sequence[str] = DEFAULT_ASSETS, env: LayeredEnv = GDAL_ENV,
                  sign: Any = None) -> str:
     """Why an item's assets cannot be stacked as declared ('' if they can): opens each header (cheap).
@@ -247,8 +263,7 @@ def check_assets(item: Mapping[str, Any], assets: Sequence[str] = DEFAULT_ASSETS
         asset = item["assets"][key]
         url = sign(asset["href"]) if sign is not None else asset["href"]
         try:
-            with env.open, rasterio.open(url) as ds:
-                crs, shape = ds.crs, (ds.height, ds.width)
+            crs, shape = _header(url, env)
         except Exception as err:  # noqa: BLE001 - any open failure is the reason
             plain, detail = url.split("?", 1)[0], redact(str(err), url)
             if "HTTP response code: 401" in detail or "HTTP response code: 403" in detail:

@@ -22,11 +22,10 @@ from glacierflow.errors import GlacierflowError
 def first_line(err: BaseException, limit: int = 160) -> str:
     """An exception as one short line (its type name when it has no message).
 
-    Its message's first non-empty line, spaces collapsed, at most ``limit`` characters; the one helper for
-    this (checkpoints, Dask workers).
+    Every line of its message joined, spaces collapsed, at most ``limit`` characters; the one helper for this
+    (checkpoints, Dask workers).
     """
-    line = next((ln for ln in str(err).splitlines() if ln.strip()), "")
-    return " ".join(line.split())[:limit] or type(err).__name__
+    return " ".join(str(err).split())[:limit] or type(err).__name__
 
 
 def atomic_write(path: Path, write: Callable[[IO[bytes]], None], *, what: str = "file",
