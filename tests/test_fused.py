@@ -111,3 +111,17 @@ def test_dry_run_plan_reads_no_pixel(served_twin: dict, tmp_path: Path) -> None:
     assert f"ndsi (time 4, y {h}, x {w}) 3MS periods from 2019-01-01 to 2019-10-01" in "\n".join(lines)
     assert f"{n} scenes x 3 assets" in "\n".join(lines)
     assert not list(tmp_path.iterdir())
+
+
+def test_scenes_spilled_to_a_scratch_store_give_the_same_store(served_twin: dict, stores: dict[str, str],
+                                                              tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Above SPILL_BYTES the scenes' NDSI and guides go through a scratch Zarr store: same result, no leftover."""
+    from glacierflow.preprocess import fused
+
+    monkeypatch.setattr(fused, "SPILL_BYTES", 0)
+    out = tmp_path / "spilled.zarr"
+    with dask.config.set(scheduler="threads"):
+        build.build_cube_store(_spec(served_twin), PreprocessSpec(), str(out))
+    a, b = (xr.open_zarr(p, decode_coords="all") for p in (stores["threads"], str(out)))
+    np.testing.assert_array_equal(a["ndsi"].values, b["ndsi"].values)
+    assert [p.name for p in tmp_path.iterdir()] == ["spilled.zarr"], "the scratch store is removed"
