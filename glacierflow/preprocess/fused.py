@@ -41,8 +41,10 @@ from glacierflow.specs import PreprocessSpec
 #: Inputs per task of every tree reduction (references, period sums).
 SPLIT_EVERY = 8
 #: NDSI + guide of all stacked scenes above this many bytes go through a scratch store (when one is given):
-#: below it they stay in memory between the ECC passes (1 GiB: ~120 scenes of 1000 x 1000 px).
-SPILL_BYTES = 1 << 30
+#: below it they stay in memory between the ECC passes (512 MiB: ~65 scenes of 1000 x 1000 px, about 1.5 years
+#: of one site with two WRS paths). In memory, peak RSS grows with the date range (measured x1.6 from 6 to 12
+#: months of the full twin); spilled it stays flat, for a local write and read of each scene.
+SPILL_BYTES = 1 << 29
 
 Partial = tuple[np.ndarray, np.ndarray] | None  # (float64 sum, int32 count) over some images, or nothing
 
