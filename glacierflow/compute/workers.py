@@ -25,8 +25,7 @@ from typing import Any
 import distributed
 
 from glacierflow import __version__
-from glacierflow.errors import GlacierflowError
-from glacierflow.storage.runfiles import first_line
+from glacierflow.errors import GlacierflowError, first_line
 
 logger = logging.getLogger(__name__)
 
