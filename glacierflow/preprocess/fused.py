@@ -106,25 +106,30 @@ def first_pass(prep: dict[str, Any], reference: np.ndarray | None, s: SceneSetti
 
 
 def second_pass(prep: dict[str, Any], p1: dict[str, Any], reference: np.ndarray | None,
-                s: SceneSettings) -> dict[str, Any]:
-    """ECC from the pass-1 warp against reference 2; warped NDSI -> snow mask; the aligned guide; ``used``."""
-    out: dict[str, Any] = {"aligned": False, "shift_x": np.nan, "shift_y": np.nan, "ecc": np.nan, "used": False,
-                           "snow": None, "guide": None}
+                s: SceneSettings) -> tuple[dict[str, Any], np.ndarray | None, np.ndarray | None]:
+    """ECC from the pass-1 warp against reference 2; warped NDSI -> snow mask; the aligned guide.
+
+    Returns ``(row, snow, guide)``: the scene's table row (small: quality figures, ``aligned``, shifts, ``ecc``,
+    ``used``), and the snow mask and aligned guide if it is used (else None). Three outputs, so that the task
+    making the table never holds a scene's images.
+    """
+    row = {k: prep[k] for k in ("valid_fraction", "qa_read_error", "asset_error", "band_error")}
+    row.update(aligned=False, shift_x=np.nan, shift_y=np.nan, ecc=np.nan, used=False)
     if not prep["enters"] or reference is None:
-        return out
+        return row, None, None
     ndsi, guide = _load(prep["images"], s)
     warp, ecc, ok = align.find_warp(guide, reference, s.pre.motion, init=p1["warp"], min_ecc=s.pre.min_ecc)
-    out["ecc"] = ecc
+    row["ecc"] = ecc
     if ok:
-        out["shift_x"], out["shift_y"] = align.centre_shift(warp, guide.shape)
+        row["shift_x"], row["shift_y"] = align.centre_shift(warp, guide.shape)
         ndsi = align.warp_image(ndsi, warp, s.pre.motion)
         guide = align.warp_image(guide, warp, s.pre.motion)
     used = bool(ok and not prep["qa_read_error"] and not np.any(prep["band_error"]))
-    out.update(aligned=bool(ok), used=used)
-    if used:
-        snow = preprocess.snow_mask(xr.DataArray(ndsi, dims=("y", "x")), s.pre.ndsi_threshold)
-        out.update(snow=snow.values.astype(np.float32), guide=guide.astype(np.float32))
-    return out
+    row.update(aligned=bool(ok), used=used)
+    if not used:
+        return row, None, None
+    snow = preprocess.snow_mask(xr.DataArray(ndsi, dims=("y", "x")), s.pre.ndsi_threshold)
+    return row, snow.values.astype(np.float32), guide.astype(np.float32)
 
 
 def _hold(index: int, ndsi: np.ndarray, guide: np.ndarray, s: SceneSettings) -> dict[str, Any]:
@@ -190,8 +195,8 @@ def _aligned_leaf(pairs: Sequence[tuple[dict[str, Any], dict[str, Any]]], s: Sce
                      for p, p1 in pairs])
 
 
-def _snow_leaf(scenes: Sequence[dict[str, Any]]) -> Partial:
-    return _partial([c["snow"] for c in scenes])
+def _snow_leaf(snows: Sequence[np.ndarray | None]) -> Partial:
+    return _partial(snows)
 
 
 def tree(leaf: Callable[..., Partial], groups: list[Any], *args: Any) -> Any:
@@ -231,9 +236,9 @@ def period_mean(part: Partial, shape: tuple[int, int], max_iter: int) -> dict[st
 class Scenes:
     """The delayed per-scene results and per-period means of :func:`scene_graph`."""
 
-    prep: list[Any]
-    second: list[Any]
-    means: list[Any]
+    rows: list[Any]  # each scene's table row (small)
+    guides: list[Any]  # each scene's aligned guide, None if not used
+    means: list[Any]  # each period's mean and n_valid
 
 
 def scene_graph(blocks: Sequence[Any], items: Sequence[dict[str, Any] | None], pos: np.ndarray,
@@ -248,23 +253,27 @@ def scene_graph(blocks: Sequence[Any], items: Sequence[dict[str, Any] | None], p
     ref1 = dask.delayed(reference, pure=True)(tree(_guides_leaf, prep, s))
     first = [dask.delayed(first_pass, pure=True)(p, ref1, s) for p in prep]
     ref2 = dask.delayed(reference, pure=True)(tree(_aligned_leaf, list(zip(prep, first, strict=True)), s))
-    second = [dask.delayed(second_pass, pure=True)(p, p1, ref2, s) for p, p1 in zip(prep, first, strict=True)]
+    second = [dask.delayed(second_pass, pure=True, nout=3)(p, p1, ref2, s) for p, p1 in zip(prep, first,
+                                                                                              strict=True)]
     means = []
     for k in range(n_periods):
-        mine = [second[i] for i in np.flatnonzero(pos == k)]
+        mine = [second[i][1] for i in np.flatnonzero(pos == k)]
         means.append(dask.delayed(period_mean, pure=True)(tree(_snow_leaf, mine), shape,
                                                           s.pre.gap_fill_max_iter))
-    return Scenes(prep, second, means)
+    return Scenes([c[0] for c in second], [c[2] for c in second], means)
 
 
-def _pick(obj: Any, key: str, shape: tuple[int, ...], dtype: Any, fill: Any = None) -> dsa.Array:
-    """``obj[key]`` of a delayed dict as a dask array (``fill`` where the value is None)."""
-    return dsa.from_delayed(dask.delayed(_value, pure=True)(obj, key, shape, dtype, fill), shape, dtype=dtype)
+def _pick(obj: Any, key: str, shape: tuple[int, ...], dtype: Any) -> dsa.Array:
+    """``obj[key]`` of a delayed dict as a dask array."""
+    return dsa.from_delayed(dask.delayed(_value, pure=True)(obj, key, shape, dtype), shape, dtype=dtype)
 
 
-def _value(obj: dict[str, Any], key: str, shape: tuple[int, ...], dtype: Any, fill: Any) -> np.ndarray:
-    value = obj[key]
-    return np.full(shape, fill, dtype) if value is None else np.asarray(value, dtype).reshape(shape)
+def _value(obj: dict[str, Any], key: str, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+    return np.asarray(obj[key], dtype).reshape(shape)
+
+
+def _image(img: np.ndarray | None, shape: tuple[int, int]) -> np.ndarray:
+    return np.full(shape, np.nan, np.float32) if img is None else img
 
 
 def period_cube(g: Scenes, shape: tuple[int, int]) -> tuple[dsa.Array, dsa.Array]:
@@ -278,7 +287,8 @@ def period_cube(g: Scenes, shape: tuple[int, int]) -> tuple[dsa.Array, dsa.Array
 
 def guides(g: Scenes, shape: tuple[int, int]) -> dsa.Array:
     """``(scene, y, x)`` aligned guides of every stacked scene (NaN where not used)."""
-    return dsa.stack([_pick(c, "guide", shape, np.float32, np.nan) for c in g.second])
+    return dsa.stack([dsa.from_delayed(dask.delayed(_image, pure=True)(c, shape), shape, dtype=np.float32)
+                      for c in g.guides])
 
 
 def scene_columns(g: Scenes, extra: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]] | None = None,
@@ -291,8 +301,8 @@ def scene_columns(g: Scenes, extra: Callable[[dict[str, np.ndarray]], dict[str, 
     apart from the graph, renaming -- and so re-running -- every scene's tasks: columns derived from these
     must come out of this task, not from a delayed call on the arrays.)
     """
-    n = len(g.prep)
-    cols = dask.delayed(_columns, pure=True)(g.prep, g.second, extra)
+    n = len(g.rows)
+    cols = dask.delayed(_columns, pure=True)(g.rows, extra)
     kinds = {"valid_fraction": np.float32, "qa_read_error": bool, "asset_error": object, "aligned": bool,
              "shift_x": np.float64, "shift_y": np.float64, "ecc": np.float64, "used": bool, **(extra_kinds or {})}
     out = {k: dsa.from_delayed(dask.delayed(_column, pure=True)(cols, k), (n,), dtype=t,
@@ -302,16 +312,14 @@ def scene_columns(g: Scenes, extra: Callable[[dict[str, np.ndarray]], dict[str, 
     return out
 
 
-def _columns(prep: list[dict[str, Any]], second: list[dict[str, Any]],
+def _columns(rows: list[dict[str, Any]],
              extra: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]] | None) -> dict[str, np.ndarray]:
     out: dict[str, np.ndarray] = {}
-    for k, t in (("valid_fraction", np.float32), ("qa_read_error", bool), ("asset_error", object)):
-        out[k] = np.array([p[k] for p in prep], dtype=t)
-    out["band_error"] = np.array([np.asarray(p["band_error"], bool) for p in prep], bool).reshape(
-        len(prep), len(preprocess.REFLECTANCE_BANDS))
-    for k, t in (("aligned", bool), ("shift_x", np.float64), ("shift_y", np.float64), ("ecc", np.float64),
-                 ("used", bool)):
-        out[k] = np.array([c[k] for c in second], dtype=t)
+    for k, t in (("valid_fraction", np.float32), ("qa_read_error", bool), ("asset_error", object), ("aligned", bool),
+                 ("shift_x", np.float64), ("shift_y", np.float64), ("ecc", np.float64), ("used", bool)):
+        out[k] = np.array([r[k] for r in rows], dtype=t)
+    out["band_error"] = np.array([np.asarray(r["band_error"], bool) for r in rows], bool).reshape(
+        len(rows), len(preprocess.REFLECTANCE_BANDS))
     return {**out, **(extra(out) if extra else {})}
 
 
