@@ -100,7 +100,7 @@ def first_pass(prep: dict[str, Any], reference: np.ndarray | None, s: SceneSetti
     """ECC of a scene's guide against reference 1: ``warp`` (3x3) and ``ok``."""
     if not prep["enters"] or reference is None:
         return {"warp": np.eye(3), "ok": False}
-    _, guide = _load(prep["images"], s)
+    (guide,) = _load(prep["images"], s, ("guide",))
     warp, _, ok = align.find_warp(guide, reference, s.pre.motion, min_ecc=s.pre.min_ecc)
     return {"warp": warp, "ok": bool(ok)}
 
@@ -141,11 +141,12 @@ def _hold(index: int, ndsi: np.ndarray, guide: np.ndarray, s: SceneSettings) -> 
     return {"index": index}
 
 
-def _load(images: dict[str, Any], s: SceneSettings) -> tuple[np.ndarray, np.ndarray]:
+def _load(images: dict[str, Any], s: SceneSettings, names: tuple[str, ...] = ("ndsi", "guide")) -> list[np.ndarray]:
+    """A scene's held images ``names`` (from memory, or read back from the scratch store)."""
     if "index" not in images:
-        return images["ndsi"], images["guide"]
+        return [images[n] for n in names]
     group = zarr.open_group(s.scratch, mode="r", storage_options=s.storage_options)
-    return np.asarray(group["ndsi"][images["index"]]), np.asarray(group["guide"][images["index"]])
+    return [np.asarray(group[n][images["index"]]) for n in names]
 
 
 def create_scratch(url: str, n: int, shape: tuple[int, int], storage_options: dict[str, Any] | None) -> None:
@@ -186,13 +187,13 @@ def _partial(images: Sequence[np.ndarray | None]) -> Partial:
 
 
 def _guides_leaf(preps: Sequence[dict[str, Any]], s: SceneSettings) -> Partial:
-    return _partial([_load(p["images"], s)[1] if p["enters"] else None for p in preps])
+    return _partial([_load(p["images"], s, ("guide",))[0] if p["enters"] else None for p in preps])
 
 
 def _aligned_leaf(pairs: Sequence[tuple[dict[str, Any], dict[str, Any]]], s: SceneSettings) -> Partial:
     """Sum and count of the guides pass 1 aligned, warped again here (cheap) rather than held."""
-    return _partial([align.warp_image(_load(p["images"], s)[1], p1["warp"], s.pre.motion) if p1["ok"] else None
-                     for p, p1 in pairs])
+    return _partial([align.warp_image(_load(p["images"], s, ("guide",))[0], p1["warp"], s.pre.motion)
+                     if p1["ok"] else None for p, p1 in pairs])
 
 
 def _snow_leaf(snows: Sequence[np.ndarray | None]) -> Partial:
