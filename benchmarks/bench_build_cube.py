@@ -8,10 +8,11 @@ Usage::
 
 What is measured (all in one run, the twin served over HTTP by ``serve_twin`` as ``twin serve`` does):
 
-1. ``glacierflow build-cube`` as a child process (``--cluster local:N``, N = ``--workers``) over the whole
-   date range and over its first half: wall time of the process (imports, cluster start, search,
-   compute, Zarr write) and the library's own ``seconds``; peak memory = the maximum over time of the summed
-   RSS of the process tree (client + scheduler/nanny/worker processes), sampled with psutil every 50 ms.
+1. ``glacierflow build-cube`` as a child process (the CLI's default scheduler unless ``--cluster``) over the
+   whole date range and over its first half, and the full range with every ``--compare`` set-up: wall time
+   of the process (imports, cluster start, search, compute, Zarr write) and the library's own ``seconds``;
+   peak memory = the maximum over time of the summed RSS of the process tree (client + scheduler/nanny/worker
+   processes), sampled with psutil every 50 ms.
 2. Serial baseline, a child process pinned to one core (``sched_setaffinity``; OpenCV sequential): the
    same items and grid, the same COG windows read with rasterio into numpy (over the same HTTP server), then
    the same steps in plain numpy/OpenCV scene by scene: DN -> reflectance + QA mask, drop scenes with more
@@ -58,6 +59,12 @@ except ImportError:  # pragma: no cover - told to the user
     sys.exit("bench_build_cube.py needs psutil for peak memory: pip install psutil")
 
 ASSETS = ("green", "swir16", "qa_pixel")
+#: build-cube and the serial reference must agree this closely on every pixel of ``ndsi`` (measured: 0 to 6e-8,
+#: float32 rounding of the same arithmetic; a difference in what is read or averaged shows as 1e-2 .. 0.5)
+AGREE = 1e-5
+#: tasks run per stacked scene by build-cube before the fused graph (main at issue #21, 1-year full twin,
+#: threads; benchmarks/README.md): the reference for the graph size printed here
+GRAPH_BEFORE = 235.7
 SEED_ECC = {"motion": "homography", "max_iter": 10_000, "eps": 1e-10, "gauss_filt_size": 5}
 
 
@@ -174,8 +181,13 @@ def scene_plan(stac_url: str, meta: dict[str, Any], start: str, end: str) -> dic
             "y": raw["y"].values.tolist()}
 
 
-def read_window(href: str, epsg: int, transform: list[float], shape: tuple[int, int]) -> np.ndarray:
-    """One asset on the cube grid as uint16 DN (0 outside the file), like stackstac's nearest read."""
+def read_window(href: str, epsg: int, transform: list[float], shape: tuple[int, int],
+                resampling: str = "nearest") -> np.ndarray:
+    """One asset on the cube grid as DN, the file's nodata outside it (0 for reflectance, 1 = QA fill).
+
+    A scene in another CRS is warped with ``resampling`` and the file's own nodata, as build-cube's reader
+    does (``glacierflow.ingest.cube.RESAMPLING``: bilinear reflectance, nearest bit fields).
+    """
     import rasterio
     from rasterio.crs import CRS
     from rasterio.enums import Resampling
@@ -191,16 +203,20 @@ def read_window(href: str, epsg: int, transform: list[float], shape: tuple[int, 
         if src.crs == CRS.from_epsg(epsg) and abs(src.transform.a - res) < 1e-9:
             win = from_bounds(minx, maxy - h * res, minx + w * res, maxy, src.transform)
             win = win.round_offsets().round_lengths()
-            return src.read(1, window=win, boundless=True, fill_value=0, out_shape=(h, w))
+            return src.read(1, window=win, boundless=True, fill_value=src.nodata or 0, out_shape=(h, w))
         dst = Affine(res, 0.0, minx, 0.0, -res, maxy)
         with WarpedVRT(src, crs=CRS.from_epsg(epsg), transform=dst, width=w, height=h,
-                       resampling=Resampling.nearest, nodata=0) as vrt:
-            return vrt.read(1)
+                       resampling=Resampling[resampling]) as vrt:
+            # interpolated DN unrounded, as stackstac reads them (float32); bit fields stay integers
+            return vrt.read(1, out_dtype="float32" if resampling != "nearest" else None)
 
 
 def read_scene(scene: dict[str, Any], epsg: int, transform: list[float], shape: tuple[int, int]) -> list:
-    """The three assets of one scene as uint16 arrays."""
-    return [read_window(scene["assets"][a]["href"], epsg, transform, shape) for a in ASSETS]
+    """The three assets of one scene as DN arrays (each resampled as build-cube resamples it)."""
+    from glacierflow.ingest.cube import BITFIELD_ASSETS, RESAMPLING
+
+    return [read_window(scene["assets"][a]["href"], epsg, transform, shape,
+                        RESAMPLING["bitfield" if a in BITFIELD_ASSETS else "reflectance"]) for a in ASSETS]
 
 
 def read_floor(plan: dict[str, Any], workers: int) -> float:
@@ -218,6 +234,29 @@ def _noop(_: int) -> None:
     import rasterio  # noqa: F401
 
     import glacierflow.ingest.cube  # noqa: F401
+
+
+def graph_size(stac_url: str, meta: dict[str, Any], start: str, end: str, tmp: str) -> dict[str, Any]:
+    """Tasks of build-cube's whole graph (the store write, as ``storage.store.write`` builds it), per scene.
+
+    Built in this process from the same plan as the CLI's (search + grid, no pixel read); only the store's
+    metadata is written (to ``tmp``).
+    """
+    import dask
+
+    from glacierflow.preprocess import build
+    from glacierflow.specs import CubeSpec, PreprocessSpec
+
+    spec = CubeSpec(name="bench", bbox=tuple(meta["bbox"]), epsg=int(meta["epsg"]), start=start, end=end,
+                    catalog=stac_url)
+    pre = PreprocessSpec()
+    plan = build.plan_build(spec, pre, f"{tmp}/graph.zarr")
+    ds = build.cube_dataset(plan.items, spec, pre, reader=plan.reader, raw=plan.raw, rejected=plan.found.rejected)
+    with dask.config.set({"optimization.fuse.active": False}):
+        write = build.as_tree(ds).to_zarr(f"{tmp}/graph.zarr", mode="w", consolidated=False, compute=False)
+    n_tasks = len(dict(write.__dask_graph__()))
+    n = plan.raw.sizes["time"]
+    return {"tasks": n_tasks, "scenes": n, "per_scene": round(n_tasks / n, 1)}
 
 
 # --------------------------------------------------------------------------------------------- serial
@@ -289,6 +328,7 @@ def serial_main(cfg: dict[str, Any]) -> dict[str, Any]:
     import cv2
     import xarray as xr
 
+    from glacierflow.ingest.cube import RESAMPLING
     from glacierflow.preprocess.align import find_warp, highpass_filter, warp_image
     from glacierflow.preprocess.gapfill import gap_fill_2d
     from glacierflow.preprocess.periods import period_starts
@@ -321,8 +361,8 @@ def serial_main(cfg: dict[str, Any]) -> dict[str, Any]:
         t = tick("mask + valid fraction", t)
         if frac < 1.0 - pre.max_missing:
             continue
-        green_dn, swir_dn = (read_window(sc["assets"][a]["href"], plan["epsg"], plan["transform"], shape)
-                             for a in ("green", "swir16"))
+        green_dn, swir_dn = (read_window(sc["assets"][a]["href"], plan["epsg"], plan["transform"], shape,
+                                         RESAMPLING["reflectance"]) for a in ("green", "swir16"))
         t = tick("read (rasterio)", t)
         a = sc["assets"]
         invalid = (green_dn == 0) | (swir_dn == 0) | bad_qa
@@ -414,7 +454,7 @@ def serial_main(cfg: dict[str, Any]) -> dict[str, Any]:
         other = xr.open_zarr(cfg["compare"], decode_coords="all")["ndsi"].values
         if other.shape == cube.shape:
             d = np.abs(other - cube)
-            result["diff"] = {"max": float(np.nanmax(d)), "frac_gt_1e-3": float(np.nanmean(d > 1e-3)),
+            result["diff"] = {"max": float(np.nanmax(d, initial=0.0)), "frac_gt_1e-3": float(np.nanmean(d > 1e-3)),
                               "nan_mismatch": int((np.isnan(other) != np.isnan(cube)).sum())}
     if cfg["seed_scenes"] > 0 and index:
         result["seed"] = seed_reference(cfg, guides, ref, visits, plan, used, shape, pre)
@@ -492,9 +532,9 @@ def seed_reference(cfg, grey, ref, visits, plan, used, shape, pre) -> dict[str, 
 
 def build_cube_cmd(stac_url: str, meta: dict[str, Any], start: str, end: str, out: str, cluster: str) -> list:
     w, s, e, n = (str(v) for v in meta["bbox"])
+    where = ["--cluster", cluster] if cluster != "default" else []  # default: the CLI's own (no flag)
     return [sys.executable, "-m", "glacierflow", "build-cube", "--bbox", w, s, e, n, "--epsg", str(meta["epsg"]),
-            "--start", start, "--end", end, "--catalog", stac_url, "--out", out, "--cluster", cluster,
-            "--overwrite"]
+            "--start", start, "--end", end, "--catalog", stac_url, "--out", out, *where, "--overwrite"]
 
 
 def _summary_seconds(stdout: str) -> float:
@@ -510,8 +550,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--size", default="full", help="twin size when one has to be made (tiny|small|full)")
     ap.add_argument("--years", type=float, default=None, help="limit the date range to the first N years")
     ap.add_argument("--workers", type=int, default=2, help="processes of the read floor")
-    ap.add_argument("--cluster", default="local", help="build-cube --cluster of the main run (ratios, memory)")
-    ap.add_argument("--compare", default="local:2,local:1x2,threads",
+    ap.add_argument("--cluster", default="default",
+                    help="build-cube --cluster of the main run (ratios, memory); default: the CLI's default")
+    ap.add_argument("--compare", default="local",
                     help="other --cluster set-ups timed on the full range (comma-separated; '' for none)")
     ap.add_argument("--seed-scenes", type=int, default=3, help="scenes for the seed-style reference (0: skip)")
     ap.add_argument("--seed-fill-seconds", type=float, default=10.0,
@@ -565,6 +606,7 @@ def main(argv: list[str] | None = None) -> None:
         print("read floor ...", flush=True)
         plan = scene_plan(url, meta, start, end)
         floor = read_floor(plan, args.workers)
+        res["graph"] = graph_size(url, meta, start, end, tmp)
     report(args, res, full, half, ser, serial, floor, len(plan["scenes"]))
 
 
@@ -587,6 +629,8 @@ def report(args, res, full, half, ser, serial, floor, n_scenes) -> None:  # noqa
         *[f"{f'  --cluster {k}: CPU time of the process tree (s)':58s} {v['cpu']:12.1f}"
           for k, v in res.get("mixes", {}).items()],
         f"{'build-cube library seconds (search..write) (s)':58s} {_summary_seconds(full['stdout']):12.1f}",
+        f"{'graph: tasks per stacked scene (whole store write)':58s} {res['graph']['per_scene']:12.1f}",
+        f"{'  (before the fused graph, issue #21: tasks run per scene)':58s} {GRAPH_BEFORE:12.1f}",
         f"{'build-cube CPU time, process tree (s)':58s} {full['cpu']:12.1f}",
         f"{'build-cube peak RSS, process tree (MiB)':58s} {full['peak'] / mb:12.0f}",
         f"{'  largest single process (MiB)':58s} {full['peak_single'] / mb:12.0f}",
@@ -614,7 +658,7 @@ def report(args, res, full, half, ser, serial, floor, n_scenes) -> None:  # noqa
     ]
     if serial.get("diff"):
         d = serial["diff"]
-        lines.append(f"{'serial vs build-cube ndsi: max |diff|':58s} {d['max']:12.2e}")
+        lines.append(f"{f'serial vs build-cube ndsi: max |diff| (must be <= {AGREE:g})':58s} {d['max']:12.2e}")
         lines.append(f"{'  fraction of pixels |diff| > 1e-3; NaN mismatches':58s} "
                      f"{d['frac_gt_1e-3']:8.4f}; {d['nan_mismatch']}")
     if seed:
@@ -649,6 +693,19 @@ def report(args, res, full, half, ser, serial, floor, n_scenes) -> None:  # noqa
                    serial_peak=ser["peak"], read_floor_s=floor, n_scenes=n_scenes,
                    half=None if half is None else {k: v for k, v in half.items() if k != "stdout"})
         args.json.write_text(json.dumps(res, indent=1, default=float))
+    problem = disagreement(serial.get("diff"))
+    if problem:
+        sys.exit(f"FAILED: {problem}")
+
+
+def disagreement(diff: dict[str, Any] | None) -> str:
+    """Why build-cube and the serial reference disagree ('' when every pixel agrees within :data:`AGREE`)."""
+    if diff is None:
+        return "serial and build-cube ndsi have different shapes (or no build-cube store to compare)"
+    if diff["nan_mismatch"] or not diff["max"] <= AGREE:
+        return (f"serial vs build-cube ndsi differ by up to {diff['max']:.3g} (> {AGREE:g}) on "
+                f"{diff['frac_gt_1e-3']:.1%} of pixels, {diff['nan_mismatch']} NaN mismatches")
+    return ""
 
 
 if __name__ == "__main__":

@@ -10,7 +10,8 @@ Usage::
 
 What is measured, all in one run (one Python process; each twin served over HTTP as ``twin serve`` does):
 
-1. **Local workers**: :func:`glacierflow.preprocess.build.build_cube_store` on ``--twin`` with ``get_client("local",
+1. **Local workers**: :func:`glacierflow.preprocess.build.build_cube_store` on ``--twin`` with
+   ``get_client("threads", workers=N)`` (the CLI's default, ``--workers N`` threads) and ``get_client("local",
    workers=N)`` for N = 1 and 2 (single-threaded worker processes, i.e. ``--cluster local --workers N``):
    cluster start, build wall time, CPU seconds of the whole process tree (user + system of this process and
    every child: nannies, workers) and the ratio 1-worker / 2-workers (issue target >= 1.6).
@@ -119,20 +120,24 @@ def timed_build(spec: Any, out: str, profile: bool = False) -> dict[str, Any]:
     return out_
 
 
-def local_workers(spec: Any, tmp: str, profile: bool, order: tuple[int, ...] = (1, 2)) -> dict[str, Any]:
-    """Part 1: the same build on 1 and 2 local single-threaded worker processes (in ``order``)."""
+def local_workers(spec: Any, tmp: str, profile: bool, order: tuple[int, ...] = (1, 2),
+                  kind: str = "local") -> dict[str, Any]:
+    """Part 1: the same build on 1 and 2 workers (in ``order``): ``local`` single-threaded worker processes,
+    or ``threads`` (the CLI's default: dask's threaded scheduler with N threads)."""
     from glacierflow.compute.cluster import get_client
 
     out: dict[str, Any] = {}
     for n in order:
         t0 = time.perf_counter()
-        with get_client("local", workers=n) as client:
+        with get_client(kind, workers=n) as client:
             start = round(time.perf_counter() - t0, 2)
-            client.wait_for_workers(n)
-            out[f"local_{n}"] = {"cluster_start_s": start, **timed_build(spec, f"{tmp}/local{n}.zarr", profile)}
-        print(f"  local, {n} worker(s): {out[f'local_{n}']}", flush=True)
-    out["ratio_1_over_2"] = round(out["local_1"]["wall_s"] / out["local_2"]["wall_s"], 2)
-    out["cpu_ratio_1_over_2"] = round(out["local_1"]["cpu_s"] / out["local_2"]["cpu_s"], 2)
+            if kind == "local":
+                client.wait_for_workers(n)
+            out[f"{kind}_{n}"] = {"cluster_start_s": start,
+                                  **timed_build(spec, f"{tmp}/{kind}{n}.zarr", profile and kind == "local")}
+        print(f"  {kind}, {n} worker(s): {out[f'{kind}_{n}']}", flush=True)
+    out["ratio_1_over_2"] = round(out[f"{kind}_1"]["wall_s"] / out[f"{kind}_2"]["wall_s"], 2)
+    out["cpu_ratio_1_over_2"] = round(out[f"{kind}_1"]["cpu_s"] / out[f"{kind}_2"]["cpu_s"], 2)
     return out
 
 
@@ -220,6 +225,7 @@ def main() -> None:
     ap.add_argument("--skip-gateway", action="store_true")
     ap.add_argument("--order", default="1,2", help="order of the local runs (2,1 checks for drift in the load)")
     ap.add_argument("--profile", action="store_true", help="task-stream profile of the local builds")
+    ap.add_argument("--kinds", default="threads,local", help="part 1's schedulers (threads = the CLI default)")
     ap.add_argument("--json", type=Path, help="write the figures here")
     args = ap.parse_args()
     res: dict[str, Any] = {"cores": len(os.sched_getaffinity(0)), "uptime_load": list(os.getloadavg()),
@@ -230,7 +236,9 @@ def main() -> None:
                 spec = spec_for(served["meta"], served["stac_url"], args.years)
                 res["twin"] = {"dir": str(args.twin), "shape": served["meta"].get("shape"),
                                "range": [spec.start, spec.end]}
-                res["local"] = local_workers(spec, tmp, args.profile, tuple(int(n) for n in args.order.split(",")))
+                order = tuple(int(n) for n in args.order.split(","))
+                for kind in args.kinds.split(","):  # threads: the CLI's default scheduler
+                    res[kind] = local_workers(spec, tmp, args.profile, order, kind)
                 if not args.skip_gateway:
                     res["gateway"] = gateway(spec, tmp, args.tasks)
         if args.sites:

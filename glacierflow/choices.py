@@ -20,6 +20,8 @@ from glacierflow.errors import GlacierflowError
 MOTIONS = ("translation", "euclidean", "affine", "homography")  # ECC motion models (preprocess.align)
 PERIODS = ("1MS", "3MS", "6MS")  # cube periods build-cube offers
 CATEGORIES = ("T1", "T2", "RT")  # Landsat Collection 2 tiers (landsat:collection_category)
+#: platforms kept by default: Landsat 8 (OLI) and 9 (OLI-2) share band numbers and QA bits; 4/5/7 do not
+DEFAULT_PLATFORMS = ("landsat-8", "landsat-9")
 PAIR_KINDS = ("annual", "consecutive")  # or MIN:MAX days (FlowSpec.pairs)
 PAIR_DAYS = {"annual": (300.0, 430.0), "consecutive": (0.5, 1e9)}  # days between the acquisitions
 FLOW_METHODS = ("ncc", "farneback")  # matchers (motion.matching.METHODS)

@@ -8,6 +8,15 @@ from collections.abc import Callable, Iterable
 _FIELD_REF = re.compile(r"\{([a-z_][a-z0-9_]*)\}")
 
 
+def first_line(err: BaseException, limit: int = 160) -> str:
+    """An exception as one short line (its type name when it has no message).
+
+    Every line of its message joined, spaces collapsed, at most ``limit`` characters: the one helper for this
+    (checkpoints, Dask workers, several sites' summary).
+    """
+    return " ".join(str(err).split())[:limit] or type(err).__name__
+
+
 class GlacierflowError(Exception):
     """A mistake the user can fix (bad name, bad path, server down, ...).
 

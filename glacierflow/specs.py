@@ -30,6 +30,7 @@ from typing import Any, TypeVar
 from glacierflow.choices import (
     BLEND_WINDOWS,
     CATEGORIES,
+    DEFAULT_PLATFORMS,
     DEVICES,
     FLOW_IMAGES,
     FLOW_METHODS,
@@ -210,7 +211,7 @@ class CubeSpec(Spec):
     collection
         STAC collection.
     platforms
-        Platforms kept (e.g. ``("landsat-8",)``).
+        Platforms kept (default Landsat 8 and 9: the same bands and QA bits).
     max_cloud
         Maximum ``eo:cloud_cover`` in percent.
     resolution
@@ -235,7 +236,7 @@ class CubeSpec(Spec):
     end: str
     catalog: str
     collection: str = "landsat-c2-l2"
-    platforms: tuple[str, ...] = ("landsat-8",)
+    platforms: tuple[str, ...] = DEFAULT_PLATFORMS
     max_cloud: float = 20.0
     resolution: float = 30.0
     categories: tuple[str, ...] = ("T1", "T2")

@@ -36,6 +36,7 @@ L8_CLEAR = ["LC08_L2SP_089081_20231008_02_T1",  # 2023-02-10, 9.33 % cloud
 ALL_AUS = ["LC08_L2SP_089079_20231008_02_T1", "LC09_L2SP_089080_20231008_02_T1", *L8_CLEAR[:1],
            "LC09_L2SP_089082_20231008_02_T1", L8_CLEAR[1], "LC09_L2SP_089084_20231008_02_T1", L8_CLEAR[2]]
 LE07 = "LE07_L2SP_168061_20121222_02_T1"
+L8 = ("landsat-8",)  # the tests below that check one platform's filtering (the default is Landsat 8 and 9)
 
 
 def _is_pgstac(server) -> bool:
@@ -43,7 +44,7 @@ def _is_pgstac(server) -> bool:
 
 
 def test_search_keeps_l8_clear_items_sorted(stac_server):
-    result = search(stac_server.url, bbox=AUS, start="2023-01-01", end="2023-12-31")
+    result = search(stac_server.url, bbox=AUS, start="2023-01-01", end="2023-12-31", platforms=L8)
     assert result.ids == L8_CLEAR
     assert all(isinstance(item, dict) and item["collection"] == "landsat-c2-l2" for item in result.items)
     if _is_pgstac(stac_server):
@@ -66,9 +67,25 @@ def test_search_keeps_l8_clear_items_sorted(stac_server):
 
 def test_search_datetime_bounds_are_inclusive_days(stac_server):
     # 089081 is at 2023-02-10T23:43, 089085 at 2023-05-01T23:44: bare dates cover whole days
-    assert search(stac_server.url, bbox=AUS, start="2023-02-10", end="2023-05-01").ids == L8_CLEAR
-    assert search(stac_server.url, bbox=AUS, start="2023-02-11", end="2023-04-30").ids == [L8_CLEAR[1]]
-    assert search(stac_server.url, bbox=AUS, start="2023-03-01", end="2023-12-31").ids == L8_CLEAR[1:]
+    assert search(stac_server.url, bbox=AUS, start="2023-02-10", end="2023-05-01", platforms=L8).ids == L8_CLEAR
+    assert search(stac_server.url, bbox=AUS, start="2023-02-11", end="2023-04-30",
+                  platforms=L8).ids == [L8_CLEAR[1]]
+    assert search(stac_server.url, bbox=AUS, start="2023-03-01", end="2023-12-31",
+                  platforms=L8).ids == L8_CLEAR[1:]
+
+
+def test_default_platforms_are_landsat_8_and_9(stac_server):
+    """OLI and OLI-2 share bands and QA bits: both kept by default; Landsat 7 still rejected by platform."""
+    result = search(stac_server.url, bbox=AUS, start="2023-01-01", end="2023-12-31")
+    clear = [i for i in ALL_AUS if i not in ("LC08_L2SP_089079_20231008_02_T1",  # 25.31 % cloud
+                                             "LC09_L2SP_089080_20231008_02_T1")]  # 20.65 %
+    assert result.ids == clear and {it["properties"]["platform"] for it in result.items} == {"landsat-8",
+                                                                                          "landsat-9"}
+    assert result.parameters()["platforms"] == ["landsat-8", "landsat-9"]
+    if not _is_pgstac(stac_server):
+        assert {r.reason for r in result.rejected} == {"cloud"}
+    le7 = search(stac_server.url, bbox=KENYA, start="2023-01-01", end="2023-12-31")
+    assert le7.ids == [] and [r.reason for r in le7.rejected] in ([], ["platform"])
 
 
 def test_search_follows_pagination(stac_server):
@@ -114,6 +131,37 @@ def test_server_down_is_one_line():
         search(url, bbox=AUS, start="2023-01-01", end="2023-12-31", retries=1, backoff=0.01)
     assert str(err.value) == (f"cannot reach STAC API at {url}: connection refused; is the server running? "
                               "for the offline twin run `glacierflow twin serve DIR`")
+
+
+def test_unknown_host_and_refused_connection_are_not_retried():
+    """One attempt, however many retries are allowed: nothing answers there, retrying only delays the error
+    (62 s with 5 retries at 2 s before). Timeouts, resets and HTTP 5xx keep their retries."""
+    from urllib3.exceptions import (
+        ConnectTimeoutError,
+        MaxRetryError,
+        NameResolutionError,
+        NewConnectionError,
+        ProtocolError,
+        ReadTimeoutError,
+    )
+
+    policy = catalog.retry_policy(retries=5, backoff=30.0)
+    for dead in (NameResolutionError("nonexistent.invalid", None, OSError("Name or service not known")),
+                 NewConnectionError(None, "[Errno 111] Connection refused")):
+        with pytest.raises(MaxRetryError):
+            policy.increment("GET", "/collections", error=dead)
+    again = policy.increment("GET", "/", error=ConnectTimeoutError("timed out"))
+    assert (again.total, again.connect) == (4, 4)
+    again = policy.increment("GET", "/", error=ReadTimeoutError(None, "/", "read timed out"))
+    assert (again.total, again.read) == (4, 4)
+    again = policy.increment("GET", "/", error=ProtocolError("Connection reset by peer"))
+    assert (again.total, again.read) == (4, 4)
+    assert set(catalog.RETRY_STATUSES) >= {500, 502, 503, 504} and policy.is_retry("GET", 503)
+    # end to end, with the retries a user gets by default: the one line, from the first attempt
+    url = "http://nonexistent.invalid/api"  # RFC 6761: never resolves, also offline
+    with pytest.raises(GlacierflowError) as err:
+        search(url, bbox=AUS, start="2023-01-01", end="2023-12-31", retries=5, backoff=30.0)
+    assert str(err.value).startswith(f"cannot reach STAC API at {url}: unknown host")
 
 
 @pytest.mark.parametrize("kwargs, match", [
@@ -195,7 +243,7 @@ def flaky(rustac_server) -> Iterator[type[FlakyProxy]]:
 
 def test_retries_on_503(flaky):
     with flaky(["503", "503"]) as proxy:
-        result = search(proxy.url, bbox=AUS, start="2023-01-01", end="2023-12-31", backoff=0.01)
+        result = search(proxy.url, bbox=AUS, start="2023-01-01", end="2023-12-31", backoff=0.01, platforms=L8)
     assert result.ids == L8_CLEAR
     assert [status for _, _, status in proxy.log[:3]] == [503, 503, 200]
 
@@ -221,7 +269,8 @@ def test_gives_up_after_retries(flaky):
 def test_retries_on_timeout(flaky):
     with flaky(["slow"], slow_s=1.5) as proxy:
         # the first request sleeps 1.5 s > timeout 0.5 s: a result means the timeout was retried
-        result = search(proxy.url, bbox=AUS, start="2023-01-01", end="2023-12-31", timeout=0.5, backoff=0.01)
+        result = search(proxy.url, bbox=AUS, start="2023-01-01", end="2023-12-31", timeout=0.5, backoff=0.01,
+                        platforms=L8)
     assert result.ids == L8_CLEAR
 
 
@@ -272,7 +321,7 @@ def test_filter_items_rejects_each_reason():
     interval["id"] = "x-interval"
     interval["properties"].update(datetime=None, start_datetime="2022-12-30T00:00:00Z",
                                   end_datetime="2023-01-02T00:00:00Z")
-    crit = Criteria.parse(AUS, "2023-01-01", "2023-12-31")
+    crit = Criteria.parse(AUS, "2023-01-01", "2023-12-31", platforms=L8)
     kept, rejected = filter_items([base, base, wrong_coll, items[0], no_cloud, interval, items[11]], crit)
     assert [it["id"] for it in kept] == ["x-interval", base["id"]]  # interval overlaps the start
     assert [r.reason for r in rejected] == ["duplicate", "collection", "bbox", "cloud", "platform"]

@@ -126,8 +126,8 @@ def test_landsat7_filtered():
     assert [k["id"] for k in kept] == [d["id"] for d in l9]
     assert list(dropped) == ["LE07_L2SP_168061_20121222_02_T1"]
     assert "landsat-7" in dropped["LE07_L2SP_168061_20121222_02_T1"]
-    # default platforms: Landsat-8 only
-    assert normalise_items([le07, *l9]) == []
+    # default platforms: Landsat 8 and 9 (the same bands and QA bits); Landsat 7 still dropped
+    assert [k["id"] for k in normalise_items([le07, *l9])] == [d["id"] for d in l9]
     with pytest.raises(GlacierflowError, match="landsat-7"):
         build_cube([le07], bbox_lonlat=(36.5, -1.5, 36.6, -1.4), epsg=32737, platforms=L89)
 

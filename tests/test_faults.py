@@ -249,8 +249,8 @@ def test_a_stalled_asset_read_times_out_and_is_retried(tiny_twin: Path, tmp_path
         build_cube_store(_spec(tiny_twin, stac_url, **FAST), PreprocessSpec(), out)
         seen = {n: [e["action"] for e in proxy.events() if n in e["path"]] for n in (a, b)}
     assert seen[a][0] == "stall" and seen[a][1:] and set(seen[a][1:]) == {"pass"}, seen  # retried, then served
-    # each retry timed out too (at least 1 + retries requests, all stalled: how many GDAL sends per attempt is its own)
-    assert len(seen[b]) >= 1 + FAST["http_retries"] and set(seen[b]) == {"stall"}, seen
+    # each retry timed out too: the window read, then the header check of the scene (uncached after a failure)
+    assert set(seen[b]) == {"stall"} and len(seen[b]) >= 1 + FAST["http_retries"], seen
     scenes = open_store(out, group="scenes").load()
     row = {str(i): k for k, i in enumerate(scenes["item_id"].values)}
     assert bool(scenes["used"].values[row[once["id"]]])

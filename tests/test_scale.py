@@ -52,7 +52,7 @@ def two_twins(tiny_twin, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def cubes(two_twins, tmp_path_factory):
-    """parvati's cube built by a single-site `build-cube` with --cluster local (the default)."""
+    """parvati's cube built by a single-site `build-cube` on the default scheduler (threads)."""
     d = tmp_path_factory.mktemp("scale-cubes")
     argv = ["build-cube", "--bbox", *_bbox(two_twins["parvati"]), *YEAR, "--catalog", two_twins["url"]]
     assert main([*argv, "--out", str(d / "local.zarr")]) == 0

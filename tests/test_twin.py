@@ -255,3 +255,26 @@ def test_port_in_use_is_a_clear_error(tiny_twin: Path, capsys: pytest.CaptureFix
     err = capsys.readouterr().err
     assert rc == 2 and "in use" in err and err.count("\n") == 1 and "Traceback" not in err
     assert signal.getsignal(signal.SIGTERM) is before, "the command restores the SIGTERM handler it set"
+
+
+def test_landsat9_from_november_2021_like_planetary_computer() -> None:
+    """The schedule adds Landsat 9 (8 days after Landsat 8 on the main path) from 2021-11-01 only; its items
+    carry Planetary Computer's Landsat-9 properties (LC09 ids, platform, instruments, DOI, band names)."""
+    from glacierflow.geo.glaciers import get_site
+    from glacierflow.twin import stac_items
+    from glacierflow.twin.make import LANDSAT9_START, schedule
+
+    acqs = schedule(get_site("parvati"), "2021-06-01", "2022-03-31", seed=0, realism="himalaya", size="tiny")
+    l9 = [a for a in acqs if a.platform == "landsat-9"]
+    assert len(l9) >= 8 and all(a.datetime >= f"{LANDSAT9_START:%Y-%m-%d}" for a in l9)
+    assert all(a.item_id.startswith("LC09_L2SP_") for a in l9) and [a.index for a in acqs] == list(range(len(acqs)))
+    assert not [a for a in schedule(get_site("parvati"), "2019-01-01", "2020-12-31", seed=0) if a.platform ==
+                "landsat-9"], "no Landsat 9 before late 2021"
+    real = next(i for i in load_pc_fixture("landsat-c2-l2_items-page_limit1_2025-03.json")["features"]
+                if i["properties"]["platform"] == "landsat-9")
+    spec = stac_items.PLATFORMS["landsat-9"]
+    assert spec["instruments"] == real["properties"]["instruments"] and spec["doi"] == real["properties"]["sci:doi"]
+    for asset in ("green", "swir16"):
+        band = real["assets"][asset]["eo:bands"][0]
+        number, wavelength, _ = spec["bands"][asset]
+        assert (f"{spec['band_prefix']}{number}", wavelength) == (band["name"], band["center_wavelength"])

@@ -167,6 +167,10 @@ def build_cube_cmd(
     force: Annotated[
         bool, typer.Option("--force", help="Build a bbox larger than one Landsat scene (40 Mpx) anyway.")
     ] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Search and print the scenes found, the cube's shape and the bytes "
+                           "it would read and write; start no cluster, read no pixel, write nothing.")
+    ] = False,
     storage_option: StorageOpt = None,
     where: Where = DEFAULT_WHERE,
 ) -> int:
@@ -178,7 +182,7 @@ def build_cube_cmd(
     submitted together; one store per site, one summary table; a failed site is reported and the others go
     on (exit status 1 if any failed).
     """
-    from glacierflow.preprocess.build import build_cube_store, default_store_name  # deferred: cv2
+    from glacierflow.preprocess.build import build_cube_store, default_store_name, plan_build  # deferred: cv2
 
     spec_for = cube_spec_maker(
         start=start, end=end, catalog=catalog, collection=collection, platform=platform, max_cloud=max_cloud,
@@ -190,6 +194,8 @@ def build_cube_cmd(
         min_ecc=min_ecc,
     )
     if sites is not None or len(glacier or []) > 1:
+        if dry_run:
+            raise GlacierflowError("--dry-run takes one site; run it per --glacier or --bbox")
         return _build_sites(glacier or [], sites, bbox, epsg, spec_for, pre, out_store, out_dir, overwrite,
                             storage_options(storage_option), where, strict)
     site = resolve_site(glacier[0] if glacier else None, bbox, epsg)
@@ -200,6 +206,13 @@ def build_cube_cmd(
     target = out_store.replace("{name}", site.name) if out_store else (
         f"{out_dir.rstrip('/')}/{name}" if out_dir else name)
     check_writable_output(target, storage_option)  # before hours of work, not after
+    # the search and every input check before a cluster starts: a dead catalog is one line in seconds
+    plan = plan_build(spec, pre, target, overwrite=overwrite, storage_options=storage_options(storage_option),
+                      strict=strict)
+    if dry_run:
+        for line in plan.lines():
+            out.print(line)
+        return 0
     with where.client() as client:
         summary = build_cube_store(
             spec,
@@ -209,6 +222,7 @@ def build_cube_cmd(
             storage_options=storage_options(storage_option),
             compute=runner(client, progress_bar=progress_enabled()),
             strict=strict,
+            plan=plan,
         )
     _print_summary(summary)
     return 0
@@ -273,7 +287,7 @@ def _build_sites(glaciers: list[str], sites_file: Path | None, bbox: Any, epsg: 
                  out_dir: str | None, overwrite: bool, storage: dict[str, Any] | None, where: Where,
                  strict: bool = False) -> int:
     """build-cube over several sites on one cluster (glacierflow.geo.sites); the summary table; 1 if any failed."""
-    from glacierflow.preprocess.build import build_cube_store, default_store_name  # deferred: cv2
+    from glacierflow.preprocess.build import build_cube_store, default_store_name, plan_build  # deferred: cv2
 
     if bbox:
         raise GlacierflowError("--bbox gives one site; for several, list NAME W S E N lines in --sites FILE")
@@ -282,13 +296,22 @@ def _build_sites(glaciers: list[str], sites_file: Path | None, bbox: Any, epsg: 
     specs = {s.name: spec_for(s) for s in chosen}  # every spec checked before a cluster starts
     for url in stores.values():  # and every output: one line before hours of work, not a failed site after
         check_writable(url, storage)
-    with where.client() as client:
-        run = runner(client, progress_bar=False)  # several sites at once: no interleaved bars
-        results = build_sites({
-            name: (stores[name], functools.partial(build_cube_store, spec, pre, overwrite=overwrite,
-                                                   storage_options=storage, compute=run, strict=strict))
-            for name, spec in specs.items()
-        })
+    # every site's search and checks before the cluster starts; a site that fails them is reported, not built
+    planned = {r.name: r for r in build_sites({
+        name: (stores[name], functools.partial(plan_build, spec, pre, overwrite=overwrite, storage_options=storage,
+                                               strict=strict)) for name, spec in specs.items()})}
+    ready = {name: spec for name, spec in specs.items() if planned[name].ok}
+    built: dict[str, Any] = {}
+    if ready:
+        with where.client() as client:
+            run = runner(client, progress_bar=False)  # several sites at once: no interleaved bars
+            built = {r.name: r for r in build_sites({
+                name: (stores[name], functools.partial(build_cube_store, spec, pre, overwrite=overwrite,
+                                                       storage_options=storage, compute=run, strict=strict,
+                                                       plan=planned[name].summary))
+                for name, spec in ready.items()
+            })}
+    results = [built.get(name, planned[name]) for name in specs]
     for line in summary_table(results):
         out.print(line)
     return 1 if any(not r.ok for r in results) else 0

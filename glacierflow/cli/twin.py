@@ -60,7 +60,7 @@ def twin_make(
                          realism=realism, max_speed=max_speed, glacier_width=glacier_width)
     out.print(
         f"twin written to {out_dir}: {meta['n_items']} items ({meta['n_landsat8']} Landsat-8, "
-        f"{meta['n_landsat7']} Landsat-7; realism {meta['realism']}), "
+        f"{meta.get('n_landsat9', 0)} Landsat-9, {meta['n_landsat7']} Landsat-7; realism {meta['realism']}), "
         f"grid {meta['shape'][0]}x{meta['shape'][1]} px EPSG:{meta['epsg']}, "
         f"{meta['bytes'] / 1e6:.1f} MB in {meta['generation_seconds']} s"
     )

@@ -2,14 +2,16 @@
 
 One string picks where the work runs (the CLI's ``--cluster`` flag):
 
-- ``None`` / ``"local"``: a :class:`distributed.LocalCluster` on this machine with the mix of
-  :func:`local_mix` (measured: one worker process, one thread per core); ``"local:N"``: N single-threaded
-  workers; ``"local:NxT"``: N workers with T threads each.
+- ``None`` / ``"threads"`` (the default, :data:`DEFAULT_CLUSTER`): no cluster, dask's threaded scheduler on
+  this machine, one thread per core (``--workers N``: N threads).
+- ``"local"``: a :class:`distributed.LocalCluster` on this machine with the mix of :func:`local_mix` (one
+  worker process, one thread per core); ``"local:N"``: N single-threaded workers; ``"local:NxT"``: N workers
+  with T threads each.
 - ``"tcp://host:port"``: an existing scheduler (left running on close).
 - ``"gateway"``: a new cluster from the Dask Gateway named in Dask config (``gateway.address``, env
   ``DASK_GATEWAY__ADDRESS``, with ``gateway.auth``; Planetary Computer's hub sets both).
 - ``"gateway://http://host:port"``: a new cluster from the Gateway at that address.
-- ``"threads"`` / ``"sync"``: no cluster, dask's threaded or synchronous scheduler (tests, debugging).
+- ``"sync"``: no cluster, dask's synchronous scheduler (debugging).
 
 ``workers`` (the CLI's ``--workers N|MIN:MAX``, :func:`parse_workers`) sizes what is started: N workers, or
 adaptive scaling between MIN and MAX (LocalCluster and Gateway). A Gateway cluster without it scales adaptively
@@ -40,8 +42,11 @@ from glacierflow.errors import GlacierflowError
 
 logger = logging.getLogger(__name__)
 
-#: where every stage runs when ``--cluster`` is not given (one default for build-cube, flow, ...)
-DEFAULT_CLUSTER = "local"
+#: where every stage runs when ``--cluster`` is not given (one default for build-cube, flow, ...): dask's threaded
+#: scheduler, by measurement (benchmarks/README.md, build-cube on the 1-year full twin, 2 cores): 12 s of CPU
+#: against 21 s for ``local`` (a LocalCluster's processes, scheduler and transfers); GDAL reads, OpenCV and
+#: numpy release the GIL. ``local``, ``tcp://...`` and ``gateway`` stay one flag away.
+DEFAULT_CLUSTER = "threads"
 #: Gateway workers when ``workers`` is not given: adaptive between these (a Gateway starts with none)
 GATEWAY_WORKERS = (1, 4)
 #: seconds to wait for the first worker of a new cluster before giving up with a one-line error
@@ -303,8 +308,8 @@ def get_client(
     Parameters
     ----------
     spec
-        Where to run, see the module docstring: ``None``/``"local"``, ``"local:N"``, ``"tcp://host:port"``,
-        ``"gateway"``, ``"gateway://http://host:port"``, ``"threads"``, ``"sync"``.
+        Where to run, see the module docstring: ``None``/``"threads"``, ``"local"``, ``"local:N"``,
+        ``"tcp://host:port"``, ``"gateway"``, ``"gateway://http://host:port"``, ``"sync"``.
     workers
         ``N`` or ``(min, max)`` (adaptive), see :func:`parse_workers`. Local: N single-threaded worker
         processes (default: :func:`local_mix`); threads: N threads; Gateway: N workers or adaptive (default

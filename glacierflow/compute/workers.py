@@ -25,7 +25,7 @@ from typing import Any
 import distributed
 
 from glacierflow import __version__
-from glacierflow.errors import GlacierflowError
+from glacierflow.errors import GlacierflowError, first_line
 
 logger = logging.getLogger(__name__)
 
@@ -94,17 +94,12 @@ def worker_report(dask_worker: distributed.Worker) -> dict[str, Any]:
     }
 
 
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
-
-
 def _worker_versions(client: distributed.Client) -> str:
     """``"2 workers have glacierflow 0.1"``-style text, asked with a stdlib function (loads on any worker)."""
     try:
         got = client.run(importlib.metadata.version, "glacierflow", on_error="return")
     except Exception as err:  # the message is best effort; the caller's error stands on its own
-        return f"worker versions unknown ({_first_line(err)})"
+        return f"worker versions unknown ({first_line(err)})"
     seen = sorted({v if isinstance(v, str) else "none" for v in got.values()})
     return f"workers have glacierflow {', '.join(seen)}"
 
@@ -125,11 +120,11 @@ def prepare_workers(client: distributed.Client, plugin: WorkerSetup | None = Non
         client.register_plugin(plugin, name=PLUGIN_NAME)
     except WorkerVersionError as err:
         raise GlacierflowError(
-            f"{_first_line(err)}; install glacierflow=={plugin.version} where the workers run "
+            f"{first_line(err)}; install glacierflow=={plugin.version} where the workers run "
             "(the gateway's worker image: --cluster-option image=...), or run this glacierflow there"
         ) from None
     except Exception as err:  # unpicklable plugin on a worker without (this) glacierflow, and the like
         raise GlacierflowError(
             f"Dask workers cannot load glacierflow {plugin.version}'s worker setup ({type(err).__name__}: "
-            f"{_first_line(err)}); {_worker_versions(client)}; install glacierflow=={plugin.version} there"
+            f"{first_line(err)}); {_worker_versions(client)}; install glacierflow=={plugin.version} there"
         ) from None

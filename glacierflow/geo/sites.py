@@ -27,7 +27,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from glacierflow.errors import GlacierflowError
+from glacierflow.errors import GlacierflowError, first_line
 from glacierflow.geo.glaciers import Site, get_site, site_from_bbox
 
 #: at most this many sites' graphs are in flight at once (each holds its graph and search results)
@@ -117,8 +117,8 @@ def _one(name: str, store: str, build: Callable[[str], Any]) -> SiteResult:
     except GlacierflowError as err:
         return SiteResult(name, store, error=str(err), seconds=time.perf_counter() - t0)
     except Exception as err:  # one site's crash is reported with the others', not a lost run
-        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
-        return SiteResult(name, store, error=f"{type(err).__name__}: {first}", seconds=time.perf_counter() - t0)
+        return SiteResult(name, store, error=f"{type(err).__name__}: {first_line(err)}",
+                          seconds=time.perf_counter() - t0)
     return SiteResult(name, store, summary=summary, seconds=time.perf_counter() - t0)
 
 

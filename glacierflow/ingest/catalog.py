@@ -31,7 +31,9 @@ from pystac_client.errors import ClientTypeError
 from pystac_client.exceptions import APIError
 from pystac_client.stac_api_io import StacApiIO
 from urllib3 import Retry
+from urllib3.exceptions import NewConnectionError
 
+from glacierflow.choices import DEFAULT_PLATFORMS
 from glacierflow.errors import GlacierflowError
 from glacierflow.ingest.items import refused_href
 
@@ -46,6 +48,7 @@ __all__ = [
     "filter_items",
     "next_page_link",
     "open_client",
+    "retry_policy",
     "search",
     "server_supports_filter",
     "sign_items",
@@ -142,7 +145,7 @@ class Criteria:
     start: datetime
     end: datetime
     collection: str = "landsat-c2-l2"
-    platforms: tuple[str, ...] | None = ("landsat-8",)
+    platforms: tuple[str, ...] | None = DEFAULT_PLATFORMS
     max_cloud: float | None = 20.0
     categories: tuple[str, ...] | None = None  # landsat:collection_category (T1, T2, RT); None keeps all
 
@@ -160,7 +163,7 @@ class Criteria:
 
     @classmethod
     def parse(cls, bbox: Sequence[float], start: DateLike, end: DateLike, collection: str = "landsat-c2-l2",
-              platforms: Sequence[str] | None = ("landsat-8",), max_cloud: float | None = 20.0,
+              platforms: Sequence[str] | None = DEFAULT_PLATFORMS, max_cloud: float | None = 20.0,
               categories: Sequence[str] | None = None) -> Criteria:
         """Build from user values: dates as ``YYYY-MM-DD`` (inclusive days, UTC) or ISO datetimes."""
         if len(bbox) != 4:
@@ -331,24 +334,51 @@ def _unreachable(url: str, err: BaseException) -> GlacierflowError:
     )
 
 
+class FailFastRetry(Retry):
+    """urllib3 ``Retry`` that gives up at once where no server will answer: an unknown host, a refused connection.
+
+    Retried (up to the counts): HTTP 429/5xx, timeouts (connect and read) and connections reset or dropped
+    mid-request. Not retried: a name that does not resolve and a port nobody listens on
+    (:class:`urllib3.exceptions.NewConnectionError`, which also covers ``NameResolutionError``); retrying
+    those only delays the same one-line error by the whole backoff (62 s with 5 retries at 2 s).
+    """
+
+    def increment(self, method: str | None = None, url: str | None = None, *args: Any, error: Exception | None = None,
+                  **kwargs: Any) -> FailFastRetry:
+        """As :meth:`urllib3.util.Retry.increment`, but an unknown host or refused connection re-raises at once."""
+        if isinstance(error, NewConnectionError):
+            # no connect retry left: urllib3 raises MaxRetryError, which requests reports as ConnectionError
+            return Retry.increment(self.new(connect=0), method, url, *args, error=error, **kwargs)
+        return super().increment(method, url, *args, error=error, **kwargs)
+
+
+def retry_policy(retries: int = 3, backoff: float = 0.5) -> FailFastRetry:
+    """The STAC client's retry policy: ``retries`` tries on 429/5xx, timeouts and resets; none on a dead host.
+
+    Exponential backoff ``backoff * 2**n`` seconds, honouring ``Retry-After``.
+    """
+    return FailFastRetry(total=retries, connect=retries, read=retries, status=retries, backoff_factor=backoff,
+                         status_forcelist=RETRY_STATUSES, allowed_methods=None, raise_on_status=False)
+
+
 def open_client(url: str, *, retries: int = 3, backoff: float = 0.5, timeout: float = 30.0) -> Client:
-    """Open a pystac-client :class:`Client` with retries on 429/5xx, connection errors and timeouts.
+    """Open a pystac-client :class:`Client` with retries on 429/5xx, timeouts and reset connections.
+
+    An unknown host or a refused connection fails at once (:class:`FailFastRetry`).
 
     Parameters
     ----------
     url
         STAC API root.
     retries
-        Retries per request (urllib3 ``Retry``, exponential backoff ``backoff * 2**n`` seconds, honouring
+        Retries per request (:func:`retry_policy`, exponential backoff ``backoff * 2**n`` seconds, honouring
         ``Retry-After``); 0 disables them.
     backoff
         Backoff factor in seconds.
     timeout
         Connect and read timeout per request, in seconds.
     """
-    retry = Retry(total=retries, connect=retries, read=retries, status=retries, backoff_factor=backoff,
-                  status_forcelist=RETRY_STATUSES, allowed_methods=None, raise_on_status=False)
-    io = StacApiIO(max_retries=retry, timeout=timeout)
+    io = StacApiIO(max_retries=retry_policy(retries, backoff), timeout=timeout)
     try:
         client = Client.open(url, stac_io=io)
     except (APIError, requests.RequestException, OSError) as err:
@@ -428,7 +458,7 @@ class SearchResult:
 
 
 def search(url: str, *, bbox: Sequence[float], start: DateLike, end: DateLike,
-           collection: str = "landsat-c2-l2", platforms: Sequence[str] | None = ("landsat-8",),
+           collection: str = "landsat-c2-l2", platforms: Sequence[str] | None = DEFAULT_PLATFORMS,
            max_cloud: float | None = 20.0, categories: Sequence[str] | None = None, limit: int = 100,
            client: Client | None = None,
            retries: int = 3, backoff: float = 0.5, timeout: float = 30.0,
@@ -456,7 +486,8 @@ def search(url: str, *, bbox: Sequence[float], start: DateLike, end: DateLike,
     client
         An open pystac-client Client (IO seam); opened from ``url`` with retries when None.
     retries, backoff, timeout
-        Retry policy for 429/5xx, connection errors and timeouts (see :func:`open_client`).
+        Retry policy for 429/5xx, timeouts and resets; none for an unknown host or a refused connection
+        (:func:`retry_policy`).
     max_items
         Stop after this many items returned by the server (None: all).
 

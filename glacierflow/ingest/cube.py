@@ -121,9 +121,28 @@ def snapped_bounds(
 
 
 def _odd(dn: np.ndarray) -> np.ndarray:
-    """``fmod(dn, 2) == 1`` (a QA fill bit), quiet for the -inf of unreadable pixels (False there)."""
+    """Whether bit 0 (the QA fill bit) of a float-held bit field is set; False for NaN and -inf.
+
+    Integer arithmetic (about 10x faster than ``fmod`` on float32): exact for the uint16 values QA holds.
+    """
+    finite = np.isfinite(dn)
     with np.errstate(invalid="ignore"):
-        return np.fmod(dn, 2) == 1
+        return finite & ((np.where(finite, dn, 0).astype(np.int64) & 1) == 1)
+
+
+def _values(dn: da.Array, scale: np.ndarray, offset: np.ndarray, bits: bool) -> da.Array:
+    """One asset's ``(time, 1, y, x)`` DN as float32 values: reflectance (DN 0 -> NaN) or bits (fill -> NaN).
+
+    NaN and -inf (unreadable) stay what they are.
+    """
+    if bits:
+        return da.map_blocks(_bits_block, dn, dtype=np.float32)
+    reflectance = dn * scale[:, None, None, None] + offset[:, None, None, None]
+    return da.where(dn == 0, np.float32(np.nan), reflectance).astype(np.float32)
+
+
+def _bits_block(dn: np.ndarray) -> np.ndarray:
+    return np.where(_odd(dn), np.float32(np.nan), dn).astype(np.float32, copy=False)
 
 
 def _scale_offset(items: Sequence[Mapping[str, Any]], assets: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -246,12 +265,9 @@ def build_cube(
             f"none of the {len(plain)} items overlaps bbox {tuple(bbox_lonlat)}; check the bbox or the search"
         )
     scale, offset = _scale_offset([by_id[i] for i in kept_ids], assets)
-    is_bits = np.array([a in BITFIELD_ASSETS for a in assets])[None, :, None, None]
-    dn = raw.data
-    reflectance = dn * scale[:, :, None, None] + offset[:, :, None, None]
-    # NaN and -inf (unreadable) compare False here and stay what they are below
-    fill = da.where(is_bits, da.map_blocks(_odd, dn, dtype=bool), dn == 0)
-    data = da.where(fill, np.float32(np.nan), da.where(is_bits, dn, reflectance)).astype(np.float32)
+    is_bits = [a in BITFIELD_ASSETS for a in assets]
+    data = da.concatenate([_values(raw.data[:, b : b + 1], scale[:, b], offset[:, b], bits)
+                           for b, bits in enumerate(is_bits)], axis=1)
 
     cube = xr.DataArray(data, coords=raw.coords, dims=raw.dims, name="reflectance")
     # stackstac collapses constant properties to scalars: rebuild them along time from the items.

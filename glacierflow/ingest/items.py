@@ -12,12 +12,13 @@ import logging
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from glacierflow import choices
 from glacierflow.errors import GlacierflowError
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_ASSETS: tuple[str, ...] = ("green", "swir16", "qa_pixel")
-DEFAULT_PLATFORMS: tuple[str, ...] = ("landsat-8",)
+DEFAULT_PLATFORMS: tuple[str, ...] = choices.DEFAULT_PLATFORMS
 
 
 def _epsg_from_code(code: Any) -> int | None:

@@ -182,6 +182,11 @@ def _centre_shift(warp: np.ndarray, shape: tuple[int, int]) -> tuple[float, floa
     return float(px / pw - cx), float(py / pw - cy)
 
 
+def centre_shift(warp: np.ndarray, shape: tuple[int, int]) -> tuple[float, float]:
+    """A warp's ``(shift_x, shift_y)`` in pixels as the cube store reports it (see the module notes)."""
+    return _centre_shift(warp, shape)
+
+
 def find_warp(
     scene: np.ndarray,
     reference: np.ndarray,

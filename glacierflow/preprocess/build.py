@@ -5,11 +5,12 @@ the per-scene table and the aligned guide images, as ordinary lazy variables of 
 :func:`as_tree` arranges it in the cube store's groups and :func:`glacierflow.storage.store.write` computes and
 writes it in one pass. :func:`build_cube_store` is the whole command.
 
-Every scene's COG windows are read once for the product: a cheap first read of ``qa_pixel`` alone
-(:func:`quality`, computed first) says which scenes have enough valid pixels, and only those scenes'
-reflectance is read, once. Their masked NDSI and guide images go through a scratch Zarr store inside the
-graph (:func:`glacierflow.storage.store.spill`) so that no scene is held in memory across the two reductions over
-all scenes that the alignment needs (reference, re-estimated reference).
+Every scene's COG windows (``qa_pixel`` and the bands) are read once, by one fused task per scene
+(:mod:`glacierflow.preprocess.fused`: mask, NDSI, guide), followed by the two ECC passes and the period sums;
+the scene table and the period figures come out of the same single pass. Above
+:data:`glacierflow.preprocess.fused.SPILL_BYTES` of NDSI and guides the scenes go through a scratch Zarr store
+between the passes instead of memory. :func:`plan_build` is everything that can be checked before a pixel is
+read (output, search, grid): the CLI runs it before starting a cluster, and ``--dry-run`` prints it.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from glacierflow import __version__
 from glacierflow.errors import GlacierflowError
 from glacierflow.ingest import catalog, cube, readers
 from glacierflow.ingest import items as items_mod
-from glacierflow.preprocess import align, periods
+from glacierflow.preprocess import fused, periods
 from glacierflow.preprocess import qa as preprocess
 from glacierflow.specs import CubeSpec, PreprocessSpec
 from glacierflow.storage import cf, stac_out, store
@@ -90,49 +91,12 @@ def stack(items: list[dict[str, Any]], spec: CubeSpec, reader: type | None = Non
     )
 
 
-def asset_errors(items: list[dict[str, Any]], raw: xr.DataArray, spec: CubeSpec,
-                 reader: type | None = None) -> xr.DataArray:
-    """Per stacked scene (lazy): why its assets cannot be stacked as declared ('' if they can).
-
-    One task per scene opens the headers of its assets (:func:`glacierflow.ingest.readers.check_assets`): a missing
-    asset, an unreadable file, a CRS or size other than the item declares.
-    """
-    by_id = {str(it["id"]): it for it in items_mod.normalise_items(items, platforms=spec.platforms)}
-    sign = reader.sign_href if isinstance(reader, type) and issubclass(reader, readers.SigningRioReader) else None
-    env, bands = _env(spec), [str(b) for b in raw["band"].values]
-    check = dask.delayed(_check_scene, pure=True)
-    parts = [dsa.from_delayed(check(by_id[str(i)], bands, env, sign), shape=(1,), dtype=object)
-             for i in raw["id"].values]
-    data = dsa.concatenate(parts) if parts else np.empty(0, object)
-    return xr.DataArray(data, dims="time", coords={"time": raw["time"].values})
-
-
-def _check_scene(item: dict[str, Any], bands: list[str], env: Any, sign: Any) -> np.ndarray:
-    return np.array([readers.check_assets(item, bands, env, sign)], dtype=object)
-
-
-def quality(raw: xr.DataArray, pre: PreprocessSpec, asset_error: xr.DataArray | None = None) -> xr.Dataset:
-    """Per stacked scene (lazy): ``valid_fraction``, ``qa_read_error`` and ``asset_error``.
-
-    ``valid_fraction`` and ``qa_read_error`` come from ``qa_pixel`` alone; ``asset_error`` is
-    :func:`asset_errors` ('' for every scene when not given).
-    """
-    qa = raw.sel(band=preprocess.QA_BAND, drop=True)
-    frac = preprocess.qa_valid(qa, mask_clouds=pre.mask_clouds).mean(("y", "x")).astype(np.float32)
-    unreadable = np.isneginf(qa).any(("y", "x"))
-    if asset_error is None:
-        asset_error = xr.DataArray(np.full(raw.sizes["time"], "", object), dims="time")
-    return xr.Dataset({"valid_fraction": frac, "qa_read_error": unreadable,
-                       "asset_error": asset_error.reset_coords(drop=True).assign_coords(time=raw["time"])
-                       }).reset_coords(drop=True)
-
-
 def _reasons(frac: np.ndarray, qa_err: np.ndarray, asset_err: np.ndarray, aligned: np.ndarray, ecc: np.ndarray,
-             *band_err: np.ndarray, need: float, min_ecc: float, bands: tuple[str, ...]) -> np.ndarray:
+             band_err: np.ndarray, *, need: float, min_ecc: float, bands: tuple[str, ...]) -> np.ndarray:
     """Why each scene is not averaged ('' if it is): read error, missing, alignment (first that applies)."""
     out = np.empty(frac.shape, object)
     for i in range(frac.size):
-        bad = [b for b, e in zip(bands, band_err, strict=True) if e[i]]
+        bad = [b for b, e in zip(bands, band_err[i], strict=True) if e]
         if asset_err[i]:
             out[i] = str(asset_err[i])
         elif qa_err[i] or bad:
@@ -147,15 +111,31 @@ def _reasons(frac: np.ndarray, qa_err: np.ndarray, asset_err: np.ndarray, aligne
     return out.astype(STR)
 
 
-def _scenes_entering(
-    raw: xr.DataArray, q: xr.Dataset, pre: PreprocessSpec
-) -> tuple[xr.DataArray, np.ndarray | None]:
-    """The scenes that enter the main pass: those over the quality threshold when ``q`` is computed."""
-    if isinstance(q["valid_fraction"].data, dsa.Array):
-        return raw, None  # one graph: every scene enters, the threshold applies inside it
-    keep = np.flatnonzero((q["valid_fraction"].values >= 1.0 - pre.max_missing)
-                          & (q["asset_error"].values == ""))
-    return raw.isel(time=keep), keep
+def _reason_column(cols: dict[str, np.ndarray], need: float, min_ecc: float) -> dict[str, np.ndarray]:
+    """The ``reason`` column from the per-scene columns of :func:`glacierflow.preprocess.fused.scene_columns`."""
+    keys = ("valid_fraction", "qa_read_error", "asset_error", "aligned", "ecc", "band_error")
+    return {"reason": _reasons(*(cols[k] for k in keys), need=need, min_ecc=min_ecc,
+                               bands=preprocess.REFLECTANCE_BANDS)}
+
+
+def scene_settings(items: list[dict[str, Any]], raw: xr.DataArray, spec: CubeSpec, pre: PreprocessSpec,
+                   reader: type | None, scratch: str | None, storage_options: dict[str, Any] | None,
+                   strict: bool) -> tuple[fused.SceneSettings, list[dict[str, Any]]]:
+    """The per-scene tasks' settings and the normalised item of every stacked scene (for the asset check).
+
+    A scratch store is created (empty arrays) only when the scenes' NDSI and guides together exceed
+    :data:`glacierflow.preprocess.fused.SPILL_BYTES`.
+    """
+    by_id = {str(it["id"]): it for it in items_mod.normalise_items(items, platforms=spec.platforms)}
+    sign = reader.sign_href if isinstance(reader, type) and issubclass(reader, readers.SigningRioReader) else None
+    n, shape = raw.sizes["time"], (raw.sizes["y"], raw.sizes["x"])
+    spill = scratch is not None and n * shape[0] * shape[1] * 8 > fused.SPILL_BYTES
+    so = storage_options if spill and "://" in str(scratch) and not str(scratch).startswith("file://") else None
+    if spill:
+        fused.create_scratch(str(scratch), n, shape, so)
+    s = fused.SceneSettings(bands=tuple(str(b) for b in raw["band"].values), pre=pre, env=_env(spec), sign=sign,
+                            scratch=scratch if spill else None, storage_options=so, strict=strict)
+    return s, [by_id[str(i)] for i in raw["id"].values]
 
 
 def cube_dataset(
@@ -164,13 +144,13 @@ def cube_dataset(
     pre: PreprocessSpec,
     *,
     reader: type | None = None,
-    quality_figures: xr.Dataset | None = None,
+    raw: xr.DataArray | None = None,
     scratch: str | None = None,
     storage_options: dict[str, Any] | None = None,
     rejected: list[catalog.Rejection] = (),  # type: ignore[assignment]
     strict: bool = False,
 ) -> xr.Dataset:
-    """The lazy cube store content as one Dataset.
+    """The lazy cube store content as one Dataset (one fused task per scene, :mod:`glacierflow.preprocess.fused`).
 
     Parameters
     ----------
@@ -181,63 +161,87 @@ def cube_dataset(
     reader
         stackstac reader class (default :class:`glacierflow.ingest.readers.ReportingRioReader`;
         :class:`glacierflow.ingest.readers.SigningRioReader` signs each href on the worker right before reading).
-    quality_figures
-        Computed :func:`quality` of the stacked scenes: only the scenes over ``max_missing`` enter the
-        graph. Without it every scene enters and the threshold is applied inside the one lazy graph.
+    raw
+        The stacked cube of ``items`` (:func:`stack`) if already built (metadata only).
     scratch
-        URL of a scratch store for the masked scenes (:func:`glacierflow.storage.store.spill`); without it the
-        scenes stay in (worker) memory between the alignment passes.
+        URL of a scratch store for the scenes' NDSI and guides, used when they would not fit
+        :data:`glacierflow.preprocess.fused.SPILL_BYTES`; without it they stay in (worker) memory between the
+        alignment passes.
     storage_options
         fsspec options for ``scratch``.
     rejected
         Search rejections, recorded as rows of the per-scene table.
     strict
-        Unreadable pixels raise :class:`glacierflow.ingest.readers.AssetReadError` instead of dropping the scene.
+        A scene whose assets are missing, unreadable or not as declared fails the build (one line) instead of
+        being dropped.
 
     Returns
     -------
     xarray.Dataset
         Cube variables ``ndsi``, ``n_valid`` (time, y, x), ``n_scenes``, ``interpolated``, ``time_mean``
         (time); per-scene table variables :data:`TABLE` and ``scene_time`` along ``scene`` (one row per
-        scene considered, by time); ``guide(guide_scene, y, x)`` for the scenes that entered the alignment
-        (NaN for those not averaged) unless ``spec.guides`` is False. All lazy.
+        scene considered, by time); ``guide(guide_scene, y, x)`` for every stacked scene (NaN for those not
+        averaged) unless ``spec.guides`` is False. All lazy.
     """
-    raw = stack(items, spec, reader, strict=strict)
-    q = quality(raw, pre, asset_errors(items, raw, spec, reader)) if quality_figures is None else quality_figures
-    if q.sizes["time"] != raw.sizes["time"]:
-        raise GlacierflowError("quality figures and cube disagree on the scenes; rerun build-cube")
-    sel, keep = _scenes_entering(raw, q, pre)
-    qsel = q if keep is None else q.isel(time=keep)
-    masked = preprocess.mask_invalid(sel, mask_clouds=pre.mask_clouds)
-    ok_assets = qsel["asset_error"] == ""
-    if keep is None:  # scenes under the threshold carry no weight anywhere (reference, means)
-        masked = masked.where((qsel["valid_fraction"] >= 1.0 - pre.max_missing) & ok_assets)
-    scenes = xr.Dataset({
-        "ndsi": preprocess.ndsi(masked).reset_coords(drop=True),
-        "guide": align.alignment_image(masked, highpass=pre.align_highpass).reset_coords(drop=True),
-    }).chunk({"time": 1, "y": -1, "x": -1})
-    source: xr.Dataset | Callable[[], xr.Dataset] = scenes
-    if scratch is not None:
-        source = store.spill(scenes, scratch, storage_options).read
-    reg = align.co_register(source, pre.motion, min_ecc=pre.min_ecc)
-    band_err = preprocess.read_errors(sel.sel(band=list(preprocess.REFLECTANCE_BANDS))).reset_coords(drop=True)
-    ok_quality = qsel["valid_fraction"] >= 1.0 - pre.max_missing
-    averaged = (reg["aligned"] & ok_quality & ok_assets & ~band_err.any("band")
-                & ~qsel["qa_read_error"]).reset_coords(drop=True)
-    snow = preprocess.snow_mask(reg["ndsi"], pre.ndsi_threshold).assign_coords(time=sel["time"].values)
-    periodic = periods.resample(snow, pre.period, start=spec.start, end=spec.end, use=averaged,
-                                   max_iter=pre.gap_fill_max_iter)
-    periodic = periodic.assign_coords(x=raw.x, y=raw.y, spatial_ref=raw.coords["spatial_ref"])
-    periodic = periodic.chunk({"time": 1, "y": SPATIAL_CHUNK, "x": SPATIAL_CHUNK})
+    raw = stack(items, spec, reader, strict=strict) if raw is None else raw
+    starts, pos = periods.period_starts(raw["time"].values, pre.period, spec.start, spec.end)
+    s, scene_items = scene_settings(items, raw, spec, pre, reader, scratch, storage_options, strict)
+    shape = (raw.sizes["y"], raw.sizes["x"])
+    blocks = list(raw.data.rechunk({1: -1}).to_delayed().ravel())
+    g = fused.scene_graph(blocks, scene_items, pos, len(starts), shape, s)
+    cols = fused.scene_columns(g, partial(_reason_column, need=1.0 - pre.max_missing, min_ecc=pre.min_ecc),
+                               {"reason": STR})
+    periodic = _periodic(g, cols, raw, starts, pos, pre)
     _describe(periodic, pre)
-    table = _table(items, raw, q, keep, reg, band_err, averaged, pre, rejected, dict(raw.attrs["dropped_items"]))
+    table = _table(items, raw, cols, pre, rejected, dict(raw.attrs["dropped_items"]))
     out = xr.merge([periodic, table], compat="override", join="outer", combine_attrs="drop_conflicts")
     if spec.guides:
-        guide = reg["guide"].where(averaged).astype(np.float32).reset_coords(drop=True)
-        guide = guide.rename(time="guide_scene").assign_coords(guide_scene=sel["id"].values.astype(STR))
+        guide = xr.DataArray(fused.guides(g, shape), dims=("guide_scene", "y", "x"),
+                             coords={"guide_scene": raw["id"].values.astype(STR), "y": raw.y, "x": raw.x,
+                                     "spatial_ref": raw.coords["spatial_ref"]})
         out["guide"] = guide.chunk({"guide_scene": 1, "y": SPATIAL_CHUNK, "x": SPATIAL_CHUNK})
-        out["guide"].attrs.update(long_name="aligned QA-masked ECC guide image (NaN where not observed)",
+        out["guide"].attrs.update(long_name="aligned QA-masked ECC guide image (NaN where not averaged)",
                                   grid_mapping="spatial_ref")
+    return out
+
+
+def _periodic(g: fused.Scenes, cols: dict[str, Any], raw: xr.DataArray, starts: pd.DatetimeIndex,
+              pos: np.ndarray, pre: PreprocessSpec) -> xr.Dataset:
+    """The periodic cube: means (gap-filled, empty periods interpolated), ``n_valid``, per-period figures."""
+    shape = (raw.sizes["y"], raw.sizes["x"])
+    means, n_valid = fused.period_cube(g, shape)
+    mean = xr.DataArray(means, dims=("time", "y", "x"), coords={"time": starts.values})
+    used = cols["used"].rechunk(-1)
+    t_ns = raw["time"].values.astype("datetime64[ns]").astype(np.int64)
+    n_p = len(starts)
+    n_scenes = used.map_blocks(_n_scenes, pos, n_p, chunks=((n_p,),), dtype=np.int64)
+    t0 = np.datetime64(starts.values[0], "ns") if n_p else np.datetime64("NaT", "ns")
+    time_mean = used.map_blocks(_time_mean, pos, t_ns, n_p, t0, chunks=((n_p,),), dtype="datetime64[ns]")
+    ds = xr.Dataset({
+        "ndsi": periods.interpolate_periods(mean),
+        "n_valid": (("time", "y", "x"), n_valid),
+        "n_scenes": ("time", n_scenes),
+        "time_mean": ("time", time_mean),
+    }, coords={"time": starts.values})
+    ds["interpolated"] = ds["n_scenes"] == 0
+    ds = ds.assign_coords(x=raw.x, y=raw.y, spatial_ref=raw.coords["spatial_ref"])
+    return ds.chunk({"time": 1, "y": SPATIAL_CHUNK, "x": SPATIAL_CHUNK})
+
+
+def _n_scenes(used: np.ndarray, pos: np.ndarray, n_p: int) -> np.ndarray:
+    ok = used.astype(bool) & (pos >= 0)
+    return np.bincount(pos[ok], minlength=n_p).astype(np.int64)
+
+
+def _time_mean(used: np.ndarray, pos: np.ndarray, t_ns: np.ndarray, n_p: int, t0: np.datetime64) -> np.ndarray:
+    """Mean acquisition time of the used scenes of each period (NaT where none)."""
+    out = np.full(n_p, np.datetime64("NaT"), "datetime64[ns]")
+    rel = (t_ns - t0.astype(np.int64)).astype(np.float64)
+    ok = used.astype(bool) & (pos >= 0)
+    for k in range(n_p):
+        mine = ok & (pos == k)
+        if mine.any():
+            out[k] = t0 + np.round(rel[mine].sum() / mine.sum()).astype("timedelta64[ns]")
     return out
 
 
@@ -275,42 +279,25 @@ def _naive(value: str | None) -> np.datetime64:
 
 # One piece on purpose (one of three): the scenes table is one column per line, each a lazy expression over
 # the same per-scene arrays; the columns read best side by side.
-def _table(items, raw, q, keep, reg, band_err, averaged, pre, rejected, dropped) -> xr.Dataset:  # noqa: ANN001
+def _table(items, raw, cols, pre, rejected, dropped) -> xr.Dataset:  # noqa: ANN001
     """One row per scene considered (stacked, dropped by the cube builder, rejected by the search)."""
     props = {str(it["id"]): it.get("properties", {}) for it in items}
     props.update({r.item_id: r.properties for r in rejected})
     ids = [str(i) for i in raw["id"].values]
     n = len(ids)
-    frac = q["valid_fraction"].data
-    need = 1.0 - pre.max_missing
-
-    def entered(var: xr.DataArray, fill: Any) -> Any:
-        """A main-pass per-scene variable over every stacked scene (``fill`` where it did not enter)."""
-        return _expand(var.data, keep, n, fill)
-
-    aligned = entered(reg["aligned"], False)
-    ecc = entered(reg["ecc"], np.nan)
-    berr = entered(band_err.transpose("time", "band"), False)
-    used = entered(averaged, False)
-    inputs = [(a if isinstance(a, dsa.Array) else dsa.from_array(np.asarray(a), chunks=-1)).rechunk(-1)
-              for a in (frac, q["qa_read_error"].data, q["asset_error"].data, aligned, ecc)]
-    inputs += [berr[:, b].rechunk(-1) for b in range(berr.shape[1])]
-    reason = dsa.map_blocks(
-        partial(_reasons, need=need, min_ecc=pre.min_ecc, bands=preprocess.REFLECTANCE_BANDS), *inputs,
-        dtype=STR, meta=np.empty(0, STR),
-    ) if n else np.empty(0, STR)
+    reason = cols["reason"] if n else np.empty(0, STR)
     stacked = {
         "scene_time": raw["time"].values.astype("datetime64[ns]"),
         "item_id": np.array(ids, STR),
         "platform": np.array([_prop(props.get(i, {}), "platform") for i in ids], STR),
         "cloud_cover": np.array([_prop(props.get(i, {}), "eo:cloud_cover", float) for i in ids]),
-        "valid_fraction": dsa.asarray(frac).astype(np.float32),
-        "used": used,
+        "valid_fraction": cols["valid_fraction"],
+        "used": cols["used"],
         "reason": reason,
-        "aligned": aligned,
-        "shift_x": entered(reg["shift_x"], np.nan),
-        "shift_y": entered(reg["shift_y"], np.nan),
-        "ecc": ecc,
+        "aligned": cols["aligned"],
+        "shift_x": cols["shift_x"],
+        "shift_y": cols["shift_y"],
+        "ecc": cols["ecc"],
     }
     others = [(i, why) for i, why in dropped.items()] + [(r.item_id, f"{r.reason}: {r.detail}") for r in rejected]
     rest = {
@@ -348,17 +335,6 @@ def _table(items, raw, q, keep, reg, band_err, averaged, pre, rejected, dropped)
     ds["ecc"].attrs["description"] = "ECC correlation coefficient with the re-estimated reference"
     ds["used"].attrs["description"] = "averaged into its period (QA-valid enough, readable, aligned)"
     return ds
-
-
-def _expand(data: Any, keep: np.ndarray | None, n: int, fill: Any) -> dsa.Array:
-    """Rows of ``data`` (the scenes that entered the main pass) placed among all ``n`` stacked scenes."""
-    data = data if isinstance(data, dsa.Array) else dsa.from_array(np.asarray(data), chunks=-1)
-    if keep is None:
-        return data
-    idx = np.full(n, keep.size)
-    idx[keep] = np.arange(keep.size)
-    pad = dsa.full((1, *data.shape[1:]), fill, dtype=data.dtype)
-    return dsa.concatenate([data, pad], axis=0)[idx]
 
 
 def as_tree(ds: xr.Dataset) -> xr.DataTree:
@@ -410,6 +386,73 @@ def cube_attrs(spec: CubeSpec, pre: PreprocessSpec, found: catalog.SearchResult)
     }
 
 
+@dataclass(frozen=True)
+class BuildPlan:
+    """What build-cube will read and write, known before any pixel is read or any cluster starts.
+
+    Made by :func:`plan_build` (the search, the output check and the cube's grid: metadata only).
+    """
+
+    spec: CubeSpec
+    pre: PreprocessSpec
+    out: str
+    found: catalog.SearchResult
+    items: list[dict[str, Any]]
+    reader: type | None
+    raw: xr.DataArray  # the lazy stacked cube (metadata only)
+
+    def lines(self) -> list[str]:
+        """The ``--dry-run`` report: scenes found, the cube's shape, bytes read and written (estimates)."""
+        n, n_assets = self.raw.sizes["time"], self.raw.sizes["band"]
+        h, w = self.raw.sizes["y"], self.raw.sizes["x"]
+        starts, _ = periods.period_starts(self.raw["time"].values, self.pre.period, self.spec.start, self.spec.end)
+        read = n * n_assets * h * w * 2  # uint16 windows; COG compression makes the transfer smaller
+        written = len(starts) * h * w * 5 + (n * h * w * 4 if self.spec.guides else 0)  # uncompressed
+        found = len(self.found.items) + len(self.found.rejected)
+        out = [f"scenes: {found} found, {len(self.found.items)} kept by the search, {n} stacked "
+               f"({', '.join(f'{k} {v}' for k, v in sorted(_platforms(self.raw).items()))})"]
+        out += [f"  rejected {v:4d}: {k}" for k, v in sorted(self.found.reasons().items())]
+        out += [f"cube: ndsi (time {len(starts)}, y {h}, x {w}) {self.pre.period} periods from "
+                f"{starts[0]:%Y-%m-%d} to {starts[-1]:%Y-%m-%d}; EPSG:{self.spec.epsg}, {self.spec.resolution:g} m",
+                f"reads: {n} scenes x {n_assets} assets ({', '.join(map(str, self.raw['band'].values))}) "
+                f"= {n * n_assets} windows, at most {_mb(read)} (uncompressed; compressed COGs send less)",
+                f"writes: about {_mb(written)} uncompressed (ndsi + n_valid"
+                f"{', guides of every stacked scene' if self.spec.guides else ''}) to {self.out}",
+                "dry run: no cluster started, no pixel read, nothing written"]
+        return out
+
+
+def _platforms(raw: xr.DataArray) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for p in raw["platform"].values:
+        counts[str(p)] = counts.get(str(p), 0) + 1
+    return counts
+
+
+def _mb(n: float) -> str:
+    return f"{n / 1e9:.2f} GB" if n >= 1e9 else f"{n / 1e6:.1f} MB"
+
+
+def plan_build(spec: CubeSpec, pre: PreprocessSpec, out: str, *, overwrite: bool = False,
+               storage_options: dict[str, Any] | None = None,
+               signer: str | Callable[[dict[str, Any]], dict[str, Any]] | type | None = None,
+               strict: bool = False) -> BuildPlan:
+    """Every check build-cube can make before reading a pixel: the output, the search, the cube's grid.
+
+    Cheap and local (one STAC search): the CLI runs it before it starts a cluster, and ``--dry-run`` prints
+    :meth:`BuildPlan.lines`. Parameters as :func:`build_cube_store`.
+    """
+    if not overwrite and store.exists(out, storage_options):
+        raise GlacierflowError(f"store {out} already exists; pass --overwrite to replace it")
+    found = catalog.search(spec.catalog, bbox=spec.bbox, start=spec.start, end=spec.end,
+                           collection=spec.collection, platforms=spec.platforms, max_cloud=spec.max_cloud,
+                           categories=spec.categories, retries=spec.http_retries, backoff=spec.http_retry_delay,
+                           timeout=spec.http_timeout)
+    found.raise_if_empty()
+    items, reader = _signing(found, signer, spec)
+    return BuildPlan(spec, pre, out, found, items, reader, stack(items, spec, reader, strict=strict))
+
+
 def lazy_cube(spec: CubeSpec, pre: PreprocessSpec, *, signer: Any = None, strict: bool = False) -> xr.Dataset:
     """The cube store's content for ``spec``, lazy: only the search runs now (the Python API's ``build_cube``).
 
@@ -425,17 +468,13 @@ def lazy_cube(spec: CubeSpec, pre: PreprocessSpec, *, signer: Any = None, strict
     Returns
     -------
     xarray.Dataset
-        As :func:`cube_dataset`, with :func:`cube_attrs`; every scene enters the graph (the ``max_missing``
-        threshold is applied inside it) and the scenes stay in worker memory between the alignment passes.
+        As :func:`cube_dataset`, with :func:`cube_attrs`; the scenes stay in (worker) memory between the
+        alignment passes (no scratch store).
     """
-    found = catalog.search(spec.catalog, bbox=spec.bbox, start=spec.start, end=spec.end,
-                           collection=spec.collection, platforms=spec.platforms, max_cloud=spec.max_cloud,
-                           categories=spec.categories, retries=spec.http_retries, backoff=spec.http_retry_delay,
-                           timeout=spec.http_timeout)
-    found.raise_if_empty()
-    items, reader = _signing(found, signer, spec)
-    ds = cube_dataset(items, spec, pre, reader=reader, rejected=found.rejected, strict=strict)
-    ds.attrs = cube_attrs(spec, pre, found)
+    plan = plan_build(spec, pre, "", overwrite=True, signer=signer, strict=strict)  # no output to check
+    ds = cube_dataset(plan.items, spec, pre, reader=plan.reader, raw=plan.raw, rejected=plan.found.rejected,
+                      strict=strict)
+    ds.attrs = cube_attrs(spec, pre, plan.found)
     return ds
 
 
@@ -449,8 +488,9 @@ def build_cube_store(
     signer: str | Callable[[dict[str, Any]], dict[str, Any]] | type | None = None,
     compute: Callable[[list[Any]], list[Any]] | None = None,
     strict: bool = False,
+    plan: BuildPlan | None = None,
 ) -> BuildSummary:
-    """Search, assemble and write a cube store (see the module notes).
+    """Search, assemble and write a cube store in one pass over the pixels (see the module notes).
 
     Parameters
     ----------
@@ -471,43 +511,25 @@ def build_cube_store(
     strict
         Fail (one line naming the asset) on a scene whose assets are missing, unreadable, or not what the
         item declares, instead of dropping it with the reason in the ``scenes`` table.
+    plan
+        :func:`plan_build` of the same arguments, if already made (the CLI makes it before the cluster).
     """
     t0 = time.perf_counter()
-    if not overwrite and store.exists(out, storage_options):
-        raise GlacierflowError(f"store {out} already exists; pass --overwrite to replace it")
-    found = catalog.search(spec.catalog, bbox=spec.bbox, start=spec.start, end=spec.end,
-                           collection=spec.collection, platforms=spec.platforms, max_cloud=spec.max_cloud,
-                           categories=spec.categories, retries=spec.http_retries, backoff=spec.http_retry_delay,
-                           timeout=spec.http_timeout)
-    found.raise_if_empty()
-    items, reader = _signing(found, signer, spec)
+    plan = plan or plan_build(spec, pre, out, overwrite=overwrite, storage_options=storage_options, signer=signer,
+                              strict=strict)
     run = compute or (lambda objs: list(dask.compute(*objs)))
-    raw = stack(items, spec, reader, strict=strict)
-    (q,) = run([quality(raw, pre, asset_errors(items, raw, spec, reader))])
-    if strict:
-        _raise_if_asset_errors(q, raw)
-    _raise_if_unusable(q, pre)
     scratch = store.sibling(out, "scratch")
     try:
-        ds = cube_dataset(items, spec, pre, reader=reader, quality_figures=q, scratch=scratch,
-                          storage_options=storage_options, rejected=found.rejected, strict=strict)
-        ds.attrs = cube_attrs(spec, pre, found)
+        ds = cube_dataset(plan.items, spec, pre, reader=plan.reader, raw=plan.raw, scratch=scratch,
+                          storage_options=storage_options, rejected=plan.found.rejected, strict=strict)
+        ds.attrs = cube_attrs(spec, pre, plan.found)
         stac_out.beside(store.write(cf.conform(as_tree(ds), period_means=True), out, overwrite=overwrite,
                                     storage_options=storage_options,
-                                    compute=_refusing_if_none_used(run, ds)), storage_options)
+                                    compute=_refusing_if_none_used(run, ds, pre)), storage_options)
     finally:
         store.remove(scratch, storage_options)
-    return summarise(out, storage_options, scenes_found=len(found.items) + len(found.rejected),
-                     server_filter=found.server_filter, seconds=time.perf_counter() - t0)
-
-
-def _raise_if_asset_errors(q: xr.Dataset, raw: xr.DataArray) -> None:
-    bad = [(str(i), str(e)) for i, e in zip(raw["id"].values, q["asset_error"].values, strict=True) if e]
-    if bad:
-        item, why = bad[0]
-        more = f" (and {len(bad) - 1} more scenes)" if len(bad) > 1 else ""
-        raise GlacierflowError(f"--strict: scene {item}: {why.removeprefix('read error: ')}{more}; fix the "
-                               "asset or run without --strict to drop such scenes; no store was written")
+    return summarise(out, storage_options, scenes_found=len(plan.found.items) + len(plan.found.rejected),
+                     server_filter=plan.found.server_filter, seconds=time.perf_counter() - t0)
 
 
 #: The way out for each reason of the ``scenes`` table (the text before its first ``:``).
@@ -528,25 +550,28 @@ def every_scene_dropped(reasons: Any) -> str:
             f"{fixes}")
 
 
-def _refusing_if_none_used(run: Callable[[list[Any]], list[Any]], ds: xr.Dataset) -> Callable[[list[Any]], list]:
-    """``run`` that also computes the scenes' ``used`` and ``reason`` in the same pass and raises when none is used.
+def _refusing_if_none_used(run: Callable[[list[Any]], list[Any]], ds: xr.Dataset,
+                           pre: PreprocessSpec) -> Callable[[list[Any]], list]:
+    """``run`` that also computes the scenes' ``used``, ``reason``, ``valid_fraction``; raises when none is used.
 
-    Raising inside :func:`glacierflow.storage.store.write` abandons the partial store: nothing is left, and a previous
-    store at the same place is untouched.
+    They are computed in the same pass as the store. Raising inside :func:`glacierflow.storage.store.write`
+    abandons the partial store: nothing is left, and a previous store at the same place is untouched.
     """
     def checked(objs: list[Any]) -> list[Any]:
-        *results, used, reasons = run([*objs, ds["used"].data, ds["reason"].data])
+        *results, used, reasons, frac = run([*objs, ds["used"].data, ds["reason"].data, ds["valid_fraction"].data])
         if not np.asarray(used).any():
+            _raise_if_unusable(np.asarray(frac), pre)
             raise GlacierflowError(every_scene_dropped(reasons))
         return results
 
     return checked
 
 
-def _raise_if_unusable(q: xr.Dataset, pre: PreprocessSpec) -> None:
-    frac = q["valid_fraction"].values
+def _raise_if_unusable(frac: np.ndarray, pre: PreprocessSpec) -> None:
+    """The one line for a build in which no stacked scene has enough valid pixels."""
+    frac = frac[np.isfinite(frac)]  # stacked scenes (rows of rejected items are NaN)
     if not (frac >= 1.0 - pre.max_missing).any():
-        best = float(np.nanmax(frac)) if frac.size else 0.0
+        best = float(np.max(frac)) if frac.size else 0.0
         raise GlacierflowError(
             f"none of the {frac.size} scenes has enough valid pixels over the bbox (best valid fraction "
             f"{best:.3f}, need {1 - pre.max_missing:.3f}); check the bbox against the scenes' footprints or "

@@ -17,11 +17,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from glacierflow.errors import GlacierflowError
-
-
-def first_line(err: BaseException, limit: int = 160) -> str:
-    """An exception as one short line (its type name when it has no message)."""
-    return " ".join(str(err).split())[:limit] or type(err).__name__
+from glacierflow.errors import first_line as first_line  # the one helper, re-exported (learn.checkpoint)
 
 
 def atomic_write(path: Path, write: Callable[[IO[bytes]], None], *, what: str = "file",

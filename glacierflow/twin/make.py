@@ -42,6 +42,8 @@ from glacierflow.twin.world import World
 
 FORMAT_VERSION = 1
 REVISIT = 16  # days
+#: Landsat 9's first Collection-2 acquisitions in the archive (operations from late October 2021)
+LANDSAT9_START = datetime(2021, 11, 1, tzinfo=UTC)
 
 
 
@@ -59,7 +61,9 @@ def schedule(
     """Landsat-8 acquisitions every 16 days, plus a few Landsat-7 ones 8 days out of phase.
 
     The realism's schedule hook may then change clouds and categories and add a second WRS path
-    (``himalaya``); ``basic`` is the original schedule, draw for draw.
+    (``himalaya``); ``basic`` is the original schedule, draw for draw. From :data:`LANDSAT9_START` on,
+    Landsat 9 images the main path 8 days after Landsat 8 (:func:`_landsat9`, its own random draws, so
+    every earlier acquisition is drawn as before).
     """
     rng = np.random.default_rng(seed + 7)
     t0 = datetime.fromisoformat(start).replace(tzinfo=UTC)
@@ -107,6 +111,30 @@ def schedule(
     hook = _realism(realism).schedule
     if hook is not None:
         out = hook(out, ScheduleContext(seed=seed, size=size, end=t1, epsg=site.epsg))
+    out = sorted(out + _landsat9(out, path, seed, t1), key=lambda a: a.datetime)
+    return [replace(a, index=i) for i, a in enumerate(out)]
+
+
+def _landsat9(acqs: list[Acquisition], path: int, seed: int, end: datetime) -> list[Acquisition]:
+    """Landsat-9 acquisitions 8 days after each Landsat-8 one of WRS ``path`` from :data:`LANDSAT9_START` on."""
+    rng = np.random.default_rng([seed, 9])
+    out = []
+    for a in (a for a in acqs if a.platform == "landsat-8"):
+        when = datetime.strptime(a.datetime, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC) + timedelta(
+            days=8, seconds=float(rng.uniform(-30, 30)))
+        if a.wrs_path != path or not LANDSAT9_START <= when < end:
+            continue
+        day, processed = when.strftime("%Y%m%d"), (when + timedelta(days=9)).strftime("%Y%m%d")
+        stem = f"LC09_L2SP_{a.wrs_path:03d}{a.wrs_row:03d}_{day}"
+        year = _decimal_year(when)
+        elevation, azimuth = sun_angles(year)
+        out.append(replace(
+            a, item_id=f"{stem}_02_T1", product_id=f"{stem}_{processed}_02_T1", platform="landsat-9",
+            datetime=when.strftime("%Y-%m-%dT%H:%M:%S.%fZ"), year=year, category="T1",
+            shift_x=float(rng.uniform(-2, 2)), shift_y=float(rng.uniform(-2, 2)),
+            cloud_target=float(rng.uniform(0.0, 0.15)), valid_target=1.0, stripes=0,
+            seed=int(rng.integers(0, 2**31 - 1)), sun_elevation=elevation, sun_azimuth=azimuth,
+        ))
     return out
 
 
@@ -458,6 +486,7 @@ def _twin_meta(spec: TwinSpec, grid: Grid, acqs: list[Acquisition], n_items: int
         "n_items": n_items,
         "n_landsat8": sum(a.platform == "landsat-8" for a in acqs),
         "n_landsat7": sum(a.platform == "landsat-7" for a in acqs),
+        "n_landsat9": sum(a.platform == "landsat-9" for a in acqs),
         "realism": spec.realism,
         "wrs_paths": sorted({a.wrs_path for a in acqs}),
         "n_t2": sum(a.category == "T2" for a in acqs),

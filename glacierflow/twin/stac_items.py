@@ -40,6 +40,9 @@ PLATFORMS: dict[str, dict[str, Any]] = {
         "bands": {"green": (2, 0.56, 0.08), "swir16": (5, 1.65, 0.2)},
     },
 }
+# Landsat 9 (OLI-2/TIRS-2): Landsat 8's band numbers, QA bits, DOI and folder; Planetary Computer lists its
+# instruments as ["oli", "tirs"] too (see ../shared/fixtures/planetary-computer/, LC09 items)
+PLATFORMS["landsat-9"] = {**PLATFORMS["landsat-8"], "prefix": "LC09"}
 _DESCRIPTIONS = {
     "green": ("Green Band", "Visible green"),
     "swir16": ("Short-wave Infrared Band 1.6", "Short-wave infrared"),
