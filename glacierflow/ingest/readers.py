@@ -166,7 +166,7 @@ class ReportingRioReader(AutoParallelRioReader):
             cause = err.__cause__ if isinstance(err.__cause__, Exception) else err
             plain_url, detail = self.url.split("?", 1)[0], redact(str(cause), self.url)
             if not self.report_patterns or not exception_matches(cause, self.report_patterns):
-                raise AssetReadError(f"cannot read asset {plain_url}: {_short(detail)}") from None
+                raise asset_error(plain_url, detail) from None
             logger.warning("glacierflow: unreadable asset %r (%s); reported as a read error", plain_url, detail)
             return nodata_for_window(window, READ_ERROR_VALUE, self.dtype)
 
@@ -203,6 +203,16 @@ def redact_rasterio_logs() -> None:
         log = logging.getLogger(name)  # a logger's filters see only its own records
         if not any(isinstance(f, RedactQueries) for f in log.filters):
             log.addFilter(RedactQueries())
+
+
+def _refused(detail: str) -> bool:
+    return any(f"{word} {code}" in detail for code in ("401", "403") for word in ("HTTP response code:", "HTTP"))
+
+
+def asset_error(plain_url: str, detail: str) -> AssetReadError:
+    """The one line for an asset that cannot be read; HTTP 401/403 name the way out (credentials or signing)."""
+    hint = " (expired or missing signature?)" if _refused(detail) else ""
+    return AssetReadError(f"cannot read asset {plain_url}: {_short(detail)}{hint}")
 
 
 def _short(text: str) -> str:
@@ -266,9 +276,8 @@ def check_assets(item: Mapping[str, Any], assets: Sequence[str] = DEFAULT_ASSETS
             crs, shape = _header(url, env)
         except Exception as err:  # noqa: BLE001 - any open failure is the reason
             plain, detail = url.split("?", 1)[0], redact(str(err), url)
-            if "HTTP response code: 401" in detail or "HTTP response code: 403" in detail:
-                raise AssetReadError(f"cannot read asset {plain}: {_short(detail)} (expired or missing "
-                                     "signature?)") from None
+            if _refused(detail):
+                raise asset_error(plain, detail) from None
             return f"read error: {key} {_short(detail)}"
         epsg = asset.get("proj:epsg", props.get("proj:epsg"))
         found = crs.to_epsg() if crs is not None else None
