@@ -33,6 +33,8 @@ from glacierflow.choices import (
     DEVICES,
     FLOW_IMAGES,
     FLOW_METHODS,
+    GUIDE_BANDS,
+    GUIDE_FILTERS,
     MOTIONS,
     OBJECTIVES,
     PAIR_DAYS,
@@ -283,6 +285,14 @@ class PreprocessSpec(Spec):
         Exact 5x5 gap-fill passes before the multi-scale fill.
     align_highpass
         Sigma (px) of the high-pass applied to the ECC guide image.
+    guide_band
+        What the guide images (ECC's image and what ``flow`` tracks) are made of, one of
+        :data:`GUIDE_BANDS`: ``red`` (default: where ice shows its texture, as autoRIFT's panchromatic band;
+        measured in benchmarks/README.md), ``nir08``, ``green``, ``ndsi`` or ``grey`` (the research code's
+        ``0.114 green + 0.886 swir16``, the guide before this option).
+    guide_filter
+        ``highpass`` (subtract the local mean, sigma ``align_highpass``) or ``wallis`` (then also divide by
+        the local standard deviation, autoRIFT's Wallis filter: equal contrast in bright and dark areas).
     min_ecc
         ECC correlation below which a scene counts as not aligned and is not averaged (``alignment``).
     extra
@@ -297,6 +307,8 @@ class PreprocessSpec(Spec):
     gap_fill_max_iter: int = 32
     align_highpass: float = 6.0
     min_ecc: float = 0.3
+    guide_band: str = "red"
+    guide_filter: str = "highpass"
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -306,6 +318,8 @@ class PreprocessSpec(Spec):
         self._between("ndsi_threshold", -1, 1, "an NDSI")
         self._integer("gap_fill_max_iter", 0)
         self._require(self.align_highpass >= 0, "align_highpass", f"{self.align_highpass} must be >= 0 px")
+        self._choice("guide_band", GUIDE_BANDS)
+        self._choice("guide_filter", GUIDE_FILTERS)
         self._between("min_ecc", -1, 1, "a correlation")
 
     @property

@@ -186,7 +186,7 @@ def test_terrain_misregistration_per_path(himalaya_small: Path, truth: xr.Datase
     assert e_full < 0.9 * e_translation, (e_full, e_translation)
 
 
-def test_texture_decorrelates_over_months(truth: xr.Dataset) -> None:
+def test_texture_decorrelates_as_recorded(truth: xr.Dataset) -> None:
     """Clean-ice texture, motion compensated with the true velocity: 16 days apart vs a year apart."""
     time = pd.DatetimeIndex(truth.time.values)
     ice = truth["glacier_mask"].values & ~truth["debris_mask"].values
@@ -215,7 +215,11 @@ def test_texture_decorrelates_over_months(truth: xr.Dataset) -> None:
                 and bare[k] > 0.8]
         if short and year:
             c16, c365 = corr(a, short[0]), corr(a, year[0])
-            assert c16 > 0.8 and c365 < c16 - 0.3, (c16, c365)  # measured 0.89-0.95 vs 0.26-0.45
+            lag = (time[year[0]] - time[a]).days
+            expected = float(truth["texture_correlation"].interp(lag_days=lag))
+            # most of the texture survives a year (real ablation zones), less than over 16 days; the truth
+            # store's texture_correlation says how much (the NDSI adds the dust share: +-0.15)
+            assert c16 > 0.8 and 0.5 < c365 < c16 and abs(c365 - expected) < 0.15, (c16, c365, expected)
             checked += 1
     assert checked >= 1
 

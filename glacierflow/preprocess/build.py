@@ -82,10 +82,15 @@ def _env(spec: CubeSpec) -> Any:
 
 
 def stack(items: list[dict[str, Any]], spec: CubeSpec, reader: type | None = None, *,
-          strict: bool = False) -> xr.DataArray:
-    """The lazy ``(time, band, y, x)`` cube of the items on the site's Landsat grid (``strict``: reads raise)."""
+          strict: bool = False, guide_band: str = "grey") -> xr.DataArray:
+    """The lazy ``(time, band, y, x)`` cube of the items on the site's Landsat grid (``strict``: reads raise).
+
+    The assets: green, swir16, those the guides of ``guide_band`` need, qa_pixel.
+    """
+    assets = tuple(dict.fromkeys(("green", "swir16", *align.GUIDE_ASSETS[guide_band], "qa_pixel")))
     return cube.build_cube(
         items, bbox_lonlat=spec.bbox, epsg=spec.epsg, resolution=spec.resolution, platforms=spec.platforms,
+        assets=assets,
         reader=reader or readers.ReportingRioReader, env=_env(spec), on_read_error="raise" if strict else "nan",
     )
 
@@ -202,7 +207,7 @@ def cube_dataset(
         scene considered, by time); ``guide(guide_scene, y, x)`` for the scenes that entered the alignment
         (NaN for those not averaged) unless ``spec.guides`` is False. All lazy.
     """
-    raw = stack(items, spec, reader, strict=strict)
+    raw = stack(items, spec, reader, strict=strict, guide_band=pre.guide_band)
     q = quality(raw, pre, asset_errors(items, raw, spec, reader)) if quality_figures is None else quality_figures
     if q.sizes["time"] != raw.sizes["time"]:
         raise GlacierflowError("quality figures and cube disagree on the scenes; rerun build-cube")
@@ -214,7 +219,8 @@ def cube_dataset(
         masked = masked.where((qsel["valid_fraction"] >= 1.0 - pre.max_missing) & ok_assets)
     scenes = xr.Dataset({
         "ndsi": preprocess.ndsi(masked).reset_coords(drop=True),
-        "guide": align.alignment_image(masked, highpass=pre.align_highpass).reset_coords(drop=True),
+        "guide": align.alignment_image(masked, highpass=pre.align_highpass, band=pre.guide_band, raw=sel,
+                                       wallis=pre.guide_filter == "wallis").reset_coords(drop=True),
     }).chunk({"time": 1, "y": -1, "x": -1})
     source: xr.Dataset | Callable[[], xr.Dataset] = scenes
     if scratch is not None:
@@ -441,7 +447,7 @@ def build_cube_store(
     found.raise_if_empty()
     items, reader = _signing(found, signer, spec)
     run = compute or (lambda objs: list(dask.compute(*objs)))
-    raw = stack(items, spec, reader, strict=strict)
+    raw = stack(items, spec, reader, strict=strict, guide_band=pre.guide_band)
     (q,) = run([quality(raw, pre, asset_errors(items, raw, spec, reader))])
     if strict:
         _raise_if_asset_errors(q, raw)
