@@ -20,7 +20,7 @@ from glacierflow.errors import GlacierflowError
 MOTIONS = ("translation", "euclidean", "affine", "homography")  # ECC motion models (preprocess.align)
 PERIODS = ("1MS", "3MS", "6MS")  # cube periods build-cube offers
 CATEGORIES = ("T1", "T2", "RT")  # Landsat Collection 2 tiers (landsat:collection_category)
-PAIR_KINDS = ("annual", "consecutive")  # or MIN:MAX days (FlowSpec.pairs)
+PAIR_KINDS = ("auto", "annual", "consecutive")  # or MIN:MAX days (FlowSpec.pairs)
 PAIR_DAYS = {"annual": (300.0, 430.0), "consecutive": (0.5, 1e9)}  # days between the acquisitions
 FLOW_METHODS = ("ncc", "farneback")  # matchers (motion.matching.METHODS)
 FLOW_IMAGES = ("auto", "guides", "ndsi")  # what flow tracks

@@ -346,14 +346,25 @@ class FlowSpec(Spec):
         (guides where the store has them; the ``ndsi`` of a forecast store; a cube store built without
         guides is an error naming both ways out).
     pairs
+        ``"auto"`` (default, as ITS_LIVE: 16 days to ``max_days`` apart, Δt near a year first),
         ``"annual"`` (acquisitions 300-430 days apart), ``"consecutive"`` (each acquisition with the next
         one, on the same WRS path where there is one) or ``"MIN:MAX"`` days apart.
     max_pairs_per_scene
         At most this many pairs per acquisition (same-path pairs first, then the Δt closest to the
         middle of the window), so the pair count grows linearly with the scenes.
-    chip
-        NCC chip side in pixels (odd). 15 px = 450 m at 30 m: smaller chips resolve narrow glaciers but
-        are noisier on weak texture.
+    max_days
+        Longest pair (days) of ``pairs="auto"`` (ITS_LIVE: 546).
+    chip, chip_max
+        NCC chip sides in pixels (odd): 9 px (270 m at 30 m, autoRIFT's smallest ~240 m) first, grown to
+        ``chip_max`` 17 px (510 m, autoRIFT's ~480 m) where the small chip fails; the coarse first pass
+        uses ``chip_max``.
+    ndc
+        NCC: normalised displacement coherence filter, px from the 5x5 median (0: off).
+    reference
+        Reference velocity store (``vx``, ``vy`` in m/yr with a CRS) centring the NCC search; "" = a
+        coarse first pass per pair.
+    outline
+        Ice outlines (GeoJSON/Shapefile, or a raster mask) the stable ground is taken outside of.
     search
         NCC search range in pixels along each axis; ``0``: from ``max_speed`` and each pair's Δt
         (``ceil(max_speed * dt / pixel) + 2``).
@@ -386,11 +397,16 @@ class FlowSpec(Spec):
         the same integer offset. ``0`` disables the check.
     """
 
-    method: str = "farneback"  # measured on the small twin: see benchmarks/README.md (flow)
+    method: str = "ncc"  # measured on the small twin: see benchmarks/README.md (flow)
     images: str = "auto"
-    pairs: str = "annual"
+    pairs: str = "auto"
+    max_days: float = 546.0
     max_pairs_per_scene: int = 3
-    chip: int = 15
+    chip: int = 9
+    chip_max: int = 17
+    ndc: float = 1.0
+    reference: str = ""
+    outline: str = ""
     search: int = 0
     max_speed: float = 200.0
     min_corr: float = 0.3
@@ -415,6 +431,10 @@ class FlowSpec(Spec):
         self._integer("max_pairs_per_scene", 1)
         self._require(isinstance(self.chip, int) and self.chip >= 5 and self.chip % 2 == 1, "chip",
                       f"{self.chip!r} must be an odd integer >= 5 (pixels)")
+        self._require(isinstance(self.chip_max, int) and self.chip_max >= self.chip and self.chip_max % 2 == 1,
+                      "chip_max", f"{self.chip_max!r} must be an odd integer >= {{chip}} {self.chip} (pixels)")
+        self._require(self.max_days >= 16, "max_days", f"{self.max_days} must be >= 16 days")
+        self._require(self.ndc >= 0, "ndc", f"{self.ndc} must be >= 0 pixels (0 disables the NDC filter)")
         self._integer("search", 0)
         self._require(self.max_speed > 0, "max_speed", f"{self.max_speed} must be > 0 m/yr")
         self._between("min_corr", -1, 1, "a correlation")
@@ -435,6 +455,8 @@ class FlowSpec(Spec):
     @property
     def day_range(self) -> tuple[float, float] | None:
         """``(min_days, max_days)`` of ``pairs`` (named kinds included); None if it is not understood."""
+        if self.pairs == "auto":
+            return (16.0, float(self.max_days))
         if self.pairs in PAIR_DAYS:
             return PAIR_DAYS[self.pairs]
         lo, sep, hi = str(self.pairs).partition(":")
