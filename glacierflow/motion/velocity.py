@@ -436,7 +436,7 @@ def write_velocity(
 
 def open_cube(cube_url: str, storage_options: dict[str, Any] | None = None) -> tuple[xr.Dataset, xr.DataArray | None]:
     """Open a complete cube (or forecast) store lazily, and its guides (:func:`scene_guides`) if it has them."""
-    ds = cubes.open_cube(cube_url, storage_options).ds
+    ds = cubes.open_cube(cube_url, storage_options).data
     check_cube(ds, what=f"cube store {cube_url!r}", need_pairs=False)
     try:
         g = store.open_store(cube_url, storage_options, group="guides", require=("guide",))

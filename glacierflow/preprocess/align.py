@@ -480,25 +480,37 @@ def align(
     return aligned, diag
 
 
-STATIC_QUANTILE = 0.5  # motion-robust ECC: the steadiest half of the pixels (temporal spread of the guides)
+STATIC_QUANTILE = 0.9  # motion-robust ECC: all but the tenth of the pixels whose guide follows the reference worst
 
 
-def static_ground(aligned: xr.DataArray, ice: xr.DataArray | None = None) -> xr.DataArray:
-    """Where ECC's second pass looks: ground whose guide is steady in time, off the ``ice`` (lazy, bool).
+def _steady(residual: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """Pixels whose local residual RMS relative to the local reference RMS is in the lower STATIC_QUANTILE."""
+    def local(x: np.ndarray) -> np.ndarray:
+        ok = np.isfinite(x)
+        num = cv2.GaussianBlur(np.where(ok, x, 0).astype(np.float32), (0, 0), 3.0)
+        den = cv2.GaussianBlur(ok.astype(np.float32), (0, 0), 3.0)
+        return np.where(den > 0.2, num / np.maximum(den, 1e-6), np.nan)
 
-    Texture that moves (glaciers, also where no outline says so) and seasonal snow give a pixel's aligned
-    guide a large spread over the scenes; the :data:`STATIC_QUANTILE` steadiest pixels are kept. Where
-    ``ice`` (an outline rasterised on the grid, True = ice) is given, it is left out as well.
+    ratio = np.sqrt(local(residual) / np.maximum(local(reference * reference), 1e-12))
+    ok = np.isfinite(ratio) & np.isfinite(reference)
+    return ok & (ratio <= np.nanquantile(ratio, STATIC_QUANTILE)) if ok.any() else ok
+
+
+def static_ground(aligned: xr.DataArray, reference: xr.DataArray, ice: xr.DataArray | None = None) -> xr.DataArray:
+    """Where ECC's second pass looks: ground whose guide follows the reference, off the ``ice`` (lazy, bool).
+
+    Moving texture (glaciers, also where no outline says so) and changing snow leave a large residual
+    between a pixel's aligned guides and the reference relative to the reference's own texture there;
+    static textured ground a small one. The :data:`STATIC_QUANTILE` share with the smallest ratio
+    (both locally averaged, Gaussian 3 px) is kept: flat areas are not favoured, unlike a plain temporal
+    spread. Where ``ice`` (an outline rasterised on the grid, True = ice) is given, it is left out as well.
     """
-    spread = aligned.std("time", skipna=True).astype(np.float32)
-    if spread.chunks is not None:
-        spread = spread.chunk({"y": -1, "x": -1})
-
-    def steady(s: np.ndarray) -> np.ndarray:
-        ok = np.isfinite(s)
-        return ok & (s <= np.nanquantile(s, STATIC_QUANTILE)) if ok.any() else ok
-
-    out = xr.apply_ufunc(steady, spread, dask="parallelized", output_dtypes=[bool])
+    residual = ((aligned - reference) ** 2).mean("time", skipna=True).astype(np.float32)
+    if residual.chunks is not None:
+        residual = residual.chunk({"y": -1, "x": -1})
+    ref = reference.transpose(*residual.dims)
+    out = xr.apply_ufunc(_steady, residual, ref, dask="parallelized", output_dtypes=[bool],
+                         dask_gufunc_kwargs={"allow_rechunk": True})
     if ice is not None:
         out = out & ~xr.DataArray(np.asarray(ice, bool), dims=("y", "x"), coords={d: out[d] for d in out.dims})
     return out.rename("static")
@@ -551,6 +563,6 @@ def co_register(
     aligned_guides = first[guide].where(first["aligned"])
     second_in = get().assign(init=first["warp"])
     reference = reference_image(aligned_guides)
-    reference = reference.where(static_ground(aligned_guides, ice).transpose(*reference.dims))
+    reference = reference.where(static_ground(aligned_guides, reference, ice).transpose(*reference.dims))
     out = _ecc_pass(second_in, reference, guide, tuple(apply), **kw)
     return out.drop_vars(["warp"])

@@ -102,9 +102,9 @@ def asset_errors(items: list[dict[str, Any]], raw: xr.DataArray, spec: CubeSpec,
     One task per scene opens the headers of its assets (:func:`glacierflow.ingest.readers.check_assets`): a missing
     asset, an unreadable file, a CRS or size other than the item declares.
     """
-    by_id = {str(it["id"]): it for it in items_mod.normalise_items(items, platforms=spec.platforms)}
-    sign = reader.sign_href if isinstance(reader, type) and issubclass(reader, readers.SigningRioReader) else None
     env, bands = _env(spec), [str(b) for b in raw["band"].values]
+    by_id = {str(it["id"]): it for it in items_mod.normalise_items(items, assets=bands, platforms=spec.platforms)}
+    sign = reader.sign_href if isinstance(reader, type) and issubclass(reader, readers.SigningRioReader) else None
     check = dask.delayed(_check_scene, pure=True)
     parts = [dsa.from_delayed(check(by_id[str(i)], bands, env, sign), shape=(1,), dtype=object)
              for i in raw["id"].values]
