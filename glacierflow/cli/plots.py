@@ -21,11 +21,15 @@ def plot_flow_cmd(
         int | None, typer.Option(help="One pair (index along time; negative: from the end); default: the composite.")
     ] = None,
     step: Annotated[int, typer.Option(help="Arrow spacing in pixels (paper: 40 px = 1200 m).")] = 40,
+    at: Annotated[
+        tuple[float, float] | None, typer.Option(metavar="X Y", help="A point's velocity time series (store CRS, m).")
+    ] = None,
 ) -> None:
-    """Figure: composite speed with arrows and its error, or one pair (NDSI with arrows, speed)."""
-    from glacierflow.plots.figures import plot_flow  # deferred: matplotlib
+    """Figure: composite speed with arrows over the outline and its error, one pair, or a point's series."""
+    from glacierflow.plots.figures import plot_flow, plot_flow_at  # deferred: matplotlib
 
-    path = plot_flow(store, cube, out_png, time_index=pair, step=step)
+    path = (plot_flow_at(store, at[0], at[1], out_png) if at is not None
+            else plot_flow(store, cube, out_png, time_index=pair, step=step))
     out.print(f"written: {path}")
 
 

@@ -17,7 +17,8 @@ is the registry :mod:`glacierflow.motion.velocity` and the CLI choose from.
   displacement per pixel (a reference velocity x Δt, or a coarse first pass with the large chip over the
   full search range, smoothed), image ``b`` is resampled by that prior and the chips are matched within
   :data:`FINE_SEARCH` pixels of it: the ``chip`` chip first, the larger ``chip_max`` chip where the small
-  one fails; the sub-pixel peak refined by least squares on the chip (:func:`lk_refine`); then the normalised displacement coherence (NDC) filter drops matches that differ from their
+  one fails; the sub-pixel peak refined by least squares on the chip (:func:`lk_refine`); then the
+  normalised displacement coherence (NDC) filter drops matches that differ from their
   5x5 neighbourhood's median by more than ``ndc`` pixels.
 * ``farneback``: OpenCV's dense Farnebäck flow (the paper's parameters) with the texture and the
   forward-backward masks of the first version.

@@ -359,7 +359,7 @@ def its_live(ds: xr.Dataset) -> xr.DataTree:
     }, coords=keep, attrs=dict(ds.attrs, Conventions="CF-1.10", velocity_format=VELOCITY_FORMAT))
     names = {"u": "vx", "v": "vy", "speed": "v", "offset_u": "stable_shift_x", "offset_v": "stable_shift_y",
              "pair_error": "pair_error", "valid_fraction": "valid_fraction"}
-    pairs = xr.Dataset({new: ds[old].variable for old, new in names.items()},
+    pairs = xr.Dataset({new: ds[old].rename(time="mid_date").variable for old, new in names.items()},
                        coords={"mid_date": ds["time"].variable, **keep})
     for new in names.values():
         pairs[new] = _cf(pairs[new], new, new in ("vx", "vy", "v") and grid)
