@@ -336,10 +336,9 @@ class FlowSpec(Spec):
     Parameters
     ----------
     method
-        Matcher (:data:`glacierflow.motion.matching.METHODS`): ``"farneback"`` (dense optical flow, the paper's
-        method; the default: on the twin's guides it beat NCC on speed, direction and stable ground at
-        half the cost) or ``"ncc"`` (normalised cross-correlation of chips with a sub-pixel peak fit, the
-        autoRIFT way).
+        Matcher (:data:`glacierflow.motion.matching.METHODS`): ``"ncc"`` (the default, the autoRIFT way: chips
+        matched around a search prior, grown where the small chip fails, NDC-filtered, least-squares sub-pixel;
+        measured in benchmarks/README.md) or ``"farneback"`` (dense optical flow, the paper's method).
     images
         What is tracked: ``"guides"`` (the cube store's aligned per-scene guide images, pairs of
         acquisitions), ``"ndsi"`` (the ``ndsi`` periods of a cube or forecast store) or ``"auto"``

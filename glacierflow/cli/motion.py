@@ -80,7 +80,8 @@ def flow_cmd(
     spec = FlowSpec(**{k: v for k, v in given.items() if v is not None})  # unset flags: the spec's defaults
     check_writable_output(out_store, storage_option)
     if is_forecast_url(cube, storage_options(storage_option)):  # predict's output: the predicted frames
-        return _flow_forecast(cube, out_store, spec if pairs else spec.replace(pairs="consecutive"),
+        paper = spec.replace(method=method or "farneback", pairs=pairs or "consecutive")  # the paper's way
+        return _flow_forecast(cube, out_store, paper,
                               overwrite=overwrite, storage_option=storage_option, ice_mask=outline, where=where)
     with where.client():
         s = run_flow(cube, out_store, spec, overwrite=overwrite, storage_options=storage_options(storage_option),

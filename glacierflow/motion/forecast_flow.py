@@ -8,7 +8,7 @@ periods, with the same pairs, Δt, ice mask and stable ground, so the two differ
 
 Δt: the period starts (the forecast store has no ``time_mean``: a forecast is of period means, not of
 acquisitions); the true frames get the same Δt, so the comparison is one of displacement. The ice mask (and
-from it the stable ground) is the source cube's NDSI climatology over all its periods (or ``--ice-mask``),
+from it the stable ground) is the source cube's NDSI climatology over all its periods (or ``--outline``),
 the forecast's own few frames otherwise.
 
 The velocity store has the contract's per-pair (group ``pairs``) and composite (root) variables of the
@@ -172,7 +172,7 @@ def ndsi_store_flow(forecast_url: str, out_url: str, spec: FlowSpec | None = Non
         :class:`glacierflow.motion.velocity.FlowSummary`'s fields, and ``comparison``: the ``composite_*`` medians and
         the per-pair ones (lists), empty without the truth.
     """
-    spec = spec or FlowSpec(pairs="consecutive")
+    spec = spec or FlowSpec(method="farneback", pairs="consecutive")
     if spec.images == "guides":
         raise GlacierflowError(f"{forecast_url} is a forecast store: it has no guides, flow tracks its NDSI "
                                "periods; leave out --images or pass --images ndsi")

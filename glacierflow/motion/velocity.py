@@ -1,40 +1,41 @@
-"""Surface velocity from pairs of acquisitions: ``cube.zarr --flow--> velocity.zarr``.
+"""Surface velocity from pairs of acquisitions: ``cube.zarr --flow--> velocity.zarr`` (ITS_LIVE names).
 
 What is tracked
 ---------------
-By default the cube store's ``guides`` group: the aligned, QA-masked per-scene guide images ECC used
-(high-passed grey reflectance, NaN where not observed), paired as acquisitions (:func:`select_pairs`:
-``annual`` = 300-430 days apart, ``consecutive``, or ``MIN:MAX`` days; same WRS path first; at most
-``max_pairs_per_scene`` pairs per scene). Δt comes from the acquisition times in the ``scenes`` table.
-``images="ndsi"`` (or ``auto`` on a store without guides, e.g. a forecast store) tracks the ``ndsi``
-periods instead, with Δt from each period's mean acquisition time where the store has one.
+By default the cube store's ``guides`` group: the aligned, QA-masked per-scene guide images (a texture band,
+``red`` by default, high-passed; NaN where not observed), paired as acquisitions (:func:`select_pairs`:
+``auto`` = 16 days to ``max_days`` (546) apart, a year first, as ITS_LIVE; ``annual``, ``consecutive`` or
+``MIN:MAX`` days; same WRS path first; at most ``max_pairs_per_scene`` pairs per scene). Δt comes from the
+acquisition times in the ``scenes`` table. ``images="ndsi"`` (or ``auto`` on a store without guides, e.g. a
+forecast store) tracks the ``ndsi`` periods instead, with Δt from each period's mean acquisition time.
 
 Per pair (one Dask task, :func:`_pair_task` through ``xr.apply_ufunc``)
 ---------------------------------------------------------------------------
-1. the matcher (:data:`glacierflow.motion.matching.METHODS`) gives the displacement in pixels, NaN where the
-   match is not trusted (low correlation, forward-backward, texture);
+1. the matcher (:data:`glacierflow.motion.matching.METHODS`; ``ncc``: the autoRIFT way, its search centred
+   on a prior: a ``--reference`` velocity x Δt, :func:`reference_prior`, or a coarse first pass) gives the
+   displacement in pixels, NaN where the match is not trusted;
 2. stable-ground correction: the median displacement over stable ground (off-ice pixels at least
-   ``stable_margin`` px from the ice; the ice from ``ice_mask`` or the cube's NDSI climatology,
-   :func:`ice_from_climatology`) is subtracted and recorded (``offset_u``, ``offset_v``); the robust
-   spread of the corrected stable-ground velocities (1.4826 MAD, RMS of the two components) is the
-   pair's 1-sigma error ``pair_error`` (NaN with fewer than :data:`MIN_STABLE` stable pixels: then no
-   correction);
-3. velocity in m/yr: ``u = cols * dx / years`` (east), ``v = rows * dy / years`` (north: ``dy`` < 0);
+   ``stable_margin`` px from the ice; the ice from ``--outline`` or, with a warning, the cube's NDSI
+   climatology, :func:`ice_from_climatology`) is subtracted and recorded (``stable_shift_x``,
+   ``stable_shift_y``); the robust spread of the corrected stable-ground velocities (1.4826 MAD, RMS of the
+   two components) is the pair's 1-sigma error ``pair_error`` (NaN with fewer than :data:`MIN_STABLE`
+   stable pixels: then no correction);
+3. velocity in m/yr: ``vx = cols * dx / years`` (east), ``vy = rows * dy / years`` (north: ``dy`` < 0);
 4. a per-pixel error (:func:`pixel_error`, not stored): the pair's stable-ground error plus, in
    quadrature, the excess of the pixel's least-squares match error over the stable ground's
-   (:func:`glacierflow.motion.matching.match_error`: residual variance x correlation area x inverse structure
-   tensor of the window: large where the ice decorrelated, along texture streaks, on wrong matches).
+   (:func:`glacierflow.motion.matching.match_error`).
 
 Composite (:func:`composite`)
 -----------------------------
-Per pixel, pairs further than 3 sigma (the larger of the pixel's error and the robust scatter of the
-pairs there) from the per-pixel median are dropped; the rest are averaged with weights
-``1 / error**2``. The random error is the larger of the formal error of that mean and the weighted
-scatter of one pair, both over ``sqrt(n_eff)``: ``n_eff`` = distinct scenes - 1 (capped at ``n``),
-because pairs sharing a scene share its noise. ``speed_error`` adds, in quadrature, the matcher's
-smoothing bias ``s2 / 2 * |laplacian(u, v)|`` (:func:`with_smoothing`, ``s2`` the variance of its
-window: :func:`window_variance`; the Laplacian of the composite smoothed at the window's scale), an
-error common to all pairs. ``n_pairs`` counts the pairs used.
+Per pixel, pairs further than 3 sigma from the per-pixel median are dropped; the rest are averaged with
+weights ``1 / error**2``. The random error (``vx_error``, ``vy_error``) is the larger of the formal error of
+that mean and the weighted scatter of one pair, both over ``sqrt(n_eff)`` (``n_eff`` = distinct scenes - 1);
+``v_error`` adds, in quadrature, the matcher's smoothing bias ``s2 / 2 * |laplacian(vx, vy)|``
+(:func:`with_smoothing`). ``count`` counts the pairs used.
+
+:func:`velocity` returns the lazy dataset under working names (``u``, ``v``, ``speed`` per pair along
+``time``, ``u_composite``...); :func:`its_live` lays it out as the store (composite at the root, ``pairs``
+group on ``mid_date``), which :func:`write_velocity` writes and :func:`open_velocity` reads.
 """
 
 from __future__ import annotations
