@@ -17,7 +17,8 @@ is the registry :mod:`glacierflow.motion.velocity` and the CLI choose from.
   displacement per pixel (a reference velocity x Δt, or a coarse first pass with the large chip over the
   full search range, smoothed), image ``b`` is resampled by that prior and the chips are matched within
   :data:`FINE_SEARCH` pixels of it: the ``chip`` chip first, the larger ``chip_max`` chip where the small
-  one fails; the sub-pixel peak refined by least squares on the chip (:func:`lk_refine`); then the
+  one fails; the sub-pixel peak refined by least squares on the chip (:func:`lk_refine`); matched both
+  ways (the half difference cancels a chip's own bias; a forward-backward check); then the
   normalised displacement coherence (NDC) filter drops matches that differ from their
   5x5 neighbourhood's median by more than ``ndc`` pixels.
 * ``farneback``: OpenCV's dense Farnebäck flow (the paper's parameters) with the texture and the
@@ -332,24 +333,40 @@ def ndc_filter(disp: np.ndarray, tolerance: float) -> np.ndarray:
     return out
 
 
-def autorift_pixels(a: np.ndarray, b: np.ndarray, spec: FlowSpec, search: int,
-                    prior: np.ndarray | None = None) -> np.ndarray:
-    """NCC around a prior, chips grown where the small one fails, NDC-filtered (module docstring).
-
-    ``prior`` is the expected displacement ``(2, H, W)`` in pixels (columns, rows); without one, a coarse
-    first pass with the ``chip_max`` chip over ``search`` pixels gives it.
-    """
-    big = spec.replace(chip=spec.chip_max)
-    if prior is None:
-        prior = fill_smooth(ndc_filter(ncc_pixels(a, b, big, search), 2.0), spec.chip_max / 2.0)
-    prior = np.nan_to_num(np.asarray(prior, np.float32))
+def _one_way(a: np.ndarray, b: np.ndarray, spec: FlowSpec, prior: np.ndarray) -> np.ndarray:
+    """``a`` -> ``b`` around ``prior``: small chip, grown chip where it fails, least-squares sub-pixel."""
     bw = warp_by(b, prior)
     fine = ncc_pixels(a, bw, spec, FINE_SEARCH)
     miss = ~np.isfinite(fine[0])
     if miss.any() and spec.chip_max > spec.chip:
-        grown = ncc_pixels(a, bw, big, FINE_SEARCH)
+        grown = ncc_pixels(a, bw, spec.replace(chip=spec.chip_max), FINE_SEARCH)
         fine[:, miss] = grown[:, miss]
-    return ndc_filter(lk_refine(a, b, fine + prior, spec.chip), spec.ndc)
+    return lk_refine(a, b, fine + prior, spec.chip)
+
+
+def autorift_pixels(a: np.ndarray, b: np.ndarray, spec: FlowSpec, search: int,
+                    prior: np.ndarray | None = None) -> np.ndarray:
+    """NCC around a prior, chips grown where the small one fails, symmetric, NDC-filtered (module docstring).
+
+    ``prior`` is the expected displacement ``(2, H, W)`` in pixels (columns, rows); without one, a coarse
+    first pass with the ``chip_max`` chip over ``search`` pixels gives it. The match is made both ways
+    (``a`` -> ``b`` and ``b`` -> ``a``, the latter read at the matched position): their half difference is
+    the displacement (a chip's texture-dependent bias, the same both ways, cancels: it would not average
+    out over pairs), and where they disagree by more than ``2 max_fb_error`` px the pixel is NaN (the
+    forward-backward check; off when ``max_fb_error`` is 0).
+    """
+    if prior is None:
+        coarse = ncc_pixels(a, b, spec.replace(chip=spec.chip_max), search)
+        prior = fill_smooth(ndc_filter(coarse, 2.0), spec.chip_max / 2.0)
+    prior = np.nan_to_num(np.asarray(prior, np.float32))
+    forward = _one_way(a, b, spec, prior)
+    backward = _one_way(b, a, spec, -prior)  # the prior is smooth: -prior(q) ~ -prior(q - d)
+    at = np.stack([warp_by(backward[k], np.nan_to_num(forward)) for k in range(2)])
+    disp = (forward - at) / 2.0
+    if spec.max_fb_error > 0:
+        disagree = np.hypot(forward[0] + at[0], forward[1] + at[1]) > 2 * spec.max_fb_error
+        disp[:, disagree] = np.nan
+    return ndc_filter(disp, spec.ndc)
 
 
 def _normalised(image: np.ndarray, window: int) -> np.ndarray:
