@@ -333,6 +333,35 @@ def ndc_filter(disp: np.ndarray, tolerance: float) -> np.ndarray:
     return out
 
 
+def _halved(image: np.ndarray) -> np.ndarray:
+    """2 x 2 block means (NaN where a block has no value; an odd last row/column dropped)."""
+    h, w = (image.shape[0] // 2) * 2, (image.shape[1] // 2) * 2
+    blocks = np.asarray(image[:h, :w], np.float32).reshape(h // 2, 2, w // 2, 2)
+    ok = np.isfinite(blocks)
+    n = ok.sum(axis=(1, 3))
+    total = np.where(ok, blocks, 0).sum(axis=(1, 3))
+    return np.where(n > 0, total / np.maximum(n, 1), np.nan).astype(np.float32)
+
+
+def coarse_prior(a: np.ndarray, b: np.ndarray, spec: FlowSpec, search: int) -> np.ndarray:
+    """The search prior without a reference: the ``chip_max`` match over the full ``search`` range, smoothed.
+
+    Beyond 4 px of search it runs on the images halved (2 x 2 means: the chip and the range halve, the
+    cost drops ~16 times) and is brought back to the full grid; NDC-filtered, gaps filled, smoothed.
+    """
+    if search <= 4:
+        coarse = ncc_pixels(a, b, spec.replace(chip=spec.chip_max), search)
+    else:
+        chip = max(5, (spec.chip_max // 2) | 1)
+        half = ncc_pixels(_halved(a), _halved(b), spec.replace(chip=chip, chip_max=max(chip, spec.chip_max)),
+                          -(-search // 2))
+        full = np.full((2, *a.shape), np.nan, np.float32)
+        up = 2.0 * np.repeat(np.repeat(half, 2, axis=1), 2, axis=2)
+        full[:, : up.shape[1], : up.shape[2]] = up
+        coarse = full
+    return fill_smooth(ndc_filter(coarse, 2.0), spec.chip_max / 2.0)
+
+
 def _one_way(a: np.ndarray, b: np.ndarray, spec: FlowSpec, prior: np.ndarray) -> np.ndarray:
     """``a`` -> ``b`` around ``prior``: small chip, grown chip where it fails, least-squares sub-pixel."""
     bw = warp_by(b, prior)
@@ -356,8 +385,7 @@ def autorift_pixels(a: np.ndarray, b: np.ndarray, spec: FlowSpec, search: int,
     forward-backward check; off when ``max_fb_error`` is 0).
     """
     if prior is None:
-        coarse = ncc_pixels(a, b, spec.replace(chip=spec.chip_max), search)
-        prior = fill_smooth(ndc_filter(coarse, 2.0), spec.chip_max / 2.0)
+        prior = coarse_prior(a, b, spec, search)
     prior = np.nan_to_num(np.asarray(prior, np.float32))
     forward = _one_way(a, b, spec, prior)
     backward = _one_way(b, a, spec, -prior)  # the prior is smooth: -prior(q) ~ -prior(q - d)
