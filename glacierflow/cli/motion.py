@@ -40,7 +40,7 @@ def flow_cmd(
     max_speed: Annotated[float | None, typer.Option(help="Fastest expected speed, m/yr.")] = None,
     min_corr: Annotated[float | None, typer.Option(help="NCC: mask peaks below this correlation.")] = None,
     outline: Annotated[
-        str | None, typer.Option(metavar="FILE", help="Ice outlines (GeoJSON/Shapefile, e.g. RGI 7.0) or a raster "
+        str | None, typer.Option(metavar="FILE", help="Ice outlines (GeoJSON, e.g. RGI 7.0) or a raster "
                                  "mask; stable ground is outside them (default: NDSI climatology, with a warning).")
     ] = None,
     reference: Annotated[
