@@ -330,18 +330,22 @@ def _align_block(
 ) -> xr.Dataset:
     """Align every scene of a ``(time, y, x)`` block on ``block[guide]``; warp the ``apply`` variables.
 
-    An ``init`` variable ``(time, 3, 3)`` in the block starts each scene's search.
+    An ``init`` variable ``(time, 3, 3)`` in the block starts each scene's search; a ``static`` ``(y, x)``
+    mask keeps ECC to those pixels (the scene's others are left out of its input mask; the reference stays
+    whole, so no filled template value is ever compared).
     """
     ref = np.asarray(reference.transpose("y", "x").values)
     g = np.asarray(block[guide].values)
     init = np.asarray(block["init"].values) if "init" in block else None
+    static = np.asarray(block["static"].values, bool) if "static" in block else None
     n = g.shape[0]
     out = {v: np.asarray(block[v].values, np.float32).copy() for v in apply}
     diag = {k: np.full(n, np.nan) for k in ("shift_x", "shift_y", "ecc")}
     warps = np.tile(np.eye(3), (n, 1, 1))
     ok = np.zeros(n, bool)
     for i in range(n):
-        warps[i], diag["ecc"][i], ok[i] = find_warp(g[i], ref, init=None if init is None else init[i], **kwargs)
+        seen = g[i] if static is None else np.where(static, g[i], np.nan)
+        warps[i], diag["ecc"][i], ok[i] = find_warp(seen, ref, init=None if init is None else init[i], **kwargs)
         if ok[i]:
             diag["shift_x"][i], diag["shift_y"][i] = _centre_shift(warps[i], g[i].shape)
             for v in apply:
@@ -402,7 +406,7 @@ def _ecc_pass(
 ) -> xr.Dataset:
     """One lazy ECC pass over ``scenes`` (``guide`` + ``apply`` variables, optional ``init`` warps)."""
     _check(scenes, guide, reference, kwargs["motion"])
-    keep = [guide, *apply, *(["init"] if "init" in scenes else [])]
+    keep = [guide, *apply, *[k for k in ("init", "static") if k in scenes]]
     scenes = scenes[list(dict.fromkeys(keep))]
     scenes = scenes.transpose("time", "y", "x", *[d for d in _WARP_DIMS if d in scenes.dims])
     reference = reference.transpose("y", "x")
@@ -563,6 +567,6 @@ def co_register(
     aligned_guides = first[guide].where(first["aligned"])
     second_in = get().assign(init=first["warp"])
     reference = reference_image(aligned_guides)
-    reference = reference.where(static_ground(aligned_guides, reference, ice).transpose(*reference.dims))
+    second_in = second_in.assign(static=static_ground(aligned_guides, reference, ice).reset_coords(drop=True))
     out = _ecc_pass(second_in, reference, guide, tuple(apply), **kw)
     return out.drop_vars(["warp"])
