@@ -394,8 +394,9 @@ def _extras(ds: xr.Dataset, root: xr.Dataset, pairs: xr.Dataset) -> tuple[xr.Dat
             continue
         new = _EXTRA_NAMES.get(str(name), str(name))
         if "time" in ds[name].dims:
-            per_pair[new] = ds[name].rename(time="mid_date").drop_vars(
-                [c for c in ds[name].coords if c not in ("y", "x", "spatial_ref")]).variable
+            var = ds[name].variable
+            per_pair[new] = xr.Variable(tuple("mid_date" if d == "time" else d for d in var.dims), var.data,
+                                        var.attrs)
         else:
             root[new] = ds[name].reset_coords(drop=True)
     coords = {k: ("mid_date", ds[k].values) for k in ds.coords if ds[k].dims == ("time",)
