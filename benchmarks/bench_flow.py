@@ -14,7 +14,7 @@ task). Per-pair seconds: the matcher alone on one pair, in this process (1 threa
 thread per core, as ``flow`` runs by default). Both compute and write the whole velocity store
 (per-pair fields, stable-ground statistics, composite) with :func:`glacierflow.motion.velocity.write_velocity`, as
 ``flow`` does: the workers write the chunks, nothing is gathered to this process. The ratio is
-parallel / serial, measured in the same run.
+parallel / serial, measured in the same run; the script exits non-zero when the two stores differ.
 """
 
 from __future__ import annotations
@@ -101,10 +101,23 @@ def main() -> None:
             run(specs[next(iter(specs))], "warm-up", guides.isel(scene=slice(0, 3)))  # imports on the workers
             for method, spec in specs.items():
                 parallel[method] = run(spec, f"parallel-{method}")
-    print(f"{'method':10s} {'s/pair':>7s} {'serial':>8s} {'parallel':>9s} {'ratio':>6s}")
+            same = {m: _same_store(Path(tmp), m) for m in specs}
+    print(f"{'method':10s} {'s/pair':>7s} {'serial':>8s} {'parallel':>9s} {'ratio':>6s} {'same':>5s}")
     for method in specs:
         print(f"{method:10s} {one[method]:7.2f} {serial[method]:7.1f}s {parallel[method]:8.1f}s "
-              f"{parallel[method] / serial[method]:6.2f}")
+              f"{parallel[method] / serial[method]:6.2f} {str(same[method]):>5s}")
+    if not all(same.values()):
+        raise SystemExit("parallel and serial stores differ: the equivalence check failed")
+
+
+def _same_store(folder: Path, method: str) -> bool:
+    """Serial and parallel runs wrote the same composite and per-pair velocities (bit for bit, NaN alike)."""
+    a, b = (xr.open_zarr(folder / f"{k}-{method}.zarr", consolidated=False) for k in ("serial", "parallel"))
+    pa, pb = (xr.open_zarr(folder / f"{k}-{method}.zarr", group="pairs", consolidated=False)
+              for k in ("serial", "parallel"))
+    return all(np.array_equal(x[v].values, y[v].values, equal_nan=True)
+               for x, y, names in ((a, b, ("vx", "vy", "v_error")), (pa, pb, ("vx", "vy")))
+               for v in names)
 
 
 if __name__ == "__main__":

@@ -8,15 +8,17 @@ Usage::
 
 For each world a ``small`` parvati twin (4 years, seed 0) is made under ``--root`` (reused when there),
 served over HTTP as ``twin serve`` does, built into a cube store as ``build-cube`` does (reused when
-there), then ``velocity`` (what ``flow`` computes) runs per method with annual pairs and its composite is
+there), then ``velocity`` (what ``flow`` computes, with the twin's ``outlines.geojson`` as ``--outline``)
+runs per method with the default pairs and its composite is
 scored against ``truth.zarr`` by :func:`glacierflow.testing.flow_figures` (the figures of
 ``tests/test_flow_truth.py``). Worlds: ``basic`` (the original twin), ``himalaya`` (the harder default)
 and ``slow`` (himalaya, ``--max-speed 60 --glacier-width 15``: the slow, narrow glacier). One row per
 world and method; the issue's targets in the last line.
 
 ``--oracle VAR[,VAR]`` adds rows where the guides are replaced by the twin's noise-free truth images
-(:func:`glacierflow.testing.oracle_guides`: ``ndsi``, clean illuminated NDSI; ``ndsi_surface``, himalaya
-only, without the terrain illumination): the same pairs, matcher and composite, so the gap between an
+(:func:`glacierflow.testing.oracle_guides`: ``red_clean``, himalaya only, the clean illuminated red band:
+the truth-image bound; ``ndsi``, clean illuminated NDSI; ``ndsi_surface``, without the terrain light):
+the same pairs, matcher and composite, so the gap between an
 oracle row and the observed row is what better preprocessing could at most win, and the oracle row's
 own error is the matcher's and the world's (texture decorrelation, snow).
 """
@@ -29,6 +31,7 @@ from pathlib import Path
 
 import dask
 
+from glacierflow.motion.masks import read_ice_mask
 from glacierflow.motion.velocity import open_cube, velocity
 from glacierflow.preprocess.build import build_cube_store
 from glacierflow.specs import CubeSpec, FlowSpec, PreprocessSpec
@@ -67,10 +70,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--root", type=Path, default=Path("/tmp/gf-flow-truth"), help="twins and cubes (reused)")
     ap.add_argument("--worlds", default=",".join(WORLDS), help="comma-separated: " + ", ".join(WORLDS))
-    ap.add_argument("--methods", default="farneback", help="comma-separated (farneback, ncc)")
-    ap.add_argument("--max-speed", type=float, default=150.0, help="NCC search range (m/yr)")
+    ap.add_argument("--methods", default="ncc", help="comma-separated (ncc, farneback)")
+    ap.add_argument("--no-outline", action="store_true", help="stable ground from the NDSI climatology")
+    ap.add_argument("--max-pairs-per-scene", type=int, default=FlowSpec.max_pairs_per_scene)
+    ap.add_argument("--max-speed", type=float, default=FlowSpec.max_speed, help="NCC search range (m/yr)")
     ap.add_argument("--oracle", default="",
-                    help="comma-separated truth variables to track as well (ndsi, ndsi_surface)")
+                    help="comma-separated truth variables to track as well (red_clean, ndsi, ndsi_surface)")
     args = ap.parse_args()
     args.root.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -78,17 +83,20 @@ def main() -> None:
         url, twin = cube_for(args.root, world)
         cube, guides = open_cube(url)
         truth = flow_truth(cube, str(twin / "truth.zarr"))
+        ice = None if args.no_outline else read_ice_mask(str(twin / "outlines.geojson"), cube)
         inputs = {"": guides}
         for var in filter(None, args.oracle.split(",")):
-            if var == "ndsi_surface" and WORLDS[world]["realism"] == "basic":
-                continue  # the basic world renders no terrain illumination: ndsi is its surface
-            inputs[f", truth {var}"] = oracle_guides(guides, str(twin / "truth.zarr"), var)
+            if var in ("ndsi_surface", "red_clean") and WORLDS[world]["realism"] == "basic":
+                continue  # the basic world renders no terrain illumination and stores no clean red
+            hp = PreprocessSpec().align_highpass if var == "red_clean" else 0.0  # as the guides are filtered
+            inputs[f", truth {var}"] = oracle_guides(guides, str(twin / "truth.zarr"), var, highpass=hp)
         for method in args.methods.split(","):
             for label, images in inputs.items():
-                spec = FlowSpec(method=method, max_speed=args.max_speed)
+                spec = FlowSpec(method=method, max_speed=args.max_speed,
+                                max_pairs_per_scene=args.max_pairs_per_scene)
                 t = time.perf_counter()
                 with dask.config.set(scheduler="threads"):
-                    ds = velocity(cube, spec, guides=images).compute()
+                    ds = velocity(cube, spec, guides=images, ice_mask=ice).compute()
                 f = flow_figures(ds, truth)
                 rows.append((world, method + label, ds.sizes["time"], f, time.perf_counter() - t))
                 print(f"  {world} {method}{label}: {ds.sizes['time']} pairs in {rows[-1][-1]:.0f} s")

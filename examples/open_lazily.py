@@ -19,5 +19,6 @@ print(f"{used.sum()} of {used.size} scenes used; reasons:", reasons)
 window = cube["ndsi"].isel(time=0, y=slice(0, 50), x=slice(0, 50))
 print("mean snow-mask NDSI, first period, top-left 50x50:", float(window.mean()))
 if len(sys.argv) > 2:
-    vel = xr.open_zarr(sys.argv[2], decode_coords="all", consolidated=False)
-    print("velocity pairs:", vel.sizes["time"], "max speed (m/yr):", float(vel["speed"].max()))
+    vel = xr.open_zarr(sys.argv[2], decode_coords="all", consolidated=False)  # the composite (ITS_LIVE names)
+    pairs = xr.open_zarr(sys.argv[2], group="pairs", decode_coords="all", consolidated=False)
+    print("velocity pairs:", pairs.sizes["mid_date"], "max composite speed v (m/yr):", float(vel["v"].max()))

@@ -22,10 +22,12 @@ PERIODS = ("1MS", "3MS", "6MS")  # cube periods build-cube offers
 CATEGORIES = ("T1", "T2", "RT")  # Landsat Collection 2 tiers (landsat:collection_category)
 #: platforms kept by default: Landsat 8 (OLI) and 9 (OLI-2) share band numbers and QA bits; 4/5/7 do not
 DEFAULT_PLATFORMS = ("landsat-8", "landsat-9")
-PAIR_KINDS = ("annual", "consecutive")  # or MIN:MAX days (FlowSpec.pairs)
+PAIR_KINDS = ("auto", "annual", "consecutive")  # or MIN:MAX days (FlowSpec.pairs)
 PAIR_DAYS = {"annual": (300.0, 430.0), "consecutive": (0.5, 1e9)}  # days between the acquisitions
 FLOW_METHODS = ("ncc", "farneback")  # matchers (motion.matching.METHODS)
 FLOW_IMAGES = ("auto", "guides", "ndsi")  # what flow tracks
+GUIDE_BANDS = ("red", "nir08", "green", "ndsi", "grey")  # what build-cube's guides are made of (preprocess.align)
+GUIDE_FILTERS = ("highpass", "wallis")  # how the guide is filtered
 SPLITS = ("temporal", "spatial")  # how samples are split into train/val/test
 DEVICES = ("auto", "cpu", "cuda")  # torch devices (learn.runtime)
 OBJECTIVES = ("patch", "full-scene")  # training objectives (learn.objectives.OBJECTIVES)

@@ -180,23 +180,27 @@ def _cube(work: Path, twin: Path, stages: Stages, cfg: dict[str, Any], cluster: 
     return out
 
 
-def _flow(work: Path, cube: str, stages: Stages) -> str:
+def _flow(work: Path, cube: str, stages: Stages, twin: Path | None = None) -> str:
     from glacierflow.motion.velocity import run_flow
     from glacierflow.specs import FlowSpec
     from glacierflow.storage import store
 
     out = str(work / "velocity.zarr")
-    with stages("flow", "flow: Farneback velocity between acquisitions about a year apart") as note:
+    with stages("flow", "flow: NCC velocity with a search prior, pairs 16 days to 18 months apart") as note:
         if store.is_complete(out):
             note["done"] = f"reusing {out}"
             return out
         with _dask_progress(stages.say):
-            s = run_flow(cube, out, FlowSpec(pairs="annual"), overwrite=True)
-        speed = s.get("composite_median_speed_m_per_yr", float("nan"))
-        fast = s.get("composite_p95_speed_m_per_yr", float("nan"))
-        note["done"] = (f"{s['pairs']} pairs, composite speed median {speed:.1f} m/yr (mostly still ground), "
-                        f"95th percentile {fast:.0f} m/yr (the moving ice) -> {out}")
+            s = run_flow(cube, out, FlowSpec(), overwrite=True, outline=_outline(twin))
+        note["done"] = (f"{s.pairs} pairs, composite speed median {s.median_speed:.1f} m/yr (mostly still ground), "
+                        f"95th percentile {s.p95_speed:.0f} m/yr (the moving ice) -> {out}")
     return out
+
+
+def _outline(twin: Path | None) -> str | None:
+    """The twin's ``outlines.geojson`` (the glacier outlines flow takes stable ground outside of), if there."""
+    path = None if twin is None else twin / "outlines.geojson"
+    return str(path) if path is not None and path.exists() else None
 
 
 def _finished(run: Path) -> bool:
@@ -304,7 +308,7 @@ def _all_stages(work: Path, r: dict[str, Any], stages: Stages, cfg: dict[str, An
     twin = _twin(work, stages, cfg, cfg["glacier"], cfg["start"], cfg["end"])
     r["twin"] = str(twin)
     r["cube"] = _cube(work, twin, stages, cfg, cluster, cfg["glacier"])
-    r["velocity"] = _flow(work, r["cube"], stages)
+    r["velocity"] = _flow(work, r["cube"], stages, twin)
     with _torch_threads(cfg["torch_threads"]):
         run = _train(work, r["cube"], stages, cfg)
         r["run"] = str(run)

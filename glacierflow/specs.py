@@ -34,6 +34,8 @@ from glacierflow.choices import (
     DEVICES,
     FLOW_IMAGES,
     FLOW_METHODS,
+    GUIDE_BANDS,
+    GUIDE_FILTERS,
     MOTIONS,
     OBJECTIVES,
     PAIR_DAYS,
@@ -284,6 +286,14 @@ class PreprocessSpec(Spec):
         Exact 5x5 gap-fill passes before the multi-scale fill.
     align_highpass
         Sigma (px) of the high-pass applied to the ECC guide image.
+    guide_band
+        What the guide images (ECC's image and what ``flow`` tracks) are made of, one of
+        :data:`GUIDE_BANDS`: ``red`` (default: where ice shows its texture, as autoRIFT's panchromatic band;
+        measured in benchmarks/README.md), ``nir08``, ``green``, ``ndsi`` or ``grey`` (the research code's
+        ``0.114 green + 0.886 swir16``, the guide before this option).
+    guide_filter
+        ``highpass`` (subtract the local mean, sigma ``align_highpass``) or ``wallis`` (then also divide by
+        the local standard deviation, autoRIFT's Wallis filter: equal contrast in bright and dark areas).
     min_ecc
         ECC correlation below which a scene counts as not aligned and is not averaged (``alignment``).
     extra
@@ -298,6 +308,8 @@ class PreprocessSpec(Spec):
     gap_fill_max_iter: int = 32
     align_highpass: float = 6.0
     min_ecc: float = 0.3
+    guide_band: str = "red"
+    guide_filter: str = "highpass"
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -307,6 +319,8 @@ class PreprocessSpec(Spec):
         self._between("ndsi_threshold", -1, 1, "an NDSI")
         self._integer("gap_fill_max_iter", 0)
         self._require(self.align_highpass >= 0, "align_highpass", f"{self.align_highpass} must be >= 0 px")
+        self._choice("guide_band", GUIDE_BANDS)
+        self._choice("guide_filter", GUIDE_FILTERS)
         self._between("min_ecc", -1, 1, "a correlation")
 
     @property
@@ -323,24 +337,34 @@ class FlowSpec(Spec):
     Parameters
     ----------
     method
-        Matcher (:data:`glacierflow.motion.matching.METHODS`): ``"farneback"`` (dense optical flow, the paper's
-        method; the default: on the twin's guides it beat NCC on speed, direction and stable ground at
-        half the cost) or ``"ncc"`` (normalised cross-correlation of chips with a sub-pixel peak fit, the
-        autoRIFT way).
+        Matcher (:data:`glacierflow.motion.matching.METHODS`): ``"ncc"`` (the default, the autoRIFT way: chips
+        matched around a search prior, grown where the small chip fails, NDC-filtered, least-squares sub-pixel;
+        measured in benchmarks/README.md) or ``"farneback"`` (dense optical flow, the paper's method).
     images
         What is tracked: ``"guides"`` (the cube store's aligned per-scene guide images, pairs of
         acquisitions), ``"ndsi"`` (the ``ndsi`` periods of a cube or forecast store) or ``"auto"``
         (guides where the store has them; the ``ndsi`` of a forecast store; a cube store built without
         guides is an error naming both ways out).
     pairs
+        ``"auto"`` (default, as ITS_LIVE: 16 days to ``max_days`` apart, Δt near a year first),
         ``"annual"`` (acquisitions 300-430 days apart), ``"consecutive"`` (each acquisition with the next
         one, on the same WRS path where there is one) or ``"MIN:MAX"`` days apart.
     max_pairs_per_scene
         At most this many pairs per acquisition (same-path pairs first, then the Δt closest to the
         middle of the window), so the pair count grows linearly with the scenes.
-    chip
-        NCC chip side in pixels (odd). 15 px = 450 m at 30 m: smaller chips resolve narrow glaciers but
-        are noisier on weak texture.
+    max_days
+        Longest pair (days) of ``pairs="auto"`` (ITS_LIVE: 546).
+    chip, chip_max
+        NCC chip sides in pixels (odd): 9 px (270 m at 30 m, autoRIFT's smallest ~240 m) first, grown to
+        ``chip_max`` 17 px (510 m, autoRIFT's ~480 m) where the small chip fails; the coarse first pass
+        uses ``chip_max``.
+    ndc
+        NCC: normalised displacement coherence filter, px from the 5x5 median (0: off).
+    reference
+        Reference velocity store (``vx``, ``vy`` in m/yr with a CRS) centring the NCC search; "" = a
+        coarse first pass per pair.
+    outline
+        Ice outlines (GeoJSON/Shapefile, or a raster mask) the stable ground is taken outside of.
     search
         NCC search range in pixels along each axis; ``0``: from ``max_speed`` and each pair's Δt
         (``ceil(max_speed * dt / pixel) + 2``).
@@ -373,11 +397,16 @@ class FlowSpec(Spec):
         the same integer offset. ``0`` disables the check.
     """
 
-    method: str = "farneback"  # measured on the small twin: see benchmarks/README.md (flow)
+    method: str = "ncc"  # measured on the small twin: see benchmarks/README.md (flow)
     images: str = "auto"
-    pairs: str = "annual"
+    pairs: str = "auto"
+    max_days: float = 546.0
     max_pairs_per_scene: int = 3
-    chip: int = 15
+    chip: int = 9
+    chip_max: int = 17
+    ndc: float = 1.0
+    reference: str = ""
+    outline: str = ""
     search: int = 0
     max_speed: float = 200.0
     min_corr: float = 0.3
@@ -402,6 +431,10 @@ class FlowSpec(Spec):
         self._integer("max_pairs_per_scene", 1)
         self._require(isinstance(self.chip, int) and self.chip >= 5 and self.chip % 2 == 1, "chip",
                       f"{self.chip!r} must be an odd integer >= 5 (pixels)")
+        self._require(isinstance(self.chip_max, int) and self.chip_max >= self.chip and self.chip_max % 2 == 1,
+                      "chip_max", f"{self.chip_max!r} must be an odd integer >= {{chip}} {self.chip} (pixels)")
+        self._require(self.max_days >= 16, "max_days", f"{self.max_days} must be >= 16 days")
+        self._require(self.ndc >= 0, "ndc", f"{self.ndc} must be >= 0 pixels (0 disables the NDC filter)")
         self._integer("search", 0)
         self._require(self.max_speed > 0, "max_speed", f"{self.max_speed} must be > 0 m/yr")
         self._between("min_corr", -1, 1, "a correlation")
@@ -422,6 +455,8 @@ class FlowSpec(Spec):
     @property
     def day_range(self) -> tuple[float, float] | None:
         """``(min_days, max_days)`` of ``pairs`` (named kinds included); None if it is not understood."""
+        if self.pairs == "auto":
+            return (16.0, float(self.max_days))
         if self.pairs in PAIR_DAYS:
             return PAIR_DAYS[self.pairs]
         lo, sep, hi = str(self.pairs).partition(":")

@@ -409,7 +409,7 @@ def test_scene_below_min_ecc_is_not_averaged(served_twin: dict, tmp_path: Path) 
     out = str(tmp_path / "strict.zarr")
     # median ECC on the tiny twin is ~0.85: a threshold of 0.86 leaves about half the scenes unaligned
     with dask.config.set(scheduler="threads"):
-        summary = build_cube_store(spec, PreprocessSpec(min_ecc=0.86), out)
+        summary = build_cube_store(spec, PreprocessSpec(min_ecc=0.86, guide_band="grey"), out)  # ECC as measured
     scenes = open_store(out, group="scenes").load()
     cube_ds = open_store(out).load()
     reasons = [str(r) for r in scenes["reason"].values]

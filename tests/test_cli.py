@@ -159,8 +159,9 @@ def test_flow_end_to_end_in_process(tmp_path, capsys):
     assert rc == 0, err
     assert f"written: {out}" in stdout
     vel = xr.open_zarr(out, consolidated=False)
-    assert vel.sizes["time"] == 2, "3 periods (one scene each): 2 consecutive pairs"
+    assert xr.open_zarr(out, group="pairs").sizes["mid_date"] == 2, "3 periods (one scene each): 2 consecutive pairs"
     assert FlowSpec.from_json(vel.attrs["flow_spec"]) == FlowSpec(pairs="consecutive", winsize=11, max_fb_error=0.0)
+    assert "warning: no --outline" in stdout  # stable ground from the NDSI climatology, said so
     assert PreprocessSpec.from_json(vel.attrs["preprocess_spec"]).period == "3MS"
     rc, _, err = _run(capsys, "flow", cube, "--out", out, "--cluster", "sync")
     assert rc == 2 and "--overwrite" in err and err.count("\n") == 1

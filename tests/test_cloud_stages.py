@@ -77,7 +77,7 @@ def test_build_cube_and_flow_on_az_equal_local(served_twin, azurite, tmp_path, c
     for group in (None, "scenes", "guides"):
         _same(cube, cube_az, opts, group)
     velocity = _same(vel, vel_az, opts, sources=(cube, cube_az))
-    assert float(abs(velocity["u_composite"]).max()) > 0  # a velocity field, not zeros
+    assert float(abs(velocity["vx"]).max()) > 0  # a velocity field, not zeros
     # an existing az:// store is refused in one line, as a local one
     rc, _, err = _run(capsys, *build, "--out", cube_az, *so)
     assert rc == 2 and err.startswith(f"error: store {cube_az} already exists") and err.count("\n") == 1

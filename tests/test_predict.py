@@ -408,17 +408,20 @@ def test_flow_of_a_forecast_store_writes_the_velocity_contract_and_the_compariso
     assert main(["flow", twin_forecast, "--method", "farneback", "--out", vel, "--cluster", "sync"]) == 0
     printed = capsys.readouterr().out
     assert "3 consecutive pairs of predicted NDSI periods" in printed and "median |speed diff|" in printed
-    ds = xr.open_zarr(vel, decode_coords="all")
-    for name in ("u", "v", "speed", "offset_u", "offset_v", "pair_error", "valid_fraction", "u_composite",
-                 "v_composite", "speed_composite", "speed_error", "n_pairs", "u_true", "v_true", "speed_true",
-                 "speed_composite_true", "ice", "speed_diff_median", "composite_direction_diff_median"):
+    ds = xr.open_zarr(vel, decode_coords="all")  # the composite (ITS_LIVE names)
+    pairs = xr.open_zarr(vel, group="pairs", decode_coords="all")  # per pair, on mid_date
+    for name in ("vx", "vy", "v", "v_error", "count", "vx_true", "vy_true", "v_true", "ice",
+                 "composite_direction_diff_median"):
         assert name in ds, name
-    assert "scene_start" not in ds.coords, "periods, not scenes"
+    for name in ("vx", "vy", "v", "stable_shift_x", "stable_shift_y", "pair_error", "valid_fraction", "vx_true",
+                 "v_true", "speed_diff_median"):
+        assert name in pairs, name
+    assert "scene_img1" not in pairs.coords, "periods, not scenes"
     assert ds.attrs["tracked"] == "forecast ndsi" and ds.attrs["truth_cube"] == tiny_cube_1ms
     assert store.epsg_of(ds) == store.epsg_of(xr.open_zarr(tiny_cube_1ms, decode_coords="all"))
     # consecutive target periods: leads 1->2, 2->3, 3->4; Δt = the period starts' spacing (Jul, Aug, Sep 31 days)
-    assert ds["lead_start"].values.tolist() == [1, 2, 3] and ds["lead_end"].values.tolist() == [2, 3, 4]
-    assert ds["dt_days"].values.tolist() == [31.0, 31.0, 30.0]
+    assert pairs["lead_start"].values.tolist() == [1, 2, 3] and pairs["lead_end"].values.tolist() == [2, 3, 4]
+    assert pairs["dt_days"].values.tolist() == [31.0, 31.0, 30.0]
     # every predicted frame is the last input frame: no predicted movement; OpenCV's Farneback on two identical
     # frames is not exactly 0 (0.007 px at the 99th percentile on the small twin) but its median is
     pred_median, true_median = float(ds["composite_speed_median"]), float(ds["composite_speed_true_median"])
@@ -427,10 +430,10 @@ def test_flow_of_a_forecast_store_writes_the_velocity_contract_and_the_compariso
     # the comparison, recomputed from the stored fields on the stored ice mask
     ice = ds["ice"].values
     for k in range(3):
-        sp, st = ds["speed"].values[k], ds["speed_true"].values[k]
+        sp, st = pairs["v"].values[k], pairs["v_true"].values[k]
         ok = ice & np.isfinite(sp) & np.isfinite(st)
-        assert float(ds["speed_diff_median"][k]) == pytest.approx(float(np.median(np.abs(sp - st)[ok])), rel=1e-5)
-        assert float(ds["speed_true_median"][k]) == pytest.approx(float(np.median(st[ok])), rel=1e-5)
+        assert float(pairs["speed_diff_median"][k]) == pytest.approx(float(np.median(np.abs(sp - st)[ok])), rel=1e-5)
+        assert float(pairs["speed_true_median"][k]) == pytest.approx(float(np.median(st[ok])), rel=1e-5)
     png = tmp_path / "forecast.png"
     assert main(["plot", "forecast", twin_forecast, "--out", str(png), "--flow", vel, "--step", "16"]) == 0
     from PIL import Image
@@ -446,7 +449,7 @@ def test_true_frames_as_forecast_move_exactly_like_the_truth(twin_forecast, tiny
     fc = xr.open_zarr(twin_forecast, decode_coords="all")
     cube = xr.open_zarr(tiny_cube_1ms, decode_coords="all")
     oracle = fc.assign(ndsi=cube["ndsi"].sel(time=fc["time"].values))  # a forecast that is the truth
-    ds = forecast_velocity(oracle, FlowSpec(pairs="consecutive"), cube).compute(scheduler="sync")
+    ds = forecast_velocity(oracle, FlowSpec(method="farneback", pairs="consecutive"), cube).compute(scheduler="sync")
     assert np.isfinite(ds["speed_true"].values).mean() > 0.2  # measured 0.43 (texture mask on monthly NDSI)
     np.testing.assert_array_equal(ds["speed"].values, ds["speed_true"].values)
     assert float(ds["composite_speed_diff_median"]) == 0.0 and float(ds["composite_direction_diff_median"]) == 0.0
@@ -463,7 +466,7 @@ def test_flow_of_a_forecast_beyond_the_cube_has_no_truth(tiny_cube_1ms, tmp_path
     s = ndsi_store_flow(fc, str(tmp_path / "v.zarr"))  # targets 2021: not in the cube
     assert s["comparison"] == {} and s["pairs"] == 3 and s["truth_cube"] == ""
     ds = xr.open_zarr(str(tmp_path / "v.zarr"))
-    assert "speed_true" not in ds and "u_composite" in ds and ds.attrs["truth"].startswith("none")
+    assert "v_true" not in ds and "vx" in ds and ds.attrs["truth"].startswith("none")
     assert main(["plot", "forecast", fc, "--out", str(tmp_path / "f.png"), "--flow", str(tmp_path / "v.zarr")]) == 2
     assert "no true-frame flow" in capsys.readouterr().err
     with pytest.raises(GlacierflowError, match="no guides.*--images ndsi"):

@@ -25,6 +25,8 @@ from glacierflow.twin.make import deliver_in_zone, init_worker, load_twin_meta, 
 from glacierflow.twin.realism import DEFAULT_REALISM, REALISMS
 from glacierflow.twin.world import ndsi_snow
 
+from .conftest import load_pc_fixture
+
 START, END = "2019-01-01", "2020-12-31"
 
 
@@ -186,7 +188,7 @@ def test_terrain_misregistration_per_path(himalaya_small: Path, truth: xr.Datase
     assert e_full < 0.9 * e_translation, (e_full, e_translation)
 
 
-def test_texture_decorrelates_over_months(truth: xr.Dataset) -> None:
+def test_texture_decorrelates_as_recorded(truth: xr.Dataset) -> None:
     """Clean-ice texture, motion compensated with the true velocity: 16 days apart vs a year apart."""
     time = pd.DatetimeIndex(truth.time.values)
     ice = truth["glacier_mask"].values & ~truth["debris_mask"].values
@@ -215,7 +217,11 @@ def test_texture_decorrelates_over_months(truth: xr.Dataset) -> None:
                 and bare[k] > 0.8]
         if short and year:
             c16, c365 = corr(a, short[0]), corr(a, year[0])
-            assert c16 > 0.8 and c365 < c16 - 0.3, (c16, c365)  # measured 0.89-0.95 vs 0.26-0.45
+            lag = (time[year[0]] - time[a]).days
+            expected = float(truth["texture_correlation"].interp(lag_days=lag))
+            # most of the texture survives a year (real ablation zones), less than over 16 days; the truth
+            # store's texture_correlation says how much (the NDSI adds the dust share: +-0.15)
+            assert c16 > 0.8 and 0.5 < c365 < c16 and abs(c365 - expected) < 0.15, (c16, c365, expected)
             checked += 1
     assert checked >= 1
 
@@ -286,3 +292,82 @@ def test_neighbouring_utm_zone_delivery() -> None:
     sched = schedule(site, "2019-01-01", "2019-03-01", 0, "himalaya", "full")
     assert {a.epsg for a in sched if a.wrs_path == 147} == {32644}
     assert {a.epsg for a in sched if a.wrs_path == 148} == {None}
+
+
+# ------------------------------------------------------------------------------------- tracked texture (issue 20)
+def test_red_and_nir_assets_as_planetary_computer_serves_them(himalaya_small: Path) -> None:
+    pc = {i["id"][:4]: i for i in [load_pc_fixture("landsat-c2-l2_LE07_item_trimmed.json")]}
+    for item in _items(himalaya_small)[:6]:
+        for key in ("red", "nir08"):
+            asset = item["assets"][key]
+            assert asset["eo:bands"][0]["common_name"] == key and asset["roles"] == ["data", "reflectance"]
+            assert asset["raster:bands"][0] == {"scale": 2.75e-05, "nodata": 0, "offset": -0.2, "data_type": "uint16",
+                                                "spatial_resolution": 30}
+            if item["id"].startswith("LE07"):
+                assert asset["eo:bands"][0]["name"] == pc["LE07"]["assets"][key]["eo:bands"][0]["name"]
+            with rasterio.open(himalaya_small / asset["href"]) as src:
+                assert src.nodata == 0 and src.scales[0] == pytest.approx(2.75e-5)
+                assert asset["href"].endswith({"red": "_SR_B4.TIF", "nir08": "_SR_B5.TIF"}[key]) or \
+                    item["id"].startswith("LE07")
+
+
+def test_ice_texture_strong_in_red_weak_in_swir_and_static_off_the_ice(himalaya_small: Path, truth: xr.Dataset) -> None:
+    """Bare clean ice: the high-passed red varies several times more than SWIR-1 (reflectance, against the same
+    sensor noise: what a tracker sees), though the shading moving with the ice shows in both."""
+    from glacierflow.preprocess.align import highpass_filter
+
+    ice = ndimage.binary_erosion(truth["glacier_mask"].values & ~truth["debris_mask"].values, iterations=3)
+    items = _items(himalaya_small)
+    surf = truth["ndsi_surface"]
+    k = max(range(len(items)), key=lambda i: float(((surf[i].values < 0.75) & (truth["defects"][i].values == 0))[
+        ice].mean()))
+    use = ice & (surf[k].values < 0.75) & (truth["defects"][k].values == 0)
+    assert use.sum() > 200
+    red, swir = (_read(himalaya_small, items[k], b).astype(np.float32) for b in ("red", "swir16"))
+    rel = {}
+    for name, band in (("red", red), ("swir16", swir)):
+        hp = highpass_filter(band, 3.0)
+        rel[name] = float(np.std(hp[use]))
+    # DN std, measured 2.6x (1193 vs 455 DN): the clean-ice albedo texture is red/NIR only, the dust and debris
+    # patches (brighter than ice in SWIR-1) show in both
+    assert rel["red"] > 2 * rel["swir16"], rel
+
+
+def test_relief_on_the_ice_moves_with_it(himalaya_small: Path, truth: xr.Dataset) -> None:
+    """Clean red images of the same season a year apart, high-passed as the guides are: on the ice they match after
+    the true motion, not in place (no static shading pattern on moving ice)."""
+    from glacierflow.preprocess.align import highpass_filter
+
+    red = truth["red_clean"]
+    time = pd.DatetimeIndex(truth.time.values)
+    paths = truth["wrs_path"].values
+    ice = ndimage.binary_erosion(truth["glacier_mask"].values & ~truth["debris_mask"].values, iterations=4)
+    fast = ice & (np.hypot(truth["u"].values, truth["v"].values) > 100)  # > 3 px a year
+    surf = truth["ndsi_surface"]
+    bare = [float((surf[k].values < 0.75)[fast].mean()) > 0.9 for k in range(len(time))]
+    a = next(k for k in range(len(time)) if bare[k] and time[k].month in (9, 10))
+    b = next(k for k in range(len(time)) if bare[k] and paths[k] == paths[a] and 340 <= (time[k] - time[a]).days <= 390)
+    years = (time[b] - time[a]).days / 365.25
+    rr, cc = np.mgrid[0 : fast.shape[0], 0 : fast.shape[1]].astype(np.float32)
+    first, later = (highpass_filter(red[k].values, 6.0) for k in (a, b))
+    moved = ndimage.map_coordinates(later, [rr - truth["v"].values / 30 * years, cc + truth["u"].values / 30 * years],
+                                    order=1)
+    with_motion = np.corrcoef(first[fast], moved[fast])[0, 1]
+    in_place = np.corrcoef(first[fast], later[fast])[0, 1]
+    # measured 0.76 after the motion vs 0.39 in place (the smooth persistent texture still overlaps 3-5 px away)
+    assert with_motion > 0.6 and in_place < with_motion - 0.3, (with_motion, in_place)
+
+
+def test_outlines_in_rgi_shape_cover_the_glaciers(himalaya_small: Path, truth: xr.Dataset) -> None:
+    from glacierflow.motion.masks import read_ice_mask
+
+    doc = json.loads((himalaya_small / "outlines.geojson").read_text())
+    feats = doc["features"]
+    assert len(feats) == 3 and all(f["geometry"]["type"] == "Polygon" for f in feats)
+    assert all(f["properties"]["rgi_id"].startswith("RGI2000-v7.0-G-") and f["properties"]["name"] for f in feats)
+    lon, lat = np.array(feats[0]["geometry"]["coordinates"][0]).T
+    assert 77 < lon.mean() < 78.5 and 31.5 < lat.mean() < 32.5  # lon/lat, as RGI
+    cube = truth[["glacier_mask"]].rename(glacier_mask="ndsi").expand_dims(time=1)
+    ice = read_ice_mask(str(himalaya_small / "outlines.geojson"), cube).values
+    mask = truth["glacier_mask"].values
+    assert (ice == mask).mean() > 0.99  # the outlines rasterise back onto the glacier mask

@@ -37,7 +37,17 @@ from glacierflow.errors import GlacierflowError
 from glacierflow.geo.glaciers import Site
 from glacierflow.geo.sites import build_sites, resolve_sites, site_stores, summary_table
 from glacierflow.ingest import catalog as cat
-from glacierflow.specs import CATEGORIES, MOTIONS, PERIODS, CubeSpec, PreprocessSpec, check_size, resolve_site
+from glacierflow.specs import (
+    CATEGORIES,
+    GUIDE_BANDS,
+    GUIDE_FILTERS,
+    MOTIONS,
+    PERIODS,
+    CubeSpec,
+    PreprocessSpec,
+    check_size,
+    resolve_site,
+)
 from glacierflow.storage.store import check_writable
 
 if TYPE_CHECKING:
@@ -139,6 +149,13 @@ def build_cube_cmd(
     min_ecc: Annotated[
         float, typer.Option(metavar="CORR", help="Scenes aligned with a lower ECC correlation are not averaged.")
     ] = PreprocessSpec.min_ecc,
+    guide_band: Annotated[
+        str, typer.Option(metavar="|".join(GUIDE_BANDS), help="Band the guides (ECC and flow) are made of; "
+                          "grey: 0.114 green + 0.886 swir16, the guide before this option.")
+    ] = PreprocessSpec.guide_band,
+    guide_filter: Annotated[
+        str, typer.Option(metavar="|".join(GUIDE_FILTERS), help="High-pass, or Wallis (high-pass / local std).")
+    ] = PreprocessSpec.guide_filter,
     guides: Annotated[
         bool, typer.Option("--guides/--no-guides", help="Store the aligned per-scene images flow can track.")
     ] = CubeSpec.guides,
@@ -191,7 +208,7 @@ def build_cube_cmd(
     )
     pre = PreprocessSpec(
         max_missing=max_missing, mask_clouds=cloud_mask, ndsi_threshold=ndsi_threshold, motion=motion, period=period,
-        min_ecc=min_ecc,
+        min_ecc=min_ecc, guide_band=guide_band, guide_filter=guide_filter,
     )
     if sites is not None or len(glacier or []) > 1:
         if dry_run:

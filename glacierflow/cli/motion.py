@@ -39,9 +39,19 @@ def flow_cmd(
     search: Annotated[int | None, typer.Option(help="NCC search range, px; 0: from --max-speed.")] = None,
     max_speed: Annotated[float | None, typer.Option(help="Fastest expected speed, m/yr.")] = None,
     min_corr: Annotated[float | None, typer.Option(help="NCC: mask peaks below this correlation.")] = None,
-    ice_mask: Annotated[
-        str | None, typer.Option(metavar="FILE", help="Ice mask GeoTIFF or GeoJSON (default: NDSI climatology).")
+    outline: Annotated[
+        str | None, typer.Option(metavar="FILE", help="Ice outlines (GeoJSON, e.g. RGI 7.0) or a raster "
+                                 "mask; stable ground is outside them (default: NDSI climatology, with a warning).")
     ] = None,
+    reference: Annotated[
+        str | None, typer.Option(metavar="STORE", help="Velocity store (vx, vy m/yr, any CRS) centring the NCC "
+                                 "search (default: a coarse first pass).")
+    ] = None,
+    max_days: Annotated[float | None, typer.Option(help="Longest pair of --pairs auto, days (ITS_LIVE: 546).")] = None,
+    chip_max: Annotated[int | None, typer.Option(help="NCC: chip grown to this side (px, odd) where the small fails.")
+                        ] = None,
+    ndc: Annotated[float | None, typer.Option(help="NCC: NDC filter tolerance, px from the 5x5 median (0: off).")
+                   ] = None,
     ice_fraction: Annotated[float | None, typer.Option(help="Climatology: ice if snowy this often.")] = None,
     stable_margin: Annotated[int | None, typer.Option(help="Stable ground: px away from the ice.")] = None,
     levels: Annotated[int | None, typer.Option(help="Farneback pyramid levels (paper: 6).")] = None,
@@ -66,24 +76,21 @@ def flow_cmd(
     from glacierflow.motion.velocity import run_flow  # deferred: scipy
 
     given = {"method": method, "images": images, "pairs": pairs, "max_pairs_per_scene": max_pairs_per_scene,
+             "max_days": max_days, "chip_max": chip_max, "ndc": ndc,
              "chip": chip, "search": search, "max_speed": max_speed, "min_corr": min_corr,
              "ice_fraction": ice_fraction, "stable_margin": stable_margin, "levels": levels, "pyr_scale": pyr_scale,
              "iterations": iterations, "winsize": winsize, "min_texture": min_texture, "max_fb_error": max_fb_error}
     spec = FlowSpec(**{k: v for k, v in given.items() if v is not None})  # unset flags: the spec's defaults
-    check_writable_output(out_store, storage_option, inputs=(cube, ice_mask))
+    check_writable_output(out_store, storage_option, inputs=tuple(p for p in (cube, outline, reference) if p))
     if is_forecast_url(cube, storage_options(storage_option)):  # predict's output: the predicted frames
-        return _flow_forecast(cube, out_store, spec if pairs else spec.replace(pairs="consecutive"),
-                              overwrite=overwrite, storage_option=storage_option, ice_mask=ice_mask, where=where)
+        paper = spec.replace(method=method or "farneback", pairs=pairs or "consecutive")  # the paper's way
+        return _flow_forecast(cube, out_store, paper,
+                              overwrite=overwrite, storage_option=storage_option, ice_mask=outline, where=where)
     with where.client():
         s = run_flow(cube, out_store, spec, overwrite=overwrite, storage_options=storage_options(storage_option),
-                     ice_mask=ice_mask)
-    out.print(f"{s['pairs']} {spec.pairs} pairs of {s['tracked']} ({s['method']}); median pair error "
-              f"{s['median_pair_error_m_per_yr']:.1f} m/yr, median valid fraction {s['median_valid_fraction']:.2f}")
-    out.print(f"composite: median speed {s['composite_median_speed_m_per_yr']:.1f} m/yr (95th percentile "
-              f"{s['composite_p95_speed_m_per_yr']:.0f} m/yr) over "
-              f"{100 * s['composite_valid_fraction']:.0f}% of pixels, median speed error "
-              f"{s['median_speed_error_m_per_yr']:.1f} m/yr")
-    out.print(f"written: {s['out']}")
+                     outline=outline, reference=reference)
+    for line in s.lines():
+        out.print(line)
 
 
 def _flow_forecast(fc: str, out_store: str, spec: Any, *, overwrite: bool, storage_option: list[str] | None,
@@ -95,6 +102,6 @@ def _flow_forecast(fc: str, out_store: str, spec: Any, *, overwrite: bool, stora
         s = ndsi_store_flow(fc, out_store, spec, overwrite=overwrite, storage_options=storage_options(storage_option),
                             ice_mask=ice_mask)
     out.print(f"forecast store: {s['pairs']} {spec.pairs} pairs of predicted NDSI periods ({s['method']}, Δt from "
-              f"the period starts); composite median speed {s['composite_median_speed_m_per_yr']:.1f} m/yr")
+              f"the period starts); composite median speed {s['median_speed']:.1f} m/yr")
     out.print(format_comparison(s))
     out.print(f"written: {s['out']}")

@@ -21,14 +21,19 @@ def plot_flow_cmd(
         int | None, typer.Option(help="One pair (index along time; negative: from the end); default: the composite.")
     ] = None,
     step: Annotated[int, typer.Option(help="Arrow spacing in pixels (paper: 40 px = 1200 m).")] = 40,
+    at: Annotated[
+        tuple[float, float] | None, typer.Option(metavar="X Y", help="A point's velocity time series (store CRS, m).")
+    ] = None,
 ) -> None:
-    """Velocity map: speed with arrows and its error, or one pair.
+    """Velocity map: speed with arrows, its error; a pair; a point.
 
-    One pair: its NDSI with arrows, and its speed.
+    The composite's speed with arrows over the glacier outline and its error map; one pair (--pair); or a
+    point's velocity time series (--at X Y).
     """
-    from glacierflow.plots.figures import plot_flow  # deferred: matplotlib
+    from glacierflow.plots.figures import plot_flow, plot_flow_at  # deferred: matplotlib
 
-    path = plot_flow(store, cube, out_png, time_index=pair, step=step)
+    path = (plot_flow_at(store, at[0], at[1], out_png) if at is not None
+            else plot_flow(store, cube, out_png, time_index=pair, step=step))
     out.print(f"written: {path}")
 
 

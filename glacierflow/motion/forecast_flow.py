@@ -8,13 +8,12 @@ periods, with the same pairs, Δt, ice mask and stable ground, so the two differ
 
 Δt: the period starts (the forecast store has no ``time_mean``: a forecast is of period means, not of
 acquisitions); the true frames get the same Δt, so the comparison is one of displacement. The ice mask (and
-from it the stable ground) is the source cube's NDSI climatology over all its periods (or ``--ice-mask``),
+from it the stable ground) is the source cube's NDSI climatology over all its periods (or ``--outline``),
 the forecast's own few frames otherwise.
 
-The velocity store has the contract's per-pair and composite variables of the predicted flow; ``lead_start``,
-``lead_end`` per pair; and, with the truth, ``u_true``, ``v_true``, ``speed_true`` per pair and
-``u_composite_true``, ``v_composite_true``, ``speed_composite_true``, ``ice`` (the mask compared on) and
-the comparison on the ice:
+The velocity store has the contract's per-pair (group ``pairs``) and composite (root) variables of the
+predicted flow; ``lead_start``, ``lead_end`` per pair; and, with the truth, ``vx_true``, ``vy_true``,
+``v_true`` per pair and for the composite, ``ice`` (the mask compared on) and the comparison on the ice:
 ``speed_diff_median`` (median |speed - speed_true|), ``direction_diff_median`` (median angle between the
 two velocities where the true speed exceeds twice the true pair's error), ``speed_median``,
 ``speed_true_median`` per pair and the same four for the composites (``composite_...``).
@@ -22,6 +21,7 @@ two velocities where the true speed exceeds twice the true pair's error), ``spee
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Any
 
 import numpy as np
@@ -169,10 +169,10 @@ def ndsi_store_flow(forecast_url: str, out_url: str, spec: FlowSpec | None = Non
     Returns
     -------
     dict
-        :func:`glacierflow.motion.velocity.summarise`'s keys, and ``comparison``: the ``composite_*`` medians and
+        :class:`glacierflow.motion.velocity.FlowSummary`'s fields, and ``comparison``: the ``composite_*`` medians and
         the per-pair ones (lists), empty without the truth.
     """
-    spec = spec or FlowSpec(pairs="consecutive")
+    spec = spec or FlowSpec(method="farneback", pairs="consecutive")
     if spec.images == "guides":
         raise GlacierflowError(f"{forecast_url} is a forecast store: it has no guides, flow tracks its NDSI "
                                "periods; leave out --images or pass --images ndsi")
@@ -186,13 +186,14 @@ def ndsi_store_flow(forecast_url: str, out_url: str, spec: FlowSpec | None = Non
     ds = forecast_velocity(fc, spec, cube, ice)
     ds.attrs["truth_cube"] = truth_url if "speed_true" in ds else ""
     flow.write_velocity(ds, out_url, overwrite=overwrite, source=forecast_url, storage_options=storage_options)
-    summary = flow.summarise(out_url, storage_options, period=str(fc.attrs.get("period", "")))
-    written = store.open_store(out_url, storage_options)
+    summary = flow.summarise(out_url, storage_options)
+    written = flow.open_velocity(out_url, storage_options)
+    pairs = flow.open_velocity(out_url, storage_options, group="pairs")
     comp: dict[str, Any] = {}
-    if "speed_diff_median" in written:
+    if "composite_speed_diff_median" in written:
         comp = {k: float(written[f"composite_{k}"].values) for k in STATS}
-        comp.update({f"per_pair_{k}": [float(x) for x in written[k].values] for k in STATS})
-    return {**summary, "comparison": comp, "truth_cube": ds.attrs["truth_cube"]}
+        comp.update({f"per_pair_{k}": [float(x) for x in pairs[k].values] for k in STATS})
+    return {**asdict(summary), "comparison": comp, "truth_cube": ds.attrs["truth_cube"]}
 
 
 def format_comparison(s: dict[str, Any]) -> str:

@@ -59,10 +59,12 @@ def read_ice_mask(path: str, cube: xr.Dataset) -> xr.DataArray:
                 reproject(rasterio.band(src, 1), mask, dst_transform=transform, dst_crs=f"EPSG:{epsg}",
                           resampling=Resampling.nearest, dst_nodata=0)
     except (OSError, rasterio.errors.RasterioError, json.JSONDecodeError, KeyError) as err:
-        raise GlacierflowError(f"cannot read --ice-mask {path!r} ({err}); give a GeoTIFF or a GeoJSON file") from None
+        raise GlacierflowError(f"cannot read --outline {path!r} ({err}); give GeoJSON outlines (e.g. RGI 7.0; a "
+                               "Shapefile converts with `ogr2ogr -f GeoJSON out.geojson in.shp`) or a raster "
+                               "mask") from None
     ice = np.asarray(mask) != 0
     if not ice.any():
-        raise GlacierflowError(f"--ice-mask {path!r} has no ice over the cube; check its extent and CRS")
+        raise GlacierflowError(f"--outline {path!r} has no ice over the cube; check its extent and CRS")
     return xr.DataArray(ice, dims=("y", "x"), coords={"y": cube["y"], "x": cube["x"]}, name="ice")
 
 

@@ -13,6 +13,14 @@ is the registry :mod:`glacierflow.motion.velocity` and the CLI choose from.
   edge of the search range, the left-right (forward-backward) check fails (the best backward match of
   the matched window must lead back to the same integer offset), or either window has too little
   texture (standard deviation below ``min_texture``) or too many missing pixels.
+* ``ncc`` as a whole (:func:`autorift_pixels`, the autoRIFT way): the search is centred on a prior
+  displacement per pixel (a reference velocity x Δt, or a coarse first pass with the large chip over the
+  full search range, smoothed), image ``b`` is resampled by that prior and the chips are matched within
+  :data:`FINE_SEARCH` pixels of it: the ``chip`` chip first, the larger ``chip_max`` chip where the small
+  one fails; the sub-pixel peak refined by least squares on the chip (:func:`lk_refine`); matched both
+  ways (the half difference cancels a chip's own bias; a forward-backward check); then the
+  normalised displacement coherence (NDC) filter drops matches that differ from their
+  5x5 neighbourhood's median by more than ``ndc`` pixels.
 * ``farneback``: OpenCV's dense Farnebäck flow (the paper's parameters) with the texture and the
   forward-backward masks of the first version.
 
@@ -185,12 +193,13 @@ def fb_error(forward: np.ndarray, backward: np.ndarray) -> np.ndarray:
     return np.hypot(forward[..., 0] + back[..., 0], forward[..., 1] + back[..., 1])
 
 
-def farneback_pixels(a: np.ndarray, b: np.ndarray, spec: FlowSpec, search: int = 0) -> np.ndarray:
+def farneback_pixels(a: np.ndarray, b: np.ndarray, spec: FlowSpec, search: int = 0,
+                     prior: np.ndarray | None = None) -> np.ndarray:
     """Farnebäck flow in pixels, ``(2, H, W)`` float32 (columns, rows), NaN where invalid.
 
     ``a`` and ``b`` are prepared images in [0, 1] (:func:`prepare`); they are scaled to [0, 255]
     first, because Farnebäck returns (near) zero flow on float32 images in [0, 1]. ``search`` is unused
-    (the pyramid sets the reach). Pixels with NaN input, too little texture (``min_texture`` in a
+    (the pyramid sets the reach), so is ``prior``. Pixels with NaN input, too little texture (``min_texture`` in a
     ``texture_window`` box) or a forward-backward error above ``max_fb_error`` are NaN.
     """
     import cv2
@@ -275,9 +284,155 @@ def match_error(a: np.ndarray, b: np.ndarray, disp: np.ndarray, window: int) -> 
     return out
 
 
-#: name -> matcher ``(a, b, spec, search_px) -> (2, H, W)`` pixels (columns right, rows down).
-METHODS: dict[str, Callable[[np.ndarray, np.ndarray, FlowSpec, int], np.ndarray]] = {
-    "ncc": ncc_pixels,
+FINE_SEARCH = 3  # px around the prior searched by the fine pass (a prior good to ~2 px leaves room)
+
+
+def fill_smooth(disp: np.ndarray, sigma: float) -> np.ndarray:
+    """A smooth, gap-free version of a displacement field ``(2, H, W)`` (normalised Gaussian of the valid).
+
+    Pixels with no valid value within ~3 sigma take 0 (no motion).
+    """
+    import cv2
+
+    ok = np.isfinite(disp[0]) & np.isfinite(disp[1])
+    w = cv2.GaussianBlur(ok.astype(np.float32), (0, 0), sigma)
+    out = np.empty(disp.shape, np.float32)
+    for k in range(2):
+        num = cv2.GaussianBlur(np.where(ok, disp[k], 0).astype(np.float32), (0, 0), sigma)
+        out[k] = np.where(w > 1e-3, num / np.maximum(w, 1e-3), 0.0)
+    return out
+
+
+def warp_by(image: np.ndarray, disp: np.ndarray) -> np.ndarray:
+    """``image`` sampled at ``p + disp(p)`` (bicubic; NaN where a NaN or the outside contributes)."""
+    import cv2
+
+    h, w = image.shape
+    rows, cols = np.mgrid[0:h, 0:w].astype(np.float32)
+    mc, mr = cols + disp[0].astype(np.float32), rows + disp[1].astype(np.float32)
+    img = np.asarray(image, np.float32)
+    seen = cv2.remap(np.isfinite(img).astype(np.float32), mc, mr, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
+    out = cv2.remap(np.nan_to_num(img, nan=0.0), mc, mr, cv2.INTER_CUBIC, borderMode=cv2.BORDER_CONSTANT)
+    return np.where(seen > 0.999, out, np.nan).astype(np.float32)
+
+
+def ndc_filter(disp: np.ndarray, tolerance: float) -> np.ndarray:
+    """Normalised displacement coherence: NaN where a match differs from its 5x5 median by > ``tolerance`` px."""
+    import cv2
+
+    if tolerance <= 0:
+        return disp
+    ok = np.isfinite(disp[0]) & np.isfinite(disp[1])
+    smooth = fill_smooth(disp, 2.0)
+    keep = ok.copy()
+    for k in range(2):
+        med = cv2.medianBlur(np.where(ok, disp[k], smooth[k]).astype(np.float32), 5)
+        keep &= np.abs(disp[k] - med) <= tolerance
+    out = disp.copy()
+    out[:, ~keep] = np.nan
+    return out
+
+
+def _halved(image: np.ndarray) -> np.ndarray:
+    """2 x 2 block means (NaN where a block has no value; an odd last row/column dropped)."""
+    h, w = (image.shape[0] // 2) * 2, (image.shape[1] // 2) * 2
+    blocks = np.asarray(image[:h, :w], np.float32).reshape(h // 2, 2, w // 2, 2)
+    ok = np.isfinite(blocks)
+    n = ok.sum(axis=(1, 3))
+    total = np.where(ok, blocks, 0).sum(axis=(1, 3))
+    return np.where(n > 0, total / np.maximum(n, 1), np.nan).astype(np.float32)
+
+
+def coarse_prior(a: np.ndarray, b: np.ndarray, spec: FlowSpec, search: int) -> np.ndarray:
+    """The search prior without a reference: the ``chip_max`` match over the full ``search`` range, smoothed.
+
+    Beyond 4 px of search it runs on the images halved (2 x 2 means: the chip and the range halve, the
+    cost drops ~16 times) and is brought back to the full grid; NDC-filtered, gaps filled, smoothed.
+    """
+    if search <= 4:
+        coarse = ncc_pixels(a, b, spec.replace(chip=spec.chip_max), search)
+    else:
+        chip = max(5, (spec.chip_max // 2) | 1)
+        half = ncc_pixels(_halved(a), _halved(b), spec.replace(chip=chip, chip_max=max(chip, spec.chip_max)),
+                          -(-search // 2))
+        full = np.full((2, *a.shape), np.nan, np.float32)
+        up = 2.0 * np.repeat(np.repeat(half, 2, axis=1), 2, axis=2)
+        full[:, : up.shape[1], : up.shape[2]] = up
+        coarse = full
+    return fill_smooth(ndc_filter(coarse, 2.0), spec.chip_max / 2.0)
+
+
+def _one_way(a: np.ndarray, b: np.ndarray, spec: FlowSpec, prior: np.ndarray) -> np.ndarray:
+    """``a`` -> ``b`` around ``prior``: small chip, grown chip where it fails, least-squares sub-pixel."""
+    bw = warp_by(b, prior)
+    fine = ncc_pixels(a, bw, spec, FINE_SEARCH)
+    miss = ~np.isfinite(fine[0])
+    if miss.any() and spec.chip_max > spec.chip:
+        grown = ncc_pixels(a, bw, spec.replace(chip=spec.chip_max), FINE_SEARCH)
+        fine[:, miss] = grown[:, miss]
+    return lk_refine(a, b, fine + prior, spec.chip)
+
+
+def autorift_pixels(a: np.ndarray, b: np.ndarray, spec: FlowSpec, search: int,
+                    prior: np.ndarray | None = None) -> np.ndarray:
+    """NCC around a prior, chips grown where the small one fails, symmetric, NDC-filtered (module docstring).
+
+    ``prior`` is the expected displacement ``(2, H, W)`` in pixels (columns, rows); without one, a coarse
+    first pass with the ``chip_max`` chip over ``search`` pixels gives it. The match is made both ways
+    (``a`` -> ``b`` and ``b`` -> ``a``, the latter read at the matched position): their half difference is
+    the displacement (a chip's texture-dependent bias, the same both ways, cancels: it would not average
+    out over pairs), and where they disagree by more than ``2 max_fb_error`` px the pixel is NaN (the
+    forward-backward check; off when ``max_fb_error`` is 0).
+    """
+    if prior is None:
+        prior = coarse_prior(a, b, spec, search)
+    prior = np.nan_to_num(np.asarray(prior, np.float32))
+    forward = _one_way(a, b, spec, prior)
+    backward = _one_way(b, a, spec, -prior)  # the prior is smooth: -prior(q) ~ -prior(q - d)
+    at = np.stack([warp_by(backward[k], np.nan_to_num(forward)) for k in range(2)])
+    disp = (forward - at) / 2.0
+    if spec.max_fb_error > 0:
+        disagree = np.hypot(forward[0] + at[0], forward[1] + at[1]) > 2 * spec.max_fb_error
+        disp[:, disagree] = np.nan
+    return ndc_filter(disp, spec.ndc)
+
+
+def _normalised(image: np.ndarray, window: int) -> np.ndarray:
+    """``(image - local mean) / local std`` over a ``window`` box (NaN counts as 0): gain-free chips."""
+    x = np.nan_to_num(np.asarray(image, np.float32), nan=0.0)
+    mean = _box(x, window, replicate=True)
+    sd = np.sqrt(np.clip(_box(x * x, window, replicate=True) - mean * mean, 1e-12, None))
+    return (x - mean) / sd
+
+
+def lk_refine(a: np.ndarray, b: np.ndarray, disp: np.ndarray, window: int, iterations: int = 2) -> np.ndarray:
+    """Sub-pixel refinement of a displacement by least squares on each ``window`` chip (Lucas-Kanade).
+
+    ``b`` is resampled at ``p + disp`` and the step ``delta`` solving ``grad(b_w) . delta = a - b_w`` over
+    the chip (both chips normalised to zero mean, unit variance, as NCC is) is added, ``iterations`` times;
+    steps are capped at 0.5 px (the integer search already found the peak). Removes the bias of a
+    three-point peak fit (pixel locking), which grows as chips shrink. NaN stays NaN.
+    """
+    ok = np.isfinite(disp[0]) & np.isfinite(disp[1])
+    d = np.where(ok, disp, 0.0).astype(np.float32)
+    an = _normalised(a, window)
+    for _ in range(iterations):
+        bn = _normalised(warp_by(b, d), window)
+        gr, gc = np.gradient(bn)
+        diff = an - bn
+        jcc, jcr, jrr = (_box(x.astype(np.float32), window) for x in (gc * gc, gc * gr, gr * gr))
+        bc, br = _box((gc * diff).astype(np.float32), window), _box((gr * diff).astype(np.float32), window)
+        det = jcc * jrr - jcr * jcr
+        with np.errstate(divide="ignore", invalid="ignore"):
+            dc = np.where(det > 1e-9, (jrr * bc - jcr * br) / det, 0.0)
+            dr = np.where(det > 1e-9, (jcc * br - jcr * bc) / det, 0.0)
+        d = d + np.clip(np.stack([dc, dr]), -0.5, 0.5).astype(np.float32)
+    return np.where(ok, d, np.nan).astype(np.float32)
+
+
+#: name -> matcher ``(a, b, spec, search_px, prior=None) -> (2, H, W)`` pixels (columns right, rows down).
+METHODS: dict[str, Callable[..., np.ndarray]] = {
+    "ncc": autorift_pixels,
     "farneback": farneback_pixels,
 }
 check_registry("motion.matching.METHODS", METHODS, FLOW_METHODS)

@@ -55,7 +55,8 @@ def select_pairs(times: Any, spec: FlowSpec, paths: Any = None) -> list[tuple[in
     list of tuple of int
         Sorted. ``consecutive``: each time with the next one on its path (the next one at all where
         its path has none). Day ranges: candidates inside the range, same path first, then the Δt
-        closest to the middle of the range, each index in at most ``max_pairs_per_scene`` pairs.
+        closest to the middle of the range (``auto``: to a year, the same season), each index in at most
+        ``max_pairs_per_scene`` pairs.
     """
     t = pd.DatetimeIndex(times)
     if not t.is_monotonic_increasing:
@@ -76,7 +77,7 @@ def select_pairs(times: Any, spec: FlowSpec, paths: Any = None) -> list[tuple[in
                 count[[i, j]] += 1
         return sorted(out)
     low, high = spec.day_range  # type: ignore[misc]
-    mid = (low + high) / 2.0
+    mid = min(365.25, high) if spec.pairs == "auto" else (low + high) / 2.0  # auto: same season, most texture
     ii, jj = np.nonzero((days >= low) & (days <= high))
     order = sorted(zip(ii, jj, strict=True), key=lambda p: (path[p[0]] != path[p[1]], abs(days[p] - mid), p))
     for i, j in order:

@@ -59,30 +59,50 @@ def _nice(value: float) -> float:
     return float(10**exp)
 
 
+def _velocity(velocity_store: xr.Dataset | str | os.PathLike) -> tuple[xr.Dataset, xr.Dataset]:
+    """The velocity store's root (composite) and ``pairs`` group (ITS_LIVE layout); one line for an old store."""
+    if isinstance(velocity_store, xr.Dataset):
+        raise GlacierflowError("pass the velocity store's path or URL (root and pairs group are read)")
+    from glacierflow.motion.velocity import open_velocity
+
+    url = os.fspath(velocity_store)
+    return open_velocity(url), open_velocity(url, group="pairs")
+
+
+def _ice_outline(root: xr.Dataset) -> np.ndarray | None:
+    """The ice mask the flow used (its ``--outline`` file), when that file is still there."""
+    path = json.loads(root.attrs.get("flow_spec", "{}")).get("outline", "")
+    if not path or not os.path.exists(path):
+        return None
+    from glacierflow.motion.masks import read_ice_mask
+
+    return np.asarray(read_ice_mask(path, root).values, bool)
+
+
 def plot_flow(
-    velocity_store: xr.Dataset | str | os.PathLike,
+    velocity_store: str | os.PathLike,
     cube: xr.Dataset | str | os.PathLike | None,
     out_png: str | os.PathLike,
-    time_index: int | None = 0,
+    time_index: int | None = None,
     step: int = 40,
 ) -> Path:
-    """Two-panel figure: one velocity pair (NDSI with arrows, speed map), or the composite.
+    """Two-panel figure: the composite (speed with arrows over the outline, error map) or one pair.
 
-    With ``time_index=None`` the composite is drawn: ``speed_composite`` with the composite's arrows,
-    and the per-pixel ``speed_error`` beside it.
+    With ``time_index=None`` the composite is drawn: ``v`` with the composite's arrows and the ice
+    outline (the flow's ``--outline``), and ``v_error`` beside it. A pair: NDSI (or speed) with its arrows,
+    and its speed.
 
     Parameters
     ----------
     velocity_store
-        Velocity store URL/path or dataset (``u``, ``v``, ``speed``, ``time_start``, ``time_end``).
+        Velocity store path or URL (``flow``'s output: composite at the root, ``pairs`` group).
     cube
-        Cube store URL/path or dataset for the NDSI background (the pair's start period). ``None``:
-        the cube named in the velocity store's ``source_cube`` attribute, if it exists; otherwise
-        the arrows are drawn over the speed map.
+        Cube store URL/path or dataset for a pair's NDSI background. ``None``: the cube named in the
+        velocity store's ``source_cube`` attribute, if it exists; otherwise the arrows go over the speed.
     out_png
         Output PNG path.
     time_index
-        Which pair (position along ``time``); ``None``: the composite over the pairs.
+        Which pair (position along ``mid_date``); ``None``: the composite.
     step
         Arrow spacing in pixels (the paper: every 40 px = 1 200 m).
 
@@ -91,25 +111,20 @@ def plot_flow(
     pathlib.Path
         ``out_png``. The image is ``FLOW_FIGSIZE * FLOW_DPI`` pixels.
     """
-    vel = _open(velocity_store, "velocity")
-    n = vel.sizes.get("time", 0)
+    root, pairs = _velocity(velocity_store)
+    n = pairs.sizes.get("mid_date", 0)
     if time_index is not None and not -n <= time_index < n:
         raise GlacierflowError(f"time_index {time_index} out of range; the velocity store has {n} pair(s)")
     if step < 1:
         raise GlacierflowError(f"step {step} must be >= 1 pixel")
     if time_index is None:
-        if "speed_composite" not in vel:
-            raise GlacierflowError("the velocity store has no composite; pass a pair index (--pair)")
-        return _plot_composite(vel, out_png, step)
-    pair = vel.isel(time=time_index)
-    start = pd.Timestamp(pair["time_start"].values)
-    end = pd.Timestamp(pair["time_end"].values)
-    u = np.asarray(pair["u"].values, dtype=np.float32)
-    v = np.asarray(pair["v"].values, dtype=np.float32)
-    speed = np.asarray(pair["speed"].values, dtype=np.float32)
-
+        return _plot_composite(root, pairs, out_png, step)
+    pair = pairs.isel(mid_date=time_index)
+    start = pd.Timestamp(pair["acquisition_date_img1"].values)
+    end = pd.Timestamp(pair["acquisition_date_img2"].values)
+    u, v, speed = (np.asarray(pair[k].values, dtype=np.float32) for k in ("vx", "vy", "v"))
     if cube is None:
-        source = vel.attrs.get("source_cube", "")
+        source = root.attrs.get("source_cube", "")
         if source and ("://" in source or os.path.exists(source)):
             cube = source
     background = None
@@ -117,48 +132,41 @@ def plot_flow(
         cube_ds = _open(cube, "cube")
         if "ndsi" not in cube_ds:
             raise GlacierflowError("cube has no 'ndsi' variable; pass a glacierflow cube store")
-        frame = cube_ds["ndsi"].sel(time=start, method="nearest")
-        background = np.asarray(frame.values, dtype=np.float32)
-
-    extent = _extent_km(vel)
+        background = np.asarray(cube_ds["ndsi"].sel(time=start, method="nearest").values, dtype=np.float32)
+    extent = _extent_km(root)
     fig = Figure(figsize=FLOW_FIGSIZE, dpi=FLOW_DPI)
     FigureCanvasAgg(fig)
     ax_q, ax_s = fig.subplots(1, 2, sharex=True, sharey=True)
     finite = speed[np.isfinite(speed)]
     vmax = float(np.percentile(finite, 99)) if finite.size else 1.0
     vmax = vmax if vmax > 0 else 1.0
-
     if background is not None:
         im = ax_q.imshow(background, extent=extent, origin="upper", cmap="Blues_r", vmin=0, vmax=1,
                          interpolation="nearest")
         fig.colorbar(im, ax=ax_q, label="NDSI (snow mask)", shrink=0.85)
         ax_q.set_title(f"NDSI {start:%Y-%m-%d} with velocity arrows")
     else:
-        ax_q.imshow(speed, extent=extent, origin="upper", cmap="Greys", vmin=0, vmax=vmax,
-                    interpolation="nearest")
+        ax_q.imshow(speed, extent=extent, origin="upper", cmap="Greys", vmin=0, vmax=vmax, interpolation="nearest")
         ax_q.set_title("speed (grey) with velocity arrows")
-
-    _quivers(ax_q, vel, u, v, step)
-    im_s = ax_s.imshow(speed, extent=extent, origin="upper", cmap="magma", vmin=0, vmax=vmax,
-                       interpolation="nearest")
+    _quivers(ax_q, root, u, v, step)
+    im_s = ax_s.imshow(speed, extent=extent, origin="upper", cmap="magma", vmin=0, vmax=vmax, interpolation="nearest")
     fig.colorbar(im_s, ax=ax_s, label="speed (m/yr)", shrink=0.85)
     ax_s.set_title("speed")
     _axes(ax_q, ax_s)
-    method = json.loads(vel.attrs.get("flow_spec", "{}")).get("method", "farneback")
+    method = json.loads(root.attrs.get("flow_spec", "{}")).get("method", "ncc")
     fig.suptitle(f"{method} velocity {start:%Y-%m-%d} → {end:%Y-%m-%d} ({(end - start).days} days)")
     return _save(fig, out_png)
 
 
-def _plot_composite(vel: xr.Dataset, out_png: str | os.PathLike, step: int) -> Path:
-    """The composite: speed with arrows, and the per-pixel 1-sigma speed error."""
-    u, v, speed, err = (np.asarray(vel[k].values, dtype=np.float32)
-                        for k in ("u_composite", "v_composite", "speed_composite", "speed_error"))
-    extent = _extent_km(vel)
+def _plot_composite(root: xr.Dataset, pairs: xr.Dataset, out_png: str | os.PathLike, step: int) -> Path:
+    """The composite: speed with arrows over the ice outline, and the per-pixel 1-sigma speed error."""
+    u, v, speed, err = (np.asarray(root[k].values, dtype=np.float32) for k in ("vx", "vy", "v", "v_error"))
+    extent = _extent_km(root)
     fig = Figure(figsize=FLOW_FIGSIZE, dpi=FLOW_DPI)
     FigureCanvasAgg(fig)
     ax_q, ax_s = fig.subplots(1, 2, sharex=True, sharey=True)
-    panels = [(ax_q, speed, "magma", "speed (m/yr)", "composite speed with velocity arrows"),
-              (ax_s, err, "viridis", "1-sigma speed error (m/yr)", "speed error")]
+    panels = [(ax_q, speed, "magma", "speed v (m/yr)", "composite speed with velocity arrows"),
+              (ax_s, err, "viridis", "1-sigma speed error v_error (m/yr)", "speed error")]
     for ax, data, cmap, label, title in panels:
         finite = data[np.isfinite(data)]
         top = float(np.percentile(finite, 99)) if finite.size else 1.0
@@ -166,11 +174,49 @@ def _plot_composite(vel: xr.Dataset, out_png: str | os.PathLike, step: int) -> P
                        interpolation="nearest")
         fig.colorbar(im, ax=ax, label=label, shrink=0.85)
         ax.set_title(title)
-    _quivers(ax_q, vel, u, v, step)
+    ice = _ice_outline(root)
+    if ice is not None:
+        x_km, y_km = np.asarray(root["x"].values) / 1000, np.asarray(root["y"].values) / 1000
+        for ax in (ax_q, ax_s):
+            ax.contour(x_km, y_km, ice.astype(np.float32), levels=[0.5], colors="cyan", linewidths=0.8)
+    _quivers(ax_q, root, u, v, step)
     _axes(ax_q, ax_s)
-    start, end = (pd.Timestamp(vel[k].values.min() if k == "time_start" else vel[k].values.max())
-                  for k in ("time_start", "time_end"))
-    fig.suptitle(f"composite of {vel.sizes.get('time', 0)} pairs, {start:%Y-%m-%d} → {end:%Y-%m-%d}")
+    start = pd.Timestamp(pairs["acquisition_date_img1"].values.min())
+    end = pd.Timestamp(pairs["acquisition_date_img2"].values.max())
+    fig.suptitle(f"composite of {pairs.sizes.get('mid_date', 0)} pairs, {start:%Y-%m-%d} → {end:%Y-%m-%d}"
+                 + (" (cyan: ice outline)" if ice is not None else ""))
+    return _save(fig, out_png)
+
+
+def plot_flow_at(velocity_store: str | os.PathLike, x: float, y: float, out_png: str | os.PathLike) -> Path:
+    """A point's velocity time series, as ITS_LIVE users plot it: each pair's ``v`` at its ``mid_date``.
+
+    Horizontal bars span each pair's two acquisitions, vertical ones its ``pair_error``; the composite
+    ``v`` +- ``v_error`` is the shaded band. ``x``, ``y`` are in the store's CRS (metres); the nearest pixel.
+    """
+    root, pairs = _velocity(velocity_store)
+    xs, ys = root["x"].values, root["y"].values
+    if not (min(xs) - 30 <= x <= max(xs) + 30 and min(ys) - 30 <= y <= max(ys) + 30):
+        raise GlacierflowError(f"point ({x:.0f}, {y:.0f}) is outside the store (x {min(xs):.0f}..{max(xs):.0f}, "
+                               f"y {min(ys):.0f}..{max(ys):.0f}); give X Y in its CRS (metres)")
+    at = pairs.sel(x=x, y=y, method="nearest")
+    mid = pd.DatetimeIndex(at["mid_date"].values)
+    t1 = pd.DatetimeIndex(at["acquisition_date_img1"].values)
+    t2 = pd.DatetimeIndex(at["acquisition_date_img2"].values)
+    v, e = np.asarray(at["v"].values, np.float64), np.asarray(at["pair_error"].values, np.float64)
+    comp = root.sel(x=x, y=y, method="nearest")
+    fig = Figure(figsize=(9.0, 4.0), dpi=FLOW_DPI)
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    ok = np.isfinite(v)
+    ax.errorbar(mid[ok], v[ok], yerr=np.nan_to_num(e[ok]), xerr=[(mid - t1)[ok], (t2 - mid)[ok]], fmt="o",
+                ms=3, color="crimson", ecolor="0.6", elinewidth=0.7, label="pairs")
+    cv, ce = float(comp["v"].values), float(comp["v_error"].values)
+    if np.isfinite(cv):
+        ax.axhspan(cv - ce, cv + ce, color="steelblue", alpha=0.25, label=f"composite {cv:.1f} ± {ce:.1f} m/yr")
+    ax.set_ylabel("speed v (m/yr)")
+    ax.set_title(f"velocity at x={float(comp['x']):.0f}, y={float(comp['y']):.0f} ({int(ok.sum())} valid pairs)")
+    ax.legend(loc="upper right", fontsize=8)
     return _save(fig, out_png)
 
 
@@ -371,33 +417,31 @@ def _forecast_row(fig: Figure, axes: np.ndarray, panels: list[np.ndarray | None]
             ax.set_xlabel("easting (km, UTM)")
 
 
-def plot_forecast_flow(velocity_store: xr.Dataset | str | os.PathLike, out_png: str | os.PathLike,
+def plot_forecast_flow(velocity_store: str | os.PathLike, out_png: str | os.PathLike,
                        step: int = 40) -> Path:
     """Predicted movement next to the true frames' (``flow FORECAST``): composite speeds with arrows, difference.
 
     Panels: the composite of the flow between the predicted frames, the composite of the flow between the
     cube's true frames of the same periods (same pairs, same colour scale), and predicted - true speed.
     """
-    vel = _open(velocity_store, "velocity")
-    if "speed_composite_true" not in vel:
+    vel, pairs = _velocity(velocity_store)
+    if "v_true" not in vel:
         raise GlacierflowError("the velocity store has no true-frame flow; write it with `glacierflow flow "
                                "FORECAST` from a forecast whose target periods lie in its cube")
-    get = {k: np.asarray(vel[k].values, np.float32) for k in
-           ("u_composite", "v_composite", "speed_composite", "u_composite_true", "v_composite_true",
-            "speed_composite_true")}
-    both = np.concatenate([get["speed_composite"].ravel(), get["speed_composite_true"].ravel()])
+    get = {k: np.asarray(vel[k].values, np.float32) for k in ("vx", "vy", "v", "vx_true", "vy_true", "v_true")}
+    both = np.concatenate([get["v"].ravel(), get["v_true"].ravel()])
     top = float(np.nanpercentile(both, 99)) if np.isfinite(both).any() else 1.0
-    diff = get["speed_composite"] - get["speed_composite_true"]
+    diff = get["v"] - get["v_true"]
     extent = _extent_km(vel)
     fig = Figure(figsize=(17.0, 5.5), dpi=FLOW_DPI)
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, 3, sharex=True, sharey=True)
     c = {k: float(vel[f"composite_{k}"].values) for k in ("speed_diff_median", "direction_diff_median")}
     for ax, key, title in ((axes[0], "", "predicted frames"), (axes[1], "_true", "true frames, same periods")):
-        im = ax.imshow(get[f"speed_composite{key}"], extent=extent, origin="upper", cmap="magma", vmin=0,
+        im = ax.imshow(get[f"v{key}"], extent=extent, origin="upper", cmap="magma", vmin=0,
                        vmax=top if top > 0 else 1.0, interpolation="nearest")
         fig.colorbar(im, ax=ax, label="speed (m/yr)", shrink=0.85)
-        _same_scale_quivers(ax, vel, get[f"u_composite{key}"], get[f"v_composite{key}"], step, top)
+        _same_scale_quivers(ax, vel, get[f"vx{key}"], get[f"vy{key}"], step, top)
         ax.set_title(f"{title}: composite speed")
     lim = _error_limit([diff])
     im = axes[2].imshow(diff, extent=extent, origin="upper", cmap="RdBu_r", vmin=-lim, vmax=lim,
@@ -407,10 +451,10 @@ def plot_forecast_flow(velocity_store: xr.Dataset | str | os.PathLike, out_png: 
                       f"median direction difference {c['direction_diff_median']:.0f}°", fontsize=10)
     for k, ax in enumerate(axes):
         _km_axes(ax, left=k == 0)
-    start, end = (pd.Timestamp(vel[k].values.min() if k == "time_start" else vel[k].values.max())
-                  for k in ("time_start", "time_end"))
+    start = pd.Timestamp(pairs["acquisition_date_img1"].values.min())
+    end = pd.Timestamp(pairs["acquisition_date_img2"].values.max())
     model, last = vel.attrs.get("model", "the model"), vel.attrs.get("last_input", "?")
-    fig.suptitle(f"movement predicted by {model} (after {last}) vs the true frames: {vel.sizes['time']} pairs "
+    fig.suptitle(f"movement predicted by {model} (after {last}) vs the true frames: {pairs.sizes['mid_date']} pairs "
                  f"{start:%Y-%m-%d} → {end:%Y-%m-%d}, Δt from the "
                  "period starts")
     fig.tight_layout()

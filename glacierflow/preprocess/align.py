@@ -56,12 +56,45 @@ def _median3(image: np.ndarray) -> np.ndarray:
     return out
 
 
-def alignment_image(bands: xr.DataArray, highpass: float = 0.0) -> xr.DataArray:
-    """The research code's grey image for ECC: (green, swir16, swir16) as BGR -> grey.
+#: guide band -> the assets it is made of (the cube stacks them)
+GUIDE_ASSETS: dict[str, tuple[str, ...]] = {
+    "red": ("red",), "nir08": ("nir08",), "green": ("green",), "ndsi": ("green", "swir16"),
+    "grey": ("green", "swir16"),
+}
+check_registry("preprocess.align.GUIDE_ASSETS", GUIDE_ASSETS, choices.GUIDE_BANDS)
 
-    ``0.114 * green + 0.886 * swir16`` (OpenCV's BGR2GRAY weights). Short-wave infrared carries the
-    static terrain texture (rock, vegetation, debris) that pins a scene's geolocation, while NDSI's
-    strongest edges (the snowline) move with the seasons.
+
+def guide_band_image(bands: xr.DataArray, band: str, raw: xr.DataArray | None = None) -> xr.DataArray:
+    """The unfiltered guide ``(time, y, x)`` of ``band`` (a key of :data:`GUIDE_ASSETS`).
+
+    ``bands`` are the masked ``green``/``swir16`` bands; a band they lack (``red``, ``nir08``) comes from
+    ``raw`` (the stacked cube) and takes their mask (NaN where they are NaN).
+    """
+    if band not in GUIDE_ASSETS:
+        raise GlacierflowError(f"unknown guide band {band!r}; choose one of: {', '.join(GUIDE_ASSETS)}")
+    if band == "grey":
+        return 0.114 * bands.sel(band="green") + 0.886 * bands.sel(band="swir16")
+    if band == "ndsi":
+        g, s = bands.sel(band="green"), bands.sel(band="swir16")
+        return (g - s) / (g + s)
+    present = [str(b) for b in bands["band"].values]
+    if band in present:
+        return bands.sel(band=band)
+    if raw is None or band not in [str(b) for b in raw["band"].values]:
+        raise GlacierflowError(f"the cube has no {band!r} band for the guides; stack it (assets "
+                               f"{', '.join(GUIDE_ASSETS[band])}) or choose another --guide-band")
+    seen = np.isfinite(bands).all("band")
+    return raw.sel(band=band).where(seen.drop_vars([c for c in seen.coords if c not in raw.coords], errors="ignore"))
+
+
+def alignment_image(bands: xr.DataArray, highpass: float = 0.0, *, band: str = "grey",
+                    raw: xr.DataArray | None = None, wallis: bool = False) -> xr.DataArray:
+    """The guide image for ECC and flow: one band (or the research code's grey mix), high-passed.
+
+    ``grey`` is ``0.114 * green + 0.886 * swir16`` (OpenCV's BGR2GRAY weights), the research code's image:
+    short-wave infrared carries the static terrain texture, but snow and ice are dark and flat in it, so it
+    shows little of the ice's own texture. ``red`` and ``nir08`` (where ice is bright: crevasses, dust and
+    debris show) are what a tracker of the ice needs, as autoRIFT tracks the panchromatic band.
 
     Parameters
     ----------
@@ -70,14 +103,20 @@ def alignment_image(bands: xr.DataArray, highpass: float = 0.0) -> xr.DataArray:
         of :func:`glacierflow.preprocess.qa.mask_invalid`).
     highpass : float
         If > 0, subtract the local Gaussian mean of this sigma (pixels) over the valid pixels only
-        (normalised convolution): keeps fine static texture, damps broad seasonal brightness changes.
+        (normalised convolution): keeps fine texture, damps broad seasonal brightness changes.
+    band : str
+        Key of :data:`GUIDE_ASSETS`.
+    raw : xarray.DataArray, optional
+        The stacked cube, for a band ``bands`` lacks (:func:`guide_band_image`).
+    wallis : bool
+        Also divide by the local standard deviation (same sigma): a Wallis filter, as autoRIFT uses.
 
     Returns
     -------
     xarray.DataArray
         ``(time, y, x)`` float32, lazy if the input is.
     """
-    grey = 0.114 * bands.sel(band="green") + 0.886 * bands.sel(band="swir16")
+    grey = guide_band_image(bands, band, raw)
     grey = grey.drop_vars("band", errors="ignore").astype(np.float32).rename("grey")
     if highpass <= 0:
         return grey
@@ -85,16 +124,17 @@ def alignment_image(bands: xr.DataArray, highpass: float = 0.0) -> xr.DataArray:
         grey = grey.chunk({"y": -1, "x": -1})
     return xr.apply_ufunc(
         highpass_filter, grey, input_core_dims=[["y", "x"]], output_core_dims=[["y", "x"]],
-        kwargs={"sigma": float(highpass)}, dask="parallelized", output_dtypes=[np.float32],
+        kwargs={"sigma": float(highpass), "wallis": wallis}, dask="parallelized", output_dtypes=[np.float32],
     ).transpose(*grey.dims)
 
 
-def highpass_filter(image: np.ndarray, sigma: float) -> np.ndarray:
+def highpass_filter(image: np.ndarray, sigma: float, wallis: bool = False) -> np.ndarray:
     """``image - local mean`` over the last two axes, the local mean by normalised convolution.
 
     The Gaussian local mean uses only valid pixels (``blur(image * valid) / blur(valid)``, zero outside
     the image), so no invalid value (a mean fill, a replicated edge) leaks into it: the guide has no halo
-    at cloud or footprint edges. NaN stays NaN.
+    at cloud or footprint edges. NaN stays NaN. ``wallis``: divided by the local standard deviation
+    (same weights; floored at 1 % of the image's median one, so flat areas stay flat).
     """
     cv2.setNumThreads(0)
     out = np.empty(image.shape, np.float32)
@@ -106,7 +146,15 @@ def highpass_filter(image: np.ndarray, sigma: float) -> np.ndarray:
         num = cv2.GaussianBlur(np.where(valid, img, np.float32(0)), (0, 0), sigma, borderType=cv2.BORDER_CONSTANT)
         den = cv2.GaussianBlur(weight, (0, 0), sigma, borderType=cv2.BORDER_CONSTANT)
         ok = valid & (den > 1e-3)
-        flat_out[i] = np.where(ok, img - num / np.where(ok, den, np.float32(1)), np.nan)
+        safe = np.where(ok, den, np.float32(1))
+        hp = np.where(ok, img - num / safe, np.nan)
+        if wallis:
+            var = cv2.GaussianBlur(np.where(ok, hp * hp, np.float32(0)), (0, 0), sigma,
+                                   borderType=cv2.BORDER_CONSTANT) / safe
+            sd = np.sqrt(np.clip(var, 0, None))
+            floor = 0.01 * float(np.nanmedian(sd[ok])) if ok.any() else 1.0
+            hp = hp / np.maximum(sd, max(floor, 1e-12))
+        flat_out[i] = hp
     return out
 
 
@@ -200,15 +248,17 @@ def find_warp(
 ) -> tuple[np.ndarray, float, bool]:
     """ECC warp of one scene against the reference: ``(3x3 warp, correlation, accepted)``.
 
-    The scene's NaNs are excluded through ECC's input mask, the reference's are set to its mean; both are
-    standardised. ``init`` (3x3) starts the search (e.g. the warp of a first pass). Not accepted (identity
+    The scene's NaNs and the pixels where the reference is NaN (never observed, or masked out as moving
+    ground by :func:`co_register`) are excluded through ECC's input mask; both images are standardised.
+    ``init`` (3x3) starts the search (e.g. the warp of a first pass). Not accepted (identity
     warp returned) when ECC raises, gives a non-finite warp or a correlation below ``min_ecc``.
     """
     cv2.setNumThreads(0)
     mode = MOTIONS[motion]
     img = np.asarray(scene, dtype=np.float32)
     ref = np.asarray(reference, dtype=np.float32)
-    valid, ref_valid = np.isfinite(img), np.isfinite(ref)
+    ref_valid = np.isfinite(ref)
+    valid = np.isfinite(img) & ref_valid  # no information where the reference has none (or is masked out)
     eye = np.eye(3)
     if valid.sum() < 16 or ref_valid.sum() < 16:
         return eye, np.nan, False
@@ -285,18 +335,22 @@ def _align_block(
 ) -> xr.Dataset:
     """Align every scene of a ``(time, y, x)`` block on ``block[guide]``; warp the ``apply`` variables.
 
-    An ``init`` variable ``(time, 3, 3)`` in the block starts each scene's search.
+    An ``init`` variable ``(time, 3, 3)`` in the block starts each scene's search; a ``static`` ``(y, x)``
+    mask keeps ECC to those pixels (the scene's others are left out of its input mask; the reference stays
+    whole, so no filled template value is ever compared).
     """
     ref = np.asarray(reference.transpose("y", "x").values)
     g = np.asarray(block[guide].values)
     init = np.asarray(block["init"].values) if "init" in block else None
+    static = np.asarray(block["static"].values, bool) if "static" in block else None
     n = g.shape[0]
     out = {v: np.asarray(block[v].values, np.float32).copy() for v in apply}
     diag = {k: np.full(n, np.nan) for k in ("shift_x", "shift_y", "ecc")}
     warps = np.tile(np.eye(3), (n, 1, 1))
     ok = np.zeros(n, bool)
     for i in range(n):
-        warps[i], diag["ecc"][i], ok[i] = find_warp(g[i], ref, init=None if init is None else init[i], **kwargs)
+        seen = g[i] if static is None else np.where(static, g[i], np.nan)
+        warps[i], diag["ecc"][i], ok[i] = find_warp(seen, ref, init=None if init is None else init[i], **kwargs)
         if ok[i]:
             diag["shift_x"][i], diag["shift_y"][i] = _centre_shift(warps[i], g[i].shape)
             for v in apply:
@@ -357,7 +411,7 @@ def _ecc_pass(
 ) -> xr.Dataset:
     """One lazy ECC pass over ``scenes`` (``guide`` + ``apply`` variables, optional ``init`` warps)."""
     _check(scenes, guide, reference, kwargs["motion"])
-    keep = [guide, *apply, *(["init"] if "init" in scenes else [])]
+    keep = [guide, *apply, *[k for k in ("init", "static") if k in scenes]]
     scenes = scenes[list(dict.fromkeys(keep))]
     scenes = scenes.transpose("time", "y", "x", *[d for d in _WARP_DIMS if d in scenes.dims])
     reference = reference.transpose("y", "x")
@@ -435,6 +489,42 @@ def align(
     return aligned, diag
 
 
+STATIC_QUANTILE = 0.9  # motion-robust ECC: all but the tenth of the pixels whose guide follows the reference worst
+
+
+def _steady(residual: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """Pixels whose local residual RMS relative to the local reference RMS is in the lower STATIC_QUANTILE."""
+    def local(x: np.ndarray) -> np.ndarray:
+        ok = np.isfinite(x)
+        num = cv2.GaussianBlur(np.where(ok, x, 0).astype(np.float32), (0, 0), 3.0)
+        den = cv2.GaussianBlur(ok.astype(np.float32), (0, 0), 3.0)
+        return np.where(den > 0.2, num / np.maximum(den, 1e-6), np.nan)
+
+    ratio = np.sqrt(local(residual) / np.maximum(local(reference * reference), 1e-12))
+    ok = np.isfinite(ratio) & np.isfinite(reference)
+    return ok & (ratio <= np.nanquantile(ratio, STATIC_QUANTILE)) if ok.any() else ok
+
+
+def static_ground(aligned: xr.DataArray, reference: xr.DataArray, ice: xr.DataArray | None = None) -> xr.DataArray:
+    """Where ECC's second pass looks: ground whose guide follows the reference, off the ``ice`` (lazy, bool).
+
+    Moving texture (glaciers, also where no outline says so) and changing snow leave a large residual
+    between a pixel's aligned guides and the reference relative to the reference's own texture there;
+    static textured ground a small one. The :data:`STATIC_QUANTILE` share with the smallest ratio
+    (both locally averaged, Gaussian 3 px) is kept: flat areas are not favoured, unlike a plain temporal
+    spread. Where ``ice`` (an outline rasterised on the grid, True = ice) is given, it is left out as well.
+    """
+    residual = ((aligned - reference) ** 2).mean("time", skipna=True).astype(np.float32)
+    if residual.chunks is not None:
+        residual = residual.chunk({"y": -1, "x": -1})
+    ref = reference.transpose(*residual.dims)
+    out = xr.apply_ufunc(_steady, residual, ref, dask="parallelized", output_dtypes=[bool],
+                         dask_gufunc_kwargs={"allow_rechunk": True})
+    if ice is not None:
+        out = out & ~xr.DataArray(np.asarray(ice, bool), dims=("y", "x"), coords={d: out[d] for d in out.dims})
+    return out.rename("static")
+
+
 def co_register(
     scenes: xr.Dataset | Callable[[], xr.Dataset],
     motion: str = "translation",
@@ -445,12 +535,14 @@ def co_register(
     eps: float = 1e-5,
     gauss_filt_size: int = 1,
     min_ecc: float = 0.3,
+    ice: xr.DataArray | None = None,
 ) -> xr.Dataset:
     """Two ECC passes: against the mean of the unaligned guides, then against the mean of the aligned ones.
 
     Pass 1 aligns every guide to :func:`reference_image` of the (unaligned) guides; the reference is then
     re-estimated once from the guides pass 1 aligned (scenes it could not align left out), and pass 2
-    aligns every scene again, starting from its pass-1 warp. Only pass 2's warp is applied.
+    aligns every scene again, starting from its pass-1 warp, on ground that does not move only
+    (:func:`static_ground`: moving ice biases the correlation). Only pass 2's warp is applied.
 
     Parameters
     ----------
@@ -460,6 +552,8 @@ def co_register(
         :func:`glacierflow.storage.store.spill`) instead of holding every scene in memory between the passes.
     motion, max_iter, eps, gauss_filt_size, min_ecc
         See :func:`align`; a scene below ``min_ecc`` in pass 2 is not aligned (``aligned`` False).
+    ice
+        Optional ``(y, x)`` boolean ice mask on the grid (e.g. rasterised outlines): kept out of pass 2.
     guide, apply
         Names of the ECC image and of the variables to warp.
 
@@ -477,5 +571,7 @@ def co_register(
     first = _ecc_pass(get(), reference_image(get()[guide]), guide, (guide,), **kw)
     aligned_guides = first[guide].where(first["aligned"])
     second_in = get().assign(init=first["warp"])
-    out = _ecc_pass(second_in, reference_image(aligned_guides), guide, tuple(apply), **kw)
+    reference = reference_image(aligned_guides)
+    second_in = second_in.assign(static=static_ground(aligned_guides, reference, ice).reset_coords(drop=True))
+    out = _ecc_pass(second_in, reference, guide, tuple(apply), **kw)
     return out.drop_vars(["warp"])

@@ -33,7 +33,7 @@ from glacierflow import __version__
 from glacierflow.errors import GlacierflowError
 from glacierflow.ingest import catalog, cube, readers
 from glacierflow.ingest import items as items_mod
-from glacierflow.preprocess import fused, periods
+from glacierflow.preprocess import align, fused, periods
 from glacierflow.preprocess import qa as preprocess
 from glacierflow.specs import CubeSpec, PreprocessSpec
 from glacierflow.storage import cf, stac_out, store
@@ -83,10 +83,15 @@ def _env(spec: CubeSpec) -> Any:
 
 
 def stack(items: list[dict[str, Any]], spec: CubeSpec, reader: type | None = None, *,
-          strict: bool = False) -> xr.DataArray:
-    """The lazy ``(time, band, y, x)`` cube of the items on the site's Landsat grid (``strict``: reads raise)."""
+          strict: bool = False, guide_band: str = "grey") -> xr.DataArray:
+    """The lazy ``(time, band, y, x)`` cube of the items on the site's Landsat grid (``strict``: reads raise).
+
+    The assets: green, swir16, those the guides of ``guide_band`` need, qa_pixel.
+    """
+    assets = tuple(dict.fromkeys(("green", "swir16", *align.GUIDE_ASSETS[guide_band], "qa_pixel")))
     return cube.build_cube(
         items, bbox_lonlat=spec.bbox, epsg=spec.epsg, resolution=spec.resolution, platforms=spec.platforms,
+        assets=assets,
         reader=reader or readers.ReportingRioReader, env=_env(spec), on_read_error="raise" if strict else "nan",
     )
 
@@ -126,7 +131,8 @@ def scene_settings(items: list[dict[str, Any]], raw: xr.DataArray, spec: CubeSpe
     A scratch store is created (empty arrays) only when the scenes' NDSI and guides together exceed
     :data:`glacierflow.preprocess.fused.SPILL_BYTES`.
     """
-    by_id = {str(it["id"]): it for it in items_mod.normalise_items(items, platforms=spec.platforms)}
+    bands = [str(b) for b in raw["band"].values]  # the assets checked are the ones stacked (the guide band's too)
+    by_id = {str(it["id"]): it for it in items_mod.normalise_items(items, assets=bands, platforms=spec.platforms)}
     sign = reader.sign_href if isinstance(reader, type) and issubclass(reader, readers.SigningRioReader) else None
     n, shape = raw.sizes["time"], (raw.sizes["y"], raw.sizes["x"])
     spill = scratch is not None and n * shape[0] * shape[1] * 8 > fused.SPILL_BYTES
@@ -183,7 +189,7 @@ def cube_dataset(
         scene considered, by time); ``guide(guide_scene, y, x)`` for every stacked scene (NaN for those not
         averaged) unless ``spec.guides`` is False. All lazy.
     """
-    raw = stack(items, spec, reader, strict=strict) if raw is None else raw
+    raw = stack(items, spec, reader, strict=strict, guide_band=pre.guide_band) if raw is None else raw
     starts, pos = periods.period_starts(raw["time"].values, pre.period, spec.start, spec.end)
     s, scene_items = scene_settings(items, raw, spec, pre, reader, scratch, storage_options, strict)
     shape = (raw.sizes["y"], raw.sizes["x"])
@@ -450,7 +456,8 @@ def plan_build(spec: CubeSpec, pre: PreprocessSpec, out: str, *, overwrite: bool
                            timeout=spec.http_timeout)
     found.raise_if_empty()
     items, reader = _signing(found, signer, spec)
-    return BuildPlan(spec, pre, out, found, items, reader, stack(items, spec, reader, strict=strict))
+    return BuildPlan(spec, pre, out, found, items, reader,
+                     stack(items, spec, reader, strict=strict, guide_band=pre.guide_band))
 
 
 def lazy_cube(spec: CubeSpec, pre: PreprocessSpec, *, signer: Any = None, strict: bool = False) -> xr.Dataset:

@@ -91,7 +91,8 @@ def prepare_scene(raw: np.ndarray, item: dict[str, Any] | None, index: int, s: S
     if out["enters"]:
         masked = preprocess.mask_invalid(cube, mask_clouds=s.pre.mask_clouds)
         ndsi = preprocess.ndsi(masked).values[0]
-        guide = align.alignment_image(masked, highpass=s.pre.align_highpass).values[0]
+        guide = align.alignment_image(masked, highpass=s.pre.align_highpass, band=s.pre.guide_band, raw=cube,
+                                      wallis=s.pre.guide_filter == "wallis").values[0]
         out["images"] = _hold(index, ndsi.astype(np.float32), guide.astype(np.float32), s)
     return out
 

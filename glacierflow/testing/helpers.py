@@ -394,9 +394,11 @@ def flow_figures(ds: xr.Dataset, truth: dict[str, np.ndarray]) -> dict[str, floa
         vectors where the truth moves at least a quarter of the median; ``ice_coverage``: glacier pixels
         with a value; ``stable``: median speed (m/yr) on pixels ``margin_px`` or more from the ice and
         ``stable_valid`` the fraction of those with a value; ``error_ratio``: median stated
-        ``speed_error`` over glacier pixels / the actual median ``|speed - true speed|``.
+        ``speed_error`` (``v_error``) over glacier pixels / the actual median ``|speed - true speed|``.
     """
-    u, v = ds["u_composite"].values, ds["v_composite"].values
+    its_live = "vx" in ds  # a written store's root, or velocity()'s own dataset
+    u, v = (ds["vx"].values, ds["vy"].values) if its_live else (ds["u_composite"].values, ds["v_composite"].values)
+    err = ds["v_error"].values if its_live else ds["speed_error"].values
     gl, far = truth["glacier"], truth["far"]
     speed = np.hypot(u, v)
     ok = gl & np.isfinite(speed)
@@ -411,11 +413,12 @@ def flow_figures(ds: xr.Dataset, truth: dict[str, np.ndarray]) -> dict[str, floa
         "direction": float(np.degrees(np.median(np.abs(angle)))),
         "ice_coverage": float(ok.sum() / gl.sum()),
         "stable": float(np.median(speed[stable])), "stable_valid": float(stable.sum() / far.sum()),
-        "error_ratio": float(np.median(ds["speed_error"].values[ok]) / mae),
+        "error_ratio": float(np.median(err[ok]) / mae),
     }
 
 
-def oracle_guides(guides: xr.DataArray, truth_store: str, variable: str = "ndsi") -> xr.DataArray:
+def oracle_guides(guides: xr.DataArray, truth_store: str, variable: str = "ndsi",
+                  highpass: float = 0.0) -> xr.DataArray:
     """The cube's guides replaced by a twin's noise-free truth images: the input-side bound of ``flow``.
 
     Each guide scene takes the truth store's ``variable`` (``ndsi``: the clean illuminated NDSI on the
@@ -431,7 +434,10 @@ def oracle_guides(guides: xr.DataArray, truth_store: str, variable: str = "ndsi"
     truth_store
         The twin's ``truth.zarr`` (same UTM grid as the cube).
     variable
-        A ``(time, y, x)`` variable of the truth store.
+        A ``(time, y, x)`` variable of the truth store (``red_clean``: the clean red band, the truth-image
+        bound of a red-band guide).
+    highpass
+        Sigma (px) of the guides' high-pass (:func:`glacierflow.preprocess.align.highpass_filter`), 0: none.
 
     Returns
     -------
@@ -449,6 +455,10 @@ def oracle_guides(guides: xr.DataArray, truth_store: str, variable: str = "ndsi"
         raise GlacierflowError(f"truth store {truth_store!r} has no image at {want[int(np.argmax(gap))]}")
     clean = truth[variable].isel(time=xr.DataArray(at, dims="scene")).sel(x=guides["x"], y=guides["y"])
     data = np.asarray(clean.transpose("scene", "y", "x").values, np.float32)
+    if highpass > 0:
+        from glacierflow.preprocess.align import highpass_filter
+
+        data = highpass_filter(data, highpass)
     return guides.copy(data=data).chunk({"scene": 1})
 
 

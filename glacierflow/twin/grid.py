@@ -147,15 +147,16 @@ def deliver_in_zone(res: dict[str, Any], grid: Grid, epsg: int) -> tuple[dict[st
 
     dst = zone_grid(grid, epsg)
     out = dict(res)
-    for key, nodata, how in (("green", 0, Resampling.cubic), ("swir16", 0, Resampling.cubic),
-                             ("qa_pixel", 1, Resampling.nearest)):
+    bands = [k for k in stac_items.REFLECTANCE_ASSETS if k in res]
+    for key, nodata, how in [(k, 0, Resampling.cubic) for k in bands] + [("qa_pixel", 1, Resampling.nearest)]:
         band = np.full(dst.shape, nodata, np.uint16)
         reproject(res[key], band, src_transform=grid.affine, src_crs=f"EPSG:{grid.epsg}", src_nodata=nodata,
                   dst_transform=dst.affine, dst_crs=f"EPSG:{epsg}", dst_nodata=nodata, resampling=how)
         out[key] = band
     fill = (out["qa_pixel"] & 1) == 1
-    fill |= (out["green"] == 0) | (out["swir16"] == 0)
-    for key in ("green", "swir16"):
+    for key in bands:
+        fill |= out[key] == 0
+    for key in bands:
         out[key][fill] = 0
     out["qa_pixel"][fill] = 1
     out["valid"] = ~fill

@@ -7,9 +7,13 @@ On top of the basic valley (same random draws, so the same rock, vegetation and 
   diffuse, bluish sky term, so shadowed snow reads *higher* NDSI and shadowed debris can pass as snow;
 - **snow**: episodic snowfall events (:class:`~glacierflow.twin.climate.SnowClimate`), winter snow to the
   valley floor in severe years, fresh snow on outcrops and steep faces in winter;
-- **ice**: a debris-covered lower tongue (NDSI < 0.3) and clean ice above, whose texture is advected
-  by the true velocity but decorrelates over a few months (a persistent part plus generations that
-  cross-fade every quarter year);
+- **ice**: a debris-covered lower tongue (NDSI < 0.3) and clean ice above, whose texture (dust, debris
+  patches, crevasses, melt features) is advected by the true velocity, strong in red/NIR and weak in
+  SWIR-1, and decorrelates partly (a persistent part plus generations that cross-fade every quarter
+  year: r ~ 0.77 a year apart, :meth:`HimalayaWorld.texture_correlation`); fresh snow on it is flat;
+- **relief on the ice moves with the ice**: hummocks and ogive swells are a Lagrangian field added to a
+  smooth glacier surface, so their shading is advected; only the valley walls' and stable ground's
+  shading (and the rock texture there) is static;
 - **velocity**: a narrow western tributary, ``max_speed`` / ``glacier_width`` options, a seasonal
   speed-up (:class:`~glacierflow.twin.climate.SpeedSeason`), stable ground exactly 0;
 - **misregistration**: the per-scene translation plus terrain parallax (DEM error x tan(view angle),
@@ -46,12 +50,18 @@ from glacierflow.twin.scene import (
     through_cloud,
     to_dn,
 )
-from glacierflow.twin.world import DEBRIS, ICE, PIXEL, ROCK, SNOW, VEG, WATER, GlacierShape, World, ndsi_snow, noise
+from glacierflow.twin.world import PIXEL, REFLECTANCE, GlacierShape, World, band_reflectance, ndsi_snow, noise
 
-DIFFUSE = (0.20, 0.07)  # sky (diffuse) share of the irradiance in (green, swir16): bluish sky light
+# sky (diffuse) share of the irradiance per band: bluish sky light
+DIFFUSE = {"green": 0.20, "red": 0.15, "nir08": 0.10, "swir16": 0.07}
+# relative amplitude of the clean-ice albedo texture per band (crevasses, dust, melt features: strong in the
+# visible and NIR, where ice is bright; weak in SWIR-1, where ice is dark whatever its surface)
+ICE_TEXTURE = {"green": 0.18, "red": 0.22, "nir08": 0.25, "swir16": 0.03}
+DEBRIS_TEXTURE = 0.15  # relative albedo variation of the debris cover, every band
+ICE_RELIEF = 12.0  # metres: std of the hummocks and ogive swells on the ice (advected with it)
 DEM_ERROR_RMS = 110.0  # metres: DEM error behind the terrain parallax (larger on steep slopes)
 WALL_HEIGHT, RIDGE_HEIGHT = 800.0, 500.0  # metres above the basic valley (scaled by grid size / 400 px)
-TEXTURE_PERSISTENT = 0.7  # amplitude share of the ice texture that never decorrelates (r ~ 0.49 a year apart)
+TEXTURE_PERSISTENT = 0.88  # amplitude share of the ice texture that never decorrelates (r ~ 0.77 a year apart)
 TEXTURE_GENERATION = 0.25  # years between independent texture generations
 
 
@@ -117,6 +127,7 @@ class HimalayaWorld(World):
         rise = WALL_HEIGHT * walls + RIDGE_HEIGHT * ridged * np.clip(rat - 1.2, 0, 1)
         rise = ndimage.gaussian_filter(rise, 1.5) + 40.0 * noise(shape, max(size / 60, 5.0), rng)  # no facets
         self.elevation = (5000.0 + (self.elevation - 5000.0) * relief + relief * (rise - 500.0)).astype(np.float32)
+        self._ice_surface(size)
         gy, gx = np.gradient(self.elevation.astype(np.float64), PIXEL)  # per row (south), per col (east)
         norm = np.sqrt(gx**2 + gy**2 + 1.0)
         self.normal = ((-gx / norm).astype(np.float32), (gy / norm).astype(np.float32), (1 / norm).astype(np.float32))
@@ -135,6 +146,42 @@ class HimalayaWorld(World):
         self.snow_climate = SnowClimate(seed)
         self.speed_season = SpeedSeason()
         self._generations: dict[int, np.ndarray] = {}
+
+    def _ice_surface(self, size: int) -> None:
+        """A smooth static glacier surface and the Lagrangian relief on it (hummocks, ogive swells)."""
+        rng = np.random.default_rng([self.seed, 103])
+        self.ice_weight = np.clip((1.25 - self.ratio) / 0.25, 0, 1).astype(np.float32)  # 0 where no glacier
+        smooth = ndimage.gaussian_filter(self.elevation, max(3.0, size / 60))
+        self.elevation = (self.elevation + self.ice_weight * (smooth - self.elevation)).astype(np.float32)
+        ogive = np.sin(2 * np.pi * self.along / max(12.0, size / 18))
+        ogive = np.where(np.isfinite(ogive), ogive, 0)
+        self.ice_relief = (ICE_RELIEF * (noise(self.shape, 2.5, rng) + 0.5 * ogive) / 1.06).astype(np.float32)
+
+    def lagrangian(self, t: float) -> tuple[np.ndarray, np.ndarray]:
+        """Where the ice at each grid pixel at decimal year ``t`` sat at ``t_ref`` (the texture's coordinates)."""
+        h, w = self.shape
+        rr, cc = np.mgrid[0:h, 0:w].astype(np.float32)
+        return self._trace_back(rr, cc, self.speed_season.elapsed(self.t_ref, t), max_step=1.0)
+
+    def terrain(self, src: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+        """Elevation at one acquisition: the static terrain plus the ice relief carried to ``src``'s pixels."""
+        relief = ndimage.map_coordinates(self.ice_relief, list(src), order=1, mode="mirror")
+        return (self.elevation + self.ice_weight * relief).astype(np.float32)
+
+    def texture_correlation(self, lag_days: np.ndarray) -> np.ndarray:
+        """Correlation of the ice texture between two acquisitions ``lag_days`` apart (averaged over the start).
+
+        ``P^2 + (1 - P^2) c``: the persistent share ``P`` never decorrelates; ``c`` is the overlap of the
+        cross-fading generations (``cos``/``sin`` weights of generations ``k`` and ``k + 1``).
+        """
+        x1 = np.linspace(0, 4, 801)[:-1, None]  # start phases (generations), averaged over
+        x2 = x1 + np.asarray(lag_days, np.float64)[None, :] / 365.25 / TEXTURE_GENERATION
+        k1, k2 = np.floor(x1), np.floor(x2)
+        p1, p2 = (x1 - k1) * np.pi / 2, (x2 - k2) * np.pi / 2
+        same = np.where(k1 == k2, np.cos(p1) * np.cos(p2) + np.sin(p1) * np.sin(p2), 0.0)
+        next_ = np.where(k2 == k1 + 1, np.sin(p1) * np.cos(p2), 0.0)
+        c = (same + next_).mean(axis=0)
+        return (TEXTURE_PERSISTENT**2 + (1 - TEXTURE_PERSISTENT**2) * c).astype(np.float32)
 
     def _generation(self, k: int) -> np.ndarray:
         if k not in self._generations:
@@ -156,41 +203,48 @@ class HimalayaWorld(World):
         pers = pers / (np.std(self.texture_persistent) + 1e-9)
         return (TEXTURE_PERSISTENT * pers + b * (np.cos(phi) * g0 + np.sin(phi) * g1)).astype(np.float32)
 
-    def surface(self, t: float, snow_jitter: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
-        """Flat-terrain surface reflectance (green, swir16) on the truth grid and class maps."""
-        h, w = self.shape
-        rr, cc = np.mgrid[0:h, 0:w].astype(np.float32)
-        src_r, src_c = self._trace_back(rr, cc, self.speed_season.elapsed(self.t_ref, t), max_step=1.0)
-        tex = self.ice_texture(t, src_r, src_c)
-        tongue = ndimage.map_coordinates(self.tongue, [src_r, src_c], order=1, mode="nearest")
+    def surface(self, t: float, snow_jitter: np.ndarray,
+                src: tuple[np.ndarray, np.ndarray]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """Flat-terrain surface reflectance per band on the truth grid, and class maps.
+
+        ``src`` are the Lagrangian coordinates of the ice at ``t`` (:meth:`lagrangian`).
+        """
+        tex = self.ice_texture(t, *src)
+        tongue = ndimage.map_coordinates(self.tongue, list(src), order=1, mode="nearest")
         ice = (self.ratio < 1) & (self.along <= self.term + self.terminus_shift(t))
         fresh = self.snow_climate.outcrop_snow(t)
         snow_frac = np.clip((self.elevation + self.snow_noise + snow_jitter - self.snow_climate.snowline(t)) / 120.0
                             + 0.5, 0, 1) * (1 - self.steep * (1 - fresh))
         veg_frac = np.clip((4300.0 - self.elevation) / 300.0, 0, 1) * np.clip(0.5 + 0.5 * self.veg, 0, 1)
-        rock_scale = 0.75 + 0.25 * np.clip(self.rock, -2, 2)
-        green = (1 - veg_frac) * ROCK[0] * rock_scale + veg_frac * VEG[0]
-        swir = (1 - veg_frac) * ROCK[1] * rock_scale + veg_frac * VEG[1]
-        f_clean = np.clip((0.1 + 0.28 * tex) * 1.6, 0, 1)
-        f_tongue = np.clip(0.85 + 0.1 * tex, 0.7, 1)
-        f = (1 - tongue) * f_clean + tongue * f_tongue
-        green = np.where(ice, (1 - f) * ICE[0] + f * DEBRIS[0], green)
-        swir = np.where(ice, (1 - f) * ICE[1] + f * DEBRIS[1], swir)
-        green = np.where(self.lake, WATER[0], green)
-        swir = np.where(self.lake, WATER[1], swir)
-        green = (1 - snow_frac) * green + snow_frac * SNOW[0]
-        swir = (1 - snow_frac) * swir + snow_frac * SNOW[1]
+        rock_scale = 0.75 + 0.25 * np.clip(self.rock, -2, 2)  # static rock texture
+        f_clean = np.clip((0.06 + 0.12 * tex) * 1.6, 0, 1)  # dust and debris patches on clean ice
+        f = (1 - tongue) * f_clean + tongue * np.clip(0.85 + 0.1 * tex, 0.7, 1)
+        t3 = np.clip(tex, -3, 3)
+        bands = {}
+        for band, r in ((b, band_reflectance_all(b)) for b in DIFFUSE):
+            land = (1 - veg_frac) * r["rock"] * rock_scale + veg_frac * r["veg"]
+            ice_b = r["ice"] * (1 + ICE_TEXTURE[band] * t3)
+            debris_b = r["debris"] * (1 + DEBRIS_TEXTURE * t3)
+            out = np.where(ice, (1 - f) * ice_b + f * debris_b, land)
+            out = np.where(self.lake, r["water"], out)
+            bands[band] = ((1 - snow_frac) * out + snow_frac * r["snow"]).astype(np.float32)  # fresh snow: flat
         classes = {"snow": snow_frac > 0.5, "water": self.lake & (snow_frac <= 0.5)}
-        return green.astype(np.float32), swir.astype(np.float32), classes
+        return bands, classes
 
-    def illumination(self, sun_elevation: float, sun_azimuth: float) -> tuple[np.ndarray, np.ndarray]:
-        """Direct-light factor relative to flat terrain (0 in shadow) and the terrain-shadow mask."""
+    def illumination(self, sun_elevation: float, sun_azimuth: float,
+                     elevation: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Direct-light factor relative to flat terrain (0 in shadow), terrain-shadow mask and sky view.
+
+        ``elevation`` is the acquisition's terrain (:meth:`terrain`: the ice relief moves with the ice).
+        """
+        gy, gx = np.gradient(elevation.astype(np.float64), PIXEL)  # per row (south), per col (east)
+        norm = np.sqrt(gx**2 + gy**2 + 1.0)
         az, el = np.radians(sun_azimuth), np.radians(sun_elevation)
         sun = (np.sin(az) * np.cos(el), np.cos(az) * np.cos(el), np.sin(el))  # east, north, up
-        cos_i = self.normal[0] * sun[0] + self.normal[1] * sun[1] + self.normal[2] * sun[2]
-        shadow = cast_shadow(self.elevation, sun_elevation, sun_azimuth) | (cos_i <= 0)
+        cos_i = (-gx * sun[0] + gy * sun[1] + sun[2]) / norm
+        shadow = cast_shadow(elevation, sun_elevation, sun_azimuth) | (cos_i <= 0)
         direct = np.where(shadow, 0.0, np.maximum(cos_i, 0) / np.sin(el)).astype(np.float32)
-        return direct, shadow
+        return direct, shadow, ((1.0 + 1.0 / norm) / 2.0).astype(np.float32)
 
     def parallax(self, view_tan: float) -> tuple[np.ndarray, np.ndarray]:
         """Terrain misregistration ``(terrain_dx, terrain_dy)`` in pixels: DEM error x tan(view angle).
@@ -205,10 +259,14 @@ class HimalayaWorld(World):
         return dx.astype(np.float32), dy.astype(np.float32)
 
 
-def _lit(green: np.ndarray, swir: np.ndarray, direct: np.ndarray, sky: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    eg = (1 - DIFFUSE[0]) * direct + DIFFUSE[0] * sky
-    es = (1 - DIFFUSE[1]) * direct + DIFFUSE[1] * sky
-    return green * eg, swir * es
+def band_reflectance_all(band: str) -> dict[str, float]:
+    """Class -> surface reflectance in ``band``."""
+    return {name: band_reflectance(name)[band] for name in REFLECTANCE}
+
+
+def _lit(bands: dict[str, np.ndarray], direct: np.ndarray, sky: np.ndarray) -> dict[str, np.ndarray]:
+    """Each band under the direct light ``direct`` and the sky light ``sky`` (its diffuse share)."""
+    return {k: b * ((1 - DIFFUSE[k]) * direct + DIFFUSE[k] * sky) for k, b in bands.items()}
 
 
 def _clouds(world: HimalayaWorld, acq: Acquisition, rng: np.random.Generator) -> tuple[np.ndarray, ...]:
@@ -276,39 +334,38 @@ def render_himalaya(world: HimalayaWorld, acq: Acquisition) -> dict[str, Any]:
     """DN arrays, QA band, defects and the truth layers for one acquisition of the ``himalaya`` world."""
     rng = np.random.default_rng(acq.seed)
     jitter = (40.0 * noise(world.shape, min(world.shape) / 25, rng)).astype(np.float32)
-    g_surf, s_surf, cls = world.surface(acq.year, jitter)
-    direct, terrain_shadow = world.illumination(acq.sun_elevation, acq.sun_azimuth)
-    g_lit, s_lit = _lit(g_surf, s_surf, direct, world.sky_view)
+    src = world.lagrangian(acq.year)
+    surf, cls = world.surface(acq.year, jitter, src)
+    direct, terrain_shadow, sky = world.illumination(acq.sun_elevation, acq.sun_azimuth, world.terrain(src))
+    lit = _lit(surf, direct, sky)
     cloud, alpha, cloud_shadow = _clouds(world, acq, rng)
     # cloud shadow: only the (bluish) sky light is left, so its NDSI is biased too
-    g_sky, s_sky = _lit(g_surf, s_surf, np.zeros(world.shape, np.float32), world.sky_view)
-    g_obs, s_obs = np.where(cloud_shadow, g_sky, g_lit), np.where(cloud_shadow, s_sky, s_lit)
+    sky_lit = _lit(surf, np.zeros(world.shape, np.float32), sky)
     # misregistration: translation + terrain parallax; the ground is resampled with a cubic spline
     tdx, tdy = world.parallax(acq.view_tan)
     coords = misregistration_coords(acq, tdx, tdy)
-    green = ndimage.map_coordinates(g_obs, coords, order=3, mode="nearest")
-    swir = ndimage.map_coordinates(s_obs, coords, order=3, mode="nearest")
+    obs = {k: ndimage.map_coordinates(np.where(cloud_shadow, sky_lit[k], lit[k]), coords, order=3, mode="nearest")
+           for k in lit}
     snow, water, shade, cloud_shadow = resample_masks((cls["snow"], cls["water"], terrain_shadow, cloud_shadow),
                                                       coords)
     cloud_shadow &= ~cloud
-    green, swir = through_cloud(green, swir, alpha, rng)
-    green, swir = np.maximum(green, 0.001), np.maximum(swir, 0.001)
+    obs = {k: np.maximum(b, 0.001) for k, b in through_cloud(obs, alpha, rng).items()}
 
     gap = footprint_gaps(acq, world.shape, rng)
     flags = qa_flags(cloud, snow, cloud_shadow, rng)
     valid = ~gap
     factor = world.speed_season.factor(acq.year)
     return {
-        "green": to_dn(green, gap),
-        "swir16": to_dn(swir, gap),
+        **{k: to_dn(b, gap) for k, b in obs.items()},
         "qa_pixel": qa_band(snow, water, flags.flagged, flags.dilated, flags.shadow, gap),
-        "truth": _quantised(ndsi_snow(g_lit, s_lit)),
+        "truth": _quantised(ndsi_snow(lit["green"], lit["swir16"])),
         "defects": himalaya_defects(gap, cloud, cloud_shadow, shade, flags),
         "valid": valid,
         "cloud_cover": cloud_cover(flags.flagged, valid),
         "valid_fraction": float(valid.mean()),
         "extra": {
-            "ndsi_surface": _quantised(ndsi_snow(g_surf, s_surf)),
+            "ndsi_surface": _quantised(ndsi_snow(surf["green"], surf["swir16"])),
+            "red_clean": _quantised(lit["red"]),
             "u_t": _quantised(world.u * factor, 256),
             "v_t": _quantised(world.v * factor, 256),
             "terrain_dx": tdx,

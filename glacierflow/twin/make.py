@@ -6,6 +6,7 @@ Layout of a twin directory::
     collection.json    the landsat-c2-l2 collection document
     items.json         FeatureCollection of all items (asset hrefs relative to the directory)
     assets/<id>/*.TIF  Cloud-Optimized GeoTIFFs (uint16 DN, scale 2.75e-5, offset -0.2, nodata 0; qa_pixel)
+    outlines.geojson   glacier outlines in RGI's shape (one lon/lat polygon per glacier: rgi_id, name)
     truth.zarr         clean NDSI per acquisition, shifts, defects, true velocity, glacier mask (and, for the
                        himalaya realism, u_t/v_t, terrain_dx/terrain_dy, ndsi_surface, debris_mask)
 
@@ -36,6 +37,7 @@ from glacierflow.geo.glaciers import Site, get_site
 from glacierflow.storage import cf
 from glacierflow.twin import stac_items
 from glacierflow.twin.grid import SIZES, Grid, deliver_in_zone, footprint, make_grid, write_cog
+from glacierflow.twin.outlines import write_outlines
 from glacierflow.twin.realism import DEFAULT_REALISM, REALISMS, ScheduleContext
 from glacierflow.twin.scene import Acquisition, sun_angles
 from glacierflow.twin.world import World
@@ -188,7 +190,7 @@ def _render_and_write(args: tuple[Acquisition, Grid, str]) -> dict[str, Any]:
     folder.mkdir(parents=True, exist_ok=True)
     names = stac_items.asset_filenames(acq.product_id, acq.platform)
     delivered, item_grid = (res, grid) if acq.epsg in (None, grid.epsg) else deliver_in_zone(res, grid, acq.epsg)
-    for key in ("green", "swir16", "qa_pixel"):
+    for key in (*[k for k in stac_items.REFLECTANCE_ASSETS if k in delivered], "qa_pixel"):
         write_cog(folder / names[key], delivered[key], item_grid, 1 if key == "qa_pixel" else 0,
                    key != "qa_pixel")
     g = zarr.open_group(str(root / "truth.zarr"), mode="r+")
@@ -250,6 +252,8 @@ def _truth_template(world: World, grid: Grid, acqs: list[Acquisition], layers: t
 LAYER_ATTRS = {
     "ndsi_surface": {"description": "snow-mask NDSI of the surface under flat, unshadowed light (no terrain "
                      "illumination); `ndsi` is what a clear, perfectly registered scene shows"},
+    "red_clean": {"description": "red surface reflectance of the clear, perfectly registered scene (terrain "
+                  "light, no clouds, gaps or shifts): the images a perfect red-band tracker would see"},
     "u_t": {"units": "m/yr", "description": "true surface velocity at the acquisition (seasonal), +east"},
     "v_t": {"units": "m/yr", "description": "true surface velocity at the acquisition (seasonal), +north"},
     "terrain_dx": {"units": "pixel", "description": "terrain-dependent misregistration beyond shift_x: "
@@ -272,6 +276,12 @@ def _realistic_truth(ds: xr.Dataset, world: Any, acqs: list[Acquisition], layers
     ds["elevation"].attrs.update(units="m", description="true terrain; the products' DEM is off by dem_error")
     ds["dem_error"] = (("y", "x"), world.dem_error)
     ds["dem_error"].attrs.update(units="m")
+    lags = np.arange(0, 731, 8, dtype=np.float64)
+    ds["texture_correlation"] = (("lag_days",), world.texture_correlation(lags))
+    ds = ds.assign_coords(lag_days=("lag_days", lags, {"units": "days"}))
+    ds["texture_correlation"].attrs.update(
+        description="correlation of the ice surface texture between two acquisitions lag_days apart (the "
+        "part a tracker can match; the rest decorrelated), averaged over the first acquisition")
     ds["wrs_path"] = ("time", np.array([a.wrs_path for a in acqs], np.int16))
     ds["wrs_row"] = ("time", np.array([a.wrs_row for a in acqs], np.int16))
     ds["collection_category"] = ("time", np.array([a.category for a in acqs], dtype=object))
@@ -347,6 +357,8 @@ def make_twin(
         world = level.world(grid.shape, seed, max_speed, glacier_width)
         template = _truth_template(world, grid, acqs, level.truth_layers)
         cf.conform(template).to_zarr(tmp / "truth.zarr", compute=False, consolidated=False)
+        n_outlines = write_outlines(tmp / "outlines.geojson", world.glacier_mask, world.glacier_id, grid,
+                                    spec.site.name)
         results = _render_scenes(spec, grid, acqs, tmp, workers, progress)
         _write_scene_stats(tmp / "truth.zarr", results)
         items = _write_catalog(tmp, spec, acqs, results)
@@ -354,6 +366,7 @@ def make_twin(
         if level.options:
             meta["max_speed"] = 150.0 if max_speed is None else float(max_speed)
             meta["glacier_width"] = glacier_width
+        meta["n_outlines"] = n_outlines
         meta["bytes"] = sum(f.stat().st_size for f in tmp.rglob("*") if f.is_file())
         (tmp / "twin.json").write_text(json.dumps(meta, indent=1))
         _move_into_place(tmp, out)

@@ -126,7 +126,7 @@ REALISMS: dict[str, Realism] = {
         world=_himalaya_world,
         render=render_himalaya,
         schedule=_himalaya_schedule,
-        truth_layers=("ndsi_surface", "u_t", "v_t", "terrain_dx", "terrain_dy"),
+        truth_layers=("ndsi_surface", "red_clean", "u_t", "v_t", "terrain_dx", "terrain_dy"),
         options=True,
     ),
 }

@@ -99,16 +99,17 @@ def cloud_layer(shape: tuple[int, int], cloud_target: float, rng: np.random.Gene
     return cloud, alpha
 
 
-def through_cloud(
-    green: np.ndarray, swir: np.ndarray, alpha: np.ndarray, rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray]:
+CLOUD_REFLECTANCE = {"green": 0.75, "red": 0.73, "nir08": 0.68, "swir16": 0.45}
+NOISE_ORDER = ("green", "swir16", "red", "nir08")  # the draw order of the sensor noise (green, swir16 first)
+
+
+def through_cloud(bands: dict[str, np.ndarray], alpha: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:
     """Blend the ground with the cloud's own brightness by its opacity ``alpha``, then add sensor noise."""
-    h, w = green.shape
-    green = (1 - alpha) * green + alpha * 0.75
-    swir = (1 - alpha) * swir + alpha * 0.45
-    green = green + rng.normal(0, 0.003, (h, w)).astype(np.float32)
-    swir = swir + rng.normal(0, 0.003, (h, w)).astype(np.float32)
-    return green, swir
+    out = {}
+    for key in sorted(bands, key=NOISE_ORDER.index):
+        b = (1 - alpha) * bands[key] + alpha * CLOUD_REFLECTANCE[key]
+        out[key] = b + rng.normal(0, 0.003, b.shape).astype(np.float32)
+    return out
 
 
 def qa_band(
@@ -136,9 +137,9 @@ def render_basic(world: World, acq: Acquisition) -> dict[str, Any]:
     rng = np.random.default_rng(acq.seed)
     size = min(world.shape)
     jitter = (40.0 * noise(world.shape, size / 25, rng)).astype(np.float32)
-    g0, s0, _ = world.reflectance(acq.year, (0.0, 0.0), jitter)
-    truth = ndsi_snow(g0, s0)
-    green, swir, cls = world.reflectance(acq.year, (acq.shift_x, acq.shift_y), jitter)
+    clean, _ = world.reflectance(acq.year, (0.0, 0.0), jitter)
+    truth = ndsi_snow(clean["green"], clean["swir16"])
+    bands, cls = world.reflectance(acq.year, (acq.shift_x, acq.shift_y), jitter)
     gap = footprint_gaps(acq, world.shape, rng)
 
     # clouds with soft edges, their dilation and shadows
@@ -146,15 +147,12 @@ def render_basic(world: World, acq: Acquisition) -> dict[str, Any]:
     dilated = ndimage.binary_dilation(cloud, iterations=3) & ~cloud
     sdr, sdc = int(size * 0.03) + 2, -(int(size * 0.04) + 2)
     shadow = np.roll(np.roll(cloud, sdr, 0), sdc, 1) & ~cloud & ~dilated
-    green = np.where(shadow, green * 0.45, green)
-    swir = np.where(shadow, swir * 0.45, swir)
-    green, swir = through_cloud(green, swir, alpha, rng)
+    bands = through_cloud({k: np.where(shadow, b * 0.45, b) for k, b in bands.items()}, alpha, rng)
 
     valid = ~gap
     defects = (gap * DEFECT_GAP | (cloud | dilated) * DEFECT_CLOUD | shadow * DEFECT_SHADOW).astype(np.uint8)
     return {
-        "green": to_dn(green, gap),
-        "swir16": to_dn(swir, gap),
+        **{k: to_dn(b, gap) for k, b in bands.items()},
         "qa_pixel": qa_band(cls["snow"], cls["water"], cloud, dilated, shadow, gap),
         "truth": truth,
         "defects": defects,

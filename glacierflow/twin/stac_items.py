@@ -45,8 +45,24 @@ PLATFORMS: dict[str, dict[str, Any]] = {
 PLATFORMS["landsat-9"] = {**PLATFORMS["landsat-8"], "prefix": "LC09"}
 _DESCRIPTIONS = {
     "green": ("Green Band", "Visible green"),
+    "red": ("Red Band", "Visible red"),
+    "nir08": ("Near Infrared Band 0.8", "Near infrared"),
     "swir16": ("Short-wave Infrared Band 1.6", "Short-wave infrared"),
 }
+# red and NIR by sensor (the ``band_prefix`` of a platform: OLI and OLI-2 share band numbers), as in
+# Planetary Computer's items: (band number, centre wavelength, full width at half maximum)
+RED_NIR: dict[str, dict[str, tuple[int, float, float]]] = {
+    "OLI_B": {"red": (4, 0.65, 0.04), "nir08": (5, 0.87, 0.03)},
+    "ETM_B": {"red": (3, 0.66, 0.06), "nir08": (4, 0.84, 0.13)},
+}
+#: every reflectance asset the twin writes, in item order
+REFLECTANCE_ASSETS = ("green", "red", "nir08", "swir16")
+
+
+def band_info(platform: str, key: str) -> tuple[int, float, float]:
+    """``(band number, centre wavelength, fwhm)`` of reflectance asset ``key`` on ``platform``."""
+    spec = PLATFORMS[platform]
+    return spec["bands"][key] if key in spec["bands"] else RED_NIR[spec["band_prefix"]][key]
 
 QA_BITFIELDS = [
     ("fill", 0, 1, "Image or fill data", ["not_fill", "fill"]),
@@ -66,7 +82,7 @@ QA_BITFIELDS = [
 
 def _reflectance_asset(platform: str, key: str, href: str) -> dict[str, Any]:
     spec = PLATFORMS[platform]
-    num, wl, fwhm = spec["bands"][key]
+    num, wl, fwhm = band_info(platform, key)
     title, desc = _DESCRIPTIONS[key]
     return {
         "href": href,
@@ -112,9 +128,8 @@ def _qa_asset(href: str) -> dict[str, Any]:
 
 def asset_filenames(product_id: str, platform: str) -> dict[str, str]:
     """Asset key -> file name, with each platform's own band numbers (as USGS names them)."""
-    bands = PLATFORMS[platform]["bands"]
     stem = product_id
-    names = {k: f"{stem}_SR_B{bands[k][0]}.TIF" for k in ("green", "swir16")}
+    names = {k: f"{stem}_SR_B{band_info(platform, k)[0]}.TIF" for k in REFLECTANCE_ASSETS}
     names["qa_pixel"] = f"{stem}_QA_PIXEL.TIF"
     return names
 
@@ -147,8 +162,7 @@ def make_item(
         "type": "Feature",
         "links": [],
         "assets": {
-            "green": _reflectance_asset(platform, "green", hrefs["green"]),
-            "swir16": _reflectance_asset(platform, "swir16", hrefs["swir16"]),
+            **{k: _reflectance_asset(platform, k, hrefs[k]) for k in REFLECTANCE_ASSETS if k in hrefs},
             "qa_pixel": _qa_asset(hrefs["qa_pixel"]),
         },
         "geometry": geometry,

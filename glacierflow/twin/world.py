@@ -7,8 +7,10 @@ so ``scene[r, c] = truth[r - shift_y, c - shift_x]`` (the cube store's conventio
 is the texture sampled upstream, ``T(p, t) = T0(p - D(p) (t - t_ref))`` with ``D`` the true velocity
 in pixels per year.
 
-Reflectances (green, swir16) are typical values for snow, ice, debris, rock, vegetation and water,
-giving NDSI of ~0.8 (snow), ~0.65 (clean ice), ~-0.2 (debris, rock) and ~0.7 (water).
+Reflectances (green, red, nir08, swir16) are typical values for snow, ice, debris, rock, vegetation
+and water, giving NDSI of ~0.8 (snow), ~0.65 (clean ice), ~-0.2 (debris, rock) and ~0.7 (water). Snow
+and ice are bright in the visible and near infrared and dark in SWIR-1, so the texture a tracker needs
+(debris, dust, crevasses) shows in red/NIR and hardly in SWIR.
 """
 
 from __future__ import annotations
@@ -27,6 +29,21 @@ DEBRIS = (0.14, 0.20)
 ROCK = (0.12, 0.22)
 VEG = (0.07, 0.15)
 WATER = (0.06, 0.012)
+BANDS = ("green", "red", "nir08", "swir16")
+# surface reflectance per class in BANDS order (green and swir16 as above)
+REFLECTANCE: dict[str, tuple[float, float, float, float]] = {
+    "snow": (SNOW[0], 0.85, 0.74, SNOW[1]),
+    "ice": (ICE[0], 0.44, 0.30, ICE[1]),
+    "debris": (DEBRIS[0], 0.17, 0.22, DEBRIS[1]),
+    "rock": (ROCK[0], 0.15, 0.21, ROCK[1]),
+    "veg": (VEG[0], 0.05, 0.30, VEG[1]),
+    "water": (WATER[0], 0.04, 0.02, WATER[1]),
+}
+
+
+def band_reflectance(name: str) -> dict[str, float]:
+    """Band -> surface reflectance of class ``name`` (a key of :data:`REFLECTANCE`)."""
+    return dict(zip(BANDS, REFLECTANCE[name], strict=True))
 
 
 def noise(shape: tuple[int, int], sigma: float, rng: np.random.Generator) -> np.ndarray:
@@ -263,7 +280,7 @@ class World:
 
     def reflectance(
         self, t: float, shift: tuple[float, float] = (0.0, 0.0), snow_jitter: np.ndarray | None = None
-    ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
         """Clean surface reflectance at decimal year ``t``, sampled with a geolocation shift.
 
         Parameters
@@ -278,8 +295,8 @@ class World:
 
         Returns
         -------
-        green, swir16
-            float32 reflectance arrays on the grid.
+        bands
+            :data:`BANDS` -> float32 reflectance arrays on the grid.
         classes
             Boolean maps ``snow``, ``water`` for the QA band.
         """
@@ -296,35 +313,27 @@ class World:
 
         src_r, src_c = self._trace_back(rr, cc, float(t - self.t_ref))
         debris = ndimage.map_coordinates(self.debris, [src_r, src_c], order=1, mode="mirror")
-        ratio = at(self.ratio)
-        along = at(self.along)
-        term = at(self.term)
-        ice = (ratio < 1) & (along <= term + self.terminus_shift(t))
-        elev = at(self.elevation)
+        ice = (at(self.ratio) < 1) & (at(self.along) <= at(self.term) + self.terminus_shift(t))
         snow_field = at(self.snow_noise)
         if snow_jitter is not None:
             snow_field = snow_field + at(snow_jitter)
+        elev = at(self.elevation)
         snow_frac = np.clip((elev + snow_field - self.snowline(t)) / 120.0 + 0.5, 0, 1) * (1 - at(self.outcrop))
-        rock = at(self.rock)
-        veg = at(self.veg)
         lake = at(self.lake.astype(np.float32)) > 0.5
-
         # land: vegetation below ~4300 m where the veg field is high, rock elsewhere
-        veg_frac = np.clip((4300.0 - elev) / 300.0, 0, 1) * np.clip(0.5 + 0.5 * veg, 0, 1)
-        rock_scale = 0.75 + 0.25 * np.clip(rock, -2, 2)
-        green = (1 - veg_frac) * ROCK[0] * rock_scale + veg_frac * VEG[0]
-        swir = (1 - veg_frac) * ROCK[1] * rock_scale + veg_frac * VEG[1]
-        # ice: clean ice mixed with debris by the advected texture
-        f = np.clip((debris - 0.25) * 1.6, 0, 1)
-        green = np.where(ice, (1 - f) * ICE[0] + f * DEBRIS[0], green)
-        swir = np.where(ice, (1 - f) * ICE[1] + f * DEBRIS[1], swir)
-        green = np.where(lake, WATER[0], green)
-        swir = np.where(lake, WATER[1], swir)
-        # snow on top (not on the lake in summer; a frozen lake takes snow)
-        green = (1 - snow_frac) * green + snow_frac * SNOW[0]
-        swir = (1 - snow_frac) * swir + snow_frac * SNOW[1]
+        veg_frac = np.clip((4300.0 - elev) / 300.0, 0, 1) * np.clip(0.5 + 0.5 * at(self.veg), 0, 1)
+        rock_scale = 0.75 + 0.25 * np.clip(at(self.rock), -2, 2)
+        f = np.clip((debris - 0.25) * 1.6, 0, 1)  # ice: clean ice mixed with debris by the advected texture
+        bands = {}
+        for k, band in enumerate(BANDS):
+            r = {name: values[k] for name, values in REFLECTANCE.items()}
+            b = (1 - veg_frac) * r["rock"] * rock_scale + veg_frac * r["veg"]
+            b = np.where(ice, (1 - f) * r["ice"] + f * r["debris"], b)
+            b = np.where(lake, r["water"], b)
+            # snow on top (not on the lake in summer; a frozen lake takes snow)
+            bands[band] = ((1 - snow_frac) * b + snow_frac * r["snow"]).astype(np.float32)
         classes = {"snow": snow_frac > 0.5, "water": lake & (snow_frac <= 0.5)}
-        return green.astype(np.float32), swir.astype(np.float32), classes
+        return bands, classes
 
 
 def ndsi_snow(green: np.ndarray, swir: np.ndarray, threshold: float = 0.3) -> np.ndarray:
