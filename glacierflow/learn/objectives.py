@@ -51,13 +51,26 @@ def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> 
     return se.sum() / mask.sum().clamp_min(1.0)
 
 
+def to_device(b: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    """A batch on ``device`` (non-blocking copies: the loader pins memory for a CUDA device)."""
+    return {k: v.to(device, non_blocking=True) for k, v in b.items() if torch.is_tensor(v)}
+
+
+def forecast(model: torch.nn.Module, b: dict[str, torch.Tensor], tf: float = 0.0, train: bool = False
+             ) -> torch.Tensor:
+    """``model``'s forecast of a batch on its device: inputs, history (``context``), ``bases`` and ``phase``."""
+    extras = {k: b[k] for k in ("bases", "phase") if k in b}
+    return model(b["x"], target=b["y"] if train else None, teacher_forcing=tf, context=b.get("context"),
+                 extras=extras or None)
+
+
 def patch_loss(model: torch.nn.Module, b: dict[str, torch.Tensor], tf: float, device: torch.device,
                dtype: Any) -> tuple[torch.Tensor, int]:
     """Masked MSE of a batch of patch samples."""
-    x, y, m = (b[k].to(device) for k in ("x", "y", "mask"))
+    b = to_device(b, device)
     with autocast(device, dtype):
-        pred = model(x, target=y, teacher_forcing=tf)
-    return masked_mse(pred, y, m), len(x)
+        pred = forecast(model, b, tf, train=True)
+    return masked_mse(pred, b["y"], b["mask"]), len(b["x"])
 
 
 def _patch(samples: Any, patch_spec: PatchSpec, spec: TrainSpec) -> tuple[Any, StepLoss, dict[str, Any]]:

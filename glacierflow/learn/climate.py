@@ -1,0 +1,175 @@
+"""What the past of a cube says about its next periods: causal inputs, calendar, and the statistical baselines.
+
+**Causal inputs.** ``build-cube`` fills a period without any scene by linear interpolation between the nearest
+non-empty periods, so such a period carries information from the *next* observed period, which may be a
+target. For learning (and every baseline) the stored cube is left as it is and the inputs are re-derived
+causally: a period that looks ahead (``interpolated``; without that variable: no pixel with ``n_valid > 0``)
+takes the value of the most recent period that does not; before the first such period, the climatology of its
+period-of-year (training periods only). A period observed with a spatial gap-fill is kept: that fill uses the
+same period's own observations. :func:`causal_sources` is the index map, so changing any later period cannot
+change an input.
+
+**Calendar.** ``period_of_year`` (0 .. season-1) of each period start; the phase ``2 pi doy / 365.25`` of each
+input period from ``time_mean`` (the mean acquisition time; the period centre where there is none) and of each
+target period from its centre (a target's acquisition times are not known when the forecast is made).
+
+**Statistics of the training periods** (:func:`fit_climate`), per pixel and period-of-year ``s`` over the
+observed pixels (``n_valid > 0``) of the training periods only:
+
+* ``climatology``: the mean (a pixel never observed in ``s`` falls back to its mean over all training periods,
+  then 0);
+* ``trend``: the least-squares line over the years, ``mean + slope * (year - mean year)`` extrapolated to the
+  target's year (slope 0 with fewer than two distinct years);
+* ``anomaly``: ``climatology(target) + phi_k * (last input - climatology(last input period))``, with the damping
+  ``phi_k`` of lead ``k`` the least-squares regression coefficient of the target anomaly on the last input's
+  anomaly over the training windows, clipped to [0, 1] (:func:`fit_damping`).
+
+Every function works on lazy (dask-backed) and in-memory ``xarray`` objects alike.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from glacierflow.choices import period_months
+
+BASELINE_NAMES: tuple[str, ...] = ("persistence", "seasonal", "climatology", "trend", "anomaly")
+"""Every baseline, in the order of a sample's ``bases`` axis."""
+
+
+def period_of_year(times: pd.DatetimeIndex | np.ndarray, period: str) -> np.ndarray:
+    """Index of each period start within its year: ``(month - 1) // months_per_period``."""
+    t = pd.DatetimeIndex(times)
+    return np.asarray((t.month - 1) // period_months(period), np.int64)
+
+
+def phases(times: pd.DatetimeIndex | np.ndarray, time_mean: np.ndarray | None, period: str
+           ) -> tuple[np.ndarray, np.ndarray]:
+    """``(observed, centre)`` phases in radians per period: from ``time_mean`` (centre where NaT), and centre."""
+    t = pd.DatetimeIndex(times)
+    centre = t + (t + pd.DateOffset(months=period_months(period)) - t) / 2
+
+    def phase(ts: pd.DatetimeIndex) -> np.ndarray:
+        return np.asarray(2 * np.pi * (ts.dayofyear.to_numpy() - 1 + ts.hour.to_numpy() / 24) / 365.25, np.float32)
+
+    obs = centre if time_mean is None else pd.DatetimeIndex(np.where(pd.isna(time_mean), centre, time_mean))
+    return phase(obs), phase(centre)
+
+
+def lookahead(cube: xr.Dataset) -> np.ndarray:
+    """``(T,)`` bool: periods whose stored value was interpolated from other periods (the next one included)."""
+    if "interpolated" in cube:
+        return np.asarray(cube["interpolated"].values, bool)
+    if "n_valid" in cube:
+        return ~np.asarray((cube["n_valid"] > 0).any(("y", "x")).values, bool)
+    return np.zeros(cube.sizes["time"], bool)
+
+
+def causal_sources(ahead: np.ndarray) -> np.ndarray:
+    """Per period, the most recent period ``<=`` it that does not look ahead (-1 where there is none yet)."""
+    idx = np.where(~np.asarray(ahead, bool), np.arange(len(ahead)), -1)
+    return np.maximum.accumulate(idx) if len(idx) else idx
+
+
+@dataclass(frozen=True)
+class Climate:
+    """Per-pixel statistics ``(season, y, x)``: ``mean``, ``slope`` (per year) and ``mean_year``."""
+
+    mean: xr.DataArray
+    slope: xr.DataArray
+    mean_year: xr.DataArray
+
+    def at(self, poy: np.ndarray, years: np.ndarray) -> tuple[xr.DataArray, xr.DataArray]:
+        """``(climatology, trend)`` forecasts ``(time, y, x)`` for periods of period-of-year ``poy`` in ``years``."""
+        sel = xr.DataArray(np.asarray(poy), dims="time")
+        yr = xr.DataArray(np.asarray(years, np.float32), dims="time")
+        clim = self.mean.isel(season=sel)
+        trend = clim + self.slope.isel(season=sel) * (yr - self.mean_year.isel(season=sel))
+        return clim.clip(0.0, 1.0).astype(np.float32), trend.clip(0.0, 1.0).astype(np.float32)
+
+
+def fit_climate(ndsi: xr.DataArray, valid: xr.DataArray, train: np.ndarray, poy: np.ndarray, years: np.ndarray,
+                season: int) -> Climate:
+    """Climatology and trend per pixel and period-of-year from the periods where ``train`` is True.
+
+    ``valid`` is ``(time, y, x)`` or ``(time,)`` (1 = observed); ``ndsi`` ``(time, y, x)``. Lazy in, lazy out.
+    """
+    t_mask = xr.DataArray(np.asarray(train, bool), dims="time")
+    obs = (valid.astype(bool) & np.isfinite(ndsi) & t_mask).astype(np.float32)
+    v = ndsi.where(obs > 0, 0.0).astype(np.float32)
+    yr = xr.DataArray(np.asarray(years, np.float32), dims="time")
+    group = xr.DataArray(np.asarray(poy), dims="time", name="season")
+    sums = {k: a.groupby(group).sum("time").reindex(season=np.arange(season), fill_value=0.0)
+            for k, a in {"n": obs, "v": v, "x": obs * yr, "xx": obs * yr * yr, "xv": v * yr}.items()}
+    n = sums["n"]
+    fallback = (v.sum("time") / obs.sum("time")).fillna(0.0)
+    mean = (sums["v"] / n).where(n > 0).fillna(fallback)
+    xbar = (sums["x"] / n).where(n > 0).fillna(0.0)
+    var = sums["xx"] / n - xbar**2
+    cov = sums["xv"] / n - xbar * mean
+    slope = (cov / var).where((n > 1) & (var > 1e-6)).fillna(0.0)
+    return Climate(mean.astype(np.float32), slope.astype(np.float32), xbar.astype(np.float32))
+
+
+def causal_inputs(ndsi: xr.DataArray, sources: np.ndarray, clim: xr.DataArray) -> xr.DataArray:
+    """The cube as the models see it: period ``t`` holds ``ndsi[sources[t]]``, the climatology where -1."""
+    src = xr.DataArray(np.clip(sources, 0, None), dims="time")
+    taken = ndsi.isel(time=src).assign_coords(time=ndsi["time"])
+    return taken.where(xr.DataArray(sources >= 0, dims="time"), clim).astype(np.float32)
+
+
+def fit_damping(inputs: xr.DataArray, ndsi: xr.DataArray, valid: xr.DataArray, clim: xr.DataArray,
+                origins: np.ndarray, t_out: int, columns: np.ndarray | None = None) -> np.ndarray:
+    """``phi_k`` (k = 1..t_out): regression of the target anomaly on the last input's anomaly, clipped to [0, 1].
+
+    ``origins`` are the first target periods of the training windows; ``columns`` (bool over x) limits the
+    pixels (the training block of a spatial split). Targets not observed are left out.
+    """
+    anom_in = inputs - clim
+    anom_t = (ndsi - clim).where(valid.astype(bool))
+    if columns is not None:
+        keep = xr.DataArray(np.asarray(columns, bool), dims="x")
+        anom_in, anom_t = anom_in.where(keep), anom_t.where(keep)
+    sums = []
+    nt = ndsi.sizes["time"]
+    for k in range(1, t_out + 1):
+        o = np.asarray([t for t in origins if t - 1 + k < nt], np.int64)
+        if not o.size:
+            sums.append((0.0, 0.0))
+            continue
+        a = anom_in.isel(time=xr.DataArray(o - 1, dims="s")).drop_vars("time", errors="ignore")
+        b = anom_t.isel(time=xr.DataArray(o - 1 + k, dims="s")).drop_vars("time", errors="ignore")
+        ok = np.isfinite(a) & np.isfinite(b)
+        sums.append(((a * b).where(ok).sum(), (a * a).where(ok).sum()))
+    import dask
+
+    done = dask.compute(*[s for pair in sums for s in pair])
+    phi = []
+    for k in range(t_out):
+        ab, aa = float(done[2 * k]), float(done[2 * k + 1])
+        phi.append(float(np.clip(ab / aa, 0.0, 1.0)) if aa > 0 else 0.0)
+    return np.asarray(phi, np.float32)
+
+
+def seasonal_index(t_ctx: int, t_out: int, season: int) -> list[int]:
+    """Index into a context of ``t_ctx`` periods for each target ``k = 1..t_out`` (see ``models.baselines``)."""
+    return [t_ctx - 1 + k - season * -(-k // season) for k in range(1, t_out + 1)]
+
+
+def base_forecasts(x_last: np.ndarray, context: np.ndarray, clim_t: np.ndarray, trend_t: np.ndarray,
+                   clim_last: np.ndarray, damping: np.ndarray, season: int) -> np.ndarray:
+    """All baselines of a batch ``(B, 5, t_out, 1, H, W)`` in :data:`BASELINE_NAMES` order, clipped to [0, 1].
+
+    ``x_last`` ``(B, 1, 1, H, W)`` last input; ``context`` ``(B, T_ctx, 1, H, W)`` ending with it; ``clim_t`` and
+    ``trend_t`` ``(B, t_out, 1, H, W)`` at the targets; ``clim_last`` the climatology of the last input period.
+    """
+    t_out = clim_t.shape[1]
+    persistence = np.broadcast_to(x_last, clim_t.shape)
+    seasonal = context[:, seasonal_index(context.shape[1], t_out, season)]
+    anomaly = clim_t + np.asarray(damping, np.float32).reshape(1, -1, 1, 1, 1) * (x_last - clim_last)
+    out = np.stack([persistence, seasonal, clim_t, trend_t, anomaly], axis=1)
+    return np.clip(out, 0.0, 1.0).astype(np.float32)
