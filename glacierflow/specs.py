@@ -28,19 +28,19 @@ from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from typing import Any, TypeVar
 
 from glacierflow.choices import (
+    BASES,
     BLEND_WINDOWS,
     CATEGORIES,
     DEVICES,
     FLOW_IMAGES,
     FLOW_METHODS,
-    MOTIONS,
-    BASES,
     HEADS,
+    MOTIONS,
     OBJECTIVES,
-    SCHEDULES,
     PAIR_DAYS,
     PAIR_KINDS,
     PERIODS,
+    SCHEDULES,
     SPLITS,
 )
 from glacierflow.errors import GlacierflowError, SpecError

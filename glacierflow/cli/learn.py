@@ -10,9 +10,9 @@ from typing import Annotated, Any, Literal
 
 import typer
 
+from glacierflow.choices import BASES, HEADS
 from glacierflow.cli.app import DEFAULT_WHERE, Device, Objective, StorageOpt, Where, app, computes, out, storage_options
 from glacierflow.errors import GlacierflowError
-from glacierflow.choices import BASES, HEADS
 from glacierflow.specs import SPLITS, ModelSpec, PatchSpec, TrainSpec
 from glacierflow.storage.store import check_writable
 

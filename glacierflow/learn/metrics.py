@@ -48,9 +48,9 @@ SNOW_THRESHOLD = 0.3  # PreprocessSpec.ndsi_threshold's default: the snow mask i
 
 def lead_sums(pred: Any, target: Any, mask: Any, lead_axis: int = 1, threshold: float = SNOW_THRESHOLD
               ) -> dict[str, Any]:
-    """Per-lead sums ``se``, ``ae`` (masked squared / absolute errors), ``n`` (observed pixels) and snow-cover
-    ``tp``, ``fp``, ``fn`` (``value >= threshold``).
+    """Per-lead sums ``se``, ``ae`` (squared / absolute errors), ``n`` (observed pixels), snow ``tp``, ``fp``, ``fn``.
 
+    Snow is ``value >= threshold``; errors and counts are masked by ``mask``.
     Sums run over every axis but ``lead_axis``; arrays stay in their own kind (numpy, or dask: lazy) and dtype.
     """
     if pred.shape != target.shape:

@@ -133,21 +133,24 @@ def needed_periods(spec: PatchSpec, separate_val: bool, context: int = 0) -> int
     return test + max(spec.window, context + spec.t_out) + (val if separate_val else 0)
 
 
-def temporal_sets(starts: np.ndarray, nt: int, spec: PatchSpec, blocks: tuple[int, int], separate_val: bool
-                  ) -> dict[str, np.ndarray]:
+def temporal_sets(starts: np.ndarray, nt: int, spec: PatchSpec, blocks: tuple[int, int], separate_val: bool,
+                  gap: int | None = None) -> dict[str, np.ndarray]:
     """Boolean masks of the temporal split for held-out blocks ``(test, val)`` of periods at the cube's end.
 
     Test windows have all their targets in the test block, validation windows in the validation block;
-    training windows end before the first held-out period (so no held-out target period is ever seen in
-    training, as input or target).
+    a training window's first target lies at least ``gap`` (default ``t_out``, the output length) periods
+    before the first held-out period, so it ends before it: no held-out target period is ever seen in
+    training, as input or target. (A ``gap`` one period short lets the last training window's target reach
+    the first held-out period; ``tests/test_patches.py`` shows the leakage proof catching it.)
     """
+    gap = spec.t_out if gap is None else gap
     test_b, val_b = blocks
     origin, end = starts[:, 0] + spec.t_in, starts[:, 0] + spec.window
     test = (origin >= nt - test_b) & (end <= nt)
     if not separate_val:
-        return {"test": test, "train": end <= nt - test_b}
+        return {"test": test, "train": origin + gap <= nt - test_b}
     val = (origin >= nt - test_b - val_b) & (end <= nt - test_b)
-    return {"train": end <= nt - test_b - val_b, "val": val, "test": test}
+    return {"train": origin + gap <= nt - test_b - val_b, "val": val, "test": test}
 
 
 def split_windows(starts: np.ndarray, shape: tuple[int, int, int], spec: PatchSpec,
@@ -287,6 +290,9 @@ def _gather(arrays: dict[str, np.ndarray], starts: np.ndarray, pc: PatchCube) ->
     spec, ctx = pc.spec, pc.context
     t, y, x = starts[:, 0], starts[:, 1], starts[:, 2]
     o, s = t + spec.t_in, spec.size
+    if len(o) and int(o.min()) < ctx:
+        raise GlacierflowError(f"a window starting at period {int(t.min())} has no {ctx} periods of history before "
+                               "its targets; samples start at period context - t_in or later")
     context = _frames(arrays["inputs"], o - ctx, y, x, ctx, s)
     clim = _frames(arrays["clim"], o - 1, y, x, spec.t_out + 1, s)
     bases = base_forecasts(context[:, -1:], context, clim[:, 1:], _frames(arrays["trend"], o, y, x, spec.t_out, s),
@@ -294,7 +300,8 @@ def _gather(arrays: dict[str, np.ndarray], starts: np.ndarray, pc: PatchCube) ->
     lead = np.arange(spec.t_out)
     phase = np.concatenate([pc.phase_obs[(o - spec.t_in)[:, None] + np.arange(spec.t_in)],
                             pc.phase_centre[o[:, None] + lead]], axis=1)
-    return {"x": np.ascontiguousarray(context[:, ctx - spec.t_in:]), "y": _frames(arrays["ndsi"], o, y, x, spec.t_out, s),
+    return {"x": np.ascontiguousarray(context[:, ctx - spec.t_in:]),
+            "y": _frames(arrays["ndsi"], o, y, x, spec.t_out, s),
             "mask": _frames(arrays["valid"], o, y, x, spec.t_out, s).astype(np.float32),
             "context": context, "bases": bases, "phase": phase.astype(np.float32)}
 
@@ -304,7 +311,7 @@ def open_patch_cube(cube: xr.Dataset, spec: PatchSpec, sets: dict[str, np.ndarra
     """The arrays of a cube store: in memory, or prepared for tile reads when larger than ``max_memory_gb``.
 
     The training statistics (climatology, trend, anomaly damping) come from the training windows of
-    ``sets``/``starts`` (default: the split of ``spec`` on this cube).
+    ``sets``/``starts``; without them from every window of the cube (for gathers outside a split).
     """
     if "ndsi" not in cube:
         raise GlacierflowError("cube has no 'ndsi' variable; pass a store written by build-cube")
@@ -314,7 +321,7 @@ def open_patch_cube(cube: xr.Dataset, spec: PatchSpec, sets: dict[str, np.ndarra
     ctx = max(spec.t_in, season)
     if sets is None or starts is None:
         starts = window_starts(ndsi, spec)
-        sets, _ = split_windows(starts, tuple(cube.sizes[d] for d in ("time", "y", "x")), spec, ctx)
+        sets = {"train": np.arange(len(starts))}
     train = starts[sets["train"]]
     nt, times = ndsi.sizes["time"], pd.DatetimeIndex(cube["time"].values)
     periods = np.zeros(nt, bool)

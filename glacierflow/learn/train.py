@@ -370,7 +370,7 @@ def _optimizer(model: torch.nn.Module, spec: TrainSpec, device: torch.device) ->
 
 
 def _build(model_spec: ModelSpec, patch_spec: PatchSpec, season: int, device: torch.device) -> torch.nn.Module:
-    head = {"head": model_spec.head, "base": model_spec.base, "calendar": model_spec.calendar,
+    head = {"head_mode": model_spec.head, "base": model_spec.base, "calendar": model_spec.calendar,
             "climatology": model_spec.climatology}
     if device.type == "cuda":  # TF32 matmuls/convolutions: ~free accuracy-wise for a masked-MSE forecaster
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -423,7 +423,8 @@ def fit(cube: str, out_dir: str | os.PathLike[str], model_spec: ModelSpec | None
     runner = torch.compile(model) if train_spec.compile else model
     train_loader, step_loss, objective = OBJECTIVES[train_spec.objective].build(samples, patch_spec, train_spec)
     specs = {"patch_spec": patch_spec.to_dict(), "model_spec": model_spec.to_dict(),
-             "train_spec": train_spec.to_dict(), **cube_specs}
+             "train_spec": train_spec.to_dict(), **cube_specs,
+             "climate": {"damping": [float(v) for v in samples.cube.damping]}}
     ctx = RunContext(train_spec, model_spec, patch_spec, device, dtype, out, str(cube), specs, step_loss)
     val_loader = patches.set_loader(samples, "val", train_spec, shuffle=False, pin_memory=device.type == "cuda")
     log = LossLog(out / "loss.csv", keep_until_step=state.step if ck is not None else None)

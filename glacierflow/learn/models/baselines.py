@@ -19,7 +19,6 @@ All clamp to [0, 1] so that the forecast never leaves the snow mask's range.
 from __future__ import annotations
 
 import math
-
 from typing import Any
 
 from torch import Tensor

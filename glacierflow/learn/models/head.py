@@ -23,17 +23,18 @@ from torch import Tensor, nn
 
 from glacierflow.learn.climate import BASELINE_NAMES, seasonal_index
 
-HEAD_KEYS = ("head", "base", "calendar", "climatology")
-"""``model_args`` keys that configure the head (the rest build the core)."""
+HEAD_KEYS = ("head_mode", "base", "calendar", "climatology")
+"""``model_args`` keys that configure the head (the rest build the core; ``head_mode`` is ``ModelSpec.head``)."""
 
 
 class Headed(nn.Module):
     """A learned core with the shared head (see the module docstring)."""
 
-    def __init__(self, core: nn.Module, *, head: str = "residual", base: str = "seasonal", calendar: bool = True,
+    def __init__(self, core: nn.Module, *, head_mode: str = "residual", base: str = "seasonal", calendar: bool = True,
                  climatology: bool = True, hidden: int = 16) -> None:
         super().__init__()
-        self.core, self.head, self.base, self.calendar, self.climatology = core, head, base, calendar, climatology
+        self.core, self.head, self.base = core, head_mode, base
+        self.calendar, self.climatology = calendar, climatology
         self.t_in, self.t_out, self.season_length = core.t_in, core.t_out, core.season_length
         self.base_index = BASELINE_NAMES.index(base)
         n_in = 2 + (len(BASELINE_NAMES) if climatology else 2) + (8 if calendar else 0)
