@@ -77,16 +77,21 @@ def causal_sources(ahead: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Climate:
-    """Per-pixel statistics ``(season, y, x)``: ``mean``, ``slope`` (per year) and ``mean_year``."""
+    """Per-pixel statistics ``(season, y, x)``: ``mean``, ``slope`` (per year) and ``mean_year``.
+
+    ``mean_year`` is counted from ``year0`` (years are centred before any sum: float32 sums of squared calendar
+    years would cancel catastrophically).
+    """
 
     mean: xr.DataArray
     slope: xr.DataArray
     mean_year: xr.DataArray
+    year0: float = 0.0
 
     def at(self, poy: np.ndarray, years: np.ndarray) -> tuple[xr.DataArray, xr.DataArray]:
         """``(climatology, trend)`` forecasts ``(time, y, x)`` for periods of period-of-year ``poy`` in ``years``."""
         sel = xr.DataArray(np.asarray(poy), dims="time")
-        yr = xr.DataArray(np.asarray(years, np.float32), dims="time")
+        yr = xr.DataArray(np.asarray(years, np.float64) - self.year0, dims="time")
         clim = self.mean.isel(season=sel)
         trend = clim + self.slope.isel(season=sel) * (yr - self.mean_year.isel(season=sel))
         return clim.clip(0.0, 1.0).astype(np.float32), trend.clip(0.0, 1.0).astype(np.float32)
@@ -101,7 +106,8 @@ def fit_climate(ndsi: xr.DataArray, valid: xr.DataArray, train: np.ndarray, poy:
     t_mask = xr.DataArray(np.asarray(train, bool), dims="time")
     obs = (valid.astype(bool) & np.isfinite(ndsi) & t_mask).astype(np.float32)
     v = ndsi.where(obs > 0, 0.0).astype(np.float32)
-    yr = xr.DataArray(np.asarray(years, np.float32), dims="time")
+    year0 = float(np.mean(np.asarray(years, np.float64)[np.asarray(train, bool)])) if np.any(train) else 0.0
+    yr = xr.DataArray((np.asarray(years, np.float64) - year0).astype(np.float32), dims="time")
     group = xr.DataArray(np.asarray(poy), dims="time", name="season")
     sums = {k: a.groupby(group).sum("time").reindex(season=np.arange(season), fill_value=0.0)
             for k, a in {"n": obs, "v": v, "x": obs * yr, "xx": obs * yr * yr, "xv": v * yr}.items()}
@@ -112,7 +118,7 @@ def fit_climate(ndsi: xr.DataArray, valid: xr.DataArray, train: np.ndarray, poy:
     var = sums["xx"] / n - xbar**2
     cov = sums["xv"] / n - xbar * mean
     slope = (cov / var).where((n > 1) & (var > 1e-6)).fillna(0.0)
-    return Climate(mean.astype(np.float32), slope.astype(np.float32), xbar.astype(np.float32))
+    return Climate(mean.astype(np.float32), slope.astype(np.float32), xbar.astype(np.float32), year0)
 
 
 def causal_inputs(ndsi: xr.DataArray, sources: np.ndarray, clim: xr.DataArray) -> xr.DataArray:
