@@ -12,7 +12,7 @@ import torch
 
 from glacierflow.cli.main import main
 from glacierflow.errors import GlacierflowError
-from glacierflow.learn import evaluate, metrics, patches, train
+from glacierflow.learn import evaluate, patches, train
 from glacierflow.learn.checkpoint import load_checkpoint
 from glacierflow.learn.models import BASELINES, MODELS
 from glacierflow.specs import ModelSpec, PatchSpec, TrainSpec
