@@ -23,6 +23,7 @@ import torch
 from glacierflow.choices import BASES, HEADS
 from glacierflow.errors import GlacierflowError, did_you_mean
 from glacierflow.learn.models.baselines import Anomaly, Climatology, Persistence, Seasonal, Trend
+from glacierflow.learn.models.blend import BlendCore
 from glacierflow.learn.models.convlstm import ConvLSTMForecaster
 from glacierflow.learn.models.head import HEAD_KEYS, Headed
 from glacierflow.learn.models.lstm import LSTMForecaster
@@ -65,6 +66,12 @@ MODELS: dict[str, ModelEntry] = {
                         False, {}),
     "anomaly": ModelEntry(Anomaly, "baseline: climatology + the last anomaly, damped per lead (fitted on training)",
                           False, {}),
+    "blend": ModelEntry(
+        BlendCore,
+        "3x3 conv of the inputs + the shared head: a small CNN blending baselines, history and calendar",
+        True,
+        {"kernel_size": 3},
+    ),
     "lstm": ModelEntry(
         LSTMForecaster,
         "LSTM encoder-decoder on flattened patches, fed its own predictions (the paper's)",
