@@ -215,8 +215,7 @@ def test_full_scene_objective_lowers_its_loss_and_is_recorded(syn16_cube: str, t
     assert TrainSpec.from_dict(ck["train_spec"]).objective == "full-scene"
     info = json.loads((tmp_path / "r" / "run.json").read_text())["objective"]
     # 16 periods: training windows start at periods 2..5 (a season of history, rolling-origin split); the 40-px
-    # scene
-    # clipped), 6 x 6 tiles of 16 px with 8 px overlap, one window per step
+    # scene is one window (3 patches = 48 px, clipped), 6 x 6 tiles of 16 px with 8 px overlap, one window per step
     assert info == {"name": "full-scene", "scene_window": [40, 40], "windows": 4, "tiles_per_window": 36,
                     "windows_per_step": 1, "overlap": 8, "blend": "hann"}  # 4 training periods (rolling-origin split)
     samples = patches.prepare(open_store(syn16_cube), SMALL)
