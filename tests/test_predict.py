@@ -16,6 +16,7 @@ from glacierflow.forecast.predict import (
     Forecaster,
     blend_weights,
     forecast_scene,
+    format_scores,
     predict_cube,
     seasonal_sources,
     tile_starts,
@@ -203,9 +204,13 @@ def test_scores_equal_a_numpy_reference(scored, cube_url):
         assert scores[name]["mae"] == pytest.approx(np.mean(np.abs(err)), rel=1e-5)
         for h in range(4):
             e = (pred[h] - truth[h])[ok[h]]
-            expected = np.mean(e**2) if e.size else np.nan
-            np.testing.assert_allclose(scores[name]["per_lead"]["mse"][h], expected, rtol=1e-5)
+            got = scores[name]["per_lead"]["mse"][h]
+            if e.size:
+                assert got == pytest.approx(np.mean(e**2), rel=1e-5)
+            else:  # a lead without observed pixels is n/a (None), never NaN
+                assert got is None
     assert scores["model"]["per_lead"]["n"][1] == 0
+    assert any("n/a" in line for line in format_scores(scores))
     attrs = json.loads(xr.open_zarr(scored["out"], consolidated=False).attrs["scores"])
     assert attrs["seasonal"]["mse"] == pytest.approx(scores["seasonal"]["mse"])
     table = xr.open_zarr(scored["out"], group="scores", consolidated=False)
@@ -377,10 +382,17 @@ def test_cli_predict_from_a_run_directory(trained_run, tmp_path, capsys):
     assert fc.attrs["checkpoint_sha256"] == sha and fc.attrs["model"] == "lstm"
     assert fc.attrs["patch_px"] == 16 and fc.attrs["overlap_px"] == 8
     assert json.loads(fc.attrs["patch_spec"])["size"] == 16
-    assert fc.sizes == {"time": 4, "y": 48, "x": 64}
+    assert fc.sizes == {"time": 4, "bnds": 2, "y": 48, "x": 64}
     assert fc["ndsi"].encoding["chunks"] == (1, 48, 64)  # the cube's whole-scene chunk, a multiple of 16
     scores = json.loads(fc.attrs["scores"])
-    assert set(scores) == {"model", "persistence", "seasonal"}
+    assert set(scores) == {"model", "persistence", "seasonal", "climatology", "trend", "anomaly"}
+    # CF: a time mean per period with its bounds, the reference time and the forecast period in days
+    assert fc.attrs["Conventions"] == "CF-1.10" and fc["ndsi"].attrs["cell_methods"] == "time: mean"
+    assert fc["forecast_reference_time"].ndim == 0 and str(fc["forecast_reference_time"].values)[:10] == "2023-04-01"
+    assert fc["forecast_period"].attrs["standard_name"] == "forecast_period"
+    assert list(fc["forecast_period"].values) == [91.0, 183.0, 275.0, 366.0]  # to the end of each quarter
+    assert list(fc["lead"].values) == [1, 2, 3, 4] and fc["lead"].dtype.kind == "i"
+    assert (fc["time_bnds"].values[:, 0] == fc["time"].values).all()
     # the same scene again, other flags: a bad date is one line on stderr and status 2
     assert main(["predict", str(trained_run["run"]), "--cube", trained_run["cube"], "--out", out,
                  "--last-input", "1999-01-01", "--overwrite", "--cluster", "sync"]) == 2

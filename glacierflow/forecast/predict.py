@@ -341,6 +341,29 @@ def _scores_lazy(cube: xr.Dataset, fc: da.Array, last: int, t_out: int, season_l
     return sums
 
 
+def _cf_time(ds: xr.Dataset, targets: pd.DatetimeIndex, period: str) -> None:
+    """CF time metadata: ``time_bnds``, scalar ``forecast_reference_time``, ``forecast_period`` (days), ``lead``.
+
+    Each target is the mean over its period (``cell_methods: "time: mean"``), ``time`` its start, ``time_bnds``
+    its start and end; the reference time is the end of the last input period (the first target's start);
+    ``forecast_period`` runs from it to the end of each target period, in days.
+    """
+    ends = targets + pd.tseries.frequencies.to_offset(period)
+    ref = targets[0]
+    ds["time_bnds"] = (("time", "bnds"), np.stack([targets.values, ends.values], axis=1))
+    ds["time"].attrs.update(standard_name="time", bounds="time_bnds", long_name="start of the target period")
+    ds.coords["forecast_reference_time"] = ((), ref.to_datetime64(), {
+        "standard_name": "forecast_reference_time", "long_name": "end of the last input period"})
+    days = ((ends - ref) / pd.Timedelta(days=1)).to_numpy().astype(np.float64)
+    ds.coords["forecast_period"] = ("time", days, {
+        "standard_name": "forecast_period", "units": "days",
+        "long_name": "from forecast_reference_time to the end of the target period"})
+    ds["lead"].attrs.update(long_name=f"lead time in periods ({period}) after the last input", units="1")
+    ds["ndsi"].attrs["cell_methods"] = "time: mean"
+    for v in ("time", "time_bnds", "forecast_reference_time"):
+        ds[v].encoding.update(units="days since 1970-01-01", dtype="int64")
+
+
 def forecast_dataset(
     fc: Forecaster, cube: xr.Dataset, spec: PredictSpec, cube_url: str
 ) -> tuple[xr.Dataset, dict[str, Any], dict[str, Any]]:
@@ -371,11 +394,11 @@ def forecast_dataset(
         coords={"time": targets, "lead": ("time", np.arange(1, fc.t_out + 1, dtype=np.int16)),
                 "y": cube["y"], "x": cube["x"], "spatial_ref": cube["spatial_ref"]},
     )
-    ds["lead"].attrs["long_name"] = f"lead time in periods ({period}) after the last input"
-    ds["time"].encoding.update(units="days since 1970-01-01", dtype="int64")
+    _cf_time(ds, targets, period)
     ds.attrs.update({k: v for k, v in fc.info.items() if isinstance(v, str | int | float)})
     ds.attrs.update(
-        glacierflow_version=__version__, created=pd.Timestamp.now(tz="UTC").isoformat(timespec="seconds"),
+        Conventions="CF-1.10", glacierflow_version=__version__,
+        created=pd.Timestamp.now(tz="UTC").isoformat(timespec="seconds"),
         title=f"glacierflow forecast: {fc.name}, {fc.t_out} x {period} after {inputs[-1]}",
         model=fc.name, source_cube=str(cube_url), input_periods=json.dumps(inputs), last_input=inputs[-1],
         period=period, predict_spec=spec.to_json(), overlap_px=overlap, patch_px=fc.patch,
