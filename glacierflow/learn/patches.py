@@ -50,14 +50,16 @@ from numpy.lib.stride_tricks import sliding_window_view
 from glacierflow.choices import season_length
 from glacierflow.errors import GlacierflowError
 from glacierflow.learn.climate import (
+    CUMULATIVE,
     base_forecasts,
     causal_inputs,
     causal_sources,
+    cumulative_sums,
     fit_climate,
-    fit_damping,
     lookahead,
     period_of_year,
     phases,
+    stats_from_sums,
 )
 from glacierflow.learn.metrics import observed
 from glacierflow.specs import PatchSpec, TrainSpec
@@ -200,9 +202,9 @@ def split_windows(starts: np.ndarray, shape: tuple[int, int, int], spec: PatchSp
     return sets, how
 
 
-ARRAYS = ("ndsi", "valid", "inputs", "clim", "trend")
+ARRAYS = ("ndsi", "valid", "inputs", *CUMULATIVE)
 """The ``(T, H, W)`` arrays samples are cut from: stored NDSI (targets), observed mask, causal inputs, and the
-climatology and trend forecasts of every period (training statistics, :mod:`glacierflow.learn.climate`)."""
+running sums per period-of-year of the training periods (:func:`glacierflow.learn.climate.cumulative_sums`)."""
 
 
 @dataclass
@@ -222,6 +224,8 @@ class PatchCube:
     phase_obs: np.ndarray
     phase_centre: np.ndarray
     times: np.ndarray
+    poy: np.ndarray
+    year: np.ndarray  # centred like the running sums
     tile: int = 0
     _cache: dict[str, Any] = field(default_factory=dict, repr=False)
 
@@ -263,16 +267,19 @@ class PatchCube:
             self._cache.update(id=tile_id, arrays=(out, y0, x0))
         return self._cache["arrays"]
 
-    def gather(self, starts: np.ndarray) -> dict[str, np.ndarray]:
-        """Samples for window ``starts`` ``(B, 3)``: see :class:`PatchDataset` for the keys."""
+    def gather(self, starts: np.ndarray, stats: bool = False) -> dict[str, np.ndarray]:
+        """Samples for window ``starts`` ``(B, 3)``: see :class:`PatchDataset` for the keys.
+
+        ``stats`` adds the climatology at the targets and at the last input (``clim_targets``, ``clim_last``).
+        """
         if self.in_memory:
-            return _gather(self.arrays, starts, self)
+            return _gather(self.arrays, starts, self, stats)
         tiles = self.tile_of(starts)
         parts = []
         for t in np.unique(tiles):  # batches are drawn tile by tile, so usually one tile
             arrays, y0, x0 = self._region(int(t))
             local = starts[tiles == t] - np.array([0, y0, x0])
-            parts.append((np.flatnonzero(tiles == t), _gather(arrays, local, self)))
+            parts.append((np.flatnonzero(tiles == t), _gather(arrays, local, self, stats)))
         order = np.argsort(np.concatenate([p[0] for p in parts]))
         return {k: np.concatenate([p[1][k] for p in parts])[order] for k in parts[0][1]}
 
@@ -286,7 +293,33 @@ def _frames(arr: np.ndarray, t: np.ndarray, y: np.ndarray, x: np.ndarray, n: int
     return view[t, y, x][:, :, None]
 
 
-def _gather(arrays: dict[str, np.ndarray], starts: np.ndarray, pc: PatchCube) -> dict[str, np.ndarray]:
+def _at(arr: np.ndarray, idx: np.ndarray, y: np.ndarray, x: np.ndarray, size: int) -> np.ndarray:
+    """``arr[idx[b, k], y[b]:+size, x[b]:+size]``: ``(B, K, 1, size, size)`` for any periods ``idx (B, K)``."""
+    view = sliding_window_view(arr, (size, size), axis=(1, 2))
+    return view[idx, y[:, None], x[:, None]][:, :, None]
+
+
+def sample_stats(arrays: dict[str, np.ndarray], starts: np.ndarray, pc: PatchCube, x_last: np.ndarray
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(climatology, trend)`` at the targets and the climatology of the last input, ``(B, t_out|1, 1, s, s)``.
+
+    Statistics known when the forecast is made: training periods up to the last input (for a training
+    sample, never its own targets).
+    """
+    spec = pc.spec
+    t, y, x = starts[:, 0], starts[:, 1], starts[:, 2]
+    last = t + spec.t_in - 1
+    u = last[:, None] + 1 + np.arange(spec.t_out)
+    src = last[:, None] - (pc.poy[last][:, None] - pc.poy[u]) % pc.season  # same period-of-year, <= last
+    at_t = {k: _at(arrays[k], src, y, x, spec.size) for k in CUMULATIVE}
+    clim_t, trend_t = stats_from_sums(at_t, pc.year[u][:, :, None, None, None], x_last)
+    at_l = {k: _at(arrays[k], last[:, None], y, x, spec.size) for k in CUMULATIVE}
+    clim_l, _ = stats_from_sums(at_l, pc.year[last][:, None, None, None, None], x_last)
+    return clim_t, trend_t, clim_l
+
+
+def _gather(arrays: dict[str, np.ndarray], starts: np.ndarray, pc: PatchCube, stats: bool = False
+            ) -> dict[str, np.ndarray]:
     spec, ctx = pc.spec, pc.context
     t, y, x = starts[:, 0], starts[:, 1], starts[:, 2]
     o, s = t + spec.t_in, spec.size
@@ -294,16 +327,34 @@ def _gather(arrays: dict[str, np.ndarray], starts: np.ndarray, pc: PatchCube) ->
         raise GlacierflowError(f"a window starting at period {int(t.min())} has no {ctx} periods of history before "
                                "its targets; samples start at period context - t_in or later")
     context = _frames(arrays["inputs"], o - ctx, y, x, ctx, s)
-    clim = _frames(arrays["clim"], o - 1, y, x, spec.t_out + 1, s)
-    bases = base_forecasts(context[:, -1:], context, clim[:, 1:], _frames(arrays["trend"], o, y, x, spec.t_out, s),
-                           clim[:, :1], pc.damping, pc.season)
+    clim_t, trend_t, clim_l = sample_stats(arrays, starts, pc, context[:, -1:])
+    bases = base_forecasts(context[:, -1:], context, clim_t, trend_t, clim_l, pc.damping, pc.season)
     lead = np.arange(spec.t_out)
     phase = np.concatenate([pc.phase_obs[(o - spec.t_in)[:, None] + np.arange(spec.t_in)],
                             pc.phase_centre[o[:, None] + lead]], axis=1)
     return {"x": np.ascontiguousarray(context[:, ctx - spec.t_in:]),
             "y": _frames(arrays["ndsi"], o, y, x, spec.t_out, s),
             "mask": _frames(arrays["valid"], o, y, x, spec.t_out, s).astype(np.float32),
-            "context": context, "bases": bases, "phase": phase.astype(np.float32)}
+            "context": context, "bases": bases, "phase": phase.astype(np.float32),
+            **({"clim_targets": clim_t, "clim_last": clim_l} if stats else {})}
+
+
+def fit_damping(pc: PatchCube, train: np.ndarray, max_samples: int = 4096, seed: int = 0) -> np.ndarray:
+    """``phi_k``: least-squares regression of the target anomaly on the last input's anomaly, in [0, 1].
+
+    Over (a seeded subset of) the training windows ``train`` (starts), with the anomalies against the
+    statistics each sample knows (:func:`sample_stats`); unobserved targets are left out.
+    """
+    if len(train) > max_samples:
+        train = train[np.sort(np.random.default_rng(seed).choice(len(train), max_samples, replace=False))]
+    ab, aa = np.zeros(pc.spec.t_out), np.zeros(pc.spec.t_out)
+    for i in range(0, len(train), 256):
+        b = pc.gather(train[i: i + 256], stats=True)
+        a = b["x"][:, -1:].astype(np.float64) - b["clim_last"]
+        d = (b["y"] - b["clim_targets"]) * b["mask"]
+        ab += (a * d).sum(axis=(0, 2, 3, 4))
+        aa += (a * a * b["mask"]).sum(axis=(0, 2, 3, 4))
+    return np.clip(np.where(aa > 0, ab / np.maximum(aa, 1e-12), 0.0), 0.0, 1.0).astype(np.float32)
 
 
 def open_patch_cube(cube: xr.Dataset, spec: PatchSpec, sets: dict[str, np.ndarray] | None = None,
@@ -327,34 +378,33 @@ def open_patch_cube(cube: xr.Dataset, spec: PatchSpec, sets: dict[str, np.ndarra
     periods = np.zeros(nt, bool)
     for t0 in np.unique(train[:, 0]):
         periods[t0: t0 + spec.window] = True
-    columns = np.zeros(ndsi.sizes["x"], bool)
-    for x0 in np.unique(train[:, 2]):
-        columns[x0: x0 + spec.size] = True
     valid = observed(cube)
     per_pixel = "y" in valid.dims
-    in_memory = ndsi.size * (16 + (1 if per_pixel else 0)) <= spec.max_memory_gb * 2**30
+    in_memory = ndsi.size * (36 + (1 if per_pixel else 0)) <= spec.max_memory_gb * 2**30
     if in_memory:  # statistics in numpy (no task graph) when the cube fits
         ndsi, valid = ndsi.load(), valid.load()
     poy, years = period_of_year(times, period), times.year.to_numpy()
-    clim_stats = fit_climate(ndsi, valid, periods, poy, years, season)
-    clim, trend = clim_stats.at(poy, years)
-    clim, trend = clim.assign_coords(time=ndsi["time"]), trend.assign_coords(time=ndsi["time"])
-    inputs = causal_inputs(ndsi, causal_sources(lookahead(cube)), clim)
-    damping = fit_damping(inputs, ndsi, valid, clim, np.unique(train[:, 0] + spec.t_in), spec.t_out,
-                          None if spec.split == "temporal" else columns)
+    year0 = float(np.mean(years[periods])) if periods.any() else 0.0
+    clim, _ = fit_climate(ndsi, valid, periods, poy, years, season).at(poy, years)
+    inputs = causal_inputs(ndsi, causal_sources(lookahead(cube)), clim.assign_coords(time=ndsi["time"]))
+    sums = cumulative_sums(ndsi, valid, periods, poy, years, year0)
     tm = cube["time_mean"].values if "time_mean" in cube else None
     ph_obs, ph_centre = phases(times, tm, period)
-    arrays: dict[str, Any] = {"ndsi": ndsi, "valid": valid, "inputs": inputs, "clim": clim, "trend": trend}
-    common = dict(spec=spec, context=ctx, season=season, damping=damping, phase_obs=ph_obs,
-                  phase_centre=ph_centre, times=times.to_numpy())
+    arrays: dict[str, Any] = {"ndsi": ndsi, "valid": valid, "inputs": inputs, **sums}
+    common = dict(spec=spec, context=ctx, season=season, damping=np.zeros(spec.t_out, np.float32),
+                  phase_obs=ph_obs, phase_centre=ph_centre, times=times.to_numpy(), poy=poy,
+                  year=(years - year0).astype(np.float32))
     if in_memory:
         mem = {k: np.ascontiguousarray(a.values, dtype=np.float32) for k, a in arrays.items() if k != "valid"}
         va = valid.values.astype(np.uint8)
-        return PatchCube({**mem, "valid": va if per_pixel else va[:, None, None]}, **common)
-    enc = cube["ndsi"].encoding.get("chunks")
-    chunk = enc[-1] if enc else (ndsi.chunks[-1][0] if ndsi.chunks else SPATIAL_CHUNK)
-    tile = max(chunk, spec.size) // spec.stride * spec.stride or spec.stride
-    return PatchCube(arrays, **common, tile=int(tile))
+        pc = PatchCube({**mem, "valid": va if per_pixel else va[:, None, None]}, **common)
+    else:
+        enc = cube["ndsi"].encoding.get("chunks")
+        chunk = enc[-1] if enc else (ndsi.chunks[-1][0] if ndsi.chunks else SPATIAL_CHUNK)
+        tile = max(chunk, spec.size) // spec.stride * spec.stride or spec.stride
+        pc = PatchCube(arrays, **common, tile=int(tile))
+    pc.damping = fit_damping(pc, train[np.argsort(pc.tile_of(train), kind="stable")])
+    return pc
 
 
 class PatchDataset(torch.utils.data.Dataset):
