@@ -26,7 +26,8 @@ def reference_bases(ds: Any, samples: patches.Samples) -> dict[str, np.ndarray]:
     """Climatology, trend and anomaly forecasts of every test sample, computed independently in numpy.
 
     Statistics from the training periods (those of training windows) only; the trend by ``np.polyfit`` per
-    pixel; the damping by least squares over the training windows' (last input, target) anomalies.
+    pixel; the damping by least squares over the training windows' (last input, target) anomalies, each
+    against the climatology known at that window's last input.
     """
     spec = samples.cube.spec
     nd, valid = ds["ndsi"].values.astype(np.float64), ds["n_valid"].values > 0
@@ -42,12 +43,16 @@ def reference_bases(ds: Any, samples: patches.Samples) -> dict[str, np.ndarray]:
         for i, j in np.ndindex(*nd.shape[1:]):
             ok = valid[sel, i, j]
             trend_fit[s, i, j] = np.polyfit(year[sel][ok], nd[sel, i, j][ok], 1)
+    def known(s: int, last: int) -> np.ndarray:  # climatology of period-of-year s from training periods <= last
+        sel = train & (poy == s) & (np.arange(len(nd)) <= last)
+        return (nd[sel] * valid[sel]).sum(0) / valid[sel].sum(0)
+
     origins = np.unique(samples.starts[samples.sets["train"], 0] + spec.t_in)
     phi = []
     for k in range(spec.t_out):
         o = origins[origins + k < len(nd)]
-        a = nd[o - 1] - clim[poy[o - 1]]
-        b = nd[o + k] - clim[poy[o + k]]
+        a = np.stack([nd[u - 1] - known(poy[u - 1], u - 1) for u in o])
+        b = np.stack([nd[u + k] - known(poy[u + k], u - 1) for u in o])
         m = valid[o + k]
         phi.append(np.clip((a * b)[m].sum() / (a * a)[m].sum(), 0, 1))
     out: dict[str, list[np.ndarray]] = {"climatology": [], "trend": [], "anomaly": []}

@@ -403,7 +403,8 @@ def open_patch_cube(cube: xr.Dataset, spec: PatchSpec, sets: dict[str, np.ndarra
         chunk = enc[-1] if enc else (ndsi.chunks[-1][0] if ndsi.chunks else SPATIAL_CHUNK)
         tile = max(chunk, spec.size) // spec.stride * spec.stride or spec.stride
         pc = PatchCube(arrays, **common, tile=int(tile))
-    pc.damping = fit_damping(pc, train[np.argsort(pc.tile_of(train), kind="stable")])
+    usable = train[train[:, 0] + spec.t_in >= ctx]
+    pc.damping = fit_damping(pc, usable[np.argsort(pc.tile_of(usable), kind="stable")])
     return pc
 
 
