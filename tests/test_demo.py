@@ -56,7 +56,7 @@ def test_demo_runs_every_stage_and_writes_every_figure(demo_run):
     ft = r["finetune"]
     assert ft["zero_shot"]["persistence"]["mse"] == pytest.approx(ft["fine_tuned"]["persistence"]["mse"])
     text = "\n".join(report_lines(r))
-    for needle in ("full-scene forecast of the held-out last year", "convlstm zero-shot", "convlstm fine-tuned",
+    for needle in ("full-scene forecast of the held-out last year", "blend zero-shot", "blend fine-tuned",
                    "seconds per stage", str(work / "forecast.zarr"), str(work / "cube.gif")):
         assert needle in text
 
