@@ -513,10 +513,10 @@ class ModelSpec(Spec):
     ``climatology``: the climatology, trend and anomaly forecasts (training periods only) are head channels.
     """
 
-    name: str = "simvp"
+    name: str = "blend"  # the default recipe, chosen on validation start dates (benchmarks/README.md, issue 19)
     kwargs: dict[str, Any] = field(default_factory=dict)
     head: str = "residual"
-    base: str = "seasonal"
+    base: str = "anomaly"
     calendar: bool = True
     climatology: bool = True
 
