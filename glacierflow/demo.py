@@ -256,8 +256,8 @@ def _predict(work: Path, run: Path, cube: str, stages: Stages) -> tuple[str, dic
                 note["done"] = f"reusing {out}"
                 return out, json.loads(ds.attrs.get("scores", "{}"))
         s = predict_cube(fc, cube, out, PredictSpec(last_input=last_input), overwrite=True)
-        note["done"] = f"{len(s['targets'])} periods {s['targets'][0]} .. {s['targets'][-1]} on {s['device']} -> {out}"
-    return out, s["scores"]
+        note["done"] = f"{len(s.targets)} periods {s.targets[0]} .. {s.targets[-1]} on {s.device} -> {out}"
+    return out, s.scores
 
 
 def _finetune(work: Path, run: Path, cube: str, stages: Stages, cfg: dict[str, Any]) -> dict[str, Any]:

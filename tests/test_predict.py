@@ -197,7 +197,7 @@ def test_scores_equal_a_numpy_reference(scored, cube_url):
     fc = xr.open_zarr(scored["out"], consolidated=False)["ndsi"].values.astype(np.float64)
     truth, ok = a[5:9], observed[5:9]
     candidates = {"model": fc, "persistence": np.repeat(a[4:5], 4, axis=0), "seasonal": a[1:5]}
-    scores = scored["summary"]["scores"]
+    scores = scored["summary"].scores
     for name, pred in candidates.items():
         err = (pred - truth)[ok]
         assert scores[name]["mse"] == pytest.approx(np.mean(err**2), rel=1e-5)
@@ -252,8 +252,8 @@ def test_lazy_selection_reads_only_its_chunks(scored):
 def test_forecast_beyond_the_cube_has_no_scores(cube_url, tmp_path):
     fc = Forecaster(Repeat(), "repeat", 4, 4, 50)
     summary = predict_cube(fc, cube_url, str(tmp_path / "f.zarr"), PredictSpec(device="cpu", overlap=0))
-    assert summary["scores"] == {}
-    assert summary["targets"] == ["2022-01-01", "2022-04-01", "2022-07-01", "2022-10-01"]
+    assert summary.scores == {}
+    assert summary.targets == ["2022-01-01", "2022-04-01", "2022-07-01", "2022-10-01"]
     got = xr.open_zarr(str(tmp_path / "f.zarr"), consolidated=False)["ndsi"].values
     last = xr.open_zarr(cube_url)["ndsi"].isel(time=-1).values
     np.testing.assert_allclose(got, np.repeat(last[None], 4, axis=0), atol=1e-6)

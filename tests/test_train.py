@@ -287,3 +287,16 @@ def test_finetune_continues_a_patch_run_with_the_full_scene_objective(syn16_cube
     assert r["fit"].epochs_run == 1 and {"convlstm", "persistence", "seasonal"} <= set(r["fine_tuned"])
     before = torch.load(tmp_path / "p" / "best.pt", weights_only=True)["state_dict"]
     assert any(not torch.equal(before[k], ck["state_dict"][k]) for k in before), "the weights moved"
+
+
+def test_scene_windows_carry_what_patch_samples_carry(syn16_cube: str) -> None:
+    from glacierflow.learn import patches
+    from glacierflow.learn.objectives import SceneWindows
+    from glacierflow.storage.store import open_store
+
+    samples = patches.prepare(open_store(syn16_cube), SMALL)
+    starts = samples.starts[samples.sets["train"]][:5]
+    scene = SceneWindows(samples.cube, starts, (16, 16), SMALL)[list(range(5))]  # one patch-sized window each
+    patch = patches.PatchDataset(samples.cube, starts)[list(range(5))]
+    for k in ("x", "y", "mask", "context", "bases", "phase"):
+        torch.testing.assert_close(scene[k], patch[k], rtol=0, atol=1e-6, msg=k)

@@ -409,6 +409,27 @@ def forecast_dataset(
     return ds, sums, facts
 
 
+@dataclass(frozen=True)
+class PredictSummary:
+    """What :func:`predict_cube` did: the CLI prints :meth:`lines`."""
+
+    out: str
+    model: str
+    inputs: list[str]
+    targets: list[str]
+    device: str
+    overlap: int
+    period: str
+    seconds: float
+    scores: dict[str, Any]
+
+    def lines(self) -> list[str]:
+        """The summary as the CLI prints it (inputs, targets, the score table, the store)."""
+        return [f"{self.model}: inputs {', '.join(self.inputs)} -> targets {', '.join(self.targets)} "
+                f"({self.overlap} px overlap, {self.device}, {self.seconds:.1f} s)", *format_scores(self.scores),
+                f"written: {self.out}"]
+
+
 def predict_cube(
     fc: Forecaster,
     cube_url: str,
@@ -417,7 +438,7 @@ def predict_cube(
     *,
     overwrite: bool = False,
     storage_options: dict[str, Any] | None = None,
-) -> dict[str, Any]:
+) -> PredictSummary:
     """Forecast the ``t_out`` periods after the last input for the whole scene; write the forecast store.
 
     Parameters
@@ -435,10 +456,10 @@ def predict_cube(
 
     Returns
     -------
-    dict
+    PredictSummary
         ``out``, ``inputs``, ``targets``, ``device``, ``overlap``, ``seconds`` and ``scores``
-        (``{name: {"mse", "mae", "per_lead": {...}}}`` for the model and both baselines; empty when the
-        targets lie beyond the cube). The scores are also in the store's attrs (``scores``, JSON) and its
+        (``{name: {"mse", "mae", "iou", "f1", "per_lead": {...}}}`` for the model and the baselines; empty
+        when the targets lie beyond the cube). The scores are also in the store's attrs (``scores``, JSON) and its
         ``scores`` group.
     """
     from glacierflow.storage import store
@@ -461,8 +482,9 @@ def predict_cube(
     tree = xr.DataTree.from_dict({"/": ds, **({"scores": _scores_group(sums)} if sums else {})})
     store.write(tree, out_url, overwrite=overwrite, storage_options=storage_options, compute=_compute,
                 **_final_attrs(lambda: {"scores": json.dumps(scores, sort_keys=True)}))
-    return {"out": out_url, **facts, "scores": scores, "seconds": round(time.perf_counter() - t0, 2),
-            "model": fc.name}
+    return PredictSummary(out=out_url, model=fc.name, inputs=facts["inputs"], targets=facts["targets"],
+                          device=facts["device"], overlap=facts["overlap"], period=facts["period"],
+                          seconds=round(time.perf_counter() - t0, 2), scores=scores)
 
 
 def _final_attrs(attrs: Callable[[], dict[str, Any]]) -> dict[str, Any]:

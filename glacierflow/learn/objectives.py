@@ -141,20 +141,27 @@ class SceneWindows(torch.utils.data.Dataset):
         return np.broadcast_to(np.asarray(part, np.float32), (n, wy, wx))
 
     def __getitem__(self, idx: list[int] | np.ndarray) -> dict[str, torch.Tensor]:
-        from glacierflow.learn.climate import base_forecasts
+        from glacierflow.learn.climate import CUMULATIVE, base_forecasts, stats_from_sums
+        from glacierflow.learn.patches import stat_periods
 
         t_in, t_out, ctx, pc = self.spec.t_in, self.spec.t_out, self.cube.context, self.cube
-        parts: dict[str, list[np.ndarray]] = {k: [] for k in ("context", "y", "mask", "clim", "trend")}
+        parts: dict[str, list[np.ndarray]] = {k: [] for k in ("context", "y", "mask", "clim_t", "trend_t", "clim_l")}
         starts = self.starts[np.asarray(idx, np.int64).reshape(-1)]
         for t, y, x in starts:
             o = t + t_in
-            parts["context"].append(self._crop("inputs", o - ctx, ctx, y, x))
+            context = self._crop("inputs", o - ctx, ctx, y, x)
+            parts["context"].append(context)
             parts["y"].append(self._crop("ndsi", o, t_out, y, x))
             parts["mask"].append(self._crop("valid", o, t_out, y, x))
-            parts["clim"].append(self._crop("clim", o - 1, t_out + 1, y, x))
-            parts["trend"].append(self._crop("trend", o, t_out, y, x))
+            src = stat_periods(pc, np.array([o - 1]))[0]
+            sums_t = {k: np.stack([self._crop(k, int(u), 1, y, x)[0] for u in src]) for k in CUMULATIVE}
+            sums_l = {k: self._crop(k, o - 1, 1, y, x) for k in CUMULATIVE}
+            clim_t, trend_t = stats_from_sums(sums_t, pc.year[o + np.arange(t_out)][:, None, None], context[-1])
+            parts["clim_t"].append(clim_t)
+            parts["trend_t"].append(trend_t)
+            parts["clim_l"].append(stats_from_sums(sums_l, pc.year[o - 1], context[-1])[0])
         a = {k: np.stack(v)[:, :, None] for k, v in parts.items()}
-        bases = base_forecasts(a["context"][:, -1:], a["context"], a["clim"][:, 1:], a["trend"], a["clim"][:, :1],
+        bases = base_forecasts(a["context"][:, -1:], a["context"], a["clim_t"], a["trend_t"], a["clim_l"],
                                pc.damping, pc.season)
         o = starts[:, 0] + t_in
         phase = np.concatenate([pc.phase_obs[(o - t_in)[:, None] + np.arange(t_in)],

@@ -310,12 +310,18 @@ def sample_stats(arrays: dict[str, np.ndarray], starts: np.ndarray, pc: PatchCub
     t, y, x = starts[:, 0], starts[:, 1], starts[:, 2]
     last = t + spec.t_in - 1
     u = last[:, None] + 1 + np.arange(spec.t_out)
-    src = last[:, None] - (pc.poy[last][:, None] - pc.poy[u]) % pc.season  # same period-of-year, <= last
+    src = stat_periods(pc, last)
     at_t = {k: _at(arrays[k], src, y, x, spec.size) for k in CUMULATIVE}
     clim_t, trend_t = stats_from_sums(at_t, pc.year[u][:, :, None, None, None], x_last)
     at_l = {k: _at(arrays[k], last[:, None], y, x, spec.size) for k in CUMULATIVE}
     clim_l, _ = stats_from_sums(at_l, pc.year[last][:, None, None, None, None], x_last)
     return clim_t, trend_t, clim_l
+
+
+def stat_periods(pc: PatchCube, last: np.ndarray) -> np.ndarray:
+    """``(B, t_out)``: per target, the latest period ``<= last`` of its period-of-year (where its sums are read)."""
+    u = last[:, None] + 1 + np.arange(pc.spec.t_out)
+    return last[:, None] - (pc.poy[last][:, None] - pc.poy[u]) % pc.season
 
 
 def _gather(arrays: dict[str, np.ndarray], starts: np.ndarray, pc: PatchCube, stats: bool = False
