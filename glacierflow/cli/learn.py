@@ -160,7 +160,7 @@ def evaluate_cmd(
     storage_option: StorageOpt = None,
     where: Where = DEFAULT_WHERE,
 ) -> None:
-    """Score models and the persistence/seasonal baselines on the same samples; metrics.json and a table.
+    """Score models and the five baselines on the same samples (all start dates, 95 % intervals); metrics.json.
 
     The cube is read through Dask (--cluster), as in train; started only when a run needs evaluating.
     """
