@@ -5,7 +5,8 @@ the model from the registry with its head (``ModelSpec``: residual/direct, base,
 (fused on CUDA); the learning rate follows :func:`lr_factor` (warm-up, cosine) over the run's steps or its
 ``max_minutes``, whichever ends first, and a spent time budget stops the run cleanly after a validation; per
 epoch: reseed (``seed``, ``epoch``) so that a resumed run draws exactly what an uninterrupted one would,
-train with the teacher-forcing probability of that epoch (linear from ``TrainSpec.teacher_forcing`` at the first epoch to 0 at ``teacher_forcing_epochs``) on the
+train with the teacher-forcing probability of that epoch (linear from ``TrainSpec.teacher_forcing`` at the
+first epoch to 0 at ``teacher_forcing_epochs``) on the
 loss of ``TrainSpec.objective`` (:mod:`glacierflow.learn.objectives`: patch samples, or blended scene windows), clip the
 gradient norm, log every step to ``loss.csv``, score the validation set, keep ``best.pt`` (lowest validation loss) and
 ``last.pt`` (end of every epoch), stop after ``patience`` epochs without improvement. A NaN/inf loss
