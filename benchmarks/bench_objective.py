@@ -141,7 +141,7 @@ def main() -> None:
                 out = str(args.work / f"fc-{name.replace(', ', '_').replace(' ', '-')}-{last}-{overlap}.zarr")
                 s = predict.predict_cube(fc, args.cube, out, PredictSpec(overlap=overlap, last_input=last,
                                                                          device="cpu"), overwrite=True)
-                row[overlap] = (s["scores"], seam_ratio(xr.open_zarr(out)["ndsi"].values, fc.patch))
+                row[overlap] = (s.scores, seam_ratio(xr.open_zarr(out)["ndsi"].values, fc.patch))
                 if overlap == -1:
                     frames = cube["ndsi"].sel(time=xr.open_zarr(out)["time"].values).values
                     row["truth_seam"] = seam_ratio(frames, fc.patch)

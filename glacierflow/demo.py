@@ -36,7 +36,7 @@ DEMO = {
     "start": "2014-01-01",
     "end": "2021-12-31",
     "period": "3MS",
-    "model": "convlstm",
+    "model": "blend",  # the default recipe (README, learning): residual head on the statistical baselines
     "epochs": 3,
     "steps_per_epoch": 25,
     "batch_size": 16,
@@ -219,12 +219,11 @@ def _train(work: Path, cube: str, stages: Stages, cfg: dict[str, Any]) -> Path:
             return run
         if run.exists():
             shutil.rmtree(run)
-        s = train.fit(cube, run, ModelSpec(name=cfg["model"]),
+        s = train.fit(cube, run, ModelSpec(name=cfg["model"]),  # the default head and base
                       PatchSpec(split="temporal", stride=cfg["patch_stride"]),
                       TrainSpec(epochs=cfg["epochs"], steps_per_epoch=cfg["steps_per_epoch"],
                                 batch_size=cfg["batch_size"]), progress=True)
-        note["done"] = (f"best validation loss {s['best_val']:.5f} at epoch {s['best_epoch']} ({s['stopped']}) "
-                        f"-> {run}")
+        note["done"] = f"best validation loss {s.best_val:.5f} at epoch {s.best_epoch} ({s.stopped}) -> {run}"
     return run
 
 
@@ -261,8 +260,8 @@ def _predict(work: Path, run: Path, cube: str, stages: Stages) -> tuple[str, dic
                 note["done"] = f"reusing {out}"
                 return out, json.loads(ds.attrs.get("scores", "{}"))
         s = predict_cube(fc, cube, out, PredictSpec(last_input=last_input), overwrite=True)
-        note["done"] = f"{len(s['targets'])} periods {s['targets'][0]} .. {s['targets'][-1]} on {s['device']} -> {out}"
-    return out, s["scores"]
+        note["done"] = f"{len(s.targets)} periods {s.targets[0]} .. {s.targets[-1]} on {s.device} -> {out}"
+    return out, s.scores
 
 
 def _finetune(work: Path, run: Path, cube: str, stages: Stages, cfg: dict[str, Any]) -> dict[str, Any]:
@@ -380,8 +379,10 @@ def report_lines(r: dict[str, Any]) -> list[str]:
 
     lines = ["", f"test split of {Path(r['cube']).name} (patches), the model next to both baselines:"]
     for name, m in r["metrics"].items():
-        skill = "  ".join(f"skill vs {b} {v:+.3f}" for b, v in m.get("skill", {}).items())
-        lines.append(f"  {name:12s} MSE {m['mse']:.4f}  MAE {m['mae']:.4f}  {skill}")
+        if not isinstance(m, dict) or "mse" not in m:  # "model", "origins"
+            continue
+        skill = "  ".join(f"vs {b} {v:+.3f}" for b, v in m.get("skill", {}).items() if v is not None)
+        lines.append(f"  {name:12s} MSE {m['mse']:.4f}  MAE {m['mae']:.4f}  skill {skill}")
     lines += ["", "full-scene forecast of the held-out last year (scored against the cube):"]
     lines += ["  " + line for line in format_scores(r["scores"])]
     lines += ["", f"test split of {Path(r['other_cube']).name}, zero-shot vs fine-tuned, next to both baselines:"]

@@ -28,6 +28,7 @@ from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from typing import Any, TypeVar
 
 from glacierflow.choices import (
+    BASES,
     BLEND_WINDOWS,
     CATEGORIES,
     DEFAULT_PLATFORMS,
@@ -36,11 +37,13 @@ from glacierflow.choices import (
     FLOW_METHODS,
     GUIDE_BANDS,
     GUIDE_FILTERS,
+    HEADS,
     MOTIONS,
     OBJECTIVES,
     PAIR_DAYS,
     PAIR_KINDS,
     PERIODS,
+    SCHEDULES,
     SPLITS,
 )
 from glacierflow.errors import GlacierflowError, SpecError
@@ -493,7 +496,9 @@ def spec_from_store(attrs: Mapping[str, Any], key: str, cls: type[S], where: str
 class PatchSpec(Spec):
     """Patch sequences (``patches.py``): windows of ``t_in + t_out`` periods, ``size`` px, and the split.
 
-    ``test_periods`` (temporal split; 0: one window, ``t_in + t_out``) are the last periods of the cube;
+    Temporal split: ``test_starts`` successive forecast start dates at the end of the cube (rolling origin)
+    and ``val_starts`` before them; their target periods are held out (the gap between sets is the output
+    length, ``t_out``); ``test_periods`` (0: ``t_out + test_starts - 1``) overrides the test block's length;
     ``guard`` (0: ``size``) is the width in px of the unused band between spatial blocks of different sets;
     ``test_fraction``/``val_fraction`` size the spatial blocks (fractions of the width).
     """
@@ -505,13 +510,15 @@ class PatchSpec(Spec):
     time_stride: int = 1
     split: str = "temporal"
     test_periods: int = 0
+    test_starts: int = 4
+    val_starts: int = 2
     guard: int = 0
     test_fraction: float = 0.2
     val_fraction: float = 0.15
     max_memory_gb: float = 4.0
 
     def __post_init__(self) -> None:
-        for name in ("t_in", "t_out", "size", "stride", "time_stride"):
+        for name in ("t_in", "t_out", "size", "stride", "time_stride", "test_starts", "val_starts"):
             self._integer(name, 1)
         self._integer("test_periods", 0)
         self._integer("guard", 0)
@@ -534,10 +541,24 @@ class PatchSpec(Spec):
 
 @dataclass(frozen=True)
 class ModelSpec(Spec):
-    """Which registered model (``glacierflow.learn.models.MODELS``) and its keyword arguments (overriding defaults)."""
+    """Which registered model (``glacierflow.learn.models.MODELS``), its keyword arguments, and its output head.
 
-    name: str = "convlstm"
+    ``head``: ``residual`` (the network adds a zero-initialised correction to the ``base`` forecast, one of the
+    statistical baselines) or ``direct`` (the correction is added to the network's own forecast);
+    ``calendar``: period-of-year (sin/cos) of the inputs and targets and a lead embedding reach the head;
+    ``climatology``: the climatology, trend and anomaly forecasts (training periods only) are head channels.
+    """
+
+    name: str = "blend"  # the default recipe, chosen on validation start dates (benchmarks/README.md, issue 19)
     kwargs: dict[str, Any] = field(default_factory=dict)
+    head: str = "residual"
+    base: str = "anomaly"
+    calendar: bool = True
+    climatology: bool = True
+
+    def __post_init__(self) -> None:
+        self._choice("head", HEADS)
+        self._choice("base", BASES)
 
 
 @dataclass(frozen=True)
@@ -553,7 +574,11 @@ class TrainSpec(Spec):
     ``full-scene`` (each step forecasts all tiles of a ``scene_window`` px scene window, blends them as
     ``predict`` does and takes the masked MSE on the window; 0: three patches, see ``glacierflow.learn.objectives``),
     the tiles overlapping by ``scene_overlap`` px (-1: half a patch, predict's default; 0: the paper's
-    non-overlapping tiles, for ``predict --overlap 0``).
+    non-overlapping tiles, for ``predict --overlap 0``). ``max_minutes`` (0: none) stops the run cleanly at a
+    wall-clock budget (validation, checkpoints, resumable); ``schedule``: ``cosine`` (linear warm-up over the
+    first ``warmup`` of the run, then cosine decay to 5 % of ``lr``; the run's length is its epochs or, with
+    ``max_minutes``, its time budget, whichever ends first) or ``constant``; ``log_every``: steps between
+    loss reads (no per-step host sync on a GPU); ``compile``: ``torch.compile`` the model.
     """
 
     epochs: int = 10
@@ -573,6 +598,11 @@ class TrainSpec(Spec):
     objective: str = "patch"
     scene_window: int = 0
     scene_overlap: int = -1
+    max_minutes: float = 0.0
+    warmup: float = 0.05
+    schedule: str = "cosine"
+    log_every: int = 10
+    compile: bool = False
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "patience", "teacher_forcing_epochs"):
@@ -586,6 +616,10 @@ class TrainSpec(Spec):
         self._choice("device", DEVICES)
         self._choice("objective", OBJECTIVES)
         self._integer("scene_overlap", -1)
+        self._between("max_minutes", 0.0, 1e6, "minutes (0: no time budget)")
+        self._between("warmup", 0.0, 0.5, "a fraction of the run")
+        self._choice("schedule", SCHEDULES)
+        self._integer("log_every", 1)
 
 
 # ------------------------------------------------------------------------------------------------ forecast

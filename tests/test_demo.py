@@ -51,12 +51,12 @@ def test_demo_runs_every_stage_and_writes_every_figure(demo_run):
     b = xr.open_zarr(r["other_cube"])["ndsi"].values
     assert float(np.abs(a - b).mean()) > 0.01, "the fine-tuning glacier must not be a copy of the first"
     # the forecast of the held-out last year is scored; zero-shot and fine-tuned share the baselines
-    assert set(r["scores"]) == {"model", "persistence", "seasonal"}
+    assert set(r["scores"]) == {"model", "persistence", "seasonal", "climatology", "trend", "anomaly"}
     assert all(math.isfinite(s["mse"]) for s in r["scores"].values())
     ft = r["finetune"]
     assert ft["zero_shot"]["persistence"]["mse"] == pytest.approx(ft["fine_tuned"]["persistence"]["mse"])
     text = "\n".join(report_lines(r))
-    for needle in ("full-scene forecast of the held-out last year", "convlstm zero-shot", "convlstm fine-tuned",
+    for needle in ("full-scene forecast of the held-out last year", "blend zero-shot", "blend fine-tuned",
                    "seconds per stage", str(work / "forecast.zarr"), str(work / "cube.gif")):
         assert needle in text
 

@@ -13,6 +13,8 @@ from glacierflow.errors import GlacierflowError
 from glacierflow.learn.models import BASELINES, MODELS, build_model, count_parameters
 
 LEARNED = [name for name, entry in MODELS.items() if entry.learned]
+FITTED = ("climatology", "trend", "anomaly")  # baselines of training statistics: they read extras["bases"]
+PLAIN = [name for name in MODELS if name not in FITTED]
 # models that roll out step by step and take teacher forcing (the contract)
 ROLLOUT = [name for name in ("lstm", "convlstm", "unet", "transformer") if name in MODELS]
 
@@ -38,12 +40,13 @@ def sample(seed: int = 0, b: int = B, t: int = 4, size: int = 50) -> torch.Tenso
 
 
 def test_registry_keys_and_baselines() -> None:
-    assert set(MODELS) == {"persistence", "seasonal", "lstm", "convlstm", "unet", "transformer", "vit", "simvp"}
-    assert BASELINES == ("persistence", "seasonal")
+    assert set(MODELS) == {"persistence", "seasonal", "climatology", "trend", "anomaly", "lstm", "convlstm", "unet",
+                           "transformer", "vit", "simvp"}
+    assert BASELINES == ("persistence", "seasonal", "climatology", "trend", "anomaly")
     assert [n for n, e in MODELS.items() if not e.learned] == list(BASELINES)
 
 
-@pytest.mark.parametrize("name", list(MODELS))
+@pytest.mark.parametrize("name", PLAIN)
 def test_forward_shape_and_range(name: str) -> None:
     model = build_model(name)
     with torch.no_grad():
@@ -53,7 +56,7 @@ def test_forward_shape_and_range(name: str) -> None:
     assert float(out.min()) >= 0.0 and float(out.max()) <= 1.0
 
 
-@pytest.mark.parametrize("name", list(MODELS))
+@pytest.mark.parametrize("name", PLAIN)
 def test_output_in_unit_range_for_extreme_inputs(name: str) -> None:
     model = build_model(name)
     x = 1e3 * torch.randn(B, 4, 1, 50, 50)  # far outside [0, 1]
@@ -65,7 +68,7 @@ def test_output_in_unit_range_for_extreme_inputs(name: str) -> None:
         assert float(out.min()) >= 0.0 and float(out.max()) <= 1.0
 
 
-@pytest.mark.parametrize("name", list(MODELS))
+@pytest.mark.parametrize("name", PLAIN)
 def test_t_in_t_out_differ(name: str) -> None:
     model = build_model(name, t_in=2, t_out=5, season_length=2)
     out = model(sample(t=2), target=sample(t=5), teacher_forcing=0.5)
@@ -86,7 +89,7 @@ def test_backward_gives_finite_nonzero_gradients(name: str) -> None:
         assert float(p.grad.abs().max()) > 0.0, pname
 
 
-@pytest.mark.parametrize("name", BASELINES)
+@pytest.mark.parametrize("name", ("persistence", "seasonal"))
 def test_baselines_have_no_parameters_and_pass_gradients_to_inputs(name: str) -> None:
     model = build_model(name)
     assert count_parameters(model) == 0
@@ -167,7 +170,7 @@ def test_other_patch_sizes_work(name: str) -> None:
         assert model(sample(size=20)).shape == (B, 4, 1, 20, 20)
 
 
-@pytest.mark.parametrize("name", list(MODELS))
+@pytest.mark.parametrize("name", PLAIN)
 def test_model_args_rebuild_same_architecture(name: str) -> None:
     model = build_model(name, t_in=2, t_out=3)
     args = json.loads(json.dumps(model.model_args))  # what a checkpoint stores
@@ -309,8 +312,51 @@ def test_bad_values_are_user_errors() -> None:
         build_model("lstm")(sample(), target=sample(), teacher_forcing=1.5)
 
 
-@pytest.mark.parametrize("name", list(MODELS))
+@pytest.mark.parametrize("name", PLAIN)
 def test_wrong_input_shape_is_refused(name: str) -> None:
     model = build_model(name)
     with pytest.raises(GlacierflowError, match="expects input"):
         model(sample(size=40))
+
+
+def _extras(b: int = B, t_out: int = 4, seed: int = 7) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return {"bases": torch.rand(b, 5, t_out, 1, 50, 50, generator=g), "phase": torch.rand(b, 8, generator=g) * 6}
+
+
+@pytest.mark.parametrize("base", ["seasonal", "climatology", "trend", "anomaly", "persistence"])
+@pytest.mark.parametrize("name", ["convlstm", "simvp"])
+def test_residual_head_starts_exactly_at_its_base(name: str, base: str) -> None:
+    from glacierflow.learn.climate import BASELINE_NAMES
+
+    model = build_model(name, head="residual", base=base, calendar=True, climatology=True).eval()
+    ex = _extras()
+    with torch.no_grad():
+        out = model(sample(), extras=ex)
+    # zero-initialised correction: an untrained model is its base forecast, bit for bit
+    torch.testing.assert_close(out, ex["bases"][:, BASELINE_NAMES.index(base)], rtol=0, atol=0)
+
+
+def test_head_learns_and_reaches_the_core() -> None:
+    model = build_model("convlstm", head="residual", base="seasonal")
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    ex, x, y = _extras(b=2), sample(b=2), sample(3, b=2)
+    for _ in range(3):
+        opt.zero_grad()
+        torch.nn.functional.mse_loss(model(x, target=y, extras=ex), y).backward()
+        opt.step()
+    assert float(model.net[-1].weight.detach().abs().max()) > 0  # the correction left zero
+    assert any(float(p.grad.abs().max()) > 0 for p in model.core.parameters())  # and gradients reach the core
+    rebuilt = build_model("convlstm", **model.model_args)
+    rebuilt.load_state_dict(model.state_dict())  # model_args rebuild the same architecture
+
+
+@pytest.mark.parametrize("name", ["climatology", "trend", "anomaly"])
+def test_fitted_baselines_return_their_bases_and_need_them(name: str) -> None:
+    from glacierflow.learn.climate import BASELINE_NAMES
+
+    model = build_model(name)
+    ex = _extras()
+    torch.testing.assert_close(model(sample(), extras=ex), ex["bases"][:, BASELINE_NAMES.index(name)])
+    with pytest.raises(GlacierflowError, match="training periods"):
+        model(sample())

@@ -16,6 +16,7 @@ from glacierflow.forecast.predict import (
     Forecaster,
     blend_weights,
     forecast_scene,
+    format_scores,
     predict_cube,
     seasonal_sources,
     tile_starts,
@@ -196,16 +197,20 @@ def test_scores_equal_a_numpy_reference(scored, cube_url):
     fc = xr.open_zarr(scored["out"], consolidated=False)["ndsi"].values.astype(np.float64)
     truth, ok = a[5:9], observed[5:9]
     candidates = {"model": fc, "persistence": np.repeat(a[4:5], 4, axis=0), "seasonal": a[1:5]}
-    scores = scored["summary"]["scores"]
+    scores = scored["summary"].scores
     for name, pred in candidates.items():
         err = (pred - truth)[ok]
         assert scores[name]["mse"] == pytest.approx(np.mean(err**2), rel=1e-5)
         assert scores[name]["mae"] == pytest.approx(np.mean(np.abs(err)), rel=1e-5)
         for h in range(4):
             e = (pred[h] - truth[h])[ok[h]]
-            expected = np.mean(e**2) if e.size else np.nan
-            np.testing.assert_allclose(scores[name]["per_lead"]["mse"][h], expected, rtol=1e-5)
+            got = scores[name]["per_lead"]["mse"][h]
+            if e.size:
+                assert got == pytest.approx(np.mean(e**2), rel=1e-5)
+            else:  # a lead without observed pixels is n/a (None), never NaN
+                assert got is None
     assert scores["model"]["per_lead"]["n"][1] == 0
+    assert any("n/a" in line for line in format_scores(scores))
     attrs = json.loads(xr.open_zarr(scored["out"], consolidated=False).attrs["scores"])
     assert attrs["seasonal"]["mse"] == pytest.approx(scores["seasonal"]["mse"])
     table = xr.open_zarr(scored["out"], group="scores", consolidated=False)
@@ -247,8 +252,8 @@ def test_lazy_selection_reads_only_its_chunks(scored):
 def test_forecast_beyond_the_cube_has_no_scores(cube_url, tmp_path):
     fc = Forecaster(Repeat(), "repeat", 4, 4, 50)
     summary = predict_cube(fc, cube_url, str(tmp_path / "f.zarr"), PredictSpec(device="cpu", overlap=0))
-    assert summary["scores"] == {}
-    assert summary["targets"] == ["2022-01-01", "2022-04-01", "2022-07-01", "2022-10-01"]
+    assert summary.scores == {}
+    assert summary.targets == ["2022-01-01", "2022-04-01", "2022-07-01", "2022-10-01"]
     got = xr.open_zarr(str(tmp_path / "f.zarr"), consolidated=False)["ndsi"].values
     last = xr.open_zarr(cube_url)["ndsi"].isel(time=-1).values
     np.testing.assert_allclose(got, np.repeat(last[None], 4, axis=0), atol=1e-6)
@@ -377,10 +382,17 @@ def test_cli_predict_from_a_run_directory(trained_run, tmp_path, capsys):
     assert fc.attrs["checkpoint_sha256"] == sha and fc.attrs["model"] == "lstm"
     assert fc.attrs["patch_px"] == 16 and fc.attrs["overlap_px"] == 8
     assert json.loads(fc.attrs["patch_spec"])["size"] == 16
-    assert dict(fc["ndsi"].sizes) == {"time": 4, "y": 48, "x": 64}  # (time_bnds adds "bnds")
+    assert fc.sizes == {"time": 4, "bnds": 2, "y": 48, "x": 64}
     assert fc["ndsi"].encoding["chunks"] == (1, 48, 64)  # the cube's whole-scene chunk, a multiple of 16
     scores = json.loads(fc.attrs["scores"])
-    assert set(scores) == {"model", "persistence", "seasonal"}
+    assert set(scores) == {"model", "persistence", "seasonal", "climatology", "trend", "anomaly"}
+    # CF: a time mean per period with its bounds, the reference time and the forecast period in days
+    assert fc.attrs["Conventions"] == "CF-1.10" and fc["ndsi"].attrs["cell_methods"] == "time: mean"
+    assert fc["forecast_reference_time"].ndim == 0 and str(fc["forecast_reference_time"].values)[:10] == "2023-04-01"
+    assert fc["forecast_period"].attrs["standard_name"] == "forecast_period"
+    assert list(fc["forecast_period"].values) == [91.0, 183.0, 275.0, 366.0]  # to the end of each quarter
+    assert list(fc["lead"].values) == [1, 2, 3, 4] and fc["lead"].dtype.kind == "i"
+    assert (fc["time_bnds"].values[:, 0] == fc["time"].values).all()
     # the same scene again, other flags: a bad date is one line on stderr and status 2
     assert main(["predict", str(trained_run["run"]), "--cube", trained_run["cube"], "--out", out,
                  "--last-input", "1999-01-01", "--overwrite", "--cluster", "sync"]) == 2

@@ -16,7 +16,7 @@ def demo_cmd(
     workdir: Annotated[Path, typer.Option(metavar="DIR", help="Where everything is written.")] = Path("demo-out"),
     fresh: Annotated[bool, typer.Option("--fresh", help="Start over (remove DIR first).")] = False,
     size: Annotated[Literal["tiny", "small"], typer.Option(help="Twin size (small: the README's demo).")] = "small",
-    model: Annotated[str, typer.Option(metavar="NAME", help="Learned model to train briefly.")] = "convlstm",
+    model: Annotated[str, typer.Option(metavar="NAME", help="Learned model to train briefly.")] = "blend",
     cluster: ClusterOpt = "threads",  # the demo's small cubes: dask's threaded scheduler has the least overhead
 ) -> None:
     """The whole pipeline on the offline twin, start to end.

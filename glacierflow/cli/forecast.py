@@ -44,7 +44,7 @@ def predict_cmd(
 
     Tiles are blended (no seams); scores are written when the targets exist.
     """
-    from glacierflow.forecast.predict import format_scores, load_forecaster, predict_cube  # deferred: torch
+    from glacierflow.forecast.predict import load_forecaster, predict_cube  # deferred: torch
 
     spec = PredictSpec(overlap=-1 if overlap is None else overlap, window=window, batch_size=batch_size,
                        device=device, last_input=last_input or "")
@@ -53,8 +53,5 @@ def predict_cmd(
     with where.client():
         s = predict_cube(fc, cube, out_store, spec, overwrite=overwrite,
                          storage_options=storage_options(storage_option))
-    out.print(f"{s['model']}: inputs {', '.join(s['inputs'])} -> targets {', '.join(s['targets'])} "
-              f"({s['overlap']} px overlap, {s['device']}, {s['seconds']:.1f} s)")
-    for line in format_scores(s["scores"]):
+    for line in s.lines():
         out.print(line)
-    out.print(f"written: {s['out']}")

@@ -9,6 +9,7 @@ from typing import Annotated, Any, Literal
 
 import typer
 
+from glacierflow.choices import BASES, HEADS
 from glacierflow.cli.app import DEFAULT_WHERE, Device, Objective, StorageOpt, Where, app, computes, out, storage_options
 from glacierflow.cli.common import progress_enabled
 from glacierflow.errors import GlacierflowError
@@ -16,6 +17,9 @@ from glacierflow.specs import SPLITS, ModelSpec, PatchSpec, TrainSpec
 from glacierflow.storage.store import check_writable
 
 Split = Literal[SPLITS]  # type: ignore[valid-type]
+Head = Literal[HEADS]  # type: ignore[valid-type]
+Base = Literal[BASES]  # type: ignore[valid-type]
+BUDGET_EPOCHS = 10_000  # --max-minutes without --epochs: the time budget ends the run
 EvalSet = Literal["test", "val", "train"]
 _TRAIN, _MODEL, _PATCH = TrainSpec(), ModelSpec(), PatchSpec()
 
@@ -89,6 +93,24 @@ def train_cmd(
     option: Annotated[
         list[str] | None, typer.Option(metavar="KEY=VALUE", help="Model option (repeatable), e.g. hidden_size=512.")
     ] = None,
+    stride: Annotated[int | None, typer.Option(metavar="PX", help=f"Patch stride (default {_PATCH.stride}).")] = None,
+    test_starts: Annotated[int | None, typer.Option(
+        metavar="K", help=f"Temporal split: forecast start dates tested at the end of the cube (default "
+                          f"{_PATCH.test_starts}).")] = None,
+    val_starts: Annotated[int | None, typer.Option(
+        metavar="K", help=f"Temporal split: validation start dates before them (default {_PATCH.val_starts}).")
+                          ] = None,
+    head: Annotated[Head | None, typer.Option(
+        help=f"residual: a zero-initialised correction to --base; direct: to the network's own forecast "
+             f"(default {_MODEL.head}).")] = None,
+    base: Annotated[Base | None, typer.Option(
+        help=f"Baseline a residual head starts from (default {_MODEL.base}).")] = None,
+    max_minutes: Annotated[float | None, typer.Option(
+        metavar="M", help="Stop cleanly after M minutes of training (best checkpoint kept; --resume continues); "
+                          "without --epochs the run then lasts its budget.")] = None,
+    num_workers: Annotated[int | None, typer.Option(help="DataLoader worker processes (default 0).")] = None,
+    amp: Annotated[bool, typer.Option("--amp/--no-amp", help="bf16/fp16 autocast on CUDA.")] = True,
+    compile_model: Annotated[bool, typer.Option("--compile", help="torch.compile the model.")] = False,
     storage_option: StorageOpt = None,
     where: Where = DEFAULT_WHERE,
 ) -> None:
@@ -96,31 +118,36 @@ def train_cmd(
 
     Writes best.pt, last.pt, loss.csv and run.json.
 
+    Without --model: the measured-best recipe (see README, learning).
+
     The cube is read through Dask (--cluster): its chunks are read and decoded by the workers, the patch
     batches are cut in this process.
     """
     from glacierflow.learn.checkpoint import resume_specs  # deferred: torch
     from glacierflow.learn.train import fit  # deferred: torch
 
+    if max_minutes and epochs is None:
+        epochs = BUDGET_EPOCHS
     given = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay, "seed": seed,
              "patience": patience, "steps_per_epoch": steps_per_epoch, "val_samples": val_samples,
-             "scene_window": scene_window, "scene_overlap": scene_overlap}
-    spec = TrainSpec(device=device, objective=objective, **{k: v for k, v in given.items() if v is not None})
-    patch = {k: v for k, v in {"split": split, "t_in": t_in, "t_out": t_out, "size": patch_size}.items()
-             if v is not None}
-    chosen = {**({"name": model} if model else {}), **({"kwargs": _model_options(option)} if option else {})}
+             "scene_window": scene_window, "scene_overlap": scene_overlap, "max_minutes": max_minutes,
+             "num_workers": num_workers}
+    spec = TrainSpec(device=device, objective=objective, amp=amp, compile=compile_model,
+                     **{k: v for k, v in given.items() if v is not None})
+    patch = {k: v for k, v in {"split": split, "t_in": t_in, "t_out": t_out, "size": patch_size, "stride": stride,
+                               "test_starts": test_starts, "val_starts": val_starts}.items() if v is not None}
+    chosen = {**({"name": model} if model else {}), **({"kwargs": _model_options(option)} if option else {}),
+              **{k: v for k, v in {"head": head, "base": base}.items() if v is not None}}
     if resume:  # the run's own specs; flags given must agree with them (fit names the ones that do not)
         model_spec, patch_spec = resume_specs(out_dir, chosen, patch)
     else:
-        model_spec, patch_spec = ModelSpec(**{"name": _MODEL.name, **chosen}), PatchSpec(**patch)
+        model_spec, patch_spec = ModelSpec(**chosen), PatchSpec(**patch)
     check_writable(str(out_dir), inputs=(cube,))
     with where.client():
         s = fit(cube, out_dir, model_spec, patch_spec, spec, resume=resume,
                 progress=progress_enabled(), storage_options=storage_options(storage_option))
-    out.print(f"samples: {s['n_train']} train, {s['n_val']} val, {s['n_test']} test; {s['validation']}")
-    out.print(f"{s['stopped']} after {s['epochs_run']} epochs: best validation MSE {s['best_val']:.5f} "
-              f"(epoch {s['best_epoch']}); {s['throughput'] or 0:.0f} training sequences/s")
-    out.print(f"written: {s['out']}")
+    for line in s.lines():
+        out.print(line)
 
 
 @app.command("evaluate")
@@ -135,9 +162,9 @@ def evaluate_cmd(
     storage_option: StorageOpt = None,
     where: Where = DEFAULT_WHERE,
 ) -> None:
-    """Score runs against the baselines -> metrics.json, a table.
+    """Score runs against the five baselines -> metrics.json, a table.
 
-    Models and baselines are scored on the same samples.
+    Models and baselines are scored on the same samples, over every start date, with 95 % intervals.
 
     The cube is read through Dask (--cluster), as in train; started only when a run needs evaluating.
     """

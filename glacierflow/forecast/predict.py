@@ -167,6 +167,62 @@ def baseline_frames(cube_ndsi: xr.DataArray, last: int, t_out: int, season_lengt
     return out
 
 
+class StackedModel:
+    """A trained model fed a stacked tile ``(B, t_in + T_ctx + 5 t_out, 1, P, P)``: inputs, history, bases.
+
+    The calendar phase (the same for every tile of a scene) is fixed per forecast.
+    """
+
+    def __init__(self, model: Any, t_in: int, context: int, t_out: int, phase: np.ndarray) -> None:
+        self.model, self.t_in, self.context, self.t_out, self.phase = model, t_in, context, t_out, phase
+
+    def __call__(self, stack: Any) -> Any:
+        """The model's forecast of the tiles."""
+        import torch
+
+        x = stack[:, : self.t_in]
+        ctx = stack[:, self.t_in: self.t_in + self.context]
+        bases = stack[:, self.t_in + self.context:].unflatten(1, (5, self.t_out))
+        phase = torch.as_tensor(self.phase, device=stack.device).expand(len(stack), -1)
+        return self.model(x, context=ctx, extras={"bases": bases, "phase": phase})
+
+
+def scene_stack(cube: xr.Dataset, last: int, t_in: int, t_out: int, damping: tuple[float, ...], period: str
+                ) -> tuple[da.Array, np.ndarray, int]:
+    """Lazy ``(t_in + T_ctx + 5 t_out, H, W)`` frames of a scene forecast, its calendar phase and ``T_ctx``.
+
+    As in training (:mod:`glacierflow.learn.climate`): causal inputs and history, and every baseline's
+    forecast, with statistics from the periods up to the last input (all known when the forecast is made)
+    and the run's anomaly damping.
+    """
+    from glacierflow.learn import climate  # deferred: torch via the learn package
+
+    season = season_length(period)
+    ctx = max(t_in, season)
+    if last + 1 < ctx:
+        raise GlacierflowError(f"the model needs {ctx} periods up to the last input; the cube has {last + 1}: "
+                               "pick a later --last-input")
+    ndsi = cube["ndsi"].transpose("time", "y", "x").isel(time=slice(0, last + 1))
+    valid = observed_mask(cube, list(range(last + 1)))
+    times = pd.DatetimeIndex(ndsi["time"].values)
+    poy, years = climate.period_of_year(times, period), times.year.to_numpy()
+    stats = climate.fit_climate(ndsi, valid, np.ones(last + 1, bool), poy, years, season)
+    clim, _ = stats.at(poy, years)
+    inputs = climate.causal_inputs(ndsi, climate.causal_sources(climate.lookahead(cube)[: last + 1]),
+                                   clim.assign_coords(time=ndsi["time"]))
+    targets = target_times(pd.DatetimeIndex(cube["time"].values), last, t_out, period)
+    clim_t, trend_t = stats.at(climate.period_of_year(targets, period), targets.year.to_numpy())
+    hist = _as_dask(inputs.isel(time=slice(last + 1 - ctx, last + 1)))[None, :, None]
+    clim_t, trend_t, clim_last = (_as_dask(a)[None, :, None] for a in (clim_t, trend_t, clim.isel(time=[last])))
+    bases = climate.base_forecasts(hist[:, -1:], hist, clim_t, trend_t, clim_last, np.asarray(damping), season)
+    h, w = ndsi.shape[1:]
+    stack = da.concatenate([hist[0, -t_in:, 0], hist[0, :, 0], bases.reshape(5 * t_out, h, w)], axis=0)
+    tm = cube["time_mean"].values[: last + 1] if "time_mean" in cube else None
+    ph_obs, _ = climate.phases(times, tm, period)
+    _, ph_t = climate.phases(targets, None, period)
+    return stack.astype(np.float32), np.concatenate([ph_obs[-t_in:], ph_t]).astype(np.float32), ctx
+
+
 # ------------------------------------------------------------------------------------------------- periods
 def resolve_last_input(times: pd.DatetimeIndex, last_input: str | None, t_in: int) -> int:
     """Index of the last input period: the cube's last, or the period containing ``last_input``."""
@@ -215,6 +271,7 @@ class Forecaster:
     t_out: int
     patch: int
     info: dict[str, Any] = field(default_factory=dict)
+    damping: tuple[float, ...] | None = None  # a trained run's model: it takes history, bases and calendar
 
 
 def load_forecaster(run_dir: str | os.PathLike[str], checkpoint: str = "best.pt") -> Forecaster:
@@ -224,7 +281,7 @@ def load_forecaster(run_dir: str | os.PathLike[str], checkpoint: str = "best.pt"
     path = Path(run_dir) / checkpoint
     if not path.is_file():
         raise GlacierflowError(f"no {checkpoint} in run directory {run_dir}; train one with 'glacierflow train'")
-    model, specs, _ = checkpoints.load_checkpoint(path)
+    model, specs, ck = checkpoints.load_checkpoint(path)
     args = dict(specs["model_args"])
     info: dict[str, Any] = {
         "model_args": json.dumps(args, sort_keys=True),
@@ -237,8 +294,9 @@ def load_forecaster(run_dir: str | os.PathLike[str], checkpoint: str = "best.pt"
     for key in checkpoints.SPEC_KEYS:
         if specs.get(key) is not None:
             info[key] = json.dumps(specs[key], sort_keys=True, default=str)
+    damping = (ck.get("climate") or {}).get("damping")
     return Forecaster(model, str(specs["model_name"]), int(args["t_in"]), int(args["t_out"]), int(args["size"]),
-                      info)
+                      info, None if damping is None else tuple(float(v) for v in damping))
 
 
 # ------------------------------------------------------------------------------------------------ the store
@@ -259,17 +317,51 @@ def _as_dask(var: xr.DataArray) -> da.Array:
     return var.data if isinstance(var.data, da.Array) else da.from_array(np.asarray(var.data))
 
 
-def _scores_lazy(cube: xr.Dataset, fc: da.Array, last: int, t_out: int, season_length: int) -> dict[str, Any]:
-    """Lazy per-lead sums for the model and both baselines over the leads whose targets lie in the cube."""
+def _scores_lazy(cube: xr.Dataset, fc: da.Array, last: int, t_out: int, season_length: int,
+                 bases: da.Array | None = None) -> dict[str, Any]:
+    """Lazy per-lead sums for the model and the baselines over the leads whose targets lie in the cube.
+
+    ``bases`` ``(5 t_out, H, W)``: every baseline's scene forecast (a trained run's model); else persistence
+    and seasonal from the cube.
+    """
     idx = [last + h for h in range(1, t_out + 1) if last + h < cube.sizes["time"]]
     if not idx:
         return {}
     truth = _as_dask(cube["ndsi"].isel(time=idx))
     mask = _as_dask(observed_mask(cube, idx)).astype(np.float32)
     sums = {"model": lead_sums(fc[: len(idx)], truth, mask, lead_axis=0)}
+    if bases is not None:
+        from glacierflow.learn.climate import BASELINE_NAMES  # deferred: torch via the learn package
+
+        for i, name in enumerate(BASELINE_NAMES):
+            sums[name] = lead_sums(bases[i * t_out: i * t_out + len(idx)], truth, mask, lead_axis=0)
+        return sums
     for name, frames in baseline_frames(cube["ndsi"], last, t_out, season_length).items():
         sums[name] = lead_sums(_as_dask(frames)[: len(idx)], truth, mask, lead_axis=0)
     return sums
+
+
+def _cf_time(ds: xr.Dataset, targets: pd.DatetimeIndex, period: str) -> None:
+    """CF time metadata: ``time_bnds``, scalar ``forecast_reference_time``, ``forecast_period`` (days), ``lead``.
+
+    Each target is the mean over its period (``cell_methods: "time: mean"``), ``time`` its start, ``time_bnds``
+    its start and end; the reference time is the end of the last input period (the first target's start);
+    ``forecast_period`` runs from it to the end of each target period, in days.
+    """
+    ends = targets + pd.tseries.frequencies.to_offset(period)
+    ref = targets[0]
+    ds["time_bnds"] = (("time", "bnds"), np.stack([targets.values, ends.values], axis=1))
+    ds["time"].attrs.update(standard_name="time", bounds="time_bnds", long_name="start of the target period")
+    ds.coords["forecast_reference_time"] = ((), ref.to_datetime64(), {
+        "standard_name": "forecast_reference_time", "long_name": "end of the last input period"})
+    days = ((ends - ref) / pd.Timedelta(days=1)).to_numpy().astype(np.float64)
+    ds.coords["forecast_period"] = ("time", days, {
+        "standard_name": "forecast_period", "units": "days",
+        "long_name": "from forecast_reference_time to the end of the target period"})
+    ds["lead"].attrs.update(long_name=f"lead time in periods ({period}) after the last input", units="1")
+    ds["ndsi"].attrs["cell_methods"] = "time: mean"
+    for v in ("time", "time_bnds", "forecast_reference_time"):
+        ds[v].encoding.update(units="days since 1970-01-01", dtype="int64")
 
 
 def forecast_dataset(
@@ -284,7 +376,12 @@ def forecast_dataset(
     if hasattr(model, "eval") and hasattr(model, "to"):
         model = model.to(device).eval()
     overlap, (chunk_y, chunk_x) = spec.overlap_px(fc.patch), patch_chunks(cube, fc.patch)
-    frames = _as_dask(cube["ndsi"].isel(time=slice(last - fc.t_in + 1, last + 1)))
+    stacked = None
+    if fc.damping is not None:
+        frames, phase, n_ctx = scene_stack(cube, last, fc.t_in, fc.t_out, fc.damping, period)
+        model, stacked = StackedModel(model, fc.t_in, n_ctx, fc.t_out, phase), frames[fc.t_in + n_ctx:]
+    else:
+        frames = _as_dask(cube["ndsi"].isel(time=slice(last - fc.t_in + 1, last + 1)))
     arr = forecast_lazy(model, frames.astype(np.float32), t_out=fc.t_out, band=chunk_y, patch=fc.patch,
                         overlap=overlap, batch_size=spec.batch_size, device=device, window=spec.window,
                         floor=spec.floor)
@@ -297,19 +394,40 @@ def forecast_dataset(
         coords={"time": targets, "lead": ("time", np.arange(1, fc.t_out + 1, dtype=np.int16)),
                 "y": cube["y"], "x": cube["x"], "spatial_ref": cube["spatial_ref"]},
     )
-    ds["lead"].attrs["long_name"] = f"lead time in periods ({period}) after the last input"
-    ds["time"].encoding.update(units="days since 1970-01-01", dtype="int64")
+    _cf_time(ds, targets, period)
     ds.attrs.update({k: v for k, v in fc.info.items() if isinstance(v, str | int | float)})
     ds.attrs.update(
-        glacierflow_version=__version__, created=pd.Timestamp.now(tz="UTC").isoformat(timespec="seconds"),
+        Conventions="CF-1.10", glacierflow_version=__version__,
+        created=pd.Timestamp.now(tz="UTC").isoformat(timespec="seconds"),
         title=f"glacierflow forecast: {fc.name}, {fc.t_out} x {period} after {inputs[-1]}",
         model=fc.name, source_cube=str(cube_url), input_periods=json.dumps(inputs), last_input=inputs[-1],
         period=period, predict_spec=spec.to_json(), overlap_px=overlap, patch_px=fc.patch,
     )
-    sums = _scores_lazy(cube, arr, last, fc.t_out, season_length(period))
+    sums = _scores_lazy(cube, arr, last, fc.t_out, season_length(period), stacked)
     facts = {"last_index": last, "inputs": inputs, "targets": [f"{t:%Y-%m-%d}" for t in targets],
              "device": device, "overlap": overlap, "chunks": (chunk_y, chunk_x), "period": period}
     return ds, sums, facts
+
+
+@dataclass(frozen=True)
+class PredictSummary:
+    """What :func:`predict_cube` did: the CLI prints :meth:`lines`."""
+
+    out: str
+    model: str
+    inputs: list[str]
+    targets: list[str]
+    device: str
+    overlap: int
+    period: str
+    seconds: float
+    scores: dict[str, Any]
+
+    def lines(self) -> list[str]:
+        """The summary as the CLI prints it (inputs, targets, the score table, the store)."""
+        return [f"{self.model}: inputs {', '.join(self.inputs)} -> targets {', '.join(self.targets)} "
+                f"({self.overlap} px overlap, {self.device}, {self.seconds:.1f} s)", *format_scores(self.scores),
+                f"written: {self.out}"]
 
 
 def predict_cube(
@@ -320,7 +438,7 @@ def predict_cube(
     *,
     overwrite: bool = False,
     storage_options: dict[str, Any] | None = None,
-) -> dict[str, Any]:
+) -> PredictSummary:
     """Forecast the ``t_out`` periods after the last input for the whole scene; write the forecast store.
 
     Parameters
@@ -338,10 +456,10 @@ def predict_cube(
 
     Returns
     -------
-    dict
+    PredictSummary
         ``out``, ``inputs``, ``targets``, ``device``, ``overlap``, ``seconds`` and ``scores``
-        (``{name: {"mse", "mae", "per_lead": {...}}}`` for the model and both baselines; empty when the
-        targets lie beyond the cube). The scores are also in the store's attrs (``scores``, JSON) and its
+        (``{name: {"mse", "mae", "iou", "f1", "per_lead": {...}}}`` for the model and the baselines; empty
+        when the targets lie beyond the cube). The scores are also in the store's attrs (``scores``, JSON) and its
         ``scores`` group.
     """
     from glacierflow.storage import cf, stac_out, store
@@ -366,8 +484,9 @@ def predict_cube(
                                 storage_options=storage_options, compute=_compute,
                                 **_final_attrs(lambda: {"scores": json.dumps(scores, sort_keys=True)})),
                     storage_options)
-    return {"out": out_url, **facts, "scores": scores, "seconds": round(time.perf_counter() - t0, 2),
-            "model": fc.name}
+    return PredictSummary(out=out_url, model=fc.name, inputs=facts["inputs"], targets=facts["targets"],
+                          device=facts["device"], overlap=facts["overlap"], period=facts["period"],
+                          seconds=round(time.perf_counter() - t0, 2), scores=scores)
 
 
 def _final_attrs(attrs: Callable[[], dict[str, Any]]) -> dict[str, Any]:
@@ -396,10 +515,14 @@ def format_scores(scores: dict[str, Any]) -> list[str]:
     n_lead = len(next(iter(scores.values()))["per_lead"]["mse"])
     head = f"{'':14s} {'MSE':>8s} {'MAE':>8s}  " + " ".join(f"{'lead ' + str(h):>8s}" for h in range(1, n_lead + 1))
     lines = [head]
+    def f(v: float | None) -> str:
+        return f"{'n/a':>8s}" if v is None else f"{v:8.4f}"
+
     for name, s in scores.items():
-        per = " ".join(f"{v:8.4f}" for v in s["per_lead"]["mse"])
-        lines.append(f"{name:14s} {s['mse']:8.4f} {s['mae']:8.4f}  {per}")
-    for base in ("persistence", "seasonal"):
-        if base in scores and "model" in scores and scores[base]["mse"] > 0:
+        per = " ".join(f(v) for v in s["per_lead"]["mse"])
+        lines.append(f"{name:14s} {f(s['mse'])} {f(s['mae'])}  {per}")
+    for base in ("persistence", "seasonal", "climatology", "trend", "anomaly"):
+        model_mse = scores.get("model", {}).get("mse")
+        if base in scores and (scores[base]["mse"] or 0) > 0 and model_mse is not None:
             lines.append(f"skill vs {base}: {1 - scores['model']['mse'] / scores[base]['mse']:+.3f} (1 - MSE ratio)")
     return lines

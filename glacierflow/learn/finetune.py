@@ -11,12 +11,14 @@ after, the model is scored on the other glacier's test split next to both baseli
 from __future__ import annotations
 
 import os
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from glacierflow.errors import GlacierflowError
 from glacierflow.learn import evaluate, patches, train
 from glacierflow.learn.checkpoint import load_checkpoint, save_checkpoint
+from glacierflow.learn.models import BASELINES
 from glacierflow.learn.runtime import resolve_device
 from glacierflow.specs import PatchSpec, TrainSpec
 from glacierflow.storage.runfiles import file_sha256, write_json
@@ -98,12 +100,13 @@ def finetune(run_dir: str | os.PathLike[str], cube_url: str, out_dir: str | os.P
             group["lr"] = lr
     out.mkdir(parents=True, exist_ok=True)
     seed = {**ck, "train_spec": tspec.to_dict(), "epoch": 0, "step": 0, "best_val": float("inf"),
-            "best_epoch": 0, "bad_epochs": 0, "cube": str(cube_url)}
+            "best_epoch": 0, "bad_epochs": 0, "elapsed": 0.0, "cube": str(cube_url)}
     save_checkpoint(seed, out / "last.pt")
     summary = train.fit(cube_url, out, train_spec=tspec, resume=True, progress=progress)
     fine_tuned = evaluate.evaluate_run(out, "test", cube_url, device=device)
     result = {"zero_shot": zero_shot, "fine_tuned": fine_tuned, "fit": summary, "out": str(out)}
-    record = {"source": str(src), "source_sha256": file_sha256(src), "cube": str(cube_url), **result}
+    record = {"source": str(src), "source_sha256": file_sha256(src), "cube": str(cube_url), **result,
+              "fit": asdict(summary)}
     write_json(out / "finetune.json", record)
     return result
 
@@ -111,12 +114,12 @@ def finetune(run_dir: str | os.PathLike[str], cube_url: str, out_dir: str | os.P
 def format_comparison(result: dict[str, Any]) -> list[str]:
     """Zero-shot vs fine-tuned vs both baselines on the other glacier's test split, as lines of a table."""
     zs, ft = result["zero_shot"], result["fine_tuned"]
-    model = next(k for k in ft if k not in ("persistence", "seasonal"))
+    model = ft.get("model") or next(k for k, v in ft.items() if isinstance(v, dict) and k not in BASELINES)
     rows = [(f"{model} zero-shot", zs[model]), (f"{model} fine-tuned", ft[model]),
-            ("persistence", ft["persistence"]), ("seasonal", ft["seasonal"])]
+            *((b, ft[b]) for b in BASELINES if b in ft)]
     lines = [f"{'':24s} {'MSE':>8s} {'MAE':>8s}  {'skill vs persistence':>20s} {'skill vs seasonal':>18s}"]
     for label, m in rows:
         sk = m.get("skill", {})
-        lines.append(f"{label:24s} {m['mse']:8.4f} {m['mae']:8.4f}  {sk.get('persistence', 0.0):20.3f} "
-                     f"{sk.get('seasonal', 0.0):18.3f}")
+        lines.append(f"{label:24s} {m['mse'] or 0.0:8.4f} {m['mae'] or 0.0:8.4f}  "
+                     f"{sk.get('persistence') or 0.0:20.3f} {sk.get('seasonal') or 0.0:18.3f}")
     return lines

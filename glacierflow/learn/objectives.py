@@ -51,13 +51,26 @@ def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> 
     return se.sum() / mask.sum().clamp_min(1.0)
 
 
+def to_device(b: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    """A batch on ``device`` (non-blocking copies: the loader pins memory for a CUDA device)."""
+    return {k: v.to(device, non_blocking=True) for k, v in b.items() if torch.is_tensor(v)}
+
+
+def forecast(model: torch.nn.Module, b: dict[str, torch.Tensor], tf: float = 0.0, train: bool = False
+             ) -> torch.Tensor:
+    """``model``'s forecast of a batch on its device: inputs, history (``context``), ``bases`` and ``phase``."""
+    extras = {k: b[k] for k in ("bases", "phase") if k in b}
+    return model(b["x"], target=b["y"] if train else None, teacher_forcing=tf, context=b.get("context"),
+                 extras=extras or None)
+
+
 def patch_loss(model: torch.nn.Module, b: dict[str, torch.Tensor], tf: float, device: torch.device,
                dtype: Any) -> tuple[torch.Tensor, int]:
     """Masked MSE of a batch of patch samples."""
-    x, y, m = (b[k].to(device) for k in ("x", "y", "mask"))
+    b = to_device(b, device)
     with autocast(device, dtype):
-        pred = model(x, target=y, teacher_forcing=tf)
-    return masked_mse(pred, y, m), len(x)
+        pred = forecast(model, b, tf, train=True)
+    return masked_mse(pred, b["y"], b["mask"]), len(b["x"])
 
 
 def _patch(samples: Any, patch_spec: PatchSpec, spec: TrainSpec) -> tuple[Any, StepLoss, dict[str, Any]]:
@@ -111,16 +124,16 @@ def scene_windows(samples: Any, size: tuple[int, int], patch: int) -> np.ndarray
 
 
 class SceneWindows(torch.utils.data.Dataset):
-    """Items are whole batches of scene windows: ``x (B, t_in, 1, h, w)``, ``y`` and ``mask (B, t_out, 1, h, w)``."""
+    """Items are whole batches of scene windows ``(h, w)`` px.
+
+    The keys are those of patch samples: ``x``, ``y``, ``mask``, ``context``, ``bases``, ``phase``.
+    """
 
     def __init__(self, cube: Any, starts: np.ndarray, size: tuple[int, int], spec: PatchSpec) -> None:
         self.cube, self.starts, self.size, self.spec = cube, starts, size, spec
 
-    def __len__(self) -> int:
-        return len(self.starts)
-
-    def _crop(self, arr: Any, t: int, n: int, y: int, x: int) -> np.ndarray:
-        wy, wx = self.size
+    def _crop(self, key: str, t: int, n: int, y: int, x: int) -> np.ndarray:
+        arr, (wy, wx) = self.cube.arrays[key], self.size
         per_pixel = arr.shape[1] != 1
         sl = (slice(t, t + n), slice(y, y + wy) if per_pixel else slice(None), slice(x, x + wx) if per_pixel
               else slice(None))
@@ -128,25 +141,56 @@ class SceneWindows(torch.utils.data.Dataset):
         return np.broadcast_to(np.asarray(part, np.float32), (n, wy, wx))
 
     def __getitem__(self, idx: list[int] | np.ndarray) -> dict[str, torch.Tensor]:
-        t_in, w = self.spec.t_in, self.spec.window
-        seq, mask = [], []
-        for t, y, x in self.starts[np.asarray(idx, np.int64).reshape(-1)]:
-            seq.append(self._crop(self.cube.ndsi, t, w, y, x))
-            mask.append(self._crop(self.cube.valid, t + t_in, w - t_in, y, x))
-        s, m = torch.from_numpy(np.stack(seq)[:, :, None]), torch.from_numpy(np.stack(mask)[:, :, None].copy())
-        return {"x": s[:, :t_in], "y": s[:, t_in:], "mask": m}
+        from glacierflow.learn.climate import CUMULATIVE, base_forecasts, stats_from_sums
+        from glacierflow.learn.patches import stat_periods
+
+        t_in, t_out, ctx, pc = self.spec.t_in, self.spec.t_out, self.cube.context, self.cube
+        parts: dict[str, list[np.ndarray]] = {k: [] for k in ("context", "y", "mask", "clim_t", "trend_t", "clim_l")}
+        starts = self.starts[np.asarray(idx, np.int64).reshape(-1)]
+        for t, y, x in starts:
+            o = t + t_in
+            context = self._crop("inputs", o - ctx, ctx, y, x)
+            parts["context"].append(context)
+            parts["y"].append(self._crop("ndsi", o, t_out, y, x))
+            parts["mask"].append(self._crop("valid", o, t_out, y, x))
+            src = stat_periods(pc, np.array([o - 1]))[0]
+            sums_t = {k: np.stack([self._crop(k, int(u), 1, y, x)[0] for u in src]) for k in CUMULATIVE}
+            sums_l = {k: self._crop(k, o - 1, 1, y, x) for k in CUMULATIVE}
+            clim_t, trend_t = stats_from_sums(sums_t, pc.year[o + np.arange(t_out)][:, None, None], context[-1])
+            parts["clim_t"].append(clim_t)
+            parts["trend_t"].append(trend_t)
+            parts["clim_l"].append(stats_from_sums(sums_l, pc.year[o - 1], context[-1])[0])
+        a = {k: np.stack(v)[:, :, None] for k, v in parts.items()}
+        bases = base_forecasts(a["context"][:, -1:], a["context"], a["clim_t"], a["trend_t"], a["clim_l"],
+                               pc.damping, pc.season)
+        o = starts[:, 0] + t_in
+        phase = np.concatenate([pc.phase_obs[(o - t_in)[:, None] + np.arange(t_in)],
+                                pc.phase_centre[o[:, None] + np.arange(t_out)]], axis=1).astype(np.float32)
+        out = {"x": a["context"][:, ctx - t_in:], "y": a["y"], "mask": a["mask"], "context": a["context"],
+               "bases": bases, "phase": phase}
+        return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in out.items()}
 
 
 def full_scene_loss(layout: TileLayout) -> StepLoss:
-    """The step loss of ``full-scene``: tile, forecast, blend (:func:`~glacierflow.geo.tiling.stitch`), masked MSE."""
+    """The step loss of ``full-scene``: tile, forecast, blend (:func:`~glacierflow.geo.tiling.stitch`), masked MSE.
+
+    Every 5-d input (frames, history, bases) is cut into the same tiles; the calendar phase is a window's.
+    """
+    def tiles(a: torch.Tensor) -> torch.Tensor:  # (windows, T, 1, h, w) -> (tiles * windows, T, 1, P, P)
+        return cut_tiles(torch.nan_to_num(a[:, :, 0]), layout).flatten(0, 1)[:, :, None]
+
     def loss(model: torch.nn.Module, b: dict[str, torch.Tensor], tf: float, device: torch.device,
              dtype: Any) -> tuple[torch.Tensor, int]:
-        x, y, m = (b[k].to(device) for k in ("x", "y", "mask"))
-        xt = cut_tiles(torch.nan_to_num(x[:, :, 0]), layout)  # (tiles, windows, t_in, P, P)
-        yt = cut_tiles(y[:, :, 0], layout)
-        n, nb = xt.shape[:2]
+        b = to_device(b, device)
+        y, m, nb = b["y"], b["mask"], b["x"].shape[0]
+        n = len(layout.spots)
+        more: dict[str, Any] = {}
+        if "bases" in b:  # patch-sample keys (SceneWindows): history, bases and calendar reach the model
+            more = {"context": tiles(b["context"]),
+                    "extras": {"bases": tiles(b["bases"].flatten(1, 2)).unflatten(1, (5, -1)),
+                               "phase": b["phase"].repeat(n, 1)}}
         with autocast(device, dtype):
-            pred = model(xt.flatten(0, 1)[:, :, None], target=yt.flatten(0, 1)[:, :, None], teacher_forcing=tf)
+            pred = model(tiles(b["x"]), target=tiles(y), teacher_forcing=tf, **more)
         scene = stitch(pred.float()[:, :, 0].unflatten(0, (n, nb)), layout)  # (windows, t_out, h, w)
         return masked_mse(scene[:, :, None], y, m), n * nb
 

@@ -7,26 +7,31 @@ touched. Samples are then gathered in bulk: one fancy-index over a ``sliding_win
 array per batch (xbatcher's per-patch ``isel`` is ~27x slower). A cube larger than ``max_memory_gb`` is read
 tile by tile (all periods of one spatial tile plus a patch halo); its batches are drawn tile by tile.
 
-**Splits** (:func:`split_windows`), none sharing a (pixel, period) between test and training samples:
+**Splits** (:func:`split_windows`), no held-out target period ever seen in training:
 
-* ``temporal``: test = the windows inside the last ``test_periods`` periods (default one window,
-  ``t_in + t_out``); validation = the windows inside the ``t_in + t_out`` periods just before the test
-  periods; training = the windows that end before the validation periods. A cube with fewer than
-  ``test_periods + 2 * window`` periods but at least ``test_periods + window`` keeps validation inside the
-  training periods as a spatial block (the right-hand columns, a guard band away from the training
-  patches). Shorter cubes are refused.
+* ``temporal`` (rolling origin): test = the windows whose targets lie in the last ``t_out + test_starts - 1``
+  periods (``test_starts`` successive forecast start dates); validation = the windows whose targets lie in
+  the ``t_out + val_starts - 1`` periods before (``val_starts`` start dates); training = the windows that end
+  before the first held-out period. The gap between sets is the output length: an evaluation sample's inputs
+  are the past, known when its forecast is made, so they may be training periods (long ``--t-in`` costs no
+  extra held-out periods). A cube too short for separate validation start dates (but with one training
+  window and the test block) keeps validation inside the training periods as a spatial block (the
+  right-hand columns, a guard band away). Shorter cubes are refused.
 * ``spatial``: all periods; the columns are cut into blocks ``train | guard | val | guard | test`` (test the
   right-most ``test_fraction`` of the width, validation ``val_fraction``); the guard bands are at least
-  one patch wide, and a patch belongs to a set only if it lies entirely inside that set's block.
+  one patch wide, and a patch belongs to a set only if it lies entirely inside that set's block. (Not a
+  measure of forecast skill: neighbouring columns share the same years' weather.)
 
 **Masks.** Each sample carries ``mask`` (same shape as its targets, 0/1 float32): 1 where the target pixel
 was observed (``n_valid > 0`` where the cube has ``n_valid``, else the period is not ``interpolated``).
 Loss and metrics are means over ``mask == 1`` only, so a cloudy season stays in the data but is not scored.
 
-**Context.** Validation and test samples also carry ``context``: the ``max(t_in, season_length)`` periods
-ending with the last input frame, for the ``seasonal`` baseline (season length from the cube's period:
-1MS -> 12, 3MS -> 4, 6MS -> 2). Windows too close to the cube start to have that history are left out of
-validation and test (so every predictor is scored on the same samples); training keeps them.
+**Inputs, history, baselines** (:mod:`glacierflow.learn.climate`). Inputs are causal (a period interpolated
+from a later one takes the last earlier value). Every sample carries ``context``: the ``max(t_in,
+season_length)`` causal periods ending with its last input (season length from the cube's period: 1MS -> 12,
+3MS -> 4, 6MS -> 2); windows too close to the cube start for that history are left out of every set. It also
+carries ``bases``, every baseline's forecast (persistence, seasonal, and climatology, trend and anomaly from
+the training periods' statistics), and ``phase``, the calendar phase of its input and target periods.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 import xarray as xr
 import xbatcher
@@ -43,6 +49,18 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from glacierflow.choices import season_length
 from glacierflow.errors import GlacierflowError
+from glacierflow.learn.climate import (
+    CUMULATIVE,
+    base_forecasts,
+    causal_inputs,
+    causal_sources,
+    cumulative_sums,
+    fit_climate,
+    lookahead,
+    period_of_year,
+    phases,
+    stats_from_sums,
+)
 from glacierflow.learn.metrics import observed
 from glacierflow.specs import PatchSpec, TrainSpec
 from glacierflow.storage.cubes import SPATIAL_CHUNK, cube_period
@@ -100,49 +118,82 @@ def _inside(starts: np.ndarray, block: tuple[int, int], size: int) -> np.ndarray
     return (starts[:, 2] >= block[0]) & (starts[:, 2] + size <= block[1])
 
 
-def needed_periods(spec: PatchSpec, separate_val: bool) -> int:
-    """Periods a temporal split needs: test periods + one training window (+ one validation window)."""
-    test = spec.test_periods or spec.window
-    return test + spec.window * (2 if separate_val else 1)
+def eval_blocks(spec: PatchSpec) -> tuple[int, int]:
+    """Periods held out at the end of the cube for ``(test, validation)`` (temporal split).
+
+    A block holds the target periods of its successive forecast start dates: ``t_out + starts - 1``
+    (``test_periods`` overrides the test block). Nothing else is held out: an evaluation sample's inputs are
+    the past, known when its forecast is made, and may be training periods.
+    """
+    test = spec.test_periods or spec.t_out + spec.test_starts - 1
+    return test, spec.t_out + spec.val_starts - 1
+
+
+def needed_periods(spec: PatchSpec, separate_val: bool, context: int = 0) -> int:
+    """Periods a temporal split needs: the test block + one training window with its history (+ the val block)."""
+    test, val = eval_blocks(spec)
+    return test + max(spec.window, context + spec.t_out) + (val if separate_val else 0)
+
+
+def temporal_sets(starts: np.ndarray, nt: int, spec: PatchSpec, blocks: tuple[int, int], separate_val: bool,
+                  gap: int | None = None) -> dict[str, np.ndarray]:
+    """Boolean masks of the temporal split for held-out blocks ``(test, val)`` of periods at the cube's end.
+
+    Test windows have all their targets in the test block, validation windows in the validation block;
+    a training window's first target lies at least ``gap`` (default ``t_out``, the output length) periods
+    before the first held-out period, so it ends before it: no held-out target period is ever seen in
+    training, as input or target. (A ``gap`` one period short lets the last training window's target reach
+    the first held-out period; ``tests/test_patches.py`` shows the leakage proof catching it.)
+    """
+    gap = spec.t_out if gap is None else gap
+    test_b, val_b = blocks
+    origin, end = starts[:, 0] + spec.t_in, starts[:, 0] + spec.window
+    test = (origin >= nt - test_b) & (end <= nt)
+    if not separate_val:
+        return {"test": test, "train": origin + gap <= nt - test_b}
+    val = (origin >= nt - test_b - val_b) & (end <= nt - test_b)
+    return {"train": origin + gap <= nt - test_b - val_b, "val": val, "test": test}
 
 
 def split_windows(starts: np.ndarray, shape: tuple[int, int, int], spec: PatchSpec,
                   context: int) -> tuple[dict[str, np.ndarray], str]:
     """Assign window starts to ``train``/``val``/``test``; return the index arrays and how validation was chosen.
 
-    ``context`` is the number of periods the evaluation samples need before and including their last
-    input (``max(t_in, season_length)``); val/test windows without that history are dropped.
+    ``context`` is the number of periods every sample carries before and including its last input
+    (``max(t_in, season_length)``); windows without that history are dropped from every set.
     """
     nt, _, nx = shape
-    w = spec.window
     has_ctx = starts[:, 0] + spec.t_in - context >= 0
     if spec.split == "temporal":
-        test_p = spec.test_periods or w
-        if nt < needed_periods(spec, separate_val=False):
+        blocks = eval_blocks(spec)
+        if nt < needed_periods(spec, False, context):
             raise GlacierflowError(
-                f"cube has {nt} periods; a {spec.t_in}->{spec.t_out} temporal split needs at least "
-                f"{needed_periods(spec, False)} ({needed_periods(spec, True)} for a separate validation window); "
-                f"use a longer cube or --split spatial"
+                f"cube has {nt} periods; a {spec.t_in}->{spec.t_out} temporal split with {spec.test_starts} test "
+                f"start dates needs at least {needed_periods(spec, False, context)} "
+                f"({needed_periods(spec, True, context)} for separate validation start dates); use a longer "
+                f"cube, fewer --test-starts, a shorter --t-in or --split spatial"
             )
-        t_end = starts[:, 0] + w
-        test = starts[:, 0] >= nt - test_p
-        if nt >= needed_periods(spec, separate_val=True):
-            val = (starts[:, 0] >= nt - test_p - w) & (t_end <= nt - test_p)
-            train = t_end <= nt - test_p - w
-            how = f"validation: the window of {w} periods just before the {test_p} test periods"
+        if nt >= needed_periods(spec, True, context):
+            masks = temporal_sets(starts, nt, spec, blocks, separate_val=True)
+            train, val, test = masks["train"], masks["val"], masks["test"]
+            how = (f"test: {spec.test_starts if not spec.test_periods else blocks[0] - spec.t_out + 1} start dates "
+                   f"(the last {blocks[0]} periods); validation: {spec.val_starts} start dates (the {blocks[1]} "
+                   f"periods before); training: windows ending before those")
         else:
-            blocks = _blocks(nx, spec, ("train", "val"), (spec.val_fraction,))
-            before = t_end <= nt - test_p
-            val = before & _inside(starts, blocks["val"], spec.size)
-            train = before & _inside(starts, blocks["train"], spec.size)
-            how = (f"validation: columns {blocks['val'][0]}-{blocks['val'][1]} px of the training periods "
-                   f"(cube too short for a separate window: {nt} < {needed_periods(spec, True)} periods)")
+            masks = temporal_sets(starts, nt, spec, blocks, separate_val=False)
+            cols = _blocks(nx, spec, ("train", "val"), (spec.val_fraction,))
+            val = masks["train"] & _inside(starts, cols["val"], spec.size)
+            train = masks["train"] & _inside(starts, cols["train"], spec.size)
+            test = masks["test"]
+            how = (f"validation: columns {cols['val'][0]}-{cols['val'][1]} px of the training periods "
+                   f"(cube too short for separate start dates: {nt} < {needed_periods(spec, True, context)} "
+                   f"periods)")
     else:
-        blocks = _blocks(nx, spec, ("train", "val", "test"), (spec.val_fraction, spec.test_fraction))
-        train, val, test = (_inside(starts, blocks[k], spec.size) for k in SETS)
-        how = (f"spatial blocks (columns, px): train {blocks['train']}, val {blocks['val']}, "
-               f"test {blocks['test']}; guard bands {spec.guard_px} px")
-    sets = {"train": np.flatnonzero(train), "val": np.flatnonzero(val & has_ctx),
+        cols = _blocks(nx, spec, ("train", "val", "test"), (spec.val_fraction, spec.test_fraction))
+        train, val, test = (_inside(starts, cols[k], spec.size) for k in SETS)
+        how = (f"spatial blocks (columns, px): train {cols['train']}, val {cols['val']}, "
+               f"test {cols['test']}; guard bands {spec.guard_px} px")
+    sets = {"train": np.flatnonzero(train & has_ctx), "val": np.flatnonzero(val & has_ctx),
             "test": np.flatnonzero(test & has_ctx)}
     for name, idx in sets.items():
         if idx.size == 0:
@@ -151,20 +202,42 @@ def split_windows(starts: np.ndarray, shape: tuple[int, int, int], spec: PatchSp
     return sets, how
 
 
+ARRAYS = ("ndsi", "valid", "inputs", *CUMULATIVE)
+"""The ``(T, H, W)`` arrays samples are cut from: stored NDSI (targets), observed mask, causal inputs, and the
+running sums per period-of-year of the training periods (:func:`glacierflow.learn.climate.cumulative_sums`)."""
+
+
 @dataclass
 class PatchCube:
-    """The arrays samples are gathered from.
+    """The arrays samples are gathered from, and what every sample needs besides its frames.
 
-    ``ndsi (T, H, W)`` float32 and ``valid`` (``(T, H, W)`` or ``(T, 1, 1)``) uint8, in memory; or lazy
-    DataArrays with ``tile`` (px) for a cube larger than memory.
+    ``arrays`` maps :data:`ARRAYS` to ``(T, H, W)`` float32 arrays in memory (``valid`` uint8, possibly
+    ``(T, 1, 1)``), or to lazy DataArrays with ``tile`` (px) for a cube larger than memory. ``damping`` is the
+    anomaly baseline's ``phi_k``; ``phase_obs``/``phase_centre`` the calendar phases per period.
     """
 
-    ndsi: np.ndarray | xr.DataArray
-    valid: np.ndarray | xr.DataArray
+    arrays: dict[str, Any]
     spec: PatchSpec
     context: int
+    season: int
+    damping: np.ndarray
+    phase_obs: np.ndarray
+    phase_centre: np.ndarray
+    times: np.ndarray
+    poy: np.ndarray
+    year: np.ndarray  # centred like the running sums
     tile: int = 0
     _cache: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def ndsi(self) -> Any:
+        """The stored NDSI ``(T, H, W)`` (targets)."""
+        return self.arrays["ndsi"]
+
+    @property
+    def valid(self) -> Any:
+        """1 where the target pixel was observed."""
+        return self.arrays["valid"]
 
     @property
     def in_memory(self) -> bool:
@@ -178,29 +251,35 @@ class PatchCube:
         n_tx = -(-self.ndsi.sizes["x"] // self.tile)
         return (starts[:, 1] // self.tile) * n_tx + starts[:, 2] // self.tile
 
-    def _region(self, tile_id: int) -> tuple[np.ndarray, np.ndarray, int, int]:
-        """``(ndsi, valid, y_offset, x_offset)`` of one tile plus a patch halo (the loader computes here)."""
+    def _region(self, tile_id: int) -> tuple[dict[str, np.ndarray], int, int]:
+        """``(arrays, y_offset, x_offset)`` of one tile plus a patch halo (the loader computes here)."""
         if self._cache.get("id") != tile_id:
             n_tx = -(-self.ndsi.sizes["x"] // self.tile)
             y0, x0 = (tile_id // n_tx) * self.tile, (tile_id % n_tx) * self.tile
             halo = self.tile + self.spec.size - 1
             sl = {"y": slice(y0, y0 + halo), "x": slice(x0, x0 + halo)}
-            nd = np.asarray(self.ndsi.isel(sl).values, np.float32)
-            va = self.valid.isel(sl).values if "y" in self.valid.dims else self.valid.values[:, None, None]
-            self._cache.update(id=tile_id, arrays=(nd, np.asarray(va, np.uint8), y0, x0))
+            out = {}
+            for k, a in self.arrays.items():
+                if "y" in a.dims:
+                    out[k] = np.asarray(a.isel(sl).values, np.uint8 if k == "valid" else np.float32)
+                else:
+                    out[k] = np.asarray(a.values, np.uint8)[:, None, None]
+            self._cache.update(id=tile_id, arrays=(out, y0, x0))
         return self._cache["arrays"]
 
-    def gather(self, starts: np.ndarray, with_context: bool) -> dict[str, np.ndarray]:
-        """Samples for window ``starts`` ``(B, 3)``: ``x``, ``y``, ``mask`` (and ``context``), ``(B, T, 1, H, W)``."""
+    def gather(self, starts: np.ndarray, stats: bool = False) -> dict[str, np.ndarray]:
+        """Samples for window ``starts`` ``(B, 3)``: see :class:`PatchDataset` for the keys.
+
+        ``stats`` adds the climatology at the targets and at the last input (``clim_targets``, ``clim_last``).
+        """
         if self.in_memory:
-            return _gather(self.ndsi, self.valid, starts, self.spec, self.context if with_context else 0)
+            return _gather(self.arrays, starts, self, stats)
         tiles = self.tile_of(starts)
         parts = []
         for t in np.unique(tiles):  # batches are drawn tile by tile, so usually one tile
-            nd, va, y0, x0 = self._region(int(t))
+            arrays, y0, x0 = self._region(int(t))
             local = starts[tiles == t] - np.array([0, y0, x0])
-            parts.append((np.flatnonzero(tiles == t), _gather(nd, va, local, self.spec,
-                                                             self.context if with_context else 0)))
+            parts.append((np.flatnonzero(tiles == t), _gather(arrays, local, self, stats)))
         order = np.argsort(np.concatenate([p[0] for p in parts]))
         return {k: np.concatenate([p[1][k] for p in parts])[order] for k in parts[0][1]}
 
@@ -214,52 +293,146 @@ def _frames(arr: np.ndarray, t: np.ndarray, y: np.ndarray, x: np.ndarray, n: int
     return view[t, y, x][:, :, None]
 
 
-def _gather(ndsi: np.ndarray, valid: np.ndarray, starts: np.ndarray, spec: PatchSpec,
-            context: int) -> dict[str, np.ndarray]:
+def _at(arr: np.ndarray, idx: np.ndarray, y: np.ndarray, x: np.ndarray, size: int) -> np.ndarray:
+    """``arr[idx[b, k], y[b]:+size, x[b]:+size]``: ``(B, K, 1, size, size)`` for any periods ``idx (B, K)``."""
+    view = sliding_window_view(arr, (size, size), axis=(1, 2))
+    return view[idx, y[:, None], x[:, None]][:, :, None]
+
+
+def sample_stats(arrays: dict[str, np.ndarray], starts: np.ndarray, pc: PatchCube, x_last: np.ndarray
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(climatology, trend)`` at the targets and the climatology of the last input, ``(B, t_out|1, 1, s, s)``.
+
+    Statistics known when the forecast is made: training periods up to the last input (for a training
+    sample, never its own targets).
+    """
+    spec = pc.spec
     t, y, x = starts[:, 0], starts[:, 1], starts[:, 2]
-    seq = _frames(ndsi, t, y, x, spec.window, spec.size)
-    out = {"x": seq[:, : spec.t_in], "y": seq[:, spec.t_in:],
-           "mask": _frames(valid, t + spec.t_in, y, x, spec.t_out, spec.size).astype(np.float32)}
-    if context:
-        out["context"] = _frames(ndsi, t + spec.t_in - context, y, x, context, spec.size)
-    return out
+    last = t + spec.t_in - 1
+    u = last[:, None] + 1 + np.arange(spec.t_out)
+    src = stat_periods(pc, last)
+    at_t = {k: _at(arrays[k], src, y, x, spec.size) for k in CUMULATIVE}
+    clim_t, trend_t = stats_from_sums(at_t, pc.year[u][:, :, None, None, None], x_last)
+    at_l = {k: _at(arrays[k], last[:, None], y, x, spec.size) for k in CUMULATIVE}
+    clim_l, _ = stats_from_sums(at_l, pc.year[last][:, None, None, None, None], x_last)
+    return clim_t, trend_t, clim_l
 
 
-def open_patch_cube(cube: xr.Dataset, spec: PatchSpec) -> PatchCube:
-    """Read a cube store's ``ndsi`` and observation mask into memory (or prepare tile reads if too large)."""
+def stat_periods(pc: PatchCube, last: np.ndarray) -> np.ndarray:
+    """``(B, t_out)``: per target, the latest period ``<= last`` of its period-of-year (where its sums are read)."""
+    u = last[:, None] + 1 + np.arange(pc.spec.t_out)
+    return last[:, None] - (pc.poy[last][:, None] - pc.poy[u]) % pc.season
+
+
+def _gather(arrays: dict[str, np.ndarray], starts: np.ndarray, pc: PatchCube, stats: bool = False
+            ) -> dict[str, np.ndarray]:
+    spec, ctx = pc.spec, pc.context
+    t, y, x = starts[:, 0], starts[:, 1], starts[:, 2]
+    o, s = t + spec.t_in, spec.size
+    if len(o) and int(o.min()) < ctx:
+        raise GlacierflowError(f"a window starting at period {int(t.min())} has no {ctx} periods of history before "
+                               "its targets; samples start at period context - t_in or later")
+    context = _frames(arrays["inputs"], o - ctx, y, x, ctx, s)
+    clim_t, trend_t, clim_l = sample_stats(arrays, starts, pc, context[:, -1:])
+    bases = base_forecasts(context[:, -1:], context, clim_t, trend_t, clim_l, pc.damping, pc.season)
+    lead = np.arange(spec.t_out)
+    phase = np.concatenate([pc.phase_obs[(o - spec.t_in)[:, None] + np.arange(spec.t_in)],
+                            pc.phase_centre[o[:, None] + lead]], axis=1)
+    return {"x": np.ascontiguousarray(context[:, ctx - spec.t_in:]),
+            "y": _frames(arrays["ndsi"], o, y, x, spec.t_out, s),
+            "mask": _frames(arrays["valid"], o, y, x, spec.t_out, s).astype(np.float32),
+            "context": context, "bases": bases, "phase": phase.astype(np.float32),
+            **({"clim_targets": clim_t, "clim_last": clim_l} if stats else {})}
+
+
+def fit_damping(pc: PatchCube, train: np.ndarray, max_samples: int = 4096, seed: int = 0) -> np.ndarray:
+    """``phi_k``: least-squares regression of the target anomaly on the last input's anomaly, in [0, 1].
+
+    Over (a seeded subset of) the training windows ``train`` (starts), with the anomalies against the
+    statistics each sample knows (:func:`sample_stats`); unobserved targets are left out.
+    """
+    if len(train) > max_samples:
+        train = train[np.sort(np.random.default_rng(seed).choice(len(train), max_samples, replace=False))]
+    ab, aa = np.zeros(pc.spec.t_out), np.zeros(pc.spec.t_out)
+    for i in range(0, len(train), 256):
+        b = pc.gather(train[i: i + 256], stats=True)
+        a = b["x"][:, -1:].astype(np.float64) - b["clim_last"]
+        d = (b["y"] - b["clim_targets"]) * b["mask"]
+        ab += (a * d).sum(axis=(0, 2, 3, 4))
+        aa += (a * a * b["mask"]).sum(axis=(0, 2, 3, 4))
+    return np.clip(np.where(aa > 0, ab / np.maximum(aa, 1e-12), 0.0), 0.0, 1.0).astype(np.float32)
+
+
+def open_patch_cube(cube: xr.Dataset, spec: PatchSpec, sets: dict[str, np.ndarray] | None = None,
+                    starts: np.ndarray | None = None) -> PatchCube:
+    """The arrays of a cube store: in memory, or prepared for tile reads when larger than ``max_memory_gb``.
+
+    The training statistics (climatology, trend, anomaly damping) come from the training windows of
+    ``sets``/``starts``; without them from every window of the cube (for gathers outside a split).
+    """
     if "ndsi" not in cube:
         raise GlacierflowError("cube has no 'ndsi' variable; pass a store written by build-cube")
     ndsi = cube["ndsi"].transpose("time", "y", "x")
+    period = cube_period(cube)
+    season = season_length(period)
+    ctx = max(spec.t_in, season)
+    if sets is None or starts is None:
+        starts = window_starts(ndsi, spec)
+        sets = {"train": np.arange(len(starts))}
+    train = starts[sets["train"]]
+    nt, times = ndsi.sizes["time"], pd.DatetimeIndex(cube["time"].values)
+    periods = np.zeros(nt, bool)
+    for t0 in np.unique(train[:, 0]):
+        periods[t0: t0 + spec.window] = True
     valid = observed(cube)
-    ctx = max(spec.t_in, season_length(cube_period(cube)))
     per_pixel = "y" in valid.dims
-    nbytes = ndsi.size * (4 + (1 if per_pixel else 0))
-    if nbytes <= spec.max_memory_gb * 2**30:
-        nd = np.ascontiguousarray(ndsi.values, dtype=np.float32)
+    in_memory = ndsi.size * (36 + (1 if per_pixel else 0)) <= spec.max_memory_gb * 2**30
+    if in_memory:  # statistics in numpy (no task graph) when the cube fits
+        ndsi, valid = ndsi.load(), valid.load()
+    poy, years = period_of_year(times, period), times.year.to_numpy()
+    year0 = float(np.mean(years[periods])) if periods.any() else 0.0
+    clim, _ = fit_climate(ndsi, valid, periods, poy, years, season).at(poy, years)
+    inputs = causal_inputs(ndsi, causal_sources(lookahead(cube)), clim.assign_coords(time=ndsi["time"]))
+    sums = cumulative_sums(ndsi, valid, periods, poy, years, year0)
+    tm = cube["time_mean"].values if "time_mean" in cube else None
+    ph_obs, ph_centre = phases(times, tm, period)
+    arrays: dict[str, Any] = {"ndsi": ndsi, "valid": valid, "inputs": inputs, **sums}
+    common = dict(spec=spec, context=ctx, season=season, damping=np.zeros(spec.t_out, np.float32),
+                  phase_obs=ph_obs, phase_centre=ph_centre, times=times.to_numpy(), poy=poy,
+                  year=(years - year0).astype(np.float32))
+    if in_memory:
+        mem = {k: np.ascontiguousarray(a.values, dtype=np.float32) for k, a in arrays.items() if k != "valid"}
         va = valid.values.astype(np.uint8)
-        return PatchCube(nd, va if per_pixel else va[:, None, None], spec, ctx)
-    enc = cube["ndsi"].encoding.get("chunks")
-    chunk = enc[-1] if enc else (ndsi.chunks[-1][0] if ndsi.chunks else SPATIAL_CHUNK)
-    tile = max(chunk, spec.size) // spec.stride * spec.stride or spec.stride
-    return PatchCube(ndsi, valid, spec, ctx, tile=int(tile))
+        pc = PatchCube({**mem, "valid": va if per_pixel else va[:, None, None]}, **common)
+    else:
+        enc = cube["ndsi"].encoding.get("chunks")
+        chunk = enc[-1] if enc else (ndsi.chunks[-1][0] if ndsi.chunks else SPATIAL_CHUNK)
+        tile = max(chunk, spec.size) // spec.stride * spec.stride or spec.stride
+        pc = PatchCube(arrays, **common, tile=int(tile))
+    usable = train[train[:, 0] + spec.t_in >= ctx]
+    pc.damping = fit_damping(pc, usable[np.argsort(pc.tile_of(usable), kind="stable")])
+    return pc
 
 
 class PatchDataset(torch.utils.data.Dataset):
     """Map-style dataset whose items are whole batches: ``ds[list_of_indices]`` -> dict of tensors.
 
-    Keys: ``x`` (B, t_in, 1, H, W), ``y`` and ``mask`` (B, t_out, 1, H, W), ``context`` (B, T_ctx, 1, H, W) when
-    ``with_context``, and ``index`` (B, 3) window starts (t, y, x). Use with :func:`make_loader`.
+    Keys: ``x`` (B, t_in, 1, H, W) causal inputs, ``y`` and ``mask`` (B, t_out, 1, H, W), ``context``
+    (B, T_ctx, 1, H, W) the causal periods ending with the last input, ``bases`` (B, 5, t_out, 1, H, W) every
+    baseline's forecast (:data:`glacierflow.learn.climate.BASELINE_NAMES`), ``phase`` (B, t_in + t_out) the
+    calendar phase of each input and target period (radians), ``index`` (B, 3) window starts (t, y, x).
+    Use with :func:`make_loader`.
     """
 
-    def __init__(self, cube: PatchCube, starts: np.ndarray, with_context: bool = False) -> None:
-        self.cube, self.starts, self.with_context = cube, np.asarray(starts, np.int64), with_context
+    def __init__(self, cube: PatchCube, starts: np.ndarray) -> None:
+        self.cube, self.starts = cube, np.asarray(starts, np.int64)
 
     def __len__(self) -> int:
         return len(self.starts)
 
     def __getitem__(self, idx: list[int] | np.ndarray) -> dict[str, torch.Tensor]:
         starts = self.starts[np.asarray(idx, np.int64).reshape(-1)]
-        arrays = self.cube.gather(starts, self.with_context)
+        arrays = self.cube.gather(starts)
         out = {k: torch.from_numpy(v) for k, v in arrays.items()}
         out["index"] = torch.from_numpy(starts)
         return out
@@ -298,12 +471,15 @@ class BatchOrder(torch.utils.data.Sampler):
 
 
 def make_loader(dataset: PatchDataset, batch_size: int, *, shuffle: bool, seed: int = 0,
-                num_workers: int = 0) -> torch.utils.data.DataLoader:
-    """A DataLoader of whole batches (bulk gathers), seeded; works with ``num_workers > 0``."""
+                num_workers: int = 0, pin_memory: bool = False) -> torch.utils.data.DataLoader:
+    """A DataLoader of whole batches (bulk gathers), seeded; works with ``num_workers > 0``.
+
+    ``pin_memory`` (for a CUDA device) lets batches be copied with ``non_blocking=True``.
+    """
     order = BatchOrder(len(dataset), batch_size, shuffle=shuffle, seed=seed,
                        groups=None if dataset.cube.in_memory else dataset.cube.tile_of(dataset.starts))
     return torch.utils.data.DataLoader(dataset, batch_size=None, sampler=order, num_workers=num_workers,
-                                       persistent_workers=False)
+                                       persistent_workers=False, pin_memory=pin_memory)
 
 
 @dataclass
@@ -317,31 +493,46 @@ class Samples:
     season_length: int
 
     def dataset(self, name: str) -> PatchDataset:
-        """The dataset of one set (``train``, ``val`` or ``test``); val/test carry ``context``."""
+        """The dataset of one set (``train``, ``val`` or ``test``)."""
         if name not in self.sets:
             raise GlacierflowError(f"unknown split set {name!r}; choose one of: {', '.join(self.sets)}")
-        return PatchDataset(self.cube, self.starts[self.sets[name]], with_context=name != "train")
+        return PatchDataset(self.cube, self.starts[self.sets[name]])
+
+    def origins(self, name: str) -> list[str]:
+        """The forecast start dates (first target period) of a set, ``YYYY-MM-DD``, in order."""
+        o = np.unique(self.starts[self.sets[name], 0] + self.cube.spec.t_in)
+        return [str(np.datetime_as_string(self.cube.times[i], unit="D")) for i in o]
 
     def summary(self) -> dict[str, Any]:
         """Sample counts per set and how validation was chosen."""
         return {**{f"n_{k}": int(v.size) for k, v in self.sets.items()}, "validation": self.validation,
                 "season_length": self.season_length, "context": self.cube.context,
-                "in_memory": self.cube.in_memory}
+                "in_memory": self.cube.in_memory, "damping": [round(float(v), 4) for v in self.cube.damping],
+                **{f"origins_{k}": self.origins(k) for k in ("val", "test")}}
 
 
 def prepare(cube: xr.Dataset, spec: PatchSpec) -> Samples:
     """Windows (xbatcher), split and arrays of a cube store opened lazily (``store.open_store``)."""
     starts = window_starts(cube["ndsi"].transpose("time", "y", "x"), spec)
-    pc = open_patch_cube(cube, spec)
+    season = season_length(cube_period(cube))
     shape = tuple(cube.sizes[d] for d in ("time", "y", "x"))
-    sets, how = split_windows(starts, shape, spec, pc.context)  # type: ignore[arg-type]
-    return Samples(pc, starts, sets, how, season_length(cube_period(cube)))
+    sets, how = split_windows(starts, shape, spec, max(spec.t_in, season))  # type: ignore[arg-type]
+    return Samples(open_patch_cube(cube, spec, sets, starts), starts, sets, how, season)
 
 
-def set_loader(samples: Samples, name: str, spec: TrainSpec, *, shuffle: bool) -> Any:
-    """Loader of one set; validation limited to a seeded subset of ``val_samples`` when that is set."""
+def set_loader(samples: Samples, name: str, spec: TrainSpec, *, shuffle: bool, pin_memory: bool = False) -> Any:
+    """Loader of one set; validation limited to a seeded subset of ``val_samples`` when that is set.
+
+    The subset is stratified by forecast start date (each date keeps its share), so validation always
+    spans every validation start date.
+    """
     ds = samples.dataset(name)
     if name == "val" and 0 < spec.val_samples < len(ds):
-        keep = np.sort(np.random.default_rng(spec.seed).choice(len(ds), spec.val_samples, replace=False))
-        ds = PatchDataset(ds.cube, ds.starts[keep], with_context=ds.with_context)
-    return make_loader(ds, spec.batch_size, shuffle=shuffle, seed=spec.seed, num_workers=spec.num_workers)
+        rng, origin = np.random.default_rng(spec.seed), ds.starts[:, 0]
+        dates = np.unique(origin)
+        per = max(1, spec.val_samples // len(dates))
+        keep = np.sort(np.concatenate([rng.choice(np.flatnonzero(origin == d), min(per, int((origin == d).sum())),
+                                                  replace=False) for d in dates]))
+        ds = PatchDataset(ds.cube, ds.starts[keep])
+    return make_loader(ds, spec.batch_size, shuffle=shuffle, seed=spec.seed, num_workers=spec.num_workers,
+                       pin_memory=pin_memory)

@@ -1,10 +1,12 @@
 """The model zoo: a registry of forecasters sharing one tensor contract.
 
 Every model maps ``x`` of shape ``(B, t_in, C, H, W)`` (NDSI snow mask in [0, 1]) to ``(B, t_out, C, H, W)``
-in [0, 1] with ``forward(x, target=None, teacher_forcing=0.0, context=None)``. ``target`` and
+in [0, 1] with ``forward(x, target=None, teacher_forcing=0.0, context=None, extras=None)``. ``target`` and
 ``teacher_forcing`` are used in training by the models that roll out step by step (``lstm``, ``convlstm``,
-``unet``, ``transformer``); ``context`` (the cube periods ending with the last input frame) only by
-``seasonal``. The baselines (``persistence``, ``seasonal``) have no parameters and are never trained.
+``unet``, ``transformer``); ``context`` (the cube periods ending with the last input frame) by ``seasonal``;
+``extras`` (a sample's ``bases`` and ``phase``, see ``glacierflow.learn.patches``) by the baselines fitted on
+the training periods and by every learned model's head (:mod:`glacierflow.learn.models.head`: ``residual`` or
+``direct``, calendar, climatology channels). The baselines have no parameters and are never trained.
 
 ``build_model(name, **module.model_args)`` rebuilds the architecture of a built module, so a checkpoint that
 stores the model name and ``model_args`` is enough to reload it.
@@ -18,9 +20,12 @@ from typing import Any
 
 import torch
 
+from glacierflow.choices import BASES, HEADS
 from glacierflow.errors import GlacierflowError, did_you_mean
-from glacierflow.learn.models.baselines import Persistence, Seasonal
+from glacierflow.learn.models.baselines import Anomaly, Climatology, Persistence, Seasonal, Trend
+from glacierflow.learn.models.blend import BlendCore
 from glacierflow.learn.models.convlstm import ConvLSTMForecaster
+from glacierflow.learn.models.head import HEAD_KEYS, Headed
 from glacierflow.learn.models.lstm import LSTMForecaster
 from glacierflow.learn.models.simvp import SimVPForecaster
 from glacierflow.learn.models.transformer import TransformerForecaster
@@ -54,6 +59,18 @@ MODELS: dict[str, ModelEntry] = {
     "persistence": ModelEntry(Persistence, "baseline: repeat the last input frame", False, {}),
     "seasonal": ModelEntry(
         Seasonal, "baseline: the most recent period of the same season (needs season_length)", False, {}
+    ),
+    "climatology": ModelEntry(Climatology, "baseline: per-pixel mean of each period-of-year (training periods)",
+                              False, {}),
+    "trend": ModelEntry(Trend, "baseline: per-pixel linear trend of each period-of-year over the training years",
+                        False, {}),
+    "anomaly": ModelEntry(Anomaly, "baseline: climatology + the last anomaly, damped per lead (fitted on training)",
+                          False, {}),
+    "blend": ModelEntry(
+        BlendCore,
+        "3x3 conv of the inputs + the shared head: a small CNN blending baselines, history and calendar",
+        True,
+        {"kernel_size": 3},
     ),
     "lstm": ModelEntry(
         LSTMForecaster,
@@ -93,7 +110,10 @@ MODELS: dict[str, ModelEntry] = {
     ),
 }
 
-BASELINES: tuple[str, ...] = ("persistence", "seasonal")
+HEAD_DEFAULTS: dict[str, Any] = {"head_mode": "residual", "base": "seasonal", "calendar": True, "climatology": True}
+"""The head options left out of a partial head choice (``ModelSpec`` gives a run's all; none: the bare core)."""
+
+BASELINES: tuple[str, ...] = ("persistence", "seasonal", "climatology", "trend", "anomaly")
 
 
 def _jsonable(value: Any) -> Any:
@@ -138,6 +158,11 @@ def build_model(
     entry = MODELS.get(name)
     if entry is None:
         raise GlacierflowError(f"unknown model {name!r}{did_you_mean(name, MODELS)}; known: {', '.join(MODELS)}")
+    if "head" in kwargs and "head" not in entry.defaults and entry.learned:  # ModelSpec's name for head_mode
+        kwargs["head_mode"] = kwargs.pop("head")
+    head = {k: kwargs.pop(k) for k in HEAD_KEYS if k in kwargs}
+    if head and not entry.learned:
+        raise GlacierflowError(f"{name!r} is a baseline: it has no head ({', '.join(head)})")
     unknown = sorted(set(kwargs) - set(entry.defaults))
     if unknown:
         known = ", ".join(entry.defaults) or "none"
@@ -149,6 +174,13 @@ def build_model(
     except TypeError as err:
         raise GlacierflowError(f"model options must be JSON values (numbers, strings, lists): {err}") from None
     module = entry.cls(**args)
+    if entry.learned and head:  # a bare core without head options (what the architecture tests check)
+        head = {**HEAD_DEFAULTS, **head}
+        if head["head_mode"] not in HEADS or head["base"] not in BASES:
+            raise GlacierflowError(f"head {head['head_mode']!r} / base {head['base']!r}: choose a head of "
+                                   f"{', '.join(HEADS)} and a base of {', '.join(BASES)}")
+        module = Headed(module, **head)
+        args |= head
     module.model_args = args
     return module
 
