@@ -1,4 +1,4 @@
-"""Build a cube from Python instead of the CLI (same library call the CLI makes).
+"""Build a cube from Python with the notebook API (the same library calls the CLI makes).
 
     python examples/build_cube.py [STAC_URL W S E N START END OUT [CLUSTER]]
 
@@ -9,12 +9,8 @@ Without a STAC URL argument this targets Planetary Computer for the parvati glac
 
 import sys
 
+import glacierflow as gf
 from glacierflow.compute.cluster import get_client
-from glacierflow.compute.runner import runner
-from glacierflow.geo.glaciers import get_site, site_from_bbox
-from glacierflow.ingest.catalog import PLANETARY_COMPUTER_URL
-from glacierflow.preprocess.build import build_cube_store
-from glacierflow.specs import CubeSpec, PreprocessSpec
 
 
 def main(argv: list[str]) -> None:
@@ -23,14 +19,14 @@ def main(argv: list[str]) -> None:
     if len(argv) in (8, 9):
         url, *bbox, start, end, out = argv[:8]
         cluster = argv[8] if len(argv) == 9 else cluster
-        site = site_from_bbox(tuple(map(float, bbox)), name="example")
+        where = {"bbox": tuple(map(float, bbox)), "catalog": url}
     else:
-        url, start, end, out = PLANETARY_COMPUTER_URL, "2019-01-01", "2019-12-31", "parvati-2019-3ms.zarr"
-        site = get_site("parvati")
-    spec = CubeSpec(name=site.name, bbox=site.bbox, epsg=site.epsg, start=start, end=end, catalog=url)
-    with get_client(cluster) as client:
-        summary = build_cube_store(spec, PreprocessSpec(period="3MS"), out, overwrite=True, compute=runner(client))
-    print("\n".join(summary.lines()))
+        where, start, end, out = {"site": "parvati"}, "2019-01-01", "2019-12-31", "parvati-2019-3ms.zarr"
+    cube = gf.build_cube(**where, start=start, end=end, period="3MS")  # the search runs now; pixels later
+    print(f"{cube.sizes['scene']} scenes considered, cube {dict(cube['ndsi'].sizes)}")
+    with get_client(cluster):  # the Dask client that gf.write computes on
+        gf.write(cube, out, overwrite=True)
+    print(f"written: {out}")
 
 
 if __name__ == "__main__":  # needed: a local cluster starts worker processes that import this file

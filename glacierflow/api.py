@@ -148,8 +148,8 @@ def open_cube(url: str | os.PathLike[str], storage_options: dict[str, Any] | Non
 
 
 def velocity(cube: xr.Dataset | str | os.PathLike[str], *, storage_options: dict[str, Any] | None = None,
-             **options: Any) -> xr.Dataset:
-    """Surface velocity from the cube's scene pairs, as a lazy Dataset (the velocity store's content).
+             **options: Any) -> xr.DataTree:
+    """Surface velocity from the cube's scene pairs, lazy, in the velocity store's layout (ITS_LIVE names).
 
     Parameters
     ----------
@@ -159,13 +159,18 @@ def velocity(cube: xr.Dataset | str | os.PathLike[str], *, storage_options: dict
     storage_options
         fsspec options for a cloud store.
     **options
-        :class:`~glacierflow.specs.FlowSpec` fields (``method=``, ``max_speed=``...).
+        :class:`~glacierflow.specs.FlowSpec` fields (``method=``, ``max_speed=``, ``outline=``...).
 
     Returns
     -------
-    xarray.Dataset
-        Lazy velocity store content; :func:`write` computes and stores it.
+    xarray.DataTree
+        The root holds the composite ``vx``, ``vy`` (m/yr, +x east, +y north), ``v``, ``v_error``, ``count``
+        on ``(y, x)``; the ``pairs`` group each pair's ``vx``, ``vy``, ``v`` on ``mid_date``. Lazy;
+        :func:`write` computes and stores it.
     """
+    import pandas as pd
+
+    from glacierflow import __version__
     from glacierflow.motion import velocity as vel  # deferred: the matchers
 
     url = cube if not isinstance(cube, xr.Dataset) else cube.encoding.get("source")
@@ -173,10 +178,15 @@ def velocity(cube: xr.Dataset | str | os.PathLike[str], *, storage_options: dict
         raise GlacierflowError("velocity() needs a cube store: pass its URL, or a Dataset from gf.open_cube(url)")
     cube_ds, guides = vel.open_cube(str(url), storage_options)
     (flow_kw,) = _split(options, FlowSpec)
-    return vel.velocity(cube_ds, FlowSpec(**flow_kw), guides=guides)
+    ds = vel.velocity(cube_ds, FlowSpec(**flow_kw), guides=guides)
+    specs = vel.cube_specs(cube_ds) if "cube_spec" in cube_ds.attrs else None
+    ds.attrs.update(glacierflow_version=__version__, source_cube=str(url),
+                    created=pd.Timestamp.now(tz="UTC").isoformat(),
+                    **({"cube_spec": specs[0].to_json(), "preprocess_spec": specs[1].to_json()} if specs else {}))
+    return vel.its_live(ds)
 
 
-def write(ds: xr.Dataset, url: str | os.PathLike[str], *, overwrite: bool = False,
+def write(ds: xr.Dataset | xr.DataTree, url: str | os.PathLike[str], *, overwrite: bool = False,
           storage_options: dict[str, Any] | None = None) -> str:
     """Compute ``ds`` and write it as a Zarr store (CF-1.10, STAC beside it), atomically.
 
@@ -186,7 +196,7 @@ def write(ds: xr.Dataset, url: str | os.PathLike[str], *, overwrite: bool = Fals
     Parameters
     ----------
     ds
-        A Dataset from :func:`build_cube`, :func:`velocity` or :func:`predict` (any Dataset works).
+        A Dataset (or DataTree) from :func:`build_cube`, :func:`velocity` or :func:`predict` (any works).
     url
         Local path or fsspec URL.
     overwrite
@@ -202,8 +212,11 @@ def write(ds: xr.Dataset, url: str | os.PathLike[str], *, overwrite: bool = Fals
     from glacierflow.preprocess.build import as_tree  # deferred: the preprocessing stack
     from glacierflow.storage import cf, stac_out, store  # deferred: zarr, pystac
 
-    cube = "scene" in ds.dims  # a cube: its per-scene table goes to the `scenes` group, as build-cube writes it
-    data: Any = cf.conform(as_tree(ds) if cube else ds, period_means=cube or "lead" in ds.dims)
+    if isinstance(ds, xr.DataTree):  # e.g. velocity(): the composite and its pairs group
+        data: Any = cf.conform(ds)
+    else:
+        cube = "scene" in ds.dims  # a cube: its per-scene table goes to the `scenes` group, as build-cube writes
+        data = cf.conform(as_tree(ds) if cube else ds, period_means=cube or "lead" in ds.dims)
     stac_out.beside(store.write(data, str(url), overwrite=overwrite, storage_options=storage_options),
                     storage_options)
     return str(url)
