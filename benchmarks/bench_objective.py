@@ -94,13 +94,13 @@ def on_glacier(ds: xr.Dataset, truth: xr.Dataset | None) -> dict[str, float]:
     speed = np.hypot(t["u"].values, t["v"].values)
     out = {"twin_speed": float(np.median(speed[g]))}
     for key in ("", "_true"):
-        sp = ds[f"speed_composite{key}"].values
+        sp = ds[f"v{key}"].values  # the velocity store's root (ITS_LIVE names)
         ok = g & np.isfinite(sp)
         out[f"err{key}"] = float(np.median(np.abs(sp - speed)[ok])) if ok.any() else math.nan
-        u, v = ds[f"u_composite{key}"].values, ds[f"v_composite{key}"].values
+        u, v = ds[f"vx{key}"].values, ds[f"vy{key}"].values
         ang = np.degrees(np.abs(np.angle((u + 1j * v) * np.conj(t["u"].values + 1j * t["v"].values))))
         out[f"dir{key}"] = float(np.median(ang[ok])) if ok.any() else math.nan
-    sp, st = ds["speed_composite"].values, ds["speed_composite_true"].values
+    sp, st = ds["v"].values, ds["v_true"].values
     ok = g & np.isfinite(sp) & np.isfinite(st)
     out["diff"] = float(np.median(np.abs(sp - st)[ok])) if ok.any() else math.nan
     return out

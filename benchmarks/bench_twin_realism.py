@@ -110,11 +110,11 @@ def period_figures(out: str, truth: xr.Dataset) -> dict[str, float]:
 
 def flow_figures(out: str, vel_out: str, truth: xr.Dataset) -> dict[str, float]:
     summary = run_flow(out, vel_out, overwrite=True)
-    vel = open_store(vel_out).load()
+    vel = open_store(vel_out).load()  # the composite: vx, vy (ITS_LIVE names)
     on = truth[["u", "v", "glacier_mask"]].sel(x=vel["x"], y=vel["y"])
     tu, tv = on["u"].values.astype(float), on["v"].values.astype(float)
     gl = on["glacier_mask"].values.astype(bool)
-    u, v = vel["u_composite"].values, vel["v_composite"].values
+    u, v = vel["vx"].values, vel["vy"].values
     speed, true_speed = np.hypot(u, v), np.hypot(tu, tv)
     ok = gl & np.isfinite(speed)
     true_median = float(np.median(true_speed[gl]))
@@ -122,7 +122,7 @@ def flow_figures(out: str, vel_out: str, truth: xr.Dataset) -> dict[str, float]:
     moving = ok & (true_speed >= 0.25 * true_median)
     angle = np.angle(np.exp(1j * (np.arctan2(v[moving], u[moving]) - np.arctan2(tv[moving], tu[moving]))))
     off = ~gl & np.isfinite(speed)
-    return {"flow_pairs": summary["pairs"], "flow_true_median": true_median, "flow_mae": mae,
+    return {"flow_pairs": summary.pairs, "flow_true_median": true_median, "flow_mae": mae,
             "flow_rel": mae / true_median, "flow_direction_deg": float(np.degrees(np.median(np.abs(angle)))),
             "flow_stable_median_speed": float(np.median(speed[off])), "flow_valid": float(ok.sum() / gl.sum())}
 

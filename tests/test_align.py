@@ -304,3 +304,27 @@ def test_co_register_two_passes_and_fresh_reads():
         np.testing.assert_allclose(got - got.mean(), np.subtract(true, np.mean(true)), atol=0.05)
     np.testing.assert_allclose(out["ndsi"].values[:6], 2 * out["guide"].values[:6], equal_nan=True)
     assert np.isnan(out["ndsi"].values[2][:, :48]).all(), "the partial footprint stays missing"
+
+
+def test_guide_band_from_the_raw_cube_under_the_masked_bands_mask_and_wallis():
+    """--guide-band red reads the stacked red under the green/swir16 mask; grey is the research mix; Wallis
+    gives unit local contrast in bright and dark halves alike."""
+    from glacierflow.preprocess.align import alignment_image
+
+    rng = np.random.default_rng(0)
+    shape = (2, 3, 40, 40)
+    raw = xr.DataArray(rng.uniform(0.1, 0.5, shape).astype(np.float32), dims=("time", "band", "y", "x"),
+                       coords={"band": ["green", "swir16", "red"]})
+    masked = raw.sel(band=["green", "swir16"]).copy()
+    masked[0, :, :5, :] = np.nan  # not observed
+    red = alignment_image(masked, band="red", raw=raw)
+    assert np.isnan(red.values[0, :5]).all() and np.array_equal(red.values[1], raw.sel(band="red").values[1])
+    grey = alignment_image(masked, band="grey")
+    np.testing.assert_allclose(grey.values[1], 0.114 * raw.values[1, 0] + 0.886 * raw.values[1, 1], rtol=1e-6)
+    with pytest.raises(GlacierflowError, match="no 'nir08' band"):
+        alignment_image(masked, band="nir08", raw=raw)
+    contrast = raw.copy()
+    contrast[:, 2, :, 20:] *= 10  # a bright half: ten times the texture
+    w = alignment_image(masked, 3.0, band="red", raw=contrast, wallis=True).values[1]
+    left, right = np.std(w[8:-8, 2:8]), np.std(w[8:-8, 30:38])  # a window (3 sigma) away from the edge
+    assert 0.7 < left / right < 1.4  # measured ~1.0; a plain high-pass: ~0.1

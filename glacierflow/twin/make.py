@@ -42,7 +42,7 @@ from glacierflow.twin.realism import DEFAULT_REALISM, REALISMS, ScheduleContext
 from glacierflow.twin.scene import Acquisition, sun_angles
 from glacierflow.twin.world import World
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: red and nir08 assets, outlines.geojson (older twins lack what build-cube stacks)
 REVISIT = 16  # days
 #: Landsat 9's first Collection-2 acquisitions in the archive (operations from late October 2021)
 LANDSAT9_START = datetime(2021, 11, 1, tzinfo=UTC)
