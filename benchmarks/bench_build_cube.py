@@ -329,7 +329,7 @@ def serial_main(cfg: dict[str, Any]) -> dict[str, Any]:
     import xarray as xr
 
     from glacierflow.ingest.cube import RESAMPLING
-    from glacierflow.preprocess.align import find_warp, highpass_filter, warp_image
+    from glacierflow.preprocess.align import find_warp, highpass_filter, steady_pixels, warp_image
     from glacierflow.preprocess.gapfill import gap_fill_2d
     from glacierflow.preprocess.periods import period_starts
     from glacierflow.preprocess.qa import QA_CLOUD, QA_CLOUD_SHADOW, QA_DILATED_CLOUD, QA_FILL
@@ -390,12 +390,16 @@ def serial_main(cfg: dict[str, Any]) -> dict[str, Any]:
         warps.append(w)
         ok1.append(ok)
     t = tick("ECC align (translation)", t)
-    ref2 = _median3(_nanmean([warp_image(guides[k], warps[k]) for k in range(len(index)) if ok1[k]]))
+    aligned1 = [warp_image(guides[k], warps[k]) for k in range(len(index)) if ok1[k]]
+    ref2 = _median3(_nanmean(aligned1))
+    # pass 2 looks only at the ground whose aligned guide follows ref2 (motion-robust, align.steady_pixels)
+    static = steady_pixels(_nanmean([(a - ref2) ** 2 for a in aligned1]), ref2)
     t = tick("reference", t)
     shifts = []
     for k in range(len(index)):  # pass 2 against the re-estimated reference, from the pass-1 warp
         t1 = time.perf_counter()
-        w, _, ok = find_warp(guides[k], ref2, pre.motion, init=warps[k], min_ecc=pre.min_ecc)
+        w, _, ok = find_warp(np.where(static, guides[k], np.nan), ref2, pre.motion, init=warps[k],
+                             min_ecc=pre.min_ecc)
         ecc_s[k] += time.perf_counter() - t1
         out = warp_image(index[k], w) if ok else index[k]
         index[k] = np.where((out >= pre.ndsi_threshold) | np.isnan(out), out, 0).astype(np.float32)

@@ -492,8 +492,13 @@ def align(
 STATIC_QUANTILE = 0.9  # motion-robust ECC: all but the tenth of the pixels whose guide follows the reference worst
 
 
-def _steady(residual: np.ndarray, reference: np.ndarray) -> np.ndarray:
-    """Pixels whose local residual RMS relative to the local reference RMS is in the lower STATIC_QUANTILE."""
+def steady_pixels(residual: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """Pixels whose local residual RMS relative to the local reference RMS is in the lower STATIC_QUANTILE.
+
+    ``residual`` is the per-pixel mean square of the aligned guides minus ``reference`` (NaN where none
+    was observed); both are averaged locally (Gaussian 3 px, NaN-skipping). The numpy core of
+    :func:`static_ground`, also used by build-cube's fused per-scene graph.
+    """
     def local(x: np.ndarray) -> np.ndarray:
         ok = np.isfinite(x)
         num = cv2.GaussianBlur(np.where(ok, x, 0).astype(np.float32), (0, 0), 3.0)
@@ -518,7 +523,7 @@ def static_ground(aligned: xr.DataArray, reference: xr.DataArray, ice: xr.DataAr
     if residual.chunks is not None:
         residual = residual.chunk({"y": -1, "x": -1})
     ref = reference.transpose(*residual.dims)
-    out = xr.apply_ufunc(_steady, residual, ref, dask="parallelized", output_dtypes=[bool],
+    out = xr.apply_ufunc(steady_pixels, residual, ref, dask="parallelized", output_dtypes=[bool],
                          dask_gufunc_kwargs={"allow_rechunk": True})
     if ice is not None:
         out = out & ~xr.DataArray(np.asarray(ice, bool), dims=("y", "x"), coords={d: out[d] for d in out.dims})

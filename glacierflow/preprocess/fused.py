@@ -11,8 +11,11 @@ Per stacked scene ``i`` (``dask.delayed``; the results are assembled into arrays
    guides of the scenes that enter, then the mean and the 3x3 median (:func:`align.reference_image`).
 3. :func:`first_pass` -- ECC of the guide against reference 1; the guides it aligned make reference 2 (a
    second tree reduction, each leaf warping its scenes' guides again: no warped image is held).
-4. :func:`second_pass` -- ECC from the pass-1 warp against reference 2, NDSI and guide warped, snow mask,
-   whether the scene is averaged (``used``).
+4. :func:`static_mask` -- a third tree reduction: per pixel, the mean squared residual of the pass-1
+   aligned guides against reference 2; ECC pass 2 looks only at the pixels whose guide follows the
+   reference (:func:`align.steady_pixels`: moving ice and changing snow would bias it).
+   :func:`second_pass` -- ECC from the pass-1 warp against reference 2 on those pixels, NDSI and guide
+   warped, snow mask, whether the scene is averaged (``used``).
 5. per period -- a tree reduction of the sum and count of the real observations of its used scenes, then
    the mean, ``n_valid`` and the paper's gap-fill of unobserved pixels (:func:`periods.fill_unobserved`);
    empty periods are interpolated in time by :func:`periods.interpolate_periods`.
@@ -107,8 +110,12 @@ def first_pass(prep: dict[str, Any], reference: np.ndarray | None, s: SceneSetti
 
 
 def second_pass(prep: dict[str, Any], p1: dict[str, Any], reference: np.ndarray | None,
-                s: SceneSettings) -> tuple[dict[str, Any], np.ndarray | None, np.ndarray | None]:
+                s: SceneSettings, static: np.ndarray | None = None
+                ) -> tuple[dict[str, Any], np.ndarray | None, np.ndarray | None]:
     """ECC from the pass-1 warp against reference 2; warped NDSI -> snow mask; the aligned guide.
+
+    ECC sees the scene's guide only where ``static`` (:func:`static_mask`) is True, if given: the other
+    pixels are left out of its input mask, the reference stays whole (as :func:`align.co_register`).
 
     Returns ``(row, snow, guide)``: the scene's table row (small: quality figures, ``aligned``, shifts, ``ecc``,
     ``used``), and the snow mask and aligned guide if it is used (else None). Three outputs, so that the task
@@ -119,7 +126,8 @@ def second_pass(prep: dict[str, Any], p1: dict[str, Any], reference: np.ndarray 
     if not prep["enters"] or reference is None:
         return row, None, None
     ndsi, guide = _load(prep["images"], s)
-    warp, ecc, ok = align.find_warp(guide, reference, s.pre.motion, init=p1["warp"], min_ecc=s.pre.min_ecc)
+    seen = guide if static is None else np.where(static, guide, np.nan)
+    warp, ecc, ok = align.find_warp(seen, reference, s.pre.motion, init=p1["warp"], min_ecc=s.pre.min_ecc)
     row["ecc"] = ecc
     if ok:
         row["shift_x"], row["shift_y"] = align.centre_shift(warp, guide.shape)
@@ -197,6 +205,25 @@ def _aligned_leaf(pairs: Sequence[tuple[dict[str, Any], dict[str, Any]]], s: Sce
                      if p1["ok"] else None for p, p1 in pairs])
 
 
+def _residual_leaf(pairs: Sequence[tuple[dict[str, Any], dict[str, Any]]], ref: np.ndarray | None,
+                   s: SceneSettings) -> Partial:
+    """Sum and count of the squared residuals of the guides pass 1 aligned against reference 2."""
+    if ref is None:
+        return None
+    return _partial([(align.warp_image(_load(p["images"], s, ("guide",))[0], p1["warp"], s.pre.motion) - ref) ** 2
+                     if p1["ok"] else None for p, p1 in pairs])
+
+
+def static_mask(part: Partial, ref: np.ndarray | None) -> np.ndarray | None:
+    """Where ECC pass 2 looks: :func:`align.steady_pixels` of the mean squared residual (None: no reference)."""
+    if part is None or ref is None:
+        return None
+    total, count = part
+    with np.errstate(invalid="ignore", divide="ignore"):
+        residual = np.where(count > 0, total / count, np.nan).astype(np.float32)
+    return align.steady_pixels(residual, ref)
+
+
 def _snow_leaf(snows: Sequence[np.ndarray | None]) -> Partial:
     return _partial(snows)
 
@@ -254,9 +281,10 @@ def scene_graph(blocks: Sequence[Any], items: Sequence[dict[str, Any] | None], p
                                                                                                 strict=True))]
     ref1 = dask.delayed(reference, pure=True)(tree(_guides_leaf, prep, s))
     first = [dask.delayed(first_pass, pure=True)(p, ref1, s) for p in prep]
-    ref2 = dask.delayed(reference, pure=True)(tree(_aligned_leaf, list(zip(prep, first, strict=True)), s))
-    second = [dask.delayed(second_pass, pure=True, nout=3)(p, p1, ref2, s) for p, p1 in zip(prep, first,
-                                                                                              strict=True)]
+    pairs = list(zip(prep, first, strict=True))
+    ref2 = dask.delayed(reference, pure=True)(tree(_aligned_leaf, pairs, s))
+    static = dask.delayed(static_mask, pure=True)(tree(_residual_leaf, pairs, ref2, s), ref2)
+    second = [dask.delayed(second_pass, pure=True, nout=3)(p, p1, ref2, s, static) for p, p1 in pairs]
     means = []
     for k in range(n_periods):
         mine = [second[i][1] for i in np.flatnonzero(pos == k)]
