@@ -159,7 +159,9 @@ def velocity(cube: xr.Dataset | str | os.PathLike[str], *, storage_options: dict
     storage_options
         fsspec options for a cloud store.
     **options
-        :class:`~glacierflow.specs.FlowSpec` fields (``method=``, ``max_speed=``, ``outline=``...).
+        :class:`~glacierflow.specs.FlowSpec` fields (``method=``, ``max_speed=``...); ``outline=`` (RGI-style
+        GeoJSON outlines: stable ground outside them) and ``reference=`` (a velocity store centring the search)
+        as ``flow --outline`` and ``--reference``.
 
     Returns
     -------
@@ -178,7 +180,10 @@ def velocity(cube: xr.Dataset | str | os.PathLike[str], *, storage_options: dict
         raise GlacierflowError("velocity() needs a cube store: pass its URL, or a Dataset from gf.open_cube(url)")
     cube_ds, guides = vel.open_cube(str(url), storage_options)
     (flow_kw,) = _split(options, FlowSpec)
-    ds = vel.velocity(cube_ds, FlowSpec(**flow_kw), guides=guides)
+    spec = FlowSpec(**flow_kw)
+    ice = vel.read_ice_mask(spec.outline, cube_ds) if spec.outline else None  # as `flow --outline`
+    ref = vel.open_reference(spec.reference, storage_options) if spec.reference else None
+    ds = vel.velocity(cube_ds, spec, guides=guides, ice_mask=ice, reference=ref)
     specs = vel.cube_specs(cube_ds) if "cube_spec" in cube_ds.attrs else None
     ds.attrs.update(glacierflow_version=__version__, source_cube=str(url),
                     created=pd.Timestamp.now(tz="UTC").isoformat(),

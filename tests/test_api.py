@@ -6,6 +6,7 @@ as the store ``build_cube_store`` writes (the CLI's call) for the same scenes.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import textwrap
@@ -89,10 +90,14 @@ def test_build_cube_is_lazy_and_writes_what_the_cli_writes(served_twin: dict[str
     assert np.nanmax(np.abs(got - ref)) <= 1e-6
 
 
-def test_velocity_is_lazy_from_an_opened_cube(tiny_cube_summer: dict[str, Any]) -> None:
+def test_velocity_is_lazy_from_an_opened_cube(tiny_cube_summer: dict[str, Any], tiny_twin: Path) -> None:
     cube = gf.open_cube(tiny_cube_summer["out"])
     v = gf.velocity(cube, pairs="consecutive")  # six months of scenes: no annual pairs
     assert {"vx", "vy", "v", "v_error", "count"} <= set(v.ds.data_vars) and "pairs" in v.children
     assert all(dask.is_dask_collection(v[k].data) for k in ("vx", "vy", "v"))  # nothing computed yet
+    # outline= as `flow --outline`: stable ground is taken outside the glacier outlines, not the NDSI climatology
+    ringed = gf.velocity(cube, pairs="consecutive", outline=str(tiny_twin / "outlines.geojson"))
+    assert json.loads(ringed.attrs["flow_spec"])["outline"].endswith("outlines.geojson")
+    assert not np.array_equal(ringed["stable_ground"].values, v["stable_ground"].values)
     with pytest.raises(GlacierflowError, match="needs a cube store"):
         gf.velocity(xr.Dataset({"ndsi": cube["ndsi"]}))  # a Dataset that does not come from a store

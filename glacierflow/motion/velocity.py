@@ -520,7 +520,7 @@ def run_flow(
         ice = None
         notes.append("warning: no --outline: ice and stable ground come from the cube's NDSI climatology, "
                      "which may call snowy rock ice; pass RGI outlines (--outline FILE) for a trustworthy error")
-    ref = _open_reference(reference, storage_options) if reference else None
+    ref = open_reference(reference, storage_options) if reference else None
     spec = spec.replace(outline=outline or "", reference=reference or "")
     ds = velocity(cube, spec, guides=guides, ice_mask=ice, reference=ref)
     write_velocity(ds, out_url, overwrite=overwrite, source=cube_url, storage_options=storage_options,
@@ -528,7 +528,7 @@ def run_flow(
     return summarise(out_url, storage_options, notes=tuple(notes))
 
 
-def _open_reference(url: str, storage_options: dict[str, Any] | None) -> xr.Dataset:
+def open_reference(url: str, storage_options: dict[str, Any] | None) -> xr.Dataset:
     """The ``--reference`` store's ``vx``/``vy`` (any store with them on (y, x) and a CRS)."""
     if not store.exists(url, storage_options):
         raise GlacierflowError(f"--reference {url!r} not found; give a velocity store with vx, vy (m/yr)")
