@@ -250,7 +250,7 @@ def graph_size(stac_url: str, meta: dict[str, Any], start: str, end: str, tmp: s
     spec = CubeSpec(name="bench", bbox=tuple(meta["bbox"]), epsg=int(meta["epsg"]), start=start, end=end,
                     catalog=stac_url)
     pre = PreprocessSpec()
-    plan = build.plan_build(spec, pre, f"{tmp}/graph.zarr")
+    plan = build.plan_build(spec, pre, f"{tmp}/graph.zarr", overwrite=True)
     ds = build.cube_dataset(plan.items, spec, pre, reader=plan.reader, raw=plan.raw, rejected=plan.found.rejected)
     with dask.config.set({"optimization.fuse.active": False}):
         write = build.as_tree(ds).to_zarr(f"{tmp}/graph.zarr", mode="w", consolidated=False, compute=False)
