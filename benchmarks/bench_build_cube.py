@@ -16,8 +16,8 @@ What is measured (all in one run, the twin served over HTTP by ``serve_twin`` as
 2. Serial baseline, a child process pinned to one core (``sched_setaffinity``; OpenCV sequential): the
    same items and grid, the same COG windows read with rasterio into numpy (over the same HTTP server), then
    the same steps in plain numpy/OpenCV scene by scene: DN -> reflectance + QA mask, drop scenes with more
-   than ``max_missing`` missing, gap-fill (``preprocess.gap_fill_2d``, same ``max_iter``), NDSI, grey guide
-   (0.114 green + 0.886 swir16, Gaussian high-pass), reference (NaN-mean + 3x3 median), ECC translation
+   than ``max_missing`` missing, gap-fill (``preprocess.gap_fill_2d``, same ``max_iter``), NDSI, the guide of
+   ``--guide-band`` (red by default; Gaussian high-pass), reference (NaN-mean + 3x3 median), ECC translation
    (``align.align_scene``), snow mask, period means with linear interpolation of empty periods, Zarr write.
    Its output is compared with build-cube's store (max |difference| of ``ndsi``).
 3. Read floor: the same windows read with rasterio into numpy by ``--workers`` processes, nothing else.
@@ -171,7 +171,7 @@ def scene_plan(stac_url: str, meta: dict[str, Any], start: str, end: str) -> dic
     for item_id, t in zip(raw["id"].values, raw["time"].values, strict=True):
         it = by_id[str(item_id)]
         assets = {}
-        for a in ASSETS:
+        for a in (*ASSETS, *(k for k in ("red", "nir08") if k in it["assets"])):  # guide bands where present
             rb = (it["assets"][a].get("raster:bands") or [{}])[0]
             assets[a] = {"href": it["assets"][a]["href"], "scale": rb.get("scale", 1.0),
                          "offset": rb.get("offset", 0.0)}
@@ -322,6 +322,24 @@ def seed_fill(image: np.ndarray, budget_s: float = np.inf) -> tuple[np.ndarray, 
     return img, visits, time.perf_counter() - t0, True
 
 
+def guide_image(band: str, g: np.ndarray, s: np.ndarray, sc: dict, invalid: np.ndarray, plan: dict,
+                shape: tuple[int, int]) -> np.ndarray:
+    """The unfiltered guide of ``band`` (``--guide-band``), as ``align.guide_band_image`` makes it, from plain
+    rasterio reads: the grey mix, NDSI, green, or another band (red, nir08) read here under the same mask."""
+    if band == "grey":
+        return (0.114 * g + 0.886 * s).astype(np.float32)
+    if band == "ndsi":
+        return ((g - s) / (g + s)).astype(np.float32)
+    if band == "green":
+        return g
+    a = sc["assets"][band]
+    from glacierflow.ingest.cube import RESAMPLING
+
+    dn = read_window(a["href"], plan["epsg"], plan["transform"], shape, RESAMPLING["reflectance"])
+    return np.where(invalid | (dn == 0), np.nan, dn * np.float32(a["scale"]) + np.float32(a["offset"])).astype(
+        np.float32)
+
+
 def serial_main(cfg: dict[str, Any]) -> dict[str, Any]:
     """The serial in-memory pipeline (+ seed-style reference); runs in a child pinned to one core."""
     t_start = time.perf_counter()
@@ -375,7 +393,8 @@ def serial_main(cfg: dict[str, Any]) -> dict[str, Any]:
         nd = np.clip((g - s) / np.where(np.abs(den) <= 1e-6, np.inf, den), -1, 1).astype(np.float32)
         index.append(nd)
         t = tick("ndsi", t)
-        guides.append(highpass_filter((0.114 * g + 0.886 * s).astype(np.float32)[None], pre.align_highpass)[0])
+        guides.append(highpass_filter(guide_image(pre.guide_band, g, s, sc, invalid, plan, shape)[None],
+                                      pre.align_highpass, wallis=pre.guide_filter == "wallis")[0])
         t = tick("guide image", t)
         used.append(len(fracs) - 1)
         ids.append(sc["id"])
