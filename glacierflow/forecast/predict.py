@@ -56,15 +56,15 @@ Model = Callable[[Any], Any]
 
 
 # ------------------------------------------------------------------------------------------------ inference
-def _run_tiles(model: Model, tiles: np.ndarray, batch_size: int, device: str) -> np.ndarray:
-    """Model output for ``tiles`` (N, t_in, P, P) in batches -> (N, t_out, P, P) float32."""
+def _run_tiles(model: Model, tiles: np.ndarray, batch_size: int, device: str, amp: bool = True) -> np.ndarray:
+    """Model output for ``tiles`` (N, t_in, P, P) in batches -> (N, t_out, P, P) float32 (train's AMP policy)."""
     import torch
 
     from glacierflow.learn.runtime import autocast, autocast_dtype  # deferred: torch
 
     outs = []
     dev = torch.device(device)
-    with torch.inference_mode(), autocast(dev, autocast_dtype(dev)):
+    with torch.inference_mode(), autocast(dev, autocast_dtype(dev, amp)):
         for i in range(0, len(tiles), batch_size):
             x = torch.from_numpy(np.ascontiguousarray(tiles[i : i + batch_size, :, None])).to(dev)
             y = model(x)
@@ -85,6 +85,7 @@ def forecast_rows(
     device: str = "cpu",
     window: str = "hann",
     floor: float = 0.01,
+    amp: bool = True,
 ) -> np.ndarray:
     """Blended forecast of output rows ``rows = (a, b)`` of the whole scene width.
 
@@ -105,6 +106,8 @@ def forecast_rows(
         Inference batches and torch device.
     window, floor
         Blending window (:data:`WINDOWS`) and its floor.
+    amp
+        Autocast on CUDA as the run was trained (``TrainSpec.amp``).
 
     Returns
     -------
@@ -114,7 +117,7 @@ def forecast_rows(
     h = frames.shape[1] if height is None else height
     layout = tile_layout(h, frames.shape[2], rows, patch, overlap, offset=offset, window=window, floor=floor)
     inp = np.nan_to_num(np.asarray(frames, dtype=np.float32), nan=0.0)
-    pred = _run_tiles(model, cut_tiles(inp, layout), batch_size, device)
+    pred = _run_tiles(model, cut_tiles(inp, layout), batch_size, device, amp)
     return stitch(pred, layout).astype(np.float32)
 
 
@@ -272,6 +275,7 @@ class Forecaster:
     patch: int
     info: dict[str, Any] = field(default_factory=dict)
     damping: tuple[float, ...] | None = None  # a trained run's model: it takes history, bases and calendar
+    amp: bool = True  # the run's TrainSpec.amp: predict autocasts as training did
 
 
 def load_forecaster(run_dir: str | os.PathLike[str], checkpoint: str = "best.pt") -> Forecaster:
@@ -296,7 +300,8 @@ def load_forecaster(run_dir: str | os.PathLike[str], checkpoint: str = "best.pt"
             info[key] = json.dumps(specs[key], sort_keys=True, default=str)
     damping = (ck.get("climate") or {}).get("damping")
     return Forecaster(model, str(specs["model_name"]), int(args["t_in"]), int(args["t_out"]), int(args["size"]),
-                      info, None if damping is None else tuple(float(v) for v in damping))
+                      info, None if damping is None else tuple(float(v) for v in damping),
+                      bool((specs.get("train_spec") or {}).get("amp", True)))
 
 
 # ------------------------------------------------------------------------------------------------ the store
@@ -384,7 +389,7 @@ def forecast_dataset(
         frames = _as_dask(cube["ndsi"].isel(time=slice(last - fc.t_in + 1, last + 1)))
     arr = forecast_lazy(model, frames.astype(np.float32), t_out=fc.t_out, band=chunk_y, patch=fc.patch,
                         overlap=overlap, batch_size=spec.batch_size, device=device, window=spec.window,
-                        floor=spec.floor)
+                        floor=spec.floor, amp=fc.amp)
     targets = target_times(times, last, fc.t_out, period)
     inputs = [f"{t:%Y-%m-%d}" for t in times[last - fc.t_in + 1 : last + 1]]
     ds = xr.Dataset(
