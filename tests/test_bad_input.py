@@ -25,7 +25,8 @@ from glacierflow.cli.main import main
 from glacierflow.testing import write_synthetic_cube
 from glacierflow.twin.stac_servers import free_port
 
-SMALL = ["--t-in", "2", "--t-out", "2", "--patch-size", "16"]  # small samples: seconds on a CPU
+# small samples on small cubes (one test and one validation start date): seconds on a CPU
+SMALL = ["--t-in", "2", "--t-out", "2", "--patch-size", "16", "--test-starts", "1", "--val-starts", "1"]
 QUICK = [*SMALL, "--epochs", "1", "--steps-per-epoch", "2", "--val-samples", "4", "--cluster", "sync",
          "--device", "cpu"]
 
@@ -286,8 +287,8 @@ def test_stores_that_are_not_glacierflow_cubes(store, fragment, command, work, r
 def test_cubes_too_short_say_how_many_periods_they_have_and_need(work, capsys, tmp_path):
     line = _one_line_error(capsys, ["train", work["short"], "--out", str(tmp_path / "a"), "--model", "lstm",
                                     "--cluster", "sync", "--device", "cpu"])
-    _in_order(line, ["cube has 10 periods", "a 4->4 temporal split needs at least 16",
-                     "(24 for a separate validation window)", "--split spatial"])
+    _in_order(line, ["cube has 10 periods", "a 4->4 temporal split with 4 test start dates needs at least 15",
+                     "(20 for separate validation start dates)", "fewer --test-starts", "--split spatial"])
     line = _one_line_error(capsys, ["train", work["tiny"], "--out", str(tmp_path / "b"), "--model", "lstm",
                                     "--cluster", "sync", "--device", "cpu"])
     _in_order(line, ["cube (5 periods, 40x40 px) is smaller than one sample (8 periods, 50x50 px)",
