@@ -57,6 +57,16 @@ Period = Literal[PERIODS]  # type: ignore[valid-type]
 Motion = Literal[MOTIONS]  # type: ignore[valid-type]
 
 
+# HTTP settings of the STAC client and GDAL's reads: search and build-cube share them
+HttpTimeoutOpt = Annotated[
+    float, typer.Option(metavar="S", help="Seconds before a stalled HTTP request (STAC, COG) is retried.")
+]
+HttpRetriesOpt = Annotated[int, typer.Option(metavar="N", help="Retries of a failed or timed-out HTTP request.")]
+HttpRetryDelayOpt = Annotated[
+    float, typer.Option(metavar="S", help="Seconds before the first retry (doubling after each).")
+]
+
+
 @app.command("search")
 def search_cmd(
     glacier: GlacierOpt = None,
@@ -68,6 +78,9 @@ def search_cmd(
     platform: PlatformOpt = None,
     max_cloud: MaxCloudOpt = CubeSpec.max_cloud,
     as_json: Annotated[bool, typer.Option("--json", help="Print the kept item ids as JSON.")] = False,
+    http_timeout: HttpTimeoutOpt = CubeSpec.http_timeout,
+    http_retries: HttpRetriesOpt = CubeSpec.http_retries,
+    http_retry_delay: HttpRetryDelayOpt = CubeSpec.http_retry_delay,
 ) -> None:
     """Find the Landsat scenes over a glacier (no pixels read).
 
@@ -83,6 +96,9 @@ def search_cmd(
         collection=collection,
         platforms=tuple(platform or CubeSpec.platforms),
         max_cloud=max_cloud,
+        retries=http_retries,
+        backoff=http_retry_delay,
+        timeout=http_timeout,
     )
     if as_json:
         out.print_json(json.dumps({"ids": res.ids, "rejected": res.reasons()}))
@@ -163,15 +179,9 @@ def build_cube_cmd(
         bool, typer.Option("--strict", help="Fail on a missing, unreadable or mis-declared asset instead of "
                            "dropping its scene (the reason is in the scenes table).")
     ] = False,
-    http_timeout: Annotated[
-        float, typer.Option(metavar="S", help="Seconds before a stalled HTTP request (STAC, COG) is retried.")
-    ] = CubeSpec.http_timeout,
-    http_retries: Annotated[
-        int, typer.Option(metavar="N", help="Retries of a failed or timed-out HTTP request.")
-    ] = CubeSpec.http_retries,
-    http_retry_delay: Annotated[
-        float, typer.Option(metavar="S", help="Seconds before the first retry (doubling after each).")
-    ] = CubeSpec.http_retry_delay,
+    http_timeout: HttpTimeoutOpt = CubeSpec.http_timeout,
+    http_retries: HttpRetriesOpt = CubeSpec.http_retries,
+    http_retry_delay: HttpRetryDelayOpt = CubeSpec.http_retry_delay,
     out_store: Annotated[
         str | None, typer.Option("--out", metavar="STORE", help="Output store (path or fsspec URL; several "
                                  "sites: a template with {name}).")
