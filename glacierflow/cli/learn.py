@@ -162,7 +162,7 @@ def evaluate_cmd(
     storage_option: StorageOpt = None,
     where: Where = DEFAULT_WHERE,
 ) -> None:
-    """Score runs against the five baselines -> metrics.json, a table.
+    """Score runs against the five baselines -> metrics.json.
 
     Models and baselines are scored on the same samples, over every start date, with 95 % intervals.
 
