@@ -47,7 +47,7 @@ def test_every_written_store_has_a_valid_item_and_collection_beside_it(outputs, 
     assert props["proj:code"] == f"EPSG:{store.epsg_of(ds)}" and props["proj:shape"] == [ds.sizes["y"], ds.sizes["x"]]
     assert props["processing:software"]["glacierflow"] == ds.attrs["glacierflow_version"]
     assert "cube_spec" in props["processing:expression"]["expression"]
-    assert set(props["cube:variables"]) >= ({"ndsi"} if kind == "cube" else {"u_composite", "speed_error"})
+    assert set(props["cube:variables"]) >= ({"ndsi"} if kind == "cube" else {"vx", "vy", "v", "v_error"})
     # the zarr asset opens the store lazily with the recorded keyword arguments
     asset = item["assets"]["zarr"]
     href = (Path(stac_out.stac_dir(outputs[kind])) / asset["href"]).resolve()

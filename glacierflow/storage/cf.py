@@ -128,8 +128,13 @@ def _conform_dataset(ds: xr.Dataset, period_means: bool, period: str | None) -> 
 
 
 def _conform_group(ds: xr.Dataset, grid_mapping: str | None) -> xr.Dataset:
-    """Variable attributes, grid mapping, fill values and netCDF-safe attributes of one group."""
+    """Coordinate and variable attributes, grid mapping, fill values and netCDF-safe attributes of one group.
+
+    A group's own coordinates (the velocity store's ``pairs`` group: ``mid_date``, and ``x``/``y`` if it has
+    them) get the same CF attributes as the root's (projected: the groups share the root's grid mapping).
+    """
     ds = ds.copy()
+    _coordinate_attrs(ds)
     for name, var in ds.variables.items():
         if name == "time_bnds":
             continue
