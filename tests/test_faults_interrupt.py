@@ -179,7 +179,7 @@ def test_flow_interrupted_mid_write_keeps_the_previous_store(reference: dict[str
 def _train_argv(cube: str, run: Path, epochs: int = 2) -> list[str]:
     return ["train", cube, "--out", str(run), "--model", "lstm", "--option", "hidden_size=8", "--epochs",
             str(epochs), "--device", "cpu", "--batch-size", "2", "--seed", "1", "--steps-per-epoch", "4",
-            "--val-samples", "2", "--cluster", "sync"]
+            "--val-samples", "2", "--cluster", "sync", "--test-starts", "1", "--val-starts", "1"]
 
 
 @pytest.fixture(scope="module")

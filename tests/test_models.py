@@ -41,7 +41,7 @@ def sample(seed: int = 0, b: int = B, t: int = 4, size: int = 50) -> torch.Tenso
 
 def test_registry_keys_and_baselines() -> None:
     assert set(MODELS) == {"persistence", "seasonal", "climatology", "trend", "anomaly", "lstm", "convlstm", "unet",
-                           "transformer", "vit", "simvp"}
+                           "transformer", "vit", "simvp", "blend"}
     assert BASELINES == ("persistence", "seasonal", "climatology", "trend", "anomaly")
     assert [n for n, e in MODELS.items() if not e.learned] == list(BASELINES)
 
