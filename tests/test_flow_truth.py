@@ -104,7 +104,9 @@ def test_default_farneback_on_guides_against_truth(farneback: xr.Dataset, truth_
     assert f["stable"] < 3.0 and f["stable_valid"] >= 0.8  # measured 1.33 m/yr over 0.827 (target met)
     assert 0.5 < f["error_ratio"] < 2.0  # measured 0.85 (target: within a factor 2; was 0.16)
     pe = farneback["pair_error"].values
-    assert np.isfinite(pe).all() and 0.5 < np.median(pe) < 5.0  # pair errors of a few m/yr (0.07 px/yr)
+    # pair errors of a few m/yr (0.07 px/yr); a pair whose stable ground matched nowhere has none (NaN, left out
+    # of the composite): measured 6 of 60 pairs since the v2 stable-ground rule (farneback on grey guides)
+    assert np.isfinite(pe).mean() >= 0.85 and 0.5 < np.nanmedian(pe) < 5.0
 
 
 def test_guides_beat_ndsi_periods_off_the_ice(flow_cube: str, truth_on_cube: dict, farneback: xr.Dataset) -> None:
