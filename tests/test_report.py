@@ -92,13 +92,14 @@ def test_the_report_page_in_a_browser_holds_the_runs_numbers(run_folder, tmp_pat
     metrics = json.loads((run_folder / "run-lstm" / "metrics.json").read_text())["test"]
     scores = [c for c in seen["cells"] if c["metric"] in ("mse", "mae")]
     skills = [c for c in seen["cells"] if c["metric"] == "skill"]
-    assert len(scores) == 3 * (2 + 4)  # model + 2 baselines: MSE, MAE overall and MSE per lead
+    assert len(scores) == 6 * (2 + 4)  # model + 5 baselines: MSE, MAE overall and MSE per lead
     for c in scores:
         entry = metrics[c["name"]]
         want = entry["per_lead"][c["metric"]][int(c["lead"]) - 1] if c["lead"] else entry[c["metric"]]
         assert float(c["value"]) == want and c["text"] == f"{want:.4g}"
     overall = [c for c in skills if c["lead"] is None]
-    assert {(c["name"], c["baseline"]) for c in overall} == {("lstm", "persistence"), ("lstm", "seasonal")}
+    baselines = ("persistence", "seasonal", "climatology", "trend", "anomaly")
+    assert {(c["name"], c["baseline"]) for c in overall} == {("lstm", b) for b in baselines}
     for c in overall:
         assert float(c["value"]) == metrics["lstm"]["skill"][c["baseline"]]
     for c in (c for c in skills if c["lead"]):  # per lead: 1 - MSE_h / MSE_baseline_h

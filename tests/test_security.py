@@ -150,7 +150,7 @@ def test_no_token_in_any_output_of_build_flow_train_predict(served_twin, tiny_tw
     argv = [["flow", cubes, "--out", str(tmp_path / "velocity.zarr"), "--pairs", "consecutive", "--cluster", "sync"],
             ["train", cubes, "--out", str(tmp_path / "run"), "--model", "lstm", "--option", "hidden_size=8",
              "--t-in", "2", "--t-out", "2", "--patch-size", "16", "--epochs", "1",
-             "--steps-per-epoch", "2", "--val-samples", "8",
+             "--steps-per-epoch", "2", "--val-samples", "8", "--test-starts", "1", "--val-starts", "1",
              "--cluster", "sync", "--device", "cpu"],
             ["predict", str(tmp_path / "run"), "--cube", cubes, "--out", str(tmp_path / "forecast.zarr"),
              "--last-input", "2020-08-01", "--cluster", "sync", "--device", "cpu"],
@@ -218,7 +218,7 @@ def test_a_checkpoint_with_pickled_objects_is_refused_and_never_runs(tmp_path, c
     run = tmp_path / "run"
     assert main(["train", cube_url, "--out", str(run), "--model", "lstm", "--option", "hidden_size=8", "--t-in",
                  "2", "--t-out", "2", "--patch-size", "16", "--epochs", "1", "--steps-per-epoch", "1",
-                 "--cluster", "sync", "--device", "cpu"]) == 0
+                 "--cluster", "sync", "--device", "cpu", "--test-starts", "1", "--val-starts", "1"]) == 0
     capsys.readouterr()
     good = torch.load(run / "best.pt", weights_only=True)
     marker = tmp_path / "payload-ran"
@@ -405,7 +405,7 @@ def test_no_credential_from_the_environment_in_train_and_predict_on_azurite(tmp_
         run = tmp_path / "run"
         runs = [["train", cube, "--out", str(run), "--model", "lstm", "--option", "hidden_size=8", "--t-in", "2",
                  "--t-out", "2", "--patch-size", "16", "--epochs", "1", "--steps-per-epoch", "2", "--val-samples",
-                 "4", "--device", "cpu"],
+                 "4", "--device", "cpu", "--test-starts", "1", "--val-starts", "1"],
                 ["predict", str(run), "--cube", cube, "--out", f"az://{CONTAINER}/forecast.zarr", "--device", "cpu"]]
         texts = {}
         for argv in runs:  # default --cluster
