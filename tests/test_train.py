@@ -141,15 +141,16 @@ def test_masked_mse_and_teacher_forcing_schedule() -> None:
 def test_max_minutes_stops_cleanly_keeps_the_best_checkpoint_and_resumes(syn_cube: str, tmp_path: Path) -> None:
     spec = TrainSpec(epochs=50, batch_size=8, device="cpu", max_minutes=1e-4, steps_per_epoch=4)  # 6 ms budget
     s = train.fit(syn_cube, tmp_path / "r", LSTM, SMALL, spec, progress=False)
-    assert s.stopped == "time budget" and s.epochs_run == 1  # the first step spends it: one (partial) epoch
+    assert s.stopped == "time budget" and s.epochs_run == 1  # the budget ends inside the first (partial) epoch
     ck = torch.load(tmp_path / "r" / "best.pt", weights_only=True)
-    assert ck["epoch"] == 1 and ck["step"] == 1 and ck["elapsed"] > 0  # validated and saved after that step
+    k = ck["step"]  # the step the budget ran out after: 1 on a loaded machine, more on a fast one (not a race)
+    assert ck["epoch"] == 1 and 1 <= k <= spec.steps_per_epoch and ck["elapsed"] > 0  # validated and saved there
     steps = [int(r["step"]) for r in _rows(tmp_path / "r")]
-    assert steps == [0, 1, 1]
+    assert steps[0] == 0 and steps[-1] == k and steps == sorted(steps)
     again = train.fit(syn_cube, tmp_path / "r", train_spec=spec.replace(max_minutes=0.0, epochs=3), resume=True,
                       progress=False)  # a larger budget (here none) continues from the next epoch
     assert again.stopped == "finished" and again.epochs_run == 3
-    assert [int(r["step"]) for r in _rows(tmp_path / "r")][-1] == 1 + 2 * 4
+    assert [int(r["step"]) for r in _rows(tmp_path / "r")][-1] == k + 2 * spec.steps_per_epoch
 
 
 # ------------------------------------------------------------------------------------------ full-scene objective
