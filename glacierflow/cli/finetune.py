@@ -7,11 +7,22 @@ from typing import Annotated
 
 import typer
 
-from glacierflow.cli.app import Device, Objective, app, out
+from glacierflow.cli.app import (
+    DEFAULT_WHERE,
+    Device,
+    Objective,
+    StorageOpt,
+    Where,
+    app,
+    computes,
+    out,
+    storage_options,
+)
 from glacierflow.cli.common import progress_enabled
 
 
 @app.command("finetune")
+@computes
 def finetune_cmd(
     run_dir: Annotated[Path, typer.Argument(metavar="RUN_DIR", help="Trained run to start from (its best.pt).")],
     cube: Annotated[str, typer.Option(metavar="CUBE", help="The other glacier's cube store.")],
@@ -23,17 +34,23 @@ def finetune_cmd(
     objective: Annotated[
         Objective | None, typer.Option(help="Training objective to continue with (default: the run's).")
     ] = None,
+    storage_option: StorageOpt = None,
+    where: Where = DEFAULT_WHERE,
 ) -> None:
     """Continue a trained model on another glacier.
 
     Scores it zero-shot and fine-tuned on the new glacier's test split.
+
+    The cube is read through Dask (--cluster), as in train; the run directories are local.
     """
     from glacierflow.learn.finetune import finetune, format_comparison  # deferred: torch
     from glacierflow.storage.store import check_writable
     check_writable(str(out_dir), inputs=(cube, str(run_dir)))  # before any work: not an input, writable
 
-    r = finetune(run_dir, cube, out_dir, epochs=epochs, lr=lr, device=device, patch_size=patch_size,
-                 progress=progress_enabled(), objective=objective)
+    with where.client():
+        r = finetune(run_dir, cube, out_dir, epochs=epochs, lr=lr, device=device, patch_size=patch_size,
+                     progress=progress_enabled(), objective=objective,
+                     storage_options=storage_options(storage_option))
     out.print(f"test split of {cube}, the model before and after fine-tuning, next to both baselines:")
     for line in format_comparison(r):
         out.print(line)

@@ -47,17 +47,17 @@ def check_compatible(specs: dict[str, Any], cube: Any, cube_url: str, run_dir: s
 
 
 def score_on(model: Any, name: str, cube_url: str, patch_spec: dict[str, Any], split: str = "test",
-             device: str = "cpu") -> dict[str, Any]:
+             device: str = "cpu", storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
     """Metrics of ``model`` and both baselines on ``split`` of ``cube_url``, cut with ``patch_spec``."""
     spec = PatchSpec.from_dict(patch_spec)
-    samples = patches.prepare(open_store(cube_url, require=("ndsi",)), spec)
+    samples = patches.prepare(open_store(cube_url, storage_options, require=("ndsi",)), spec)
     models = {name: model, **evaluate.baseline_models(spec.t_in, spec.t_out, spec.size, samples.season_length)}
     return evaluate.evaluate_models(models, samples.dataset(split), device=resolve_device(device))
 
 
 def finetune(run_dir: str | os.PathLike[str], cube_url: str, out_dir: str | os.PathLike[str], *, epochs: int = 5,
              lr: float | None = None, device: str = "auto", progress: bool = True, objective: str | None = None,
-             **shape: int | None) -> dict[str, Any]:
+             storage_options: dict[str, Any] | None = None, **shape: int | None) -> dict[str, Any]:
     """Continue a trained run on another cube; returns zero-shot and fine-tuned metrics on its test split.
 
     Parameters
@@ -75,6 +75,8 @@ def finetune(run_dir: str | os.PathLike[str], cube_url: str, out_dir: str | os.P
     objective
         Training objective to continue with (default: the run's); ``full-scene`` fine-tunes a patch-trained
         model on blended scene windows (the paper's experiment 3: retrained and fine-tuned for full scenes).
+    storage_options
+        fsspec options for a cloud ``cube_url`` (the run directories are local).
     **shape
         ``patch_size``, ``t_in``, ``t_out`` the caller expects; a mismatch with the checkpoint is an error.
 
@@ -89,9 +91,10 @@ def finetune(run_dir: str | os.PathLike[str], cube_url: str, out_dir: str | os.P
     if (out / "last.pt").exists():
         raise GlacierflowError(f"run directory {out} already holds a run; pass another --out")
     model, specs, ck = load_checkpoint(src)
-    check_compatible(specs, open_store(cube_url, require=("ndsi",)), cube_url, str(run_dir), **shape)
+    check_compatible(specs, open_store(cube_url, storage_options, require=("ndsi",)), cube_url, str(run_dir),
+                     **shape)
     name = str(specs["model_name"])
-    zero_shot = score_on(model, name, cube_url, specs["patch_spec"], device=device)
+    zero_shot = score_on(model, name, cube_url, specs["patch_spec"], device=device, storage_options=storage_options)
     stored = TrainSpec.from_dict(specs["train_spec"])
     tspec = stored.replace(epochs=epochs, device=device, **({"lr": lr} if lr else {}),
                            **({"objective": objective} if objective else {}))
@@ -102,8 +105,9 @@ def finetune(run_dir: str | os.PathLike[str], cube_url: str, out_dir: str | os.P
     seed = {**ck, "train_spec": tspec.to_dict(), "epoch": 0, "step": 0, "best_val": float("inf"),
             "best_epoch": 0, "bad_epochs": 0, "elapsed": 0.0, "cube": str(cube_url)}
     save_checkpoint(seed, out / "last.pt")
-    summary = train.fit(cube_url, out, train_spec=tspec, resume=True, progress=progress)
-    fine_tuned = evaluate.evaluate_run(out, "test", cube_url, device=device)
+    summary = train.fit(cube_url, out, train_spec=tspec, resume=True, progress=progress,
+                        storage_options=storage_options)
+    fine_tuned = evaluate.evaluate_run(out, "test", cube_url, device=device, storage_options=storage_options)
     result = {"zero_shot": zero_shot, "fine_tuned": fine_tuned, "fit": summary, "out": str(out)}
     record = {"source": str(src), "source_sha256": file_sha256(src), "cube": str(cube_url), **result,
               "fit": asdict(summary)}
