@@ -285,12 +285,15 @@ def _finetune(work: Path, run: Path, cube: str, stages: Stages, cfg: dict[str, A
 def _figures(work: Path, out: dict[str, Any], stages: Stages) -> dict[str, Path]:
     from glacierflow.plots import figures as plots
 
+    def png(draw: Callable[[], Any]) -> Callable[[Path], Path]:
+        return lambda p: plots.save_figure(draw(), p)
+
     draw = {
-        "cube animation": (work / "cube.gif", lambda p: plots.plot_cube_gif(out["cube"], p)),
-        "flow": (work / "flow.png", lambda p: plots.plot_flow(out["velocity"], out["cube"], p, time_index=None)),
-        "loss curves": (work / "loss.png", lambda p: plots.plot_run(out["run"], p)),
-        "forecast vs truth": (work / "forecast.png", lambda p: plots.plot_forecast(out["forecast"], out["cube"], p)),
-        "fine-tune loss curves": (work / "loss-finetune.png", lambda p: plots.plot_run(out["finetuned_run"], p)),
+        "cube animation": (work / "cube.gif", lambda p: plots.save_cube_gif(out["cube"], p)),
+        "flow": (work / "flow.png", png(lambda: plots.plot_flow(out["velocity"], out["cube"]))),
+        "loss curves": (work / "loss.png", png(lambda: plots.plot_run(out["run"]))),
+        "forecast vs truth": (work / "forecast.png", png(lambda: plots.plot_forecast(out["forecast"], out["cube"]))),
+        "fine-tune loss curves": (work / "loss-finetune.png", png(lambda: plots.plot_run(out["finetuned_run"]))),
     }
     unchanged = all(t.get("reused") for t in stages.times.values())
     with stages("figures", "figures") as note:

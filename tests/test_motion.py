@@ -437,22 +437,22 @@ def test_ice_mask_from_geotiff_and_geojson(tmp_path):
 def test_plot_flow_composite_and_pair(tmp_path):
     from PIL import Image
 
-    from glacierflow.plots.figures import FLOW_DPI, FLOW_FIGSIZE, plot_flow, plot_flow_at
+    from glacierflow.plots.figures import FLOW_DPI, FLOW_FIGSIZE, plot_flow, plot_flow_at, save_figure
 
     url = _two_scene_store(tmp_path)
     out_url = str(tmp_path / "velocity.zarr")
     run_flow(url, out_url, FlowSpec(max_speed=100.0))
     for index, name in [(None, "composite.png"), (0, "pair.png")]:
-        png = plot_flow(out_url, None, tmp_path / name, time_index=index, step=16)
+        png = save_figure(plot_flow(out_url, time_index=index, step=16), tmp_path / name)
         with Image.open(png) as im:
             assert im.size == (round(FLOW_FIGSIZE[0] * FLOW_DPI), round(FLOW_FIGSIZE[1] * FLOW_DPI))
     with pytest.raises(GlacierflowError, match="time_index"):
-        plot_flow(out_url, None, tmp_path / "x.png", time_index=5)
+        plot_flow(out_url, time_index=5)
     ds = xr.open_zarr(out_url)
-    png = plot_flow_at(out_url, float(ds["x"][32]), float(ds["y"][32]), tmp_path / "at.png")
+    png = save_figure(plot_flow_at(out_url, float(ds["x"][32]), float(ds["y"][32])), tmp_path / "at.png")
     assert png.exists()
     with pytest.raises(GlacierflowError, match="outside"):
-        plot_flow_at(out_url, 0.0, 0.0, tmp_path / "at.png")
+        plot_flow_at(out_url, 0.0, 0.0)
 
 
 @pytest.mark.parametrize("noise", [0.02, 0.05, 0.1])

@@ -5,11 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from matplotlib.figure import Figure
 from PIL import Image
 
 from glacierflow.errors import GlacierflowError
 from glacierflow.forecast.predict import Forecaster, predict_cube
-from glacierflow.plots.figures import plot_cube_gif, plot_forecast, plot_run
+from glacierflow.plots.figures import plot_cube, plot_forecast, plot_run, save_cube_gif, save_figure
 from glacierflow.specs import PredictSpec
 from glacierflow.testing import write_synthetic_cube
 
@@ -39,7 +40,7 @@ def stores(tmp_path_factory):
 
 
 def test_cube_gif_has_one_dated_frame_per_period(stores, tmp_path):
-    gif = plot_cube_gif(stores["cube"], tmp_path / "cube.gif")
+    gif = save_cube_gif(stores["cube"], tmp_path / "cube.gif")
     with Image.open(gif) as im:
         assert im.format == "GIF" and im.n_frames == 10
         variances = []
@@ -50,13 +51,25 @@ def test_cube_gif_has_one_dated_frame_per_period(stores, tmp_path):
     assert min(variances) > 300
 
 
+def test_cube_period_figure_is_the_gif_frame(stores, tmp_path):
+    fig = plot_cube(stores["cube"], 7)  # the interpolated period: its title says so
+    assert isinstance(fig, Figure) and "interpolated" in fig.axes[0].get_title()
+    with Image.open(save_figure(fig, tmp_path / "p.png")) as png, Image.open(
+            save_cube_gif(stores["cube"], tmp_path / "c.gif")) as gif:
+        gif.seek(7)
+        assert png.size == gif.size  # same figure size and dpi as the animation's frames
+        assert _variance(png) > 300
+    with pytest.raises(GlacierflowError, match="time_index 10 out of range"):
+        plot_cube(stores["cube"], 10)
+
+
 def test_cube_gif_thins_long_cubes(stores, tmp_path):
-    with Image.open(plot_cube_gif(stores["cube"], tmp_path / "few.gif", max_frames=4)) as im:
+    with Image.open(save_cube_gif(stores["cube"], tmp_path / "few.gif", max_frames=4)) as im:
         assert im.n_frames == 4
 
 
 def test_forecast_figure_is_drawn(stores, tmp_path):
-    png = plot_forecast(stores["forecast"], None, tmp_path / "forecast.png")
+    png = save_figure(plot_forecast(stores["forecast"]), tmp_path / "forecast.png")
     with Image.open(png) as im:
         # one row per lead (4) and five columns: truth, forecast, its error, two baseline errors
         assert im.size[0] > im.size[1] * 1.1
@@ -71,7 +84,7 @@ def test_forecast_figure_is_drawn(stores, tmp_path):
 def test_forecast_beyond_the_cube_is_drawn_without_truth(stores, tmp_path):
     out = str(tmp_path / "future.zarr")
     predict_cube(Forecaster(Blur(), "blur", 4, 4, 30), stores["cube"], out, PredictSpec(device="cpu"))
-    with Image.open(plot_forecast(out, stores["cube"], tmp_path / "future.png")) as im:
+    with Image.open(save_figure(plot_forecast(out, stores["cube"]), tmp_path / "future.png")) as im:
         assert _variance(im) > 300
 
 
@@ -85,7 +98,9 @@ def test_loss_curves(tmp_path):
         log.write(step, (step - 1) // 10, 0.2 / (1 + step / 10) * (1 + 0.1 * rng.standard_normal()), None, 1e-3)
         if step % 10 == 0:
             log.write(step, step // 10, None, 0.1 + 0.002 * (step / 10 - 3) ** 2, 1e-3)
-    png = plot_run(tmp_path, tmp_path / "loss.png")
+    fig = plot_run(tmp_path)
+    assert isinstance(fig, Figure) and fig.axes[0].get_legend() is not None
+    png = save_figure(fig, tmp_path / "loss.png")
     with Image.open(png) as im:
         assert im.size == (800, 450)
         assert _variance(im) > 100  # mostly white page with curves: measured 9.6e2 on a similar run
@@ -93,4 +108,4 @@ def test_loss_curves(tmp_path):
     crimson = (abs(rgb[..., 0] - 220) < 25) & (rgb[..., 1] < 40) & (abs(rgb[..., 2] - 60) < 30)
     assert crimson.sum() > 30, "the best-epoch star is drawn"
     with pytest.raises(GlacierflowError, match="loss.csv"):
-        plot_run(tmp_path / "nothing", tmp_path / "x.png")
+        plot_run(tmp_path / "nothing")

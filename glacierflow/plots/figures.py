@@ -1,8 +1,11 @@
-"""Figures people would rather look at than read.
+"""Figures people would rather look at than read: every ``plot_*`` function returns a matplotlib Figure.
 
 Every function draws on its own :class:`matplotlib.figure.Figure` with the Agg canvas (no pyplot
-state, no display needed) and a fixed size and dpi, so the PNG's pixel size is known in advance.
-Plot functions compute what they draw (one pair, one frame); they are not lazy stages.
+state, no display needed) and a fixed size and dpi, so the PNG's pixel size is known in advance; a notebook
+shows the returned Figure inline, :func:`save_figure` writes it (what the CLI's ``plot`` commands do). The
+notebook API exposes them at the top level (``gf.plot_flow(velocity)``). Plot functions compute what they
+draw (one pair, one frame); they are not lazy stages. Stores are given as a path or fsspec URL (with
+``storage_options``) or as the Dataset (DataTree for velocity) the API returns.
 """
 
 from __future__ import annotations
@@ -25,15 +28,40 @@ FLOW_FIGSIZE = (12.0, 5.5)
 FLOW_DPI = 100
 
 
-def _open(store: xr.Dataset | str | os.PathLike, what: str) -> xr.Dataset:
+Store = xr.Dataset | str | os.PathLike
+"""A store given to a plot function: its path or fsspec URL, or the opened Dataset."""
+
+
+def _open(store: Store, what: str, storage_options: dict[str, Any] | None = None) -> xr.Dataset:
     if isinstance(store, xr.Dataset):
         return store
     from glacierflow.storage import store as stores
 
     url = os.fspath(store)
-    if not stores.exists(url):
+    if not stores.exists(url, storage_options):
         raise GlacierflowError(f"{what} store {url!r} not found; check the path")
-    return stores.open_store(url)
+    return stores.open_store(url, storage_options)
+
+
+def save_figure(fig: Figure, path: str | os.PathLike) -> Path:
+    """Write ``fig`` as a PNG at its own size and dpi (parent directories created).
+
+    Parameters
+    ----------
+    fig
+        A Figure from one of the ``plot_*`` functions.
+    path
+        The PNG file.
+
+    Returns
+    -------
+    pathlib.Path
+        ``path``.
+    """
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi="figure", format="png")
+    return out
 
 
 def _extent_km(ds: xr.Dataset) -> tuple[float, float, float, float]:
@@ -59,14 +87,20 @@ def _nice(value: float) -> float:
     return float(10**exp)
 
 
-def _velocity(velocity_store: xr.Dataset | str | os.PathLike) -> tuple[xr.Dataset, xr.Dataset]:
+def _velocity(velocity_store: xr.DataTree | str | os.PathLike,
+              storage_options: dict[str, Any] | None = None) -> tuple[xr.Dataset, xr.Dataset]:
     """The velocity store's root (composite) and ``pairs`` group (ITS_LIVE layout); one line for an old store."""
+    if isinstance(velocity_store, xr.DataTree):  # gf.velocity()'s result: the composite and its pairs group
+        if "pairs" not in velocity_store.children:
+            raise GlacierflowError("the velocity DataTree has no 'pairs' group; pass gf.velocity()'s result")
+        return velocity_store.to_dataset(), velocity_store["pairs"].to_dataset()
     if isinstance(velocity_store, xr.Dataset):
-        raise GlacierflowError("pass the velocity store's path or URL (root and pairs group are read)")
+        raise GlacierflowError("pass the velocity store's path or URL, or gf.velocity()'s DataTree (the root and "
+                               "the pairs group are read)")
     from glacierflow.motion.velocity import open_velocity
 
     url = os.fspath(velocity_store)
-    return open_velocity(url), open_velocity(url, group="pairs")
+    return open_velocity(url, storage_options), open_velocity(url, storage_options, group="pairs")
 
 
 def _ice_outline(root: xr.Dataset) -> np.ndarray | None:
@@ -80,12 +114,13 @@ def _ice_outline(root: xr.Dataset) -> np.ndarray | None:
 
 
 def plot_flow(
-    velocity_store: str | os.PathLike,
-    cube: xr.Dataset | str | os.PathLike | None,
-    out_png: str | os.PathLike,
+    velocity_store: xr.DataTree | str | os.PathLike,
+    cube: Store | None = None,
+    *,
     time_index: int | None = None,
     step: int = 40,
-) -> Path:
+    storage_options: dict[str, Any] | None = None,
+) -> Figure:
     """Two-panel figure: the composite (speed with arrows over the outline, error map) or one pair.
 
     With ``time_index=None`` the composite is drawn: ``v`` with the composite's arrows and the ice
@@ -95,30 +130,31 @@ def plot_flow(
     Parameters
     ----------
     velocity_store
-        Velocity store path or URL (``flow``'s output: composite at the root, ``pairs`` group).
+        Velocity store path or URL (``flow``'s output: composite at the root, ``pairs`` group), or the
+        DataTree of :func:`glacierflow.api.velocity`.
     cube
         Cube store URL/path or dataset for a pair's NDSI background. ``None``: the cube named in the
         velocity store's ``source_cube`` attribute, if it exists; otherwise the arrows go over the speed.
-    out_png
-        Output PNG path.
     time_index
         Which pair (position along ``mid_date``); ``None``: the composite.
     step
         Arrow spacing in pixels (the paper: every 40 px = 1 200 m).
+    storage_options
+        fsspec options for cloud stores.
 
     Returns
     -------
-    pathlib.Path
-        ``out_png``. The image is ``FLOW_FIGSIZE * FLOW_DPI`` pixels.
+    matplotlib.figure.Figure
+        Saved by :func:`save_figure` it is ``FLOW_FIGSIZE * FLOW_DPI`` pixels.
     """
-    root, pairs = _velocity(velocity_store)
+    root, pairs = _velocity(velocity_store, storage_options)
     n = pairs.sizes.get("mid_date", 0)
     if time_index is not None and not -n <= time_index < n:
         raise GlacierflowError(f"time_index {time_index} out of range; the velocity store has {n} pair(s)")
     if step < 1:
         raise GlacierflowError(f"step {step} must be >= 1 pixel")
     if time_index is None:
-        return _plot_composite(root, pairs, out_png, step)
+        return _plot_composite(root, pairs, step)
     pair = pairs.isel(mid_date=time_index)
     start = pd.Timestamp(pair["acquisition_date_img1"].values)
     end = pd.Timestamp(pair["acquisition_date_img2"].values)
@@ -129,7 +165,7 @@ def plot_flow(
             cube = source
     background = None
     if cube is not None:
-        cube_ds = _open(cube, "cube")
+        cube_ds = _open(cube, "cube", storage_options)
         if "ndsi" not in cube_ds:
             raise GlacierflowError("cube has no 'ndsi' variable; pass a glacierflow cube store")
         background = np.asarray(cube_ds["ndsi"].sel(time=start, method="nearest").values, dtype=np.float32)
@@ -155,10 +191,10 @@ def plot_flow(
     _axes(ax_q, ax_s)
     method = json.loads(root.attrs.get("flow_spec", "{}")).get("method", "ncc")
     fig.suptitle(f"{method} velocity {start:%Y-%m-%d} → {end:%Y-%m-%d} ({(end - start).days} days)")
-    return _save(fig, out_png)
+    return fig
 
 
-def _plot_composite(root: xr.Dataset, pairs: xr.Dataset, out_png: str | os.PathLike, step: int) -> Path:
+def _plot_composite(root: xr.Dataset, pairs: xr.Dataset, step: int) -> Figure:
     """The composite: speed with arrows over the ice outline, and the per-pixel 1-sigma speed error."""
     u, v, speed, err = (np.asarray(root[k].values, dtype=np.float32) for k in ("vx", "vy", "v", "v_error"))
     extent = _extent_km(root)
@@ -185,16 +221,18 @@ def _plot_composite(root: xr.Dataset, pairs: xr.Dataset, out_png: str | os.PathL
     end = pd.Timestamp(pairs["acquisition_date_img2"].values.max())
     fig.suptitle(f"composite of {pairs.sizes.get('mid_date', 0)} pairs, {start:%Y-%m-%d} → {end:%Y-%m-%d}"
                  + (" (cyan: ice outline)" if ice is not None else ""))
-    return _save(fig, out_png)
+    return fig
 
 
-def plot_flow_at(velocity_store: str | os.PathLike, x: float, y: float, out_png: str | os.PathLike) -> Path:
+def plot_flow_at(velocity_store: xr.DataTree | str | os.PathLike, x: float, y: float, *,
+                 storage_options: dict[str, Any] | None = None) -> Figure:
     """A point's velocity time series, as ITS_LIVE users plot it: each pair's ``v`` at its ``mid_date``.
 
     Horizontal bars span each pair's two acquisitions, vertical ones its ``pair_error``; the composite
     ``v`` +- ``v_error`` is the shaded band. ``x``, ``y`` are in the store's CRS (metres); the nearest pixel.
+    ``velocity_store`` and ``storage_options`` as :func:`plot_flow`; returns the Figure.
     """
-    root, pairs = _velocity(velocity_store)
+    root, pairs = _velocity(velocity_store, storage_options)
     xs, ys = root["x"].values, root["y"].values
     if not (min(xs) - 30 <= x <= max(xs) + 30 and min(ys) - 30 <= y <= max(ys) + 30):
         raise GlacierflowError(f"point ({x:.0f}, {y:.0f}) is outside the store (x {min(xs):.0f}..{max(xs):.0f}, "
@@ -217,7 +255,7 @@ def plot_flow_at(velocity_store: str | os.PathLike, x: float, y: float, out_png:
     ax.set_ylabel("speed v (m/yr)")
     ax.set_title(f"velocity at x={float(comp['x']):.0f}, y={float(comp['y']):.0f} ({int(ok.sum())} valid pairs)")
     ax.legend(loc="upper right", fontsize=8)
-    return _save(fig, out_png)
+    return fig
 
 
 def _axes(ax_q: Any, ax_s: Any) -> None:
@@ -225,13 +263,6 @@ def _axes(ax_q: Any, ax_s: Any) -> None:
         ax.set_xlabel("easting (km, UTM)")
         ax.set_aspect("equal")
     ax_q.set_ylabel("northing (km, UTM)")
-
-
-def _save(fig: Figure, out_png: str | os.PathLike) -> Path:
-    out = Path(out_png)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=FLOW_DPI, format="png")
-    return out
 
 
 def _quivers(ax_q: Any, vel: xr.Dataset, u: np.ndarray, v: np.ndarray, step: int) -> None:
@@ -279,25 +310,77 @@ def _km_axes(ax: object, left: bool = True) -> None:
     ax.set_aspect("equal")  # type: ignore[attr-defined]
 
 
-def plot_cube_gif(
-    cube: xr.Dataset | str | os.PathLike,
-    out_gif: str | os.PathLike,
-    *,
-    seconds_per_frame: float = 0.6,
-    max_frames: int = 120,
-) -> Path:
-    """Animated GIF of the cube's snow-mask NDSI, one frame per period, its date in the title.
+def plot_cube(cube: Store, time_index: int = -1, *, storage_options: dict[str, Any] | None = None) -> Figure:
+    """One period of the cube's snow-mask NDSI, its date, scene count and gap-filling in the title.
 
     Parameters
     ----------
     cube
         Cube store URL/path or dataset (``ndsi``; ``n_scenes`` and ``interpolated`` when present).
+    time_index
+        Which period (position along ``time``; negative: from the end).
+    storage_options
+        fsspec options for a cloud store.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        ``CUBE_DPI`` dpi; reads that one period.
+    """
+    ds = _open(cube, "cube", storage_options)
+    if "ndsi" not in ds:
+        raise GlacierflowError("cube has no 'ndsi' variable; pass a glacierflow cube store")
+    n = ds.sizes["time"]
+    if n == 0:
+        raise GlacierflowError("cube has no periods to draw")
+    if not -n <= time_index < n:
+        raise GlacierflowError(f"time_index {time_index} out of range; the cube has {n} period(s)")
+    i = time_index % n
+    extent = _extent_km(ds)
+    aspect = (extent[3] - extent[2]) / max(extent[1] - extent[0], 1e-9)
+    period = ds.isel(time=i)
+    fig = Figure(figsize=(6.4, 0.9 + 5.0 * min(max(aspect, 0.4), 2.0)), dpi=CUBE_DPI)
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    im = ax.imshow(np.asarray(period["ndsi"].values, np.float32), extent=extent, origin="upper",
+                   cmap="Blues_r", vmin=0, vmax=1, interpolation="nearest")
+    fig.colorbar(im, ax=ax, label="snow-mask NDSI (1)", shrink=0.85)
+    note = []
+    if "n_scenes" in period:
+        note.append(f"{int(period['n_scenes'])} scene(s)")
+    if "interpolated" in period and bool(period["interpolated"]):
+        note.append("interpolated")
+    when = pd.Timestamp(period["time"].values)
+    ax.set_title(f"period {when:%Y-%m-%d}  ({i + 1}/{n})" + (f"  {', '.join(note)}" if note else ""))
+    _km_axes(ax)
+    fig.tight_layout()
+    return fig
+
+
+def save_cube_gif(
+    cube: Store,
+    out_gif: str | os.PathLike,
+    *,
+    seconds_per_frame: float = 0.6,
+    max_frames: int = 120,
+    storage_options: dict[str, Any] | None = None,
+) -> Path:
+    """Animated GIF of the cube's snow-mask NDSI: :func:`plot_cube` of each period, one frame each.
+
+    An animation is a file, not a Figure: this one writes it (``glacierflow plot cube``).
+
+    Parameters
+    ----------
+    cube
+        Cube store URL/path or dataset.
     out_gif
         Output GIF path.
     seconds_per_frame
         Display time of each frame.
     max_frames
         At most this many periods (evenly spaced) are drawn.
+    storage_options
+        fsspec options for a cloud store.
 
     Returns
     -------
@@ -306,34 +389,12 @@ def plot_cube_gif(
     """
     from PIL import Image
 
-    ds = _open(cube, "cube")
-    if "ndsi" not in ds:
-        raise GlacierflowError("cube has no 'ndsi' variable; pass a glacierflow cube store")
-    n = ds.sizes["time"]
+    ds = _open(cube, "cube", storage_options)
+    n = ds.sizes.get("time", 0)
     if n == 0:
         raise GlacierflowError("cube has no periods to animate")
     index = np.unique(np.linspace(0, n - 1, min(n, max_frames)).round().astype(int))
-    extent = _extent_km(ds)
-    aspect = (extent[3] - extent[2]) / max(extent[1] - extent[0], 1e-9)
-    frames = []
-    for i in index:
-        period = ds.isel(time=int(i))
-        fig = Figure(figsize=(6.4, 0.9 + 5.0 * min(max(aspect, 0.4), 2.0)), dpi=CUBE_DPI)
-        FigureCanvasAgg(fig)
-        ax = fig.subplots()
-        im = ax.imshow(np.asarray(period["ndsi"].values, np.float32), extent=extent, origin="upper",
-                       cmap="Blues_r", vmin=0, vmax=1, interpolation="nearest")
-        fig.colorbar(im, ax=ax, label="snow-mask NDSI (1)", shrink=0.85)
-        note = []
-        if "n_scenes" in period:
-            note.append(f"{int(period['n_scenes'])} scene(s)")
-        if "interpolated" in period and bool(period["interpolated"]):
-            note.append("interpolated")
-        when = pd.Timestamp(period["time"].values)
-        ax.set_title(f"period {when:%Y-%m-%d}  ({i + 1}/{n})" + (f"  {', '.join(note)}" if note else ""))
-        _km_axes(ax)
-        fig.tight_layout()
-        frames.append(Image.fromarray(_render(fig)))
+    frames = [Image.fromarray(_render(plot_cube(ds, int(i)))) for i in index]
     out = Path(out_gif)
     out.parent.mkdir(parents=True, exist_ok=True)
     frames[0].save(out, save_all=True, append_images=frames[1:], duration=int(seconds_per_frame * 1000), loop=0,
@@ -349,10 +410,11 @@ def _error_limit(errors: list[np.ndarray]) -> float:
 
 
 def plot_forecast(
-    forecast: xr.Dataset | str | os.PathLike,
-    cube: xr.Dataset | str | os.PathLike | None,
-    out_png: str | os.PathLike,
-) -> Path:
+    forecast: Store,
+    cube: Store | None = None,
+    *,
+    storage_options: dict[str, Any] | None = None,
+) -> Figure:
     """Forecast vs truth per lead: truth, forecast, its error, and the errors of persistence and seasonal.
 
     Parameters
@@ -361,18 +423,18 @@ def plot_forecast(
         Forecast store (``glacierflow predict``) URL/path or dataset.
     cube
         Cube store for truth and baselines; ``None``: the forecast's ``source_cube``.
-    out_png
-        Output PNG. One row per lead; where a target lies beyond the cube its row shows the forecast only.
+    storage_options
+        fsspec options for cloud stores.
 
     Returns
     -------
-    pathlib.Path
-        ``out_png``.
+    matplotlib.figure.Figure
+        One row per lead; where a target lies beyond the cube its row shows the forecast only.
     """
     from glacierflow.forecast.predict import baseline_frames
 
-    fc = _open(forecast, "forecast")
-    cube_ds = _open(cube if cube is not None else fc.attrs.get("source_cube", ""), "cube")
+    fc = _open(forecast, "forecast", storage_options)
+    cube_ds = _open(cube if cube is not None else fc.attrs.get("source_cube", ""), "cube", storage_options)
     times = pd.DatetimeIndex(cube_ds["time"].values)
     last = int(times.get_loc(pd.Timestamp(fc.attrs["last_input"])))
     t_out = fc.sizes["time"]
@@ -394,10 +456,7 @@ def plot_forecast(
     fig.suptitle(f"{fc.attrs.get('model', 'model')} forecast after {fc.attrs['last_input']} "
                  f"(inputs {', '.join(json_list(fc.attrs.get('input_periods', '[]')))})")
     fig.tight_layout()
-    out = Path(out_png)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=FORECAST_DPI, format="png")
-    return out
+    return fig
 
 
 def _forecast_row(fig: Figure, axes: np.ndarray, panels: list[np.ndarray | None], titles: list[str],
@@ -417,14 +476,15 @@ def _forecast_row(fig: Figure, axes: np.ndarray, panels: list[np.ndarray | None]
             ax.set_xlabel("easting (km, UTM)")
 
 
-def plot_forecast_flow(velocity_store: str | os.PathLike, out_png: str | os.PathLike,
-                       step: int = 40) -> Path:
+def plot_forecast_flow(velocity_store: xr.DataTree | str | os.PathLike, *, step: int = 40,
+                       storage_options: dict[str, Any] | None = None) -> Figure:
     """Predicted movement next to the true frames' (``flow FORECAST``): composite speeds with arrows, difference.
 
     Panels: the composite of the flow between the predicted frames, the composite of the flow between the
     cube's true frames of the same periods (same pairs, same colour scale), and predicted - true speed.
+    Arguments as :func:`plot_flow`; returns the Figure.
     """
-    vel, pairs = _velocity(velocity_store)
+    vel, pairs = _velocity(velocity_store, storage_options)
     if "v_true" not in vel:
         raise GlacierflowError("the velocity store has no true-frame flow; write it with `glacierflow flow "
                                "FORECAST` from a forecast whose target periods lie in its cube")
@@ -458,7 +518,7 @@ def plot_forecast_flow(velocity_store: str | os.PathLike, out_png: str | os.Path
                  f"{start:%Y-%m-%d} → {end:%Y-%m-%d}, Δt from the "
                  "period starts")
     fig.tight_layout()
-    return _save(fig, out_png)
+    return fig
 
 
 def _same_scale_quivers(ax: Any, vel: xr.Dataset, u: np.ndarray, v: np.ndarray, step: int, top: float) -> None:
@@ -486,11 +546,11 @@ def json_list(text: str) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------- the run
-def plot_run(run_dir: str | os.PathLike, out_png: str | os.PathLike) -> Path:
+def plot_run(run_dir: str | os.PathLike) -> Figure:
     """Loss curves of a training run (``loss.csv``): train per step, validation per epoch, the best epoch.
 
     The best validation epoch is the early-stopping point (``best.pt``): marked with a star, and a dashed
-    line where training stopped.
+    line where training stopped. ``run_dir`` is a run directory or the ``Run`` of ``gf.train``.
     """
     path = Path(run_dir) / "loss.csv"
     if not path.is_file():
@@ -520,7 +580,4 @@ def plot_run(run_dir: str | os.PathLike, out_png: str | os.PathLike) -> Path:
     ax.legend(fontsize=8)
     ax.set_title(f"training run {Path(run_dir).name}")
     fig.tight_layout()
-    out = Path(out_png)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=RUN_DPI, format="png")
-    return out
+    return fig

@@ -20,8 +20,6 @@ import html
 import io
 import json
 import os
-import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -143,12 +141,11 @@ def _fig_png(fig: Figure) -> bytes:
     return buf.getvalue()
 
 
-def _file_png(draw: Callable[[Path], Any]) -> bytes:
-    """PNG bytes of a figure function that writes a file (the figures the CLI draws)."""
-    with tempfile.TemporaryDirectory() as d:
-        path = Path(d) / "f.png"
-        draw(path)
-        return path.read_bytes()
+def _figure_png(fig: Figure) -> bytes:
+    """PNG bytes of a figure the CLI draws (``glacierflow.plots.figures``), at its own size and dpi."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi="figure")
+    return buf.getvalue()
 
 
 def _num(value: Any, digits: int = 4) -> str:
@@ -396,7 +393,7 @@ def _losses(found: Found) -> str:
     imgs = []
     for run in runs:
         try:
-            imgs.append(_img(_file_png(lambda p, r=run: figures.plot_run(r, p)), f"loss curves of {run.name}"))
+            imgs.append(_img(_figure_png(figures.plot_run(run)), f"loss curves of {run.name}"))
         except GlacierflowError as err:
             imgs.append(_absent(f"{run.name}: {err}"))
     return _section("Loss curves", "".join(imgs), "losses")
@@ -409,7 +406,7 @@ def _forecasts(found: Found) -> str:
     imgs = []
     for fc in fcs:
         try:
-            imgs.append(_img(_file_png(lambda p, f=fc: figures.plot_forecast(f, None, p)), f"forecast {fc.name}"))
+            imgs.append(_img(_figure_png(figures.plot_forecast(fc)), f"forecast {fc.name}"))
         except GlacierflowError:  # the source cube moved: the forecast alone
             ds = stores.open_store(str(fc))
             panels = [(ds["ndsi"].isel(time=i).values, f"{pd.Timestamp(t):%Y-%m-%d}", "NDSI",
