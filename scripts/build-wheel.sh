@@ -11,6 +11,11 @@ OUT=$(cd "$OUT" && pwd)
 SRC=$(mktemp -d)
 trap 'rm -rf "$SRC"' EXIT
 git archive --format=tar "$REF" | tar -x -C "$SRC"
-"$PYTHON" -m pip wheel -q --no-deps --no-build-isolation --wheel-dir "$OUT" "$SRC" >&2 \
-  || "$PYTHON" -m pip wheel -q --no-deps --wheel-dir "$OUT" "$SRC" >&2
+# Offline-friendly: reuse this Python's setuptools when it is new enough (>= 77, for `license = "MIT"`); otherwise
+# pip builds in an isolated environment (fetching setuptools), instead of failing noisily first.
+if "$PYTHON" -c 'import sys, setuptools; sys.exit(int(setuptools.__version__.split(".")[0]) < 77)' 2>/dev/null; then
+  "$PYTHON" -m pip wheel -q --no-deps --no-build-isolation --wheel-dir "$OUT" "$SRC" >&2
+else
+  "$PYTHON" -m pip wheel -q --no-deps --wheel-dir "$OUT" "$SRC" >&2
+fi
 ls -t "$OUT"/glacierflow-*.whl | head -1
