@@ -24,6 +24,7 @@ from typing import Any
 
 import click
 
+from glacierflow import progress
 from glacierflow.errors import GlacierflowError
 from glacierflow.storage.cloud import redact
 
@@ -36,8 +37,8 @@ _LEVELS: dict[str, int] = {}
 
 
 def progress_enabled() -> bool:
-    """Whether to draw progress bars: on a terminal, unless ``--quiet``."""
-    return _STATE["verbosity"] >= 0 and sys.stderr.isatty()
+    """Whether to draw progress bars: on a terminal or in a notebook, unless ``--quiet`` (glacierflow.progress)."""
+    return progress.enabled()
 
 
 def _commands(group: click.Command, path: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], click.Command]]:
@@ -140,6 +141,7 @@ class _Redacting(logging.Formatter):
 def reset() -> None:
     """Undo what the shared options did in this process (a new command line starts plain; tests run many)."""
     _STATE["verbosity"] = 0
+    progress.set_quiet(False)
     while _ADDED:
         log, handler = _ADDED.pop()
         log.removeHandler(handler)
@@ -250,6 +252,7 @@ def apply_shared(root: click.Command, argv: list[str]) -> tuple[list[str], dict[
     reset()
     rest, shared = split_shared(argv)
     _STATE["verbosity"] = shared["verbosity"]
+    progress.set_quiet(shared["verbosity"] < 0)  # every bar of the run, the library's own included
     _logging(shared["verbosity"], shared["log_file"])
     if not shared["config"]:
         return rest, {}

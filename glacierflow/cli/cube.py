@@ -37,6 +37,7 @@ from glacierflow.errors import GlacierflowError
 from glacierflow.geo.glaciers import Site
 from glacierflow.geo.sites import build_sites, resolve_sites, site_stores, summary_table
 from glacierflow.ingest import catalog as cat
+from glacierflow.progress import bars
 from glacierflow.specs import (
     CATEGORIES,
     GUIDE_BANDS,
@@ -330,11 +331,11 @@ def _build_sites(glaciers: list[str], sites_file: Path | None, bbox: Any, epsg: 
     ready = {name: spec for name, spec in specs.items() if planned[name].ok}
     built: dict[str, Any] = {}
     if ready:
-        with where.client() as client:
-            run = runner(client, progress_bar=False)  # several sites at once: no interleaved bars
+        with where.client() as client, bars(progress_enabled()) as display:  # one row per site being written
             built = {r.name: r for r in build_sites({
                 name: (stores[name], functools.partial(build_cube_store, spec, pre, overwrite=overwrite,
-                                                       storage_options=storage, compute=run, strict=strict,
+                                                       storage_options=storage, strict=strict,
+                                                       compute=runner(client, display, label=name),
                                                        plan=planned[name].summary))
                 for name, spec in ready.items()
             })}

@@ -8,11 +8,11 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.progress import Progress
 
-from glacierflow.cli.app import GLACIER_NAMES, OverwriteOpt, console, out, twin_app
+from glacierflow.cli.app import GLACIER_NAMES, OverwriteOpt, out, twin_app
 from glacierflow.errors import GlacierflowError
 from glacierflow.geo.glaciers import get_site
+from glacierflow.progress import bar
 
 
 @twin_app.command("make")
@@ -54,9 +54,8 @@ def twin_make(
     check_realism(realism, max_speed, glacier_width)
     site = get_site(glacier)
     n = len(schedule(site, start or SIZES[size]["start"], end or SIZES[size]["end"], seed, realism, size))
-    with Progress(console=console, transient=True) as bar:
-        task = bar.add_task(f"rendering {n} acquisitions", total=n)
-        meta = make_twin(out_dir, glacier, size, start, end, seed, overwrite, progress=lambda: bar.advance(task),
+    with bar(f"rendering {n} acquisitions", total=n) as advance:
+        meta = make_twin(out_dir, glacier, size, start, end, seed, overwrite, progress=advance,
                          realism=realism, max_speed=max_speed, glacier_width=glacier_width)
     out.print(
         f"twin written to {out_dir}: {meta['n_items']} items ({meta['n_landsat8']} Landsat-8, "

@@ -34,7 +34,6 @@ import numpy as np
 import torch
 import xarray
 import xbatcher
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from glacierflow import __version__
@@ -44,6 +43,7 @@ from glacierflow.learn.checkpoint import check_resumable, plain, read_checkpoint
 from glacierflow.learn.models import MODELS, build_model, count_parameters
 from glacierflow.learn.objectives import OBJECTIVES, StepLoss, forecast, to_device
 from glacierflow.learn.runtime import autocast, autocast_dtype, resolve_device
+from glacierflow.progress import bars
 from glacierflow.specs import ModelSpec, PatchSpec, TrainSpec
 from glacierflow.storage.runfiles import write_json
 from glacierflow.storage.store import config_attr, open_store
@@ -151,9 +151,9 @@ class TrainState:
 
 
 def _progress(enabled: bool) -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TextColumn("loss {task.fields[loss]:.5f}"), TextColumn("{task.fields[rate]:.0f} seq/s"),
-                    TimeElapsedColumn(), console=Console(stderr=True), transient=True, disable=not enabled)
+    return bars(enabled, TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                TextColumn("loss {task.fields[loss]:.5f}"), TextColumn("{task.fields[rate]:.0f} seq/s"),
+                TimeElapsedColumn())
 
 
 def _nonfinite_loss(loss: torch.Tensor, batch: Any, step: int, epoch: int, out: Path) -> GlacierflowError:
