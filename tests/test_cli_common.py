@@ -29,11 +29,35 @@ def _paths(cmd=None, path=()):
         yield from _paths(sub, (*path, name))
 
 
+CLUSTER = ("--cluster WHERE", "--workers N|MIN:MAX", "--cluster-option KEY=VALUE")
+STORAGE = ("--storage-option KEY=VALUE",)
+DATA_FLAGS = {
+    ("build-cube",): CLUSTER + STORAGE, ("flow",): CLUSTER + STORAGE, ("train",): CLUSTER + STORAGE,
+    ("evaluate",): CLUSTER + STORAGE, ("predict",): CLUSTER + STORAGE, ("finetune",): CLUSTER + STORAGE,
+    ("export",): STORAGE, ("stac",): STORAGE,  # read a store, write files: no Dask graph worth a cluster
+    ("plot", "flow"): STORAGE, ("plot", "cube"): STORAGE, ("plot", "forecast"): STORAGE,  # one pair/frame read
+    ("demo",): ("--cluster WHERE",),  # a fixed recipe in a local DIR on the twin: where Dask runs, nothing else
+}
+"""Where the shared data flags make sense. Every other command says here why they do not:"""
+NO_DATA_FLAGS = {
+    (): "the group", ("twin",): "the group", ("plot",): "the group",
+    ("search",): "metadata only: no pixels read, no store written",
+    ("models",): "lists the registry",
+    ("report",): "walks a local folder of outputs",
+    ("plot", "run"): "a run directory is local (loss.csv)",
+    ("twin", "make"): "writes a local synthetic world", ("twin", "serve"): "serves a local twin",
+}
+
+
 @pytest.mark.parametrize("path", list(_paths()), ids=lambda p: " ".join(p) or "glacierflow")
 def test_help_names_the_shared_options_and_reads_cleanly(path, monkeypatch) -> None:
     monkeypatch.setenv("COLUMNS", "80")
     text = _help(*path)
     assert "--config FILE" in text and "--log-file FILE" in text
+    assert max(len(line) for line in text.splitlines()) <= 80
+    assert (path in DATA_FLAGS) != (path in NO_DATA_FLAGS), f"say whether {path} takes the data flags"
+    shown = {flag for flag in (*CLUSTER, *STORAGE) if re.search(rf"^  {re.escape(flag)}\b", text, re.M)}
+    assert shown == set(DATA_FLAGS.get(path, ())), f"glacierflow {' '.join(path)}: data flags {sorted(shown)}"
     usage_and_terms = [line for line in text.splitlines() if line.startswith(("Usage:", "  -", "  ")) and
                        not line.startswith(" " * 10)]
     for line in usage_and_terms:  # typer's raw renderings of Python types never reach the user
