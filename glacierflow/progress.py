@@ -17,6 +17,7 @@ A single bar: ``with bar("rendering", total=n) as advance: ... advance()``.
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -71,11 +72,14 @@ def enabled(requested: bool = True) -> bool:
     Returns
     -------
     bool
-        False in logs, pipes and CI (a redirected stderr), so they keep only the results.
+        False in logs, pipes and CI (a redirected stderr), so they keep only the results; in a notebook, True
+        where ipywidgets is installed (``pip install ipywidgets``).
     """
     if not requested or _STATE["quiet"]:
         return False
-    return in_notebook() or sys.stderr.isatty()
+    if in_notebook():  # rich draws there through ipywidgets; without them it would only warn, at every refresh
+        return importlib.util.find_spec("ipywidgets") is not None
+    return sys.stderr.isatty()
 
 
 def default_columns() -> tuple[ProgressColumn, ...]:

@@ -100,6 +100,7 @@ def test_loss_curves(tmp_path):
             log.write(step, step // 10, None, 0.1 + 0.002 * (step / 10 - 3) ** 2, 1e-3)
     fig = plot_run(tmp_path)
     assert isinstance(fig, Figure) and fig.axes[0].get_legend() is not None
+    assert fig._repr_png_().startswith(b"\x89PNG")  # what a notebook shows inline, without pyplot
     png = save_figure(fig, tmp_path / "loss.png")
     with Image.open(png) as im:
         assert im.size == (800, 450)

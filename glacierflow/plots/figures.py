@@ -10,6 +10,7 @@ draw (one pair, one frame); they are not lazy stages. Stores are given as a path
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from pathlib import Path
@@ -26,6 +27,19 @@ from glacierflow.errors import GlacierflowError
 
 FLOW_FIGSIZE = (12.0, 5.5)
 FLOW_DPI = 100
+
+
+class ShownFigure(Figure):
+    """A matplotlib Figure that a notebook shows inline as a PNG, without pyplot (IPython calls ``_repr_png_``).
+
+    Drawn on the Agg canvas like any Figure here; where pyplot's inline backend is active its formatter draws it
+    instead (the same PNG).
+    """
+
+    def _repr_png_(self) -> bytes:
+        buf = io.BytesIO()
+        self.savefig(buf, format="png", dpi="figure")
+        return buf.getvalue()
 
 
 Store = xr.Dataset | str | os.PathLike
@@ -170,7 +184,7 @@ def plot_flow(
             raise GlacierflowError("cube has no 'ndsi' variable; pass a glacierflow cube store")
         background = np.asarray(cube_ds["ndsi"].sel(time=start, method="nearest").values, dtype=np.float32)
     extent = _extent_km(root)
-    fig = Figure(figsize=FLOW_FIGSIZE, dpi=FLOW_DPI)
+    fig = ShownFigure(figsize=FLOW_FIGSIZE, dpi=FLOW_DPI)
     FigureCanvasAgg(fig)
     ax_q, ax_s = fig.subplots(1, 2, sharex=True, sharey=True)
     finite = speed[np.isfinite(speed)]
@@ -198,7 +212,7 @@ def _plot_composite(root: xr.Dataset, pairs: xr.Dataset, step: int) -> Figure:
     """The composite: speed with arrows over the ice outline, and the per-pixel 1-sigma speed error."""
     u, v, speed, err = (np.asarray(root[k].values, dtype=np.float32) for k in ("vx", "vy", "v", "v_error"))
     extent = _extent_km(root)
-    fig = Figure(figsize=FLOW_FIGSIZE, dpi=FLOW_DPI)
+    fig = ShownFigure(figsize=FLOW_FIGSIZE, dpi=FLOW_DPI)
     FigureCanvasAgg(fig)
     ax_q, ax_s = fig.subplots(1, 2, sharex=True, sharey=True)
     panels = [(ax_q, speed, "magma", "speed v (m/yr)", "composite speed with velocity arrows"),
@@ -243,7 +257,7 @@ def plot_flow_at(velocity_store: xr.DataTree | str | os.PathLike, x: float, y: f
     t2 = pd.DatetimeIndex(at["acquisition_date_img2"].values)
     v, e = np.asarray(at["v"].values, np.float64), np.asarray(at["pair_error"].values, np.float64)
     comp = root.sel(x=x, y=y, method="nearest")
-    fig = Figure(figsize=(9.0, 4.0), dpi=FLOW_DPI)
+    fig = ShownFigure(figsize=(9.0, 4.0), dpi=FLOW_DPI)
     FigureCanvasAgg(fig)
     ax = fig.subplots()
     ok = np.isfinite(v)
@@ -339,7 +353,7 @@ def plot_cube(cube: Store, time_index: int = -1, *, storage_options: dict[str, A
     extent = _extent_km(ds)
     aspect = (extent[3] - extent[2]) / max(extent[1] - extent[0], 1e-9)
     period = ds.isel(time=i)
-    fig = Figure(figsize=(6.4, 0.9 + 5.0 * min(max(aspect, 0.4), 2.0)), dpi=CUBE_DPI)
+    fig = ShownFigure(figsize=(6.4, 0.9 + 5.0 * min(max(aspect, 0.4), 2.0)), dpi=CUBE_DPI)
     FigureCanvasAgg(fig)
     ax = fig.subplots()
     im = ax.imshow(np.asarray(period["ndsi"].values, np.float32), extent=extent, origin="upper",
@@ -441,7 +455,7 @@ def plot_forecast(
     season = season_length(str(fc.attrs.get("period", "3MS")))
     base = baseline_frames(cube_ds["ndsi"], last, t_out, season)
     cols = ["truth", "forecast", "forecast - truth", *[f"{name} - truth" for name in base]]
-    fig = Figure(figsize=(3.3 * len(cols), 3.0 * t_out + 0.8), dpi=FORECAST_DPI)
+    fig = ShownFigure(figsize=(3.3 * len(cols), 3.0 * t_out + 0.8), dpi=FORECAST_DPI)
     FigureCanvasAgg(fig)
     axes = np.atleast_2d(fig.subplots(t_out, len(cols), sharex=True, sharey=True))
     for h in range(t_out):
@@ -493,7 +507,7 @@ def plot_forecast_flow(velocity_store: xr.DataTree | str | os.PathLike, *, step:
     top = float(np.nanpercentile(both, 99)) if np.isfinite(both).any() else 1.0
     diff = get["v"] - get["v_true"]
     extent = _extent_km(vel)
-    fig = Figure(figsize=(17.0, 5.5), dpi=FLOW_DPI)
+    fig = ShownFigure(figsize=(17.0, 5.5), dpi=FLOW_DPI)
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, 3, sharex=True, sharey=True)
     c = {k: float(vel[f"composite_{k}"].values) for k in ("speed_diff_median", "direction_diff_median")}
@@ -560,7 +574,7 @@ def plot_run(run_dir: str | os.PathLike) -> Figure:
     val = log.dropna(subset=["val_loss"])
     if train.empty and val.empty:
         raise GlacierflowError(f"{path} has no losses yet")
-    fig = Figure(figsize=RUN_FIGSIZE, dpi=RUN_DPI)
+    fig = ShownFigure(figsize=RUN_FIGSIZE, dpi=RUN_DPI)
     FigureCanvasAgg(fig)
     ax = fig.subplots()
     if not train.empty:
