@@ -17,6 +17,7 @@ import dask
 import numpy as np
 import pytest
 import xarray as xr
+from matplotlib.figure import Figure
 
 import glacierflow as gf
 from glacierflow.errors import GlacierflowError, MissingExtraError
@@ -42,6 +43,7 @@ def test_core_install_imports_and_names_the_missing_extra() -> None:
     run = _without({"torch", "xbatcher", "rustac", "starlette", "uvicorn"}, """
         import glacierflow as gf
         assert hasattr(gf, "train") and hasattr(gf, "build_cube") and "torch" not in sys.modules
+        assert "matplotlib" not in sys.modules and callable(gf.plot_flow) and "matplotlib" in sys.modules  # lazy
         try:
             gf.train("cube.zarr", "run")
         except gf.MissingExtraError as e:
@@ -101,3 +103,7 @@ def test_velocity_is_lazy_from_an_opened_cube(tiny_cube_summer: dict[str, Any], 
     assert not np.array_equal(ringed["stable_ground"].values, v["stable_ground"].values)
     with pytest.raises(GlacierflowError, match="needs a cube store"):
         gf.velocity(xr.Dataset({"ndsi": cube["ndsi"]}))  # a Dataset that does not come from a store
+    # the lazy DataTree plots as a store does (composite and pairs group): a Figure titled with its pair count
+    fig = gf.plot_flow(ringed, step=16)
+    n_pairs = ringed["pairs"].sizes["mid_date"]
+    assert isinstance(fig, Figure) and f"composite of {n_pairs} pairs" in fig.texts[0].get_text()
