@@ -192,7 +192,7 @@ def velocity(cube: xr.Dataset | str | os.PathLike[str], *, storage_options: dict
 
 
 def write(ds: xr.Dataset | xr.DataTree, url: str | os.PathLike[str], *, overwrite: bool = False,
-          storage_options: dict[str, Any] | None = None) -> str:
+          storage_options: dict[str, Any] | None = None, progress: bool = True) -> str:
     """Compute ``ds`` and write it as a Zarr store (CF-1.10, STAC beside it), atomically.
 
     As the command line writes its stores: a failed write leaves no partial store, and never touches an
@@ -208,12 +208,18 @@ def write(ds: xr.Dataset | xr.DataTree, url: str | os.PathLike[str], *, overwrit
         Replace an existing store.
     storage_options
         fsspec options for a cloud store.
+    progress
+        A progress bar on a terminal or in a notebook (:mod:`glacierflow.progress`), following the Dask
+        scheduler in use (a ``distributed.Client`` if one is the default).
 
     Returns
     -------
     str
         ``url``; open it with ``xarray.open_zarr`` or :func:`open_cube`.
     """
+    from dask.base import get_scheduler
+
+    from glacierflow.compute.runner import runner
     from glacierflow.preprocess.build import as_tree  # deferred: the preprocessing stack
     from glacierflow.storage import cf, stac_out, store  # deferred: zarr, pystac
 
@@ -222,7 +228,9 @@ def write(ds: xr.Dataset | xr.DataTree, url: str | os.PathLike[str], *, overwrit
     else:
         cube = "scene" in ds.dims  # a cube: its per-scene table goes to the `scenes` group, as build-cube writes
         data = cf.conform(as_tree(ds) if cube else ds, period_means=cube or "lead" in ds.dims)
-    stac_out.beside(store.write(data, str(url), overwrite=overwrite, storage_options=storage_options),
+    client = getattr(get_scheduler(), "__self__", None)  # the default distributed.Client's bound get, if any
+    run = runner(client, progress_bar=progress, label=f"writing {Path(str(url)).name}")
+    stac_out.beside(store.write(data, str(url), overwrite=overwrite, storage_options=storage_options, compute=run),
                     storage_options)
     return str(url)
 
