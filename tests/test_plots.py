@@ -110,3 +110,16 @@ def test_loss_curves(tmp_path):
     assert crimson.sum() > 30, "the best-epoch star is drawn"
     with pytest.raises(GlacierflowError, match="loss.csv"):
         plot_run(tmp_path / "nothing")
+
+
+def test_plot_cube_command_saves_the_animation_and_parses_storage_options(stores, tmp_path, capsys):
+    from glacierflow.cli.main import main
+
+    gif = tmp_path / "cli.gif"
+    # a local store through fsspec with an option of its filesystem (cloud stores: tests/test_store_azure.py)
+    assert main(["plot", "cube", stores["cube"], "--out", str(gif), "--storage-option", "auto_mkdir=false"]) == 0
+    assert capsys.readouterr().out.strip() == f"written: {gif}"
+    with Image.open(gif) as im:
+        assert im.n_frames == 10
+    assert main(["plot", "cube", stores["cube"], "--out", str(gif), "--storage-option", "novalue"]) == 2
+    assert capsys.readouterr().err.strip() == "error: bad --storage-option 'novalue'; use KEY=VALUE"
