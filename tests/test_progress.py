@@ -83,3 +83,26 @@ def test_quiet_flag_reaches_the_library(monkeypatch) -> None:
     assert not progress.enabled()  # training's and the twin's bars included: they ask the library
     assert main(["--version"]) == 0
     assert progress.enabled()
+
+
+def test_bars_draw_in_a_notebook_kernel(tmp_path) -> None:
+    """A real IPython kernel (nbclient): gf.write's bar arrives as an ipywidgets view, on either scheduler."""
+    nbformat = pytest.importorskip("nbformat")
+    from nbclient import NotebookClient
+
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(src) for src in [
+        "import dask, distributed, glacierflow as gf\nfrom glacierflow import progress\n"
+        "from glacierflow.testing import synthetic_cube\nprint(progress.in_notebook(), progress.enabled())",
+        "ds = synthetic_cube(n_periods=4, size=32).chunk({'time': 1})\n"
+        "with dask.config.set(scheduler='threads'):\n    gf.write(ds, 'threads.zarr')",
+        "with distributed.Client(processes=False, n_workers=1, dashboard_address=None):\n"
+        "    gf.write(ds, 'distributed.zarr')",
+    ]]
+    NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    assert nb.cells[0].outputs[0]["text"].split() == ["True", "True"]
+    for cell in nb.cells[1:]:
+        kinds = [k for o in cell.outputs for k in o.get("data", {})]
+        assert "application/vnd.jupyter.widget-view+json" in kinds, cell.outputs  # the live bar
+        assert not [o for o in cell.outputs if o.get("name") == "stderr"], cell.outputs  # no warnings
+    assert (tmp_path / "threads.zarr").is_dir() and (tmp_path / "distributed.zarr").is_dir()
