@@ -248,7 +248,7 @@ def build_cube_cmd(
             target,
             overwrite=overwrite,
             storage_options=storage_options(storage_option),
-            compute=runner(client, progress_bar=progress_enabled()),
+            compute=runner(client, progress_bar=progress_enabled(), label=f"building {site.name}"),
             strict=strict,
             plan=plan,
         )
