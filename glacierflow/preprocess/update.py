@@ -40,7 +40,7 @@ from glacierflow.errors import GlacierflowError
 from glacierflow.ingest import catalog
 from glacierflow.preprocess import build, fused, periods
 from glacierflow.specs import CubeSpec, PreprocessSpec
-from glacierflow.storage import cf
+from glacierflow.storage import cf, stac_out
 from glacierflow.storage import store as zstore
 
 #: Root variables along ``time`` (one row per period).
@@ -250,14 +250,18 @@ def _order(times: np.ndarray, ids: np.ndarray) -> np.ndarray:
 
 
 def _merged_table(old: xr.Dataset, new: xr.Dataset) -> xr.Dataset:
-    """The store's table with the new rows (ids it lacks) of the recomputed periods' table, in build order."""
-    known = {str(i) for i in old["item_id"].values}
-    take = np.array([str(i) not in known for i in new["item_id"].values], bool)
+    """The store's table with the rows of the recomputed periods' table in place of its own, in build order.
+
+    The scenes of the recomputed periods were processed again (same reference, same arithmetic: their rows come
+    out as they were, unless a read that failed then succeeded now); their rows are the ones their periods were
+    computed from.
+    """
+    fresh_ids = {str(i) for i in new["item_id"].values}
     names = [v for v in build.TABLE if v in old]
-    fresh = new[names].isel(scene=np.flatnonzero(take)).drop_vars(
-        [c for c in new.coords if c != "scene_time"], errors="ignore")
+    fresh = new[names].drop_vars([c for c in new.coords if c != "scene_time"], errors="ignore")
     kept = old[names].rename(time="scene_time").drop_vars(
         [c for c in old.coords if c not in ("time", "scene_time")], errors="ignore")
+    kept = kept.isel(scene=[k for k, i in enumerate(kept["item_id"].values) if str(i) not in fresh_ids])
     kept = kept.assign({n: kept[n].astype(build.STR) for n in names if kept[n].dtype.kind in "OUT"})
     kept = kept.chunk({"scene": -1})
     fresh = fresh.assign({n: fresh[n].astype(build.STR) for n in names if fresh[n].dtype.kind in "OUT"})
@@ -275,18 +279,18 @@ def _merged_guides(old: xr.Dataset | None, new: xr.Dataset, table: xr.Dataset) -
     """Every guide (the store's and the new scenes'), in build order, and which rows are the store's."""
     if old is None:
         return None, {}
+    again = {str(i) for i in new["guide_scene"].values} if "guide" in new else set()
     known = [str(i) for i in old["scene"].values]
     olds = old["guide"].rename(scene="guide_scene").drop_vars(["spatial_ref"], errors="ignore")
-    parts = [olds]
+    parts = [olds.isel(guide_scene=[k for k, i in enumerate(known) if i not in again])]
     if "guide" in new:
-        fresh = [i for i, s in enumerate(new["guide_scene"].values) if str(s) not in set(known)]
-        parts.append(new["guide"].isel(guide_scene=fresh).drop_vars(["spatial_ref"], errors="ignore"))
+        parts.append(new["guide"].drop_vars(["spatial_ref"], errors="ignore"))
     both = xr.concat(parts, "guide_scene", join="override", coords="minimal", combine_attrs="override")
     when = dict(zip((str(i) for i in table["item_id"].values), table["scene_time"].values, strict=True))
     ids = np.array([str(i) for i in both["guide_scene"].values])
     order = _order(np.array([when.get(i, np.datetime64("NaT")) for i in ids], "datetime64[ns]"), ids)
     both = both.isel(guide_scene=order)
-    where = {s: k for k, s in enumerate(known)}
+    where = {s: k for k, s in enumerate(known) if s not in again}
     reuse = {i: where[str(s)] for i, s in enumerate(both["guide_scene"].values) if str(s) in where}
     both.attrs = dict(old["guide"].attrs)
     return both, reuse
@@ -391,6 +395,7 @@ def update_cube(store: str, *, end: str | None = None, catalog: str | None = Non
                                         step=step)
     finally:
         zstore.remove(scratch, storage_options)
+    stac_out.beside(store, storage_options)  # the STAC beside it: the new time extent and source items
     return _summary(plan, sizes, storage_options, time.perf_counter() - t0)
 
 
