@@ -86,6 +86,10 @@ def compare(a: str, b: str) -> tuple[float, int, list[str]]:
             elif u.dtype.kind == "f":
                 nan_bad += int((np.isnan(u) != np.isnan(v)).sum())
                 worst = max(worst, float(np.nanmax(np.abs(u - v), initial=0.0)))
+            elif u.dtype.kind in "mM":  # NaT (an empty period's time_mean) equals NaT
+                nan_bad += int((np.isnat(u) != np.isnat(v)).sum())
+                if not np.array_equal(u[~np.isnat(u)], v[~np.isnat(v)]):
+                    other.append(f"{group}/{name}")
             elif not np.array_equal(u, v):
                 other.append(f"{group}/{name}")
     return worst, nan_bad, other
