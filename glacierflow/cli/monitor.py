@@ -10,6 +10,9 @@ import typer
 
 from glacierflow.cli.app import DEFAULT_WHERE, StorageOpt, Where, app, computes, out, storage_options
 
+#: a glacier whose outline the cube covers less than this is named in a note
+PARTLY_COVERED = 0.95
+
 
 def _fmt(v: float, spec: str = "+.3g") -> str:
     return format(v, spec) if math.isfinite(v) else "n/a"
@@ -59,6 +62,10 @@ def stats_cmd(
     plot_glacier_stats(ds).savefig(png)
     for line in stats_lines(ds):
         out.print(line)
+    for k in range(ds.sizes["glacier"]):
+        if float(ds["cube_covers"].values[k]) < PARTLY_COVERED:
+            out.print(f"note: the cube covers {100 * float(ds['cube_covers'].values[k]):.0f}% of "
+                      f"{ds['glacier'].values[k]}'s outline; its figures describe that part only")
     out.print(f"trend: {ds.attrs['trend_method']}")
     out.print(f"written: {', '.join(str(p) for p in [*paths, png])}")
 

@@ -17,7 +17,8 @@ centre) and each period of a cube store:
   :data:`MIN_OBSERVED` of the outline observed.
 
 Areas are planar in the cube's projected CRS (UTM: within 0.1 % of the ellipsoidal area near the central
-meridian); ``outline_area_km2`` is the polygon's own area there, ``outline_pixels`` its rasterised size.
+meridian); ``outline_area_km2`` is the polygon's own area there, ``outline_pixels`` its rasterised size on
+the cube, ``cube_covers`` the fraction of the outline inside the cube (the statistics describe that part).
 :func:`glacier_areas` is lazy; :func:`glacier_stats` computes (small reductions) and adds the trends.
 """
 
@@ -93,7 +94,8 @@ def glacier_areas(cube: xr.Dataset, outlines: list[Outline], threshold: float) -
     ds = xr.Dataset(
         {"snow_area_km2": area.astype(np.float64), "snow_fraction": frac.astype(np.float64),
          "observed_fraction": obs_frac.astype(np.float64),
-         "outline_area_km2": ("glacier", areas / 1e6), "outline_pixels": ("glacier", inside.astype(np.int64))},
+         "outline_area_km2": ("glacier", areas / 1e6), "outline_pixels": ("glacier", inside.astype(np.int64)),
+         "cube_covers": ("glacier", np.minimum(inside * pixel / np.maximum(areas, 1e-9), 1.0))},
         coords={"glacier": [o.id for o in outlines], "name": ("glacier", [o.name for o in outlines]),
                 "time": cube["time"].values, "interpolated": ("time", interp.data)},
     )
@@ -118,7 +120,7 @@ def add_trends(ds: xr.Dataset) -> xr.Dataset:
     ds = ds.assign({**{k: ("glacier", v) for k, v in out.items()}, "trend_periods": ("glacier", n)})
     ds.attrs["trend_method"] = METHOD
     return ds.assign_coords(decimal_year=("time", t, {"units": "yr", "long_name": "the trend's time axis: year + "
-                                                     "(day of year - 1) / days in the year"}))
+                                                     "(month - 1 + (day - 1) / days in the month) / 12"}))
 
 
 _ATTRS = {
@@ -130,6 +132,8 @@ _ATTRS = {
     "snow_area_trend": ("km2 yr-1", "trend of snow_area_km2: seasonal Theil-Sen slope"),
     "snow_area_trend_low": ("km2 yr-1", "lower bound of the 95% interval of snow_area_trend"),
     "snow_area_trend_high": ("km2 yr-1", "upper bound of the 95% interval of snow_area_trend"),
+    "cube_covers": ("1", "fraction of the outline's area inside the cube (outline_pixels x pixel area / "
+                          "outline_area_km2): the statistics cover that part"),
     "trend_intercept": ("km2", "snow_area_km2 of the trend line at decimal year 0 (for drawing it)"),
     "trend_periods": ("1", "periods the trend rests on"),
 }
@@ -171,7 +175,7 @@ def write_stats(ds: xr.Dataset, out: str | Path) -> list[Path]:
     table = ds[list(TABLE_VARS)].to_dataframe().reset_index().rename(columns={"glacier": "rgi_id"})
     table["time"] = table["time"].dt.strftime("%Y-%m-%d")
     table[["rgi_id", "name", "time", "interpolated", *TABLE_VARS]].to_csv(out, index=False, float_format="%.6g")
-    per = ["outline_area_km2", "outline_pixels", *TREND_VARS, "trend_periods"]
+    per = ["outline_area_km2", "outline_pixels", "cube_covers", *TREND_VARS, "trend_periods"]
     trend = pd.DataFrame({"rgi_id": ds["glacier"].values, "name": ds["name"].values,
                           **{k: ds[k].values for k in per}})
     path = out.with_name(out.stem + "-trend.csv")

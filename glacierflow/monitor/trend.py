@@ -14,8 +14,8 @@ the slopes of ranks ``round((N - z Var(S)^0.5) / 2)`` and ``round((N + z Var(S)^
 :func:`scipy.stats.theilslopes`, which it equals for a single season. It assumes the years are independent
 (no serial correlation from one year to the next); with fewer slopes than the interval needs it is NaN.
 
-Time is in decimal years (``year + (day of year - 1) / days in year``), so the same season of consecutive
-years is exactly one year apart.
+Time is in decimal years (:func:`decimal_years`), so the same season of consecutive years is exactly one
+year apart.
 """
 
 from __future__ import annotations
@@ -34,8 +34,11 @@ METHOD = ("seasonal Theil-Sen slope (Hirsch et al. 1982: median of same-season s
 
 @dataclass(frozen=True)
 class Trend:
-    """A trend: ``slope`` (units per year), its 95 % interval ``low``..``high``, ``intercept`` (value at t=0),
-    the number of same-season slopes and of periods it rests on."""
+    """A trend and its 95 % interval.
+
+    ``slope`` (units per year), ``low``..``high``, ``intercept`` (value at t=0), the number of same-season
+    slopes and of periods it rests on.
+    """
 
     slope: float
     low: float
@@ -49,11 +52,14 @@ NO_TREND = Trend(math.nan, math.nan, math.nan, math.nan, 0, 0)
 
 
 def decimal_years(times: pd.DatetimeIndex) -> np.ndarray:
-    """``year + (day of year - 1) / days in the year``: the same calendar day of two years is exactly 1 apart."""
+    """Decimal years, ``year + (month - 1 + (day - 1) / days in the month) / 12``.
+
+    A date and the same date a year later are exactly 1 apart (leap years included), and period starts (the
+    1st of a month) land on twelfths.
+    """
     t = pd.DatetimeIndex(times)
-    days = np.where(t.is_leap_year, 366.0, 365.0)
-    frac = (t.dayofyear - 1 + (t - t.normalize()) / pd.Timedelta(days=1)) / days
-    return np.asarray(t.year + frac, dtype=np.float64)
+    day = (t.day - 1 + (t - t.normalize()) / pd.Timedelta(days=1)) / t.days_in_month
+    return np.asarray(t.year + (t.month - 1 + day) / 12.0, dtype=np.float64)
 
 
 def _ties(v: np.ndarray) -> float:

@@ -24,8 +24,9 @@ def _trend_label(ds: xr.Dataset, k: int) -> str:
 
 
 def plot_glacier_stats(ds: xr.Dataset) -> Figure:
-    """One panel per glacier (the first :data:`MAX_PANELS`): area per period, observed (filled) or
-    interpolated (hollow), the outline's area for scale, and the seasonal Theil–Sen trend line.
+    """One panel per glacier (the first :data:`MAX_PANELS`): snow/ice area per period and its trend.
+
+    Observed periods filled, interpolated hollow, the outline's area for scale, the seasonal Theil–Sen line.
 
     Parameters
     ----------
