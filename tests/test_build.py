@@ -268,7 +268,7 @@ def test_no_compute_before_the_write(served_twin: dict) -> None:
         tree = as_tree(ds)
     for var in ("ndsi", "n_valid", "time_mean", "n_scenes", "shift_x", "used", "reason", "guide"):
         assert isinstance(ds[var].data, dask.array.Array), var
-    assert set(tree.children) == {"scenes", "guides"} and "ndsi" in tree.ds
+    assert set(tree.children) == {"scenes", "guides", "reference"} and "ndsi" in tree.ds
 
 
 def test_existing_store_refused_and_interrupted_write_keeps_it(built: dict, tmp_path: Path) -> None:

@@ -198,6 +198,15 @@ def build_cube_cmd(
         bool, typer.Option("--dry-run", help="Search and print the scenes found, the cube's shape and the bytes "
                            "it would read and write; start no cluster, read no pixel, write nothing.")
     ] = False,
+    update: Annotated[
+        str | None, typer.Option("--update", metavar="STORE", help="Bring STORE up to date to --end (default today): "
+                                 "search, align (to its own reference) and write only what is new; the site and "
+                                 "every other flag come from the store (--catalog overrides its catalog).")
+    ] = None,
+    reference_from: Annotated[
+        str | None, typer.Option("--reference-from", metavar="STORE", help="Align the scenes to the ECC reference "
+                                 "of this cube store (the same grid) instead of estimating one.")
+    ] = None,
     storage_option: StorageOpt = None,
     where: Where = DEFAULT_WHERE,
 ) -> int:
@@ -211,6 +220,12 @@ def build_cube_cmd(
     """
     from glacierflow.preprocess.build import build_cube_store, default_store_name, plan_build  # deferred: cv2
 
+    if update is not None:
+        given = {"--glacier": glacier, "--sites": sites, "--bbox": bbox, "--start": start, "--out": out_store,
+                 "--out-dir": out_dir, "--reference-from": reference_from, "--dry-run": dry_run or None,
+                 "--overwrite": overwrite or None}
+        return _update(update, end, catalog, [k for k, v in given.items() if v], storage_options(storage_option),
+                       where)
     spec_for = cube_spec_maker(
         start=start, end=end, catalog=catalog, collection=collection, platform=platform, max_cloud=max_cloud,
         guides=guides, http_timeout=http_timeout, http_retries=http_retries, http_retry_delay=http_retry_delay,
@@ -221,8 +236,9 @@ def build_cube_cmd(
         min_ecc=min_ecc, guide_band=guide_band, guide_filter=guide_filter,
     )
     if sites is not None or len(glacier or []) > 1:
-        if dry_run:
-            raise GlacierflowError("--dry-run takes one site; run it per --glacier or --bbox")
+        if dry_run or reference_from:
+            raise GlacierflowError(f"{'--dry-run' if dry_run else '--reference-from'} takes one site; run it per "
+                                   "--glacier or --bbox")
         return _build_sites(glacier or [], sites, bbox, epsg, spec_for, pre, out_store, out_dir, overwrite,
                             storage_options(storage_option), where, strict)
     site = resolve_site(glacier[0] if glacier else None, bbox, epsg)
@@ -250,8 +266,25 @@ def build_cube_cmd(
             compute=runner(client, progress_bar=progress_enabled()),
             strict=strict,
             plan=plan,
+            reference_from=reference_from,
         )
     _print_summary(summary)
+    return 0
+
+
+def _update(url: str, end: str | None, catalog: str | None, extra: list[str], storage: dict[str, Any] | None,
+            where: Where) -> int:
+    """``build-cube --update STORE``: one update, its one-screen summary (one line when nothing is new)."""
+    from glacierflow.preprocess.update import update_cube  # deferred: cv2
+
+    if extra:
+        raise GlacierflowError(f"--update reads the site and the build flags from the store; drop {', '.join(extra)} "
+                               "(only --end, --catalog, --storage-option and the cluster flags apply)")
+    with where.client() as client:
+        summary = update_cube(url, end=end, catalog=catalog, storage_options=storage,
+                              compute=runner(client, progress_bar=progress_enabled()))
+    for line in summary.lines():
+        out.print(line)
     return 0
 
 

@@ -80,24 +80,36 @@ def twin_serve(
     url_file: Annotated[
         Path | None, typer.Option(metavar="FILE", help="Write the STAC URL to this file once serving.")
     ] = None,
+    until: Annotated[
+        str | None, typer.Option(metavar="DATE", help="Serve the world as of DATE (YYYY-MM-DD): items acquired "
+                                 "later are hidden (watch scenes arrive with build-cube --update).")
+    ] = None,
 ) -> None:
     """Serve a twin: COGs over HTTP with range requests + a real STAC API. Stops on Ctrl-C / SIGTERM."""
+    if until is not None:
+        import pandas as pd
+
+        try:
+            pd.Timestamp(until)
+        except ValueError:
+            raise GlacierflowError(f"--until {until!r} is not a date; use YYYY-MM-DD") from None
     stop = threading.Event()
     previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
-        _serve(twin_dirs, port, backend, url_file, stop)
+        _serve(twin_dirs, port, backend, url_file, stop, until)
     finally:
         signal.signal(signal.SIGTERM, previous)
 
 
 def _serve(twin_dirs: list[Path], port: int | None, backend: str, url_file: Path | None,
-           stop: threading.Event) -> None:
+           stop: threading.Event, until: str | None = None) -> None:
     from glacierflow.twin.serve import serve_twin, serve_twins  # deferred: rasterio
 
-    serving = (serve_twin(twin_dirs[0], port=port, backend=backend) if len(twin_dirs) == 1
-               else serve_twins(twin_dirs, port=port, backend=backend))
+    serving = (serve_twin(twin_dirs[0], port=port, backend=backend, until=until) if len(twin_dirs) == 1
+               else serve_twins(twin_dirs, port=port, backend=backend, until=until))
     with serving as served:
-        out.print(f"STAC API: {served['stac_url']}  (assets: {served['asset_url']}, backend: {backend})")
+        asof = f", as of {until}" if until else ""
+        out.print(f"STAC API: {served['stac_url']}  (assets: {served['asset_url']}, backend: {backend}{asof})")
         if url_file is not None:
             url_file.write_text(served["stac_url"] + "\n")
         out.print("serving; press Ctrl-C to stop", style="dim")

@@ -42,6 +42,8 @@ from glacierflow.storage.cubes import SPATIAL_CHUNK
 #: Per-scene table variables (dim ``scene``; ``scene_time`` becomes ``time`` in the ``scenes`` group).
 TABLE = ("item_id", "platform", "cloud_cover", "valid_fraction", "used", "reason", "aligned", "shift_x",
          "shift_y", "ecc", "wrs_path", "wrs_row", "collection_category")
+#: The ECC references (group ``reference``): pass-1 and pass-2 templates, the pixels pass 2 looks at.
+REFERENCE = ("reference_1", "reference_2", "reference_static")
 #: Variable-length strings (numpy StringDType): Zarr v3 writes them without loading a lazy column first.
 STR = np.dtypes.StringDType()
 
@@ -155,6 +157,8 @@ def cube_dataset(
     storage_options: dict[str, Any] | None = None,
     rejected: list[catalog.Rejection] = (),  # type: ignore[assignment]
     strict: bool = False,
+    references: fused.References | None = None,
+    before: xr.DataArray | None = None,
 ) -> xr.Dataset:
     """The lazy cube store content as one Dataset (one fused task per scene, :mod:`glacierflow.preprocess.fused`).
 
@@ -180,6 +184,12 @@ def cube_dataset(
     strict
         A scene whose assets are missing, unreadable or not as declared fails the build (one line) instead of
         being dropped.
+    references
+        Align against these ECC references (``--reference-from``, ``--update``) instead of estimating them from
+        the scenes.
+    before
+        ``(y, x)`` cube of the period just before the first one built (an update): the first periods, if
+        empty, are interpolated from it, as in the whole cube.
 
     Returns
     -------
@@ -187,17 +197,19 @@ def cube_dataset(
         Cube variables ``ndsi``, ``n_valid`` (time, y, x), ``n_scenes``, ``interpolated``, ``time_mean``
         (time); per-scene table variables :data:`TABLE` and ``scene_time`` along ``scene`` (one row per
         scene considered, by time); ``guide(guide_scene, y, x)`` for every stacked scene (NaN for those not
-        averaged) unless ``spec.guides`` is False. All lazy.
+        averaged) unless ``spec.guides`` is False; the references :data:`REFERENCE` ``(y, x)``. All lazy.
     """
     raw = stack(items, spec, reader, strict=strict, guide_band=pre.guide_band) if raw is None else raw
     starts, pos = periods.period_starts(raw["time"].values, pre.period, spec.start, spec.end)
     s, scene_items = scene_settings(items, raw, spec, pre, reader, scratch, storage_options, strict)
     shape = (raw.sizes["y"], raw.sizes["x"])
     blocks = list(raw.data.rechunk({1: -1}).to_delayed().ravel())
-    g = fused.scene_graph(blocks, scene_items, pos, len(starts), shape, s)
+    g = fused.scene_graph(blocks, scene_items, pos, len(starts), shape, s, references)
     cols = fused.scene_columns(g, partial(_reason_column, need=1.0 - pre.max_missing, min_ecc=pre.min_ecc),
                                {"reason": STR})
-    periodic = _periodic(g, cols, raw, starts, pos, pre)
+    periodic = _periodic(g, cols, raw, starts, pos, pre, before)
+    for name, ref in zip(REFERENCE, fused.reference_arrays(g, shape), strict=True):
+        periodic[name] = (("y", "x"), ref)
     _describe(periodic, pre)
     table = _table(items, raw, cols, pre, rejected, dict(raw.attrs["dropped_items"]))
     out = xr.merge([periodic, table], compat="override", join="outer", combine_attrs="drop_conflicts")
@@ -212,19 +224,25 @@ def cube_dataset(
 
 
 def _periodic(g: fused.Scenes, cols: dict[str, Any], raw: xr.DataArray, starts: pd.DatetimeIndex,
-              pos: np.ndarray, pre: PreprocessSpec) -> xr.Dataset:
-    """The periodic cube: means (gap-filled, empty periods interpolated), ``n_valid``, per-period figures."""
+              pos: np.ndarray, pre: PreprocessSpec, before: xr.DataArray | None = None) -> xr.Dataset:
+    """The periodic cube: means (gap-filled, empty periods interpolated), ``n_valid``, per-period figures.
+
+    ``before``: the cube of the period before the first (interpolation runs from it; it is not returned).
+    """
     shape = (raw.sizes["y"], raw.sizes["x"])
     means, n_valid = fused.period_cube(g, shape)
     mean = xr.DataArray(means, dims=("time", "y", "x"), coords={"time": starts.values})
+    ndsi = periods.interpolate_periods(mean) if before is None else periods.interpolate_periods(xr.concat(
+        [before.drop_vars(list(before.coords)).astype(np.float32).expand_dims(time=[np.datetime64(0, "ns")]),
+         mean], "time", join="override")).isel(time=slice(1, None)).assign_coords(time=starts.values)
     used = cols["used"].rechunk(-1)
     t_ns = raw["time"].values.astype("datetime64[ns]").astype(np.int64)
     n_p = len(starts)
     n_scenes = used.map_blocks(_n_scenes, pos, n_p, chunks=((n_p,),), dtype=np.int64)
-    t0 = np.datetime64(starts.values[0], "ns") if n_p else np.datetime64("NaT", "ns")
+    t0 = starts.values.astype("datetime64[ns]")
     time_mean = used.map_blocks(_time_mean, pos, t_ns, n_p, t0, chunks=((n_p,),), dtype="datetime64[ns]")
     ds = xr.Dataset({
-        "ndsi": periods.interpolate_periods(mean),
+        "ndsi": ndsi,
         "n_valid": (("time", "y", "x"), n_valid),
         "n_scenes": ("time", n_scenes),
         "time_mean": ("time", time_mean),
@@ -239,15 +257,19 @@ def _n_scenes(used: np.ndarray, pos: np.ndarray, n_p: int) -> np.ndarray:
     return np.bincount(pos[ok], minlength=n_p).astype(np.int64)
 
 
-def _time_mean(used: np.ndarray, pos: np.ndarray, t_ns: np.ndarray, n_p: int, t0: np.datetime64) -> np.ndarray:
-    """Mean acquisition time of the used scenes of each period (NaT where none)."""
+def _time_mean(used: np.ndarray, pos: np.ndarray, t_ns: np.ndarray, n_p: int, starts: np.ndarray) -> np.ndarray:
+    """Mean acquisition time of the used scenes of each period (NaT where none).
+
+    Averaged relative to the period's own start (ns exact in float64 within a period), so a period's figure
+    does not depend on where the cube starts (an updated store equals a rebuild).
+    """
     out = np.full(n_p, np.datetime64("NaT"), "datetime64[ns]")
-    rel = (t_ns - t0.astype(np.int64)).astype(np.float64)
     ok = used.astype(bool) & (pos >= 0)
     for k in range(n_p):
         mine = ok & (pos == k)
         if mine.any():
-            out[k] = t0 + np.round(rel[mine].sum() / mine.sum()).astype("timedelta64[ns]")
+            rel = (t_ns[mine] - starts[k].astype(np.int64)).astype(np.float64)
+            out[k] = starts[k] + np.round(rel.sum() / mine.sum()).astype("timedelta64[ns]")
     return out
 
 
@@ -347,7 +369,8 @@ def as_tree(ds: xr.Dataset) -> xr.DataTree:
     """The cube store's layout: the cube at the root, groups ``scenes`` and (if present) ``guides``."""
     table = [v for v in TABLE if v in ds]
     guides = ["guide"] if "guide" in ds else []
-    root = ds.drop_vars(table + guides + ["scene_time", "guide_scene"], errors="ignore")
+    refs = [v for v in REFERENCE if v in ds]
+    root = ds.drop_vars(table + guides + refs + ["scene_time", "guide_scene"], errors="ignore")
     root = root.drop_dims([d for d in ("scene", "guide_scene") if d in root.dims])
     scenes = ds[table].drop_vars(["x", "y", "time", "spatial_ref"], errors="ignore")
     scenes = scenes.assign_coords(scene_time=ds["scene_time"]).rename(scene_time="time")
@@ -357,6 +380,11 @@ def as_tree(ds: xr.Dataset) -> xr.DataTree:
         g = ds[["guide"]].rename(guide_scene="scene")
         g.attrs = {"title": "aligned QA-masked ECC guide image of every scene that entered the alignment"}
         nodes["guides"] = g
+    if refs:
+        r = ds[refs].drop_vars(["time"], errors="ignore")
+        r.attrs = {"title": "the ECC references every scene was aligned against (--update and --reference-from "
+                            "align new scenes to them)"}
+        nodes["reference"] = r
     return xr.DataTree.from_dict(nodes)
 
 
@@ -368,7 +396,7 @@ def default_store_name(name: str, period: str) -> str:
     return f"{name}-{period.lower()}.zarr"
 
 
-def _signing(
+def signing(
     found: catalog.SearchResult, signer: Any, spec: CubeSpec
 ) -> tuple[list[dict[str, Any]], type | None]:
     """Items to stack and the reader class: Planetary Computer hrefs are signed on the workers at read time."""
@@ -439,6 +467,44 @@ def _mb(n: float) -> str:
     return f"{n / 1e9:.2f} GB" if n >= 1e9 else f"{n / 1e6:.1f} MB"
 
 
+def search(spec: CubeSpec, start: str | None = None) -> catalog.SearchResult:
+    """The STAC search of ``spec`` (from ``start`` instead of ``spec.start`` if given: an update's window)."""
+    return catalog.search(spec.catalog, bbox=spec.bbox, start=start or spec.start, end=spec.end,
+                          collection=spec.collection, platforms=spec.platforms, max_cloud=spec.max_cloud,
+                          categories=spec.categories, retries=spec.http_retries, backoff=spec.http_retry_delay,
+                          timeout=spec.http_timeout)
+
+
+def load_references(url: str, raw: xr.DataArray, storage_options: dict[str, Any] | None = None
+                    ) -> fused.References:
+    """The ECC references of the cube store ``url`` (group ``reference``), checked against the grid of ``raw``.
+
+    One line when the store has none (built before they were recorded) or lies on another grid.
+    """
+    root = store.open_store(url, storage_options)
+    try:
+        ref = store.open_store(url, storage_options, group="reference").load()
+    except (GlacierflowError, FileNotFoundError, KeyError, OSError):
+        ref = None
+    if ref is None or any(v not in ref for v in REFERENCE):
+        raise GlacierflowError(
+            f"store {url} records no ECC reference (built by glacierflow {root.attrs.get('glacierflow_version', '?')}"
+            f" before references were stored); rebuild it once with this version (--overwrite), then align to it")
+    same = (store.epsg_of(root) == store.epsg_of(raw)
+            and root.sizes["y"] == raw.sizes["y"] and root.sizes["x"] == raw.sizes["x"]
+            and np.allclose(root["x"].values, raw["x"].values, atol=1e-6)
+            and np.allclose(root["y"].values, raw["y"].values, atol=1e-6))
+    if not same:
+        raise GlacierflowError(
+            f"--reference-from {url}: its grid (EPSG:{store.epsg_of(root)}, {root.sizes['y']}x{root.sizes['x']} px "
+            f"from x {float(root['x'].min()):.0f}, y {float(root['y'].max()):.0f}) is not this cube's "
+            f"(EPSG:{store.epsg_of(raw)}, {raw.sizes['y']}x{raw.sizes['x']} px from x {float(raw['x'].min()):.0f}, "
+            f"y {float(raw['y'].max()):.0f}); align cubes of the same bbox, EPSG and resolution")
+    images = [np.asarray(ref[v].values) for v in REFERENCE]
+    first, second = (None if not np.isfinite(a).any() else a.astype(np.float32) for a in images[:2])
+    return fused.References(first, second, images[2].astype(bool))
+
+
 def plan_build(spec: CubeSpec, pre: PreprocessSpec, out: str, *, overwrite: bool = False,
                storage_options: dict[str, Any] | None = None,
                signer: str | Callable[[dict[str, Any]], dict[str, Any]] | type | None = None,
@@ -450,12 +516,9 @@ def plan_build(spec: CubeSpec, pre: PreprocessSpec, out: str, *, overwrite: bool
     """
     if not overwrite and store.exists(out, storage_options):
         raise GlacierflowError(f"store {out} already exists; pass --overwrite to replace it")
-    found = catalog.search(spec.catalog, bbox=spec.bbox, start=spec.start, end=spec.end,
-                           collection=spec.collection, platforms=spec.platforms, max_cloud=spec.max_cloud,
-                           categories=spec.categories, retries=spec.http_retries, backoff=spec.http_retry_delay,
-                           timeout=spec.http_timeout)
+    found = search(spec)
     found.raise_if_empty()
-    items, reader = _signing(found, signer, spec)
+    items, reader = signing(found, signer, spec)
     return BuildPlan(spec, pre, out, found, items, reader,
                      stack(items, spec, reader, strict=strict, guide_band=pre.guide_band))
 
@@ -496,6 +559,7 @@ def build_cube_store(
     compute: Callable[[list[Any]], list[Any]] | None = None,
     strict: bool = False,
     plan: BuildPlan | None = None,
+    reference_from: str | None = None,
 ) -> BuildSummary:
     """Search, assemble and write a cube store in one pass over the pixels (see the module notes).
 
@@ -520,15 +584,20 @@ def build_cube_store(
         item declares, instead of dropping it with the reason in the ``scenes`` table.
     plan
         :func:`plan_build` of the same arguments, if already made (the CLI makes it before the cluster).
+    reference_from
+        Align every scene to the ECC references of this cube store (same grid) instead of estimating them
+        (``--reference-from``): cubes of one glacier co-registered across runs.
     """
     t0 = time.perf_counter()
     plan = plan or plan_build(spec, pre, out, overwrite=overwrite, storage_options=storage_options, signer=signer,
                               strict=strict)
     run = compute or (lambda objs: list(dask.compute(*objs)))
+    refs = load_references(reference_from, plan.raw, storage_options) if reference_from else None
     scratch = store.sibling(out, "scratch")
     try:
         ds = cube_dataset(plan.items, spec, pre, reader=plan.reader, raw=plan.raw, scratch=scratch,
-                          storage_options=storage_options, rejected=plan.found.rejected, strict=strict)
+                          storage_options=storage_options, rejected=plan.found.rejected, strict=strict,
+                          references=refs)
         ds.attrs = cube_attrs(spec, pre, plan.found)
         stac_out.beside(store.write(cf.conform(as_tree(ds), period_means=True), out, overwrite=overwrite,
                                     storage_options=storage_options,

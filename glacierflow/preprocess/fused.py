@@ -280,22 +280,43 @@ class Scenes:
     rows: list[Any]  # each scene's table row (small)
     guides: list[Any]  # each scene's aligned guide, None if not used
     means: list[Any]  # each period's mean and n_valid
+    refs: tuple[Any, Any, Any] = (None, None, None)  # delayed ECC reference 1, reference 2, static mask
+
+
+@dataclass(frozen=True)
+class References:
+    """The ECC references of a cube: what every scene was aligned against (the store's group ``reference``).
+
+    ``first``: pass-1 template; ``second``: pass-2 template; ``static``: the pixels pass 2 looks at
+    (:func:`static_mask`). None where the build had none (no scene entered the alignment).
+    """
+
+    first: np.ndarray | None
+    second: np.ndarray | None
+    static: np.ndarray | None
 
 
 def scene_graph(blocks: Sequence[Any], items: Sequence[dict[str, Any] | None], pos: np.ndarray,
-                n_periods: int, shape: tuple[int, int], s: SceneSettings) -> Scenes:
+                n_periods: int, shape: tuple[int, int], s: SceneSettings, refs: References | None = None) -> Scenes:
     """The delayed graph of every scene.
 
     ``blocks`` are the delayed ``(1, band, y, x)`` windows of the stacked scenes, ``pos`` the period of each
-    scene (-1 outside the periods).
+    scene (-1 outside the periods). ``refs``: align against these references (another cube's, or the store's
+    own when it is updated) instead of estimating them from these scenes.
     """
     prep = [dask.delayed(prepare_scene, pure=True)(b, it, i, s) for i, (b, it) in enumerate(zip(blocks, items,
                                                                                                 strict=True))]
-    ref1 = dask.delayed(reference, pure=True)(tree(_guides_leaf, prep, s))
+    if refs is None:
+        ref1 = dask.delayed(reference, pure=True)(tree(_guides_leaf, prep, s))
+    else:
+        ref1 = dask.delayed(refs.first, pure=True)
     first = [dask.delayed(first_pass, pure=True)(p, ref1, s) for p in prep]
     flat = [d for pair in zip(prep, first, strict=True) for d in pair]
-    ref2 = dask.delayed(reference, pure=True)(tree(_aligned_leaf, flat, s, width=2))
-    static = dask.delayed(static_mask, pure=True)(tree(_residual_leaf, flat, s, ref2, width=2), ref2)
+    if refs is None:
+        ref2 = dask.delayed(reference, pure=True)(tree(_aligned_leaf, flat, s, width=2))
+        static = dask.delayed(static_mask, pure=True)(tree(_residual_leaf, flat, s, ref2, width=2), ref2)
+    else:
+        ref2, static = dask.delayed(refs.second, pure=True), dask.delayed(refs.static, pure=True)
     second = [dask.delayed(second_pass, pure=True, nout=3)(p, p1, ref2, s, static)
               for p, p1 in zip(prep, first, strict=True)]
     means = []
@@ -303,7 +324,20 @@ def scene_graph(blocks: Sequence[Any], items: Sequence[dict[str, Any] | None], p
         mine = [second[i][1] for i in np.flatnonzero(pos == k)]
         means.append(dask.delayed(period_mean, pure=True)(tree(_snow_leaf, mine), shape,
                                                           s.pre.gap_fill_max_iter))
-    return Scenes([c[0] for c in second], [c[2] for c in second], means)
+    return Scenes([c[0] for c in second], [c[2] for c in second], means, (ref1, ref2, static))
+
+
+def reference_arrays(g: Scenes, shape: tuple[int, int]) -> tuple[dsa.Array, dsa.Array, dsa.Array]:
+    """The references of :func:`scene_graph` as ``(y, x)`` dask arrays: two templates (NaN: none), static mask."""
+    ref1, ref2, static = g.refs
+    one = dsa.from_delayed(dask.delayed(_image, pure=True)(ref1, shape), shape, dtype=np.float32)
+    two = dsa.from_delayed(dask.delayed(_image, pure=True)(ref2, shape), shape, dtype=np.float32)
+    mask = dsa.from_delayed(dask.delayed(_mask, pure=True)(static, shape), shape, dtype=bool)
+    return one, two, mask
+
+
+def _mask(static: np.ndarray | None, shape: tuple[int, int]) -> np.ndarray:
+    return np.ones(shape, bool) if static is None else np.asarray(static, bool)
 
 
 def _pick(obj: Any, key: str, shape: tuple[int, ...], dtype: Any) -> dsa.Array:
@@ -316,7 +350,7 @@ def _value(obj: dict[str, Any], key: str, shape: tuple[int, ...], dtype: Any) ->
 
 
 def _image(img: np.ndarray | None, shape: tuple[int, int]) -> np.ndarray:
-    return np.full(shape, np.nan, np.float32) if img is None else img
+    return np.full(shape, np.nan, np.float32) if img is None else np.asarray(img, np.float32)
 
 
 def period_cube(g: Scenes, shape: tuple[int, int]) -> tuple[dsa.Array, dsa.Array]:

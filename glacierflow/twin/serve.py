@@ -90,9 +90,23 @@ class AssetServer:
         self._proc = None
 
 
-def served_items(twin_dir: Path, asset_url: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """The twin's items with asset hrefs rewritten to ``asset_url``, and its collection."""
-    items = json.loads((twin_dir / "items.json").read_text())["features"]
+def acquired_by(item: dict[str, Any], until: str | None) -> bool:
+    """Whether ``item`` was acquired on or before the day ``until`` (``YYYY-MM-DD``; None: always)."""
+    if until is None:
+        return True
+    import pandas as pd
+
+    day = pd.Timestamp(str(until)[:10], tz="UTC") + pd.Timedelta(days=1)
+    return pd.Timestamp(item["properties"]["datetime"]) < day
+
+
+def served_items(twin_dir: Path, asset_url: str, until: str | None = None
+                 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The twin's items with asset hrefs rewritten to ``asset_url``, and its collection.
+
+    ``until``: only the items acquired on or before that day (the world as of that date).
+    """
+    items = [it for it in json.loads((twin_dir / "items.json").read_text())["features"] if acquired_by(it, until)]
     collection = json.loads((twin_dir / "collection.json").read_text())
     out = []
     for item in items:
@@ -105,8 +119,8 @@ def served_items(twin_dir: Path, asset_url: str) -> tuple[list[dict[str, Any]], 
 
 
 @contextlib.contextmanager
-def serve_twins(twin_dirs: list[str | Path], port: int | None = None, backend: str = "rustac"
-                ) -> Iterator[dict[str, Any]]:
+def serve_twins(twin_dirs: list[str | Path], port: int | None = None, backend: str = "rustac",
+                until: str | None = None) -> Iterator[dict[str, Any]]:
     """Serve several twins (e.g. two glaciers) behind **one** STAC API and one asset server.
 
     Yields ``{"stac_url", "asset_url", "metas"}`` with ``metas`` the twins' metadata by folder name. Item
@@ -123,7 +137,7 @@ def serve_twins(twin_dirs: list[str | Path], port: int | None = None, backend: s
     try:
         items, collection = [], None
         for d in dirs:
-            got, collection = served_items(d, f"{assets.url}/{d.relative_to(root).as_posix()}")
+            got, collection = served_items(d, f"{assets.url}/{d.relative_to(root).as_posix()}", until)
             items += got
         ids = [it["id"] for it in items]
         if len(set(ids)) != len(ids):
@@ -144,7 +158,8 @@ def serve_twins(twin_dirs: list[str | Path], port: int | None = None, backend: s
 
 @contextlib.contextmanager
 def serve_twin(
-    twin_dir: str | Path, port: int | None = None, backend: str = "rustac", asset_port: int | None = None
+    twin_dir: str | Path, port: int | None = None, backend: str = "rustac", asset_port: int | None = None,
+    until: str | None = None,
 ) -> Iterator[dict[str, Any]]:
     """Serve a twin; yields ``{"stac_url", "asset_url", "meta"}`` and stops everything on exit.
 
@@ -159,6 +174,9 @@ def serve_twin(
         pgstac, as Planetary Computer runs; needs ``scripts/setup-services.sh``).
     asset_port
         Port of the COG server (default: a free one).
+    until
+        Serve the world as of this day (``YYYY-MM-DD``): items acquired later are hidden (tests and the demo
+        watch scenes arrive by serving the same twin again with a later date).
     """
     from glacierflow.twin import stac_servers
 
@@ -170,7 +188,7 @@ def serve_twin(
         _check_port(port, "STAC API")
     assets = AssetServer(twin_dir, asset_port).start()
     try:
-        items, collection = served_items(twin_dir, assets.url)
+        items, collection = served_items(twin_dir, assets.url, until)
         work = twin_dir.parent / f".{twin_dir.name}.serve-{assets.port}"
         work.mkdir(exist_ok=True)
         try:
