@@ -70,4 +70,44 @@ def stats_cmd(
     out.print(f"written: {', '.join(str(p) for p in [*paths, png])}")
 
 
-__all__ = ["DEFAULT_WHERE", "Where", "computes", "stats_cmd"]
+@app.command("monitor")
+@computes
+def monitor_cmd(
+    sites_file: Annotated[Path, typer.Argument(metavar="SITES_FILE", help="TOML or YAML sites file (format in "
+                                               "docs/usage.md: per site name, outlines, cube or glacier/bbox, "
+                                               "catalog, run).")],
+    out_dir: Annotated[Path, typer.Option("--out-dir", metavar="DIR", help="Folder of the per-site outputs and "
+                                          "the summary.")],
+    storage_option: StorageOpt = None,
+    where: Where = DEFAULT_WHERE,
+) -> None:
+    """Keep every site up to date: cube, velocity, forecast, stats, report.
+
+    Per site: build-cube --update, flow --update, predict --update, stats and the HTML report, on one
+    cluster; one summary table (DIR/summary.json, DIR/summary.csv). Exit status 1 if any site failed.
+    """
+    from glacierflow.monitor.run import exit_status, run_monitor
+    from glacierflow.monitor.sites import read_monitor_sites
+
+    sites = read_monitor_sites(sites_file, out_dir)
+    with where.client():
+        outcomes = run_monitor(sites, out_dir, storage_options(storage_option))
+    out.print(summary_table(outcomes))
+    out.print(f"written: {out_dir / 'summary.json'}, {out_dir / 'summary.csv'}")
+    status = exit_status(outcomes)
+    if status:
+        raise typer.Exit(status)
+
+
+def summary_table(outcomes: list[Any]) -> Any:
+    """The run's rich table: one row per site, what changed per step."""
+    from rich.table import Table
+
+    table = Table(title="glacierflow monitor", show_lines=True)
+    for col in ("site", "status", "cube", "velocity", "forecast", "stats", "snow/ice (latest)", "s"):
+        table.add_column(col, overflow="fold")
+    for o in outcomes:
+        status = "ok" if o.ok else f"FAILED at {o.failed_step}: {o.error}"
+        table.add_row(o.name, status, *(o.changes.get(k, "") for k in ("cube", "velocity", "forecast", "stats")),
+                      o.snow, f"{o.seconds:.0f}")
+    return table
