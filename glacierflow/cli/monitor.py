@@ -92,7 +92,9 @@ def monitor_cmd(
     sites = read_monitor_sites(sites_file, out_dir)
     with where.client():
         outcomes = run_monitor(sites, out_dir, storage_options(storage_option))
-    out.print(summary_table(outcomes))
+    from rich.console import Console
+
+    Console(soft_wrap=False, markup=False, width=max(out.width, 160)).print(summary_table(outcomes))  # cron logs
     out.print(f"written: {out_dir / 'summary.json'}, {out_dir / 'summary.csv'}")
     status = exit_status(outcomes)
     if status:

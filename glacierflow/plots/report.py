@@ -184,7 +184,8 @@ def _summary(folder: Path, found: Found) -> str:
             dims = " × ".join(f"{d} {n}" for d, n in ds.sizes.items() if d != "bnds")
             t = ds["time"].values if "time" in ds.coords else None
             span = f"{pd.Timestamp(t.min()):%Y-%m-%d} .. {pd.Timestamp(t.max()):%Y-%m-%d}" if t is not None else ""
-            rows.append(f"<tr><td class='t'>{_e(kind)}</td><td class='t'>{_e(p.relative_to(folder))}</td>"
+            shown = p.relative_to(folder) if p.is_relative_to(folder) else p  # the monitor's cube may lie elsewhere
+            rows.append(f"<tr><td class='t'>{_e(kind)}</td><td class='t'>{_e(shown)}</td>"
                         f"<td class='t'>{_e(dims)}</td><td class='t'>{_e(span)}</td>"
                         f"<td class='t'>{_e(ds.attrs.get('glacierflow_version', ''))}</td>"
                         f"<td class='t'>{_e(ds.attrs.get('created', ''))}</td></tr>")
