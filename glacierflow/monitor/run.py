@@ -76,7 +76,8 @@ def _cube(site: MonitorSite, so: dict[str, Any] | None) -> str:
     where = get_site(site.glacier) if site.glacier else site_from_bbox(site.bbox, site.epsg, name=site.name)  # type: ignore[arg-type]
     spec = CubeSpec(name=site.name, bbox=where.bbox, epsg=site.epsg or where.epsg, start=site.start or where.start,
                     end=site.end or _today(), catalog=site.catalog or PLANETARY_COMPUTER_URL)
-    b = build_cube_store(spec, PreprocessSpec(), site.cube, storage_options=so)
+    pre = PreprocessSpec(period=site.period) if site.period else PreprocessSpec()
+    b = build_cube_store(spec, pre, site.cube, storage_options=so)
     return f"built: {b.scenes_used} of {b.scenes_found} scenes, {b.periods} periods to {spec.end}"
 
 

@@ -21,7 +21,7 @@ TOML (``.toml``)::
 YAML (``.yaml``/``.yml``): the same keys, ``defaults:`` a mapping and ``sites:`` a list of mappings.
 
 Keys per site: ``name`` (required), ``outlines`` (required), ``cube``, ``glacier`` or ``bbox`` [+ ``epsg``,
-``start``] (needed only while the cube store does not exist), ``catalog`` (default: the cube's own),
+``start``, ``period``] (needed only while the cube store does not exist), ``catalog`` (default: the cube's own),
 ``run`` (default: none, then no forecast), ``velocity`` and ``forecast`` (stores; default
 ``OUT_DIR/NAME/velocity.zarr`` and ``forecast.zarr``), ``end`` (last date searched; default today).
 Relative paths are relative to the sites file (cron runs from anywhere); URLs (``scheme://``) are kept.
@@ -37,8 +37,8 @@ from typing import Any
 
 from glacierflow.errors import GlacierflowError
 
-KEYS = ("name", "cube", "glacier", "bbox", "epsg", "start", "end", "outlines", "catalog", "run", "velocity",
-        "forecast")
+KEYS = ("name", "cube", "glacier", "bbox", "epsg", "start", "period", "end", "outlines", "catalog", "run",
+        "velocity", "forecast")
 _PATHS = ("cube", "outlines", "run", "velocity", "forecast")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
@@ -57,6 +57,7 @@ class MonitorSite:
     bbox: tuple[float, float, float, float] | None = None
     epsg: int | None = None
     start: str | None = None
+    period: str | None = None
     end: str | None = None
     catalog: str | None = None
     run: str | None = None
@@ -107,7 +108,7 @@ def _site(raw: dict[str, Any], defaults: dict[str, Any], base: Path, out_dir: Pa
         velocity=paths.get("velocity", str(folder / "velocity.zarr")),
         forecast=paths.get("forecast", str(folder / "forecast.zarr")), folder=str(folder),
         glacier=entry.get("glacier"), bbox=tuple(float(v) for v in bbox) if bbox else None,  # type: ignore[arg-type]
-        epsg=int(entry["epsg"]) if entry.get("epsg") else None, start=entry.get("start"),
+        epsg=int(entry["epsg"]) if entry.get("epsg") else None, start=entry.get("start"), period=entry.get("period"),
         end=str(entry["end"]) if entry.get("end") else None, catalog=entry.get("catalog"), run=paths.get("run"))
 
 
