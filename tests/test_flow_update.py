@@ -93,4 +93,6 @@ def test_update_refuses_flags_and_a_missing_store(flows: dict[str, Any], tmp_pat
     assert main(["flow", "--update", str(tmp_path / "none.zarr")]) == 2
     assert "not found" in capsys.readouterr().err
     assert main(["flow", flows["full"]]) == 2
-    assert "flow needs CUBE and --out STORE" in capsys.readouterr().err
+    assert "Missing option '--out': flow CUBE --out STORE, or flow --update VELOCITY" in capsys.readouterr().err
+    assert main(["flow"]) == 2
+    assert "Missing argument 'CUBE'" in capsys.readouterr().err

@@ -107,7 +107,9 @@ def _flow_update(velocity: str | None, cube: str | None, out_store: str | None, 
     from glacierflow.motion.update import update_flow  # deferred: scipy
 
     if not velocity:
-        raise GlacierflowError("flow needs CUBE and --out STORE (or --update VELOCITY to bring a store up to date)")
+        missing = "option '--out'" if cube else "argument 'CUBE'"
+        raise GlacierflowError(f"Missing {missing}: flow CUBE --out STORE, or flow --update VELOCITY to bring a "
+                               "velocity store up to date")
     if out_store or flags:
         given = ["--out"] * bool(out_store) + ["--" + f.replace("_", "-") for f in flags]
         raise GlacierflowError(f"--update reuses the store's own flow settings; drop {', '.join(given)} (or "
