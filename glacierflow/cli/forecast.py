@@ -36,6 +36,8 @@ def predict_cmd(
     batch_size: Annotated[int, typer.Option(metavar="B", help="Tiles per inference batch.")] = 64,
     device: Annotated[Device, typer.Option(help="auto: CUDA when present.")] = "auto",
     checkpoint: Annotated[str, typer.Option(metavar="NAME", help="Checkpoint in RUN_DIR.")] = "best.pt",
+    update: Annotated[bool, typer.Option("--update", help="Roll the forecast store forward from the cube's "
+                                         "newest complete period (nothing written when it is up to date).")] = False,
     overwrite: OverwriteOpt = False,
     storage_option: StorageOpt = None,
     where: Where = DEFAULT_WHERE,
@@ -50,6 +52,14 @@ def predict_cmd(
                        device=device, last_input=last_input or "")
     check_writable_output(out_store, storage_option, inputs=(cube, str(run_dir)))
     fc = load_forecaster(run_dir, checkpoint)
+    if update:
+        from glacierflow.forecast.update import update_forecast  # deferred: torch
+
+        with where.client():
+            lines = update_forecast(fc, cube, out_store, spec, storage_options=storage_options(storage_option)).lines()
+        for line in lines:
+            out.print(line)
+        return
     with where.client():
         s = predict_cube(fc, cube, out_store, spec, overwrite=overwrite,
                          storage_options=storage_options(storage_option))

@@ -27,6 +27,7 @@ import glacierflow.cli.finetune as finetune
 import glacierflow.cli.plots as plots
 import glacierflow.cli.demo as demo
 import glacierflow.cli.outputs as outputs
+import glacierflow.cli.monitor as monitor
 
 # isort: on
 from glacierflow.cli.app import app, flag_for
@@ -34,8 +35,9 @@ from glacierflow.cli.common import apply_shared, with_common_options
 from glacierflow.errors import GlacierflowError, SpecError, missing_extra
 from glacierflow.storage.cloud import redact
 
-STAGES = (twin, cube, motion, learn, forecast, finetune, plots, demo, outputs)
-"""The command modules, in pipeline order: twin, cube, flow, train/evaluate, predict, finetune, figures, demo."""
+STAGES = (twin, cube, motion, learn, forecast, finetune, plots, demo, outputs, monitor)
+"""The command modules, in pipeline order: twin, cube, flow, train/evaluate, predict, finetune, figures, demo,
+outputs, stats/monitor."""
 
 _COMMAND: list[click.Command] = []
 

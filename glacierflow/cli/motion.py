@@ -23,8 +23,9 @@ from glacierflow.specs import FLOW_IMAGES, FLOW_METHODS, PAIR_KINDS, FlowSpec
 @app.command("flow")
 @computes
 def flow_cmd(
-    cube: Annotated[str, typer.Argument(metavar="CUBE", help="Cube store written by build-cube.")],
-    out_store: Annotated[str, typer.Option("--out", metavar="STORE", help="Velocity store to write.")],
+    cube: Annotated[str | None, typer.Argument(metavar="CUBE", help="Cube store written by build-cube "
+                                               "(with --update: default the store's own).")] = None,
+    out_store: Annotated[str | None, typer.Option("--out", metavar="STORE", help="Velocity store to write.")] = None,
     method: Annotated[
         str | None, typer.Option(metavar="|".join(FLOW_METHODS), help="Matcher (default farneback).")
     ] = None,
@@ -64,13 +65,15 @@ def flow_cmd(
     max_fb_error: Annotated[
         float | None, typer.Option(help="Forward/backward check (px); 0: off.")
     ] = None,
+    update: Annotated[str | None, typer.Option("--update", metavar="VELOCITY", help="Bring this velocity store "
+                                               "up to date with its cube: match only the new pairs.")] = None,
     overwrite: OverwriteOpt = False,
     storage_option: StorageOpt = None,
     where: Where = DEFAULT_WHERE,
 ) -> None:
     """Surface velocity (m/yr) of a cube -> velocity store.
 
-    From pairs of scenes (or of NDSI periods) of the cube.
+    From pairs of scenes (or of NDSI periods) of the cube; --update VELOCITY adds the pairs of new scenes.
     """
     from glacierflow.motion.forecast_flow import is_forecast_url  # deferred: scipy
     from glacierflow.motion.velocity import run_flow  # deferred: scipy
@@ -80,6 +83,10 @@ def flow_cmd(
              "chip": chip, "search": search, "max_speed": max_speed, "min_corr": min_corr,
              "ice_fraction": ice_fraction, "stable_margin": stable_margin, "levels": levels, "pyr_scale": pyr_scale,
              "iterations": iterations, "winsize": winsize, "min_texture": min_texture, "max_fb_error": max_fb_error}
+    if update or cube is None or out_store is None:
+        return _flow_update(update, cube, out_store, [k for k, v in given.items() if v is not None] +
+                            [k for k, v in (("outline", outline), ("reference", reference)) if v], storage_option,
+                            where)
     spec = FlowSpec(**{k: v for k, v in given.items() if v is not None})  # unset flags: the spec's defaults
     check_writable_output(out_store, storage_option, inputs=tuple(p for p in (cube, outline, reference) if p))
     if is_forecast_url(cube, storage_options(storage_option)):  # predict's output: the predicted frames
@@ -91,6 +98,25 @@ def flow_cmd(
                      outline=outline, reference=reference)
     for line in s.lines():
         out.print(line)
+
+
+def _flow_update(velocity: str | None, cube: str | None, out_store: str | None, flags: list[str],
+                 storage_option: list[str] | None, where: Any) -> None:
+    """``flow --update VELOCITY [CUBE]``: the store's own spec, only the missing pairs (motion.update)."""
+    from glacierflow.errors import GlacierflowError
+    from glacierflow.motion.update import update_flow  # deferred: scipy
+
+    if not velocity:
+        missing = "option '--out'" if cube else "argument 'CUBE'"
+        raise GlacierflowError(f"Missing {missing}: flow CUBE --out STORE, or flow --update VELOCITY to bring a "
+                               "velocity store up to date")
+    if out_store or flags:
+        given = ["--out"] * bool(out_store) + ["--" + f.replace("_", "-") for f in flags]
+        raise GlacierflowError(f"--update reuses the store's own flow settings; drop {', '.join(given)} (or "
+                               "rebuild with flow CUBE --out STORE --overwrite)")
+    with where.client():
+        for line in update_flow(velocity, cube, storage_options=storage_options(storage_option)).lines():
+            out.print(line)
 
 
 def _flow_forecast(fc: str, out_store: str, spec: Any, *, overwrite: bool, storage_option: list[str] | None,

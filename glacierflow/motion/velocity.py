@@ -138,7 +138,8 @@ def pixel_error(px: np.ndarray, stable: np.ndarray, pair_error: float, fu: float
 
 # ------------------------------------------------------------------------------------------ velocity
 def velocity(cube_ds: xr.Dataset, spec: FlowSpec | None = None, *, guides: xr.DataArray | None = None,
-             ice_mask: xr.DataArray | None = None, reference: xr.Dataset | None = None) -> xr.Dataset:
+             ice_mask: xr.DataArray | None = None, reference: xr.Dataset | None = None,
+             only_pairs: list[tuple[int, int]] | None = None) -> xr.Dataset:
     """Lazy velocity store dataset (DESIGN.md's contract) for the pairs chosen by ``spec``.
 
     Parameters
@@ -155,6 +156,9 @@ def velocity(cube_ds: xr.Dataset, spec: FlowSpec | None = None, *, guides: xr.Da
     reference
         A velocity dataset with ``vx``, ``vy`` (m/yr) and a CRS: the search prior, reprojected onto the
         cube grid (:func:`reference_prior`); default a coarse first pass per pair.
+    only_pairs
+        Index pairs into the tracked images (time-sorted) to match instead of :func:`select_pairs`'s
+        (``flow --update``: only the pairs its store lacks).
 
     Returns
     -------
@@ -167,7 +171,8 @@ def velocity(cube_ds: xr.Dataset, spec: FlowSpec | None = None, *, guides: xr.Da
     spec = spec or FlowSpec()
     images, kind = _grid_images(cube_ds, guides, spec)
     times = pd.DatetimeIndex(images["time"].values)
-    pairs = _pairs_or_error(times, spec, images["wrs_path"].values if "wrs_path" in images.coords else None)
+    pairs = list(only_pairs) if only_pairs is not None else \
+        _pairs_or_error(times, spec, images["wrs_path"].values if "wrs_path" in images.coords else None)
     dx, dy = grid_step(cube_ds["x"], "x"), grid_step(cube_ds["y"], "y")
     stable = stable_ground(ice_mask if ice_mask is not None else ice_from_climatology(cube_ds, spec),
                            spec.stable_margin)
@@ -200,7 +205,8 @@ def velocity(cube_ds: xr.Dataset, spec: FlowSpec | None = None, *, guides: xr.Da
     comp["stable_ground"] = stable.assign_coords(y=cube_ds["y"], x=cube_ds["x"]).reset_coords(drop=True)
     comp["speed_error"] = with_smoothing(comp["speed_error"], comp["u_composite"], comp["v_composite"],
                                          window_variance(spec))
-    out = out.assign(comp)
+    out = out.assign({**comp, "pixel_error": pixel.assign_attrs(  # kept per pair: flow --update recomposes with it
+        units="m yr-1", long_name="1-sigma velocity error per component and pixel (the composite's weights)")})
     for name in ("time_start", "time_end"):  # acquisition times as the catalogue gives them (microseconds)
         out[name].encoding.update(units="microseconds since 1970-01-01", dtype="int64")
     out["time"].encoding.update(units="seconds since 1970-01-01", dtype="int64")
@@ -362,7 +368,7 @@ def its_live(ds: xr.Dataset) -> xr.DataTree:
     names = {"u": "vx", "v": "vy", "speed": "v", "offset_u": "stable_shift_x", "offset_v": "stable_shift_y",
              "pair_error": "pair_error", "valid_fraction": "valid_fraction"}
     pairs = xr.Dataset({new: ds[old].rename(time="mid_date").variable for old, new in names.items()},
-                       coords={"mid_date": ds["time"].variable, **keep})
+                       coords={"mid_date": ("mid_date", ds["time"].values, ds["time"].attrs), **keep})
     for new in names.values():
         pairs[new] = _cf(pairs[new], new, new in ("vx", "vy", "v") and grid)
     pairs = pairs.assign_coords(

@@ -104,15 +104,25 @@ def open_any(path: Path) -> xr.Dataset:
         return xr.open_zarr(str(path), decode_coords="all", consolidated=False)
 
 
-def write_report(folder: str | os.PathLike, out: str | os.PathLike | None = None) -> Path:
-    """Write the report of ``folder`` (default ``folder/report.html``); returns its path."""
+def write_report(folder: str | os.PathLike, out: str | os.PathLike | None = None, *,
+                 also: tuple[str | os.PathLike, ...] = (), preface: str = "") -> Path:
+    """Write the report of ``folder`` (default ``folder/report.html``); returns its path.
+
+    ``also``: stores (``*.zarr``) and outlines (``*.geojson``) outside the folder to report on first (the
+    monitor's cube); ``preface``: an HTML section put before the others (the monitor's "what changed").
+    """
     folder = Path(folder)
     if not folder.is_dir():
         raise GlacierflowError(f"report: {folder} is not a folder; pass a demo folder or one holding stores")
     found = discover(folder)
+    for p in map(Path, also):
+        if p.suffix == ".geojson" and p not in found.outlines:
+            found.outlines.insert(0, p)
+        elif p.suffix != ".geojson" and p.is_dir() and all(p not in v for v in found.stores.values()):
+            found.stores.setdefault(store_kind(open_any(p)), []).insert(0, p)
     if not found.stores and not found.runs:
         raise GlacierflowError(f"report: no glacierflow store (*.zarr) or run directory in {folder}")
-    sections = [_summary(folder, found), _scenes(found), _cube_maps(found), _velocity(found),
+    sections = [preface, _summary(folder, found), _scenes(found), _cube_maps(found), _velocity(found),
                 _losses(found), _skill(found), _forecasts(found)]
     page = (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>glacierflow report: "
             f"{html.escape(folder.resolve().name)}</title><style>{STYLE}</style></head><body>"
@@ -171,7 +181,8 @@ def _summary(folder: Path, found: Found) -> str:
             dims = " × ".join(f"{d} {n}" for d, n in ds.sizes.items() if d != "bnds")
             t = ds["time"].values if "time" in ds.coords else None
             span = f"{pd.Timestamp(t.min()):%Y-%m-%d} .. {pd.Timestamp(t.max()):%Y-%m-%d}" if t is not None else ""
-            rows.append(f"<tr><td class='t'>{_e(kind)}</td><td class='t'>{_e(p.relative_to(folder))}</td>"
+            shown = p.relative_to(folder) if p.is_relative_to(folder) else p  # the monitor's cube may lie elsewhere
+            rows.append(f"<tr><td class='t'>{_e(kind)}</td><td class='t'>{_e(shown)}</td>"
                         f"<td class='t'>{_e(dims)}</td><td class='t'>{_e(span)}</td>"
                         f"<td class='t'>{_e(ds.attrs.get('glacierflow_version', ''))}</td>"
                         f"<td class='t'>{_e(ds.attrs.get('created', ''))}</td></tr>")
