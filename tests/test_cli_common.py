@@ -36,6 +36,8 @@ DATA_FLAGS = {
     ("evaluate",): CLUSTER + STORAGE, ("predict",): CLUSTER + STORAGE, ("finetune",): CLUSTER + STORAGE,
     ("export",): STORAGE, ("stac",): STORAGE,  # read a store, write files: no Dask graph worth a cluster
     ("plot", "flow"): STORAGE, ("plot", "cube"): STORAGE, ("plot", "forecast"): STORAGE,  # one pair/frame read
+    ("stats",): STORAGE,  # one pass over the cube's ndsi per outline, on the threaded scheduler
+    ("monitor",): CLUSTER + STORAGE,  # every site on one cluster
     ("demo",): ("--cluster WHERE",),  # a fixed recipe in a local DIR on the twin: where Dask runs, nothing else
 }
 """Where the shared data flags make sense. Every other command says here why they do not:"""

@@ -81,7 +81,7 @@ def monitor_cmd(
     storage_option: StorageOpt = None,
     where: Where = DEFAULT_WHERE,
 ) -> None:
-    """Keep every site up to date: cube, velocity, forecast, stats, report.
+    """Update every site: cube, velocity, forecast, stats, report.
 
     Per site: build-cube --update, flow --update, predict --update, stats and the HTML report, on one
     cluster; one summary table (DIR/summary.json, DIR/summary.csv). Exit status 1 if any site failed.
