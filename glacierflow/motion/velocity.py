@@ -21,17 +21,20 @@ Per pair (one Dask task, :func:`_pair_task` through ``xr.apply_ufunc``)
    two components) is the pair's 1-sigma error ``pair_error`` (NaN with fewer than :data:`MIN_STABLE`
    stable pixels: then no correction);
 3. velocity in m/yr: ``vx = cols * dx / years`` (east), ``vy = rows * dy / years`` (north: ``dy`` < 0);
-4. a per-pixel error (:func:`pixel_error`, not stored): the pair's stable-ground error plus, in
-   quadrature, the excess of the pixel's least-squares match error over the stable ground's
+4. per-pixel errors per component (:func:`pixel_error`, not stored): the pair's stable-ground spread of that
+   component plus, in quadrature, the excess of the pixel's least-squares match error over the stable ground's
    (:func:`glacierflow.motion.matching.match_error`).
 
 Composite (:func:`composite`)
 -----------------------------
-Per pixel, pairs further than 3 sigma from the per-pixel median are dropped; the rest are averaged with
-weights ``1 / error**2``. The random error (``vx_error``, ``vy_error``) is the larger of the formal error of
-that mean and the weighted scatter of one pair, both over ``sqrt(n_eff)`` (``n_eff`` = distinct scenes - 1);
-``v_error`` adds, in quadrature, the matcher's smoothing bias ``s2 / 2 * |laplacian(vx, vy)|``
-(:func:`with_smoothing`). ``count`` counts the pairs used.
+Per pixel, pairs further than 3 sigma from the per-pixel median are dropped; each component of the rest is
+averaged with weights ``1 / error**2`` of that component (the per-pixel errors are per component: the pair's
+stable-ground spread along x and along y, and the least-squares covariance's diagonal). Each component's
+random error is the larger of the formal error of its mean and the weighted scatter of one pair, both over
+``sqrt(n_eff)`` (``n_eff`` = distinct scenes - 1); ``vx_error`` and ``vy_error`` add, in quadrature, the
+matcher's smoothing bias ``s2 / 2 * |laplacian|`` of their own component, ``v_error`` the components'
+random errors projected on the flow direction plus ``s2 / 2 * |laplacian(vx, vy)|`` (:func:`with_smoothing`).
+``count`` counts the pairs used.
 
 :func:`velocity` returns the lazy dataset under working names (``u``, ``v``, ``speed`` per pair along
 ``time``, ``u_composite``...); :func:`its_live` lays it out as the store (composite at the root, ``pairs``
