@@ -86,7 +86,7 @@ def main() -> None:
         ice = None if args.no_outline else read_ice_mask(str(twin / "outlines.geojson"), cube)
         inputs = {"": guides}
         for var in filter(None, args.oracle.split(",")):
-            if var in ("ndsi_surface", "red_clean") and WORLDS[world]["realism"] == "basic":
+            if var == "ndsi_surface" and WORLDS[world]["realism"] == "basic":
                 continue  # the basic world renders no terrain illumination
             hp = PreprocessSpec().align_highpass if var == "red_clean" else 0.0  # as the guides are filtered
             inputs[f", truth {var}"] = oracle_guides(guides, str(twin / "truth.zarr"), var, highpass=hp)
