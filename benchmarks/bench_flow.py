@@ -10,8 +10,9 @@ scene east, the rest still), 30 days apart, written to a temporary Zarr store an
 ``flow`` reads a cube store's guides (a graph that embeds in-memory arrays ships them with every
 task). Per-pair seconds: the matcher alone on one pair, in this process (1 thread), best of
 ``--repeat``. Serial: the store written with dask's ``sync`` scheduler; parallel: the same graph on
-``--cluster`` (:func:`glacierflow.compute.cluster.get_client`; default ``local``: one worker process with a
-thread per core, as ``flow`` runs by default). Both compute and write the whole velocity store
+``--cluster`` (:func:`glacierflow.compute.cluster.get_client`; default ``threads``, dask's threaded scheduler
+on every core, as ``flow`` runs by default since issue 21; ``local``: one worker process with a thread per
+core). Both compute and write the whole velocity store
 (per-pair fields, stable-ground statistics, composite) with :func:`glacierflow.motion.velocity.write_velocity`, as
 ``flow`` does: the workers write the chunks, nothing is gathered to this process. The ratio is
 parallel / serial, measured in the same run; the script exits non-zero when the two stores differ.
@@ -30,7 +31,7 @@ import pandas as pd
 import xarray as xr
 from scipy import ndimage
 
-from glacierflow.compute.cluster import get_client
+from glacierflow.compute.cluster import DEFAULT_CLUSTER, get_client
 from glacierflow.motion.matching import METHODS, prepare
 from glacierflow.motion.velocity import DAYS_PER_YEAR, search_px, velocity, write_velocity
 from glacierflow.specs import FlowSpec
@@ -72,7 +73,8 @@ def per_pair_seconds(a: np.ndarray, b: np.ndarray, spec: FlowSpec, repeat: int) 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--scenes", type=int, default=13)
-    ap.add_argument("--cluster", default="local", help="as flow's --cluster (local, local:N, threads, ...)")
+    ap.add_argument("--cluster", default=DEFAULT_CLUSTER,
+                    help=f"as flow's --cluster (default {DEFAULT_CLUSTER}, as flow; local, local:N, ...)")
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--max-speed", type=float, default=150.0, help="sets the NCC search range")
     ap.add_argument("--methods", default=",".join(METHODS), help="comma-separated")

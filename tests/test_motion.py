@@ -261,32 +261,37 @@ def test_stable_ground_correction_removes_misregistration():
     assert 0.5 < out["valid_fraction"].values[0] <= 1.0
 
 
-def _composite_reference(u: np.ndarray, v: np.ndarray, err: np.ndarray) -> tuple[float, float, float, int]:
-    """One pixel, written out plainly: 3-sigma rejection around the median, then 1/sigma^2 weights."""
+def _composite_reference(u: np.ndarray, v: np.ndarray, eu: np.ndarray, ev: np.ndarray) -> tuple[float, ...]:
+    """One pixel, written out plainly: 3-sigma rejection around the median, then 1/sigma^2 weights per component."""
     ok = np.isfinite(u)
     mu, mv = np.median(u[ok]), np.median(v[ok])
     spread = 1.4826 * max(np.median(np.abs(u[ok] - mu)), np.median(np.abs(v[ok] - mv))) if ok.sum() >= 3 else 0.0
-    keep = ok & (np.abs(u - mu) <= 3 * np.maximum(err, spread)) & (np.abs(v - mv) <= 3 * np.maximum(err, spread))
-    w = 1 / err[keep] ** 2
-    cu, cv = np.sum(w * u[keep]) / w.sum(), np.sum(w * v[keep]) / w.sum()
-    scatter = np.sqrt(np.sum(w * ((u[keep] - cu) ** 2 + (v[keep] - cv) ** 2) / 2) / w.sum() / max(keep.sum() - 1, 1))
-    return cu, cv, max(np.sqrt(1 / w.sum()), scatter if keep.sum() >= 2 else 0.0), int(keep.sum())
+    keep = ok & (np.abs(u - mu) <= 3 * np.maximum(eu, spread)) & (np.abs(v - mv) <= 3 * np.maximum(ev, spread))
+    out = []
+    for x, e in ((u, eu), (v, ev)):
+        w = 1 / e[keep] ** 2
+        mean = np.sum(w * x[keep]) / w.sum()
+        scatter = np.sqrt(np.sum(w * (x[keep] - mean) ** 2) / w.sum() / max(keep.sum() - 1, 1))
+        out += [mean, max(np.sqrt(1 / w.sum()), scatter if keep.sum() >= 2 else 0.0)]
+    return out[0], out[2], out[1], out[3], int(keep.sum())
 
 
 def test_composite_matches_numpy_reference_and_drops_outliers():
     rng = np.random.default_rng(6)
     t, n = 7, 12
-    err = rng.uniform(1.0, 4.0, t)
-    u = 50 + rng.standard_normal((t, n, n)) * err[:, None, None]
-    v = -20 + rng.standard_normal((t, n, n)) * err[:, None, None]
+    eu, ev = rng.uniform(1.0, 4.0, t), rng.uniform(0.5, 2.0, t)  # each component with its own errors
+    u = 50 + rng.standard_normal((t, n, n)) * eu[:, None, None]
+    v = -20 + rng.standard_normal((t, n, n)) * ev[:, None, None]
     u[0, :3] = 400.0  # a mismatched pair on some pixels
     u[1:4, 5] = np.nan  # pixels some pairs did not see
-    cu, cv, cs, ce, cn = composite_block(np.moveaxis(u, 0, -1), np.moveaxis(v, 0, -1), err)
+    cu, cv, cs, ceu, cev, ces, cn = composite_block(np.moveaxis(u, 0, -1), np.moveaxis(v, 0, -1), eu, ev)
     for r, c in [(0, 0), (2, 7), (5, 5), (9, 3)]:
-        ref = _composite_reference(u[:, r, c], v[:, r, c], err)
-        np.testing.assert_allclose([cu[r, c], cv[r, c], ce[r, c], cn[r, c]], ref, rtol=1e-5)
+        ref = _composite_reference(u[:, r, c], v[:, r, c], eu, ev)
+        np.testing.assert_allclose([cu[r, c], cv[r, c], ceu[r, c], cev[r, c], cn[r, c]], ref, rtol=1e-5)
     assert cn[0, 0] == t - 1 and abs(cu[0, 0] - 50) < 5  # the 400 m/yr pair is dropped
+    assert np.median(ceu) > 1.5 * np.median(cev)  # vx_error and vy_error are distinct
     np.testing.assert_allclose(cs, np.hypot(cu, cv), rtol=1e-6)
+    np.testing.assert_allclose(ces, np.sqrt(cu**2 * ceu**2 + cv**2 * cev**2) / cs, rtol=1e-5)
 
 
 # ---------------------------------------------------------------- stores, laziness, errors
@@ -487,19 +492,22 @@ def test_match_error_predicts_the_actual_farneback_error(noise):
 
 
 def test_pixel_error_adds_the_excess_over_stable_ground():
-    """``pixel_error``: the stable-ground pair error where the match is as good as on stable ground, and
-    the least-squares excess in quadrature where it is worse (numpy reference)."""
+    """``pixel_error``: per component, the stable-ground pair error where the match is as good as on stable
+    ground, and the least-squares excess in quadrature where it is worse (numpy reference)."""
     from glacierflow.motion.velocity import pixel_error
 
     px = np.full((2, 20, 20), 0.1, np.float32)
     px[:, :5] = 0.5  # a decorrelated strip
+    px[1, :5] = 0.2  # along rows (north) it is better constrained
     stable = np.zeros((20, 20), bool)
     stable[10:] = True
-    out = pixel_error(px, stable, pair_error=2.0, fu=30.0, fv=30.0)
-    np.testing.assert_allclose(out[15], 2.0, rtol=1e-6)
-    expect = np.sqrt(2.0**2 + (0.5 * 30) ** 2 - (0.1 * 30) ** 2)
-    np.testing.assert_allclose(out[0], expect, rtol=1e-5)
-    np.testing.assert_allclose(pixel_error(px, stable, float("nan"), 30.0, 30.0)[0], 15.0, rtol=1e-6)
+    out = pixel_error(px, stable, pair_error=(2.0, 1.0), fu=30.0, fv=30.0)
+    np.testing.assert_allclose(out[0, 15], 2.0, rtol=1e-6)
+    np.testing.assert_allclose(out[1, 15], 1.0, rtol=1e-6)
+    np.testing.assert_allclose(out[0, 0], np.sqrt(2.0**2 + (0.5 * 30) ** 2 - (0.1 * 30) ** 2), rtol=1e-5)
+    np.testing.assert_allclose(out[1, 0], np.sqrt(1.0**2 + (0.2 * 30) ** 2 - (0.1 * 30) ** 2), rtol=1e-5)
+    alone = pixel_error(px, stable, (float("nan"),) * 2, 30.0, 30.0)  # no stable-ground error: LK alone
+    np.testing.assert_allclose(alone[:, 0, 0], [15.0, 6.0], rtol=1e-6)
 
 
 def test_smoothing_bias_is_half_the_window_variance_times_the_laplacian():

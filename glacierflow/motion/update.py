@@ -11,13 +11,13 @@ which cube (``source_cube``). An update
    matches only the missing ones (one Dask task each, :func:`glacierflow.motion.velocity.velocity` with
    ``only_pairs``) and drops the ones no longer selected;
 3. recomputes the composite over the resulting pairs with each pair's stored per-pixel error
-   (``pixel_error``), as :func:`~glacierflow.motion.velocity.velocity` does, and rewrites the store (safe
-   write: the previous version stays readable until the new one is complete).
+   (``pixel_error_x``, ``pixel_error_y``), as :func:`~glacierflow.motion.velocity.velocity` does, and rewrites
+   the store (safe write: the previous version stays readable until the new one is complete).
 
 Equal to a rebuild as long as the stable ground is the same: with ``--outline`` it is; without, the cube's
 NDSI climatology can move with the new periods, and then every pair is recomputed (said in the summary).
-A store written before ``pixel_error`` was kept per pair is recomputed whole once, with a note. The update
-assumes the old scenes' guides are unchanged (a cube update aligns new scenes to the store's reference and
+A store written before ``pixel_error_x``/``_y`` were kept per pair is recomputed whole once, with a note. The
+update assumes the old scenes' guides are unchanged (a cube update aligns new scenes to the store's reference and
 leaves old ones alone); after a rebuilt cube, run ``flow --overwrite``.
 """
 
@@ -48,7 +48,8 @@ from glacierflow.specs import FlowSpec
 
 #: the pairs group's names back to the working names of :func:`~glacierflow.motion.velocity.velocity`
 _WORKING = {"vx": "u", "vy": "v", "v": "speed", "stable_shift_x": "offset_u", "stable_shift_y": "offset_v",
-            "pair_error": "pair_error", "valid_fraction": "valid_fraction", "pixel_error": "pixel_error"}
+            "pair_error": "pair_error", "valid_fraction": "valid_fraction",
+            "pixel_error_x": "pixel_error_x", "pixel_error_y": "pixel_error_y"}
 _COORDS = {"acquisition_date_img1": "time_start", "acquisition_date_img2": "time_end", "dt_days": "dt_days",
            "scene_img1": "scene_start", "scene_img2": "scene_end"}
 
@@ -145,7 +146,7 @@ def update_flow(velocity_url: str, cube_url: str | None = None, *,
         have = {}
         notes.append("note: the cube's NDSI climatology moved the stable ground with the new periods: every pair "
                      "recomputed (flow --outline keeps updates incremental)")
-    elif "pixel_error" not in stored.data_vars:
+    elif "pixel_error_x" not in stored.data_vars:
         have = {}
         notes.append("note: this store predates per-pair pixel errors: every pair recomputed once")
     kept = [n for n, k in enumerate(want) if k in have]
@@ -177,12 +178,13 @@ def _recompose(pairs: xr.Dataset, cube: xr.Dataset, ice: xr.DataArray, spec: Flo
     pairs = pairs.assign_coords(y=cube["y"], x=cube["x"])
     if "spatial_ref" in cube.coords:
         pairs = pairs.assign_coords(spatial_ref=cube["spatial_ref"])
-    comp = composite(pairs.assign(error=pairs["pixel_error"]), scenes=scenes)
-    comp["component_error"] = comp["speed_error"]
+    comp = composite(pairs.assign(error_u=pairs["pixel_error_x"], error_v=pairs["pixel_error_y"]), scenes=scenes)
     stable = stable_ground(ice, spec.stable_margin)
     comp["stable_ground"] = stable.assign_coords(y=cube["y"], x=cube["x"]).reset_coords(drop=True)
-    comp["speed_error"] = with_smoothing(comp["speed_error"], comp["u_composite"], comp["v_composite"],
-                                         window_variance(spec))
+    s2 = window_variance(spec)  # as velocity() does
+    comp["speed_error"] = with_smoothing(comp["speed_error"], comp["u_composite"], comp["v_composite"], s2)
+    comp["u_error"] = with_smoothing(comp["u_error"], comp["u_composite"], None, s2)
+    comp["v_error"] = with_smoothing(comp["v_error"], comp["v_composite"], None, s2)
     out = pairs.assign(comp)
     for name in ("time_start", "time_end"):
         out[name].encoding.update(units="microseconds since 1970-01-01", dtype="int64")

@@ -21,17 +21,20 @@ Per pair (one Dask task, :func:`_pair_task` through ``xr.apply_ufunc``)
    two components) is the pair's 1-sigma error ``pair_error`` (NaN with fewer than :data:`MIN_STABLE`
    stable pixels: then no correction);
 3. velocity in m/yr: ``vx = cols * dx / years`` (east), ``vy = rows * dy / years`` (north: ``dy`` < 0);
-4. a per-pixel error (:func:`pixel_error`, not stored): the pair's stable-ground error plus, in
-   quadrature, the excess of the pixel's least-squares match error over the stable ground's
-   (:func:`glacierflow.motion.matching.match_error`).
+4. per-pixel errors per component (:func:`pixel_error`, kept per pair as ``pixel_error_x``/``_y``): the
+   pair's stable-ground spread of that component plus, in quadrature, the excess of the pixel's
+   least-squares match error over the stable ground's (:func:`glacierflow.motion.matching.match_error`).
 
 Composite (:func:`composite`)
 -----------------------------
-Per pixel, pairs further than 3 sigma from the per-pixel median are dropped; the rest are averaged with
-weights ``1 / error**2``. The random error (``vx_error``, ``vy_error``) is the larger of the formal error of
-that mean and the weighted scatter of one pair, both over ``sqrt(n_eff)`` (``n_eff`` = distinct scenes - 1);
-``v_error`` adds, in quadrature, the matcher's smoothing bias ``s2 / 2 * |laplacian(vx, vy)|``
-(:func:`with_smoothing`). ``count`` counts the pairs used.
+Per pixel, pairs further than 3 sigma from the per-pixel median are dropped; each component of the rest is
+averaged with weights ``1 / error**2`` of that component (the per-pixel errors are per component: the pair's
+stable-ground spread along x and along y, and the least-squares covariance's diagonal). Each component's
+random error is the larger of the formal error of its mean and the weighted scatter of one pair, both over
+``sqrt(n_eff)`` (``n_eff`` = distinct scenes - 1); ``vx_error`` and ``vy_error`` add, in quadrature, the
+matcher's smoothing bias ``s2 / 2 * |laplacian|`` of their own component, ``v_error`` the components'
+random errors projected on the flow direction plus ``s2 / 2 * |laplacian(vx, vy)|`` (:func:`with_smoothing`).
+``count`` counts the pairs used.
 
 :func:`velocity` returns the lazy dataset under working names (``u``, ``v``, ``speed`` per pair along
 ``time``, ``u_composite``...); :func:`its_live` lays it out as the store (composite at the root, ``pairs``
@@ -91,7 +94,7 @@ PAIR_VARS = ("offset_u", "offset_v", "pair_error", "valid_fraction")
 def _pair_task(a: np.ndarray, b: np.ndarray, stable: np.ndarray, years: np.ndarray, search: np.ndarray,
                *, method: str, kind: str, spec: FlowSpec, dx: float, dy: float,
                prior: np.ndarray | None = None) -> tuple[np.ndarray, ...]:
-    """One block of pairs (one pair per block): u, v, error (m/yr) and the pair's scalars (module doc)."""
+    """One block of pairs (one pair per block): u, v, their errors (m/yr) and the pair's scalars (module doc)."""
     a = np.asarray(a)
     shape = a.shape
     lead = int(np.prod(shape[:-2]))
@@ -99,7 +102,7 @@ def _pair_task(a: np.ndarray, b: np.ndarray, stable: np.ndarray, years: np.ndarr
     st = np.broadcast_to(np.asarray(stable, bool), shape).reshape(lead, *shape[-2:])
     yrs = np.broadcast_to(np.asarray(years, np.float64), shape[:-2]).reshape(-1)
     srch = np.broadcast_to(np.asarray(search), shape[:-2]).reshape(-1)
-    u, v, e = (np.empty(a.shape, np.float32) for _ in range(3))
+    u, v, eu, ev = (np.empty(a.shape, np.float32) for _ in range(4))
     scalars = np.empty((4, lead), np.float32)
     window = spec.chip if method == "ncc" else spec.texture_box
     for k in range(lead):
@@ -109,31 +112,32 @@ def _pair_task(a: np.ndarray, b: np.ndarray, stable: np.ndarray, years: np.ndarr
         fu, fv = dx / yrs[k], dy / yrs[k]
         u[k] = (disp[0] - mc) * fu
         v[k] = (disp[1] - mr) * fv
-        err = math.sqrt(((sc * fu) ** 2 + (sr * fv) ** 2) / 2.0)
-        e[k] = pixel_error(match_error(pa, pb, disp, window), st[k], err, abs(fu), abs(fv))
-        scalars[:, k] = (mc * fu, mr * fv, err, float(np.isfinite(disp[0]).mean()))
-    return (u.reshape(shape), v.reshape(shape), e.reshape(shape), *(s.reshape(shape[:-2]) for s in scalars))
+        err = (sc * abs(fu), sr * abs(fv))
+        eu[k], ev[k] = pixel_error(match_error(pa, pb, disp, window), st[k], err, abs(fu), abs(fv))
+        scalars[:, k] = (mc * fu, mr * fv, math.sqrt((err[0] ** 2 + err[1] ** 2) / 2.0),
+                         float(np.isfinite(disp[0]).mean()))
+    return (*(x.reshape(shape) for x in (u, v, eu, ev)), *(s.reshape(shape[:-2]) for s in scalars))
 
 
-def pixel_error(px: np.ndarray, stable: np.ndarray, pair_error: float, fu: float, fv: float) -> np.ndarray:
-    """A pair's per-pixel 1-sigma velocity error per component (m/yr) from :func:`match_error`'s pixels.
+def pixel_error(px: np.ndarray, stable: np.ndarray, pair_error: tuple[float, float], fu: float,
+                fv: float) -> np.ndarray:
+    """A pair's per-pixel 1-sigma velocity errors (m/yr), ``(2, H, W)`` (east, north), from :func:`match_error`.
 
-    The stable-ground spread ``pair_error`` measures the whole error where the ground is still (the
-    registration and the matcher on static texture); on top of it each pixel adds the part of its
-    least-squares error above the typical stable-ground one (decorrelated ice, the aperture problem,
-    wrong matches): ``sqrt(pair_error^2 + max(lk^2 - median_stable(lk)^2, 0))``. Without a
+    Per component, the stable-ground spread (``pair_error``: east, north) measures the whole error where the
+    ground is still (the registration and the matcher on static texture); on top of it each pixel adds the
+    part of its least-squares error above the typical stable-ground one (decorrelated ice, the aperture
+    problem, wrong matches): ``sqrt(pair_error^2 + max(lk^2 - median_stable(lk)^2, 0))``. Without a
     stable-ground error, the least-squares error alone.
     """
-    lk2 = ((px[0] * fu) ** 2 + (px[1] * fv) ** 2) / 2.0
-    ref = lk2[stable & np.isfinite(lk2)]
-    if not math.isfinite(pair_error) or ref.size < MIN_STABLE:
-        return np.sqrt(lk2).astype(np.float32)
-    excess = np.clip(lk2 - float(np.median(ref)), 0.0, None)
-    return np.sqrt(pair_error**2 + excess).astype(np.float32)
-
-
-
-
+    out = np.empty(px.shape, np.float32)
+    for k, (f, pe) in enumerate(zip((fu, fv), pair_error, strict=True)):
+        lk2 = (px[k] * f) ** 2
+        ref = lk2[stable & np.isfinite(lk2)]
+        if not math.isfinite(pe) or ref.size < MIN_STABLE:
+            out[k] = np.sqrt(lk2)
+        else:
+            out[k] = np.sqrt(pe**2 + np.clip(lk2 - float(np.median(ref)), 0.0, None))
+    return out
 
 
 # ------------------------------------------------------------------------------------------ velocity
@@ -189,24 +193,26 @@ def velocity(cube_ds: xr.Dataset, spec: FlowSpec | None = None, *, guides: xr.Da
     outs = xr.apply_ufunc(
         _pair_task, a, b, stable, *pp,
         input_core_dims=[["y", "x"]] * 3 + [[], []],
-        output_core_dims=[["y", "x"]] * 3 + [[]] * 4,
+        output_core_dims=[["y", "x"]] * 4 + [[]] * 4,
         kwargs={"method": spec.method, "kind": kind, "spec": spec, "dx": dx, "dy": dy,
                 "prior": None if reference is None else reference_prior(reference, cube_ds, dx, dy)},
-        dask="parallelized", output_dtypes=[np.float32] * 7,
+        dask="parallelized", output_dtypes=[np.float32] * 8,
     )
     coords = _pair_coords(cube_ds, start, end, dt_days)
     if kind == "guide":
         ids = np.array([str(s) for s in images["scene"].values], dtype=np.dtypes.StringDType())
         coords.update(scene_start=("time", ids[i_idx]), scene_end=("time", ids[j_idx]))
     out = xr.Dataset(_pair_vars(outs, "spatial_ref" in coords), coords=coords)
-    pixel = outs[2].transpose("time", "y", "x").reset_coords(drop=True)
-    comp = composite(out.assign(error=pixel), scenes=np.stack([i_idx, j_idx], axis=1))
-    comp["component_error"] = comp["speed_error"]
+    eu, ev = (o.transpose("time", "y", "x").reset_coords(drop=True) for o in outs[2:4])
+    comp = composite(out.assign(error_u=eu, error_v=ev), scenes=np.stack([i_idx, j_idx], axis=1))
     comp["stable_ground"] = stable.assign_coords(y=cube_ds["y"], x=cube_ds["x"]).reset_coords(drop=True)
-    comp["speed_error"] = with_smoothing(comp["speed_error"], comp["u_composite"], comp["v_composite"],
-                                         window_variance(spec))
-    out = out.assign({**comp, "pixel_error": pixel.assign_attrs(  # kept per pair: flow --update recomposes with it
-        units="m yr-1", long_name="1-sigma velocity error per component and pixel (the composite's weights)")})
+    s2 = window_variance(spec)
+    comp["speed_error"] = with_smoothing(comp["speed_error"], comp["u_composite"], comp["v_composite"], s2)
+    comp["u_error"] = with_smoothing(comp["u_error"], comp["u_composite"], None, s2)
+    comp["v_error"] = with_smoothing(comp["v_error"], comp["v_composite"], None, s2)
+    attrs = {"units": "m yr-1", "long_name": "1-sigma velocity error of the pair per pixel (the composite's weights)"}
+    # kept per pair: flow --update recomposes with them
+    out = out.assign({**comp, "pixel_error_x": eu.assign_attrs(attrs), "pixel_error_y": ev.assign_attrs(attrs)})
     for name in ("time_start", "time_end"):  # acquisition times as the catalogue gives them (microseconds)
         out[name].encoding.update(units="microseconds since 1970-01-01", dtype="int64")
     out["time"].encoding.update(units="seconds since 1970-01-01", dtype="int64")
@@ -280,7 +286,7 @@ def _pair_vars(outs: tuple[xr.DataArray, ...], has_crs: bool) -> dict[str, xr.Da
         "v": v.assign_attrs(units="m yr-1", long_name="surface velocity north", **grid),
         "speed": np.hypot(u, v).astype(np.float32).assign_attrs(units="m yr-1", long_name="surface speed", **grid),
     }
-    for name, out in zip(PAIR_VARS, outs[3:], strict=True):
+    for name, out in zip(PAIR_VARS, outs[4:], strict=True):
         data_vars[name] = out.assign_attrs(units=_PAIR_ATTRS[name][0], long_name=_PAIR_ATTRS[name][1])
     return {k: v.reset_coords(drop=True) for k, v in data_vars.items()}
 
@@ -328,8 +334,8 @@ _CF = {
     "vy": ("m yr-1", "land_ice_surface_y_velocity", "surface velocity north (+y)"),
     "v": ("m yr-1", "land_ice_surface_velocity", "surface speed"),
     "v_error": ("m yr-1", None, "1-sigma error of the speed (random error and the matcher's smoothing bias)"),
-    "vx_error": ("m yr-1", None, "1-sigma error of vx (random)"),
-    "vy_error": ("m yr-1", None, "1-sigma error of vy (random)"),
+    "vx_error": ("m yr-1", None, "1-sigma error of vx (random error and the matcher's smoothing bias)"),
+    "vy_error": ("m yr-1", None, "1-sigma error of vy (random error and the matcher's smoothing bias)"),
     "count": ("1", None, "number of valid pairs in the composite"),
     "stable_shift_x": ("m yr-1", None, "stable-ground median velocity east removed from the pair"),
     "stable_shift_y": ("m yr-1", None, "stable-ground median velocity north removed from the pair"),
@@ -360,8 +366,8 @@ def its_live(ds: xr.Dataset) -> xr.DataTree:
     root = xr.Dataset({
         "vx": _cf(ds["u_composite"], "vx", grid), "vy": _cf(ds["v_composite"], "vy", grid),
         "v": _cf(ds["speed_composite"], "v", grid), "v_error": _cf(ds["speed_error"], "v_error", grid),
-        "vx_error": _cf(ds["component_error"], "vx_error", grid),
-        "vy_error": _cf(ds["component_error"], "vy_error", grid), "count": _cf(ds["n_pairs"], "count", grid),
+        "vx_error": _cf(ds["u_error"], "vx_error", grid),
+        "vy_error": _cf(ds["v_error"], "vy_error", grid), "count": _cf(ds["n_pairs"], "count", grid),
         "stable_ground": ds["stable_ground"].assign_attrs(
             long_name="stable ground: off the ice by the margin (where the pair offsets and errors come from)"),
     }, coords=keep, attrs=dict(ds.attrs, Conventions="CF-1.10", velocity_format=VELOCITY_FORMAT))
@@ -390,7 +396,7 @@ def its_live(ds: xr.Dataset) -> xr.DataTree:
 _EXTRA_NAMES = {"u_composite_true": "vx_true", "v_composite_true": "vy_true", "speed_composite_true": "v_true",
                 "u_true": "vx_true", "v_true": "vy_true", "speed_true": "v_true"}
 _DONE = {"u", "v", "speed", "offset_u", "offset_v", "pair_error", "valid_fraction", "u_composite", "v_composite",
-         "speed_composite", "speed_error", "component_error", "n_pairs", "stable_ground"}
+         "speed_composite", "speed_error", "u_error", "v_error", "n_pairs", "stable_ground"}
 
 
 def _extras(ds: xr.Dataset, root: xr.Dataset, pairs: xr.Dataset) -> tuple[xr.Dataset, xr.Dataset]:

@@ -394,11 +394,15 @@ def flow_figures(ds: xr.Dataset, truth: dict[str, np.ndarray]) -> dict[str, floa
         vectors where the truth moves at least a quarter of the median; ``ice_coverage``: glacier pixels
         with a value; ``stable``: median speed (m/yr) on pixels ``margin_px`` or more from the ice and
         ``stable_valid`` the fraction of those with a value; ``error_ratio``: median stated
-        ``speed_error`` (``v_error``) over glacier pixels / the actual median ``|speed - true speed|``.
+        ``speed_error`` (``v_error``) over glacier pixels / the actual median ``|speed - true speed|``;
+        ``error_ratio_x``, ``error_ratio_y``: the same per component (``vx_error`` / median ``|vx - true|``,
+        ``vy_error`` / median ``|vy - true|``).
     """
     its_live = "vx" in ds  # a written store's root, or velocity()'s own dataset
     u, v = (ds["vx"].values, ds["vy"].values) if its_live else (ds["u_composite"].values, ds["v_composite"].values)
     err = ds["v_error"].values if its_live else ds["speed_error"].values
+    ex, ey = (ds["vx_error"].values, ds["vy_error"].values) if its_live else (ds["u_error"].values,
+                                                                              ds["v_error"].values)
     gl, far = truth["glacier"], truth["far"]
     speed = np.hypot(u, v)
     ok = gl & np.isfinite(speed)
@@ -414,6 +418,8 @@ def flow_figures(ds: xr.Dataset, truth: dict[str, np.ndarray]) -> dict[str, floa
         "ice_coverage": float(ok.sum() / gl.sum()),
         "stable": float(np.median(speed[stable])), "stable_valid": float(stable.sum() / far.sum()),
         "error_ratio": float(np.median(err[ok]) / mae),
+        "error_ratio_x": float(np.median(ex[ok]) / np.median(np.abs(u[ok] - truth["u"][ok]))),
+        "error_ratio_y": float(np.median(ey[ok]) / np.median(np.abs(v[ok] - truth["v"][ok]))),
     }
 
 

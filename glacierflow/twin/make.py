@@ -263,13 +263,15 @@ LAYER_ATTRS = {
 
 
 def _realistic_truth(ds: xr.Dataset, world: Any, acqs: list[Acquisition], layers: tuple[str, ...]) -> xr.Dataset:
-    """The realistic world's truth additions: per-acquisition layers, debris mask, per-scene geometry."""
+    """Per-acquisition truth layers and the realistic world's additions (debris mask, per-scene geometry)."""
     import dask.array as da
 
     n, (h, w) = len(acqs), world.shape
     for name in layers:
         ds[name] = (("time", "y", "x"), da.zeros((n, h, w), dtype=np.float32, chunks=(1, h, w)))
         ds[name].attrs.update(LAYER_ATTRS.get(name, {}))
+    if not hasattr(world, "debris_mask"):  # the basic world: its clean red band only (the bound's input)
+        return ds
     ds["debris_mask"] = (("y", "x"), world.debris_mask)
     ds["debris_mask"].attrs.update(description="debris-covered ice (NDSI < 0.3) at decimal year "
                                    f"{world.t_ref}")

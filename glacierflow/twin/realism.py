@@ -119,6 +119,7 @@ REALISMS: dict[str, Realism] = {
         description="the original world: steady smooth flow, one WRS path, perfect QA, aseasonal clouds",
         world=_basic_world,
         render=render_basic,
+        truth_layers=("red_clean",),
     ),
     "himalaya": Realism(
         description="terrain light and cast shadow, snowfall events, debris tongue, decorrelating texture, "

@@ -159,4 +159,5 @@ def render_basic(world: World, acq: Acquisition) -> dict[str, Any]:
         "valid": valid,
         "cloud_cover": cloud_cover(cloud, valid),
         "valid_fraction": float(valid.mean()),
+        "extra": {"red_clean": (np.round(clean["red"] * 4096) / 4096).astype(np.float32)},  # the bound's input
     }
