@@ -26,6 +26,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import pytest
 import xarray as xr
 
@@ -91,7 +92,8 @@ CLI_SUBSTITUTES = ("--glacier NAME -> --bbox of the twin", "--start/--end -> the
 
 def test_readme_real_data_commands_run_as_written_on_the_twin(twin, tmp_path, monkeypatch, capsys) -> None:
     commands = _commands(_block("Run it on real data", "bash"))
-    assert [c[1] for c in commands] == ["search", "build-cube", "flow", "train", "evaluate", "predict", "report"]
+    assert [c[1] for c in commands] == ["search", "build-cube", "flow", "train", "evaluate", "predict", "stats",
+                                          "report"]
     _in_fresh_dir(tmp_path, twin, monkeypatch)
     for argv in commands:
         rc = main(cli_substitutes(argv[1:], twin))
@@ -105,6 +107,9 @@ def test_readme_real_data_commands_run_as_written_on_the_twin(twin, tmp_path, mo
     assert (Path("runs/parvati") / "metrics.json").is_file() and (Path("runs/parvati") / "best.pt").is_file()
     forecast = xr.open_zarr("parvati-forecast.zarr", decode_coords="all")
     assert forecast.sizes["time"] == 4 and forecast["ndsi"].dims == ("time", "y", "x")
+    stats = pd.read_csv("parvati-stats.csv")
+    trend = pd.read_csv("parvati-stats-trend.csv")  # the per-glacier table beside it
+    assert len(stats) and (stats["snow_area_km2"].dropna() <= trend["outline_area_km2"].max() * 1.001).all()
     assert "<img" in Path("parvati-report.html").read_text()
 
 
