@@ -111,3 +111,13 @@ def test_train_fits_the_shrinkage_into_best_pt(tmp_path: Path) -> None:
                                                             strict=True))
     with pytest.raises(SpecError, match="shrink"):
         TrainSpec(shrink="half")
+
+
+def test_cli_shrink_is_a_choice(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from glacierflow.cli.main import main
+
+    run = str(tmp_path / "r")
+    assert main(["train", str(tmp_path / "no-cube.zarr"), "--out", run, "--shrink", "half"]) == 2
+    err = capsys.readouterr().err
+    assert "half" in err and "fallback" in err and "scale" in err
+    assert not Path(run).exists(), "nothing written"
