@@ -104,6 +104,7 @@ def test_train_fits_the_shrinkage_into_best_pt(tmp_path: Path) -> None:
     model, _, ck = load_checkpoint(tmp_path / "run" / "best.pt")
     assert run["shrink"]["mode"] == "scale" and ck["shrink"]["lead_scale"] == run["shrink"]["lead_scale"]
     assert model.lead_scale.tolist() == pytest.approx(run["shrink"]["lead_scale"])
+    assert ck["val_loss"] == pytest.approx(run["shrink"]["val_mse"])  # the loss of the weights best.pt now holds
     assert run["shrink"]["origins"] == 2 and any("per-lead shrinkage" in line for line in s.lines())
     # the shrunk model is never worse than both its ends on validation (it is chosen among them there)
     k = run["shrink"]

@@ -93,6 +93,7 @@ def choose_scale(se: np.ndarray, n: np.ndarray, origin: np.ndarray, block: np.nd
     picked = np.array([tot[int(np.flatnonzero(np.isclose(grid, s))[0]), k] for k, s in enumerate(scale)])
     info = {"mode": mode, "lead_scale": scale, "val_mse_base": (tot[0] / cnt).tolist(),
             "val_mse_model": (tot[-1] / cnt).tolist(), "val_mse_shrunk": (picked / cnt).tolist(),
+            "val_mse": float(picked.sum() / cnt.sum()), "val_mse_unshrunk": float(tot[-1].sum() / cnt.sum()),
             "val_skill_vs_base_ci95": per_lead, "origins": int(len(np.unique(origin)))}
     return scale, info
 

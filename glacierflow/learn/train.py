@@ -405,8 +405,8 @@ def shrink_best(model: torch.nn.Module, samples: Any, ctx: RunContext) -> dict[s
     loader = patches.set_loader(samples, "val", replace(ctx.train_spec, val_samples=0), shuffle=False,
                                 pin_memory=ctx.device.type == "cuda")
     info = fit_lead_scale(model, loader, ctx.device, ctx.train_spec.shrink, ctx.dtype)
-    if info is not None:
-        save_checkpoint({**ck, "state_dict": model.state_dict(), "shrink": info}, path)
+    if info is not None:  # the checkpoint's validation loss is that of the weights it now holds
+        save_checkpoint({**ck, "state_dict": model.state_dict(), "shrink": info, "val_loss": info["val_mse"]}, path)
     return info
 
 
