@@ -40,7 +40,7 @@ def starts_at_base(cube: str, name: str) -> bool:
     spec, m = PatchSpec(), ModelSpec()
     samples = patches.prepare(open_store(cube, require=("ndsi",)), spec)
     model = build_model(name, t_in=spec.t_in, t_out=spec.t_out, size=spec.size,
-                        season_length=samples.season_length, head=m.head, base=m.base).eval()
+                        season_length=samples.season_length, head_mode=m.head, base=m.base).eval()
     b = next(iter(patches.make_loader(samples.dataset("val"), 16, shuffle=False)))
     with torch.no_grad():
         return bool(torch.equal(forecast(model, b), b["bases"][:, BASELINE_NAMES.index(m.base)]))
