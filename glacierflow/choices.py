@@ -35,6 +35,7 @@ BLEND_WINDOWS = ("hann", "uniform")  # tile blending windows (geo.tiling.WINDOWS
 HEADS = ("residual", "direct")  # output heads of the learned models (learn.models.head)
 BASES = ("seasonal", "climatology", "trend", "anomaly", "persistence")  # what a residual head starts from
 SCHEDULES = ("cosine", "constant")  # learning-rate schedules (learn.train)
+SHRINKS = ("fallback", "scale", "none")  # per-lead shrinkage of a residual correction (learn.shrink)
 
 _PERIOD_RE = re.compile(r"^(\d*)(MS|QS|QS-JAN|YS|YS-JAN|AS|AS-JAN)$")
 _ALIAS_MONTHS = {"MS": 1, "QS": 3, "QS-JAN": 3, "YS": 12, "YS-JAN": 12, "AS": 12, "AS-JAN": 12}

@@ -44,6 +44,7 @@ from glacierflow.choices import (
     PAIR_KINDS,
     PERIODS,
     SCHEDULES,
+    SHRINKS,
     SPLITS,
 )
 from glacierflow.errors import GlacierflowError, SpecError
@@ -578,7 +579,10 @@ class TrainSpec(Spec):
     wall-clock budget (validation, checkpoints, resumable); ``schedule``: ``cosine`` (linear warm-up over the
     first ``warmup`` of the run, then cosine decay to 5 % of ``lr``; the run's length is its epochs or, with
     ``max_minutes``, its time budget, whichever ends first) or ``constant``; ``log_every``: steps between
-    loss reads (no per-step host sync on a GPU); ``compile``: ``torch.compile`` the model.
+    loss reads (no per-step host sync on a GPU); ``compile``: ``torch.compile`` the model. ``shrink``: after
+    training, per lead, how much of a residual head's correction ``best.pt`` keeps, fitted on the validation
+    start dates (:mod:`glacierflow.learn.shrink`: ``fallback`` drops it where it is significantly worse than the
+    base, ``scale`` scales it by the least-squares factor in [0, 1], ``none`` keeps it).
     """
 
     epochs: int = 10
@@ -603,6 +607,7 @@ class TrainSpec(Spec):
     schedule: str = "cosine"
     log_every: int = 10
     compile: bool = False
+    shrink: str = "fallback"
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "patience", "teacher_forcing_epochs"):
@@ -619,6 +624,7 @@ class TrainSpec(Spec):
         self._between("max_minutes", 0.0, 1e6, "minutes (0: no time budget)")
         self._between("warmup", 0.0, 0.5, "a fraction of the run")
         self._choice("schedule", SCHEDULES)
+        self._choice("shrink", SHRINKS)
         self._integer("log_every", 1)
 
 

@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal
 
 import typer
 
-from glacierflow.choices import BASES, HEADS
+from glacierflow.choices import BASES, HEADS, SHRINKS
 from glacierflow.cli.app import DEFAULT_WHERE, Device, Objective, StorageOpt, Where, app, computes, out, storage_options
 from glacierflow.cli.common import progress_enabled
 from glacierflow.errors import GlacierflowError
@@ -19,6 +19,7 @@ from glacierflow.storage.store import check_writable
 Split = Literal[SPLITS]  # type: ignore[valid-type]
 Head = Literal[HEADS]  # type: ignore[valid-type]
 Base = Literal[BASES]  # type: ignore[valid-type]
+Shrink = Literal[SHRINKS]  # type: ignore[valid-type]
 BUDGET_EPOCHS = 10_000  # --max-minutes without --epochs: the time budget ends the run
 EvalSet = Literal["test", "val", "train"]
 _TRAIN, _MODEL, _PATCH = TrainSpec(), ModelSpec(), PatchSpec()
@@ -109,6 +110,10 @@ def train_cmd(
         metavar="M", help="Stop cleanly after M minutes of training (best checkpoint kept; --resume continues); "
                           "without --epochs the run then lasts its budget.")] = None,
     num_workers: Annotated[int | None, typer.Option(help="DataLoader worker processes (default 0).")] = None,
+    shrink: Annotated[Shrink | None, typer.Option(
+        help=f"After training, per lead, on the validation start dates: fallback = drop the residual correction "
+             f"where it is significantly worse than --base; scale = least-squares factor in [0, 1]; none "
+             f"(default {_TRAIN.shrink}).")] = None,
     amp: Annotated[bool, typer.Option("--amp/--no-amp", help="bf16/fp16 autocast on CUDA.")] = True,
     compile_model: Annotated[bool, typer.Option("--compile", help="torch.compile the model.")] = False,
     storage_option: StorageOpt = None,
@@ -131,7 +136,7 @@ def train_cmd(
     given = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay, "seed": seed,
              "patience": patience, "steps_per_epoch": steps_per_epoch, "val_samples": val_samples,
              "scene_window": scene_window, "scene_overlap": scene_overlap, "max_minutes": max_minutes,
-             "num_workers": num_workers}
+             "num_workers": num_workers, "shrink": shrink}
     spec = TrainSpec(device=device, objective=objective, amp=amp, compile=compile_model,
                      **{k: v for k, v in given.items() if v is not None})
     patch = {k: v for k, v in {"split": split, "t_in": t_in, "t_out": t_out, "size": patch_size, "stride": stride,

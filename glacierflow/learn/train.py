@@ -9,8 +9,10 @@ train with the teacher-forcing probability of that epoch (linear from ``TrainSpe
 first epoch to 0 at ``teacher_forcing_epochs``) on the
 loss of ``TrainSpec.objective`` (:mod:`glacierflow.learn.objectives`: patch samples, or blended scene windows), clip the
 gradient norm, log every step to ``loss.csv``, score the validation set, keep ``best.pt`` (lowest validation loss) and
-``last.pt`` (end of every epoch), stop after ``patience`` epochs without improvement. A NaN/inf loss
-stops the run with a one-line error; the checkpoints of the last good epoch stay untouched.
+``last.pt`` (end of every epoch), stop after ``patience`` epochs without improvement; at the end, fit
+``best.pt``'s per-lead shrinkage on the validation samples (``TrainSpec.shrink``,
+:mod:`glacierflow.learn.shrink`). A NaN/inf loss stops the run with a one-line error; the checkpoints of the
+last good epoch stay untouched.
 
 Run directory (DESIGN): ``best.pt``, ``last.pt`` (plain tensors, dicts, strings and numbers only:
 ``torch.load(path, weights_only=True)`` loads them), ``loss.csv`` (step, epoch, train_loss, val_loss, lr;
@@ -43,6 +45,7 @@ from glacierflow.learn.checkpoint import check_resumable, plain, read_checkpoint
 from glacierflow.learn.models import MODELS, build_model, count_parameters
 from glacierflow.learn.objectives import OBJECTIVES, StepLoss, forecast, to_device
 from glacierflow.learn.runtime import autocast, autocast_dtype, resolve_device
+from glacierflow.learn.shrink import fit_lead_scale
 from glacierflow.progress import bars
 from glacierflow.specs import ModelSpec, PatchSpec, TrainSpec
 from glacierflow.storage.runfiles import write_json
@@ -356,14 +359,21 @@ class TrainSummary:
     throughput: float | None
     minutes: float
     samples: dict[str, Any]
+    shrink: dict[str, Any] | None = None
 
     def lines(self) -> list[str]:
         """The summary as the CLI prints it."""
         s = self.samples
-        return [f"samples: {s['n_train']} train, {s['n_val']} val, {s['n_test']} test; {s['validation']}",
-                f"{self.stopped} after {self.epochs_run} epochs ({self.minutes:.1f} min): best validation MSE "
-                f"{self.best_val:.5f} (epoch {self.best_epoch}); {self.throughput or 0:.0f} training sequences/s",
-                f"written: {self.out}"]
+        out = [f"samples: {s['n_train']} train, {s['n_val']} val, {s['n_test']} test; {s['validation']}",
+               f"{self.stopped} after {self.epochs_run} epochs ({self.minutes:.1f} min): best validation MSE "
+               f"{self.best_val:.5f} (epoch {self.best_epoch}); {self.throughput or 0:.0f} training sequences/s"]
+        if self.shrink:
+            k = self.shrink
+            out.append(f"per-lead shrinkage ({k['mode']}, validation): correction x "
+                       f"{' / '.join(f'{v:g}' for v in k['lead_scale'])}; validation MSE "
+                       f"{' / '.join(f'{v:.5f}' for v in k['val_mse_shrunk'])} (base "
+                       f"{' / '.join(f'{v:.5f}' for v in k['val_mse_base'])})")
+        return [*out, f"written: {self.out}"]
 
 
 def _optimizer(model: torch.nn.Module, spec: TrainSpec, device: torch.device) -> torch.optim.Optimizer:
@@ -380,6 +390,24 @@ def _build(model_spec: ModelSpec, patch_spec: PatchSpec, season: int, device: to
         torch.backends.cudnn.allow_tf32 = True
     return build_model(model_spec.name, t_in=patch_spec.t_in, t_out=patch_spec.t_out, size=patch_spec.size,
                        season_length=season, **head, **model_spec.kwargs).to(device)
+
+
+def shrink_best(model: torch.nn.Module, samples: Any, ctx: RunContext) -> dict[str, Any] | None:
+    """Fit ``best.pt``'s per-lead shrinkage on every validation sample (:mod:`glacierflow.learn.shrink`).
+
+    Rewrites ``best.pt`` with the fitted ``lead_scale`` and returns what it rests on (None: nothing to shrink).
+    """
+    path = ctx.out / "best.pt"
+    if ctx.train_spec.shrink == "none" or not path.is_file() or not hasattr(model, "lead_scale"):
+        return None
+    ck = read_checkpoint(path)
+    model.load_state_dict(ck["state_dict"])
+    loader = patches.set_loader(samples, "val", replace(ctx.train_spec, val_samples=0), shuffle=False,
+                                pin_memory=ctx.device.type == "cuda")
+    info = fit_lead_scale(model, loader, ctx.device, ctx.train_spec.shrink, ctx.dtype)
+    if info is not None:  # the checkpoint's validation loss is that of the weights it now holds
+        save_checkpoint({**ck, "state_dict": model.state_dict(), "shrink": info, "val_loss": info["val_mse"]}, path)
+    return info
 
 
 def fit(cube: str, out_dir: str | os.PathLike[str], model_spec: ModelSpec | None = None,
@@ -437,9 +465,10 @@ def fit(cube: str, out_dir: str | os.PathLike[str], model_spec: ModelSpec | None
         log.write(0, 0, None, validation_loss(runner, val_loader, device, dtype), train_spec.lr)
     state, stopped, throughput = _epochs(_Wrapped(runner, model), opt, scaler, ctx, state,
                                          (train_loader, val_loader), log, progress)
+    shrink = shrink_best(model, samples, ctx)
     summary = TrainSummary(str(out), state.epoch, state.best_val, state.best_epoch, stopped, throughput,
-                           state.elapsed / 60, samples.summary())
-    write_json(out / "run.json", {**run, "result": {**asdict(summary), **summary.samples},
+                           state.elapsed / 60, samples.summary(), shrink)
+    write_json(out / "run.json", {**run, "shrink": shrink, "result": {**asdict(summary), **summary.samples},
                                   "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
     return summary
 

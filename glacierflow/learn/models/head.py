@@ -10,7 +10,9 @@ and a learned lead embedding. Its last layer is zero-initialised and its output 
   baseline, and training only learns where the data say the baseline is wrong;
 * ``head="direct"``: the start is the core's own forecast (the head still adds what history and calendar say).
 
-The result is clamped to [0, 1]. Without ``extras`` (a bare ``model(x)`` call) the bases come from ``x`` alone:
+The correction of lead ``k`` is multiplied by ``lead_scale[k]`` (a buffer, 1 while training; after training
+:mod:`glacierflow.learn.shrink` sets it from the validation start dates, 0 where the model falls back to its
+start). The result is clamped to [0, 1]. Without ``extras`` (a bare ``model(x)`` call) the bases come from ``x`` alone:
 persistence, and seasonal where ``t_in`` reaches a season back (else persistence); the phases are 0.
 """
 
@@ -43,7 +45,22 @@ class Headed(nn.Module):
                                  nn.Conv2d(hidden, hidden, 3, padding=1), nn.GELU(), nn.Conv2d(hidden, 1, 1))
         nn.init.zeros_(self.net[-1].weight)
         nn.init.zeros_(self.net[-1].bias)
+        self.register_buffer("lead_scale", torch.ones(self.t_out))
         self.model_args: dict[str, object] = {}
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+        # checkpoints written before the per-lead shrinkage hold no ``lead_scale``: they keep every correction
+        state_dict.setdefault(prefix + "lead_scale", torch.ones(self.t_out))
+        super()._load_from_state_dict(state_dict, prefix, *args)
+
+    def correction(self, x: Tensor, target: Tensor | None = None, teacher_forcing: float = 0.0,
+                   extras: dict[str, Any] | None = None) -> tuple[Tensor, Tensor]:
+        """``(start, correction)`` before ``lead_scale`` and the clamp, both ``(B, t_out, 1, H, W)``."""
+        core = self.core(x, target=target, teacher_forcing=teacher_forcing)
+        bases = self._bases(x, extras)
+        start = bases[:, self.base_index] if self.head == "residual" else core
+        corr = self.net(self.features(x, core, bases, None if extras is None else extras.get("phase")))
+        return start, corr.view_as(start)
 
     def _bases(self, x: Tensor, extras: dict[str, Tensor] | None) -> Tensor:
         if extras is not None and "bases" in extras:
@@ -70,8 +87,6 @@ class Headed(nn.Module):
     def forward(self, x: Tensor, target: Tensor | None = None, teacher_forcing: float = 0.0,
                 context: Tensor | None = None, extras: dict[str, Any] | None = None) -> Tensor:
         """``(B, t_in, 1, H, W)`` -> ``(B, t_out, 1, H, W)`` in [0, 1]; ``extras``: ``bases``, ``phase``."""
-        core = self.core(x, target=target, teacher_forcing=teacher_forcing)
-        bases = self._bases(x, extras)
-        start = bases[:, self.base_index] if self.head == "residual" else core
-        corr = self.net(self.features(x, core, bases, None if extras is None else extras.get("phase")))
-        return (start + corr.view_as(start)).clamp(0.0, 1.0)
+        start, corr = self.correction(x, target, teacher_forcing, extras)
+        scale = self.lead_scale.to(corr.dtype)[None, :, None, None, None]
+        return (start + scale * corr).clamp(0.0, 1.0)
